@@ -1,0 +1,285 @@
+//! Passkey-Enabled Services (Entra ID): where FIDO applications register passkeys.
+
+use crate::error::{ValidationError, ValidationResult};
+use crate::validate;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use uuid::Uuid;
+
+pub const DEFAULT_AUTHORITY_URL: &str = "https://login.microsoftonline.com";
+pub const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com";
+/// The token scope is its own setting: national clouds and test stand-ins differ, and
+/// it is never derived from the Graph URL.
+pub const DEFAULT_TOKEN_SCOPE: &str = "https://graph.microsoft.com/.default";
+
+/// A secret sealed by the server (AEAD ciphertext, or a reference to it). The domain
+/// never sees the plaintext; Debug does not print the bytes.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct SealedSecret(pub Vec<u8>);
+
+impl fmt::Debug for SealedSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SealedSecret(<{} bytes>)", self.0.len())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasskeyService {
+    pub id: Uuid,
+    pub name: String,
+    /// Directory (tenant) ID: a GUID or a verified domain (contoso.onmicrosoft.com).
+    pub tenant_id: String,
+    /// Application (client) ID: a GUID.
+    pub client_id: String,
+    pub client_secret: SealedSecret,
+    pub authority_url: String,
+    pub graph_url: String,
+    pub token_scope: String,
+}
+
+/// The service as the API shows it: no secret, only whether one is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasskeyServiceView {
+    pub id: Uuid,
+    pub name: String,
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret_set: bool,
+    pub authority_url: String,
+    pub graph_url: String,
+    pub token_scope: String,
+}
+
+impl PasskeyService {
+    pub fn view(&self) -> PasskeyServiceView {
+        PasskeyServiceView {
+            id: self.id,
+            name: self.name.clone(),
+            tenant_id: self.tenant_id.clone(),
+            client_id: self.client_id.clone(),
+            client_secret_set: !self.client_secret.0.is_empty(),
+            authority_url: self.authority_url.clone(),
+            graph_url: self.graph_url.clone(),
+            token_scope: self.token_scope.clone(),
+        }
+    }
+
+    pub fn validate(&self) -> ValidationResult {
+        validate::name("name", &self.name)?;
+        if Uuid::parse_str(&self.tenant_id).is_err()
+            && !(validate::dns_name_ok(&self.tenant_id) && self.tenant_id.contains('.'))
+        {
+            return Err(ValidationError::new(
+                "tenant_id_invalid",
+                "tenant_id",
+                "tenant ID must be a GUID or a domain name such as contoso.onmicrosoft.com",
+            ));
+        }
+        if Uuid::parse_str(&self.client_id).is_err() {
+            return Err(ValidationError::new(
+                "client_id_invalid",
+                "client_id",
+                "client ID must be a GUID",
+            ));
+        }
+        if self.client_secret.0.is_empty() {
+            return Err(ValidationError::new(
+                "client_secret_missing",
+                "client_secret",
+                "a client secret is required",
+            ));
+        }
+        validate_service_url("authority_url", &self.authority_url)?;
+        validate_service_url("graph_url", &self.graph_url)?;
+        validate_scope("token_scope", &self.token_scope)
+    }
+}
+
+/// The parts of an absolute http(s) URL that the rules need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlParts<'a> {
+    pub scheme: &'a str,
+    pub host: &'a str,
+    pub port: Option<u16>,
+    pub path: &'a str,
+}
+
+/// Splits `scheme://host[:port][/path]` (IPv6 hosts in brackets). No userinfo, query
+/// or fragment: service base URLs have none.
+pub fn parse_url<'a>(field: &str, url: &'a str) -> Result<UrlParts<'a>, ValidationError> {
+    let bad = |why: &str| {
+        ValidationError::new(
+            "url_invalid",
+            field,
+            format!("{field} is not a valid URL: {why}"),
+        )
+    };
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("missing scheme"))?;
+    let scheme_ok = scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("http");
+    if !scheme_ok {
+        return Err(ValidationError::new(
+            "url_scheme_not_allowed",
+            field,
+            format!("{field} must use https"),
+        ));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) || rest.contains(['?', '#', '@']) {
+        return Err(bad("no spaces, query, fragment or user info allowed"));
+    }
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let (host, port) = if let Some(r) = authority.strip_prefix('[') {
+        let (h, after) = r.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+        h.parse::<Ipv6Addr>().map_err(|_| bad("bad IPv6 address"))?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or_else(|| bad("bad port"))?),
+        };
+        (h, port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(p) => Some(
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| bad("bad port"))?,
+        ),
+    };
+    if host.is_empty()
+        || (host.parse::<IpAddr>().is_err()
+            && !authority.starts_with('[')
+            && !validate::dns_name_ok(host))
+    {
+        return Err(bad("bad host"));
+    }
+    Ok(UrlParts {
+        scheme,
+        host,
+        port,
+        path,
+    })
+}
+
+/// Loopback: 127.0.0.0/8, ::1 and `localhost`.
+pub fn is_loopback_host(host: &str) -> bool {
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) => a.octets()[0] == 127,
+        Ok(IpAddr::V6(a)) => {
+            a == Ipv6Addr::LOCALHOST
+                || a.to_ipv4_mapped()
+                    .is_some_and(|v: Ipv4Addr| v.octets()[0] == 127)
+        }
+        Err(_) => false,
+    }
+}
+
+/// https, or plain http to a loopback host (test stand-ins).
+pub fn validate_service_url(field: &str, url: &str) -> ValidationResult {
+    let u = parse_url(field, url)?;
+    if u.scheme.eq_ignore_ascii_case("http") && !is_loopback_host(u.host) {
+        return Err(ValidationError::new(
+            "url_scheme_not_allowed",
+            field,
+            format!("{field} must use https (plain http only for loopback addresses)"),
+        ));
+    }
+    Ok(())
+}
+
+/// A token scope: an http(s)/api URI, no whitespace (`https://graph.microsoft.com/.default`).
+pub fn validate_scope(field: &str, s: &str) -> ValidationResult {
+    if s.is_empty()
+        || s.len() > 512
+        || s.chars().any(|c| c.is_whitespace() || c.is_control())
+        || !s.contains("://")
+    {
+        return Err(ValidationError::new(
+            "scope_invalid",
+            field,
+            "token scope must be one URI such as https://graph.microsoft.com/.default",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn svc() -> PasskeyService {
+        PasskeyService {
+            id: Uuid::new_v4(),
+            name: "Contoso".into(),
+            tenant_id: "contoso.onmicrosoft.com".into(),
+            client_id: Uuid::new_v4().to_string(),
+            client_secret: SealedSecret(vec![1, 2, 3]),
+            authority_url: DEFAULT_AUTHORITY_URL.into(),
+            graph_url: DEFAULT_GRAPH_URL.into(),
+            token_scope: DEFAULT_TOKEN_SCOPE.into(),
+        }
+    }
+
+    #[test]
+    fn urls() {
+        assert!(svc().validate().is_ok());
+        for ok in [
+            "https://login.microsoftonline.us",
+            "http://127.0.0.1:8080/entra",
+            "http://[::1]:9/",
+            "http://localhost:3000",
+            "http://127.9.9.9",
+        ] {
+            assert!(validate_service_url("graph_url", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://graph.microsoft.com",
+            "http://10.0.0.1",
+            "ftp://x",
+            "https://",
+            "graph.microsoft.com",
+            "https://a b",
+            "https://x:0",
+            "http://localhost.evil.com",
+            "https://u@host",
+        ] {
+            let e = validate_service_url("graph_url", bad).unwrap_err();
+            assert_eq!(e.field, "graph_url", "{bad}");
+        }
+        let mut s = svc();
+        s.client_id = "nope".into();
+        assert_eq!(s.validate().unwrap_err().field, "client_id");
+        let mut s = svc();
+        s.authority_url = "http://login.example".into();
+        assert_eq!(s.validate().unwrap_err().code, "url_scheme_not_allowed");
+        assert!(!format!("{:?}", svc()).contains("[1, 2, 3]"));
+        assert!(svc().view().client_secret_set);
+    }
+
+    proptest! {
+        #[test]
+        fn http_only_for_loopback(a in 0u8..=255, b in 0u8..=255, port in 1u16..) {
+            let url = format!("http://{a}.{b}.0.1:{port}/x");
+            prop_assert_eq!(validate_service_url("u", &url).is_ok(), a == 127);
+            let https = format!("https://{a}.{b}.0.1:{port}/x");
+            prop_assert!(validate_service_url("u", &https).is_ok());
+        }
+
+        #[test]
+        fn url_parser_never_panics(s in ".*") {
+            let _ = validate_service_url("u", &s);
+        }
+    }
+}
