@@ -1,0 +1,575 @@
+//! Keyward's store: sqlx repositories over SQLite (the embedded default) and
+//! PostgreSQL, with one API for both.
+//!
+//! - `Store::open("sqlite://path?mode=rwc", key)` or `Store::open("postgres://…", key)`
+//!   connects and runs the embedded migrations.
+//! - Every mutating method takes the [`AuditDraft`] of the change and appends it to the
+//!   MAC-chained audit trail in the same transaction: a change without its audit
+//!   record cannot be written.
+//! - Device state changes use optimistic concurrency (`version`): the loser of a race
+//!   gets [`StoreError::Conflict`] with code `version_conflict`.
+//!
+//! The repository code is written once (`repo.rs`) and compiled for each backend.
+
+mod error;
+mod types;
+
+pub use error::{StoreError, StoreResult};
+pub use keyward_domain::AuditDraft;
+pub use types::*;
+
+use hmac::{Hmac, Mac};
+use keyward_domain::{
+    Account, AuditEvent, Device, DeviceHistoryEntry, DevicePolicy, NewDevice, NewUser,
+    PasskeyService, Serial, SettingKey, SettingValue, Settings, StateChange, User,
+};
+use sha2::Sha256;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// The 32-byte key of the audit chain's HMAC-SHA-256 (the server derives it from the KEK).
+pub type AuditKey = [u8; 32];
+
+/// The "previous MAC" of the first record.
+pub(crate) const GENESIS_MAC: [u8; 32] = [0; 32];
+
+/// Now, in UTC, cut to microseconds: PostgreSQL keeps microseconds, and a stored time
+/// must read back equal (the audit MAC covers it).
+pub fn now() -> OffsetDateTime {
+    let t = OffsetDateTime::now_utc();
+    t.replace_nanosecond(t.nanosecond() / 1000 * 1000)
+        .expect("valid nanosecond")
+}
+
+/// MAC = HMAC-SHA-256(key, prev_mac || canonical record bytes). The record bytes are
+/// length-prefixed fields, so no two different records encode alike. The sequence number
+/// is not covered: order is protected by the chain itself, which lets verification tell
+/// a moved record from a changed one.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn audit_mac(
+    key: &AuditKey,
+    prev_mac: &[u8],
+    at: OffsetDateTime,
+    actor: &str,
+    action: &str,
+    target: &str,
+    outcome: &str,
+    details: &str,
+) -> [u8; 32] {
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(prev_mac);
+    m.update(b"keyward-audit-v1");
+    m.update(&at.unix_timestamp_nanos().to_be_bytes());
+    for f in [actor, action, target, outcome, details] {
+        m.update(&(f.len() as u64).to_be_bytes());
+        m.update(f.as_bytes());
+    }
+    m.finalize().into_bytes().into()
+}
+
+mod sqlite_dialect {
+    use sqlx::{Sqlite, SqlitePool, Transaction};
+    pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+    /// SQLite locks by transaction: IMMEDIATE takes the write lock up front, so two
+    /// writers never both read then fail to upgrade, and audit appends are serialised.
+    pub const FOR_UPDATE: &str = "";
+    /// Rows per multi-row INSERT (SQLite allows 32766 parameters).
+    pub const BULK_ROWS: usize = 500;
+    pub async fn begin_write(
+        pool: &SqlitePool,
+    ) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        pool.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+mod pg_dialect {
+    use sqlx::{PgPool, Postgres, Transaction};
+    pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+    /// The head row is locked so writers on several nodes append one after the other.
+    pub const FOR_UPDATE: &str = " FOR UPDATE";
+    /// Rows per multi-row INSERT (PostgreSQL allows 65535 parameters).
+    pub const BULK_ROWS: usize = 1000;
+    pub async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        pool.begin().await
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+mod sqlite_repo {
+    type DB = sqlx::Sqlite;
+    use crate::sqlite_dialect as dialect;
+    include!("repo.rs");
+}
+
+#[allow(clippy::too_many_arguments)]
+mod pg_repo {
+    type DB = sqlx::Postgres;
+    use crate::pg_dialect as dialect;
+    include!("repo.rs");
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The store: cheap to clone (shared pools).
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+    audit_key: Arc<RwLock<AuditKey>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Calls the same repository function on whichever backend is open.
+macro_rules! dispatch {
+    ($self:ident, $f:ident ( $($arg:expr),* )) => {
+        match &$self.backend {
+            Backend::Sqlite(p) => sqlite_repo::$f(p, $($arg),*).await,
+            Backend::Postgres(p) => pg_repo::$f(p, $($arg),*).await,
+        }
+    };
+}
+
+/// Same, passing the audit key first.
+macro_rules! dispatch_audited {
+    ($self:ident, $f:ident ( $($arg:expr),* )) => {{
+        let key = $self.key();
+        match &$self.backend {
+            Backend::Sqlite(p) => sqlite_repo::$f(p, &key, $($arg),*).await,
+            Backend::Postgres(p) => pg_repo::$f(p, &key, $($arg),*).await,
+        }
+    }};
+}
+
+impl Store {
+    /// Opens `sqlite://PATH?mode=rwc` (WAL, busy timeout, foreign keys) or
+    /// `postgres://…`, and runs the migrations.
+    pub async fn open(url: &str, audit_key: AuditKey) -> StoreResult<Store> {
+        if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?;
+            Self::open_sqlite(opts, audit_key).await
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let opts = PgConnectOptions::from_str(url)?;
+            Self::open_postgres(opts, audit_key).await
+        } else {
+            Err(StoreError::Validation(
+                keyward_domain::ValidationError::new(
+                    "database_url_invalid",
+                    "database_url",
+                    "database URL must start with sqlite: or postgres:",
+                ),
+            ))
+        }
+    }
+
+    pub async fn open_sqlite(
+        opts: SqliteConnectOptions,
+        audit_key: AuditKey,
+    ) -> StoreResult<Store> {
+        let opts = opts
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .min_connections(1)
+            .connect_with(opts)
+            .await?;
+        sqlite_repo::migrate(&pool).await?;
+        Ok(Store {
+            backend: Backend::Sqlite(pool),
+            audit_key: Arc::new(RwLock::new(audit_key)),
+        })
+    }
+
+    pub async fn open_postgres(opts: PgConnectOptions, audit_key: AuditKey) -> StoreResult<Store> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        pg_repo::migrate(&pool).await?;
+        Ok(Store {
+            backend: Backend::Postgres(pool),
+            audit_key: Arc::new(RwLock::new(audit_key)),
+        })
+    }
+
+    pub fn kind(&self) -> BackendKind {
+        match self.backend {
+            Backend::Sqlite(_) => BackendKind::Sqlite,
+            Backend::Postgres(_) => BackendKind::Postgres,
+        }
+    }
+
+    /// Replaces the audit chain key (e.g. once the KEK is loaded). Records already
+    /// written stay verifiable only with the key they were written under.
+    pub fn set_audit_key(&self, key: AuditKey) {
+        *self.audit_key.write().expect("audit key lock") = key;
+    }
+
+    fn key(&self) -> AuditKey {
+        *self.audit_key.read().expect("audit key lock")
+    }
+
+    /// Closes the pools (waits for connections to be returned).
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Sqlite(p) => p.close().await,
+            Backend::Postgres(p) => p.close().await,
+        }
+    }
+
+    /// A cheap round trip for health checks.
+    pub async fn ping(&self) -> StoreResult<()> {
+        match &self.backend {
+            Backend::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ())?,
+            Backend::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ())?,
+        }
+        Ok(())
+    }
+
+    // ---- audit trail
+
+    /// Appends an event that goes with no stored change (a sign-in, a denial).
+    pub async fn append_audit(&self, audit: &AuditDraft) -> StoreResult<i64> {
+        dispatch_audited!(self, append_audit(audit))
+    }
+
+    pub async fn audit_head(&self) -> StoreResult<AuditCheckpoint> {
+        dispatch!(self, audit_head())
+    }
+
+    /// Records after `after_seq` in order (at most `limit`, 0 = 50, clamped to MAX_PAGE).
+    pub async fn list_audit(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<AuditEvent>> {
+        dispatch!(self, list_audit(after_seq, limit))
+    }
+
+    /// Checks the whole chain: changed, deleted, reordered and truncated records.
+    pub async fn verify_audit_chain(&self) -> StoreResult<AuditVerification> {
+        dispatch_audited!(self, verify_audit_chain(None))
+    }
+
+    /// As [`Store::verify_audit_chain`], and also checks that the log still holds the
+    /// record a checkpoint (from the server log) pointed at.
+    pub async fn verify_audit_chain_against(
+        &self,
+        checkpoint: &AuditCheckpoint,
+    ) -> StoreResult<AuditVerification> {
+        dispatch_audited!(self, verify_audit_chain(Some(checkpoint)))
+    }
+
+    // ---- users
+
+    pub async fn create_user(&self, user: &User, audit: &AuditDraft) -> StoreResult<()> {
+        dispatch_audited!(self, create_user(user, audit))
+    }
+
+    pub async fn update_user(&self, user: &User, audit: &AuditDraft) -> StoreResult<()> {
+        dispatch_audited!(self, update_user(user, audit))
+    }
+
+    pub async fn get_user(&self, id: Uuid) -> StoreResult<User> {
+        dispatch!(self, get_user(id))
+    }
+
+    pub async fn get_user_by_login(&self, login: &str) -> StoreResult<User> {
+        dispatch!(self, get_user_by_login(login))
+    }
+
+    pub async fn count_users(&self) -> StoreResult<i64> {
+        dispatch!(self, count_users())
+    }
+
+    /// Prefix search with keyset pagination (index range scans on both backends).
+    pub async fn search_users(&self, q: &UserSearch) -> StoreResult<Page<User>> {
+        dispatch!(self, search_users(q))
+    }
+
+    /// Bulk insert in one transaction; each bad row is reported with its index. One
+    /// audit event (with the counts) covers the import.
+    pub async fn import_users(
+        &self,
+        users: &[NewUser],
+        mode: ImportMode,
+        audit: &AuditDraft,
+    ) -> StoreResult<ImportReport> {
+        dispatch_audited!(self, import_users(users, mode, audit))
+    }
+
+    // ---- devices
+
+    /// Adds one device to the inventory (Available), e.g. automatic import of an unknown card.
+    pub async fn insert_device(
+        &self,
+        device: &NewDevice,
+        audit: &AuditDraft,
+    ) -> StoreResult<Device> {
+        dispatch_audited!(self, insert_device(device, audit))
+    }
+
+    /// Inventory (CSV) import in one transaction.
+    pub async fn import_devices(
+        &self,
+        devices: &[NewDevice],
+        mode: ImportMode,
+        audit: &AuditDraft,
+    ) -> StoreResult<ImportReport> {
+        dispatch_audited!(self, import_devices(devices, mode, audit))
+    }
+
+    pub async fn get_device(&self, id: Uuid) -> StoreResult<Device> {
+        dispatch!(self, get_device(id))
+    }
+
+    pub async fn get_device_by_serial(&self, serial: Serial) -> StoreResult<Device> {
+        dispatch!(self, get_device_by_serial(serial))
+    }
+
+    pub async fn list_devices(&self, filter: &DeviceFilter) -> StoreResult<Page<Device>> {
+        dispatch!(self, list_devices(filter))
+    }
+
+    /// Applies a state change checked by the domain state machine, if the device is
+    /// still at `expected_version`; otherwise `Conflict { code: "version_conflict" }`.
+    /// Writes a history row and the audit event (actor = `audit.actor`).
+    pub async fn change_device_state(
+        &self,
+        id: Uuid,
+        expected_version: i64,
+        change: &StateChange,
+        audit: &AuditDraft,
+    ) -> StoreResult<Device> {
+        dispatch_audited!(
+            self,
+            change_device_state(id, expected_version, change, audit)
+        )
+    }
+
+    pub async fn device_history(&self, id: Uuid) -> StoreResult<Vec<DeviceHistoryEntry>> {
+        dispatch!(self, device_history(id))
+    }
+
+    // ---- device policies
+
+    /// Validates and stores; a nil id is replaced by a fresh one. Returns the stored policy.
+    pub async fn create_policy(
+        &self,
+        policy: &DevicePolicy,
+        audit: &AuditDraft,
+    ) -> StoreResult<DevicePolicy> {
+        dispatch_audited!(self, create_policy(policy, audit))
+    }
+
+    pub async fn update_policy(
+        &self,
+        policy: &DevicePolicy,
+        audit: &AuditDraft,
+    ) -> StoreResult<()> {
+        dispatch_audited!(self, update_policy(policy, audit))
+    }
+
+    pub async fn get_policy(&self, id: Uuid) -> StoreResult<DevicePolicy> {
+        dispatch!(self, get_policy(id))
+    }
+
+    pub async fn get_policy_by_name(&self, name: &str) -> StoreResult<DevicePolicy> {
+        dispatch!(self, get_policy_by_name(name))
+    }
+
+    pub async fn list_policies(&self) -> StoreResult<Vec<DevicePolicy>> {
+        dispatch!(self, list_policies())
+    }
+
+    /// Fails with `Conflict { code: "in_use" }` while devices reference the policy.
+    pub async fn delete_policy(&self, id: Uuid, audit: &AuditDraft) -> StoreResult<()> {
+        dispatch_audited!(self, delete_policy(id, audit))
+    }
+
+    // ---- settings
+
+    /// Stored settings over the defaults.
+    pub async fn get_settings(&self) -> StoreResult<Settings> {
+        dispatch!(self, get_settings())
+    }
+
+    /// Sets one setting; returns all settings after the change.
+    pub async fn set_setting(
+        &self,
+        key: SettingKey,
+        value: SettingValue,
+        audit: &AuditDraft,
+    ) -> StoreResult<Settings> {
+        dispatch_audited!(self, set_setting(key, value, audit))
+    }
+
+    /// Writes every setting (e.g. the demo's).
+    pub async fn put_settings(&self, settings: &Settings, audit: &AuditDraft) -> StoreResult<()> {
+        dispatch_audited!(self, put_settings(settings, audit))
+    }
+
+    // ---- Passkey-Enabled Services
+
+    /// The client secret must already be sealed (ciphertext) by the caller.
+    pub async fn create_passkey_service(
+        &self,
+        s: &PasskeyService,
+        audit: &AuditDraft,
+    ) -> StoreResult<()> {
+        dispatch_audited!(self, create_passkey_service(s, audit))
+    }
+
+    pub async fn update_passkey_service(
+        &self,
+        s: &PasskeyService,
+        audit: &AuditDraft,
+    ) -> StoreResult<()> {
+        dispatch_audited!(self, update_passkey_service(s, audit))
+    }
+
+    pub async fn get_passkey_service(&self, id: Uuid) -> StoreResult<PasskeyService> {
+        dispatch!(self, get_passkey_service(id))
+    }
+
+    pub async fn get_passkey_service_by_name(&self, name: &str) -> StoreResult<PasskeyService> {
+        dispatch!(self, get_passkey_service_by_name(name))
+    }
+
+    pub async fn list_passkey_services(&self) -> StoreResult<Vec<PasskeyService>> {
+        dispatch!(self, list_passkey_services())
+    }
+
+    pub async fn delete_passkey_service(&self, id: Uuid, audit: &AuditDraft) -> StoreResult<()> {
+        dispatch_audited!(self, delete_passkey_service(id, audit))
+    }
+
+    // ---- accounts (operators and self-service users)
+
+    pub async fn create_account(&self, account: &Account, audit: &AuditDraft) -> StoreResult<()> {
+        dispatch_audited!(self, create_account(account, audit))
+    }
+
+    /// Rewrites every field of the account (login, role, hash, flags, user link).
+    pub async fn update_account(&self, account: &Account, audit: &AuditDraft) -> StoreResult<()> {
+        dispatch_audited!(self, update_account(account, audit))
+    }
+
+    pub async fn set_password(
+        &self,
+        id: Uuid,
+        password_hash: &str,
+        must_change_password: bool,
+        audit: &AuditDraft,
+    ) -> StoreResult<()> {
+        dispatch_audited!(
+            self,
+            set_password(id, password_hash, must_change_password, audit)
+        )
+    }
+
+    pub async fn get_account(&self, id: Uuid) -> StoreResult<Account> {
+        dispatch!(self, get_account(id))
+    }
+
+    pub async fn get_account_by_login(&self, login: &str) -> StoreResult<Account> {
+        dispatch!(self, get_account_by_login(login))
+    }
+
+    pub async fn list_accounts(&self) -> StoreResult<Vec<Account>> {
+        dispatch!(self, list_accounts())
+    }
+
+    pub async fn count_accounts(&self) -> StoreResult<i64> {
+        dispatch!(self, count_accounts())
+    }
+
+    // ---- browser sessions
+
+    pub async fn create_session(&self, session: &Session, audit: &AuditDraft) -> StoreResult<()> {
+        dispatch_audited!(self, create_session(session, audit))
+    }
+
+    /// The live session (not expired at `at`) with this id hash.
+    pub async fn get_session(
+        &self,
+        id_hash: &[u8],
+        at: OffsetDateTime,
+    ) -> StoreResult<Option<Session>> {
+        dispatch!(self, get_session(id_hash, at))
+    }
+
+    pub async fn delete_session(&self, id_hash: &[u8], audit: &AuditDraft) -> StoreResult<bool> {
+        dispatch_audited!(self, delete_session(id_hash, audit))
+    }
+
+    pub async fn delete_expired_sessions(&self, at: OffsetDateTime) -> StoreResult<u64> {
+        dispatch!(self, delete_expired_sessions(at))
+    }
+
+    // ---- API tokens
+
+    pub async fn create_api_token(&self, token: &ApiToken, audit: &AuditDraft) -> StoreResult<()> {
+        dispatch_audited!(self, create_api_token(token, audit))
+    }
+
+    /// Looks a token up by the HMAC of its bytes (revoked tokens too: check `revoked_at`).
+    pub async fn find_api_token(&self, token_hmac: &[u8]) -> StoreResult<Option<ApiToken>> {
+        dispatch!(self, find_api_token(token_hmac))
+    }
+
+    pub async fn list_api_tokens(&self) -> StoreResult<Vec<ApiToken>> {
+        dispatch!(self, list_api_tokens())
+    }
+
+    pub async fn revoke_api_token(&self, id: Uuid, audit: &AuditDraft) -> StoreResult<()> {
+        dispatch_audited!(self, revoke_api_token(id, audit))
+    }
+
+    /// Sets `last_used_at` (unaudited; throttle calls, it is a write).
+    pub async fn touch_api_token(&self, id: Uuid, at: OffsetDateTime) -> StoreResult<()> {
+        dispatch!(self, touch_api_token(id, at))
+    }
+
+    // ---- KEK-encrypted blobs (management keys, PUKs, initial PINs)
+
+    /// Stores ciphertext under `name` (e.g. `device/<id>/puk`), replacing any old value.
+    pub async fn put_secret(
+        &self,
+        name: &str,
+        ciphertext: &[u8],
+        audit: &AuditDraft,
+    ) -> StoreResult<()> {
+        dispatch_audited!(self, put_secret(name, ciphertext, audit))
+    }
+
+    pub async fn get_secret(&self, name: &str) -> StoreResult<Option<Vec<u8>>> {
+        dispatch!(self, get_secret(name))
+    }
+
+    pub async fn delete_secret(&self, name: &str, audit: &AuditDraft) -> StoreResult<bool> {
+        dispatch_audited!(self, delete_secret(name, audit))
+    }
+}
