@@ -94,7 +94,7 @@ impl SlotKey {
                 if &c >= k.n() {
                     return Err(KeyError::BadInput);
                 }
-                let m = rsa::hazmat::rsa_decrypt_and_check(k, Some(&mut OsRng), &c)
+                let m = rsa::hazmat::rsa_decrypt_and_check(k.as_ref(), Some(&mut OsRng), &c)
                     .map_err(|_| KeyError::BadInput)?;
                 let bytes = m.to_bytes_be();
                 let mut out = vec![0u8; size - bytes.len()];
