@@ -1,1 +1,47 @@
-fn main() {}
+//! `keyward`: the one binary. Argument parsing and wiring only; the work is
+//! done by the library crates.
+
+mod admin;
+mod demo;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "keyward",
+    version,
+    about = "Keyward credential management system"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the Keyward server (API, portals, store).
+    Serve(serve::ServeArgs),
+    /// Run the server with sample data in its own data folder.
+    Demo(demo::DemoArgs),
+    /// Administer a running server through its REST API.
+    Admin(admin::AdminArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Admin(args) => admin::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}

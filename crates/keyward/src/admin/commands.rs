@@ -1,0 +1,709 @@
+//! The admin subcommands, each a thin call of the REST API.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+use super::client::{enc, ApiClient, RequestBody};
+use super::output::{print_list, print_object};
+
+/// Rows sent per import request: large files go in chunks, each checked
+/// first (dry run) so an all-or-nothing import writes nothing on a bad row.
+const IMPORT_CHUNK_ROWS: usize = 20_000;
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Add one user.
+    Add {
+        login: String,
+        #[arg(long)]
+        display_name: String,
+        #[arg(long)]
+        upn: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        /// Directory attribute NAME=VALUE (repeatable), e.g. objectSid=S-1-5-…
+        #[arg(long = "attr", value_name = "NAME=VALUE")]
+        attributes: Vec<String>,
+    },
+    /// Import users from a CSV file (docs/cli.md lists the columns).
+    Import {
+        file: PathBuf,
+        /// Import the good rows and report the bad ones (default: any bad row
+        /// rejects the whole import).
+        #[arg(long)]
+        partial: bool,
+    },
+    /// List users, optionally by login prefix.
+    List {
+        #[arg(long)]
+        prefix: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Show one user.
+    Show { login: String },
+    /// Create a one-time enrollment code with which the user sets a first password.
+    EnrollmentCode { login: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OperatorCommand {
+    /// Add an operator (prints a one-time password once).
+    Add {
+        login: String,
+        /// administrator, issuance_operator, help_desk or user
+        #[arg(long)]
+        role: String,
+        /// For role `user`: the user this self-service account belongs to.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// List operators.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeviceCommand {
+    /// Import devices from a CSV file (device_type,serial,firmware_version,atr).
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        partial: bool,
+    },
+    /// List devices.
+    List {
+        #[arg(long)]
+        prefix: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        device_type: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show one device with its history.
+    Show { serial: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Create or replace device policies from a TOML or JSON file.
+    Import { file: PathBuf },
+    /// List device policies.
+    List,
+    /// Show one device policy.
+    Show { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SettingsCommand {
+    /// Show all settings.
+    Show,
+    /// Set one setting (docs/cli.md lists the keys).
+    Set { key: String, value: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PasskeyServiceCommand {
+    /// Configure a Passkey-Enabled Service (the client secret is read from stdin).
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        tenant_id: String,
+        #[arg(long)]
+        client_id: String,
+        /// Read the client secret from standard input (never a flag).
+        #[arg(long, required = true)]
+        client_secret_stdin: bool,
+        #[arg(long)]
+        authority_url: Option<String>,
+        #[arg(long)]
+        graph_url: Option<String>,
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// List Passkey-Enabled Services.
+    List,
+    /// Test connection: get a token and list a user's fido2Methods.
+    Test {
+        name: String,
+        /// UPN or object id of a user to list.
+        #[arg(long)]
+        user: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create an API token (printed once).
+    Create {
+        #[arg(long)]
+        role: String,
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+    /// List API tokens.
+    List,
+    /// Revoke an API token by id.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Verify the audit trail's MAC chain (exit 1 if broken).
+    Verify,
+    /// List audit records.
+    List {
+        #[arg(long)]
+        after: Option<i64>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+pub fn dispatch(
+    c: &ApiClient,
+    json: bool,
+    command: super::AdminCommand,
+) -> anyhow::Result<ExitCode> {
+    use super::AdminCommand as A;
+    match command {
+        A::User(cmd) => user(c, json, cmd),
+        A::Operator(cmd) => operator(c, json, cmd),
+        A::Device(cmd) => device(c, json, cmd),
+        A::Policy(cmd) => policy(c, json, cmd),
+        A::Settings(cmd) => settings(c, json, cmd),
+        A::PasskeyService(cmd) => passkey_service(c, json, cmd),
+        A::Token(cmd) => token(c, json, cmd),
+        A::Audit(cmd) => audit(c, json, cmd),
+    }
+}
+
+const USER_COLUMNS: &[(&str, &str)] = &[
+    ("login", "LOGIN"),
+    ("display_name", "DISPLAY NAME"),
+    ("upn", "UPN"),
+    ("email", "EMAIL"),
+    ("status", "STATUS"),
+];
+
+const DEVICE_COLUMNS: &[(&str, &str)] = &[
+    ("serial", "SERIAL"),
+    ("device_type", "TYPE"),
+    ("firmware_version", "FIRMWARE"),
+    ("state", "STATE"),
+    ("reason", "REASON"),
+    ("version", "VERSION"),
+];
+
+fn user(c: &ApiClient, json: bool, cmd: UserCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        UserCommand::Add {
+            login,
+            display_name,
+            upn,
+            email,
+            attributes,
+        } => {
+            let mut attrs = serde_json::Map::new();
+            for a in attributes {
+                let (k, v) = a
+                    .split_once('=')
+                    .with_context(|| format!("--attr {a}: expected NAME=VALUE"))?;
+                attrs.insert(k.to_string(), Value::String(v.to_string()));
+            }
+            let mut body =
+                json!({ "login": login, "display_name": display_name, "attributes": attrs });
+            if let Some(u) = upn {
+                body["upn"] = json!(u);
+            }
+            if let Some(e) = email {
+                body["email"] = json!(e);
+            }
+            print_object(json, &c.post("/users", body)?);
+        }
+        UserCommand::Import { file, partial } => {
+            import_csv(c, json, "/users/import", &file, partial)?
+        }
+        UserCommand::List {
+            prefix,
+            limit,
+            after,
+        } => {
+            let mut q = format!("/users?limit={limit}");
+            if let Some(p) = prefix {
+                q.push_str(&format!("&prefix={}", enc(&p)));
+            }
+            if let Some(a) = after {
+                q.push_str(&format!("&after={}", enc(&a)));
+            }
+            let page = c.get(&q)?;
+            print_list(json, &page, USER_COLUMNS);
+            if !json {
+                if let Some(next) = page["next"].as_str() {
+                    eprintln!("more: --after {next}");
+                }
+            }
+        }
+        UserCommand::Show { login } => {
+            print_object(json, &c.get(&format!("/users/{}", enc(&login)))?)
+        }
+        UserCommand::EnrollmentCode { login } => {
+            let v = c.post(
+                &format!("/users/{}/enrollment-code", enc(&login)),
+                json!({}),
+            )?;
+            print_object(json, &v);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Splits a CSV file into chunks (each with the header), checks every chunk
+/// with a dry run, then imports; row numbers in errors are the file's.
+fn import_csv(
+    c: &ApiClient,
+    json: bool,
+    path: &str,
+    file: &Path,
+    partial: bool,
+) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut lines = text.lines();
+    let header = lines.next().context("the CSV file is empty")?;
+    let rows: Vec<&str> = lines.filter(|l| !l.trim().is_empty()).collect();
+    let chunks: Vec<&[&str]> = rows.chunks(IMPORT_CHUNK_ROWS).collect();
+    let body = |chunk: &[&str]| {
+        let mut s = String::with_capacity(
+            chunk.iter().map(|l| l.len() + 1).sum::<usize>() + header.len() + 1,
+        );
+        s.push_str(header);
+        s.push('\n');
+        for l in chunk {
+            s.push_str(l);
+            s.push('\n');
+        }
+        s
+    };
+    let renumber = |e: anyhow::Error, offset: usize| -> anyhow::Error {
+        match e.downcast::<super::client::ApiFailure>() {
+            Ok(mut f) => {
+                if let Some(Value::Array(rows)) =
+                    f.details.as_mut().and_then(|d| d.get_mut("rejected"))
+                {
+                    for r in rows.iter_mut() {
+                        if let Some(n) = r["row"].as_u64() {
+                            r["row"] = json!(n as usize + offset);
+                        }
+                    }
+                }
+                f.message = format!("{} (rows counted from chunk start {offset})", f.message);
+                f.into()
+            }
+            Err(e) => e,
+        }
+    };
+    if !partial && chunks.len() > 1 {
+        for (i, chunk) in chunks.iter().enumerate() {
+            let offset = i * IMPORT_CHUNK_ROWS;
+            c.send(
+                reqwest::Method::POST,
+                &format!("{path}?dry_run=true"),
+                Some(RequestBody::Csv(body(chunk))),
+            )
+            .map_err(|e| renumber(e, offset))?;
+        }
+    }
+    let mut imported = 0u64;
+    let mut rejected = Vec::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let offset = i * IMPORT_CHUNK_ROWS;
+        let q = if partial {
+            format!("{path}?partial=true")
+        } else {
+            path.to_string()
+        };
+        let report = c
+            .send(
+                reqwest::Method::POST,
+                &q,
+                Some(RequestBody::Csv(body(chunk))),
+            )
+            .map_err(|e| renumber(e, offset))?;
+        imported += report["imported"].as_u64().unwrap_or(0);
+        if let Some(rows) = report["rejected"].as_array() {
+            for r in rows {
+                let mut r = r.clone();
+                if let Some(n) = r["row"].as_u64() {
+                    r["row"] = json!(n as usize + offset);
+                }
+                rejected.push(r);
+            }
+        }
+    }
+    let summary = json!({ "imported": imported, "rejected": rejected });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!("imported {imported} row(s)");
+        for r in &rejected {
+            println!(
+                "rejected row {}: {} [{}] {}",
+                r["row"],
+                r["field"].as_str().unwrap_or(""),
+                r["code"].as_str().unwrap_or(""),
+                r["message"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn operator(c: &ApiClient, json: bool, cmd: OperatorCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        OperatorCommand::Add { login, role, user } => {
+            let v = c.post(
+                "/operators",
+                json!({ "login": login, "role": role, "user_login": user }),
+            )?;
+            if json {
+                print_object(true, &v);
+            } else {
+                println!(
+                    "created {} ({})",
+                    v["operator"]["login"].as_str().unwrap_or(""),
+                    v["operator"]["role"].as_str().unwrap_or("")
+                );
+                println!(
+                    "one-time password: {}",
+                    v["one_time_password"].as_str().unwrap_or("")
+                );
+                println!("(shown once; it must be changed at first sign-in)");
+            }
+        }
+        OperatorCommand::List => print_list(
+            json,
+            &c.get("/operators")?,
+            &[
+                ("login", "LOGIN"),
+                ("role", "ROLE"),
+                ("user_login", "USER"),
+                ("must_change_password", "MUST CHANGE"),
+                ("disabled", "DISABLED"),
+            ],
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn device(c: &ApiClient, json: bool, cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        DeviceCommand::Import { file, partial } => {
+            import_csv(c, json, "/devices/import", &file, partial)?
+        }
+        DeviceCommand::List {
+            prefix,
+            state,
+            device_type,
+            limit,
+        } => {
+            let mut q = format!("/devices?limit={limit}");
+            for (k, v) in [
+                ("prefix", prefix),
+                ("state", state),
+                ("device_type", device_type),
+            ] {
+                if let Some(v) = v {
+                    q.push_str(&format!("&{k}={}", enc(&v)));
+                }
+            }
+            print_list(json, &c.get(&q)?, DEVICE_COLUMNS);
+        }
+        DeviceCommand::Show { serial } => {
+            let v = c.get(&format!("/devices/{}", enc(&serial)))?;
+            if json {
+                print_object(true, &v);
+            } else {
+                let mut shown = v.clone();
+                if let Some(o) = shown.as_object_mut() {
+                    o.remove("history");
+                }
+                print_object(false, &shown);
+                println!();
+                print_list(
+                    false,
+                    &v["history"],
+                    &[
+                        ("at", "AT"),
+                        ("actor", "BY"),
+                        ("from_state", "FROM"),
+                        ("to_state", "TO"),
+                        ("to_reason", "REASON"),
+                        ("note", "NOTE"),
+                    ],
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads policies from a TOML (`[[policy]]` tables, or one policy at the top
+/// level) or JSON (an object or an array) file.
+fn read_policies(file: &Path) -> anyhow::Result<Vec<Value>> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let is_json = file.extension().map(|e| e == "json").unwrap_or(false)
+        || text.trim_start().starts_with(['{', '[']);
+    let value: Value = if is_json {
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", file.display()))?
+    } else {
+        let t: toml::Value =
+            toml::from_str(&text).with_context(|| format!("{}: not valid TOML", file.display()))?;
+        serde_json::to_value(t)?
+    };
+    Ok(match value {
+        Value::Array(items) => items,
+        Value::Object(mut map) => match map.remove("policy") {
+            Some(Value::Array(items)) => items,
+            Some(other) => bail!(
+                "{}: 'policy' must be an array of tables ([[policy]]), got {other}",
+                file.display()
+            ),
+            None => vec![Value::Object(map)],
+        },
+        _ => bail!(
+            "{}: expected a policy object or a list of policies",
+            file.display()
+        ),
+    })
+}
+
+fn policy(c: &ApiClient, json: bool, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PolicyCommand::Import { file } => {
+            let policies = read_policies(&file)?;
+            let services = c.get("/passkey-services")?;
+            let existing = c.get("/policies")?;
+            for mut p in policies {
+                // A policy file may name its Passkey-Enabled Service instead of giving its id.
+                if let Some(fido) = p.get_mut("fido_application").and_then(Value::as_object_mut) {
+                    if !fido.contains_key("passkey_service_id") {
+                        let name = fido
+                            .get("passkey_service_name")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string();
+                        let id = services
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .find(|s| s["name"] == name.as_str())
+                            .and_then(|s| s["id"].as_str())
+                            .with_context(|| {
+                                format!(
+                                    "fido_application: no Passkey-Enabled Service named '{name}'"
+                                )
+                            })?;
+                        fido.insert("passkey_service_id".into(), json!(id));
+                    }
+                }
+                let name = p["name"]
+                    .as_str()
+                    .context("a policy needs a name")?
+                    .to_string();
+                let exists = existing
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|e| e["name"] == name.as_str());
+                let saved = if exists {
+                    c.put(&format!("/policies/{}", enc(&name)), p)?
+                } else {
+                    c.post("/policies", p)?
+                };
+                if json {
+                    print_object(true, &saved);
+                } else {
+                    println!(
+                        "{} policy '{}'",
+                        if exists { "replaced" } else { "created" },
+                        name
+                    );
+                }
+            }
+        }
+        PolicyCommand::List => print_list(
+            json,
+            &c.get("/policies")?,
+            &[
+                ("name", "NAME"),
+                ("device_types", "DEVICE TYPES"),
+                ("description", "DESCRIPTION"),
+            ],
+        ),
+        PolicyCommand::Show { name } => {
+            print_object(json, &c.get(&format!("/policies/{}", enc(&name)))?)
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn settings(c: &ApiClient, json: bool, cmd: SettingsCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        SettingsCommand::Show => print_object(json, &c.get("/settings")?),
+        SettingsCommand::Set { key, value } => print_object(
+            json,
+            &c.put(
+                &format!("/settings/{}", enc(&key)),
+                json!({ "value": value }),
+            )?,
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn passkey_service(
+    c: &ApiClient,
+    json: bool,
+    cmd: PasskeyServiceCommand,
+) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PasskeyServiceCommand::Add {
+            name,
+            tenant_id,
+            client_id,
+            client_secret_stdin: _,
+            authority_url,
+            graph_url,
+            scope,
+        } => {
+            let mut secret = String::new();
+            std::io::stdin()
+                .read_to_string(&mut secret)
+                .context("reading the client secret from stdin")?;
+            let secret = secret.trim_end_matches(['\r', '\n']).to_string();
+            if secret.is_empty() {
+                bail!("--client-secret-stdin: standard input was empty");
+            }
+            let v = c.post(
+                "/passkey-services",
+                json!({
+                    "name": name, "tenant_id": tenant_id, "client_id": client_id, "client_secret": secret,
+                    "authority_url": authority_url, "graph_url": graph_url, "scope": scope,
+                }),
+            )?;
+            print_object(json, &v);
+        }
+        PasskeyServiceCommand::List => print_list(
+            json,
+            &c.get("/passkey-services")?,
+            &[
+                ("name", "NAME"),
+                ("tenant_id", "TENANT"),
+                ("client_id", "CLIENT"),
+                ("authority_url", "AUTHORITY"),
+                ("graph_url", "GRAPH"),
+            ],
+        ),
+        PasskeyServiceCommand::Test { name, user } => {
+            let v = c.post(
+                &format!("/passkey-services/{}/test", enc(&name)),
+                json!({ "user": user }),
+            )?;
+            print_object(json, &v);
+            if v["verdict"] != "ok" {
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn token(c: &ApiClient, json: bool, cmd: TokenCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        TokenCommand::Create { role, name } => {
+            let v = c.post("/tokens", json!({ "name": name, "role": role }))?;
+            if json {
+                print_object(true, &v);
+            } else {
+                println!("{}", v["token"].as_str().unwrap_or(""));
+                eprintln!("(token '{}' with role {}: shown once)", name, role);
+            }
+        }
+        TokenCommand::List => print_list(
+            json,
+            &c.get("/tokens")?,
+            &[
+                ("id", "ID"),
+                ("name", "NAME"),
+                ("role", "ROLE"),
+                ("created_at", "CREATED"),
+                ("revoked", "REVOKED"),
+            ],
+        ),
+        TokenCommand::Revoke { id } => {
+            c.send(
+                reqwest::Method::DELETE,
+                &format!("/tokens/{}", enc(&id)),
+                None,
+            )?;
+            if !json {
+                println!("revoked {id}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn audit(c: &ApiClient, json: bool, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AuditCommand::Verify => {
+            let v = c.get("/audit/verify")?;
+            if json {
+                print_object(true, &v);
+            } else if v["ok"] == true {
+                println!("audit trail intact: {} record(s)", v["records"]);
+            } else {
+                println!("audit trail BROKEN ({} record(s) read):", v["records"]);
+                for p in v["problems"].as_array().into_iter().flatten() {
+                    println!("  {}", p.as_str().unwrap_or(""));
+                }
+            }
+            Ok(if v["ok"] == true {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        AuditCommand::List { after, limit } => {
+            let mut q = format!("/audit?limit={limit}");
+            if let Some(a) = after {
+                q.push_str(&format!("&after={a}"));
+            }
+            print_list(
+                json,
+                &c.get(&q)?,
+                &[
+                    ("seq", "SEQ"),
+                    ("at", "AT"),
+                    ("actor", "ACTOR"),
+                    ("action", "ACTION"),
+                    ("target", "TARGET"),
+                    ("outcome", "OUTCOME"),
+                ],
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Every route of the API checks authentication and the role: read from the
+//! server's own OpenAPI document, each route answers 401 without credentials
+//! and 403 for a caller whose role lacks its permission.
+
+mod support;
+
+use serde_json::Value;
+use support::TestServer;
+
+/// Routes anyone may call (sign-in, enrollment by code).
+const PUBLIC: &[(&str, &str)] = &[
+    ("post", "/api/v1/auth/session"),
+    ("post", "/api/v1/auth/enroll"),
+];
+/// Routes every signed-in caller may use, whatever the role.
+const ANY_ROLE: &[(&str, &str)] = &[
+    ("get", "/api/v1/me"),
+    ("delete", "/api/v1/auth/session"),
+    ("post", "/api/v1/auth/password"),
+];
+
+fn routes(server: &TestServer) -> Vec<(String, String)> {
+    let doc: Value = server
+        .client()
+        .get(server.api("/openapi.json"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in ["get", "post", "put", "patch", "delete"] {
+            if item.get(method).is_some() {
+                out.push((method.to_string(), path.clone()));
+            }
+        }
+    }
+    assert!(
+        out.len() >= 25,
+        "expected the whole API in the document, got {}",
+        out.len()
+    );
+    out
+}
+
+fn concrete(path: &str) -> String {
+    path.replace("{login}", "alice")
+        .replace("{serial}", "12345678")
+        .replace("{name}", "some-name")
+        .replace("{key}", "initial_pin_display_mode")
+        .replace("{id}", "00000000-0000-0000-0000-000000000000")
+}
+
+fn send(server: &TestServer, token: &str, method: &str, path: &str) -> (u16, Value) {
+    let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+    let mut req = server
+        .client()
+        .request(m, format!("{}{}", server.url, concrete(path)));
+    if !token.is_empty() {
+        req = req.bearer_auth(token);
+    }
+    if method != "get" && method != "delete" {
+        req = req.header("content-type", "application/json").body("{}");
+    }
+    let resp = req.send().unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn every_route_refuses_unauthenticated_callers_with_401() {
+    let server = TestServer::start();
+    for (method, path) in routes(&server) {
+        if PUBLIC.contains(&(method.as_str(), path.as_str())) {
+            continue;
+        }
+        let (status, body) = send(&server, "", &method, &path);
+        assert_eq!(status, 401, "{method} {path}: {body}");
+        assert_eq!(body["error"]["code"], "unauthenticated", "{method} {path}");
+        let (status, _) = send(&server, "kw_not_a_real_token", &method, &path);
+        assert_eq!(status, 401, "{method} {path} with a wrong token");
+    }
+}
+
+#[test]
+fn every_route_refuses_a_role_without_its_permission_with_403() {
+    let server = TestServer::start();
+    let user_token = server.token_with_role("user");
+    let help_desk = server.token_with_role("help_desk");
+    let mut checked = 0;
+    for (method, path) in routes(&server) {
+        let key = (method.as_str(), path.as_str());
+        if PUBLIC.contains(&key) || ANY_ROLE.contains(&key) {
+            continue;
+        }
+        // A self-service user may call none of the administration routes.
+        let (status, body) = send(&server, &user_token, &method, &path);
+        assert_eq!(status, 403, "user role: {method} {path}: {body}");
+        assert_eq!(body["error"]["code"], "forbidden", "{method} {path}");
+        assert!(body["error"]["details"]["required_permission"].is_string());
+        checked += 1;
+    }
+    assert!(checked >= 20);
+    // Help Desk: no settings, policies, operators, tokens or audit changes.
+    for (method, path) in [
+        ("put", "/api/v1/settings/{key}"),
+        ("post", "/api/v1/policies"),
+        ("post", "/api/v1/operators"),
+        ("post", "/api/v1/tokens"),
+        ("get", "/api/v1/audit"),
+        ("post", "/api/v1/users"),
+        ("post", "/api/v1/passkey-services"),
+    ] {
+        let (status, body) = send(&server, &help_desk, method, path);
+        assert_eq!(status, 403, "help_desk: {method} {path}: {body}");
+    }
+    // …but may read users.
+    let (status, _) = send(&server, &help_desk, "get", "/api/v1/users");
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn a_revoked_token_is_refused() {
+    let server = TestServer::start();
+    let (s, v) = server.call(
+        "POST",
+        "/tokens",
+        Some(serde_json::json!({"name": "temp", "role": "help_desk"})),
+    );
+    assert_eq!(s, 201);
+    let token = v["token"].as_str().unwrap().to_string();
+    let id = v["token_info"]["id"].as_str().unwrap().to_string();
+    assert_eq!(server.call_as(&token, "GET", "/users", None).0, 200);
+    assert_eq!(server.call("DELETE", &format!("/tokens/{id}"), None).0, 204);
+    assert_eq!(server.call_as(&token, "GET", "/users", None).0, 401);
+}

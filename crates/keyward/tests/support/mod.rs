@@ -1,0 +1,308 @@
+//! Test support: start `keyward serve` (the real binary, through
+//! `CARGO_BIN_EXE_keyward`) on a free port with its own data folder, and talk
+//! to its API.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_keyward");
+
+pub struct TestServer {
+    pub child: Child,
+    pub url: String,
+    pub token: String,
+    pub data_dir: tempfile::TempDir,
+    /// Everything the process printed (stdout and stderr), for secret searches.
+    pub output: Arc<Mutex<String>>,
+    pub first_admin_password: Option<String>,
+}
+
+pub struct ServerOptions {
+    pub database_url: Option<String>,
+    pub extra_env: Vec<(String, String)>,
+    pub args: Vec<String>,
+    pub subcommand: &'static str,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            database_url: None,
+            extra_env: vec![],
+            args: vec![],
+            subcommand: "serve",
+        }
+    }
+}
+
+fn pump(
+    reader: impl Read + Send + 'static,
+    sink: Arc<Mutex<String>>,
+    lines: Option<std::sync::mpsc::Sender<String>>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push_str(&line);
+            sink.lock().unwrap().push('\n');
+            if let Some(tx) = &lines {
+                let _ = tx.send(line);
+            }
+        }
+    });
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        Self::start_with(ServerOptions::default())
+    }
+
+    pub fn start_with(opts: ServerOptions) -> TestServer {
+        let data_dir = tempfile::tempdir().unwrap();
+        let token = format!("kw_test_{}", uuid_like());
+        let mut cmd = Command::new(BIN);
+        cmd.arg(opts.subcommand)
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(&opts.args)
+            .env("KEYWARD_BOOTSTRAP_TOKEN", &token)
+            .env_remove("KEYWARD_CONFIG")
+            .env_remove("KEYWARD_DATABASE_URL")
+            .env("KEYWARD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(url) = &opts.database_url {
+            cmd.arg("--database-url").arg(url);
+        }
+        for (k, v) in &opts.extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn keyward");
+        let output = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        pump(child.stdout.take().unwrap(), output.clone(), Some(tx));
+        pump(child.stderr.take().unwrap(), output.clone(), None);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut url = None;
+        let mut first_admin_password = None;
+        while url.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("server did not start; output:\n{}", output.lock().unwrap())
+            });
+            if let Some(p) = line.strip_prefix("created operator 'admin' with one-time password: ")
+            {
+                first_admin_password = Some(p.trim().to_string());
+            }
+            if let Some(u) = line.strip_prefix("keyward listening on ") {
+                url = Some(u.trim().to_string());
+            }
+            if let Some(u) = line.strip_prefix("Keyward demo is running at ") {
+                url = Some(u.trim().to_string());
+            }
+        }
+        TestServer {
+            child,
+            url: url.unwrap(),
+            token,
+            data_dir,
+            output,
+            first_admin_password,
+        }
+    }
+
+    pub fn data_path(&self) -> PathBuf {
+        self.data_dir.path().to_path_buf()
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("{}/api/v1{}", self.url, path)
+    }
+
+    pub fn client(&self) -> reqwest::blocking::Client {
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap()
+    }
+
+    /// GET/POST/… with the bootstrap administrator token.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        self.call_as(&self.token.clone(), method, path, body)
+    }
+
+    pub fn call_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.client().request(m, self.api(path));
+        if !token.is_empty() {
+            req = req.bearer_auth(token);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    /// Sends a raw body with a content type.
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, serde_json::Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let resp = self
+            .client()
+            .request(m, self.api(path))
+            .bearer_auth(&self.token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    /// Creates an API token with `role`, returns its value.
+    pub fn token_with_role(&self, role: &str) -> String {
+        let (s, v) = self.call(
+            "POST",
+            "/tokens",
+            Some(serde_json::json!({ "name": format!("t-{role}"), "role": role })),
+        );
+        assert_eq!(s, 201, "{v}");
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    /// Runs `keyward admin …` against this server.
+    pub fn admin(&self, args: &[&str]) -> std::process::Output {
+        self.admin_stdin(args, None)
+    }
+
+    pub fn admin_stdin(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        use std::io::Write;
+        let mut child = Command::new(BIN)
+            .arg("admin")
+            .args(args)
+            .env("KEYWARD_SERVER", &self.url)
+            .env("KEYWARD_TOKEN", &self.token)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            let mut input = child.stdin.take().unwrap();
+            if let Some(s) = stdin {
+                input.write_all(s.as_bytes()).unwrap();
+            }
+        }
+        let out = child.wait_with_output().unwrap();
+        self.output
+            .lock()
+            .unwrap()
+            .push_str(&String::from_utf8_lossy(&out.stdout));
+        self.output
+            .lock()
+            .unwrap()
+            .push_str(&String::from_utf8_lossy(&out.stderr));
+        out
+    }
+
+    pub fn stop(&mut self) {
+        unsafe {
+            libc_kill(self.child.id() as i32, 15);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn uuid_like() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{:x}{:x}", n, std::process::id())
+}
+
+pub fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// All files below `dir` concatenated (for secret searches in the data folder).
+pub fn read_tree(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(read_tree(&p));
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                out.extend(bytes);
+            }
+        }
+    }
+    out
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}

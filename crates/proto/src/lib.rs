@@ -1,0 +1,263 @@
+//! Wire types of Keyward's REST API (`/api/v1`): the request and response
+//! bodies shared by the server, the admin CLI and other clients. Domain types
+//! (users, devices, device policies) travel as they are; this crate adds the
+//! envelopes around them. Every request body rejects unknown fields.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// One page of a list, with the cursor for the next page.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+// ---------------------------------------------------------------- sign-in
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignInRequest {
+    pub login: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SessionInfo {
+    pub login: String,
+    /// `administrator`, `issuance_operator`, `help_desk` or `user`.
+    pub role: String,
+    /// Send back as `X-CSRF-Token` on every state-changing request made with
+    /// the session cookie.
+    pub csrf_token: String,
+    /// The password is a one-time one: only a password change is allowed.
+    pub must_change_password: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChangeRequest {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub login: String,
+    /// The one-time enrollment code an administrator created for the user.
+    pub code: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EnrollmentCode {
+    /// Shown once; only its keyed hash is stored.
+    pub code: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: time::OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    pub login: String,
+    pub role: String,
+    /// `session` or `token`.
+    pub via: String,
+    /// What this role may do (permission names).
+    pub permissions: Vec<String>,
+}
+
+// ---------------------------------------------------------------- users
+
+/// Fields to change on a user; absent fields stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserUpdate {
+    pub upn: Option<String>,
+    pub display_name: Option<String>,
+    pub email: Option<String>,
+    pub attributes: Option<BTreeMap<String, String>>,
+    /// `active` or `disabled`.
+    pub status: Option<String>,
+}
+
+/// Result of a bulk import (users or devices).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImportReport {
+    /// Rows written.
+    pub imported: usize,
+    /// Rows refused, with the reason; in the default all-or-nothing mode a
+    /// non-empty list means nothing was written.
+    pub rejected: Vec<RowError>,
+    /// `all_or_nothing` (default) or `partial` (`?partial=true`).
+    pub mode: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RowError {
+    /// 1-based data row (the CSV header is row 0).
+    pub row: usize,
+    pub code: String,
+    pub field: String,
+    pub message: String,
+}
+
+// ---------------------------------------------------------------- devices
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceStateRequest {
+    /// Target state (canonical name).
+    pub to: String,
+    pub reason: Option<String>,
+    /// The `version` you read: the change is refused with 409 if someone else
+    /// changed the device since.
+    pub expected_version: i64,
+    pub note: Option<String>,
+}
+
+// ---------------------------------------------------------------- settings
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SettingsView {
+    /// Security Settings: "Device initial PIN display mode".
+    pub initial_pin_display_mode: String,
+    /// User Portal configuration: "Change PIN during issuance".
+    pub change_pin_during_issuance: bool,
+    /// User Portal configuration: "Who can bind the device to the user?".
+    pub who_can_bind: String,
+    /// User Portal configuration: "Enable issuance retry for user".
+    pub enable_issuance_retry_for_user: bool,
+    /// Device parameters: "Enable Automatic Import of Unknown Cards".
+    pub auto_import_unknown_devices: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettingValue {
+    /// The value as text (`not_displayed`, `yes`, `true`, …).
+    pub value: String,
+}
+
+// ---------------------------------------------------------------- Passkey-Enabled Services
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasskeyServiceCreate {
+    pub name: String,
+    pub tenant_id: String,
+    pub client_id: String,
+    /// Stored only encrypted; never returned.
+    pub client_secret: String,
+    /// Default https://login.microsoftonline.com
+    pub authority_url: Option<String>,
+    /// Default https://graph.microsoft.com
+    pub graph_url: Option<String>,
+    /// Default https://graph.microsoft.com/.default (never derived from graph_url).
+    pub scope: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PasskeyServiceView {
+    pub id: String,
+    pub name: String,
+    pub tenant_id: String,
+    pub client_id: String,
+    pub authority_url: String,
+    pub graph_url: String,
+    pub scope: String,
+    /// A client secret is stored (its value is never returned).
+    pub has_client_secret: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasskeyServiceTest {
+    /// A user (UPN or object id) whose fido2Methods are listed.
+    pub user: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PasskeyServiceTestReport {
+    /// `ok`, `token_failed`, `graph_failed`
+    pub verdict: String,
+    pub message: String,
+    /// Passkeys the user has, when listing worked.
+    pub fido2_methods: Option<usize>,
+}
+
+// ---------------------------------------------------------------- accounts, roles, tokens
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorCreate {
+    pub login: String,
+    pub role: String,
+    /// For role `user`: the user record this self-service account belongs to.
+    pub user_login: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OperatorView {
+    pub id: String,
+    pub login: String,
+    pub role: String,
+    pub user_login: Option<String>,
+    pub must_change_password: bool,
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OperatorCreated {
+    pub operator: OperatorView,
+    /// One-time password, shown once; must be changed at first sign-in.
+    pub one_time_password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RoleView {
+    pub name: String,
+    pub label: String,
+    pub permissions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCreate {
+    pub name: String,
+    pub role: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: time::OffsetDateTime,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenCreated {
+    pub token_info: TokenView,
+    /// The token itself: shown once, never stored in clear.
+    pub token: String,
+}
+
+// ---------------------------------------------------------------- audit
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditVerifyReport {
+    pub ok: bool,
+    pub records: u64,
+    /// What is wrong, naming the record (`record 17 was changed`, …).
+    pub problems: Vec<String>,
+}

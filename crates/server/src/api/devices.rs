@@ -1,0 +1,341 @@
+//! The device inventory: register and import devices, search, show with
+//! history, and state changes under optimistic concurrency.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use keyward_domain::{
+    Atr, Device, DeviceHistoryEntry, DeviceState, DeviceType, FirmwareVersion, NewDevice, Serial,
+    StateChange, StateReason,
+};
+use keyward_proto::{DeviceStateRequest, ImportReport, Page, RowError};
+use keyward_store::{DeviceFilter, ImportMode};
+use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::users::{content_type, import_rows, mode_name, rejection, row_error, ImportQuery};
+use super::{audit, invalid, store_error};
+use crate::app::AppState;
+use crate::auth::{perm, Allowed};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::json::{parse_json, ApiJson, ApiQuery};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show))
+        .routes(routes!(change_state))
+}
+
+/// The import route, apart: it gets the larger body limit.
+pub fn import_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(import))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceQuery {
+    /// Serial number prefix (decimal).
+    pub prefix: Option<String>,
+    /// Canonical state name.
+    pub state: Option<String>,
+    /// Canonical device type.
+    pub device_type: Option<String>,
+    /// Cursor from the previous page.
+    pub after: Option<String>,
+    /// 1 to 500 (default 50).
+    pub limit: Option<u32>,
+}
+
+/// Search the inventory.
+#[utoipa::path(get, path = "/devices", tag = "devices", params(DeviceQuery),
+    responses((status = 200, body = Object, description = "Page of devices"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn list(
+    State(state): State<AppState>,
+    Allowed(_caller, _): Allowed<perm::DevicesRead>,
+    ApiQuery(q): ApiQuery<DeviceQuery>,
+) -> ApiResult<Json<Page<Device>>> {
+    let limit = match q.limit {
+        None => 50,
+        Some(n) if (1..=500).contains(&n) => n,
+        Some(_) => {
+            return Err(
+                ApiError::bad_request("limit_out_of_range", "limit must be 1 to 500")
+                    .field("limit"),
+            )
+        }
+    };
+    let filter = DeviceFilter {
+        serial_prefix: q.prefix.clone().filter(|p| !p.is_empty()),
+        state: q
+            .state
+            .as_deref()
+            .map(|s| DeviceState::parse_field(s, "state"))
+            .transpose()
+            .map_err(invalid)?,
+        device_type: q
+            .device_type
+            .as_deref()
+            .map(|s| DeviceType::parse_field(s, "device_type"))
+            .transpose()
+            .map_err(invalid)?,
+        after: q.after.clone(),
+        limit,
+        ..Default::default()
+    };
+    let page = state
+        .store
+        .list_devices(&filter)
+        .await
+        .map_err(|e| store_error("searching devices", e))?;
+    Ok(Json(Page {
+        items: page.items,
+        next: page.next,
+    }))
+}
+
+/// Register one device in the inventory (state `available`).
+#[utoipa::path(post, path = "/devices", tag = "devices",
+    request_body(content = Object, description = "NewDevice: device_type, serial, firmware_version, atr"),
+    responses((status = 201, body = Object, description = "The device"), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::DevicesImport>,
+    ApiJson(new): ApiJson<NewDevice>,
+) -> ApiResult<(StatusCode, Json<Device>)> {
+    let draft = audit(
+        &caller,
+        "device.create",
+        format!("device:{}", new.serial),
+        serde_json::json!({ "device_type": new.device_type }),
+    );
+    let device = state
+        .store
+        .insert_device(&new, &draft)
+        .await
+        .map_err(|e| store_error("registering the device", e))?;
+    Ok((StatusCode::CREATED, Json(device)))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DeviceDetails {
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub device: Device,
+    /// UI wording of the state ("In Production").
+    pub state_label: String,
+    #[schema(value_type = Vec<Object>)]
+    pub history: Vec<DeviceHistoryEntry>,
+}
+
+/// One device with its history.
+#[utoipa::path(get, path = "/devices/{serial}", tag = "devices", params(("serial" = String, Path)),
+    responses((status = 200, body = DeviceDetails), (status = 404, body = ErrorBody)))]
+async fn show(
+    State(state): State<AppState>,
+    Allowed(_caller, _): Allowed<perm::DevicesRead>,
+    Path(serial): Path<String>,
+) -> ApiResult<Json<DeviceDetails>> {
+    let device = load(&state, &serial).await?;
+    let history = state
+        .store
+        .device_history(device.id)
+        .await
+        .map_err(|e| store_error("reading the device history", e))?;
+    Ok(Json(DeviceDetails {
+        state_label: device.state.label().to_string(),
+        device,
+        history,
+    }))
+}
+
+pub async fn load(state: &AppState, serial: &str) -> ApiResult<Device> {
+    let serial = Serial::parse("serial", serial).map_err(invalid)?;
+    state
+        .store
+        .get_device_by_serial(serial)
+        .await
+        .map_err(|e| store_error("reading the device", e))
+}
+
+/// Change a device's state (the state machine decides what is allowed);
+/// refused with 409 `version_conflict` if the device changed since
+/// `expected_version` was read.
+#[utoipa::path(post, path = "/devices/{serial}/state", tag = "devices", params(("serial" = String, Path)),
+    request_body = DeviceStateRequest,
+    responses((status = 200, body = Object, description = "The device"), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn change_state(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::DevicesLifecycle>,
+    Path(serial): Path<String>,
+    ApiJson(req): ApiJson<DeviceStateRequest>,
+) -> ApiResult<Json<Device>> {
+    let device = load(&state, &serial).await?;
+    if device.version != req.expected_version {
+        return Err(version_conflict(&device));
+    }
+    let change = StateChange {
+        to: DeviceState::parse_field(&req.to, "to").map_err(invalid)?,
+        reason: req
+            .reason
+            .as_deref()
+            .map(|r| StateReason::parse_field(r, "reason"))
+            .transpose()
+            .map_err(invalid)?,
+        assigned_user: None,
+        device_policy: None,
+        note: req.note.clone(),
+    };
+    device.apply(&change).map_err(invalid)?;
+    let draft = audit(
+        &caller,
+        "device.state",
+        format!("device:{}", device.serial),
+        serde_json::json!({ "from": device.state, "to": change.to, "reason": change.reason }),
+    );
+    let updated = state
+        .store
+        .change_device_state(device.id, req.expected_version, &change, &draft)
+        .await
+        .map_err(|e| store_error("changing the device state", e))?;
+    Ok(Json(updated))
+}
+
+pub fn version_conflict(device: &Device) -> ApiError {
+    ApiError::conflict(
+        "version_conflict",
+        format!(
+            "device {} changed since you read it (now {} at version {})",
+            device.serial, device.state, device.version
+        ),
+    )
+    .field("expected_version")
+}
+
+/// Import devices from CSV (`text/csv`: columns `device_type,serial,firmware_version,atr`)
+/// or a JSON array of NewDevice objects.
+#[utoipa::path(post, path = "/devices/import", tag = "devices", params(ImportQuery),
+    request_body(content = String, content_type = "text/csv"),
+    responses((status = 200, body = ImportReport), (status = 400, body = ErrorBody)))]
+async fn import(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::DevicesImport>,
+    ApiQuery(q): ApiQuery<ImportQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<ImportReport>> {
+    let partial = q.partial.unwrap_or(false);
+    let rows: Vec<Result<NewDevice, RowError>> = match content_type(&headers).as_str() {
+        "text/csv" => parse_device_csv(&body)?,
+        "application/json" => parse_json::<Vec<NewDevice>>(&body)?
+            .into_iter()
+            .map(Ok)
+            .collect(),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send text/csv or application/json",
+            ))
+        }
+    };
+    let mode = if partial {
+        ImportMode::SkipInvalid
+    } else {
+        ImportMode::AllOrNothing
+    };
+    let draft = audit(
+        &caller,
+        "device.import",
+        "devices",
+        serde_json::json!({ "rows": rows.len(), "mode": mode_name(mode) }),
+    );
+    let (imported, rejected) = import_rows(rows, mode, |good| {
+        let state = state.clone();
+        let draft = draft.clone();
+        async move { state.store.import_devices(&good, mode, &draft).await }
+    })
+    .await?;
+    if !rejected.is_empty() && !partial {
+        return Err(rejection(rejected, "device"));
+    }
+    Ok(Json(ImportReport {
+        imported,
+        rejected,
+        mode: mode_name(mode).into(),
+    }))
+}
+
+fn parse_device_csv(body: &[u8]) -> ApiResult<Vec<Result<NewDevice, RowError>>> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        ApiError::bad_request("invalid_utf8", format!("CSV is not valid UTF-8 ({e})"))
+    })?;
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let headers = reader
+        .headers()
+        .map_err(|e| ApiError::bad_request("csv_malformed", e.to_string()))?
+        .clone();
+    let known = ["device_type", "serial", "firmware_version", "atr"];
+    for h in headers.iter() {
+        if !known.contains(&h) {
+            return Err(ApiError::bad_request(
+                "csv_unknown_column",
+                format!("unknown column '{h}'; columns: {}", known.join(", ")),
+            )
+            .field(h.to_string()));
+        }
+    }
+    for required in ["device_type", "serial"] {
+        if !headers.iter().any(|h| h == required) {
+            return Err(ApiError::bad_request(
+                "csv_missing_column",
+                format!("the CSV needs a '{required}' column"),
+            )
+            .field(required));
+        }
+    }
+    let mut rows = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let row_no = i + 1;
+        let parsed = record
+            .map_err(|e| RowError {
+                row: row_no,
+                code: "csv_malformed".into(),
+                field: String::new(),
+                message: e.to_string(),
+            })
+            .and_then(|record| {
+                let get = |name: &str| {
+                    headers
+                        .iter()
+                        .position(|h| h == name)
+                        .and_then(|i| record.get(i))
+                        .unwrap_or("")
+                };
+                let device_type = DeviceType::parse_field(get("device_type"), "device_type")
+                    .map_err(|e| row_error(row_no, e))?;
+                let serial =
+                    Serial::parse("serial", get("serial")).map_err(|e| row_error(row_no, e))?;
+                let firmware_version = match get("firmware_version") {
+                    "" => None,
+                    v => Some(FirmwareVersion::parse(v).map_err(|e| row_error(row_no, e))?),
+                };
+                let atr = match get("atr") {
+                    "" => None,
+                    v => Some(Atr::parse("atr", v).map_err(|e| row_error(row_no, e))?),
+                };
+                Ok(NewDevice {
+                    device_type,
+                    serial,
+                    firmware_version,
+                    atr,
+                })
+            });
+        rows.push(parsed);
+    }
+    Ok(rows)
+}

@@ -1,0 +1,294 @@
+//! Sign-in with a password (browser sessions), sign-out, password change,
+//! first password by one-time enrollment code, and `GET /me`.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use keyward_domain::{AuditDraft, AuditOutcome, Permission};
+use keyward_proto::{EnrollRequest, PasswordChangeRequest, SessionInfo, SignInRequest, WhoAmI};
+use keyward_store::Session;
+use rand::RngCore;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{audit, found, store_error};
+use crate::app::AppState;
+use crate::auth::{Caller, Via, SESSION_COOKIE};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::json::ApiJson;
+use crate::secrets::{hash_password, verify_password};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(sign_in, sign_out))
+        .routes(routes!(change_password))
+        .routes(routes!(enroll))
+        .routes(routes!(me))
+}
+
+/// Passwords shorter than this are refused.
+pub const MIN_PASSWORD_LEN: usize = 10;
+
+/// A hash to verify against when the login is unknown, so the time taken
+/// does not tell whether an account exists.
+static DUMMY_HASH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| hash_password("keyward-dummy-password"));
+
+pub fn random_b64(len: usize) -> String {
+    use base64::Engine;
+    let mut raw = vec![0u8; len];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+pub fn check_new_password(password: &str, field: &str) -> ApiResult<()> {
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        return Err(ApiError::bad_request(
+            "password_too_short",
+            format!("a password has at least {MIN_PASSWORD_LEN} characters"),
+        )
+        .field(field));
+    }
+    if password.len() > 256 {
+        return Err(
+            ApiError::bad_request("password_too_long", "a password has at most 256 bytes")
+                .field(field),
+        );
+    }
+    Ok(())
+}
+
+async fn verify_blocking(password: String, phc: Option<String>) -> bool {
+    tokio::task::spawn_blocking(move || {
+        let phc = phc.unwrap_or_else(|| DUMMY_HASH.clone());
+        verify_password(&password, &phc).unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+async fn hash_blocking(password: String) -> String {
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .expect("hashing task does not panic")
+}
+
+/// Sign in with login and password; sets the `kw_session` cookie.
+#[utoipa::path(post, path = "/auth/session", tag = "auth", security(()),
+    request_body = SignInRequest,
+    responses((status = 200, body = SessionInfo), (status = 401, body = ErrorBody)))]
+async fn sign_in(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<SignInRequest>,
+) -> ApiResult<Response> {
+    let account = found(state.store.get_account_by_login(&req.login).await)
+        .map_err(|e| store_error("signing in", e))?;
+    let phc = account.as_ref().and_then(|a| a.password_hash.clone());
+    let ok = verify_blocking(req.password, phc).await;
+    let account = match account {
+        Some(a) if ok && !a.disabled => a,
+        _ => {
+            state
+                .metrics
+                .sign_in_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let draft = AuditDraft {
+                actor: format!("login:{}", shorten(&req.login)),
+                action: "auth.sign_in".into(),
+                target: format!("account:{}", shorten(&req.login)),
+                outcome: AuditOutcome::Failure,
+                details: serde_json::json!({}),
+            };
+            state
+                .store
+                .append_audit(&draft)
+                .await
+                .map_err(|e| store_error("recording a failed sign-in", e))?;
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "sign_in_failed",
+                "unknown login or wrong password",
+            ));
+        }
+    };
+    let session_id = random_b64(32);
+    let csrf_token = random_b64(32);
+    let expires_at = time::OffsetDateTime::now_utc()
+        + time::Duration::minutes(state.config.session_minutes as i64);
+    let draft = AuditDraft {
+        actor: format!("account:{}", account.login),
+        action: "auth.sign_in".into(),
+        target: format!("account:{}", account.login),
+        outcome: AuditOutcome::Success,
+        details: serde_json::json!({}),
+    };
+    state
+        .store
+        .create_session(
+            &Session {
+                id_hash: state.tokens.hash(&session_id),
+                account_id: account.id,
+                csrf_token: csrf_token.clone(),
+                created_at: time::OffsetDateTime::now_utc(),
+                expires_at,
+            },
+            &draft,
+        )
+        .await
+        .map_err(|e| store_error("creating the session", e))?;
+    let secure = if state.config.tls.is_some() {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{SESSION_COOKIE}={session_id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        state.config.session_minutes * 60
+    );
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).expect("cookie is ASCII"),
+    );
+    Ok((
+        headers,
+        Json(SessionInfo {
+            login: account.login,
+            role: account.role.as_str().into(),
+            csrf_token,
+            must_change_password: account.must_change_password,
+        }),
+    )
+        .into_response())
+}
+
+fn shorten(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(64).collect()
+}
+
+/// Sign out: ends the session and clears the cookie.
+#[utoipa::path(delete, path = "/auth/session", tag = "auth",
+    responses((status = 204), (status = 401, body = ErrorBody)))]
+async fn sign_out(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    if let Via::Session { session_hash, .. } = &caller.via {
+        state
+            .store
+            .delete_session(
+                session_hash,
+                &audit(
+                    &caller,
+                    "auth.sign_out",
+                    format!("account:{}", caller.login),
+                    serde_json::json!({}),
+                ),
+            )
+            .await
+            .map_err(|e| store_error("signing out", e))?;
+    }
+    let clear = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, clear)]).into_response())
+}
+
+/// Change one's own password (required after a one-time password).
+#[utoipa::path(post, path = "/auth/password", tag = "auth",
+    request_body = PasswordChangeRequest,
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn change_password(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<PasswordChangeRequest>,
+) -> ApiResult<StatusCode> {
+    let Some(account_id) = caller.account_id() else {
+        return Err(ApiError::bad_request(
+            "not_an_account",
+            "API tokens have no password",
+        ));
+    };
+    check_new_password(&req.new_password, "new_password")?;
+    if req.new_password == req.current_password {
+        return Err(ApiError::bad_request(
+            "password_unchanged",
+            "choose a password different from the current one",
+        )
+        .field("new_password"));
+    }
+    let account = state
+        .store
+        .get_account(account_id)
+        .await
+        .map_err(|e| store_error("changing the password", e))?;
+    if !verify_blocking(req.current_password, account.password_hash.clone()).await {
+        return Err(
+            ApiError::bad_request("wrong_password", "the current password is wrong")
+                .field("current_password"),
+        );
+    }
+    let phc = hash_blocking(req.new_password).await;
+    state
+        .store
+        .set_password(
+            account_id,
+            &phc,
+            false,
+            &audit(
+                &caller,
+                "auth.password_change",
+                format!("account:{}", caller.login),
+                serde_json::json!({}),
+            ),
+        )
+        .await
+        .map_err(|e| store_error("changing the password", e))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A user sets their first password with a one-time enrollment code.
+#[utoipa::path(post, path = "/auth/enroll", tag = "auth", security(()),
+    request_body = EnrollRequest,
+    responses((status = 204), (status = 400, body = ErrorBody)))]
+async fn enroll(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<EnrollRequest>,
+) -> ApiResult<StatusCode> {
+    check_new_password(&req.password, "password")?;
+    let phc = hash_blocking(req.password).await;
+    let draft = AuditDraft {
+        actor: format!("account:{}", shorten(&req.login)),
+        action: "auth.enroll".into(),
+        target: format!("user:{}", shorten(&req.login)),
+        outcome: AuditOutcome::Success,
+        details: serde_json::json!({}),
+    };
+    let done = crate::enrollment::redeem(&state, &req.login, &req.code, &phc, &draft)
+        .await
+        .map_err(|e| store_error("enrolling", e))?;
+    if !done {
+        return Err(ApiError::bad_request(
+            "enrollment_code_invalid",
+            "unknown login, or the code is wrong, used or expired",
+        )
+        .field("code"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Who the caller is and what their role allows.
+#[utoipa::path(get, path = "/me", tag = "auth",
+    responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
+async fn me(caller: Caller) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        login: caller.login.clone(),
+        role: caller.role.as_str().into(),
+        via: match caller.via {
+            Via::Token { .. } => "token".into(),
+            Via::Session { .. } => "session".into(),
+        },
+        permissions: caller
+            .role
+            .permissions()
+            .into_iter()
+            .map(|p: Permission| p.as_str().to_string())
+            .collect(),
+    })
+}

@@ -1,0 +1,119 @@
+//! API tokens for automation: created with a role, shown once, revocable.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use keyward_domain::Role;
+use keyward_proto::{TokenCreate, TokenCreated, TokenView};
+use keyward_store::ApiToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::{audit, invalid, store_error};
+use crate::app::AppState;
+use crate::auth::{perm, Allowed};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::json::ApiJson;
+use crate::secrets::generate_token;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(revoke))
+}
+
+fn view(t: &ApiToken) -> TokenView {
+    TokenView {
+        id: t.id.to_string(),
+        name: t.name.clone(),
+        role: t.role.as_str().into(),
+        created_at: t.created_at,
+        revoked: t.revoked_at.is_some(),
+    }
+}
+
+/// Every API token (values are never shown again).
+#[utoipa::path(get, path = "/tokens", tag = "tokens",
+    responses((status = 200, body = Vec<TokenView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn list(
+    State(state): State<AppState>,
+    Allowed(_caller, _): Allowed<perm::TokensManage>,
+) -> ApiResult<Json<Vec<TokenView>>> {
+    let tokens = state
+        .store
+        .list_api_tokens()
+        .await
+        .map_err(|e| store_error("listing tokens", e))?;
+    Ok(Json(tokens.iter().map(view).collect()))
+}
+
+/// Create an API token with a role; the response carries the token once.
+#[utoipa::path(post, path = "/tokens", tag = "tokens",
+    request_body = TokenCreate,
+    responses((status = 201, body = TokenCreated), (status = 400, body = ErrorBody)))]
+async fn create(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::TokensManage>,
+    ApiJson(req): ApiJson<TokenCreate>,
+) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
+    let role = Role::parse_field(&req.role, "role").map_err(invalid)?;
+    keyward_domain::validate::name("name", &req.name).map_err(invalid)?;
+    let token = generate_token();
+    let record = ApiToken {
+        id: Uuid::new_v4(),
+        name: req.name,
+        role,
+        token_hmac: state.tokens.hash(&token),
+        created_by: caller.actor(),
+        created_at: time::OffsetDateTime::now_utc(),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    state
+        .store
+        .create_api_token(
+            &record,
+            &audit(
+                &caller,
+                "token.create",
+                format!("token:{}", record.name),
+                serde_json::json!({ "role": role }),
+            ),
+        )
+        .await
+        .map_err(|e| store_error("creating the token", e))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenCreated {
+            token_info: view(&record),
+            token,
+        }),
+    ))
+}
+
+/// Revoke an API token.
+#[utoipa::path(delete, path = "/tokens/{id}", tag = "tokens", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn revoke(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::TokensManage>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = Uuid::parse_str(&id)
+        .map_err(|_| ApiError::bad_request("id_invalid", "token id must be a UUID").field("id"))?;
+    state
+        .store
+        .revoke_api_token(
+            id,
+            &audit(
+                &caller,
+                "token.revoke",
+                format!("token:{id}"),
+                serde_json::json!({}),
+            ),
+        )
+        .await
+        .map_err(|e| store_error("revoking the token", e))?;
+    Ok(StatusCode::NO_CONTENT)
+}

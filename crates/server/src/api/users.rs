@@ -1,0 +1,417 @@
+//! Users: create, update, bulk import (CSV or JSON), search by login or
+//! display-name prefix with keyset pagination, and one-time enrollment codes.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use keyward_domain::{NewUser, User, UserStatus};
+use keyward_proto::{EnrollmentCode, ImportReport, Page, RowError, UserUpdate};
+use keyward_store::{ImportMode, UserSearch, UserSearchField};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{audit, invalid, store_error, ListQuery};
+use crate::app::AppState;
+use crate::auth::{perm, Allowed};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::json::{parse_json, ApiJson, ApiQuery};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update))
+        .routes(routes!(enrollment_code))
+}
+
+/// The import route, apart: it gets the larger body limit.
+pub fn import_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(import))
+}
+
+/// Search users by login or display-name prefix, a page at a time.
+#[utoipa::path(get, path = "/users", tag = "users", params(ListQuery),
+    responses((status = 200, body = Object, description = "Page of users"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn list(
+    State(state): State<AppState>,
+    Allowed(_caller, _): Allowed<perm::UsersRead>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Page<User>>> {
+    let limit = q.limit()?;
+    let by = match q.by.as_deref() {
+        None | Some("login") => UserSearchField::Login,
+        Some("display_name") => UserSearchField::DisplayName,
+        Some(other) => {
+            return Err(invalid(keyward_domain::ValidationError::unknown_value(
+                "by",
+                other,
+                &["login", "display_name"],
+            )));
+        }
+    };
+    let page = state
+        .store
+        .search_users(&UserSearch {
+            prefix: q.prefix.clone().unwrap_or_default(),
+            by,
+            after: q.after.clone(),
+            limit,
+        })
+        .await
+        .map_err(|e| store_error("searching users", e))?;
+    Ok(Json(Page {
+        items: page.items,
+        next: page.next,
+    }))
+}
+
+/// Create a user.
+#[utoipa::path(post, path = "/users", tag = "users",
+    request_body(content = Object, description = "NewUser: login, upn, display_name, email, attributes, status"),
+    responses((status = 201, body = Object, description = "The user"), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::UsersWrite>,
+    ApiJson(new): ApiJson<NewUser>,
+) -> ApiResult<(StatusCode, Json<User>)> {
+    let user = new.into_user().map_err(invalid)?;
+    state
+        .store
+        .create_user(
+            &user,
+            &audit(
+                &caller,
+                "user.create",
+                format!("user:{}", user.login),
+                serde_json::json!({}),
+            ),
+        )
+        .await
+        .map_err(|e| store_error("creating the user", e))?;
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+/// One user by login.
+#[utoipa::path(get, path = "/users/{login}", tag = "users", params(("login" = String, Path)),
+    responses((status = 200, body = Object, description = "The user"), (status = 404, body = ErrorBody)))]
+async fn show(
+    State(state): State<AppState>,
+    Allowed(_caller, _): Allowed<perm::UsersRead>,
+    Path(login): Path<String>,
+) -> ApiResult<Json<User>> {
+    load(&state, &login).await.map(Json)
+}
+
+pub async fn load(state: &AppState, login: &str) -> ApiResult<User> {
+    state
+        .store
+        .get_user_by_login(login)
+        .await
+        .map_err(|e| store_error("reading the user", e))
+}
+
+/// Change a user's fields; absent fields stay as they are.
+#[utoipa::path(patch, path = "/users/{login}", tag = "users", params(("login" = String, Path)),
+    request_body = UserUpdate,
+    responses((status = 200, body = Object, description = "The user"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn update(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::UsersWrite>,
+    Path(login): Path<String>,
+    ApiJson(change): ApiJson<UserUpdate>,
+) -> ApiResult<Json<User>> {
+    let mut user = load(&state, &login).await?;
+    let mut changed = Vec::new();
+    if let Some(v) = change.upn {
+        user.upn = Some(v).filter(|s| !s.is_empty());
+        changed.push("upn");
+    }
+    if let Some(v) = change.display_name {
+        user.display_name = v;
+        changed.push("display_name");
+    }
+    if let Some(v) = change.email {
+        user.email = Some(v).filter(|s| !s.is_empty());
+        changed.push("email");
+    }
+    if let Some(v) = change.attributes {
+        user.attributes = v;
+        changed.push("attributes");
+    }
+    if let Some(v) = change.status {
+        user.status = UserStatus::parse_field(&v, "status").map_err(invalid)?;
+        changed.push("status");
+    }
+    user.validate().map_err(invalid)?;
+    state
+        .store
+        .update_user(
+            &user,
+            &audit(
+                &caller,
+                "user.update",
+                format!("user:{}", user.login),
+                serde_json::json!({ "fields": changed }),
+            ),
+        )
+        .await
+        .map_err(|e| store_error("updating the user", e))?;
+    Ok(Json(user))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ImportQuery {
+    /// `true`: write the good rows and report the bad ones. Default: any bad
+    /// row rejects the whole import and nothing is written.
+    pub partial: Option<bool>,
+}
+
+/// Bulk import users from CSV (`text/csv`: columns `login,upn,display_name,email,status`
+/// and any `attr:NAME` columns) or a JSON array of NewUser objects.
+#[utoipa::path(post, path = "/users/import", tag = "users", params(ImportQuery),
+    request_body(content = String, content_type = "text/csv"),
+    responses((status = 200, body = ImportReport), (status = 400, body = ErrorBody)))]
+async fn import(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::UsersWrite>,
+    ApiQuery(q): ApiQuery<ImportQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<ImportReport>> {
+    let partial = q.partial.unwrap_or(false);
+    let rows: Vec<Result<NewUser, RowError>> = match content_type(&headers).as_str() {
+        "text/csv" => parse_user_csv(&body)?,
+        "application/json" => parse_json::<Vec<NewUser>>(&body)?
+            .into_iter()
+            .map(Ok)
+            .collect(),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send text/csv or application/json",
+            ))
+        }
+    };
+    let mode = if partial {
+        ImportMode::SkipInvalid
+    } else {
+        ImportMode::AllOrNothing
+    };
+    let draft = audit(
+        &caller,
+        "user.import",
+        "users",
+        serde_json::json!({ "rows": rows.len(), "mode": mode_name(mode) }),
+    );
+    let (imported, rejected) = import_rows(rows, mode, |good| {
+        let state = state.clone();
+        let draft = draft.clone();
+        async move { state.store.import_users(&good, mode, &draft).await }
+    })
+    .await?;
+    if !rejected.is_empty() && !partial {
+        return Err(rejection(rejected, "user"));
+    }
+    Ok(Json(ImportReport {
+        imported,
+        rejected,
+        mode: mode_name(mode).into(),
+    }))
+}
+
+pub fn mode_name(mode: ImportMode) -> &'static str {
+    match mode {
+        ImportMode::AllOrNothing => "all_or_nothing",
+        ImportMode::SkipInvalid => "partial",
+    }
+}
+
+/// Runs an import: rows that did not even parse are rejected here; the rest
+/// go to the store, which validates, finds duplicates (in the batch and in
+/// the store) and writes according to `mode`. Row numbers are the input's
+/// (1-based data rows). In all-or-nothing mode a parse failure stops before
+/// the store is touched.
+pub async fn import_rows<T, F, Fut>(
+    rows: Vec<Result<T, RowError>>,
+    mode: ImportMode,
+    write: F,
+) -> ApiResult<(usize, Vec<RowError>)>
+where
+    F: FnOnce(Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = keyward_store::StoreResult<keyward_store::ImportReport>>,
+{
+    let mut good = Vec::with_capacity(rows.len());
+    let mut numbers = Vec::with_capacity(rows.len());
+    let mut rejected = Vec::new();
+    for (i, row) in rows.into_iter().enumerate() {
+        match row {
+            Ok(v) => {
+                good.push(v);
+                numbers.push(i + 1);
+            }
+            Err(e) => rejected.push(e),
+        }
+    }
+    if !rejected.is_empty() && mode == ImportMode::AllOrNothing {
+        return Ok((0, rejected));
+    }
+    let report = write(good).await.map_err(|e| store_error("importing", e))?;
+    for r in report.rejected {
+        rejected.push(row_error(
+            numbers.get(r.row).copied().unwrap_or(r.row + 1),
+            r.error,
+        ));
+    }
+    rejected.sort_by_key(|r| r.row);
+    Ok((report.inserted as usize, rejected))
+}
+
+pub fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+pub fn row_error(row: usize, e: keyward_domain::ValidationError) -> RowError {
+    RowError {
+        row,
+        code: e.code,
+        field: e.field,
+        message: e.message,
+    }
+}
+
+/// The 400 for an all-or-nothing import with bad rows: names the first one.
+pub fn rejection(rejected: Vec<RowError>, what: &str) -> ApiError {
+    let first = &rejected[0];
+    ApiError::bad_request(
+        "import_rejected",
+        format!(
+            "{} {what} row(s) rejected, nothing imported; first: row {}: {}",
+            rejected.len(),
+            first.row,
+            first.message
+        ),
+    )
+    .field(format!("row {}: {}", first.row, first.field))
+    .details(serde_json::json!({ "rejected": rejected }))
+}
+
+fn parse_user_csv(body: &[u8]) -> ApiResult<Vec<Result<NewUser, RowError>>> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        ApiError::bad_request("invalid_utf8", format!("CSV is not valid UTF-8 ({e})"))
+    })?;
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let headers = reader
+        .headers()
+        .map_err(|e| ApiError::bad_request("csv_malformed", e.to_string()))?
+        .clone();
+    let known = ["login", "upn", "display_name", "email", "status"];
+    for h in headers.iter() {
+        if !known.contains(&h) && !h.starts_with("attr:") {
+            return Err(ApiError::bad_request(
+                "csv_unknown_column",
+                format!(
+                    "unknown column '{h}'; columns: {}, attr:NAME",
+                    known.join(", ")
+                ),
+            )
+            .field(h.to_string()));
+        }
+    }
+    for required in ["login", "display_name"] {
+        if !headers.iter().any(|h| h == required) {
+            return Err(ApiError::bad_request(
+                "csv_missing_column",
+                format!("the CSV needs a '{required}' column"),
+            )
+            .field(required));
+        }
+    }
+    let mut rows = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let row_no = i + 1;
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                rows.push(Err(RowError {
+                    row: row_no,
+                    code: "csv_malformed".into(),
+                    field: String::new(),
+                    message: e.to_string(),
+                }));
+                continue;
+            }
+        };
+        let mut user = NewUser {
+            login: String::new(),
+            upn: None,
+            display_name: String::new(),
+            email: None,
+            attributes: Default::default(),
+            status: UserStatus::Active,
+        };
+        let mut error = None;
+        for (h, v) in headers.iter().zip(record.iter()) {
+            match h {
+                "login" => user.login = v.to_string(),
+                "upn" => user.upn = Some(v.to_string()).filter(|s| !s.is_empty()),
+                "display_name" => user.display_name = v.to_string(),
+                "email" => user.email = Some(v.to_string()).filter(|s| !s.is_empty()),
+                "status" if !v.is_empty() => match UserStatus::parse_field(v, "status") {
+                    Ok(s) => user.status = s,
+                    Err(e) => error = Some(row_error(row_no, e)),
+                },
+                "status" => {}
+                attr => {
+                    if !v.is_empty() {
+                        user.attributes
+                            .insert(attr["attr:".len()..].to_string(), v.to_string());
+                    }
+                }
+            }
+        }
+        rows.push(match error {
+            Some(e) => Err(e),
+            None => Ok(user),
+        });
+    }
+    Ok(rows)
+}
+
+/// Create a one-time enrollment code with which the user sets their first
+/// password (the code is shown once).
+#[utoipa::path(post, path = "/users/{login}/enrollment-code", tag = "users", params(("login" = String, Path)),
+    responses((status = 201, body = EnrollmentCode), (status = 404, body = ErrorBody)))]
+async fn enrollment_code(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::UsersWrite>,
+    Path(login): Path<String>,
+) -> ApiResult<(StatusCode, Json<EnrollmentCode>)> {
+    let user = load(&state, &login).await?;
+    let draft = audit(
+        &caller,
+        "user.enrollment_code",
+        format!("user:{}", user.login),
+        serde_json::json!({}),
+    );
+    let (code, expires_at) = crate::enrollment::issue(&state, &user, &draft)
+        .await
+        .map_err(|e| store_error("creating the enrollment code", e))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(EnrollmentCode { code, expires_at }),
+    ))
+}

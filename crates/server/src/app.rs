@@ -1,0 +1,101 @@
+//! Shared server state and the router: every route of the API, health,
+//! metrics and the OpenAPI document, with the layers around them.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{middleware, Router};
+use keyward_store::Store;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::secrets::{Kek, Sealed, TokenHasher};
+
+/// Everything a request handler may need. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub store: Store,
+    pub sealer: Sealed,
+    pub tokens: TokenHasher,
+    pub metrics: Arc<Metrics>,
+    pub config: Config,
+    /// The OpenAPI document, rendered once at start-up.
+    pub openapi_json: String,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(store: Store, kek: &Kek, config: Config) -> Self {
+        AppState(Arc::new(Inner {
+            store,
+            sealer: Sealed::new(kek),
+            tokens: TokenHasher::new(kek),
+            metrics: Arc::new(Metrics::default()),
+            config,
+            openapi_json: crate::openapi::document()
+                .to_pretty_json()
+                .expect("OpenAPI serialises"),
+        }))
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    let metrics = state.metrics.clone();
+    let (api, _doc) = crate::api::router().split_for_parts();
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/api/v1/openapi.json", get(crate::openapi::serve))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(middleware::from_fn_with_state(
+            metrics,
+            crate::metrics::track,
+        ))
+        .with_state(state)
+}
+
+async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> impl IntoResponse {
+    match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ok\n").into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n").into_response(),
+    }
+}
+
+async fn metrics_text(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("route")
+}

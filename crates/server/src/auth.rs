@@ -1,0 +1,242 @@
+//! Who is calling: an API token (`Authorization: Bearer kw_…`) or a browser
+//! session (the `kw_session` cookie, HttpOnly, SameSite=Strict). Every route
+//! takes a [`Caller`] and checks exactly one [`Permission`]: no caller is 401,
+//! a caller whose role lacks the permission is 403.
+//!
+//! Session callers must send the session's CSRF token in `X-CSRF-Token` on
+//! every state-changing request; a session whose password is a one-time one
+//! may only change it (or sign out).
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, Method, StatusCode};
+use keyward_domain::{Permission, Role};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+pub const SESSION_COOKIE: &str = "kw_session";
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// Paths a session with a one-time password may still use.
+const ALLOWED_BEFORE_PASSWORD_CHANGE: &[&str] = &[
+    "/api/v1/auth/password",
+    "/api/v1/auth/session",
+    "/api/v1/me",
+];
+
+#[derive(Debug, Clone)]
+pub enum Via {
+    Token {
+        id: Uuid,
+        name: String,
+    },
+    Session {
+        account_id: Uuid,
+        session_hash: Vec<u8>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub login: String,
+    pub role: Role,
+    pub via: Via,
+    /// The user record behind a self-service account.
+    pub user_id: Option<Uuid>,
+}
+
+impl Caller {
+    pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
+        if self.role.allows(permission) {
+            Ok(())
+        } else {
+            Err(
+                ApiError::forbidden(permission.label()).details(serde_json::json!({
+                    "required_permission": permission.as_str(),
+                    "role": self.role.as_str(),
+                })),
+            )
+        }
+    }
+
+    /// How the audit trail names this caller.
+    pub fn actor(&self) -> String {
+        match &self.via {
+            Via::Token { name, .. } => format!("token:{name}"),
+            Via::Session { .. } => format!("account:{}", self.login),
+        }
+    }
+
+    pub fn account_id(&self) -> Option<Uuid> {
+        match &self.via {
+            Via::Session { account_id, .. } => Some(*account_id),
+            Via::Token { .. } => None,
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+            let value = value.to_str().map_err(|_| ApiError::unauthenticated())?;
+            let token = value
+                .strip_prefix("Bearer ")
+                .ok_or_else(ApiError::unauthenticated)?
+                .trim();
+            return caller_from_token(state, token).await;
+        }
+        let Some(session_id) = cookie(parts, SESSION_COOKIE) else {
+            return Err(ApiError::unauthenticated());
+        };
+        let hash = state.tokens.hash(&session_id);
+        let now = time::OffsetDateTime::now_utc();
+        let session = state
+            .store
+            .get_session(&hash, now)
+            .await
+            .map_err(|e| ApiError::internal("checking the session", e))?
+            .ok_or_else(ApiError::unauthenticated)?;
+        let account = crate::api::found(state.store.get_account(session.account_id).await)
+            .map_err(|e| ApiError::internal("checking the session", e))?
+            .ok_or_else(ApiError::unauthenticated)?;
+        if account.disabled {
+            return Err(ApiError::unauthenticated());
+        }
+        if is_state_changing(&parts.method) {
+            let sent = parts
+                .headers
+                .get(CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !bool::from(sent.as_bytes().ct_eq(session.csrf_token.as_bytes())) || sent.is_empty()
+            {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "csrf_token_invalid",
+                    "state-changing requests made with a session need its X-CSRF-Token",
+                ));
+            }
+        }
+        if account.must_change_password
+            && !ALLOWED_BEFORE_PASSWORD_CHANGE.contains(&parts.uri.path())
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "password_change_required",
+                "change the one-time password first (POST /api/v1/auth/password)",
+            ));
+        }
+        Ok(Caller {
+            login: account.login.clone(),
+            role: account.role,
+            user_id: account.user_id,
+            via: Via::Session {
+                account_id: account.id,
+                session_hash: hash,
+            },
+        })
+    }
+}
+
+async fn caller_from_token(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    if token.is_empty() || token.len() > 512 {
+        return Err(ApiError::unauthenticated());
+    }
+    let hash = state.tokens.hash(token);
+    let record = state
+        .store
+        .find_api_token(&hash)
+        .await
+        .map_err(|e| ApiError::internal("checking the API token", e))?
+        .ok_or_else(ApiError::unauthenticated)?;
+    if record.revoked_at.is_some() {
+        return Err(ApiError::unauthenticated());
+    }
+    Ok(Caller {
+        login: format!("token:{}", record.name),
+        role: record.role,
+        user_id: None,
+        via: Via::Token {
+            id: record.id,
+            name: record.name,
+        },
+    })
+}
+
+fn is_state_changing(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The value of one cookie.
+pub fn cookie(parts: &Parts, name: &str) -> Option<String> {
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// A caller whose role has the permission `P`, checked before anything else
+/// in the request (the body included) is looked at: a caller without it gets
+/// 403 even for a malformed body.
+pub struct Allowed<P: perm::Needs>(pub Caller, pub std::marker::PhantomData<P>);
+
+impl<P: perm::Needs + Send> FromRequestParts<AppState> for Allowed<P> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require(P::PERMISSION)?;
+        Ok(Allowed(caller, std::marker::PhantomData))
+    }
+}
+
+/// One marker type per permission, for [`Allowed`].
+pub mod perm {
+    use keyward_domain::Permission;
+
+    pub trait Needs {
+        const PERMISSION: Permission;
+    }
+
+    macro_rules! markers {
+        ($($name:ident),+ $(,)?) => {
+            $(
+                pub struct $name;
+                impl Needs for $name {
+                    const PERMISSION: Permission = Permission::$name;
+                }
+            )+
+        };
+    }
+
+    markers!(
+        UsersRead,
+        UsersWrite,
+        DevicesRead,
+        DevicesImport,
+        DevicesIssue,
+        DevicesLifecycle,
+        DevicesRecycle,
+        DevicesUnlock,
+        PoliciesRead,
+        PoliciesWrite,
+        SettingsRead,
+        SettingsWrite,
+        PasskeyServicesRead,
+        PasskeyServicesWrite,
+        OperatorsManage,
+        TokensManage,
+        AuditRead,
+        SelfService,
+    );
+}

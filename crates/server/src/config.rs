@@ -1,0 +1,218 @@
+//! Server configuration: a TOML file, then `KEYWARD_*` environment
+//! variables, then command-line flags (each later source wins).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_DATA_DIR: &str = "./keyward-data";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Folder for the SQLite database, the KEK file and the CA.
+    pub data_dir: PathBuf,
+    /// Address the HTTP(S) server binds.
+    pub listen: SocketAddr,
+    /// `sqlite://…` or `postgres://…`; default: SQLite in the data folder.
+    pub database_url: Option<String>,
+    /// Base64 of a 32-byte KEK, for several nodes sharing one store.
+    /// Default: the `kek` file in the data folder, created at first start.
+    pub kek: Option<String>,
+    pub tls: Option<TlsConfig>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Browser session lifetime in minutes.
+    pub session_minutes: u64,
+    /// `json` or `text` log lines.
+    pub log_format: String,
+    /// Seconds between audit-chain head checkpoints written to the log.
+    pub audit_checkpoint_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            database_url: None,
+            kek: None,
+            tls: None,
+            max_body_bytes: 2 * 1024 * 1024,
+            session_minutes: 8 * 60,
+            log_format: "text".into(),
+            audit_checkpoint_seconds: 300,
+        }
+    }
+}
+
+/// Values given on the command line or in the environment (clap merges the
+/// two); `None` leaves the file's value.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub database_url: Option<String>,
+    pub kek: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads the TOML file (if given), then applies the overrides.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> anyhow::Result<Config> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+                toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        if let Some(v) = overrides.data_dir {
+            config.data_dir = v;
+        }
+        if let Some(v) = overrides.listen {
+            config.listen = v;
+        }
+        if let Some(v) = overrides.database_url {
+            config.database_url = Some(v);
+        }
+        if let Some(v) = overrides.kek {
+            config.kek = Some(v);
+        }
+        match (overrides.tls_cert, overrides.tls_key) {
+            (Some(cert_file), Some(key_file)) => {
+                config.tls = Some(TlsConfig {
+                    cert_file,
+                    key_file,
+                })
+            }
+            (None, None) => {}
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if let Some(url) = &self.database_url {
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+            {
+                anyhow::bail!(
+                    "database_url: must start with sqlite:, postgres:// or postgresql://"
+                );
+            }
+        }
+        if self.max_body_bytes < 1024 {
+            anyhow::bail!("max_body_bytes: must be at least 1024");
+        }
+        if !matches!(self.log_format.as_str(), "json" | "text") {
+            anyhow::bail!("log_format: must be json or text");
+        }
+        Ok(())
+    }
+
+    /// The database URL in effect.
+    pub fn effective_database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("keyward.db").display()
+            )
+        })
+    }
+
+    /// TOML for `--print-config`, secrets redacted.
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        if shown.kek.is_some() {
+            shown.kek = Some("<redacted>".into());
+        }
+        shown.database_url = Some(redact_url_password(&self.effective_database_url()));
+        toml::to_string_pretty(&shown).expect("config serialises")
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:<redacted>@host/db`
+pub fn redact_url_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:<redacted>{}",
+            &url[..scheme_end + 3],
+            &authority[..colon],
+            &rest[at..]
+        ),
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nkek = \"c2VjcmV0\"\n").unwrap();
+        let c = Config::load(
+            Some(&path),
+            Overrides {
+                data_dir: Some("/tmp/x".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        let shown = c.redacted_toml();
+        assert!(!shown.contains("c2VjcmV0"));
+        assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.toml");
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        let err = Config::load(Some(&path), Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+        let err = Config::load(
+            None,
+            Overrides {
+                database_url: Some("mysql://x".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("database_url"));
+    }
+
+    #[test]
+    fn url_password_redaction() {
+        assert_eq!(
+            redact_url_password("postgres://kw:s3cret@db:5432/kw"),
+            "postgres://kw:<redacted>@db:5432/kw"
+        );
+        assert_eq!(redact_url_password("sqlite://x.db"), "sqlite://x.db");
+    }
+}

@@ -1,0 +1,21 @@
+//! The Keyward server: REST API under `/api/v1` (with its OpenAPI document),
+//! health and metrics, authentication and roles, the audit trail, and the
+//! store behind them. `keyward serve` and `keyward demo` start it.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod bootstrap;
+pub mod config;
+pub mod demo;
+pub mod enrollment;
+pub mod error;
+pub mod graph_probe;
+pub mod json;
+pub mod logging;
+pub mod metrics;
+pub mod openapi;
+pub mod secrets;
+pub mod start;
+
+pub use start::{Server, StartOptions};

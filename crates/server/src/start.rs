@@ -1,0 +1,165 @@
+//! Starting and stopping the server: KEK, store and migrations, bootstrap,
+//! then the HTTP(S) listener, with a graceful stop on Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use keyward_store::Store;
+use tokio::task::JoinHandle;
+
+use crate::app::{router, AppState};
+use crate::config::Config;
+use crate::secrets::Kek;
+
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// `KEYWARD_BOOTSTRAP_TOKEN`: an administrator API token with this value.
+    pub bootstrap_token: Option<String>,
+}
+
+impl StartOptions {
+    pub fn from_env() -> Self {
+        StartOptions {
+            bootstrap_token: std::env::var("KEYWARD_BOOTSTRAP_TOKEN").ok(),
+        }
+    }
+}
+
+pub struct Server {
+    pub state: AppState,
+    pub addr: SocketAddr,
+    /// The scheme and address to reach the server at.
+    pub url: String,
+    task: JoinHandle<std::io::Result<()>>,
+    handle: axum_server::Handle,
+}
+
+impl Server {
+    pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Server> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| anyhow::anyhow!("data folder {}: {e}", config.data_dir.display()))?;
+        let kek = match &config.kek {
+            Some(text) => Kek::from_base64(text)?,
+            None => Kek::load_or_create(&config.data_dir)?.0,
+        };
+        let url = config.effective_database_url();
+        let store = Store::open(&url, kek.derive("audit/hmac-sha256"))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "opening the store {}: {e}",
+                    crate::config::redact_url_password(&url)
+                )
+            })?;
+        let state = AppState::new(store, &kek, config.clone());
+
+        if let Some(password) =
+            crate::bootstrap::run(&state, opts.bootstrap_token.as_deref()).await?
+        {
+            // On the console only, once: never through the log.
+            println!("created operator 'admin' with one-time password: {password}");
+            println!("(sign in and change it; it is not shown again)");
+        }
+        spawn_audit_checkpoints(state.clone(), config.audit_checkpoint_seconds);
+
+        let app = router(state.clone());
+        let handle = axum_server::Handle::new();
+        let listener = std::net::TcpListener::bind(config.listen)
+            .map_err(|e| anyhow::anyhow!("listen {}: {e}", config.listen))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let service = app.into_make_service();
+        let (scheme, task) = match &config.tls {
+            Some(tls) => {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let rustls_config = axum_server::tls_rustls::RustlsConfig::from_pem_file(
+                    &tls.cert_file,
+                    &tls.key_file,
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("TLS certificate or key: {e}"))?;
+                let server =
+                    axum_server::from_tcp_rustls(listener, rustls_config).handle(handle.clone());
+                (
+                    "https",
+                    tokio::spawn(async move { server.serve(service).await }),
+                )
+            }
+            None => {
+                let server = axum_server::from_tcp(listener).handle(handle.clone());
+                (
+                    "http",
+                    tokio::spawn(async move { server.serve(service).await }),
+                )
+            }
+        };
+        let url = format!("{scheme}://{addr}");
+        tracing::info!(%url, "keyward listening");
+        Ok(Server {
+            state,
+            addr,
+            url,
+            task,
+            handle,
+        })
+    }
+
+    /// Runs until Ctrl-C or SIGTERM, then stops gracefully.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("stopping");
+            handle.graceful_shutdown(Some(Duration::from_secs(10)));
+        });
+        self.task.await??;
+        Ok(())
+    }
+
+    pub fn stop(&self) {
+        self.handle.graceful_shutdown(Some(Duration::from_secs(5)));
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Writes the audit chain's head (count and last MAC) to the log at start and
+/// periodically, so that removing the newest records is detectable from the
+/// log even if the head row is rolled back with them.
+fn spawn_audit_checkpoints(state: AppState, every_seconds: u64) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(every_seconds.max(1)));
+        let mut last = None;
+        loop {
+            tick.tick().await;
+            match state.store.audit_head().await {
+                Ok(head) => {
+                    if last.as_ref() != Some(&head) {
+                        tracing::info!(
+                            audit_records = head.count,
+                            audit_head_mac = %hex::encode(&head.last_mac),
+                            "audit checkpoint"
+                        );
+                        last = Some(head);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "audit checkpoint failed"),
+            }
+        }
+    });
+}
