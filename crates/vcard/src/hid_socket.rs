@@ -1,0 +1,283 @@
+//! The virtual HID device: a Unix socket (`--hid-socket PATH`) carrying
+//! 64-byte HID reports without report ID over SOCK_STREAM, one client at a
+//! time (there is no /dev/uhid here). Keyward's HID transport and the tests
+//! open it like a device node: write a report, read reports.
+//!
+//! [`serve_hid_socket`] runs the CTAPHID device ([`crate::ctaphid_device`])
+//! on a thread and hands CTAP requests to a [`CtapHandler`] (the card layer,
+//! which owns the authenticator). While a request waits for a touch, the
+//! presence tick sends KEEPALIVE(UPNEEDED) about every 100 ms and reads
+//! the platform's reports, so CTAPHID CANCEL ends the wait.
+//! [`HidSocketHandle::stop`] (control `remove`) closes the socket.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use keyward_card::ctaphid::{cmd, keepalive, REPORT_SIZE};
+
+use crate::ctaphid_device::{Action, BusyAction, CtaphidDevice};
+use crate::fido::UserPresence;
+use crate::presence::Presence;
+
+/// Runs CTAP requests for the HID transport.
+pub trait CtapHandler: Send {
+    /// `request` is the command byte + CBOR; the answer is status + CBOR.
+    fn handle_cbor(&mut self, request: &[u8], presence: &mut dyn UserPresence) -> Vec<u8>;
+}
+
+impl<F> CtapHandler for F
+where
+    F: FnMut(&[u8], &mut dyn UserPresence) -> Vec<u8> + Send,
+{
+    fn handle_cbor(&mut self, request: &[u8], presence: &mut dyn UserPresence) -> Vec<u8> {
+        self(request, presence)
+    }
+}
+
+/// Stops the HID socket; dropping the handle stops it too.
+pub struct HidSocketHandle {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    client: Arc<Mutex<Option<UnixStream>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HidSocketHandle {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Closes the socket (the device is unplugged): the connected client
+    /// sees end of file, the socket file is removed.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(s) = self.client.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for HidSocketHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Binds `path` (replacing a stale socket file) and serves CTAPHID on a
+/// thread. `version` is what CTAPHID INIT reports (the firmware).
+pub fn serve_hid_socket(
+    path: &Path,
+    handler: Box<dyn CtapHandler>,
+    presence: Presence,
+    version: (u8, u8, u8),
+) -> io::Result<HidSocketHandle> {
+    if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    listener.set_nonblocking(true)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let client: Arc<Mutex<Option<UnixStream>>> = Arc::new(Mutex::new(None));
+    let thread = {
+        let stop = stop.clone();
+        let client = client.clone();
+        std::thread::Builder::new()
+            .name("vcard-hid".into())
+            .spawn(move || {
+                let mut server = Server {
+                    device: CtaphidDevice::new(version),
+                    handler,
+                    presence,
+                };
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            if let Ok(clone) = stream.try_clone() {
+                                *client.lock().unwrap_or_else(|e| e.into_inner()) = Some(clone);
+                            }
+                            // The device keeps its channels across connections,
+                            // as a HID device does across opens.
+                            if let Err(e) = server.serve(stream, &stop) {
+                                tracing::debug!(error = %e, "HID client gone");
+                            }
+                            client.lock().unwrap_or_else(|e| e.into_inner()).take();
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(20))
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "HID socket accept failed");
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                }
+            })?
+    };
+    Ok(HidSocketHandle {
+        path: path.to_path_buf(),
+        stop,
+        client,
+        thread: Some(thread),
+    })
+}
+
+struct Server {
+    device: CtaphidDevice,
+    handler: Box<dyn CtapHandler>,
+    presence: Presence,
+}
+
+/// Reads whole reports from a stream with a read timeout, keeping partial
+/// reads across timeouts.
+struct ReportReader {
+    buf: [u8; REPORT_SIZE],
+    filled: usize,
+}
+
+enum Read64 {
+    Report([u8; REPORT_SIZE]),
+    Timeout,
+    Closed,
+}
+
+impl ReportReader {
+    fn read(&mut self, stream: &mut UnixStream) -> io::Result<Read64> {
+        loop {
+            match stream.read(&mut self.buf[self.filled..]) {
+                Ok(0) => return Ok(Read64::Closed),
+                Ok(n) => {
+                    self.filled += n;
+                    if self.filled == REPORT_SIZE {
+                        self.filled = 0;
+                        return Ok(Read64::Report(self.buf));
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(Read64::Timeout)
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn send(stream: &mut UnixStream, reports: &[[u8; REPORT_SIZE]]) -> io::Result<()> {
+    for r in reports {
+        stream.write_all(r)?;
+    }
+    stream.flush()
+}
+
+impl Server {
+    fn serve(&mut self, mut stream: UnixStream, stop: &AtomicBool) -> io::Result<()> {
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let mut reader = ReportReader {
+            buf: [0; REPORT_SIZE],
+            filled: 0,
+        };
+        while !stop.load(Ordering::SeqCst) {
+            let report = match reader.read(&mut stream)? {
+                Read64::Closed => return Ok(()),
+                Read64::Timeout => {
+                    if let Some(r) = self.device.poll_timeout(Instant::now()) {
+                        send(&mut stream, &[r])?;
+                    }
+                    continue;
+                }
+                Read64::Report(r) => r,
+            };
+            match self.device.receive(&report, Instant::now()) {
+                Action::None => {}
+                Action::Send(reports) => send(&mut stream, &reports)?,
+                Action::Cbor { cid, request } => {
+                    let response = self.run(cid, &request, &mut stream, &mut reader);
+                    if let Some(response) = response {
+                        let reports = self.device.response(cid, cmd::CBOR, &response);
+                        send(&mut stream, &reports)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one CTAP request. While presence is awaited, sends KEEPALIVE
+    /// and reads the platform's reports (CANCEL, other channels).
+    fn run(
+        &mut self,
+        cid: u32,
+        request: &[u8],
+        stream: &mut UnixStream,
+        reader: &mut ReportReader,
+    ) -> Option<Vec<u8>> {
+        let Server {
+            device,
+            handler,
+            presence,
+        } = self;
+        let mut io_failed = false;
+        let mut tick = || {
+            if io_failed {
+                return false;
+            }
+            let mut write = stream.try_clone().ok();
+            let ok = write
+                .as_mut()
+                .map(|w| send(w, &[CtaphidDevice::keepalive(cid, keepalive::UPNEEDED)]).is_ok())
+                .unwrap_or(false);
+            if !ok {
+                io_failed = true;
+                return false;
+            }
+            // Drain what the platform sent meanwhile, without blocking long.
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(1)));
+            let mut cancelled = false;
+            loop {
+                match reader.read(stream) {
+                    Ok(Read64::Report(r)) => {
+                        match device.receive_while_busy(cid, &r, Instant::now()) {
+                            BusyAction::Cancel => cancelled = true,
+                            BusyAction::Send(out) => {
+                                if let Some(w) = write.as_mut() {
+                                    let _ = send(w, &out);
+                                }
+                            }
+                            BusyAction::None => {}
+                        }
+                    }
+                    Ok(Read64::Timeout) => break,
+                    Ok(Read64::Closed) | Err(_) => {
+                        io_failed = true;
+                        cancelled = true;
+                        break;
+                    }
+                }
+            }
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+            !cancelled
+        };
+        let mut up = presence.with_tick(&mut tick);
+        let response = handler.handle_cbor(request, &mut up);
+        (!io_failed).then_some(response)
+    }
+}
