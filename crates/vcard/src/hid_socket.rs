@@ -281,3 +281,135 @@ impl Server {
         (!io_failed).then_some(response)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fido::{attestation, FidoAuthenticator, FidoConfig, FidoState};
+    use crate::presence::PresenceMode;
+    use keyward_card::ctap::{self, command, StatusCode};
+    use keyward_card::ctaphid::{fragment, Reassembler, BROADCAST_CID};
+
+    fn authenticator() -> FidoAuthenticator {
+        let (ca_key, ca_name, _) = attestation::test_ca().unwrap();
+        let config = FidoConfig::yubikey5((5, 4, 3));
+        let att =
+            attestation::issue_attestation_key(config.aaguid, "Test", 1, &ca_key, &ca_name, vec![])
+                .unwrap();
+        FidoAuthenticator::new(config, FidoState::default(), Box::new(att))
+    }
+
+    struct Client {
+        stream: UnixStream,
+        cid: u32,
+    }
+
+    impl Client {
+        fn connect(path: &Path) -> Self {
+            let mut stream = UnixStream::connect(path).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let nonce = [9u8; 8];
+            send(
+                &mut stream,
+                &fragment(BROADCAST_CID, cmd::INIT, &nonce).unwrap(),
+            )
+            .unwrap();
+            let mut c = Self {
+                stream,
+                cid: BROADCAST_CID,
+            };
+            let m = c.read_message();
+            assert_eq!(&m.data[..8], &nonce);
+            assert_eq!(
+                &m.data[12..16],
+                &[2, 5, 4, 3],
+                "protocol version and firmware"
+            );
+            c.cid = u32::from_be_bytes(m.data[8..12].try_into().unwrap());
+            c
+        }
+
+        fn read_report(&mut self) -> [u8; REPORT_SIZE] {
+            let mut r = [0u8; REPORT_SIZE];
+            self.stream.read_exact(&mut r).unwrap();
+            r
+        }
+
+        fn read_message(&mut self) -> keyward_card::ctaphid::Message {
+            let mut re = Reassembler::new();
+            loop {
+                let r = self.read_report();
+                if let Some(m) = re.push(&r).unwrap() {
+                    return m;
+                }
+            }
+        }
+
+        fn send(&mut self, command: u8, data: &[u8]) {
+            send(
+                &mut self.stream,
+                &fragment(self.cid, command, data).unwrap(),
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn cbor_ping_keepalive_cancel_and_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hid.sock");
+        let presence = Presence::new(PresenceMode::Manual, Duration::from_secs(5));
+        let touch = presence.handle();
+        let mut auth = authenticator();
+        let handler = move |req: &[u8], up: &mut dyn UserPresence| auth.handle(req, up);
+        let handle = serve_hid_socket(&path, Box::new(handler), presence, (5, 4, 3)).unwrap();
+
+        let mut c = Client::connect(&path);
+        c.send(cmd::CBOR, &[command::GET_INFO]);
+        let m = c.read_message();
+        assert_eq!((m.cid, m.cmd, m.data[0]), (c.cid, cmd::CBOR, 0));
+        let info = ctap::GetInfoResponse::from_value(&ctap::decode(&m.data[1..]).unwrap()).unwrap();
+        assert!(info.versions.contains(&"FIDO_2_1_PRE".to_string()));
+
+        let payload: Vec<u8> = (0..300u16).map(|i| i as u8).collect();
+        c.send(cmd::PING, &payload);
+        assert_eq!(c.read_message().data, payload);
+
+        // selection is not in FIDO_2_1_PRE; use reset (needs a touch) to
+        // see KEEPALIVE(UPNEEDED), then cancel it.
+        c.send(cmd::CBOR, &[command::RESET]);
+        let r = c.read_report();
+        assert_eq!((r[4], r[7]), (cmd::KEEPALIVE, keepalive::UPNEEDED));
+        c.send(cmd::CANCEL, &[]);
+        let m = loop {
+            let m = c.read_message();
+            if m.cmd != cmd::KEEPALIVE {
+                break m;
+            }
+        };
+        assert_eq!(
+            (m.cmd, m.data.as_slice()),
+            (cmd::CBOR, &[StatusCode::ERR_KEEPALIVE_CANCEL.0][..])
+        );
+
+        // A touch confirms.
+        c.send(cmd::CBOR, &[command::RESET]);
+        let _ = c.read_report();
+        assert!(touch.touch());
+        let m = loop {
+            let m = c.read_message();
+            if m.cmd != cmd::KEEPALIVE {
+                break m;
+            }
+        };
+        assert_eq!(m.data, vec![0]);
+
+        // remove: the client sees end of file.
+        handle.stop();
+        let mut buf = [0u8; 64];
+        assert_eq!(c.stream.read(&mut buf).unwrap_or(0), 0);
+        assert!(!path.exists());
+    }
+}
