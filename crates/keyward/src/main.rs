@@ -28,6 +28,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Administer a running server through its REST API.
     Admin(admin::AdminArgs),
+    /// Run a virtual PIV + FIDO2 device (YubiKey 5 or Crescendo C4000) on pcscd.
+    Vcard(keyward_vcard::cli::VcardArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Admin(args) => admin::run(args),
+        Command::Vcard(args) => keyward_vcard::cli::run(args).map_err(anyhow::Error::from),
     };
     match result {
         Ok(code) => code,

@@ -19,3 +19,10 @@ pub mod yubikey;
 pub use ca::{default_ca_dir, fido_attestation, FidoAttestation, ManufacturerCa};
 pub use card::{CardState, VcardError, VirtualCard};
 pub use config::{Firmware, ProfileKind, Transport, VcardConfig};
+
+pub mod cli;
+pub mod control;
+pub mod handle;
+pub mod vpcd;
+
+pub use handle::{CardRemoved, VcardHandle};
