@@ -1,0 +1,247 @@
+//! Third-party verification of the virtual FIDO authenticator: python-fido2
+//! (Debian's python3-fido2 0.9.1) drives `keyward vcard` over its virtual
+//! HID socket (yubikey5 `--transport usb`) and over PC/SC through pcscd's
+//! vpcd (c4000, yubikey5 `--transport nfc`).
+//!
+//! The checks themselves are in tests/python/fido_check.py. A missing tool
+//! (python3-fido2, python3-pyscard, pcscd, vpcd) fails the test loudly.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const PYTHON: &str = "/usr/bin/python3";
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/fido_check.py")
+}
+
+/// Fails loudly when python-fido2 is not installed.
+fn require_python_fido2() {
+    let out = Command::new(PYTHON)
+        .args([
+            "-c",
+            "import fido2, fido2.hid, fido2.ctap2; print(fido2.__version__)",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("{PYTHON} missing ({e}); install python3-fido2"));
+    assert!(
+        out.status.success(),
+        "python-fido2 missing: apt-get install python3-fido2 python3-pyscard\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A running `keyward vcard`, killed on drop.
+struct Vcard {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Vcard {
+    /// Spawns `keyward vcard` with `extra` arguments; `{dir}` in them is
+    /// replaced by the device's temporary folder.
+    fn spawn(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        let root = dir.path().to_str().unwrap().to_string();
+        let extra: Vec<String> = extra.iter().map(|a| a.replace("{dir}", &root)).collect();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .arg("vcard")
+            .arg("--ca-dir")
+            .arg(&ca)
+            .args(&extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn keyward vcard");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.trim() == "ready" {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            panic!("keyward vcard {extra:?} did not print `ready`");
+        }
+        Self { child, dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn ca_pem(&self) -> PathBuf {
+        let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .args(["vcard", "--ca-dir"])
+            .arg(self.path("ca"))
+            .arg("ca-cert")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "keyward vcard ca-cert failed");
+        let pem = self.path("ca-root.pem");
+        std::fs::write(&pem, &out.stdout).unwrap();
+        pem
+    }
+
+    fn control(&self, command: &str) -> String {
+        let mut s = UnixStream::connect(self.path("control.sock")).expect("control socket");
+        writeln!(s, "{command}").unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
+}
+
+impl Drop for Vcard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run_check(args: &[&str]) {
+    let out = Command::new(PYTHON)
+        .arg(script())
+        .args(args)
+        .output()
+        .expect("run fido_check.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("ALL CHECKS PASSED"),
+        "python-fido2 check failed:\n{stdout}\n{stderr}"
+    );
+}
+
+fn hid_device(firmware: &str, presence: &str) -> Vcard {
+    Vcard::spawn(&[
+        "--profile",
+        "yubikey5",
+        "--firmware",
+        firmware,
+        "--transport",
+        "usb",
+        "--vpcd",
+        "none",
+        "--presence",
+        presence,
+        "--hid-socket",
+        "{dir}/hid.sock",
+        "--control",
+        "{dir}/control.sock",
+    ])
+}
+
+#[test]
+fn python_fido2_over_hid_socket_yubikey5_5_4_3() {
+    require_python_fido2();
+    let v = hid_device("5.4.3", "auto");
+    let hid = v.path("hid.sock");
+    let ca = v.ca_pem();
+    run_check(&[
+        "--hid-socket",
+        hid.to_str().unwrap(),
+        "--version",
+        "FIDO_2_1_PRE",
+        "--absent-version",
+        "FIDO_2_1",
+        "--absent-version",
+        "U2F_V2",
+        "--ca-pem",
+        ca.to_str().unwrap(),
+    ]);
+}
+
+#[test]
+fn python_fido2_over_hid_socket_yubikey5_5_7_1() {
+    require_python_fido2();
+    let v = hid_device("5.7.1", "auto");
+    let hid = v.path("hid.sock");
+    let ca = v.ca_pem();
+    run_check(&[
+        "--hid-socket",
+        hid.to_str().unwrap(),
+        "--version",
+        "FIDO_2_1",
+        "--absent-version",
+        "FIDO_2_1_PRE",
+        "--ca-pem",
+        ca.to_str().unwrap(),
+    ]);
+}
+
+/// Manual presence over HID: python-fido2 sees KEEPALIVE while waiting;
+/// `touch` confirms, `decline` gives OPERATION_DENIED, `remove` closes the
+/// socket.
+#[test]
+fn manual_presence_touch_decline_and_remove_over_hid() {
+    require_python_fido2();
+    let v = hid_device("5.7.1", "manual");
+    let hid = v.path("hid.sock");
+    let code = r#"
+import sys, time, threading
+sys.path.insert(0, sys.argv[2])
+from fido_check import SocketHidConnection
+from fido2.hid import CtapHidDevice
+from fido2.hid.base import HidDescriptor
+from fido2.ctap import CtapError
+from fido2.ctap2 import Ctap2
+dev = CtapHidDevice(HidDescriptor(sys.argv[1], 0x1050, 0x0407, 64, 64), SocketHidConnection(sys.argv[1]))
+ctap = Ctap2(dev)
+seen = []
+print("waiting", flush=True)
+ctap.selection(on_keepalive=seen.append)
+print("selected keepalives=%d" % len(seen), flush=True)
+try:
+    ctap.selection()
+    print("declined: no error")
+except CtapError as e:
+    print("declined: %s" % e.code.name, flush=True)
+"#;
+    let mut child = Command::new(PYTHON)
+        .args(["-c", code, hid.to_str().unwrap()])
+        .arg(script().parent().unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "waiting");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(v.control("touch"), "ok");
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let n: usize = line
+        .trim()
+        .strip_prefix("selected keepalives=")
+        .expect(&line)
+        .parse()
+        .unwrap();
+    // python-fido2 reports a keep-alive status only when it changes.
+    assert!(n >= 1, "KEEPALIVE(UPNEEDED) while waiting: {n}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(v.control("decline"), "ok");
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "declined: OPERATION_DENIED");
+    assert!(child.wait().unwrap().success());
+
+    assert_eq!(v.control("remove"), "ok");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        UnixStream::connect(&hid).is_err(),
+        "HID socket closed on remove"
+    );
+}
