@@ -358,13 +358,11 @@ impl DevicePolicy {
             (pin.puk_retry_count, "pin_application.puk_retry_count"),
         ] {
             let Some(n) = v else { continue };
-            if !cap.can_change_retry_counts {
-                out.push(ValidationError::new(
-                    "retry_count_change_not_supported",
-                    field,
-                    format!("retry counts cannot be changed on a {}", t.label()),
-                ));
-            } else if n > cap.max_retry_count {
+            // A device that cannot change its retry counters (a generic PIV
+            // card) keeps the ones it has: the policy's counts apply to the
+            // types that can set them. Issue 5's "PIV Standard" targets piv
+            // cards with retries 3, so this is not an error.
+            if cap.can_change_retry_counts && n > cap.max_retry_count {
                 out.push(ValidationError::new(
                     "retry_count_outside_device_limits",
                     field,
@@ -580,15 +578,10 @@ mod tests {
             "management_key_change_not_supported"
         );
         p.management_key = ManagementKeyMode::Keep;
+        // Retry counts are applied where the device can set them; a generic
+        // PIV card keeps its own, so the policy stays valid.
         p.pin_application.pin_retry_count = Some(5);
-        let e = p.validate().unwrap_err();
-        assert_eq!(
-            (e.code.as_str(), e.field.as_str()),
-            (
-                "retry_count_change_not_supported",
-                "pin_application.pin_retry_count"
-            )
-        );
+        assert!(p.validate().is_ok());
         p.device_types = vec![DeviceType::YubiKey5];
         p.management_key = ManagementKeyMode::Random;
         assert!(p.validate().is_ok());

@@ -244,6 +244,7 @@ fn audit_verify_detects_changed_and_truncated_records() {
     sqlite(
         &db,
         "DROP TRIGGER IF EXISTS audit_log_no_update; DROP TRIGGER IF EXISTS audit_log_no_delete; \
+                 CREATE TABLE saved AS SELECT target FROM audit_log WHERE seq = 3; \
                  UPDATE audit_log SET target = 'user:mallory' WHERE seq = 3;",
     );
     let out = server.admin(&["audit", "verify"]);
@@ -251,7 +252,7 @@ fn audit_verify_detects_changed_and_truncated_records() {
     assert!(stdout(&out).contains("3"), "{}", stdout(&out));
     sqlite(
         &db,
-        "UPDATE audit_log SET target = 'user:u2' WHERE seq = 3;",
+        "UPDATE audit_log SET target = (SELECT target FROM saved) WHERE seq = 3; DROP TABLE saved;",
     );
     let restored = server.admin(&["--json", "audit", "verify"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&restored)).unwrap();

@@ -122,8 +122,13 @@ impl FromRequestParts<AppState> for Caller {
                 ));
             }
         }
-        if account.must_change_password
-            && !ALLOWED_BEFORE_PASSWORD_CHANGE.contains(&parts.uri.path())
+        // Under `nest`, `uri` has lost its `/api/v1` prefix; the original has it.
+        let path = parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map(|u| u.0.path().to_string())
+            .unwrap_or_else(|| parts.uri.path().to_string());
+        if account.must_change_password && !ALLOWED_BEFORE_PASSWORD_CHANGE.contains(&path.as_str())
         {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,

@@ -80,7 +80,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             }
         };
         let mut e = ApiError::bad_request(code, message.clone());
-        let field = if code == "unknown_field" || code == "missing_field" {
+        // serde_path_to_error's path already ends with an unknown field's
+        // name; for a missing field it is the parent's path.
+        let field = if code == "missing_field" {
             // serde names the field in backticks: `unknown field `x`, expected …`.
             let name = message.split('`').nth(1).unwrap_or("").to_string();
             if path == "." || path.is_empty() {
@@ -91,7 +93,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         } else {
             path
         };
-        if !field.is_empty() && field != "." {
+        if !field.is_empty() && field != "." && field != "?" {
             e = e.field(field);
         }
         e

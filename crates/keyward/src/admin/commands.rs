@@ -462,8 +462,12 @@ fn device(c: &ApiClient, json: bool, cmd: DeviceCommand) -> anyhow::Result<ExitC
 fn read_policies(file: &Path) -> anyhow::Result<Vec<Value>> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let is_json = file.extension().map(|e| e == "json").unwrap_or(false)
-        || text.trim_start().starts_with(['{', '[']);
+    // By extension; without one, JSON if it parses as JSON, else TOML.
+    let is_json = match file.extension().and_then(|e| e.to_str()) {
+        Some("json") => true,
+        Some("toml") => false,
+        _ => serde_json::from_str::<Value>(&text).is_ok(),
+    };
     let value: Value = if is_json {
         serde_json::from_str(&text)
             .with_context(|| format!("{}: not valid JSON", file.display()))?
