@@ -15,6 +15,7 @@ mod client_pin;
 pub mod config;
 mod cred_mgmt;
 mod credentials;
+pub mod fuzz;
 pub mod pin_store;
 
 use std::sync::Arc;

@@ -1,0 +1,8 @@
+//! Fuzz target `ctaphid`: see keyward_vcard::fido::fuzz::fuzz_ctaphid.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    keyward_vcard::fido::fuzz::fuzz_ctaphid(data);
+});
