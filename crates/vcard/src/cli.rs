@@ -42,7 +42,7 @@ pub struct VcardArgs {
     pub state: Option<PathBuf>,
     /// Folder of the virtual manufacturer CA (default $KEYWARD_VCARD_CA_DIR,
     /// else ~/.local/share/keyward/vcard-ca).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub ca_dir: Option<PathBuf>,
     /// User presence: auto (confirmed at once) or manual (touch via --control).
     #[arg(long, default_value = "auto")]
