@@ -6,12 +6,16 @@
 //! The checks themselves are in tests/python/fido_check.py. A missing tool
 //! (python3-fido2, python3-pyscard, pcscd, vpcd) fails the test loudly.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
+
+#[path = "common/pcsc.rs"]
+mod pcsc;
+
+use pcsc::Vcard;
 
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -33,79 +37,6 @@ fn require_python_fido2() {
         "python-fido2 missing: apt-get install python3-fido2 python3-pyscard\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// A running `keyward vcard`, killed on drop.
-struct Vcard {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Vcard {
-    /// Spawns `keyward vcard` with `extra` arguments; `{dir}` in them is
-    /// replaced by the device's temporary folder.
-    fn spawn(extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = dir.path().join("ca");
-        let root = dir.path().to_str().unwrap().to_string();
-        let extra: Vec<String> = extra.iter().map(|a| a.replace("{dir}", &root)).collect();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
-            .arg("vcard")
-            .arg("--ca-dir")
-            .arg(&ca)
-            .args(&extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn keyward vcard");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.trim() == "ready" {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let _ = child.kill();
-            panic!("keyward vcard {extra:?} did not print `ready`");
-        }
-        Self { child, dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn ca_pem(&self) -> PathBuf {
-        let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
-            .args(["vcard", "--ca-dir"])
-            .arg(self.path("ca"))
-            .arg("ca-cert")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "keyward vcard ca-cert failed");
-        let pem = self.path("ca-root.pem");
-        std::fs::write(&pem, &out.stdout).unwrap();
-        pem
-    }
-
-    fn control(&self, command: &str) -> String {
-        let mut s = UnixStream::connect(self.path("control.sock")).expect("control socket");
-        writeln!(s, "{command}").unwrap();
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).unwrap();
-        line.trim().to_string()
-    }
-}
-
-impl Drop for Vcard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn run_check(args: &[&str]) {
@@ -137,8 +68,6 @@ fn hid_device(firmware: &str, presence: &str) -> Vcard {
         presence,
         "--hid-socket",
         "{dir}/hid.sock",
-        "--control",
-        "{dir}/control.sock",
     ])
 }
 
@@ -147,7 +76,7 @@ fn python_fido2_over_hid_socket_yubikey5_5_4_3() {
     require_python_fido2();
     let v = hid_device("5.4.3", "auto");
     let hid = v.path("hid.sock");
-    let ca = v.ca_pem();
+    let ca = v.ca_cert_file();
     run_check(&[
         "--hid-socket",
         hid.to_str().unwrap(),
@@ -167,7 +96,7 @@ fn python_fido2_over_hid_socket_yubikey5_5_7_1() {
     require_python_fido2();
     let v = hid_device("5.7.1", "auto");
     let hid = v.path("hid.sock");
-    let ca = v.ca_pem();
+    let ca = v.ca_cert_file();
     run_check(&[
         "--hid-socket",
         hid.to_str().unwrap(),
@@ -243,5 +172,77 @@ except CtapError as e:
     assert!(
         UnixStream::connect(&hid).is_err(),
         "HID socket closed on remove"
+    );
+}
+
+/// python-fido2 over PC/SC (`fido2.pcsc.CtapPcscDevice`) through pcscd's
+/// vpcd reader.
+fn pcsc_check(profile_args: &[&str], check_args: &[&str]) {
+    require_python_fido2();
+    let out = Command::new(PYTHON)
+        .args(["-c", "import smartcard.System"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pyscard missing: apt-get install python3-pyscard"
+    );
+    let _lock = pcsc::lock();
+    let mut args = vec!["--vpcd", "127.0.0.1:35963"];
+    args.extend_from_slice(profile_args);
+    let v = Vcard::spawn(&args);
+    let ca = v.ca_cert_file();
+    let mut full = vec![
+        "--reader",
+        "Virtual PCD 00 00",
+        "--ca-pem",
+        ca.to_str().unwrap(),
+    ];
+    full.extend_from_slice(check_args);
+    run_check(&full);
+}
+
+#[test]
+fn python_fido2_over_pcsc_c4000() {
+    pcsc_check(
+        &["--profile", "c4000"],
+        &["--version", "FIDO_2_1", "--absent-version", "U2F_V2"],
+    );
+}
+
+#[test]
+fn python_fido2_over_pcsc_yubikey5_nfc_5_4_3() {
+    pcsc_check(
+        &[
+            "--profile",
+            "yubikey5",
+            "--firmware",
+            "5.4.3",
+            "--transport",
+            "nfc",
+        ],
+        &[
+            "--version",
+            "FIDO_2_1_PRE",
+            "--absent-version",
+            "FIDO_2_1",
+            "--absent-version",
+            "U2F_V2",
+        ],
+    );
+}
+
+#[test]
+fn python_fido2_over_pcsc_yubikey5_nfc_5_7_1() {
+    pcsc_check(
+        &[
+            "--profile",
+            "yubikey5",
+            "--firmware",
+            "5.7.1",
+            "--transport",
+            "nfc",
+        ],
+        &["--version", "FIDO_2_1", "--absent-version", "FIDO_2_1_PRE"],
     );
 }
