@@ -30,6 +30,8 @@ pub struct Inner {
     pub config: Config,
     /// The OpenAPI document, rendered once at start-up.
     pub openapi_json: String,
+    /// The embedded certificate authority.
+    pub pki: Arc<crate::pki::Pki>,
 }
 
 impl Deref for AppState {
@@ -40,17 +42,26 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(store: Store, kek: &Kek, config: Config) -> Self {
-        AppState(Arc::new(Inner {
+    /// Opens (or at first start creates) the CA, then the state.
+    pub async fn new(store: Store, kek: &Kek, config: Config) -> anyhow::Result<Self> {
+        let sealer = Sealed::new(kek);
+        let pki = crate::pki::Pki::load_or_create(
+            &store,
+            &sealer,
+            Some(format!("{}/pki/crl/issuing.crl", config.public_url())),
+        )
+        .await?;
+        Ok(AppState(Arc::new(Inner {
+            pki,
             store,
-            sealer: Sealed::new(kek),
+            sealer,
             tokens: TokenHasher::new(kek),
             metrics: Arc::new(Metrics::default()),
             config,
             openapi_json: crate::openapi::document()
                 .to_pretty_json()
                 .expect("OpenAPI serialises"),
-        }))
+        })))
     }
 }
 
@@ -62,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
         .route("/api/v1/openapi.json", get(crate::openapi::serve))
         .route("/healthz", get(healthz))
+        .merge(crate::pki::routes())
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))

@@ -30,6 +30,9 @@ pub struct Config {
     pub log_format: String,
     /// Seconds between audit-chain head checkpoints written to the log.
     pub audit_checkpoint_seconds: u64,
+    /// The URL relying parties reach this server at (CRL distribution points
+    /// in certificates). Default: http(s)://<listen>.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -51,6 +54,7 @@ impl Default for Config {
             session_minutes: 8 * 60,
             log_format: "text".into(),
             audit_checkpoint_seconds: 300,
+            public_url: None,
         }
     }
 }
@@ -123,6 +127,18 @@ impl Config {
             anyhow::bail!("log_format: must be json or text");
         }
         Ok(())
+    }
+
+    /// The public URL in effect (no trailing slash).
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!(
+                "{}://{}",
+                if self.tls.is_some() { "https" } else { "http" },
+                self.listen
+            ),
+        }
     }
 
     /// The database URL in effect.

@@ -15,6 +15,7 @@ pub mod json;
 pub mod logging;
 pub mod metrics;
 pub mod openapi;
+pub mod pki;
 pub mod secrets;
 pub mod start;
 

@@ -51,7 +51,7 @@ impl Server {
                     crate::config::redact_url_password(&url)
                 )
             })?;
-        let state = AppState::new(store, &kek, config.clone());
+        let state = AppState::new(store, &kek, config.clone()).await?;
 
         if let Some(password) =
             crate::bootstrap::run(&state, opts.bootstrap_token.as_deref()).await?

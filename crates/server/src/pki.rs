@@ -1,0 +1,195 @@
+//! The embedded certificate authority in the server: created at first start
+//! (its private keys sealed under the KEK in the store), its certificates
+//! served at `/pki/ca/…` and its CRL at `/pki/crl/issuing.crl` for relying
+//! parties (domain controllers, `openssl verify -crl_check`).
+
+use std::sync::{Arc, RwLock};
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use der::{Encode, EncodePem};
+use keyward_domain::{AuditDraft, AuditOutcome};
+use keyward_pki::{EmbeddedCa, EmbeddedCaParts};
+use keyward_store::Store;
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use crate::app::AppState;
+use crate::secrets::Sealed;
+
+/// The store secret holding the sealed CA material.
+const SECRET_NAME: &str = "pki:embedded-ca";
+/// A CRL is re-signed when older than this, and valid twice as long.
+const CRL_REFRESH: time::Duration = time::Duration::days(1);
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored {
+    name: String,
+    root_key: String,
+    root_cert: String,
+    issuing_key: String,
+    issuing_cert: String,
+    content_signer_key: String,
+    content_signer_cert: String,
+}
+
+impl Stored {
+    fn from_parts(p: &EmbeddedCaParts) -> Stored {
+        Stored {
+            name: p.name.clone(),
+            root_key: B64.encode(&*p.root_key_pkcs8),
+            root_cert: B64.encode(&p.root_cert),
+            issuing_key: B64.encode(&*p.issuing_key_pkcs8),
+            issuing_cert: B64.encode(&p.issuing_cert),
+            content_signer_key: B64.encode(&*p.content_signer_key_pkcs8),
+            content_signer_cert: B64.encode(&p.content_signer_cert),
+        }
+    }
+
+    fn into_parts(self, crl_url: Option<String>) -> anyhow::Result<EmbeddedCaParts> {
+        let d = |s: &str| B64.decode(s).map_err(|e| anyhow::anyhow!("stored CA: {e}"));
+        Ok(EmbeddedCaParts {
+            name: self.name,
+            root_key_pkcs8: Zeroizing::new(d(&self.root_key)?),
+            root_cert: d(&self.root_cert)?,
+            issuing_key_pkcs8: Zeroizing::new(d(&self.issuing_key)?),
+            issuing_cert: d(&self.issuing_cert)?,
+            content_signer_key_pkcs8: Zeroizing::new(d(&self.content_signer_key)?),
+            content_signer_cert: d(&self.content_signer_cert)?,
+            crl_url,
+        })
+    }
+}
+
+/// The CA and its current CRL.
+pub struct Pki {
+    pub ca: EmbeddedCa,
+    crl: RwLock<Option<(OffsetDateTime, Vec<u8>)>>,
+}
+
+impl Pki {
+    /// Loads the CA from the store, or creates it (first start).
+    pub async fn load_or_create(
+        store: &Store,
+        sealer: &Sealed,
+        crl_url: Option<String>,
+    ) -> anyhow::Result<Arc<Pki>> {
+        let open = |sealed: Vec<u8>| -> anyhow::Result<EmbeddedCa> {
+            let plain = Zeroizing::new(sealer.open(SECRET_NAME, &sealed).map_err(|e| {
+                anyhow::anyhow!("CA keys: {e} (is this the KEK the CA was created with?)")
+            })?);
+            let stored: Stored = serde_json::from_slice(&plain)?;
+            Ok(EmbeddedCa::from_parts(
+                &stored.into_parts(crl_url.clone())?,
+            )?)
+        };
+        let ca = match store.get_secret(SECRET_NAME).await? {
+            Some(sealed) => open(sealed)?,
+            None => {
+                let ca =
+                    EmbeddedCa::generate("Keyward", crl_url.clone(), OffsetDateTime::now_utc())?;
+                let plain =
+                    Zeroizing::new(serde_json::to_vec(&Stored::from_parts(&ca.to_parts()?))?);
+                let audit = AuditDraft {
+                    actor: "system".into(),
+                    action: "pki.ca_created".into(),
+                    target: "ca:Keyward Issuing CA".into(),
+                    outcome: AuditOutcome::Success,
+                    details: serde_json::json!({}),
+                };
+                store
+                    .put_secret(SECRET_NAME, &sealer.seal(SECRET_NAME, &plain), &audit)
+                    .await?;
+                // Another node may have stored its own CA at the same moment:
+                // everyone uses what the store holds now.
+                let stored = store
+                    .get_secret(SECRET_NAME)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("CA vanished from the store"))?;
+                open(stored)?
+            }
+        };
+        Ok(Arc::new(Pki {
+            ca,
+            crl: RwLock::new(None),
+        }))
+    }
+
+    /// The issuing CA's CRL, re-signed when older than a day.
+    pub fn crl(&self) -> anyhow::Result<Vec<u8>> {
+        let now = OffsetDateTime::now_utc();
+        if let Some((at, der)) = self.crl.read().expect("CRL lock").as_ref() {
+            if now - *at < CRL_REFRESH {
+                return Ok(der.clone());
+            }
+        }
+        // CRL numbers must grow: seconds since the epoch do, across restarts and nodes.
+        let number = now.unix_timestamp().max(1) as u64;
+        // Revocation of issued certificates arrives with the issuance engine;
+        // until then the list is empty but the CRL is real and signed.
+        let der = self.ca.crl(&[], now, now + CRL_REFRESH * 7, number)?;
+        *self.crl.write().expect("CRL lock") = Some((now, der.clone()));
+        Ok(der)
+    }
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/pki/ca/{file}", get(ca_file))
+        .route("/pki/crl/{file}", get(crl_file))
+}
+
+async fn ca_file(State(state): State<AppState>, Path(file): Path<String>) -> Response {
+    let ca = &state.pki.ca;
+    let (cert, pem) =
+        match file.as_str() {
+            "root.pem" => (ca.root_cert(), true),
+            "root.crt" | "root.der" => (ca.root_cert(), false),
+            "issuing.pem" => (ca.issuing_cert(), true),
+            "issuing.crt" | "issuing.der" => (ca.issuing_cert(), false),
+            "chain.pem" => {
+                let mut out = String::new();
+                for c in [ca.issuing_cert(), ca.root_cert()] {
+                    out.push_str(&c.to_pem(der::pem::LineEnding::LF).unwrap_or_default());
+                }
+                return (
+                    [(header::CONTENT_TYPE, "application/pem-certificate-chain")],
+                    out,
+                )
+                    .into_response();
+            }
+            _ => return (
+                StatusCode::NOT_FOUND,
+                "no such CA file; try root.pem, issuing.pem, chain.pem, root.crt, issuing.crt\n",
+            )
+                .into_response(),
+        };
+    if pem {
+        (
+            [(header::CONTENT_TYPE, "application/x-pem-file")],
+            cert.to_pem(der::pem::LineEnding::LF).unwrap_or_default(),
+        )
+            .into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, "application/pkix-cert")],
+            cert.to_der().unwrap_or_default(),
+        )
+            .into_response()
+    }
+}
+
+async fn crl_file(State(state): State<AppState>, Path(file): Path<String>) -> Response {
+    if file != "issuing.crl" {
+        return (StatusCode::NOT_FOUND, "no such CRL; try issuing.crl\n").into_response();
+    }
+    match state.pki.crl() {
+        Ok(der) => ([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response(),
+        Err(e) => crate::error::ApiError::internal("signing the CRL", e).into_response(),
+    }
+}
