@@ -335,6 +335,37 @@ mod tests {
     }
 
     #[test]
+    fn host_sent_device_commands_and_bad_init() {
+        let mut dev = CtaphidDevice::new((5, 4, 3));
+        let cid = init(&mut dev);
+        let now = Instant::now();
+        for c in [cmd::KEEPALIVE, cmd::ERROR, 0x80 | 0x3F] {
+            let r = single(dev.receive(&fragment(cid, c, &[1]).unwrap()[0], now));
+            assert_eq!(
+                (r[4], r[7]),
+                (cmd::ERROR, error::INVALID_CMD),
+                "command {c:#x}"
+            );
+        }
+        let r = single(dev.receive(
+            &fragment(BROADCAST_CID, cmd::INIT, &[1, 2, 3]).unwrap()[0],
+            now,
+        ));
+        assert_eq!(r[7], error::INVALID_LEN);
+        // WINK answers empty on an allocated channel.
+        let r = single(dev.receive(&fragment(cid, cmd::WINK, &[]).unwrap()[0], now));
+        assert_eq!((r[4], r[5], r[6]), (cmd::WINK, 0, 0));
+        // CANCEL with nothing running: no answer.
+        assert_eq!(
+            dev.receive(&fragment(cid, cmd::CANCEL, &[]).unwrap()[0], now),
+            Action::None
+        );
+        // LOCK with a wrong length.
+        let r = single(dev.receive(&fragment(cid, cmd::LOCK, &[1, 2]).unwrap()[0], now));
+        assert_eq!(r[7], error::INVALID_LEN);
+    }
+
+    #[test]
     fn busy_cancel_and_lock() {
         let mut dev = CtaphidDevice::new((5, 7, 1));
         let a = init(&mut dev);

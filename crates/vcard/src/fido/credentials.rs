@@ -340,12 +340,7 @@ impl FidoAuthenticator {
         let hmac_output = match &req.extensions.hmac_secret {
             Some(input) => {
                 let cred = self.credential(&first)?;
-                Some(hmac_secret_output(
-                    cred,
-                    input,
-                    uv,
-                    &self.volatile.key_agreement,
-                )?)
+                hmac_secret_output(cred, input, uv, &self.volatile.key_agreement)?
             }
             None => None,
         };
@@ -453,12 +448,10 @@ fn hmac_secret_output(
     input: &ctap::HmacSecretInput,
     uv: bool,
     key_agreement: &ctap::KeyAgreementKey,
-) -> Result<Vec<u8>, CtapError> {
+) -> Result<Option<Vec<u8>>, CtapError> {
+    // A credential made without hmac-secret simply has no output.
     let Some((with_uv, without_uv)) = &cred.cred_random else {
-        return Err(CtapError::new(
-            StatusCode::ERR_UNSUPPORTED_OPTION,
-            "credential made without hmac-secret",
-        ));
+        return Ok(None);
     };
     let protocol = PinProtocol::from_number(input.pin_uv_auth_protocol.unwrap_or(1))?;
     let shared = key_agreement.shared_secret(protocol, &input.key_agreement)?;
@@ -479,5 +472,7 @@ fn hmac_secret_output(
         mac.update(salt);
         output.extend_from_slice(&mac.finalize().into_bytes());
     }
-    protocol.encrypt(&shared, &output, &mut rand::rngs::OsRng)
+    protocol
+        .encrypt(&shared, &output, &mut rand::rngs::OsRng)
+        .map(Some)
 }

@@ -956,6 +956,51 @@ fn hmac_secret_outputs_are_stable_per_credential() {
     let b = run(&mut p);
     assert_eq!(a.len(), 32);
     assert_eq!(a, b);
+
+    // A wrong saltAuth is refused; salts of a wrong length too.
+    let protocol = PinProtocol::V2;
+    let (key, shared) = p.shared(protocol);
+    let salt_enc = protocol.encrypt(&shared, &[7u8; 32], &mut OsRng).unwrap();
+    let mut ga = ga_request("example.com", None);
+    ga.extensions.hmac_secret = Some(HmacSecretInput {
+        key_agreement: key.clone(),
+        salt_auth: vec![0; 32],
+        salt_enc,
+        pin_uv_auth_protocol: Some(2),
+    });
+    assert_eq!(
+        p.get_assertion(&ga).unwrap_err(),
+        StatusCode::ERR_PIN_AUTH_INVALID
+    );
+    let salt_enc = protocol.encrypt(&shared, &[7u8; 48], &mut OsRng).unwrap();
+    ga.extensions.hmac_secret = Some(HmacSecretInput {
+        key_agreement: key,
+        salt_auth: protocol.authenticate_shared(&shared, &salt_enc),
+        salt_enc,
+        pin_uv_auth_protocol: Some(2),
+    });
+    assert_eq!(
+        p.get_assertion(&ga).unwrap_err(),
+        StatusCode::ERR_INVALID_LENGTH
+    );
+
+    // A credential made without hmac-secret gives no output (and no error).
+    p.make_credential(&mc_request("plain.example", b"u", true))
+        .unwrap();
+    let (key, shared) = p.shared(protocol);
+    let salt_enc = protocol.encrypt(&shared, &[7u8; 32], &mut OsRng).unwrap();
+    let mut ga = ga_request("plain.example", None);
+    ga.extensions.hmac_secret = Some(HmacSecretInput {
+        key_agreement: key,
+        salt_auth: protocol.authenticate_shared(&shared, &salt_enc),
+        salt_enc,
+        pin_uv_auth_protocol: Some(2),
+    });
+    let got = p.get_assertion(&ga).unwrap();
+    assert_eq!(
+        AuthenticatorData::parse(&got.auth_data).unwrap().extensions,
+        None
+    );
 }
 
 #[test]
@@ -1269,4 +1314,181 @@ fn malformed_requests_never_panic() {
         let r = p.auth.handle(&s, &mut AlwaysPresent);
         assert_ne!(r[0], 0, "{s:02X?} must fail");
     }
+}
+
+#[test]
+fn unsupported_commands_options_and_subcommands_are_refused() {
+    let mut p = yk((5, 7, 1));
+    for cmd in [
+        command::BIO_ENROLLMENT,
+        command::LARGE_BLOBS,
+        command::CONFIG,
+        0x40,
+        0xFF,
+    ] {
+        assert_eq!(
+            p.call(cmd, None).unwrap_err(),
+            StatusCode::ERR_INVALID_COMMAND,
+            "command {cmd:#x}"
+        );
+    }
+    // clientPIN without subCommand; built-in UV subcommands (no UV sensor).
+    let no_sub = Value::Map(vec![(Value::Integer(1.into()), Value::Integer(1.into()))]);
+    assert_eq!(
+        p.call(command::CLIENT_PIN, Some(no_sub)).unwrap_err(),
+        StatusCode::ERR_MISSING_PARAMETER
+    );
+    for sub in [
+        client_pin::GET_PIN_UV_AUTH_TOKEN_USING_UV_WITH_PERMISSIONS,
+        client_pin::GET_UV_RETRIES,
+    ] {
+        let r = p.client_pin(ClientPinRequest {
+            pin_uv_auth_protocol: Some(2),
+            sub_command: sub,
+            ..Default::default()
+        });
+        assert_eq!(r.unwrap_err(), StatusCode::ERR_INVALID_SUBCOMMAND);
+    }
+    p.set_pin(PinProtocol::V2, "1234").unwrap();
+    // changePIN with a wrong current PIN counts down.
+    assert_eq!(
+        p.change_pin(PinProtocol::V2, "9999", "5678"),
+        Err(StatusCode::ERR_PIN_INVALID)
+    );
+    assert_eq!(p.retries().pin_retries, Some(7));
+    // getPinToken takes no permissions.
+    let (key, shared) = p.shared(PinProtocol::V2);
+    let hash_enc = PinProtocol::V2
+        .encrypt(&shared, &pin_hash16(b"1234"), &mut OsRng)
+        .unwrap();
+    let r = p.client_pin(ClientPinRequest {
+        pin_uv_auth_protocol: Some(2),
+        sub_command: client_pin::GET_PIN_TOKEN,
+        key_agreement: Some(key),
+        pin_hash_enc: Some(hash_enc),
+        permissions: Some(permission::MAKE_CREDENTIAL),
+        ..Default::default()
+    });
+    assert_eq!(r.unwrap_err(), StatusCode::ERR_INVALID_PARAMETER);
+
+    // getAssertion options.
+    let mut ga = ga_request("example.com", None);
+    ga.options.rk = Some(true);
+    assert_eq!(
+        p.get_assertion(&ga).unwrap_err(),
+        StatusCode::ERR_UNSUPPORTED_OPTION
+    );
+    let mut ga = ga_request("example.com", None);
+    ga.options.uv = Some(true);
+    assert_eq!(
+        p.get_assertion(&ga).unwrap_err(),
+        StatusCode::ERR_INVALID_OPTION
+    );
+    // getAssertion with a token lacking the ga permission.
+    let t = p
+        .token(
+            PinProtocol::V2,
+            "1234",
+            Some(permission::CREDENTIAL_MANAGEMENT),
+            None,
+        )
+        .unwrap();
+    let mut ga = ga_request("example.com", None);
+    ga.pin_uv_auth_param = Some(PinProtocol::V2.authenticate(&t, &ga.client_data_hash));
+    ga.pin_uv_auth_protocol = Some(2);
+    assert_eq!(
+        p.get_assertion(&ga).unwrap_err(),
+        StatusCode::ERR_PIN_AUTH_INVALID
+    );
+
+    // Credential enumeration "next" without "begin"; updateUserInformation.
+    let cm = command::CREDENTIAL_MANAGEMENT;
+    let next = CredentialManagementRequest {
+        sub_command: cred_mgmt::ENUMERATE_CREDENTIALS_GET_NEXT_CREDENTIAL,
+        ..Default::default()
+    };
+    assert_eq!(
+        p.call(cm, Some(next.to_value())).unwrap_err(),
+        StatusCode::ERR_NOT_ALLOWED
+    );
+    let mc = p
+        .token(
+            PinProtocol::V2,
+            "1234",
+            Some(permission::MAKE_CREDENTIAL),
+            Some("example.com"),
+        )
+        .unwrap();
+    let made = p
+        .make_credential(&with_pin(
+            mc_request("example.com", b"u", true),
+            PinProtocol::V2,
+            &mc,
+        ))
+        .unwrap();
+    let id = AuthenticatorData::parse(&made.auth_data)
+        .unwrap()
+        .attested
+        .unwrap()
+        .credential_id;
+    // One token at a time: the mc token replaced the cm one.
+    let t = p
+        .token(
+            PinProtocol::V2,
+            "1234",
+            Some(permission::CREDENTIAL_MANAGEMENT),
+            None,
+        )
+        .unwrap();
+    let wrong_user = CredMgmtSubCommandParams {
+        credential_id: Some(CredentialDescriptor { id: id.clone() }),
+        user: Some(UserEntity {
+            id: b"someone else".to_vec(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        p.cred_mgmt(
+            cm,
+            PinProtocol::V2,
+            &t,
+            cred_mgmt::UPDATE_USER_INFORMATION,
+            Some(wrong_user)
+        )
+        .unwrap_err(),
+        StatusCode::ERR_INVALID_PARAMETER
+    );
+    let rename = CredMgmtSubCommandParams {
+        credential_id: Some(CredentialDescriptor { id }),
+        user: Some(UserEntity {
+            id: b"u".to_vec(),
+            name: Some("renamed".into()),
+            display_name: None,
+        }),
+        ..Default::default()
+    };
+    p.cred_mgmt(
+        cm,
+        PinProtocol::V2,
+        &t,
+        cred_mgmt::UPDATE_USER_INFORMATION,
+        Some(rename.clone()),
+    )
+    .unwrap();
+    // updateUserInformation does not exist in the preview.
+    let mut old = yk((5, 4, 3));
+    old.set_pin(PinProtocol::V1, "1234").unwrap();
+    let t = old.token(PinProtocol::V1, "1234", None, None).unwrap();
+    assert_eq!(
+        old.cred_mgmt(
+            command::CREDENTIAL_MANAGEMENT_PREVIEW,
+            PinProtocol::V1,
+            &t,
+            cred_mgmt::UPDATE_USER_INFORMATION,
+            Some(rename)
+        )
+        .unwrap_err(),
+        StatusCode::ERR_INVALID_SUBCOMMAND
+    );
 }
