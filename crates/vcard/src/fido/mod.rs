@@ -280,6 +280,9 @@ impl FidoAuthenticator {
             }
         };
         match result {
+            // Commands without response data (setPIN, changePIN,
+            // deleteCredential, ...) answer the status byte alone.
+            Ok(Some(ciborium::Value::Map(m))) if m.is_empty() => vec![StatusCode::OK.0],
             Ok(body) => ctap::encode_response(StatusCode::OK, body.as_ref()),
             Err(e) => {
                 tracing::debug!(status = %e.status, "CTAP request refused");
