@@ -172,8 +172,12 @@ impl SlotKey {
                 primes: k.primes().iter().map(|p| p.to_bytes_be()).collect(),
                 e: k.e().to_bytes_be(),
             },
-            SlotKey::P256(k) => StoredKeyMaterial::P256(k.to_bytes().to_vec()),
-            SlotKey::P384(k) => StoredKeyMaterial::P384(k.to_bytes().to_vec()),
+            SlotKey::P256(k) => StoredKeyMaterial::P256 {
+                scalar: k.to_bytes().to_vec(),
+            },
+            SlotKey::P384(k) => StoredKeyMaterial::P384 {
+                scalar: k.to_bytes().to_vec(),
+            },
         }
     }
 
@@ -185,8 +189,12 @@ impl SlotKey {
             )
             .ok()
             .map(|k| SlotKey::Rsa(Box::new(k))),
-            StoredKeyMaterial::P256(s) => p256::SecretKey::from_slice(s).ok().map(SlotKey::P256),
-            StoredKeyMaterial::P384(s) => p384::SecretKey::from_slice(s).ok().map(SlotKey::P384),
+            StoredKeyMaterial::P256 { scalar } => {
+                p256::SecretKey::from_slice(scalar).ok().map(SlotKey::P256)
+            }
+            StoredKeyMaterial::P384 { scalar } => {
+                p384::SecretKey::from_slice(scalar).ok().map(SlotKey::P384)
+            }
         }
     }
 }
@@ -201,8 +209,14 @@ pub enum StoredKeyMaterial {
         #[serde(with = "hex_bytes")]
         e: Vec<u8>,
     },
-    P256(#[serde(with = "hex_bytes")] Vec<u8>),
-    P384(#[serde(with = "hex_bytes")] Vec<u8>),
+    P256 {
+        #[serde(with = "hex_bytes")]
+        scalar: Vec<u8>,
+    },
+    P384 {
+        #[serde(with = "hex_bytes")]
+        scalar: Vec<u8>,
+    },
 }
 
 /// A PIV card takes the hash as given; ECDSA wants it the size of the field:

@@ -89,11 +89,14 @@ fn serve_connection(
         let Some(frame) = read_frame(&mut stream)? else {
             continue;
         };
-        if let Some(tx) = first_frame.take() {
-            let _ = tx.send(());
-        }
         if let Some(reply) = answer_frame(handle, &frame) {
             write_frame(&mut stream, &reply)?;
+        }
+        // pcscd has powered the card and read its ATR: it is in the reader.
+        if frame == [GET_ATR] {
+            if let Some(tx) = first_frame.take() {
+                let _ = tx.send(());
+            }
         }
     }
 }
@@ -101,7 +104,7 @@ fn serve_connection(
 /// Connect to vpcd at `addr` and serve the card for ever: reconnect after
 /// `insert`, and when vpcd goes away. Returns an error only if the very
 /// first connection fails. `on_attached` is called once, after vpcd has
-/// first talked to the card (or 3 seconds after connecting).
+/// read the card's ATR (or 5 seconds after connecting).
 pub fn run(
     handle: VcardHandle,
     addr: &str,
@@ -111,7 +114,10 @@ pub fn run(
     let stream = TcpStream::connect(&addrs[..])?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let _ = rx.recv_timeout(Duration::from_secs(3));
+        if rx.recv_timeout(Duration::from_secs(5)).is_ok() {
+            // pcscd publishes the new reader state shortly after the ATR.
+            std::thread::sleep(Duration::from_millis(300));
+        }
         on_attached();
     });
     let join = std::thread::Builder::new()

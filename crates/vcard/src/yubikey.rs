@@ -193,6 +193,9 @@ impl YubiKey5 {
         piv.state.puk.tries_total = apdu.p2;
         piv.state.pin.set(DEFAULT_PIN, true);
         piv.state.puk.set(DEFAULT_PUK, true);
+        // The PIN changed: its verification no longer stands.
+        piv.session.pin_verified = false;
+        piv.session.pin_fresh = false;
         piv.mark_dirty();
         ok(Vec::new())
     }
