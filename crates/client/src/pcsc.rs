@@ -1,0 +1,270 @@
+//! APDUs over PC/SC (pcscd), with pcsc-lite's error codes turned into
+//! [`TransportError`]s.
+//!
+//! A [`PcscTransport`] that saw the card leave stays disconnected (every
+//! command fails with [`TransportError::DeviceRemoved`]) until
+//! [`PcscTransport::reconnect`]: reconnecting silently would hide that the
+//! card lost its security state (verified PIN, authenticated management key).
+
+use crate::apdu::ApduTransport;
+use crate::error::TransportError;
+use keyward_domain::Transport;
+use pcsc::{Card, Context, Protocols, ReaderState, Scope, ShareMode, State};
+use std::ffi::CString;
+use std::time::{Duration, Instant};
+
+/// One reader and whether a card is in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReaderInfo {
+    pub name: String,
+    pub card_present: bool,
+    /// The ATR pcscd reports for the card in the reader (empty without one).
+    pub atr: Vec<u8>,
+    /// Another program holds the card exclusively.
+    pub exclusive: bool,
+}
+
+/// Maps a pcsc-lite error; `reader` names the reader in [`TransportError::ReaderGone`].
+pub fn map_error(e: pcsc::Error, reader: &str) -> TransportError {
+    use pcsc::Error as E;
+    match e {
+        E::RemovedCard | E::NoSmartcard => TransportError::DeviceRemoved,
+        E::ResetCard => TransportError::CardReset,
+        E::ReaderUnavailable | E::UnknownReader | E::NoReadersAvailable => {
+            TransportError::ReaderGone(reader.to_string())
+        }
+        E::SharingViolation => TransportError::SharingViolation,
+        E::Timeout => TransportError::Timeout(Duration::ZERO),
+        E::NoService | E::ServiceStopped | E::Shutdown => {
+            TransportError::ServiceUnavailable(format!("pcscd: {e}"))
+        }
+        E::Cancelled | E::SystemCancelled | E::CancelledByUser => TransportError::Cancelled,
+        other => TransportError::protocol(format!("PC/SC: {other}")),
+    }
+}
+
+/// A PC/SC context (a connection to pcscd).
+#[derive(Clone)]
+pub struct Pcsc {
+    ctx: Context,
+}
+
+impl Pcsc {
+    /// Connects to pcscd.
+    pub fn establish() -> Result<Pcsc, TransportError> {
+        Context::establish(Scope::User)
+            .map(|ctx| Pcsc { ctx })
+            .map_err(|e| match e {
+                pcsc::Error::NoService | pcsc::Error::ServiceStopped => {
+                    TransportError::ServiceUnavailable(format!("pcscd is not running ({e})"))
+                }
+                other => map_error(other, ""),
+            })
+    }
+
+    /// Every reader pcscd knows, with its card state. No readers is an
+    /// empty list, not an error.
+    pub fn readers(&self) -> Result<Vec<ReaderInfo>, TransportError> {
+        let names = match self.ctx.list_readers_owned() {
+            Ok(n) => n,
+            Err(pcsc::Error::NoReadersAvailable) => return Ok(Vec::new()),
+            Err(e) => return Err(map_error(e, "")),
+        };
+        let mut states: Vec<ReaderState> = names
+            .into_iter()
+            .map(|n| ReaderState::new(n, State::UNAWARE))
+            .collect();
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.ctx
+            .get_status_change(Duration::ZERO, &mut states)
+            .map_err(|e| map_error(e, ""))?;
+        Ok(states
+            .iter()
+            .map(|s| {
+                let ev = s.event_state();
+                let present = ev.contains(State::PRESENT) && !ev.contains(State::MUTE);
+                ReaderInfo {
+                    name: s.name().to_string_lossy().into_owned(),
+                    card_present: present,
+                    atr: if present {
+                        s.atr().to_vec()
+                    } else {
+                        Vec::new()
+                    },
+                    exclusive: ev.contains(State::EXCLUSIVE),
+                }
+            })
+            .collect())
+    }
+
+    /// Connects (shared) to the card in `reader`.
+    pub fn connect(&self, reader: &str) -> Result<PcscTransport, TransportError> {
+        let mut t = PcscTransport {
+            ctx: self.ctx.clone(),
+            reader: reader.to_string(),
+            card: None,
+            atr: Vec::new(),
+        };
+        t.connect()?;
+        Ok(t)
+    }
+
+    /// Waits until `reader` has a card (or `timeout` passes); returns
+    /// whether it has one. Polls pcscd's reader state: a card coming back
+    /// is a person's action, so 100 ms resolution is plenty.
+    pub fn wait_card(&self, reader: &str, timeout: Duration) -> Result<bool, TransportError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.card_state(reader)? {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether `reader` exists and has a card now.
+    fn card_state(&self, reader: &str) -> Result<bool, TransportError> {
+        Ok(self
+            .readers()?
+            .into_iter()
+            .find(|r| r.name == reader)
+            .ok_or_else(|| TransportError::ReaderGone(reader.to_string()))?
+            .card_present)
+    }
+}
+
+/// The card in one PC/SC reader.
+pub struct PcscTransport {
+    ctx: Context,
+    reader: String,
+    card: Option<Card>,
+    atr: Vec<u8>,
+}
+
+impl PcscTransport {
+    fn connect(&mut self) -> Result<(), TransportError> {
+        let name = CString::new(self.reader.as_str())
+            .map_err(|_| TransportError::ReaderGone(self.reader.clone()))?;
+        let card = self
+            .ctx
+            .connect(&name, ShareMode::Shared, Protocols::ANY)
+            .map_err(|e| map_error(e, &self.reader))?;
+        self.atr = card
+            .status2_owned()
+            .map(|s| s.atr().to_vec())
+            .map_err(|e| map_error(e, &self.reader))?;
+        self.card = Some(card);
+        Ok(())
+    }
+
+    /// After a removal (or reset): waits up to `timeout` for a card in the
+    /// same reader and connects to it. The caller starts over (SELECT,
+    /// VERIFY...): nothing of the old session survives.
+    pub fn reconnect(&mut self, timeout: Duration) -> Result<(), TransportError> {
+        self.card = None;
+        let pcsc = Pcsc {
+            ctx: self.ctx.clone(),
+        };
+        if !pcsc.wait_card(&self.reader, timeout)? {
+            return Err(TransportError::Timeout(timeout));
+        }
+        self.connect()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.card.is_some()
+    }
+
+    /// A failure whose pcsc-lite code does not say what happened (a
+    /// communication error, an unresponsive card): ask pcscd whether the
+    /// card or the reader is still there.
+    fn classify(&self, e: pcsc::Error) -> TransportError {
+        let mapped = map_error(e, &self.reader);
+        if !matches!(mapped, TransportError::Protocol(_)) {
+            return mapped;
+        }
+        let pcsc = Pcsc {
+            ctx: self.ctx.clone(),
+        };
+        match pcsc.card_state(&self.reader) {
+            Ok(false) => TransportError::DeviceRemoved,
+            Err(gone @ TransportError::ReaderGone(_)) => gone,
+            _ => mapped,
+        }
+    }
+}
+
+impl ApduTransport for PcscTransport {
+    fn transmit_raw(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let Some(card) = &self.card else {
+            return Err(TransportError::DeviceRemoved);
+        };
+        let mut buf = vec![0u8; pcsc::MAX_BUFFER_SIZE_EXTENDED];
+        match card.transmit(command, &mut buf) {
+            Ok(r) => Ok(r.to_vec()),
+            Err(e) => {
+                let err = self.classify(e);
+                if err.loses_security_state() {
+                    // Stay disconnected until `reconnect`.
+                    self.card = None;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn transport(&self) -> Transport {
+        Transport::Pcsc
+    }
+
+    fn name(&self) -> String {
+        self.reader.clone()
+    }
+
+    fn atr(&self) -> Vec<u8> {
+        self.atr.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcsc_errors_are_typed() {
+        assert_eq!(
+            map_error(pcsc::Error::RemovedCard, "r"),
+            TransportError::DeviceRemoved
+        );
+        assert_eq!(
+            map_error(pcsc::Error::NoSmartcard, "r"),
+            TransportError::DeviceRemoved
+        );
+        assert_eq!(
+            map_error(pcsc::Error::ResetCard, "r"),
+            TransportError::CardReset
+        );
+        assert_eq!(
+            map_error(pcsc::Error::ReaderUnavailable, "r"),
+            TransportError::ReaderGone("r".into())
+        );
+        assert_eq!(
+            map_error(pcsc::Error::SharingViolation, "r"),
+            TransportError::SharingViolation
+        );
+        assert_eq!(map_error(pcsc::Error::Timeout, "r").code(), "timeout");
+        assert_eq!(
+            map_error(pcsc::Error::NoService, "r").code(),
+            "service_unavailable"
+        );
+        assert_eq!(
+            map_error(pcsc::Error::CommError, "r").code(),
+            "protocol_error"
+        );
+    }
+}
