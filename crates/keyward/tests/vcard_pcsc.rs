@@ -339,14 +339,16 @@ fn management_key_generation_certificate_and_pkcs11_signature() {
     );
     assert!(!out.status.success(), "signed with a wrong PIN");
 
-    // RSA 2048 in 9d: generate, certificate, PKCS#11 RSA signature verified by openssl.
-    let rsa_pub = card.path("9d.pub.pem");
+    // RSA 2048 in 9c (digital signature: the PIN before every use, which
+    // OpenSC's context-specific login gives): generate, certificate, PKCS#11
+    // RSA signature verified by openssl.
+    let rsa_pub = card.path("9c.pub.pem");
     yubico(&[
         &key_arg,
         "-a",
         "generate",
         "-s",
-        "9d",
+        "9c",
         "-A",
         "RSA2048",
         "-o",
@@ -354,7 +356,7 @@ fn management_key_generation_certificate_and_pkcs11_signature() {
     ]);
     let throw_rsa = card.path("throwaway-rsa.key");
     run_ok("openssl", &["genrsa", "-out", p(&throw_rsa), "2048"]);
-    let rsa_cert = card.path("9d.pem");
+    let rsa_cert = card.path("9c.pem");
     run_ok(
         "openssl",
         &[
@@ -377,7 +379,7 @@ fn management_key_generation_certificate_and_pkcs11_signature() {
         "-a",
         "import-certificate",
         "-s",
-        "9d",
+        "9c",
         "-i",
         p(&rsa_cert),
     ]);
@@ -392,7 +394,7 @@ fn management_key_generation_certificate_and_pkcs11_signature() {
             "123456",
             "--sign",
             "--id",
-            "03",
+            "02",
             "--mechanism",
             "SHA256-RSA-PKCS",
             "-i",
