@@ -288,3 +288,69 @@ fn rsa_device_keys_are_certified_too_and_bad_keys_are_refused() {
     let err = LeafRequest::from_template(&piv_auth(), &no_upn, None, spki.as_bytes()).unwrap_err();
     assert!(err.to_string().contains("UPN"), "{err}");
 }
+
+#[test]
+fn the_chuid_signature_verifies_with_openssl_cms() {
+    let now = OffsetDateTime::now_utc();
+    let ca = EmbeddedCa::generate("Example Corp", None, now).unwrap();
+    let content =
+        b"\x30\x19fascn-bytes-here-25-bytes\x34\x10GUIDGUIDGUIDGUID\x35\x0820351231".to_vec();
+    let sig = ca.sign_chuid(&content).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("sig.der"), &sig).unwrap();
+    std::fs::write(dir.path().join("content.bin"), &content).unwrap();
+    let chain = ca.chain_der();
+    std::fs::write(
+        dir.path().join("chain.pem"),
+        format!(
+            "{}{}",
+            pem("CERTIFICATE", &chain[0]),
+            pem("CERTIFICATE", &chain[1])
+        ),
+    )
+    .unwrap();
+    let (ok, text) = openssl(
+        &[
+            "cms",
+            "-verify",
+            "-inform",
+            "DER",
+            "-in",
+            "sig.der",
+            "-content",
+            "content.bin",
+            "-binary",
+            "-CAfile",
+            "chain.pem",
+            "-purpose",
+            "any",
+            "-out",
+            "/dev/null",
+        ],
+        dir.path(),
+    );
+    assert!(ok && text.contains("Verification successful"), "{text}");
+    // A changed CHUID does not verify.
+    std::fs::write(dir.path().join("content.bin"), b"tampered").unwrap();
+    let (ok, text) = openssl(
+        &[
+            "cms",
+            "-verify",
+            "-inform",
+            "DER",
+            "-in",
+            "sig.der",
+            "-content",
+            "content.bin",
+            "-binary",
+            "-CAfile",
+            "chain.pem",
+            "-purpose",
+            "any",
+            "-out",
+            "/dev/null",
+        ],
+        dir.path(),
+    );
+    assert!(!ok, "{text}");
+}

@@ -1,0 +1,21 @@
+//! The issuance engine, sans I/O.
+//!
+//! Device sessions are driven by the server: the engine produces batches of
+//! device commands ([`Batch`]), a client next to the device relays them and
+//! returns the responses, and the engine consumes the responses to produce
+//! the next batch. Nothing here touches a socket, a database or the clock, so
+//! every branch runs in microseconds in tests, and a session is plain data
+//! the server can persist after each step (sealed: states hold PINs and keys).
+//!
+//! The PIV personalisation ([`piv`]) is written in the style of rustls'
+//! state machines: each state is a type that consumes its input and returns
+//! the next state, so an impossible transition does not compile. A batch
+//! ends only where the next command depends on the device's answer: the
+//! number of batches is the number of client round trips.
+
+pub mod batch;
+pub mod mgmt_key;
+pub mod piv;
+
+pub use batch::{Batch, Channel, Command, Failure, Response};
+pub use mgmt_key::{ManagementKey, MgmtAlgorithm};
