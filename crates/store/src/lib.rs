@@ -82,6 +82,7 @@ mod sqlite_dialect {
     pub const FOR_UPDATE: &str = "";
     /// Rows per multi-row INSERT (SQLite allows 32766 parameters).
     pub const BULK_ROWS: usize = 500;
+    pub const ANONYMOUS_PLACEHOLDERS: bool = true;
     pub async fn begin_write(
         pool: &SqlitePool,
     ) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
@@ -96,6 +97,7 @@ mod pg_dialect {
     pub const FOR_UPDATE: &str = " FOR UPDATE";
     /// Rows per multi-row INSERT (PostgreSQL allows 65535 parameters).
     pub const BULK_ROWS: usize = 1000;
+    pub const ANONYMOUS_PLACEHOLDERS: bool = false;
     pub async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         pool.begin().await
     }
@@ -192,7 +194,11 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // 64 MiB page cache per connection: bulk imports insert into three
+            // B-trees in random key order, which thrashes the 8 MiB default.
+            .pragma("cache_size", "-65536")
+            .pragma("temp_store", "memory");
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .min_connections(1)

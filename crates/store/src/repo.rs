@@ -62,9 +62,11 @@ fn prefix_upper(prefix: &str) -> String {
     format!("{prefix}\u{10FFFF}")
 }
 
-/// "$a,$b,..." groups for a multi-row VALUES list.
+/// "($1,$2,..),(..)" groups for a multi-row VALUES list. On SQLite the placeholders are
+/// anonymous `?`: sqlx looks each numbered parameter's name up with
+/// sqlite3_bind_parameter_name, a linear scan, which makes thousands of `$N` quadratic.
 fn values_list(rows: usize, cols: usize) -> String {
-    let mut s = String::with_capacity(rows * cols * 5);
+    let mut s = String::with_capacity(rows * cols * 6);
     for r in 0..rows {
         if r > 0 {
             s.push(',');
@@ -74,8 +76,12 @@ fn values_list(rows: usize, cols: usize) -> String {
             if c > 0 {
                 s.push(',');
             }
-            s.push('$');
-            s.push_str(&(r * cols + c + 1).to_string());
+            if dialect::ANONYMOUS_PLACEHOLDERS {
+                s.push('?');
+            } else {
+                s.push('$');
+                s.push_str(&(r * cols + c + 1).to_string());
+            }
         }
         s.push(')');
     }
@@ -628,16 +634,17 @@ pub async fn import_users(
     const COLS: usize = 10;
     let mut duplicates = Vec::new();
     for chunk in good.chunks(dialect::BULK_ROWS) {
+        let ids: Vec<Uuid> = chunk.iter().map(|_| Uuid::new_v4()).collect();
         let sql = format!(
             "INSERT INTO users (id, login, upn, display_name, display_name_key, email, attributes, status, created_at, updated_at) \
-             VALUES {} ON CONFLICT DO NOTHING RETURNING login",
+             VALUES {} ON CONFLICT DO NOTHING",
             values_list(chunk.len(), COLS)
         );
         let mut q = sqlx::query(&sql);
-        for &i in chunk {
+        for (&i, id) in chunk.iter().zip(&ids) {
             let u = &users[i];
             q = q
-                .bind(Uuid::new_v4())
+                .bind(*id)
                 .bind(&u.login)
                 .bind(&u.upn)
                 .bind(&u.display_name)
@@ -648,16 +655,29 @@ pub async fn import_users(
                 .bind(t)
                 .bind(t);
         }
-        let inserted: HashSet<String> = q
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|r| r.try_get::<String, _>("login"))
-            .collect::<Result<_, _>>()?;
-        report.inserted += inserted.len() as u64;
-        for &i in chunk {
-            if !inserted.contains(&users[i].login) {
-                duplicates.push(i);
+        // No RETURNING on the fast path: streaming every row back costs more than the
+        // insert. Only when some rows conflicted, ask which of our ids were stored.
+        let n = q.execute(&mut *tx).await?.rows_affected();
+        report.inserted += n;
+        if n as usize != chunk.len() {
+            let sql = format!(
+                "SELECT id FROM users WHERE id IN {}",
+                values_list(1, ids.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for id in &ids {
+                q = q.bind(*id);
+            }
+            let stored: HashSet<Uuid> = q
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<Uuid, _>("id"))
+                .collect::<Result<_, _>>()?;
+            for (&i, id) in chunk.iter().zip(&ids) {
+                if !stored.contains(id) {
+                    duplicates.push(i);
+                }
             }
         }
     }
