@@ -16,6 +16,7 @@
 pub mod batch;
 pub mod mgmt_key;
 pub mod piv;
+pub mod plan;
 
 pub use batch::{Batch, Channel, Command, Failure, Response};
 pub use mgmt_key::{ManagementKey, MgmtAlgorithm};

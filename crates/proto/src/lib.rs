@@ -261,3 +261,82 @@ pub struct AuditVerifyReport {
     /// What is wrong, naming the record (`record 17 was changed`, …).
     pub problems: Vec<String>,
 }
+
+// ---------------------------------------------------------------- device sessions (relay protocol v1)
+
+/// Version of the relay protocol (docs/protocol.md).
+pub const RELAY_PROTOCOL_VERSION: u32 = 1;
+
+/// One device command of a batch. Binary values are lower-case hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RelayCommand {
+    /// `piv` (a command APDU) or `ctap` (a CTAP message: command byte + CBOR).
+    pub channel: String,
+    /// The command, hex.
+    pub bytes: String,
+    /// Status words (hex, e.g. `9000`) that let the batch go on; the client
+    /// stops at the first other one.
+    pub expect: Vec<String>,
+    /// The issuance step, for progress display.
+    pub step: String,
+    /// The command carries a secret: never log or store it.
+    pub secret: bool,
+}
+
+/// A prompt to put to the person at the device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RelayPrompt {
+    /// `enter_pin`, `confirm_pin`, `enter_fido_pin`, `set_fido_pin`,
+    /// `show_initial_pin`, `confirm_touch`, `reinsert_device`, `set_new_pin`.
+    pub kind: String,
+    /// Text to show.
+    pub message: String,
+    /// For `show_initial_pin`: the PIN to show (never logged by clients).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// Server → client: the batch to run now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RelayBatch {
+    pub protocol: u32,
+    pub session_id: String,
+    /// Sequence number of this batch; the client answers with the same.
+    pub seq: u64,
+    pub commands: Vec<RelayCommand>,
+    pub prompts: Vec<RelayPrompt>,
+    /// `running`, `issued`, `assigned`, `failed`, `cancelled`.
+    pub state: String,
+    /// The step the session is at (for progress).
+    pub step: String,
+}
+
+/// One device answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RelayResponse {
+    /// Response data, hex.
+    pub data: String,
+    /// Status word, hex (`9000`).
+    pub sw: String,
+}
+
+/// Client → server: the responses to batch `seq`, and the person's answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RelayResult {
+    pub protocol: u32,
+    pub session_id: String,
+    pub seq: u64,
+    pub responses: Vec<RelayResponse>,
+    /// Answers to the batch's prompts, by prompt kind.
+    #[serde(default)]
+    pub answers: BTreeMap<String, String>,
+    /// A transport error that stopped the batch: `device_removed`,
+    /// `reader_gone`, `timeout`, `sharing_violation`, `protocol`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport_error: Option<String>,
+}
