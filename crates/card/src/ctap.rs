@@ -670,7 +670,7 @@ impl UserEntity {
 }
 
 /// PublicKeyCredentialDescriptor (type "public-key").
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CredentialDescriptor {
     pub id: Vec<u8>,
 }
@@ -771,7 +771,7 @@ pub struct GetInfoResponse {
     pub max_credential_count_in_list: Option<u64>,
     pub max_credential_id_length: Option<u64>,
     pub transports: Vec<String>,
-    /// (type, alg) pairs, e.g. ("public-key", -7).
+    /// COSE algorithms of the "public-key" entries, e.g. -7 (ES256).
     pub algorithms: Vec<i64>,
     pub min_pin_length: Option<u64>,
     pub firmware_version: Option<u64>,
@@ -1210,12 +1210,6 @@ pub struct GetAssertionResponse {
     pub user: Option<UserEntity>,
     pub number_of_credentials: Option<u64>,
     pub user_selected: Option<bool>,
-}
-
-impl Default for CredentialDescriptor {
-    fn default() -> Self {
-        Self { id: Vec::new() }
-    }
 }
 
 impl GetAssertionResponse {

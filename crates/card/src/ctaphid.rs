@@ -19,8 +19,7 @@ pub const BROADCAST_CID: u32 = 0xFFFF_FFFF;
 /// CTAPHID protocol version reported by INIT.
 pub const PROTOCOL_VERSION: u8 = 2;
 
-/// CTAPHID commands (without the 0x80 initialization bit set... the values
-/// here include it, as they appear on the wire).
+/// CTAPHID commands as they appear on the wire (initialization bit 0x80 set).
 pub mod cmd {
     pub const PING: u8 = 0x81;
     pub const MSG: u8 = 0x83;

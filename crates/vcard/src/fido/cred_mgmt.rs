@@ -106,7 +106,7 @@ impl FidoAuthenticator {
                 if creds.is_empty() {
                     return Err(StatusCode::ERR_NO_CREDENTIALS.into());
                 }
-                creds.sort_by(|a, b| b.created.cmp(&a.created));
+                creds.sort_by_key(|c| std::cmp::Reverse(c.created));
                 let mut ids: Vec<Vec<u8>> = creds.iter().map(|c| c.id.clone()).collect();
                 let total = ids.len() as u64;
                 let first = ids.remove(0);

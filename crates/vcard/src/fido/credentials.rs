@@ -319,7 +319,7 @@ impl FidoAuthenticator {
             }
             return Err(StatusCode::ERR_NO_CREDENTIALS.into());
         }
-        found.sort_by(|a, b| b.created.cmp(&a.created));
+        found.sort_by_key(|c| std::cmp::Reverse(c.created));
         let ids: Vec<Vec<u8>> = found.iter().map(|c| c.id.clone()).collect();
 
         if up {
