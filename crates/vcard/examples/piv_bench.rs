@@ -38,7 +38,7 @@ fn ok(card: &mut VirtualCard, apdu: &[u8]) -> ResponseApdu {
 fn row(what: &str, runs: usize, (median, p90): (Duration, Duration)) {
     let fmt = |d: Duration| {
         if d < Duration::from_millis(1) {
-            format!("{:.1} µs", d.as_secs_f64() * 1e6)
+            format!("{:.2} µs", d.as_secs_f64() * 1e6)
         } else {
             format!("{:.1} ms", d.as_secs_f64() * 1e3)
         }
