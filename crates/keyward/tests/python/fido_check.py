@@ -172,6 +172,53 @@ def main():
     a2.verify(cdh2, public_key)
     check(a2.user["id"] == user["id"], "discoverable credential returns its user id")
 
+    # The WebAuthn client of python-fido2 with the extensions Keyward's
+    # issuance uses: hmac-secret and credProtect (user verification required).
+    from fido2.client import Fido2Client
+    from fido2.ctap2.extensions import CredProtectExtension
+
+    client = Fido2Client(dev, "https://" + rp["id"])
+    made = client.make_credential(
+        {
+            "rp": rp,
+            "user": {"id": os.urandom(16), "name": "bob@keyward.example", "displayName": "Bob"},
+            "challenge": os.urandom(32),
+            "pubKeyCredParams": [{"type": "public-key", "alg": -7}],
+            "authenticatorSelection": {"requireResidentKey": True, "userVerification": "required"},
+            "extensions": {
+                "hmacCreateSecret": True,
+                "credentialProtectionPolicy": CredProtectExtension.POLICY.REQUIRED,
+                "enforceCredentialProtectionPolicy": True,
+            },
+        },
+        pin=args.pin,
+    )
+    check(made.extension_results.get("hmacCreateSecret") is True, "Fido2Client: hmac-secret created")
+    ad = made.attestation_object.auth_data
+    check(ad.extensions.get("credProtect") == 3, "Fido2Client: credProtect 3 in authData")
+    bob = {"type": "public-key", "id": ad.credential_data.credential_id}
+    salt = os.urandom(32)
+    outputs = []
+    for _ in range(2):
+        sel = client.get_assertion(
+            {
+                "rpId": rp["id"],
+                "challenge": os.urandom(32),
+                "allowCredentials": [bob],
+                "userVerification": "required",
+                "extensions": {"hmacGetSecret": {"salt1": salt}},
+            },
+            pin=args.pin,
+        )
+        resp = sel.get_response(0)
+        outputs.append(resp.extension_results["hmacGetSecret"]["output1"])
+    check(len(outputs[0]) == 32 and outputs[0] == outputs[1], "Fido2Client: hmac-secret output stable")
+    try:
+        ctap.get_assertion(rp["id"], cdh2, allow_list=[bob], options={"up": True})
+        fail("credProtect 3 credential usable without user verification")
+    except CtapError as e:
+        check(e.code == CtapError.ERR.NO_CREDENTIALS, "credProtect 3: invisible without UV")
+
     wrong = "000000" if args.pin != "000000" else "999999"
     expect_ctap_error(CtapError.ERR.PIN_INVALID, lambda: client_pin.get_pin_token(wrong, ClientPin.PERMISSION.GET_ASSERTION, rp["id"]), "wrong PIN")
     check(client_pin.get_pin_retries()[0] == 7, "retries 7 after one wrong PIN")
