@@ -477,7 +477,7 @@ pub fn non_federal_fascn(credential: u32) -> Vec<u8> {
     // 5-bit characters: 4 data bits (LSB first) + odd parity; SS=11010, FS=10110, ES=11111.
     fn digit(d: u8) -> u8 {
         let bits = d & 0x0F;
-        let parity = if bits.count_ones() % 2 == 0 { 1 } else { 0 };
+        let parity = if bits.count_ones() & 1 == 0 { 1 } else { 0 };
         let rev = (0..4).fold(0u8, |acc, i| acc | (((bits >> i) & 1) << (3 - i)));
         (rev << 1) | parity
     }
@@ -506,7 +506,7 @@ pub fn non_federal_fascn(credential: u32) -> Vec<u8> {
     chars.push(ES);
     // LRC: XOR of all characters' data bits, with its own parity.
     let lrc_bits = chars.iter().fold(0u8, |acc, c| acc ^ (c >> 1));
-    let parity = if lrc_bits.count_ones() % 2 == 0 { 1 } else { 0 };
+    let parity = if lrc_bits.count_ones() & 1 == 0 { 1 } else { 0 };
     chars.push((lrc_bits << 1) | parity);
     // Pack 5-bit characters into 25 bytes (40 chars x 5 bits = 200 bits).
     let mut bits: Vec<u8> = Vec::with_capacity(200);

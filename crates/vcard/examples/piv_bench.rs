@@ -75,7 +75,7 @@ fn main() {
 
     // Management key authentication (AES-192, mutual: two APDUs).
     let key = card.piv().state.management_key.clone();
-    let mut authenticate = |card: &mut VirtualCard| {
+    let authenticate = |card: &mut VirtualCard| {
         let r = ok(
             card,
             &piv::general_authenticate(key.algorithm, 0x9B, &[(dyn_auth::WITNESS, &[])]).to_bytes(),
