@@ -11,10 +11,6 @@ use serde_json::{json, Value};
 use super::client::{enc, ApiClient, RequestBody};
 use super::output::{print_list, print_object};
 
-/// Rows sent per import request: large files go in chunks, each checked
-/// first (dry run) so an all-or-nothing import writes nothing on a bad row.
-const IMPORT_CHUNK_ROWS: usize = 20_000;
-
 #[derive(Subcommand, Debug)]
 pub enum UserCommand {
     /// Add one user.
@@ -267,95 +263,21 @@ fn user(c: &ApiClient, json: bool, cmd: UserCommand) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-/// Splits a CSV file into chunks (each with the header), checks every chunk
-/// with a dry run, then imports; row numbers in errors are the file's.
-fn import_csv(
-    c: &ApiClient,
-    json: bool,
-    path: &str,
-    file: &Path,
-    partial: bool,
-) -> anyhow::Result<()> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let mut lines = text.lines();
-    let header = lines.next().context("the CSV file is empty")?;
-    let rows: Vec<&str> = lines.filter(|l| !l.trim().is_empty()).collect();
-    let chunks: Vec<&[&str]> = rows.chunks(IMPORT_CHUNK_ROWS).collect();
-    let body = |chunk: &[&str]| {
-        let mut s = String::with_capacity(
-            chunk.iter().map(|l| l.len() + 1).sum::<usize>() + header.len() + 1,
-        );
-        s.push_str(header);
-        s.push('\n');
-        for l in chunk {
-            s.push_str(l);
-            s.push('\n');
-        }
-        s
-    };
-    let renumber = |e: anyhow::Error, offset: usize| -> anyhow::Error {
-        match e.downcast::<super::client::ApiFailure>() {
-            Ok(mut f) => {
-                if let Some(Value::Array(rows)) =
-                    f.details.as_mut().and_then(|d| d.get_mut("rejected"))
-                {
-                    for r in rows.iter_mut() {
-                        if let Some(n) = r["row"].as_u64() {
-                            r["row"] = json!(n as usize + offset);
-                        }
-                    }
-                }
-                f.message = format!("{} (rows counted from chunk start {offset})", f.message);
-                f.into()
-            }
-            Err(e) => e,
-        }
-    };
-    if !partial && chunks.len() > 1 {
-        for (i, chunk) in chunks.iter().enumerate() {
-            let offset = i * IMPORT_CHUNK_ROWS;
-            c.send(
-                reqwest::Method::POST,
-                &format!("{path}?dry_run=true"),
-                Some(RequestBody::Csv(body(chunk))),
-            )
-            .map_err(|e| renumber(e, offset))?;
-        }
+/// Sends a CSV file in one request: the server checks every row and, by
+/// default, writes all or nothing in one transaction (imports may be up to
+/// 512 MiB, about seven million users).
+fn import_csv(c: &ApiClient, json: bool, path: &str, file: &Path, partial: bool) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    if text.trim().is_empty() {
+        bail!("{}: the CSV file is empty", file.display());
     }
-    let mut imported = 0u64;
-    let mut rejected = Vec::new();
-    for (i, chunk) in chunks.iter().enumerate() {
-        let offset = i * IMPORT_CHUNK_ROWS;
-        let q = if partial {
-            format!("{path}?partial=true")
-        } else {
-            path.to_string()
-        };
-        let report = c
-            .send(
-                reqwest::Method::POST,
-                &q,
-                Some(RequestBody::Csv(body(chunk))),
-            )
-            .map_err(|e| renumber(e, offset))?;
-        imported += report["imported"].as_u64().unwrap_or(0);
-        if let Some(rows) = report["rejected"].as_array() {
-            for r in rows {
-                let mut r = r.clone();
-                if let Some(n) = r["row"].as_u64() {
-                    r["row"] = json!(n as usize + offset);
-                }
-                rejected.push(r);
-            }
-        }
-    }
-    let summary = json!({ "imported": imported, "rejected": rejected });
+    let q = if partial { format!("{path}?partial=true") } else { path.to_string() };
+    let report = c.send(reqwest::Method::POST, &q, Some(RequestBody::Csv(text)))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("imported {imported} row(s)");
-        for r in &rejected {
+        println!("imported {} row(s)", report["imported"].as_u64().unwrap_or(0));
+        for r in report["rejected"].as_array().into_iter().flatten() {
             println!(
                 "rejected row {}: {} [{}] {}",
                 r["row"],
