@@ -1905,6 +1905,220 @@ pub fn platform_key_agreement(
     Ok((mine.public_cose(), shared))
 }
 
+/// The platform (client) side of clientPIN and pinUvAuthParam, as Keyward's
+/// issuance engine drives a real or virtual authenticator: build the
+/// requests, keep the shared secret, decrypt the token, sign requests.
+pub mod platform {
+    use super::*;
+
+    /// The getKeyAgreement request that starts every PIN exchange.
+    pub fn get_key_agreement_request(protocol: PinProtocol) -> ClientPinRequest {
+        ClientPinRequest {
+            pin_uv_auth_protocol: Some(protocol.number()),
+            sub_command: client_pin::GET_KEY_AGREEMENT,
+            ..Default::default()
+        }
+    }
+
+    /// The getPINRetries request.
+    pub fn get_pin_retries_request(protocol: PinProtocol) -> ClientPinRequest {
+        ClientPinRequest {
+            pin_uv_auth_protocol: Some(protocol.number()),
+            sub_command: client_pin::GET_PIN_RETRIES,
+            ..Default::default()
+        }
+    }
+
+    /// One PIN exchange: the platform's key agreement key and the shared
+    /// secret with the authenticator. Use a new session per operation, as
+    /// the authenticator may change its key after each PIN check.
+    pub struct PinSession {
+        pub protocol: PinProtocol,
+        platform_key: CoseEc2Key,
+        shared: SharedSecret,
+    }
+
+    impl std::fmt::Debug for PinSession {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("PinSession")
+                .field("protocol", &self.protocol)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl PinSession {
+        /// From the authenticator's key (the getKeyAgreement response).
+        pub fn new(
+            protocol: PinProtocol,
+            authenticator_key: &CoseEc2Key,
+            rng: &mut (impl rand_core::CryptoRng + rand_core::RngCore),
+        ) -> Result<Self> {
+            let (platform_key, shared) = platform_key_agreement(protocol, authenticator_key, rng)?;
+            Ok(Self {
+                protocol,
+                platform_key,
+                shared,
+            })
+        }
+
+        fn base(&self, sub_command: u8) -> ClientPinRequest {
+            ClientPinRequest {
+                pin_uv_auth_protocol: Some(self.protocol.number()),
+                sub_command,
+                key_agreement: Some(self.platform_key.clone()),
+                ..Default::default()
+            }
+        }
+
+        /// setPIN. CTAP limits: at least 4 code points, at most 63 bytes
+        /// (the authenticator's minPINLength may ask for more).
+        pub fn set_pin_request(
+            &self,
+            new_pin: &str,
+            rng: &mut dyn rand_core::RngCore,
+        ) -> Result<ClientPinRequest> {
+            check_pin(new_pin)?;
+            let new_pin_enc =
+                self.protocol
+                    .encrypt(&self.shared, &pad_pin(new_pin.as_bytes())?, rng)?;
+            let mut req = self.base(client_pin::SET_PIN);
+            req.pin_uv_auth_param = Some(
+                self.protocol
+                    .authenticate_shared(&self.shared, &new_pin_enc),
+            );
+            req.new_pin_enc = Some(new_pin_enc);
+            Ok(req)
+        }
+
+        /// changePIN.
+        pub fn change_pin_request(
+            &self,
+            current_pin: &str,
+            new_pin: &str,
+            rng: &mut dyn rand_core::RngCore,
+        ) -> Result<ClientPinRequest> {
+            check_pin(new_pin)?;
+            let new_pin_enc =
+                self.protocol
+                    .encrypt(&self.shared, &pad_pin(new_pin.as_bytes())?, rng)?;
+            let pin_hash_enc =
+                self.protocol
+                    .encrypt(&self.shared, &pin_hash16(current_pin.as_bytes()), rng)?;
+            let mut req = self.base(client_pin::CHANGE_PIN);
+            req.pin_uv_auth_param = Some(self.protocol.authenticate_shared(
+                &self.shared,
+                &[new_pin_enc.as_slice(), &pin_hash_enc].concat(),
+            ));
+            req.new_pin_enc = Some(new_pin_enc);
+            req.pin_hash_enc = Some(pin_hash_enc);
+            Ok(req)
+        }
+
+        /// getPinToken (0x05), for FIDO_2_0 / FIDO_2_1_PRE authenticators.
+        pub fn get_pin_token_request(
+            &self,
+            pin: &str,
+            rng: &mut dyn rand_core::RngCore,
+        ) -> Result<ClientPinRequest> {
+            let mut req = self.base(client_pin::GET_PIN_TOKEN);
+            req.pin_hash_enc = Some(self.protocol.encrypt(
+                &self.shared,
+                &pin_hash16(pin.as_bytes()),
+                rng,
+            )?);
+            Ok(req)
+        }
+
+        /// getPinUvAuthTokenUsingPinWithPermissions (0x09), for
+        /// authenticators whose getInfo has the pinUvAuthToken option.
+        pub fn get_token_with_permissions_request(
+            &self,
+            pin: &str,
+            permissions: u8,
+            rp_id: Option<&str>,
+            rng: &mut dyn rand_core::RngCore,
+        ) -> Result<ClientPinRequest> {
+            let mut req = self.base(client_pin::GET_PIN_UV_AUTH_TOKEN_USING_PIN_WITH_PERMISSIONS);
+            req.pin_hash_enc = Some(self.protocol.encrypt(
+                &self.shared,
+                &pin_hash16(pin.as_bytes()),
+                rng,
+            )?);
+            req.permissions = Some(permissions);
+            req.rp_id = rp_id.map(str::to_string);
+            Ok(req)
+        }
+
+        /// Decrypts the pinUvAuthToken of a token response.
+        pub fn decrypt_token(&self, response: &ClientPinResponse) -> Result<PinUvAuthToken> {
+            let enc = response
+                .pin_uv_auth_token
+                .as_ref()
+                .ok_or_else(|| missing("pinUvAuthToken"))?;
+            let token = self.protocol.decrypt(&self.shared, enc)?;
+            if token.len() != 16 && token.len() != 32 {
+                return Err(CtapError::new(
+                    StatusCode::ERR_INVALID_LENGTH,
+                    "pinUvAuthToken is not 16 or 32 bytes",
+                ));
+            }
+            Ok(PinUvAuthToken {
+                protocol: self.protocol,
+                token,
+            })
+        }
+    }
+
+    fn check_pin(pin: &str) -> Result<()> {
+        if pin.chars().count() < 4 || pin.len() > 63 {
+            return Err(CtapError::new(
+                StatusCode::ERR_PIN_POLICY_VIOLATION,
+                "a FIDO PIN has at least 4 characters and at most 63 bytes",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A decrypted pinUvAuthToken.
+    pub struct PinUvAuthToken {
+        pub protocol: PinProtocol,
+        token: Vec<u8>,
+    }
+
+    impl std::fmt::Debug for PinUvAuthToken {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("PinUvAuthToken")
+                .field("protocol", &self.protocol)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl PinUvAuthToken {
+        pub fn authenticate(&self, message: &[u8]) -> Vec<u8> {
+            self.protocol.authenticate(&self.token, message)
+        }
+
+        /// Adds pinUvAuthParam and pinUvAuthProtocol to a makeCredential.
+        pub fn sign_make_credential(&self, req: &mut MakeCredentialRequest) {
+            req.pin_uv_auth_param = Some(self.authenticate(&req.client_data_hash));
+            req.pin_uv_auth_protocol = Some(self.protocol.number());
+        }
+
+        /// Adds pinUvAuthParam and pinUvAuthProtocol to a getAssertion.
+        pub fn sign_get_assertion(&self, req: &mut GetAssertionRequest) {
+            req.pin_uv_auth_param = Some(self.authenticate(&req.client_data_hash));
+            req.pin_uv_auth_protocol = Some(self.protocol.number());
+        }
+
+        /// Adds pinUvAuthParam and pinUvAuthProtocol to a credential
+        /// management request (not needed for the "next" subcommands).
+        pub fn sign_credential_management(&self, req: &mut CredentialManagementRequest) {
+            req.pin_uv_auth_protocol = Some(self.protocol.number());
+            req.pin_uv_auth_param = Some(self.authenticate(&req.auth_message()));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2165,6 +2379,66 @@ mod tests {
             assert!(protocol.decrypt(&auth_shared, &[]).is_err());
         }
         assert!(pad_pin(&[b'1'; 64]).is_err());
+    }
+
+    #[test]
+    fn platform_helpers_build_requests_an_authenticator_accepts() {
+        use platform::PinSession;
+        for protocol in [PinProtocol::V1, PinProtocol::V2] {
+            let authenticator = KeyAgreementKey::generate(&mut OsRng);
+            let session =
+                PinSession::new(protocol, &authenticator.public_cose(), &mut OsRng).unwrap();
+            let req = session.set_pin_request("1234", &mut OsRng).unwrap();
+            let shared = authenticator
+                .shared_secret(protocol, req.key_agreement.as_ref().unwrap())
+                .unwrap();
+            let enc = req.new_pin_enc.as_ref().unwrap();
+            assert!(protocol.verify_shared(&shared, enc, req.pin_uv_auth_param.as_ref().unwrap()));
+            assert_eq!(&protocol.decrypt(&shared, enc).unwrap()[..5], b"1234\0");
+
+            let req = session
+                .change_pin_request("1234", "98765", &mut OsRng)
+                .unwrap();
+            let msg = [
+                req.new_pin_enc.clone().unwrap(),
+                req.pin_hash_enc.clone().unwrap(),
+            ]
+            .concat();
+            assert!(protocol.verify_shared(&shared, &msg, req.pin_uv_auth_param.as_ref().unwrap()));
+            assert_eq!(
+                protocol
+                    .decrypt(&shared, req.pin_hash_enc.as_ref().unwrap())
+                    .unwrap(),
+                pin_hash16(b"1234")
+            );
+
+            let req = session
+                .get_token_with_permissions_request(
+                    "1234",
+                    permission::MAKE_CREDENTIAL,
+                    Some("e.com"),
+                    &mut OsRng,
+                )
+                .unwrap();
+            assert_eq!(req.permissions, Some(permission::MAKE_CREDENTIAL));
+            let token = vec![0x5A; 32];
+            let resp = ClientPinResponse {
+                pin_uv_auth_token: Some(protocol.encrypt(&shared, &token, &mut OsRng).unwrap()),
+                ..Default::default()
+            };
+            let t = session.decrypt_token(&resp).unwrap();
+            let mut mc = sample_make_credential();
+            t.sign_make_credential(&mut mc);
+            assert!(protocol.verify(
+                &token,
+                &mc.client_data_hash,
+                mc.pin_uv_auth_param.as_ref().unwrap()
+            ));
+            assert!(session.set_pin_request("123", &mut OsRng).is_err());
+            assert!(session
+                .decrypt_token(&ClientPinResponse::default())
+                .is_err());
+        }
     }
 
     #[test]
