@@ -206,10 +206,17 @@ puk_retry_count = 3
 
     let out = ok(&server.admin(&["audit", "verify"]));
     assert!(out.contains("audit trail intact"), "{out}");
-    // The secret is nowhere in the data folder or the output.
+    // The client secret and the API tokens are nowhere in the data folder (the
+    // SQLite file with its -wal), and the secret is in no output.
     let data = support::read_tree(&server.data_path());
+    assert!(
+        support::contains(&data, b"Contoso"),
+        "the search must find what is stored in clear"
+    );
     assert!(!support::contains(&data, secret.as_bytes()));
     assert!(!server.output().contains(secret));
+    assert!(!support::contains(&data, token.as_bytes()));
+    assert!(!support::contains(&data, server.token.as_bytes()));
 }
 
 fn sqlite(db: &std::path::Path, sql: &str) {
@@ -299,4 +306,33 @@ fn print_config_redacts_secrets() {
         "{text}"
     );
     assert!(text.contains("<redacted>"));
+}
+
+/// The policy example in docs/cli.md imports as it is.
+#[test]
+fn the_policy_example_in_the_docs_imports() {
+    let server = TestServer::start();
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/cli.md")).unwrap();
+    let start = doc
+        .find("```toml\n[[policy]]")
+        .expect("policy example in docs/cli.md")
+        + "```toml\n".len();
+    let end = start + doc[start..].find("```").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("example.toml");
+    std::fs::write(&file, &doc[start..end]).unwrap();
+    let out = ok(&server.admin(&["policy", "import", file.to_str().unwrap()]));
+    assert!(out.contains("created policy 'PIV Standard'"), "{out}");
+    let shown: serde_json::Value = serde_json::from_str(&ok(&server.admin(&[
+        "--json",
+        "policy",
+        "show",
+        "PIV Standard",
+    ])))
+    .unwrap();
+    assert_eq!(
+        shown["pki_applications"][0]["template"]["extended_key_usage"],
+        serde_json::json!(["client_auth", "smartcard_logon"])
+    );
 }
