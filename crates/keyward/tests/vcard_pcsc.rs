@@ -541,3 +541,75 @@ fn attestation_verifies_against_the_virtual_manufacturer_ca() {
     );
     assert!(!out.status.success());
 }
+
+#[test]
+fn state_file_keeps_pins_and_keys_across_restarts() {
+    let _lock = pcsc::lock();
+    let card = Vcard::spawn(&[
+        "--profile",
+        "yubikey5",
+        "--firmware",
+        YK_FW,
+        "--serial",
+        "3141592",
+        "--state",
+        "{dir}/card.json",
+    ]);
+    yubico(&["-a", "change-pin", "-P", "123456", "-N", "11223344"]);
+    let pub_pem = card.path("pub.pem");
+    yubico(&[
+        "-a",
+        "generate",
+        "-s",
+        "9e",
+        "-A",
+        "ECCP256",
+        "-o",
+        p(&pub_pem),
+    ]);
+    let first = std::fs::read_to_string(&pub_pem).unwrap();
+    let dir = card.stop();
+    // Restarted without --serial: the identity comes from the state file.
+    let card = Vcard::spawn_in(dir, &["--state", "{dir}/card.json"]);
+    let status = yubico(&["-a", "status"]);
+    assert!(status.contains("Serial Number:\t3141592"), "{status}");
+    assert!(status.contains("Version:\t5.4.3"), "{status}");
+    yubico(&["-a", "verify-pin", "-P", "11223344"]);
+    // The key survived: attesting it shows the same public key.
+    let attest = card.path("attest.pem");
+    yubico(&["-a", "attest", "-s", "9e", "-o", p(&attest)]);
+    let text = run_ok("openssl", &["x509", "-in", p(&attest), "-noout", "-pubkey"]);
+    assert_eq!(text.trim(), first.trim());
+}
+
+#[test]
+fn hid_socket_closes_on_remove_and_reopens_on_insert() {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    // No PC/SC here: --vpcd none.
+    let card = Vcard::spawn(&["--vpcd", "none", "--hid-socket", "{dir}/hid"]);
+    let hid = card.path("hid");
+    let mut s = UnixStream::connect(&hid).expect("HID socket");
+    assert_eq!(card.control("remove"), "ok");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        s.read(&mut buf).unwrap_or(0),
+        0,
+        "the HID socket stays open after remove"
+    );
+    assert!(
+        UnixStream::connect(&hid).is_err(),
+        "the device is unplugged"
+    );
+    assert_eq!(card.control("insert"), "ok");
+    let start = std::time::Instant::now();
+    while UnixStream::connect(&hid).is_err() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "HID socket not back after insert"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

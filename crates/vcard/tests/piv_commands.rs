@@ -1308,3 +1308,64 @@ fn atrs_have_valid_check_bytes() {
     // The YubiKey 5 NFC ATR as OpenSC knows it.
     assert_eq!(yk("5.7.1").atr().last(), Some(&0x40));
 }
+
+// ---------------------------------------------------------------- robustness
+
+/// Random and mutated command APDUs in every applet and security state:
+/// always a status word, never a panic.
+#[test]
+fn random_apdus_get_status_words_not_panics() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5EED);
+    let seeds: Vec<Vec<u8>> = vec![
+        piv::select_piv().to_bytes(),
+        piv::select_aid(&piv::FIDO_AID).to_bytes(),
+        piv::get_data(object::CHUID).to_bytes(),
+        piv::put_data(object::CHUID, &[1, 2, 3]).to_bytes(),
+        piv::verify(key_ref::PIN, Some(b"123456"))
+            .unwrap()
+            .to_bytes(),
+        piv::generate(alg::ECC_P256, 0x9A, 0, 0).to_bytes(),
+        piv::sign(alg::ECC_P256, 0x9A, &[1; 32]).to_bytes(),
+        piv::general_authenticate(alg::TDES, 0x9B, &[(dyn_auth::WITNESS, &[])]).to_bytes(),
+        piv::yk_import_ec_key(alg::ECC_P256, 0x9A, &[3; 32]).to_bytes(),
+        vec![0x80, 0x10, 0x80, 0x00, 0x01, 0x04, 0x00],
+        vec![0x80, 0xCA, 0x9F, 0x7F, 0x00],
+    ];
+    for mut c in [
+        yk("5.7.1"),
+        c4000(),
+        card_with(ProfileKind::Yubikey5, Some("5.2.7"), Transport::Nfc),
+    ] {
+        auth(&mut c);
+        verify_pin(&mut c, b"123456");
+        for i in 0..4000 {
+            let apdu: Vec<u8> = if i % 2 == 0 {
+                let len = rng.gen_range(0..300);
+                (0..len).map(|_| rng.gen()).collect()
+            } else {
+                let mut a = seeds[rng.gen_range(0..seeds.len())].clone();
+                for _ in 0..rng.gen_range(1..4) {
+                    if a.is_empty() {
+                        break;
+                    }
+                    let at = rng.gen_range(0..a.len());
+                    match rng.gen_range(0..3) {
+                        0 => a[at] = rng.gen(),
+                        1 => {
+                            a.truncate(at);
+                        }
+                        _ => a.insert(at, rng.gen()),
+                    }
+                }
+                // Keep the class sane half the time so the applets are reached.
+                if !a.is_empty() && rng.gen_bool(0.5) {
+                    a[0] &= 0x90;
+                }
+                a
+            };
+            let r = c.transmit(&apdu);
+            assert!(r.len() >= 2, "no status word for {apdu:02X?}");
+        }
+    }
+}
