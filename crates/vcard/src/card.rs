@@ -374,18 +374,29 @@ impl VirtualCard {
             return self.piv.process(self.profile.as_ref(), apdu);
         }
         if aid == pivdef::FIDO_AID && self.config.fido_over_iso() {
+            self.leave_piv();
             self.selected = Applet::Fido;
             return ResponseApdu::success(FIDO_VERSION.to_vec());
         }
         if (aid == pivdef::GP_ISD_AID || aid == pivdef::GP_CARD_MANAGER_AID)
             && self.profile.card_manager_data(0x9F7F).is_some()
         {
+            self.leave_piv();
             self.selected = Applet::CardManager;
             let mut fci = keyward_card::tlv::encode(0x84, aid);
             keyward_card::tlv::push(&mut fci, 0xA5, &keyward_card::tlv::encode(0x9F65, &[0xFF]));
             return ResponseApdu::success(keyward_card::tlv::encode(0x6F, &fci));
         }
         ResponseApdu::status(sw::FILE_NOT_FOUND)
+    }
+
+    /// Selecting another application ends the PIV application's security
+    /// status (PIN and management key must be presented again), as on a
+    /// YubiKey.
+    fn leave_piv(&mut self) {
+        if self.selected == Applet::Piv {
+            self.piv.reset_security_status();
+        }
     }
 
     /// CTAP over ISO 7816: `80 10` carries a CTAP request. Presence is

@@ -1232,8 +1232,22 @@ fn fido_applet_over_iso_7816() {
     assert_eq!(raw(&mut c, &[0x80, 0x12, 0, 0]).sw, sw::INS_NOT_SUPPORTED);
     assert_eq!(raw(&mut c, &[0x00, 0x01, 0, 0]).sw, sw::INS_NOT_SUPPORTED);
     assert_eq!(raw(&mut c, &[0x80, 0x10, 0x80, 0x00]).sw, sw::WRONG_LENGTH);
-    // Back to PIV.
+    // Back to PIV: selecting another application ended the PIV security status.
     assert_eq!(sw_of(&mut c, &piv::select_piv()), sw::SUCCESS);
+    assert_eq!(verify_pin(&mut c, b"123456"), sw::SUCCESS);
+    assert_eq!(sw_of(&mut c, &piv::select_aid(&piv::FIDO_AID)), sw::SUCCESS);
+    assert_eq!(sw_of(&mut c, &piv::select_piv()), sw::SUCCESS);
+    assert_eq!(
+        sw_of(&mut c, &piv::verify(key_ref::PIN, None).unwrap()),
+        0x63C3
+    );
+    // Re-selecting PIV itself keeps it.
+    assert_eq!(verify_pin(&mut c, b"123456"), sw::SUCCESS);
+    assert_eq!(sw_of(&mut c, &piv::select_piv()), sw::SUCCESS);
+    assert_eq!(
+        sw_of(&mut c, &piv::verify(key_ref::PIN, None).unwrap()),
+        sw::SUCCESS
+    );
     // A YubiKey over NFC answers FIDO over ISO 7816 too; over USB it does not.
     let mut nfc = card_with(ProfileKind::Yubikey5, Some("5.4.3"), Transport::Nfc);
     assert_eq!(
