@@ -88,6 +88,21 @@ mod sqlite_dialect {
     ) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
         pool.begin_with("BEGIN IMMEDIATE").await
     }
+    /// A bulk import inserts into the login and display-name indexes in random key
+    /// order; a 256 MiB cache for its transaction keeps those B-trees in memory.
+    pub async fn begin_bulk(tx: &mut Transaction<'static, Sqlite>) -> Result<(), sqlx::Error> {
+        sqlx::query("PRAGMA cache_size = -262144")
+            .execute(&mut **tx)
+            .await
+            .map(|_| ())
+    }
+    /// Back to the everyday cache size (SQLite frees the pages above it).
+    pub async fn end_bulk(tx: &mut Transaction<'static, Sqlite>) -> Result<(), sqlx::Error> {
+        sqlx::query("PRAGMA cache_size = -16384")
+            .execute(&mut **tx)
+            .await
+            .map(|_| ())
+    }
 }
 
 mod pg_dialect {
@@ -100,6 +115,12 @@ mod pg_dialect {
     pub const ANONYMOUS_PLACEHOLDERS: bool = false;
     pub async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         pool.begin().await
+    }
+    pub async fn begin_bulk(_tx: &mut Transaction<'static, Postgres>) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+    pub async fn end_bulk(_tx: &mut Transaction<'static, Postgres>) -> Result<(), sqlx::Error> {
+        Ok(())
     }
 }
 
@@ -195,9 +216,9 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
-            // 64 MiB page cache per connection: bulk imports insert into three
-            // B-trees in random key order, which thrashes the 8 MiB default.
-            .pragma("cache_size", "-65536")
+            // 16 MiB page cache per connection (bulk imports raise it for their
+            // transaction: see BULK_CACHE_KIB).
+            .pragma("cache_size", "-16384")
             .pragma("temp_store", "memory");
         let pool = SqlitePoolOptions::new()
             .max_connections(8)

@@ -631,10 +631,11 @@ pub async fn import_users(
     }
     let t = now();
     let mut tx = dialect::begin_write(pool).await?;
+    dialect::begin_bulk(&mut tx).await?;
     const COLS: usize = 10;
     let mut duplicates = Vec::new();
     for chunk in good.chunks(dialect::BULK_ROWS) {
-        let ids: Vec<Uuid> = chunk.iter().map(|_| Uuid::new_v4()).collect();
+        let ids: Vec<Uuid> = chunk.iter().map(|_| Uuid::now_v7()).collect();
         let sql = format!(
             "INSERT INTO users (id, login, upn, display_name, display_name_key, email, attributes, status, created_at, updated_at) \
              VALUES {} ON CONFLICT DO NOTHING",
@@ -681,6 +682,7 @@ pub async fn import_users(
             }
         }
     }
+    dialect::end_bulk(&mut tx).await?;
     for i in duplicates {
         report.rejected.push(RowRejection {
             row: i,
