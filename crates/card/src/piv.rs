@@ -701,6 +701,54 @@ pub fn parse_general_authenticate_response(data: &[u8], tag: u32) -> Option<&[u8
     tlv::find(inner, tag)
 }
 
+/// Firmware version from a YubiKey GET VERSION response.
+pub fn parse_yk_version(data: &[u8]) -> Option<(u8, u8, u8)> {
+    match data {
+        [major, minor, patch] => Some((*major, *minor, *patch)),
+        _ => None,
+    }
+}
+
+/// Serial number from a YubiKey GET SERIAL response.
+pub fn parse_yk_serial(data: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(data.try_into().ok()?))
+}
+
+/// A YubiKey GET METADATA response (firmware 5.3 and later).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct YkMetadata {
+    /// Algorithm (tag 01); `FF` for PIN and PUK.
+    pub algorithm: Option<u8>,
+    /// PIN and touch policy (tag 02).
+    pub policy: Option<(u8, u8)>,
+    /// 1 generated on the device, 2 imported (tag 03).
+    pub origin: Option<u8>,
+    /// Public key, inner TLVs of 7F49 (tag 04).
+    pub public_key: Option<PublicKeyTemplate>,
+    /// Still the factory value (tag 05).
+    pub is_default: Option<bool>,
+    /// (total, remaining) tries (tag 06).
+    pub retries: Option<(u8, u8)>,
+}
+
+impl YkMetadata {
+    pub fn parse(data: &[u8]) -> Result<YkMetadata, TlvError> {
+        let mut m = YkMetadata::default();
+        for t in tlv::parse_all(data)? {
+            match (t.tag, t.value) {
+                (0x01, [a]) => m.algorithm = Some(*a),
+                (0x02, [p, t]) => m.policy = Some((*p, *t)),
+                (0x03, [o]) => m.origin = Some(*o),
+                (0x04, v) => m.public_key = Some(PublicKeyTemplate::parse(v)?),
+                (0x05, [d]) => m.is_default = Some(*d != 0),
+                (0x06, [total, left]) => m.retries = Some((*total, *left)),
+                _ => {}
+            }
+        }
+        Ok(m)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -734,6 +782,27 @@ mod tests {
             sign(alg::ECC_P256, 0x9A, &[1; 32]).data[..4],
             [0x7C, 36, 0x82, 0]
         );
+    }
+
+    #[test]
+    fn parses_yubikey_answers() {
+        assert_eq!(parse_yk_version(&[5, 4, 3]), Some((5, 4, 3)));
+        assert_eq!(parse_yk_version(&[5, 4]), None);
+        assert_eq!(parse_yk_serial(&[0, 0x01, 0xE2, 0x40]), Some(123_456));
+        assert_eq!(parse_yk_serial(&[1, 2, 3]), None);
+        let mut data = tlv::encode(0x01, &[0xFF]);
+        tlv::push(&mut data, 0x05, &[1]);
+        tlv::push(&mut data, 0x06, &[3, 2]);
+        tlv::push(&mut data, 0x04, &tlv::encode(0x86, &[4, 9]));
+        let m = YkMetadata::parse(&data).unwrap();
+        assert_eq!(m.algorithm, Some(0xFF));
+        assert_eq!(m.is_default, Some(true));
+        assert_eq!(m.retries, Some((3, 2)));
+        assert_eq!(
+            m.public_key,
+            Some(PublicKeyTemplate::Ec { point: vec![4, 9] })
+        );
+        assert!(YkMetadata::parse(&[0x01, 5]).is_err());
     }
 
     #[test]

@@ -36,6 +36,12 @@ pub struct VcardHandle {
 }
 
 impl VcardHandle {
+    /// A factory-new card of `config` behind a handle (presence automatic,
+    /// no state file): the one-liner for other crates' tests.
+    pub fn from_config(config: crate::VcardConfig) -> Result<Self, crate::VcardError> {
+        Ok(Self::new(VirtualCard::new(config)?))
+    }
+
     /// A handle with presence confirmed automatically and no state file.
     pub fn new(card: VirtualCard) -> Self {
         Self::with_options(card, None, Presence::auto())

@@ -149,6 +149,20 @@ fn handle_remove_insert_and_power_cycle() {
 }
 
 #[test]
+fn handle_from_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = VcardConfig::new(ProfileKind::C4000)
+        .with_serial(77)
+        .with_ca_dir(dir.path().join("ca"));
+    let handle = VcardHandle::from_config(config).unwrap();
+    let r =
+        ResponseApdu::parse(&handle.transmit(&[0x80, 0xCA, 0x9F, 0x7F, 0x00]).unwrap()).unwrap();
+    assert_eq!(&r.data[3 + 12..3 + 16], &77u32.to_be_bytes());
+    // The CA folder was created on first use.
+    assert!(dir.path().join("ca/ca-cert.pem").exists());
+}
+
+#[test]
 fn handle_persists_state() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.json");
