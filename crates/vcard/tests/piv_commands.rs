@@ -229,7 +229,10 @@ fn iso_command_chaining_and_get_response() {
     assert!(r.has_more());
     // GET RESPONSE with P1/P2 other than 0 is refused (and drops the rest).
     let _ = tx(&mut c, &piv::get_data(object::PRINTED_INFORMATION));
-    assert_eq!(raw(&mut c, &[0x00, 0xC0, 0x01, 0x00, 0x00]).sw, sw::INCORRECT_P1P2);
+    assert_eq!(
+        raw(&mut c, &[0x00, 0xC0, 0x01, 0x00, 0x00]).sw,
+        sw::INCORRECT_P1P2
+    );
     // Any other command drops the pending response.
     let _ = tx(&mut c, &piv::yk_get_version());
     assert_eq!(
