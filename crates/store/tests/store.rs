@@ -42,6 +42,19 @@ impl TestStore {
         }
     }
 
+    /// Another Store on the same database, as a second server node would open it.
+    async fn second_node(&self) -> Store {
+        match &self.raw {
+            Raw::Sqlite(url) => Store::open(url, KEY).await.unwrap(),
+            Raw::Postgres { url, schema } => {
+                let opts = sqlx::postgres::PgConnectOptions::from_str(url)
+                    .unwrap()
+                    .options([("search_path", schema.as_str())]);
+                Store::open_postgres(opts, KEY).await.unwrap()
+            }
+        }
+    }
+
     async fn drop_audit_guards(&self) {
         match self.raw {
             Raw::Sqlite(_) => {
@@ -1002,9 +1015,11 @@ async fn fill_audit(s: &Store, n: usize) {
 
 both!(audit_chain_concurrent_appends_never_fork, |t| {
     let s = &t.store;
+    // Two nodes (separate pools, migrations run twice), four writers each.
+    let nodes = [s.clone(), t.second_node().await];
     let mut tasks = Vec::new();
     for w in 0..8 {
-        let s = s.clone();
+        let s = nodes[w % 2].clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..10 {
                 s.append_audit(&AuditDraft::new(
@@ -1020,6 +1035,7 @@ both!(audit_chain_concurrent_appends_never_fork, |t| {
     for task in tasks {
         task.await.unwrap();
     }
+    nodes[1].close().await;
     let v = s.verify_audit_chain().await.unwrap();
     assert!(v.ok(), "{:?}", v.problems);
     assert_eq!((v.records, v.head.count), (80, 80));

@@ -1,0 +1,193 @@
+// Issuance sessions and credentials, included into each backend's repo module
+// next to repo.rs (same helpers, same `$N` SQL for both backends).
+
+const SESSION_COLS: &str = "id, device_id, user_id, policy_id, action, status, step, seq, sealed_state, error, created_by, created_at, updated_at";
+
+fn session_from_row(r: &DbRow) -> StoreResult<crate::issuance::IssuanceSession> {
+    Ok(crate::issuance::IssuanceSession {
+        id: r.try_get("id")?,
+        device_id: r.try_get("device_id")?,
+        user_id: r.try_get("user_id")?,
+        policy_id: r.try_get("policy_id")?,
+        action: r.try_get("action")?,
+        status: r.try_get("status")?,
+        step: r.try_get("step")?,
+        seq: r.try_get("seq")?,
+        sealed_state: r.try_get("sealed_state")?,
+        error: r.try_get("error")?,
+        created_by: r.try_get("created_by")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+/// Applies `change` to the device at `expected_version` inside `tx`.
+async fn device_change_tx(tx: &mut Tx, id: Uuid, expected_version: i64, change: &StateChange, actor: &str) -> StoreResult<Device> {
+    let sql = format!("SELECT {DEVICE_COLS} FROM devices WHERE id = $1");
+    let current = match sqlx::query(&sql).bind(id).fetch_optional(&mut **tx).await? {
+        Some(r) => device_from_row(&r)?,
+        None => return Err(StoreError::not_found("device", id)),
+    };
+    if current.version != expected_version {
+        return Err(conflict(
+            "version_conflict",
+            "version",
+            format!("device {} was changed by someone else", current.serial),
+        ));
+    }
+    let mut next = current.apply(change)?;
+    next.version = expected_version + 1;
+    let res = sqlx::query(
+        "UPDATE devices SET state = $1, reason = $2, assigned_user = $3, device_policy = $4, version = $5, updated_at = $6 \
+         WHERE id = $7 AND version = $8",
+    )
+    .bind(next.state.as_str())
+    .bind(next.reason.map(|r| r.as_str()))
+    .bind(next.assigned_user)
+    .bind(next.device_policy)
+    .bind(next.version)
+    .bind(now())
+    .bind(id)
+    .bind(expected_version)
+    .execute(&mut **tx)
+    .await?;
+    if res.rows_affected() == 0 {
+        return Err(conflict("version_conflict", "version", format!("device {} was changed by someone else", current.serial)));
+    }
+    insert_history(tx, id, actor, Some(&current), &next, change.note.as_deref()).await?;
+    Ok(next)
+}
+
+/// Starts a session: the device changes state (at `expected_version`) and
+/// the session row is written, in one transaction. A device with an active
+/// session already is a conflict (`device_busy`).
+pub async fn start_issuance(
+    pool: &Pool<DB>,
+    key: &AuditKey,
+    session: &crate::issuance::IssuanceSession,
+    expected_version: i64,
+    change: &StateChange,
+    audit: &AuditDraft,
+) -> StoreResult<Device> {
+    let mut tx = dialect::begin_write(pool).await?;
+    let device = device_change_tx(&mut tx, session.device_id, expected_version, change, &audit.actor).await?;
+    sqlx::query(&format!(
+        "INSERT INTO issuance_sessions ({SESSION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    ))
+    .bind(session.id)
+    .bind(session.device_id)
+    .bind(session.user_id)
+    .bind(session.policy_id)
+    .bind(&session.action)
+    .bind(&session.status)
+    .bind(&session.step)
+    .bind(session.seq)
+    .bind(&session.sealed_state)
+    .bind(&session.error)
+    .bind(&session.created_by)
+    .bind(session.created_at)
+    .bind(session.updated_at)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            conflict("device_busy", "serial", "the device is in another active issuance session")
+        } else {
+            e.into()
+        }
+    })?;
+    finish(tx, key, audit).await?;
+    Ok(device)
+}
+
+pub async fn get_issuance(pool: &Pool<DB>, id: Uuid) -> StoreResult<crate::issuance::IssuanceSession> {
+    match sqlx::query(&format!("SELECT {SESSION_COLS} FROM issuance_sessions WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+    {
+        Some(r) => session_from_row(&r),
+        None => Err(StoreError::not_found("issuance session", id)),
+    }
+}
+
+/// Moves a session on, if it is still at `expected_seq` (a replayed or
+/// concurrent step loses with `sequence_mismatch`); optionally changes the
+/// device and records credentials, all in one transaction.
+pub async fn advance_issuance(
+    pool: &Pool<DB>,
+    key: &AuditKey,
+    id: Uuid,
+    expected_seq: i64,
+    update: &crate::issuance::IssuanceUpdate,
+    device_change: Option<(Uuid, i64, &StateChange)>,
+    credentials: &[crate::issuance::Credential],
+    audit: &AuditDraft,
+) -> StoreResult<()> {
+    let mut tx = dialect::begin_write(pool).await?;
+    let res = sqlx::query(
+        "UPDATE issuance_sessions SET status = $1, step = $2, seq = $3, sealed_state = $4, error = $5, updated_at = $6 \
+         WHERE id = $7 AND seq = $8",
+    )
+    .bind(&update.status)
+    .bind(&update.step)
+    .bind(update.seq)
+    .bind(&update.sealed_state)
+    .bind(&update.error)
+    .bind(now())
+    .bind(id)
+    .bind(expected_seq)
+    .execute(&mut *tx)
+    .await?;
+    if res.rows_affected() == 0 {
+        return Err(conflict("sequence_mismatch", "seq", "the session moved on: fetch the current batch"));
+    }
+    if let Some((device, version, change)) = device_change {
+        device_change_tx(&mut tx, device, version, change, &audit.actor).await?;
+    }
+    for c in credentials {
+        sqlx::query(
+            "INSERT INTO credentials (id, device_id, session_id, kind, slot, serial, not_after, der, created_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(c.id)
+        .bind(c.device_id)
+        .bind(c.session_id)
+        .bind(&c.kind)
+        .bind(&c.slot)
+        .bind(&c.serial)
+        .bind(c.not_after)
+        .bind(&c.der)
+        .bind(c.created_at)
+        .bind(c.revoked_at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    finish(tx, key, audit).await
+}
+
+pub async fn device_credentials(pool: &Pool<DB>, device_id: Uuid) -> StoreResult<Vec<crate::issuance::Credential>> {
+    let rows = sqlx::query(
+        "SELECT id, device_id, session_id, kind, slot, serial, not_after, der, created_at, revoked_at \
+         FROM credentials WHERE device_id = $1 ORDER BY created_at, serial",
+    )
+    .bind(device_id)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(crate::issuance::Credential {
+                id: r.try_get("id")?,
+                device_id: r.try_get("device_id")?,
+                session_id: r.try_get("session_id")?,
+                kind: r.try_get("kind")?,
+                slot: r.try_get("slot")?,
+                serial: r.try_get("serial")?,
+                not_after: r.try_get("not_after")?,
+                der: r.try_get("der")?,
+                created_at: r.try_get("created_at")?,
+                revoked_at: r.try_get("revoked_at")?,
+            })
+        })
+        .collect()
+}
