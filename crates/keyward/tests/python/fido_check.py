@@ -84,14 +84,27 @@ def open_device(args):
         desc = HidDescriptor(args.hid_socket, 0x1050, 0x0407, 64, 64)
         return CtapHidDevice(desc, SocketHidConnection(args.hid_socket))
     from fido2.pcsc import CtapPcscDevice
+    from smartcard.System import readers
+    from smartcard.scard import SCARD_SHARE_EXCLUSIVE
 
+    # Exclusive access: another PC/SC client selecting an applet on the
+    # shared card in between (a discovery scan, say) would otherwise change
+    # the applet python-fido2 talks to.
     deadline = time.monotonic() + 20
+    last = None
     while time.monotonic() < deadline:
-        devs = list(CtapPcscDevice.list_devices(args.reader))
-        if devs:
-            return devs[0]
+        for reader in readers():
+            if args.reader not in str(reader):
+                continue
+            conn = reader.createConnection()
+            connect = conn.connect
+            conn.connect = lambda *a, **k: connect(mode=SCARD_SHARE_EXCLUSIVE)
+            try:
+                return CtapPcscDevice(conn, str(reader))
+            except Exception as e:  # card not there yet, or busy
+                last = e
         time.sleep(0.5)
-    fail("no FIDO device on a PC/SC reader matching %r" % args.reader)
+    fail("no FIDO device on a PC/SC reader matching %r (%r)" % (args.reader, last))
 
 
 def main():
