@@ -218,6 +218,11 @@ impl Device {
                     ));
                 }
             }
+            // Cancelled or abandoned: no longer the user's.
+            _ if change.reason == Some(StateReason::Unassigned) => {
+                next.assigned_user = None;
+                next.device_policy = None;
+            }
             _ => {
                 if change
                     .assigned_user
@@ -290,6 +295,38 @@ mod tests {
             })
             .unwrap();
         assert_eq!(back.assigned_user, None);
+
+        // Issue, fail, cancel: the cancelled device is no longer the user's.
+        let step = |d: &Device, to, reason| {
+            d.apply(&StateChange {
+                to,
+                reason,
+                assigned_user: None,
+                device_policy: None,
+                note: None,
+            })
+        };
+        let prod = step(&a, DeviceState::InProduction, None).unwrap();
+        assert_eq!(prod.assigned_user, a.assigned_user);
+        let failed = step(&prod, DeviceState::Produced, Some(StateReason::Failed)).unwrap();
+        assert_eq!(failed.assigned_user, a.assigned_user);
+        let cancelled = step(
+            &failed,
+            DeviceState::Produced,
+            Some(StateReason::Unassigned),
+        )
+        .unwrap();
+        assert_eq!(
+            (cancelled.assigned_user, cancelled.device_policy),
+            (None, None)
+        );
+        assert!(step(&cancelled, DeviceState::InProduction, None).is_err());
+        assert!(step(
+            &cancelled,
+            DeviceState::Available,
+            Some(StateReason::Recycled)
+        )
+        .is_ok());
     }
 
     #[test]

@@ -51,15 +51,31 @@ pub const TRANSITIONS: &[Transition] = &[
         "unassign",
     ),
     // Produced without a reason: produced for later delivery; with Failed: production
-    // failed part way and the device needs a retry or a recycle.
+    // failed part way and the device needs a retry or a recycle; with Unassigned: the
+    // session was cancelled or abandoned, the device is no longer the user's.
     t(S::InProduction, S::Issued, &[None], "complete"),
     t(
         S::InProduction,
         S::Produced,
-        &[None, Some(R::Failed)],
+        &[None, Some(R::Failed), Some(R::Unassigned)],
         "produce",
     ),
-    t(S::Produced, S::InProduction, &[None], "retry"),
+    // Retry: same device, policy and PIN, only after a failure.
+    Transition {
+        from: S::Produced,
+        to: S::InProduction,
+        reasons: &[None],
+        requires_current_reason: Some(R::Failed),
+        operation: "retry",
+    },
+    // Cancel after a failure: the one change of reason within a state.
+    Transition {
+        from: S::Produced,
+        to: S::Produced,
+        reasons: &[Some(R::Unassigned)],
+        requires_current_reason: Some(R::Failed),
+        operation: "cancel",
+    },
     t(S::Produced, S::Issued, &[None], "deliver"),
     t(S::Produced, S::Available, &[Some(R::Recycled)], "recycle"),
     t(S::Produced, S::Terminated, &[None], "terminate"),
@@ -174,6 +190,7 @@ mod tests {
                 | (InProduction, Issued)
                 | (InProduction, Produced)
                 | (Produced, InProduction)
+                | (Produced, Produced)
                 | (Produced, Issued)
                 | (Produced, Available)
                 | (Produced, Terminated)
@@ -218,7 +235,11 @@ mod tests {
                     allowed += 1;
                 }
                 if from == to {
-                    assert!(listed.is_none(), "no self transitions");
+                    // The only change within a state: cancel (produced, failed -> unassigned).
+                    assert!(
+                        listed.is_none() || from == DeviceState::Produced,
+                        "{from} -> {to}"
+                    );
                 }
             }
         }
@@ -238,6 +259,28 @@ mod tests {
         assert_eq!(e.code, "reason_not_allowed");
         assert!(check_transition(Terminated, None, Available, Some(StateReason::Recycled)).is_ok());
         assert!(check_transition(InProduction, None, Produced, Some(StateReason::Failed)).is_ok());
+        // Retry and cancel only after a failure.
+        assert!(check_transition(Produced, Some(StateReason::Failed), InProduction, None).is_ok());
+        assert!(
+            check_transition(Produced, Some(StateReason::Unassigned), InProduction, None).is_err()
+        );
+        assert!(check_transition(
+            Produced,
+            Some(StateReason::Failed),
+            Produced,
+            Some(StateReason::Unassigned)
+        )
+        .is_ok());
+        assert!(check_transition(
+            Produced,
+            Some(StateReason::Unassigned),
+            Produced,
+            Some(StateReason::Unassigned)
+        )
+        .is_err());
+        assert!(
+            check_transition(InProduction, None, Produced, Some(StateReason::Unassigned)).is_ok()
+        );
         assert!(check_transition(Invalid, Some(StateReason::Forgotten), Issued, None).is_ok());
         assert!(check_transition(Invalid, Some(StateReason::Stolen), Issued, None).is_err());
         let e = check_transition(Terminated, None, Issued, None).unwrap_err();
