@@ -129,8 +129,10 @@ impl AuditDraft {
         self
     }
 
-    /// Canonical bytes of the record fields the MAC covers, with its sequence number
-    /// and time: length-prefixed fields so no two records encode alike.
+    /// Canonical bytes of an event with its sequence number and time: length-prefixed
+    /// fields so no two events encode alike (for signing or exporting events). The
+    /// store's audit chain does not use this: its MAC covers the exact stored JSON
+    /// text and leaves the sequence number to the chain (see `keyward-store`).
     pub fn canonical_bytes(&self, seq: i64, at_unix_nanos: i128) -> Vec<u8> {
         let mut details = self.details.clone();
         redact_secrets(&mut details);
