@@ -246,3 +246,42 @@ fn python_fido2_over_pcsc_yubikey5_nfc_5_7_1() {
         &["--version", "FIDO_2_1", "--absent-version", "FIDO_2_1_PRE"],
     );
 }
+
+/// `--state FILE`: PIN and a discoverable credential survive a restart.
+#[test]
+fn fido_state_persists_across_restart() {
+    require_python_fido2();
+    let args = [
+        "--profile",
+        "yubikey5",
+        "--firmware",
+        "5.7.1",
+        "--vpcd",
+        "none",
+        "--hid-socket",
+        "{dir}/hid.sock",
+        "--state",
+        "{dir}/state.json",
+    ];
+    let persist = script().with_file_name("fido_persist.py");
+    let phase = |v: &Vcard, phase: &str| {
+        let out = Command::new(PYTHON)
+            .arg(&persist)
+            .arg(phase)
+            .arg(v.path("hid.sock"))
+            .arg(v.path("credential.json"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{phase}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let v = Vcard::spawn(&args);
+    phase(&v, "make");
+    let dir = v.stop();
+    let v = Vcard::spawn_in(dir, &args);
+    phase(&v, "assert");
+}
