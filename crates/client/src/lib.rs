@@ -34,3 +34,5 @@ pub mod pcsc;
 pub use apdu::ApduTransport;
 pub use ctap::{CtapControl, CtapTransport};
 pub use error::TransportError;
+/// The codecs the transports carry (APDU, PIV command builders, CTAP, CTAPHID).
+pub use keyward_card as card;

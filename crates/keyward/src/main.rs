@@ -3,6 +3,7 @@
 
 mod admin;
 mod demo;
+mod devices;
 mod serve;
 
 use std::process::ExitCode;
@@ -30,6 +31,8 @@ enum Command {
     Admin(admin::AdminArgs),
     /// Run a virtual PIV + FIDO2 device (YubiKey 5 or Crescendo C4000) on pcscd.
     Vcard(keyward_vcard::cli::VcardArgs),
+    /// List the connected devices (PC/SC readers, FIDO HID devices), identified.
+    Devices(devices::DevicesArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Admin(args) => admin::run(args),
         Command::Vcard(args) => keyward_vcard::cli::run(args).map_err(anyhow::Error::from),
+        Command::Devices(args) => devices::run(args),
     };
     match result {
         Ok(code) => code,
