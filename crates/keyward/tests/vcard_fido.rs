@@ -285,3 +285,53 @@ fn fido_state_persists_across_restart() {
     let v = Vcard::spawn_in(dir, &args);
     phase(&v, "assert");
 }
+
+/// Recycling a FIDO device: reset is refused 10 s after power-up and
+/// accepted right after a power cycle (control `power-cycle`), clearing the PIN.
+#[test]
+fn reset_window_reopens_after_power_cycle() {
+    require_python_fido2();
+    let v = hid_device("5.4.3", "auto");
+    let hid = v.path("hid.sock");
+    let code = r#"
+import sys, time
+sys.path.insert(0, sys.argv[2])
+from fido_check import SocketHidConnection
+from fido2.hid import CtapHidDevice
+from fido2.hid.base import HidDescriptor
+from fido2.ctap import CtapError
+from fido2.ctap2 import Ctap2
+from fido2.ctap2.pin import ClientPin
+dev = CtapHidDevice(HidDescriptor(sys.argv[1], 0x1050, 0x0407, 64, 64), SocketHidConnection(sys.argv[1]))
+ctap = Ctap2(dev)
+ClientPin(ctap).set_pin("271828")
+time.sleep(10.5)
+try:
+    ctap.reset()
+    print("late reset accepted", flush=True)
+except CtapError as e:
+    print("late reset: %s" % e.code.name, flush=True)
+sys.stdin.readline()
+ctap.reset()
+print("reset ok, clientPin=%s" % ctap.get_info().options["clientPin"], flush=True)
+"#;
+    let mut child = Command::new(PYTHON)
+        .args(["-c", code, hid.to_str().unwrap()])
+        .arg(script().parent().unwrap())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "late reset: NOT_ALLOWED");
+    assert_eq!(v.control("power-cycle"), "ok");
+    use std::io::Write as _;
+    writeln!(child.stdin.as_mut().unwrap()).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "reset ok, clientPin=False");
+    assert!(child.wait().unwrap().success());
+}
