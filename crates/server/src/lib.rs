@@ -11,6 +11,7 @@ pub mod demo;
 pub mod enrollment;
 pub mod error;
 pub mod graph_probe;
+pub mod issuance;
 pub mod json;
 pub mod logging;
 pub mod metrics;

@@ -35,7 +35,10 @@ impl std::fmt::Debug for IssuanceSession {
             .field("status", &self.status)
             .field("step", &self.step)
             .field("seq", &self.seq)
-            .field("sealed_state", &format_args!("<{} sealed bytes>", self.sealed_state.len()))
+            .field(
+                "sealed_state",
+                &format_args!("<{} sealed bytes>", self.sealed_state.len()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -64,4 +67,70 @@ pub struct Credential {
     pub der: Option<Vec<u8>>,
     pub created_at: OffsetDateTime,
     pub revoked_at: Option<OffsetDateTime>,
+}
+
+use crate::{AuditDraft, Backend, Store, StoreResult};
+use keyward_domain::{Device, StateChange};
+
+macro_rules! on_backend {
+    ($self:ident, $f:ident ( $($arg:expr),* )) => {
+        match &$self.backend {
+            Backend::Sqlite(p) => crate::sqlite_repo::$f(p, $($arg),*).await,
+            Backend::Postgres(p) => crate::pg_repo::$f(p, $($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    /// Starts an issuance session: the device moves (from `expected_version`)
+    /// by `change` and the session is written, atomically. Conflicts:
+    /// `version_conflict` (the device changed), `device_busy` (another active
+    /// session holds the device).
+    pub async fn start_issuance(
+        &self,
+        session: &IssuanceSession,
+        expected_version: i64,
+        change: &StateChange,
+        audit: &AuditDraft,
+    ) -> StoreResult<Device> {
+        let key = self.key();
+        on_backend!(
+            self,
+            start_issuance(&key, session, expected_version, change, audit)
+        )
+    }
+
+    pub async fn get_issuance(&self, id: Uuid) -> StoreResult<IssuanceSession> {
+        on_backend!(self, get_issuance(id))
+    }
+
+    /// Moves a session on from `expected_seq`; see the repository.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn advance_issuance(
+        &self,
+        id: Uuid,
+        expected_seq: i64,
+        update: &IssuanceUpdate,
+        device_change: Option<(Uuid, i64, &StateChange)>,
+        credentials: &[Credential],
+        audit: &AuditDraft,
+    ) -> StoreResult<()> {
+        let key = self.key();
+        on_backend!(
+            self,
+            advance_issuance(
+                &key,
+                id,
+                expected_seq,
+                update,
+                device_change,
+                credentials,
+                audit
+            )
+        )
+    }
+
+    pub async fn device_credentials(&self, device_id: Uuid) -> StoreResult<Vec<Credential>> {
+        on_backend!(self, device_credentials(device_id))
+    }
 }

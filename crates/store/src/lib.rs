@@ -12,9 +12,11 @@
 //! The repository code is written once (`repo.rs`) and compiled for each backend.
 
 mod error;
+mod issuance;
 mod types;
 
 pub use error::{StoreError, StoreResult};
+pub use issuance::{Credential, IssuanceSession, IssuanceUpdate};
 pub use keyward_domain::AuditDraft;
 pub use types::*;
 
@@ -129,6 +131,7 @@ mod sqlite_repo {
     type DB = sqlx::Sqlite;
     use crate::sqlite_dialect as dialect;
     include!("repo.rs");
+    include!("issuance_repo.rs");
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -136,6 +139,7 @@ mod pg_repo {
     type DB = sqlx::Postgres;
     use crate::pg_dialect as dialect;
     include!("repo.rs");
+    include!("issuance_repo.rs");
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

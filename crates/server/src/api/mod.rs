@@ -39,6 +39,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(operators::router())
         .merge(tokens::router())
         .merge(audit::router())
+        .merge(crate::issuance::router())
 }
 
 /// A validation error from the domain, as a 400 naming the field.

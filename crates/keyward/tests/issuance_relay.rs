@@ -1,0 +1,255 @@
+//! Add Device for a user through the API, with the batches relayed to an
+//! in-process virtual device the way a client does: the device ends Issued,
+//! its certificates chain to the CA the server serves, and replayed or
+//! out-of-order results are refused.
+
+mod support;
+
+use keyward_vcard::{Firmware, ProfileKind, VcardConfig, VirtualCard};
+use serde_json::{json, Value};
+use support::TestServer;
+
+fn relay(card: &mut VirtualCard, batch: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    for c in batch["commands"].as_array().unwrap() {
+        assert_eq!(c["channel"], "piv");
+        let apdu = hex::decode(c["bytes"].as_str().unwrap()).unwrap();
+        let mut resp = card.transmit(&apdu);
+        let mut data = resp[..resp.len() - 2].to_vec();
+        let mut sw = u16::from_be_bytes([resp[resp.len() - 2], resp[resp.len() - 1]]);
+        while sw >> 8 == 0x61 {
+            resp = card.transmit(&[0x00, 0xC0, 0x00, 0x00, (sw & 0xFF) as u8]);
+            data.extend_from_slice(&resp[..resp.len() - 2]);
+            sw = u16::from_be_bytes([resp[resp.len() - 2], resp[resp.len() - 1]]);
+        }
+        let sw_hex = format!("{sw:04x}");
+        let expected = c["expect"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == &json!(sw_hex));
+        out.push(json!({ "data": hex::encode(&data), "sw": sw_hex }));
+        if !expected {
+            break;
+        }
+    }
+    out
+}
+
+fn setup(server: &TestServer, serial: &str) {
+    assert_eq!(server.call("POST", "/users", Some(json!({ "login": "alice", "display_name": "Alice Archer", "upn": "alice@example.com", "email": "alice@example.com" }))).0, 201);
+    let (s, v) = server.call(
+        "POST",
+        "/devices",
+        Some(json!({ "device_type": "yubikey5", "serial": serial, "firmware_version": "5.7.1" })),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = server.call(
+        "POST",
+        "/policies",
+        Some(json!({
+            "name": "PIV Standard", "device_types": ["yubikey5", "c4000"], "management_key": "random",
+            "pin_application": { "min_length": 6, "max_length": 8, "character_set": "numeric", "max_repeated": 2, "max_sequential": 2, "pin_retry_count": 3, "puk_retry_count": 3 },
+            "pki_applications": [
+                { "name": "PIV Authentication", "slot": "9a", "algorithm": "eccp256", "certificate_authority": "Keyward Issuing CA",
+                  "template": { "subject_dn": "CN={display_name},UID={login}", "subject_alt_names": ["upn", "mail"], "validity_days": 365,
+                                "key_usage": ["digital_signature"], "extended_key_usage": ["client_auth", "smartcard_logon"] } },
+                { "name": "Digital Signature", "slot": "9c", "algorithm": "eccp256", "certificate_authority": "Keyward Issuing CA",
+                  "template": { "subject_dn": "CN={display_name}", "subject_alt_names": ["mail"], "validity_days": 365,
+                                "key_usage": ["digital_signature", "non_repudiation"], "extended_key_usage": ["email_protection"] } }
+            ]
+        })),
+    );
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        server
+            .call(
+                "PUT",
+                "/settings/initial_pin_display_mode",
+                Some(json!({ "value": "displayed" }))
+            )
+            .0,
+        200
+    );
+}
+
+#[test]
+fn a_yubikey_is_issued_through_the_relay_and_its_certificates_verify() {
+    let server = TestServer::start();
+    setup(&server, "31000007");
+    let ca_dir = tempfile::tempdir().unwrap();
+    let mut card = VirtualCard::new(
+        VcardConfig::new(ProfileKind::Yubikey5)
+            .with_firmware(Firmware(5, 7, 1))
+            .with_serial(31000007)
+            .with_ca_dir(ca_dir.path()),
+    )
+    .unwrap();
+    card.power_on();
+
+    // Bad input is refused before the device is touched.
+    let (s, v) = server.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000007", "pin": "123456" })));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("pin_sequential_run")),
+        "{v}"
+    );
+    let (s, v) = server.call("POST", "/issuance", Some(json!({ "user": "nobody", "policy": "PIV Standard", "serial": "31000007", "pin": "735194" })));
+    assert_eq!(s, 404, "{v}");
+    let (_, d) = server.call("GET", "/devices/31000007", None);
+    assert_eq!(d["state"], "available");
+
+    let (s, mut batch) = server.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000007", "pin": "735194" })));
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    // The device is taken: a second Add Device for it is a conflict.
+    let (s, v) = server.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000007", "pin": "735194" })));
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        !batch.to_string().contains("735194"),
+        "no PIN in clear in the batch (it travels inside the APDU hex)"
+    );
+
+    let mut round_trips = 0;
+    let mut previous: Option<Value> = None;
+    while batch["state"] == "running" {
+        let responses = relay(&mut card, &batch);
+        let result =
+            json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": responses });
+        // A result for another batch number is refused and changes nothing.
+        let wrong = json!({ "protocol": 1, "session_id": id, "seq": batch["seq"].as_u64().unwrap() + 1, "responses": [] });
+        let (s, v) = server.call("POST", &format!("/issuance/{id}/relay"), Some(wrong));
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (409, Some("sequence_mismatch")),
+            "{v}"
+        );
+        // Fetching the current batch again is idempotent.
+        let (s, again) = server.call("GET", &format!("/issuance/{id}/batch"), None);
+        assert_eq!(s, 200);
+        assert_eq!(again["seq"], batch["seq"]);
+        let (s, next) = server.call(
+            "POST",
+            &format!("/issuance/{id}/relay"),
+            Some(result.clone()),
+        );
+        assert_eq!(s, 200, "{next}");
+        round_trips += 1;
+        previous = Some(result);
+        batch = next;
+    }
+    assert_eq!(batch["state"], "issued", "{batch}");
+    assert_eq!(round_trips, 3);
+    // Replaying the last result after the session ended is refused.
+    let (s, _) = server.call("POST", &format!("/issuance/{id}/relay"), previous);
+    assert_eq!(s, 409);
+
+    let (_, d) = server.call("GET", "/devices/31000007", None);
+    assert_eq!(d["state"], "issued", "{d}");
+    let (s, st) = server.call("GET", &format!("/issuance/{id}"), None);
+    assert_eq!(s, 200);
+    assert_eq!(st["status"], "issued");
+    let creds = st["credentials"].as_array().unwrap();
+    assert_eq!(creds.len(), 2, "{st}");
+
+    // The certificate on the card chains to the CA the server publishes.
+    let dir = tempfile::tempdir().unwrap();
+    let http = server.client();
+    std::fs::write(
+        dir.path().join("chain.pem"),
+        http.get(format!("{}/pki/ca/chain.pem", server.url))
+            .send()
+            .unwrap()
+            .bytes()
+            .unwrap(),
+    )
+    .unwrap();
+    let mut resp = card.transmit(
+        &keyward_card::piv::get_data(keyward_card::piv::object::AUTHENTICATION_CERT).to_bytes(),
+    );
+    let mut data = resp[..resp.len() - 2].to_vec();
+    while resp[resp.len() - 2] == 0x61 {
+        resp = card.transmit(&[0x00, 0xC0, 0x00, 0x00, resp[resp.len() - 1]]);
+        data.extend_from_slice(&resp[..resp.len() - 2]);
+    }
+    let container = keyward_card::tlv::find(&data, 0x53).unwrap();
+    let cert = keyward_card::piv::parse_cert_container(container)
+        .unwrap()
+        .certificate;
+    std::fs::write(dir.path().join("leaf.der"), &cert).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args([
+            "x509", "-inform", "DER", "-in", "leaf.der", "-out", "leaf.pem",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile", "chain.pem", "leaf.pem"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-in", "leaf.pem", "-noout", "-text"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("alice@example.com"));
+
+    // The new PIN works on the card; the PIN is nowhere in the data folder or the output.
+    assert_eq!(
+        card.transmit(&keyward_card::piv::select_piv().to_bytes())
+            .ends_with(&[0x90, 0x00]),
+        true
+    );
+    let r = card.transmit(
+        &keyward_card::piv::verify(0x80, Some(b"735194"))
+            .unwrap()
+            .to_bytes(),
+    );
+    assert_eq!(r, vec![0x90, 0x00]);
+    let tree = support::read_tree(&server.data_path());
+    assert!(!support::contains(&tree, b"735194"));
+    assert!(!server.output().contains("735194"));
+}
+
+#[test]
+fn a_swapped_device_fails_the_attempt_and_leaves_it_produced_failed() {
+    let server = TestServer::start();
+    setup(&server, "31000008");
+    let ca_dir = tempfile::tempdir().unwrap();
+    // The card in the reader is another one.
+    let mut card = VirtualCard::new(
+        VcardConfig::new(ProfileKind::Yubikey5)
+            .with_serial(31000009)
+            .with_ca_dir(ca_dir.path()),
+    )
+    .unwrap();
+    card.power_on();
+    let (s, batch) = server.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000008", "pin": "735194" })));
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    let responses = relay(&mut card, &batch);
+    let (s, next) = server.call(
+        "POST",
+        &format!("/issuance/{id}/relay"),
+        Some(json!({ "protocol": 1, "session_id": id, "seq": 1, "responses": responses })),
+    );
+    assert_eq!(s, 200, "{next}");
+    assert_eq!(next["state"], "failed");
+    let (_, st) = server.call("GET", &format!("/issuance/{id}"), None);
+    assert_eq!(st["error"]["code"], "device_mismatch", "{st}");
+    assert_eq!(st["error"]["step"], "identify device");
+    let (_, d) = server.call("GET", "/devices/31000008", None);
+    assert_eq!(
+        (d["state"].as_str(), d["reason"].as_str()),
+        (Some("produced"), Some("failed")),
+        "{d}"
+    );
+}

@@ -1,0 +1,708 @@
+//! Issuance sessions on the server: Add Device for a user starts one, the
+//! relay endpoints carry its batches to the client next to the device and
+//! back, and the engine (`keyward-engine`) decides every device command.
+//!
+//! A session is durable: after each step its engine state (which holds the
+//! PIN, PUK and management keys) is sealed under the KEK and written with the
+//! session's sequence number, so a restarted server, or another node on the
+//! same PostgreSQL, continues it; a replayed or out-of-order result is refused.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use keyward_domain::{
+    AuditDraft, AuditOutcome, DeviceState, Serial, StateChange, StateReason, UserStatus,
+};
+use keyward_engine::piv::{AwaitKeys, AwaitWitness, AwaitWrites, Certified, PivIssuance};
+use keyward_engine::plan::{initial_pin, piv_plan, random_puk, PlanSecrets};
+use keyward_engine::{Batch, Channel, Failure, Response};
+use keyward_pki::{CertificateAuthority, LeafRequest};
+use keyward_proto::{RelayBatch, RelayCommand, RelayResult, RELAY_PROTOCOL_VERSION};
+use keyward_store::{Credential, IssuanceSession, IssuanceUpdate};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::api::{audit, found, invalid, store_error};
+use crate::app::AppState;
+use crate::auth::{perm, Allowed};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::json::ApiJson;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(start))
+        .routes(routes!(status))
+        .routes(routes!(current_batch))
+        .routes(routes!(relay))
+}
+
+/// The secret from which per-device management keys are derived.
+const MASTER_KEY_SECRET: &str = "piv:management-key-master";
+
+/// Add Device for a user: the request.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartIssuance {
+    /// The user's login.
+    pub user: String,
+    /// The device policy's name.
+    pub policy: String,
+    /// The device's serial number (decimal).
+    pub serial: String,
+    /// The PIN (display modes Displayed and Disguised).
+    pub pin: Option<String>,
+    /// The PIN again (Disguised).
+    pub confirm_pin: Option<String>,
+}
+
+/// A session as the API shows it (no secret).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SessionStatus {
+    pub session_id: String,
+    pub serial: String,
+    pub user: String,
+    pub policy: String,
+    /// `running`, `issued`, `failed`, `cancelled`.
+    pub status: String,
+    pub step: String,
+    pub seq: i64,
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<serde_json::Value>,
+    #[schema(value_type = Vec<Object>)]
+    pub credentials: Vec<Credential>,
+}
+
+/// The engine's state between round trips, sealed in the session row.
+#[derive(Serialize, Deserialize)]
+enum Engine {
+    AwaitWitness(AwaitWitness),
+    AwaitKeys(AwaitKeys),
+    AwaitWrites(AwaitWrites),
+    Finished,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SessionData {
+    engine: Engine,
+    /// The batch out now (sent again on request after a dropped connection).
+    batch: Batch,
+    user_login: String,
+    policy_name: String,
+    serial: u64,
+}
+
+fn seal_context(id: Uuid) -> String {
+    format!("issuance:{id}")
+}
+
+fn seal(state: &AppState, id: Uuid, data: &SessionData) -> Vec<u8> {
+    let plain = zeroize::Zeroizing::new(serde_json::to_vec(data).expect("session data serialises"));
+    state.sealer.seal(&seal_context(id), &plain)
+}
+
+fn unseal(state: &AppState, s: &IssuanceSession) -> ApiResult<SessionData> {
+    let plain = zeroize::Zeroizing::new(
+        state
+            .sealer
+            .open(&seal_context(s.id), &s.sealed_state)
+            .map_err(|e| ApiError::internal("opening the session state", e))?,
+    );
+    serde_json::from_slice(&plain).map_err(|e| ApiError::internal("reading the session state", e))
+}
+
+/// The master key for per-device management keys, created on first use.
+async fn master_key(state: &AppState) -> ApiResult<zeroize::Zeroizing<Vec<u8>>> {
+    let open = |sealed: Vec<u8>| {
+        state
+            .sealer
+            .open(MASTER_KEY_SECRET, &sealed)
+            .map(zeroize::Zeroizing::new)
+            .map_err(|e| ApiError::internal("opening the management-key master key", e))
+    };
+    if let Some(sealed) = state
+        .store
+        .get_secret(MASTER_KEY_SECRET)
+        .await
+        .map_err(|e| store_error("reading the master key", e))?
+    {
+        return open(sealed);
+    }
+    let mut key = zeroize::Zeroizing::new(vec![0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    let draft = AuditDraft {
+        actor: "system".into(),
+        action: "pki.master_key_created".into(),
+        target: "secret:piv-management-key-master".into(),
+        outcome: AuditOutcome::Success,
+        details: serde_json::json!({}),
+    };
+    state
+        .store
+        .put_secret(
+            MASTER_KEY_SECRET,
+            &state.sealer.seal(MASTER_KEY_SECRET, &key),
+            &draft,
+        )
+        .await
+        .map_err(|e| store_error("storing the master key", e))?;
+    // Several nodes may race: use what the store holds.
+    let sealed = state
+        .store
+        .get_secret(MASTER_KEY_SECRET)
+        .await
+        .map_err(|e| store_error("reading the master key", e))?
+        .ok_or_else(|| ApiError::internal("reading the master key", "vanished"))?;
+    open(sealed)
+}
+
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn relay_batch(id: Uuid, seq: i64, status: &str, batch: &Batch) -> RelayBatch {
+    RelayBatch {
+        protocol: RELAY_PROTOCOL_VERSION,
+        session_id: id.to_string(),
+        seq: seq as u64,
+        commands: batch
+            .commands
+            .iter()
+            .map(|c| RelayCommand {
+                channel: match c.channel {
+                    Channel::Piv => "piv".into(),
+                    Channel::Ctap => "ctap".into(),
+                },
+                bytes: hex_lower(&c.bytes),
+                expect: c.expect.iter().map(|sw| format!("{sw:04x}")).collect(),
+                step: c.step.clone(),
+                secret: c.secret,
+            })
+            .collect(),
+        prompts: vec![],
+        state: status.into(),
+        step: batch
+            .commands
+            .first()
+            .map(|c| c.step.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// Add Device for a user, action "Issue Device": checks everything before
+/// the device is touched, then returns the first batch to relay.
+#[utoipa::path(post, path = "/issuance", tag = "issuance",
+    request_body = StartIssuance,
+    responses((status = 201, body = RelayBatch), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn start(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::DevicesIssue>,
+    ApiJson(req): ApiJson<StartIssuance>,
+) -> ApiResult<(StatusCode, Json<RelayBatch>)> {
+    let serial = Serial::parse("serial", &req.serial).map_err(invalid)?;
+    let device = found(state.store.get_device_by_serial(serial).await)
+        .map_err(|e| store_error("reading the device", e))?
+        .ok_or_else(|| ApiError::not_found("device").field("serial"))?;
+    if device.state != DeviceState::Available {
+        return Err(ApiError::conflict(
+            "device_not_available",
+            format!(
+                "device {} is {} ({}), not available",
+                device.serial,
+                device.state.label(),
+                device.reason.map(|r| r.as_str()).unwrap_or("-")
+            ),
+        )
+        .field("serial"));
+    }
+    let user = crate::api::users::load(&state, &req.user).await?;
+    if user.status != UserStatus::Active {
+        return Err(ApiError::bad_request("user_not_active", "the user is disabled").field("user"));
+    }
+    let policy = crate::api::policies::load(&state, &req.policy).await?;
+    if policy.fido_application.is_some() {
+        return Err(ApiError::bad_request(
+            "not_supported",
+            "passkey registration during issuance is not available yet; choose a policy without a FIDO application",
+        )
+        .field("policy"));
+    }
+    let settings = state
+        .store
+        .get_settings()
+        .await
+        .map_err(|e| store_error("reading settings", e))?;
+    let mut rng = rand::rngs::OsRng;
+    let pin = initial_pin(
+        settings.initial_pin_display_mode,
+        &policy.pin_application,
+        req.pin.as_deref(),
+        req.confirm_pin.as_deref(),
+        &mut rng,
+    )
+    .map_err(invalid)?;
+    if pin.generated {
+        // Get Initial PIN (sealed storage, reveal once) arrives with the rest of issue 5.
+        return Err(ApiError::bad_request(
+            "not_supported",
+            "the Not Displayed mode needs Get Initial PIN, which is not available yet; set initial_pin_display_mode to displayed or disguised",
+        ));
+    }
+    let master = master_key(&state).await?;
+    let mut guid = [0u8; 16];
+    rng.fill_bytes(&mut guid);
+    let expiration = (time::OffsetDateTime::now_utc() + time::Duration::days(5 * 365)).date();
+    let plan = piv_plan(
+        &policy,
+        &device,
+        PlanSecrets {
+            pin: pin.pin,
+            puk: random_puk(&mut rng),
+            master_key: &master,
+            chuid_guid: guid,
+            credential_number: rng.next_u32() % 1_000_000,
+            expiration: format!(
+                "{:04}{:02}{:02}",
+                expiration.year(),
+                expiration.month() as u8,
+                expiration.day()
+            ),
+        },
+    )
+    .map_err(invalid)?;
+    let (engine, batch) = PivIssuance::start(plan);
+    let id = Uuid::new_v4();
+    let now = time::OffsetDateTime::now_utc();
+    let data = SessionData {
+        engine: Engine::AwaitWitness(engine),
+        batch: batch.clone(),
+        user_login: user.login.clone(),
+        policy_name: policy.name.clone(),
+        serial: device.serial.0,
+    };
+    let session = IssuanceSession {
+        id,
+        device_id: device.id,
+        user_id: user.id,
+        policy_id: policy.id,
+        action: "issue".into(),
+        status: "running".into(),
+        step: batch.commands[0].step.clone(),
+        seq: 1,
+        sealed_state: seal(&state, id, &data),
+        error: None,
+        created_by: caller.actor(),
+        created_at: now,
+        updated_at: now,
+    };
+    let change = StateChange {
+        to: DeviceState::InProduction,
+        reason: None,
+        assigned_user: Some(user.id),
+        device_policy: Some(policy.id),
+        note: Some(format!("issuance session {id}")),
+    };
+    let draft = audit(
+        &caller,
+        "issuance.start",
+        format!("device:{}", device.serial),
+        serde_json::json!({ "session": id, "user": user.login, "policy": policy.name }),
+    );
+    state
+        .store
+        .start_issuance(&session, device.version, &change, &draft)
+        .await
+        .map_err(|e| store_error("starting the issuance", e))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(relay_batch(id, 1, "running", &batch)),
+    ))
+}
+
+async fn load(state: &AppState, id: &str) -> ApiResult<IssuanceSession> {
+    let id = Uuid::parse_str(id).map_err(|_| {
+        ApiError::bad_request("id_invalid", "session id must be a UUID").field("id")
+    })?;
+    state
+        .store
+        .get_issuance(id)
+        .await
+        .map_err(|e| store_error("reading the session", e))
+}
+
+/// A session's state, step and credentials.
+#[utoipa::path(get, path = "/issuance/{id}", tag = "issuance", params(("id" = String, Path)),
+    responses((status = 200, body = SessionStatus), (status = 404, body = ErrorBody)))]
+async fn status(
+    State(state): State<AppState>,
+    Allowed(_caller, _): Allowed<perm::DevicesIssue>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SessionStatus>> {
+    let s = load(&state, &id).await?;
+    let data = unseal(&state, &s)?;
+    let credentials = state
+        .store
+        .device_credentials(s.device_id)
+        .await
+        .map_err(|e| store_error("reading credentials", e))?
+        .into_iter()
+        .filter(|c| c.session_id == s.id)
+        .collect();
+    Ok(Json(SessionStatus {
+        session_id: s.id.to_string(),
+        serial: data.serial.to_string(),
+        user: data.user_login,
+        policy: data.policy_name,
+        status: s.status,
+        step: s.step,
+        seq: s.seq,
+        error: s.error.and_then(|e| serde_json::from_str(&e).ok()),
+        credentials,
+    }))
+}
+
+/// The batch out now (idempotent: fetch it again after a dropped connection).
+#[utoipa::path(get, path = "/issuance/{id}/batch", tag = "issuance", params(("id" = String, Path)),
+    responses((status = 200, body = RelayBatch), (status = 404, body = ErrorBody)))]
+async fn current_batch(
+    State(state): State<AppState>,
+    Allowed(_caller, _): Allowed<perm::DevicesIssue>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RelayBatch>> {
+    let s = load(&state, &id).await?;
+    let data = unseal(&state, &s)?;
+    Ok(Json(relay_batch(s.id, s.seq, &s.status, &data.batch)))
+}
+
+fn parse_responses(r: &RelayResult) -> ApiResult<Vec<Response>> {
+    let bad = |i: usize, what: &str| {
+        ApiError::bad_request("bad_response", format!("response {i}: {what}"))
+            .field(format!("responses[{i}]"))
+    };
+    r.responses
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let data = hex::decode(&x.data).map_err(|_| bad(i, "data is not hex"))?;
+            let sw = u16::from_str_radix(&x.sw, 16)
+                .map_err(|_| bad(i, "sw is not a 4-digit hex status word"))?;
+            if x.sw.len() != 4 {
+                return Err(bad(i, "sw is not a 4-digit hex status word"));
+            }
+            Ok(Response { data, sw })
+        })
+        .collect()
+}
+
+/// Where a relay step leads.
+enum Next {
+    Batch(Engine, Batch),
+    Done(Vec<Credential>),
+    Failed(Failure),
+}
+
+fn step_engine(
+    state: &AppState,
+    s: &IssuanceSession,
+    user: &keyward_domain::User,
+    policy: &keyward_domain::DevicePolicy,
+    data: SessionData,
+    responses: &[Response],
+) -> ApiResult<Next> {
+    Ok(match data.engine {
+        Engine::AwaitWitness(e) => match e.on_responses(responses) {
+            Ok((next, batch)) => Next::Batch(Engine::AwaitKeys(next), batch),
+            Err(f) => Next::Failed(f),
+        },
+        Engine::AwaitKeys(e) => match e.on_responses(responses) {
+            Err(f) => Next::Failed(f),
+            Ok(await_certs) => {
+                // Certify the device's keys now: no round trip.
+                let now = time::OffsetDateTime::now_utc();
+                let mut certificates = Vec::new();
+                for k in await_certs.keys() {
+                    let app = policy
+                        .pki_applications
+                        .iter()
+                        .find(|a| keyward_engine::plan::piv_slot(a.slot) == k.slot)
+                        .ok_or_else(|| {
+                            ApiError::internal("certifying", "no PKI application for the slot")
+                        })?;
+                    let req = match LeafRequest::from_template(app, user, None, &k.spki_der) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            return Ok(Next::Failed(Failure::new(
+                                "certificate_template",
+                                "certify keys",
+                                e.to_string(),
+                            )))
+                        }
+                    };
+                    let issued = state
+                        .pki
+                        .ca
+                        .issue(&req, now)
+                        .map_err(|e| ApiError::internal("issuing a certificate", e))?;
+                    certificates.push((k.slot, issued.der));
+                }
+                let to_sign = match await_certs.chuid_to_sign() {
+                    Ok(c) => c,
+                    Err(f) => return Ok(Next::Failed(f)),
+                };
+                let chuid_signature = state
+                    .pki
+                    .ca
+                    .sign_chuid(&to_sign)
+                    .map_err(|e| ApiError::internal("signing the CHUID", e))?;
+                match await_certs.with_certificates(Certified {
+                    certificates,
+                    chuid_signature,
+                }) {
+                    Ok((next, batch)) => Next::Batch(Engine::AwaitWrites(next), batch),
+                    Err(f) => Next::Failed(f),
+                }
+            }
+        },
+        Engine::AwaitWrites(e) => match e.on_responses(responses) {
+            Err(f) => Next::Failed(f),
+            Ok(done) => {
+                let now = time::OffsetDateTime::now_utc();
+                let mut creds = Vec::new();
+                for (slot, der) in done.certificates {
+                    use der::Decode;
+                    let cert = x509_cert::Certificate::from_der(&der)
+                        .map_err(|e| ApiError::internal("reading a certificate", e))?;
+                    let tbs = &cert.tbs_certificate;
+                    creds.push(Credential {
+                        id: Uuid::new_v4(),
+                        device_id: s.device_id,
+                        session_id: s.id,
+                        kind: "certificate".into(),
+                        slot: Some(format!("{slot:02x}")),
+                        serial: hex_lower(tbs.serial_number.as_bytes()),
+                        not_after: Some(time::OffsetDateTime::from(
+                            tbs.validity.not_after.to_system_time(),
+                        )),
+                        der: Some(der),
+                        created_at: now,
+                        revoked_at: None,
+                    });
+                }
+                Next::Done(creds)
+            }
+        },
+        Engine::Finished => {
+            return Err(ApiError::conflict(
+                "session_finished",
+                "the session has ended",
+            ))
+        }
+    })
+}
+
+/// The client's responses to batch `seq`; answers with the next batch, or
+/// the end of the session (`issued` or `failed`).
+#[utoipa::path(post, path = "/issuance/{id}/relay", tag = "issuance", params(("id" = String, Path)),
+    request_body = RelayResult,
+    responses((status = 200, body = RelayBatch), (status = 409, body = ErrorBody)))]
+async fn relay(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::DevicesIssue>,
+    Path(id): Path<String>,
+    ApiJson(result): ApiJson<RelayResult>,
+) -> ApiResult<Json<RelayBatch>> {
+    if result.protocol != RELAY_PROTOCOL_VERSION {
+        return Err(ApiError::bad_request(
+            "protocol_version",
+            format!(
+                "relay protocol {} is not supported; this server speaks {RELAY_PROTOCOL_VERSION}",
+                result.protocol
+            ),
+        ));
+    }
+    let s = load(&state, &id).await?;
+    if result.session_id != s.id.to_string() {
+        return Err(
+            ApiError::bad_request("session_mismatch", "session_id differs from the URL")
+                .field("session_id"),
+        );
+    }
+    if s.status != "running" {
+        return Err(ApiError::conflict(
+            "session_not_running",
+            format!("the session is {}", s.status),
+        ));
+    }
+    if result.seq as i64 != s.seq {
+        return Err(ApiError::conflict(
+            "sequence_mismatch",
+            format!(
+                "the session is at batch {}, this result is for batch {}: fetch the current batch",
+                s.seq, result.seq
+            ),
+        )
+        .field("seq"));
+    }
+    let responses = parse_responses(&result)?;
+    let data = unseal(&state, &s)?;
+    let user = state
+        .store
+        .get_user(s.user_id)
+        .await
+        .map_err(|e| store_error("reading the user", e))?;
+    let policy = state
+        .store
+        .get_policy(s.policy_id)
+        .await
+        .map_err(|e| store_error("reading the policy", e))?;
+    let device = state
+        .store
+        .get_device(s.device_id)
+        .await
+        .map_err(|e| store_error("reading the device", e))?;
+    let (user_login, policy_name, serial) = (
+        data.user_login.clone(),
+        data.policy_name.clone(),
+        data.serial,
+    );
+    let next = step_engine(&state, &s, &user, &policy, data, &responses);
+    let next_seq = s.seq + 1;
+    let target = format!("device:{serial}");
+    match next? {
+        Next::Batch(engine, batch) => {
+            let step = batch
+                .commands
+                .first()
+                .map(|c| c.step.clone())
+                .unwrap_or_default();
+            let data = SessionData {
+                engine,
+                batch: batch.clone(),
+                user_login,
+                policy_name,
+                serial,
+            };
+            let update = IssuanceUpdate {
+                status: "running".into(),
+                step,
+                seq: next_seq,
+                sealed_state: seal(&state, s.id, &data),
+                error: None,
+            };
+            let draft = audit(
+                &caller,
+                "issuance.step",
+                target,
+                serde_json::json!({ "session": s.id, "batch": next_seq }),
+            );
+            state
+                .store
+                .advance_issuance(s.id, s.seq, &update, None, &[], &draft)
+                .await
+                .map_err(|e| store_error("saving the session", e))?;
+            Ok(Json(relay_batch(s.id, next_seq, "running", &batch)))
+        }
+        Next::Done(creds) => {
+            let data = SessionData {
+                engine: Engine::Finished,
+                batch: Batch::default(),
+                user_login,
+                policy_name,
+                serial,
+            };
+            let update = IssuanceUpdate {
+                status: "issued".into(),
+                step: "done".into(),
+                seq: next_seq,
+                sealed_state: seal(&state, s.id, &data),
+                error: None,
+            };
+            let change = StateChange {
+                to: DeviceState::Issued,
+                reason: None,
+                assigned_user: None,
+                device_policy: None,
+                note: Some(format!("issuance session {}", s.id)),
+            };
+            let draft = audit(
+                &caller,
+                "issuance.complete",
+                target,
+                serde_json::json!({ "session": s.id, "credentials": creds.len() }),
+            );
+            state
+                .store
+                .advance_issuance(
+                    s.id,
+                    s.seq,
+                    &update,
+                    Some((device.id, device.version, &change)),
+                    &creds,
+                    &draft,
+                )
+                .await
+                .map_err(|e| store_error("completing the issuance", e))?;
+            Ok(Json(relay_batch(
+                s.id,
+                next_seq,
+                "issued",
+                &Batch::default(),
+            )))
+        }
+        Next::Failed(f) => {
+            // The attempt ends; the device is Produced (Failed) and can be retried or recycled.
+            let report = serde_json::json!({
+                "code": f.code, "step": f.step, "sw": f.sw.map(|sw| format!("{sw:04X}")), "message": f.message,
+                "session": s.id, "at": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            });
+            let data = SessionData {
+                engine: Engine::Finished,
+                batch: Batch::default(),
+                user_login,
+                policy_name,
+                serial,
+            };
+            let update = IssuanceUpdate {
+                status: "failed".into(),
+                step: f.step.clone(),
+                seq: next_seq,
+                sealed_state: seal(&state, s.id, &data),
+                error: Some(report.to_string()),
+            };
+            let change = StateChange {
+                to: DeviceState::Produced,
+                reason: Some(StateReason::Failed),
+                assigned_user: None,
+                device_policy: None,
+                note: Some(format!("issuance failed at {}", f.step)),
+            };
+            let mut draft = audit(
+                &caller,
+                "issuance.fail",
+                target,
+                serde_json::json!({ "session": s.id, "code": f.code, "step": f.step }),
+            );
+            draft.outcome = AuditOutcome::Failure;
+            state
+                .store
+                .advance_issuance(
+                    s.id,
+                    s.seq,
+                    &update,
+                    Some((device.id, device.version, &change)),
+                    &[],
+                    &draft,
+                )
+                .await
+                .map_err(|e| store_error("recording the failure", e))?;
+            Ok(Json(relay_batch(
+                s.id,
+                next_seq,
+                "failed",
+                &Batch::default(),
+            )))
+        }
+    }
+}
