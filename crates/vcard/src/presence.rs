@@ -47,6 +47,7 @@ impl std::str::FromStr for PresenceMode {
 enum Event {
     Touch,
     Decline,
+    Cancel,
 }
 
 #[derive(Debug, Default)]
@@ -80,6 +81,21 @@ impl PresenceHandle {
     /// request was waiting.
     pub fn decline(&self) -> bool {
         self.signal(Event::Decline)
+    }
+
+    /// Ends a wait in progress as if the platform had cancelled it
+    /// (CTAP2_ERR_KEEPALIVE_CANCEL): for `remove`, so a card pulled out
+    /// while waiting for a touch stops waiting at once. Call it before
+    /// taking the card lock, which the waiting request holds. Nothing is
+    /// remembered when no request waits. Returns whether one was waiting.
+    pub fn cancel_waiting(&self) -> bool {
+        let (lock, cvar) = &*self.inner;
+        let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if s.waiting {
+            s.event = Some((Event::Cancel, Instant::now()));
+            cvar.notify_all();
+        }
+        s.waiting
     }
 
     /// Whether a request is waiting for a touch right now.
@@ -132,7 +148,8 @@ impl Presence {
         let (lock, cvar) = &*self.handle.inner;
         let start = Instant::now();
         let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(s.event, Some((_, at)) if start.duration_since(at) > EARLY_EVENT_WINDOW) {
+        if matches!(s.event, Some((e, at)) if e == Event::Cancel || start.duration_since(at) > EARLY_EVENT_WINDOW)
+        {
             s.event = None;
         }
         s.waiting = true;
@@ -141,6 +158,7 @@ impl Presence {
                 break match event {
                     Event::Touch => PresenceOutcome::Confirmed,
                     Event::Decline => PresenceOutcome::Declined,
+                    Event::Cancel => PresenceOutcome::Cancelled,
                 };
             }
             let elapsed = start.elapsed();
@@ -233,6 +251,30 @@ mod tests {
         assert!(ticks >= 2, "keep-alive ticks while waiting: {ticks}");
 
         assert_eq!(p.wait(&mut || false), PresenceOutcome::Cancelled);
+    }
+
+    #[test]
+    fn cancel_waiting_ends_a_wait_and_is_not_remembered() {
+        let p = Presence::new(PresenceMode::Manual, Duration::from_millis(300));
+        assert!(!p.handle().cancel_waiting());
+        assert_eq!(
+            p.wait(&mut || true),
+            PresenceOutcome::TimedOut,
+            "no stale cancel"
+        );
+
+        let p = Presence::new(PresenceMode::Manual, Duration::from_secs(10));
+        let h = p.handle();
+        let t = std::thread::spawn(move || {
+            while !h.is_waiting() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(h.cancel_waiting());
+        });
+        let started = Instant::now();
+        assert_eq!(p.wait(&mut || true), PresenceOutcome::Cancelled);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        t.join().unwrap();
     }
 
     #[test]
