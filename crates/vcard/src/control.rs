@@ -19,6 +19,8 @@ pub fn execute(handle: &VcardHandle, line: &str) -> String {
             "ok".into()
         }
         "remove" => {
+            // A request waiting for a touch holds the card: end the wait first.
+            handle.presence().handle().cancel_waiting();
             handle.remove();
             "ok".into()
         }
