@@ -136,6 +136,14 @@ try:
     print("declined: no error")
 except CtapError as e:
     print("declined: %s" % e.code.name, flush=True)
+print("waiting again", flush=True)
+try:
+    ctap.selection()
+    print("removed: no error", flush=True)
+except CtapError as e:
+    print("removed: %s" % e.code.name, flush=True)
+except Exception as e:
+    print("removed: closed", flush=True)
 "#;
     let mut child = Command::new(PYTHON)
         .args(["-c", code, hid.to_str().unwrap()])
@@ -165,9 +173,25 @@ except CtapError as e:
     line.clear();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "declined: OPERATION_DENIED");
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "waiting again");
+    std::thread::sleep(Duration::from_millis(2500));
+    // Pulled out while waiting for a touch: the wait ends at once.
+    let started = std::time::Instant::now();
+    assert_eq!(v.control("remove"), "ok");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "remove waited for the touch timeout"
+    );
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert!(
+        ["removed: KEEPALIVE_CANCEL", "removed: closed"].contains(&line.trim()),
+        "{line}"
+    );
     assert!(child.wait().unwrap().success());
 
-    assert_eq!(v.control("remove"), "ok");
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         UnixStream::connect(&hid).is_err(),
