@@ -253,3 +253,79 @@ fn a_swapped_device_fails_the_attempt_and_leaves_it_produced_failed() {
         "{d}"
     );
 }
+
+/// Durability: node A starts the session and relays the first batch, then is
+/// killed; node B, on the same PostgreSQL with the same KEK, finishes it.
+#[test]
+fn a_second_server_node_on_the_same_postgresql_finishes_the_session() {
+    let url = match std::env::var("KEYWARD_TEST_POSTGRES_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but KEYWARD_TEST_POSTGRES_URL is not")
+        }
+        _ => {
+            eprintln!("SKIPPED: set KEYWARD_TEST_POSTGRES_URL to run against PostgreSQL");
+            return;
+        }
+    };
+    let name = format!("kw_durable_{}", support::uuid_like());
+    let out = std::process::Command::new("psql")
+        .arg(&url)
+        .arg("-c")
+        .arg(format!("CREATE DATABASE {name}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = format!("{}/{name}", url.rsplit_once('/').unwrap().0);
+    let kek = "a2V5d2FyZC1zaGFyZWQta2VrLWZvci10d28tbm9kZXM="; // 32 bytes, both nodes
+    let opts = || support::ServerOptions {
+        database_url: Some(db.clone()),
+        extra_env: vec![("KEYWARD_KEK".into(), kek.into())],
+        ..Default::default()
+    };
+    let mut a = TestServer::start_with(opts());
+    setup(&a, "31000010");
+    let ca_dir = tempfile::tempdir().unwrap();
+    let mut card = VirtualCard::new(
+        VcardConfig::new(ProfileKind::Yubikey5)
+            .with_serial(31000010)
+            .with_ca_dir(ca_dir.path()),
+    )
+    .unwrap();
+    card.power_on();
+    let (s, batch) = a.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000010", "pin": "735194" })));
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    let responses = relay(&mut card, &batch);
+    let (s, mut batch) = a.call(
+        "POST",
+        &format!("/issuance/{id}/relay"),
+        Some(json!({ "protocol": 1, "session_id": id, "seq": 1, "responses": responses })),
+    );
+    assert_eq!(s, 200, "{batch}");
+    assert_eq!(batch["seq"], 2);
+    let _ = a.child.kill();
+    let _ = a.child.wait();
+
+    // Node B: same database, same KEK, its own data folder; the token is B's own
+    // bootstrap token, created in the shared store.
+    let b = TestServer::start_with(opts());
+    let (s, again) = b.call("GET", &format!("/issuance/{id}/batch"), None);
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(again, batch, "node B serves the batch node A sent");
+    while batch["state"] == "running" {
+        let responses = relay(&mut card, &batch);
+        let (s, next) = b.call("POST", &format!("/issuance/{id}/relay"), Some(json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": responses })));
+        assert_eq!(s, 200, "{next}");
+        batch = next;
+    }
+    assert_eq!(batch["state"], "issued");
+    let (_, d) = b.call("GET", "/devices/31000010", None);
+    assert_eq!(d["state"], "issued");
+    let out = b.admin(&["audit", "verify"]);
+    assert!(out.status.success(), "{}", support::stdout(&out));
+}
