@@ -252,6 +252,23 @@ fn a_swapped_device_fails_the_attempt_and_leaves_it_produced_failed() {
         (Some("produced"), Some("failed")),
         "{d}"
     );
+
+    // Cancel: the device is no longer assigned to the user.
+    let (s, st) = server.call("POST", &format!("/issuance/{id}/cancel"), None);
+    assert_eq!(s, 200, "{st}");
+    assert_eq!(st["status"], "cancelled");
+    let (_, d) = server.call("GET", "/devices/31000008", None);
+    assert_eq!(
+        (d["state"].as_str(), d["reason"].as_str()),
+        (Some("produced"), Some("unassigned")),
+        "{d}"
+    );
+    assert!(d["assigned_user"].is_null(), "{d}");
+    let (s, v) = server.call("POST", &format!("/issuance/{id}/cancel"), None);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("session_not_failed"))
+    );
 }
 
 /// Durability: node A starts the session and relays the first batch, then is

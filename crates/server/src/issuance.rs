@@ -37,6 +37,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(status))
         .routes(routes!(current_batch))
         .routes(routes!(relay))
+        .routes(routes!(cancel))
 }
 
 /// The secret from which per-device management keys are derived.
@@ -705,4 +706,64 @@ async fn relay(
             )))
         }
     }
+}
+
+/// Cancel a failed attempt: the device is no longer assigned to the user
+/// (Produced, reason Unassigned) and can be recycled.
+#[utoipa::path(post, path = "/issuance/{id}/cancel", tag = "issuance", params(("id" = String, Path)),
+    responses((status = 200, body = SessionStatus), (status = 409, body = ErrorBody)))]
+async fn cancel(
+    State(state): State<AppState>,
+    Allowed(caller, a): Allowed<perm::DevicesIssue>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SessionStatus>> {
+    let s = load(&state, &id).await?;
+    if s.status != "failed" {
+        return Err(ApiError::conflict(
+            "session_not_failed",
+            format!(
+                "only a failed attempt can be cancelled; this session is {}",
+                s.status
+            ),
+        ));
+    }
+    let device = state
+        .store
+        .get_device(s.device_id)
+        .await
+        .map_err(|e| store_error("reading the device", e))?;
+    let data = unseal(&state, &s)?;
+    let update = IssuanceUpdate {
+        status: "cancelled".into(),
+        step: s.step.clone(),
+        seq: s.seq + 1,
+        sealed_state: seal(&state, s.id, &data),
+        error: s.error.clone(),
+    };
+    let change = StateChange {
+        to: DeviceState::Produced,
+        reason: Some(StateReason::Unassigned),
+        assigned_user: None,
+        device_policy: None,
+        note: Some(format!("issuance session {} cancelled", s.id)),
+    };
+    let draft = audit(
+        &caller,
+        "issuance.cancel",
+        format!("device:{}", data.serial),
+        serde_json::json!({ "session": s.id }),
+    );
+    state
+        .store
+        .advance_issuance(
+            s.id,
+            s.seq,
+            &update,
+            Some((device.id, device.version, &change)),
+            &[],
+            &draft,
+        )
+        .await
+        .map_err(|e| store_error("cancelling the issuance", e))?;
+    status(State(state), Allowed(caller, a), Path(id)).await
 }
