@@ -606,79 +606,41 @@ async fn relay(
             Ok(Json(relay_batch(s.id, next_seq, "running", &batch)))
         }
         Next::Done(creds) => {
-            let data = SessionData {
-                engine: Engine::Finished,
-                batch: Batch::default(),
-                user_login,
-                policy_name,
-                serial,
-            };
-            let update = IssuanceUpdate {
-                status: "issued".into(),
-                step: "done".into(),
-                seq: next_seq,
-                sealed_state: seal(&state, s.id, &data),
-                error: None,
-            };
-            let change = StateChange {
-                to: DeviceState::Issued,
-                reason: None,
-                assigned_user: None,
-                device_policy: None,
-                note: Some(format!("issuance session {}", s.id)),
-            };
             let draft = audit(
                 &caller,
                 "issuance.complete",
                 target,
                 serde_json::json!({ "session": s.id, "credentials": creds.len() }),
             );
-            state
-                .store
-                .advance_issuance(
-                    s.id,
-                    s.seq,
-                    &update,
-                    Some((device.id, device.version, &change)),
-                    &creds,
-                    &draft,
-                )
-                .await
-                .map_err(|e| store_error("completing the issuance", e))?;
-            Ok(Json(relay_batch(
-                s.id,
-                next_seq,
-                "issued",
-                &Batch::default(),
-            )))
+            let ending = Ending {
+                status: "issued",
+                step: "done".into(),
+                error: None,
+                device: StateChange {
+                    to: DeviceState::Issued,
+                    reason: None,
+                    assigned_user: None,
+                    device_policy: None,
+                    note: Some(format!("issuance session {}", s.id)),
+                },
+                credentials: creds,
+                audit: draft,
+            };
+            end_session(
+                &state,
+                &s,
+                &device,
+                (user_login, policy_name, serial),
+                ending,
+            )
+            .await
         }
         Next::Failed(f) => {
-            // The attempt ends; the device is Produced (Failed) and can be retried or recycled.
+            // The attempt ends; the device is Produced (Failed) and can be cancelled or recycled.
             let report = serde_json::json!({
                 "code": f.code, "step": f.step, "sw": f.sw.map(|sw| format!("{sw:04X}")), "message": f.message,
                 "session": s.id, "at": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
             });
-            let data = SessionData {
-                engine: Engine::Finished,
-                batch: Batch::default(),
-                user_login,
-                policy_name,
-                serial,
-            };
-            let update = IssuanceUpdate {
-                status: "failed".into(),
-                step: f.step.clone(),
-                seq: next_seq,
-                sealed_state: seal(&state, s.id, &data),
-                error: Some(report.to_string()),
-            };
-            let change = StateChange {
-                to: DeviceState::Produced,
-                reason: Some(StateReason::Failed),
-                assigned_user: None,
-                device_policy: None,
-                note: Some(format!("issuance failed at {}", f.step)),
-            };
             let mut draft = audit(
                 &caller,
                 "issuance.fail",
@@ -686,26 +648,83 @@ async fn relay(
                 serde_json::json!({ "session": s.id, "code": f.code, "step": f.step }),
             );
             draft.outcome = AuditOutcome::Failure;
-            state
-                .store
-                .advance_issuance(
-                    s.id,
-                    s.seq,
-                    &update,
-                    Some((device.id, device.version, &change)),
-                    &[],
-                    &draft,
-                )
-                .await
-                .map_err(|e| store_error("recording the failure", e))?;
-            Ok(Json(relay_batch(
-                s.id,
-                next_seq,
-                "failed",
-                &Batch::default(),
-            )))
+            let ending = Ending {
+                status: "failed",
+                step: f.step.clone(),
+                error: Some(report.to_string()),
+                device: StateChange {
+                    to: DeviceState::Produced,
+                    reason: Some(StateReason::Failed),
+                    assigned_user: None,
+                    device_policy: None,
+                    note: Some(format!("issuance failed at {}", f.step)),
+                },
+                credentials: vec![],
+                audit: draft,
+            };
+            end_session(
+                &state,
+                &s,
+                &device,
+                (user_login, policy_name, serial),
+                ending,
+            )
+            .await
         }
     }
+}
+
+/// How a session ends: its status, the device's change and what to record.
+struct Ending {
+    status: &'static str,
+    step: String,
+    error: Option<String>,
+    device: StateChange,
+    credentials: Vec<Credential>,
+    audit: AuditDraft,
+}
+
+/// Writes the end of a session (its secrets dropped from the sealed state),
+/// the device's change and the credentials, in one transaction.
+async fn end_session(
+    state: &AppState,
+    s: &IssuanceSession,
+    device: &keyward_domain::Device,
+    (user_login, policy_name, serial): (String, String, u64),
+    ending: Ending,
+) -> ApiResult<Json<RelayBatch>> {
+    let data = SessionData {
+        engine: Engine::Finished,
+        batch: Batch::default(),
+        user_login,
+        policy_name,
+        serial,
+    };
+    let update = IssuanceUpdate {
+        status: ending.status.into(),
+        step: ending.step,
+        seq: s.seq + 1,
+        sealed_state: seal(state, s.id, &data),
+        error: ending.error,
+    };
+    state
+        .store
+        .advance_issuance(
+            s.id,
+            s.seq,
+            &update,
+            Some((device.id, device.version, &ending.device)),
+            &ending.credentials,
+            &ending.audit,
+        )
+        .await
+        .map_err(|e| store_error("ending the issuance session", e))?;
+    Ok(Json(relay_batch(
+        s.id,
+        s.seq + 1,
+        ending.status,
+        &Batch::default(),
+    )))
 }
 
 /// Cancel a failed attempt: the device is no longer assigned to the user

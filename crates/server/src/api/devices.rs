@@ -10,17 +10,17 @@ use keyward_domain::{
     StateChange, StateReason,
 };
 use keyward_proto::{DeviceStateRequest, ImportReport, Page, RowError};
-use keyward_store::{DeviceFilter, ImportMode};
+use keyward_store::DeviceFilter;
 use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::users::{content_type, import_rows, mode_name, rejection, row_error, ImportQuery};
+use super::import::{read_rows, row_error, run_import, ImportQuery};
 use super::{audit, invalid, store_error};
 use crate::app::AppState;
 use crate::auth::{perm, Allowed};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::json::{parse_json, ApiJson, ApiQuery};
+use crate::json::{ApiJson, ApiQuery};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -226,46 +226,11 @@ async fn import(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<ImportReport>> {
-    let partial = q.partial.unwrap_or(false);
-    let rows: Vec<Result<NewDevice, RowError>> = match content_type(&headers).as_str() {
-        "text/csv" => parse_device_csv(&body)?,
-        "application/json" => parse_json::<Vec<NewDevice>>(&body)?
-            .into_iter()
-            .map(Ok)
-            .collect(),
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send text/csv or application/json",
-            ))
-        }
-    };
-    let mode = if partial {
-        ImportMode::SkipInvalid
-    } else {
-        ImportMode::AllOrNothing
-    };
-    let draft = audit(
-        &caller,
-        "device.import",
-        "devices",
-        serde_json::json!({ "rows": rows.len(), "mode": mode_name(mode) }),
-    );
-    let (imported, rejected) = import_rows(rows, mode, |good| {
-        let state = state.clone();
-        let draft = draft.clone();
-        async move { state.store.import_devices(&good, mode, &draft).await }
+    let rows = read_rows::<NewDevice>(&headers, &body, parse_device_csv)?;
+    run_import(&caller, "device", q, rows, |good, mode, draft| async move {
+        state.store.import_devices(&good, mode, &draft).await
     })
-    .await?;
-    if !rejected.is_empty() && !partial {
-        return Err(rejection(rejected, "device"));
-    }
-    Ok(Json(ImportReport {
-        imported,
-        rejected,
-        mode: mode_name(mode).into(),
-    }))
+    .await
 }
 
 fn parse_device_csv(body: &[u8]) -> ApiResult<Vec<Result<NewDevice, RowError>>> {

@@ -12,6 +12,7 @@ use crate::error::ApiError;
 
 pub mod audit;
 pub mod devices;
+pub mod import;
 pub mod operators;
 pub mod passkey_services;
 pub mod policies;

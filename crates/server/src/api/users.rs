@@ -3,19 +3,20 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use keyward_domain::{NewUser, User, UserStatus};
 use keyward_proto::{EnrollmentCode, ImportReport, Page, RowError, UserUpdate};
-use keyward_store::{ImportMode, UserSearch, UserSearchField};
+use keyward_store::{UserSearch, UserSearchField};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::import::{read_rows, row_error, run_import, ImportQuery};
 use super::{audit, invalid, store_error, ListQuery};
 use crate::app::AppState;
 use crate::auth::{perm, Allowed};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::json::{parse_json, ApiJson, ApiQuery};
+use crate::json::{ApiJson, ApiQuery};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -159,14 +160,6 @@ async fn update(
     Ok(Json(user))
 }
 
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct ImportQuery {
-    /// `true`: write the good rows and report the bad ones. Default: any bad
-    /// row rejects the whole import and nothing is written.
-    pub partial: Option<bool>,
-}
-
 /// Bulk import users from CSV (`text/csv`: columns `login,upn,display_name,email,status`
 /// and any `attr:NAME` columns) or a JSON array of NewUser objects.
 #[utoipa::path(post, path = "/users/import", tag = "users", params(ImportQuery),
@@ -179,132 +172,11 @@ async fn import(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<ImportReport>> {
-    let partial = q.partial.unwrap_or(false);
-    let rows: Vec<Result<NewUser, RowError>> = match content_type(&headers).as_str() {
-        "text/csv" => parse_user_csv(&body)?,
-        "application/json" => parse_json::<Vec<NewUser>>(&body)?
-            .into_iter()
-            .map(Ok)
-            .collect(),
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send text/csv or application/json",
-            ))
-        }
-    };
-    let mode = if partial {
-        ImportMode::SkipInvalid
-    } else {
-        ImportMode::AllOrNothing
-    };
-    let draft = audit(
-        &caller,
-        "user.import",
-        "users",
-        serde_json::json!({ "rows": rows.len(), "mode": mode_name(mode) }),
-    );
-    let (imported, rejected) = import_rows(rows, mode, |good| {
-        let state = state.clone();
-        let draft = draft.clone();
-        async move { state.store.import_users(&good, mode, &draft).await }
+    let rows = read_rows::<NewUser>(&headers, &body, parse_user_csv)?;
+    run_import(&caller, "user", q, rows, |good, mode, draft| async move {
+        state.store.import_users(&good, mode, &draft).await
     })
-    .await?;
-    if !rejected.is_empty() && !partial {
-        return Err(rejection(rejected, "user"));
-    }
-    Ok(Json(ImportReport {
-        imported,
-        rejected,
-        mode: mode_name(mode).into(),
-    }))
-}
-
-pub fn mode_name(mode: ImportMode) -> &'static str {
-    match mode {
-        ImportMode::AllOrNothing => "all_or_nothing",
-        ImportMode::SkipInvalid => "partial",
-    }
-}
-
-/// Runs an import: rows that did not even parse are rejected here; the rest
-/// go to the store, which validates, finds duplicates (in the batch and in
-/// the store) and writes according to `mode`. Row numbers are the input's
-/// (1-based data rows). In all-or-nothing mode a parse failure stops before
-/// the store is touched.
-pub async fn import_rows<T, F, Fut>(
-    rows: Vec<Result<T, RowError>>,
-    mode: ImportMode,
-    write: F,
-) -> ApiResult<(usize, Vec<RowError>)>
-where
-    F: FnOnce(Vec<T>) -> Fut,
-    Fut: std::future::Future<Output = keyward_store::StoreResult<keyward_store::ImportReport>>,
-{
-    let mut good = Vec::with_capacity(rows.len());
-    let mut numbers = Vec::with_capacity(rows.len());
-    let mut rejected = Vec::new();
-    for (i, row) in rows.into_iter().enumerate() {
-        match row {
-            Ok(v) => {
-                good.push(v);
-                numbers.push(i + 1);
-            }
-            Err(e) => rejected.push(e),
-        }
-    }
-    if !rejected.is_empty() && mode == ImportMode::AllOrNothing {
-        return Ok((0, rejected));
-    }
-    let report = write(good).await.map_err(|e| store_error("importing", e))?;
-    for r in report.rejected {
-        rejected.push(row_error(
-            numbers.get(r.row).copied().unwrap_or(r.row + 1),
-            r.error,
-        ));
-    }
-    rejected.sort_by_key(|r| r.row);
-    Ok((report.inserted as usize, rejected))
-}
-
-pub fn content_type(headers: &HeaderMap) -> String {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default()
-}
-
-pub fn row_error(row: usize, e: keyward_domain::ValidationError) -> RowError {
-    RowError {
-        row,
-        code: e.code,
-        field: e.field,
-        message: e.message,
-    }
-}
-
-/// The 400 for an all-or-nothing import with bad rows: names the first one.
-pub fn rejection(rejected: Vec<RowError>, what: &str) -> ApiError {
-    let first = &rejected[0];
-    ApiError::bad_request(
-        "import_rejected",
-        format!(
-            "{} {what} row(s) rejected, nothing imported; first: row {}: {}",
-            rejected.len(),
-            first.row,
-            first.message
-        ),
-    )
-    .field(format!("row {}: {}", first.row, first.field))
-    .details(serde_json::json!({ "rejected": rejected }))
+    .await
 }
 
 fn parse_user_csv(body: &[u8]) -> ApiResult<Vec<Result<NewUser, RowError>>> {
