@@ -4,6 +4,7 @@
 mod admin;
 mod demo;
 mod devices;
+mod issue;
 mod serve;
 
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ enum Command {
     Vcard(keyward_vcard::cli::VcardArgs),
     /// List the connected devices (PC/SC readers, FIDO HID devices), identified.
     Devices(devices::DevicesArgs),
+    /// Issue a connected device to a user (relays the server's device commands).
+    Issue(issue::IssueArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Command::Admin(args) => admin::run(args),
         Command::Vcard(args) => keyward_vcard::cli::run(args).map_err(anyhow::Error::from),
         Command::Devices(args) => devices::run(args),
+        Command::Issue(args) => issue::run(args),
     };
     match result {
         Ok(code) => code,

@@ -36,47 +36,10 @@ fn relay(card: &mut VirtualCard, batch: &Value) -> Vec<Value> {
     out
 }
 
-fn setup(server: &TestServer, serial: &str) {
-    assert_eq!(server.call("POST", "/users", Some(json!({ "login": "alice", "display_name": "Alice Archer", "upn": "alice@example.com", "email": "alice@example.com" }))).0, 201);
-    let (s, v) = server.call(
-        "POST",
-        "/devices",
-        Some(json!({ "device_type": "yubikey5", "serial": serial, "firmware_version": "5.7.1" })),
-    );
-    assert_eq!(s, 201, "{v}");
-    let (s, v) = server.call(
-        "POST",
-        "/policies",
-        Some(json!({
-            "name": "PIV Standard", "device_types": ["yubikey5", "c4000"], "management_key": "random",
-            "pin_application": { "min_length": 6, "max_length": 8, "character_set": "numeric", "max_repeated": 2, "max_sequential": 2, "pin_retry_count": 3, "puk_retry_count": 3 },
-            "pki_applications": [
-                { "name": "PIV Authentication", "slot": "9a", "algorithm": "eccp256", "certificate_authority": "Keyward Issuing CA",
-                  "template": { "subject_dn": "CN={display_name},UID={login}", "subject_alt_names": ["upn", "mail"], "validity_days": 365,
-                                "key_usage": ["digital_signature"], "extended_key_usage": ["client_auth", "smartcard_logon"] } },
-                { "name": "Digital Signature", "slot": "9c", "algorithm": "eccp256", "certificate_authority": "Keyward Issuing CA",
-                  "template": { "subject_dn": "CN={display_name}", "subject_alt_names": ["mail"], "validity_days": 365,
-                                "key_usage": ["digital_signature", "non_repudiation"], "extended_key_usage": ["email_protection"] } }
-            ]
-        })),
-    );
-    assert_eq!(s, 201, "{v}");
-    assert_eq!(
-        server
-            .call(
-                "PUT",
-                "/settings/initial_pin_display_mode",
-                Some(json!({ "value": "displayed" }))
-            )
-            .0,
-        200
-    );
-}
-
 #[test]
 fn a_yubikey_is_issued_through_the_relay_and_its_certificates_verify() {
     let server = TestServer::start();
-    setup(&server, "31000007");
+    support::seed_piv_standard(&server, "31000007");
     let ca_dir = tempfile::tempdir().unwrap();
     let mut card = VirtualCard::new(
         VcardConfig::new(ProfileKind::Yubikey5)
@@ -222,7 +185,7 @@ fn a_yubikey_is_issued_through_the_relay_and_its_certificates_verify() {
 #[test]
 fn a_swapped_device_fails_the_attempt_and_leaves_it_produced_failed() {
     let server = TestServer::start();
-    setup(&server, "31000008");
+    support::seed_piv_standard(&server, "31000008");
     let ca_dir = tempfile::tempdir().unwrap();
     // The card in the reader is another one.
     let mut card = VirtualCard::new(
@@ -305,7 +268,7 @@ fn a_second_server_node_on_the_same_postgresql_finishes_the_session() {
         ..Default::default()
     };
     let mut a = TestServer::start_with(opts());
-    setup(&a, "31000010");
+    support::seed_piv_standard(&a, "31000010");
     let ca_dir = tempfile::tempdir().unwrap();
     let mut card = VirtualCard::new(
         VcardConfig::new(ProfileKind::Yubikey5)

