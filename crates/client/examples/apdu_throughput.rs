@@ -3,13 +3,15 @@
 //! APDU on its command line), side by side. Not part of the test suite.
 //!
 //! ```text
-//! cargo run --release -p keyward-client --features vcard --example apdu_throughput -- [N] [PORT]
+//! cargo run --release -p keyward-client --features vcard --example apdu_throughput -- [N] [PORT] [--quickack]
 //! ```
-//! N APDUs (default 2000); PORT is the vpcd slot (default 35964, reader
+//! N APDUs (default 5000); PORT is the vpcd slot (default 35964, reader
 //! "Virtual PCD 00 01"). Needs pcscd with vpcd running (`.ci/pcscd start`)
 //! and opensc-tool; take the PC/SC lock (/tmp/keyward-pcsc.lock) so no
 //! test uses the slot meanwhile. The virtual card runs in this process,
 //! attached to vpcd, so the card's own time is the same for both clients.
+//! `--quickack` attaches it with this example's vpcd client, which ACKs at
+//! once (see [`quickack_vpcd_client`]) instead of keyward_vcard's.
 
 use keyward_client::apdu::ApduTransport;
 use keyward_client::discover::{discover, DiscoveryOptions};
@@ -21,6 +23,13 @@ use std::time::{Duration, Instant};
 /// GET DATA of the PIV discovery object: a short command, a 20-byte answer.
 const APDU: &[u8] = &[0x00, 0xCB, 0x3F, 0xFF, 0x03, 0x5C, 0x01, 0x7E, 0x00];
 const SERIAL: u32 = 31_000_001;
+/// Each measurement is the median of this many rounds.
+const ROUNDS: usize = 5;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
 
 fn opensc(reader_index: usize, n: usize) -> Duration {
     let hex: String = APDU
@@ -49,7 +58,7 @@ fn opensc(reader_index: usize, n: usize) -> Duration {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let n: usize = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(2000);
+    let n: usize = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(5000);
     let port: u16 = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(35964);
     let quickack = args.iter().any(|a| a == "--quickack");
 
@@ -95,24 +104,33 @@ fn main() {
     let select = keyward_client::card::piv::select_piv().to_bytes();
     t.transmit_raw(&select).unwrap();
 
-    // Warm up, then measure Keyward.
+    // Warm up.
     for _ in 0..50 {
         t.transmit_raw(APDU).unwrap();
     }
-    let start = Instant::now();
-    for _ in 0..n {
-        let r = t.transmit_raw(APDU).unwrap();
-        assert_eq!(&r[r.len() - 2..], &[0x90, 0x00]);
+    // Rounds alternate between the two clients so that the load of the
+    // shared machine falls on both alike; each figure is a median.
+    // opensc-tool runs all N APDUs in one process; its start-up (context,
+    // connect) is measured with one APDU in the same round and taken off.
+    let mut keyward_rounds = Vec::new();
+    let mut opensc_rounds = Vec::new();
+    let mut startups = Vec::new();
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        for _ in 0..n {
+            let r = t.transmit_raw(APDU).unwrap();
+            assert_eq!(&r[r.len() - 2..], &[0x90, 0x00]);
+        }
+        keyward_rounds.push(start.elapsed());
+        let one = opensc(reader_index, 1);
+        let all = opensc(reader_index, n);
+        startups.push(one);
+        opensc_rounds.push(all.saturating_sub(one));
     }
-    let keyward = start.elapsed();
     drop(t);
-
-    // opensc-tool: one process for all N APDUs; its start-up (context,
-    // connect) measured with one APDU and taken off.
-    let _ = opensc(reader_index, 1);
-    let one = opensc(reader_index, 1);
-    let all = opensc(reader_index, n);
-    let opensc_apdus = all.saturating_sub(one);
+    let keyward = median(keyward_rounds);
+    let opensc_apdus = median(opensc_rounds);
+    let one = median(startups);
 
     let per = |d: Duration, k: usize| d.as_secs_f64() * 1e6 / k as f64;
     let kw_us = per(keyward, n);

@@ -247,10 +247,8 @@ mod tests {
             on_keepalive: Some(&mut on),
             ..Default::default()
         };
-        let mut iso = CtapOverIso::new(&mut t);
-        let r = iso.ctap(&[0x04], &mut ctl).unwrap();
+        let r = CtapOverIso::new(&mut t).ctap(&[0x04], &mut ctl).unwrap();
         assert_eq!(r, vec![0x00, 0xA0]);
-        drop(iso);
         assert_eq!(seen, vec![KeepaliveStatus::UserPresenceNeeded]);
         assert_eq!(
             t.sent[0],

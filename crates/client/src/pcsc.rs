@@ -106,6 +106,7 @@ impl Pcsc {
             reader: reader.to_string(),
             card: None,
             atr: Vec::new(),
+            buf: vec![0u8; pcsc::MAX_BUFFER_SIZE_EXTENDED],
         };
         t.connect()?;
         Ok(t)
@@ -144,6 +145,8 @@ pub struct PcscTransport {
     reader: String,
     card: Option<Card>,
     atr: Vec<u8>,
+    /// Receive buffer, kept: an extended response can be 64 KiB.
+    buf: Vec<u8>,
 }
 
 impl PcscTransport {
@@ -204,8 +207,7 @@ impl ApduTransport for PcscTransport {
         let Some(card) = &self.card else {
             return Err(TransportError::DeviceRemoved);
         };
-        let mut buf = vec![0u8; pcsc::MAX_BUFFER_SIZE_EXTENDED];
-        match card.transmit(command, &mut buf) {
+        match card.transmit(command, &mut self.buf) {
             Ok(r) => Ok(r.to_vec()),
             Err(e) => {
                 let err = self.classify(e);
