@@ -6,7 +6,7 @@
 //!
 //! Exit codes: 0 issued; 1 other errors (server unreachable, 401, no or
 //! ambiguous device); 2 usage; 3 refused before the device was touched;
-//! 4 failed during issuance (the session can be cancelled or retried).
+//! 4 failed during issuance (`keyward issue --cancel SESSION_ID` cancels it).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,11 +33,14 @@ pub struct IssueArgs {
     )]
     pub token: String,
     /// The user's login.
-    #[arg(long)]
-    pub user: String,
+    #[arg(long, required_unless_present = "cancel")]
+    pub user: Option<String>,
     /// The device policy's name.
-    #[arg(long)]
-    pub policy: String,
+    #[arg(long, required_unless_present = "cancel")]
+    pub policy: Option<String>,
+    /// Cancel a failed session instead: the device is no longer assigned to the user.
+    #[arg(long, value_name = "SESSION_ID", conflicts_with_all = ["user", "policy", "serial", "reader", "answers"])]
+    pub cancel: Option<String>,
     /// The device's serial number (decimal).
     #[arg(long, conflicts_with = "reader")]
     pub serial: Option<String>,
@@ -235,13 +238,31 @@ fn run_batch(
     (out, None)
 }
 
+/// `--cancel SESSION_ID`: ends a failed attempt; the device is no longer
+/// assigned to the user.
+fn cancel(relay: &Relay, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let (status, v) = relay.post(&format!("/issuance/{id}/cancel"), &json!({}))?;
+    if status != 200 {
+        bail!("cancel refused (HTTP {status}): {}", server_error(&v));
+    }
+    if json {
+        let report = json!({ "session_id": id, "serial": v["serial"], "state": v["status"] });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        eprintln!(
+            "cancelled: device {} is no longer assigned to {}",
+            v["serial"].as_str().unwrap_or(""),
+            v["user"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
     let total = Instant::now();
     if args.token.is_empty() {
         bail!("no API token: pass --token or set KEYWARD_TOKEN");
     }
-    let answers = read_answers(&args.answers)?;
-    let (reader, serial) = choose_reader(&args)?;
     let relay = Relay {
         http: reqwest::blocking::Client::builder()
             .timeout(std::time::Duration::from_secs(120))
@@ -249,17 +270,23 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
         base: args.server.trim_end_matches('/').to_string(),
         token: args.token.clone(),
     };
-    let mut start = json!({ "user": args.user, "policy": args.policy, "serial": serial });
+    if let Some(id) = &args.cancel {
+        return cancel(&relay, id, args.json);
+    }
+    let (user, policy) = (
+        args.user.clone().unwrap_or_default(),
+        args.policy.clone().unwrap_or_default(),
+    );
+    let answers = read_answers(&args.answers)?;
+    let (reader, serial) = choose_reader(&args)?;
+    let mut start = json!({ "user": user, "policy": policy, "serial": serial });
     for k in ["pin", "confirm_pin"] {
         if let Some(v) = answers.get(k) {
             start[k] = v.clone();
         }
     }
     if !args.json {
-        eprintln!(
-            "issuing device {serial} in \"{reader}\" to {} with policy \"{}\"",
-            args.user, args.policy
-        );
+        eprintln!("issuing device {serial} in \"{reader}\" to {user} with policy \"{policy}\"");
     }
     let (status, mut batch) = relay.post("/issuance", &start)?;
     match status {
@@ -334,7 +361,7 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
     } else {
         let e = &session["error"];
         eprintln!(
-            "issuance failed at '{}': {} [{}]{}\nsession {id}: cancel it with the API (POST /api/v1/issuance/{id}/cancel)",
+            "issuance failed at '{}': {} [{}]{}\nsession {id}: cancel it with `keyward issue --cancel {id}`",
             e["step"].as_str().unwrap_or(""),
             e["message"].as_str().unwrap_or(""),
             e["code"].as_str().unwrap_or(""),

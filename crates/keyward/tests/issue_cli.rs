@@ -212,4 +212,14 @@ fn keyward_issue_personalises_a_yubikey_over_pcsc_that_third_party_tools_accept(
     assert!(status.contains("Serial Number:\t31000011"), "{status}");
     let (_, device) = server.call("GET", "/devices/31000011", None);
     assert_eq!(device["state"], "issued");
+
+    // --cancel acts on failed sessions only, and says why it refuses.
+    let session = report["session_id"].as_str().unwrap();
+    let out = issue(&server, &["--cancel", session]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("session_not_failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
