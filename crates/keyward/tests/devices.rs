@@ -9,6 +9,8 @@
 
 #[path = "common/pcsc.rs"]
 mod shared;
+#[path = "support/mod.rs"]
+mod support;
 
 use keyward_client::apdu::{self, BatchStop};
 use keyward_client::card::piv;
@@ -369,4 +371,67 @@ fn ctaphid_over_the_hid_socket_and_unplug() {
         }
     };
     assert!(get_info(&mut dev).is_ok());
+}
+
+#[test]
+fn devices_with_a_server_adds_the_inventory_state() {
+    let server = support::TestServer::start();
+    let (status, body) = server.call(
+        "POST",
+        "/devices",
+        Some(serde_json::json!({ "device_type": "c4000", "serial": "20000005", "firmware_version": "1.0.0" })),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (_, registered) = server.call("GET", "/devices/20000005", None);
+    let state = registered["state"].as_str().expect("a state").to_string();
+
+    let _lock = shared::lock();
+    let _c4000 = Vcard::spawn(&[
+        "--profile",
+        "c4000",
+        "--serial",
+        "20000005",
+        "--vpcd",
+        SLOT0,
+    ]);
+    let _yubikey = Vcard::spawn(&[
+        "--profile",
+        "yubikey5",
+        "--serial",
+        "10000005",
+        "--vpcd",
+        SLOT1,
+    ]);
+    wait_for_devices(2, &[]);
+    let (devices, _) =
+        keyward_devices(&["--json", "--server", &server.url, "--token", &server.token]);
+    assert_eq!(devices.len(), 2, "{devices:#?}");
+    assert_eq!(by_serial(&devices, "20000005")["state"], state.as_str());
+    // Not in the inventory: null.
+    assert_eq!(by_serial(&devices, "10000005")["state"], Value::Null);
+
+    let (_, table) = keyward_devices(&["--server", &server.url, "--token", &server.token]);
+    assert!(
+        table.contains("STATE") && table.contains("not in inventory"),
+        "{table}"
+    );
+
+    // A refused token is an error, not a listing without states.
+    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args([
+            "devices",
+            "--json",
+            "--server",
+            &server.url,
+            "--token",
+            "kw_wrong",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
