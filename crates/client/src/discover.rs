@@ -147,6 +147,18 @@ pub fn identify_apdu_device<T: ApduTransport + ?Sized>(t: &mut T) -> Identity {
     }
 }
 
+/// One device reached through `t` alone (an in-process virtual card, a
+/// card an agent relays): identified, with `t`'s transport and name.
+pub fn identify_entry<T: ApduTransport + ?Sized>(t: &mut T) -> DeviceEntry {
+    DeviceEntry {
+        identity: identify_apdu_device(t),
+        reader: Some(t.name()),
+        hid_path: None,
+        transports: vec![t.transport()],
+        matched_by: None,
+    }
+}
+
 fn unreadable(e: &TransportError) -> Identity {
     let reason = match e {
         TransportError::SharingViolation => {

@@ -139,6 +139,21 @@ mod tests {
     }
 
     #[test]
+    fn in_process_entry_names_its_transport() {
+        let (c4, _d) = card(ProfileKind::C4000, 20_000_009);
+        let mut t = InProcessCard::new(c4.clone(), "demo c4000");
+        let entry = crate::discover::identify_entry(&mut t);
+        assert_eq!(entry.transports, vec![Transport::InProcess]);
+        assert_eq!(entry.reader.as_deref(), Some("demo c4000"));
+        assert_eq!(entry.identity.serial, Some(20_000_009));
+        // A removed card is listed as unreadable, not an error.
+        c4.remove();
+        let entry = crate::discover::identify_entry(&mut t);
+        assert!(!entry.identity.supported);
+        assert!(entry.identity.reason.unwrap().contains("removed"));
+    }
+
+    #[test]
     fn long_responses_and_removal() {
         let (yk, _d) = card(ProfileKind::Yubikey5, 10_000_003);
         let mut t = InProcessCard::new(yk.clone(), "yk");
