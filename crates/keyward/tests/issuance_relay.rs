@@ -309,3 +309,147 @@ fn a_second_server_node_on_the_same_postgresql_finishes_the_session() {
     let out = b.admin(&["audit", "verify"]);
     assert!(out.status.success(), "{}", support::stdout(&out));
 }
+
+/// Not Displayed, "Change PIN during issuance" = No: Keyward generates the
+/// PIN; the user reveals it once with Get Initial PIN, and it works on the device.
+#[test]
+fn get_initial_pin_reveals_the_generated_pin_once() {
+    let server = TestServer::start();
+    support::seed_piv_standard(&server, "31000020");
+    assert_eq!(
+        server
+            .call(
+                "PUT",
+                "/settings/initial_pin_display_mode",
+                Some(json!({ "value": "not_displayed" }))
+            )
+            .0,
+        200
+    );
+    assert_eq!(
+        server
+            .call(
+                "PUT",
+                "/settings/change_pin_during_issuance",
+                Some(json!({ "value": "no" }))
+            )
+            .0,
+        200
+    );
+    let ca_dir = tempfile::tempdir().unwrap();
+    let mut card = VirtualCard::new(
+        VcardConfig::new(ProfileKind::Yubikey5)
+            .with_serial(31000020)
+            .with_ca_dir(ca_dir.path()),
+    )
+    .unwrap();
+    card.power_on();
+
+    // A PIN given in Not Displayed mode is refused.
+    let (s, v) = server.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000020", "pin": "735194" })));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("pin_not_expected")),
+        "{v}"
+    );
+    let (s, mut batch) = server.call(
+        "POST",
+        "/issuance",
+        Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000020" })),
+    );
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    while batch["state"] == "running" {
+        let responses = relay(&mut card, &batch);
+        let (s, next) = server.call("POST", &format!("/issuance/{id}/relay"), Some(json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": responses })));
+        assert_eq!(s, 200, "{next}");
+        batch = next;
+    }
+    assert_eq!(batch["state"], "issued");
+
+    // alice gets a password by enrollment code and signs in.
+    let (_, code) = server.call("POST", "/users/alice/enrollment-code", None);
+    let http = reqwest::blocking::Client::new();
+    let r = http.post(server.api("/auth/enroll")).json(&json!({ "login": "alice", "code": code["code"], "password": "alice-first-passphrase" })).send().unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let r = http
+        .post(server.api("/auth/session"))
+        .json(&json!({ "login": "alice", "password": "alice-first-passphrase" }))
+        .send()
+        .unwrap();
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let csrf = r.json::<Value>().unwrap()["csrf_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mine: Value = http
+        .get(server.api("/me/devices"))
+        .header("cookie", &cookie)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(mine[0]["serial"], "31000020", "{mine}");
+    assert_eq!(mine[0]["initial_pin_available"], true);
+
+    let reveal = || {
+        http.post(server.api("/me/devices/31000020/initial-pin"))
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf)
+            .send()
+            .unwrap()
+    };
+    let r = reveal();
+    assert_eq!(r.status().as_u16(), 200);
+    let pin = r.json::<Value>().unwrap()["pin"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        (6..=8).contains(&pin.len()) && pin.bytes().all(|b| b.is_ascii_digit()),
+        "a PIN under the policy"
+    );
+    // Once only.
+    let r = reveal();
+    assert_eq!(r.status().as_u16(), 410);
+    assert_eq!(
+        r.json::<Value>().unwrap()["error"]["code"],
+        "initial_pin_not_available"
+    );
+    // Another user's device is not found, not refused (no oracle).
+    let r = http
+        .post(server.api("/me/devices/99999999/initial-pin"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+
+    // The revealed PIN works on the device; it was never stored in clear or logged.
+    assert!(card
+        .transmit(&keyward_card::piv::select_piv().to_bytes())
+        .ends_with(&[0x90, 0x00]));
+    assert_eq!(
+        card.transmit(
+            &keyward_card::piv::verify(0x80, Some(pin.as_bytes()))
+                .unwrap()
+                .to_bytes()
+        ),
+        vec![0x90, 0x00]
+    );
+    let tree = support::read_tree(&server.data_path());
+    assert!(!support::contains(&tree, pin.as_bytes()));
+    assert!(!server.output().contains(&pin));
+    let (_, events) = server.call("GET", "/audit?limit=1000", None);
+    assert!(events.to_string().contains("device.initial_pin_revealed"));
+    assert!(!events.to_string().contains(&pin));
+}

@@ -33,6 +33,8 @@ pub struct Config {
     /// The URL relying parties reach this server at (CRL distribution points
     /// in certificates). Default: http(s)://<listen>.
     pub public_url: Option<String>,
+    /// Days a generated initial PIN stays retrievable with Get Initial PIN.
+    pub initial_pin_days: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -55,6 +57,7 @@ impl Default for Config {
             log_format: "text".into(),
             audit_checkpoint_seconds: 300,
             public_url: None,
+            initial_pin_days: 30,
         }
     }
 }

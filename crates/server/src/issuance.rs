@@ -13,7 +13,7 @@ use axum::Json;
 use keyward_domain::{
     AuditDraft, AuditOutcome, DeviceState, Serial, StateChange, StateReason, UserStatus,
 };
-use keyward_engine::piv::{AwaitKeys, AwaitWitness, AwaitWrites, Certified, PivIssuance};
+use keyward_engine::piv::{AwaitKeys, AwaitWitness, AwaitWrites, Certified, PivIssuance, Secret};
 use keyward_engine::plan::{initial_pin, piv_plan, random_puk, PlanSecrets};
 use keyward_engine::{Batch, Channel, Failure, Response};
 use keyward_pki::{CertificateAuthority, LeafRequest};
@@ -93,6 +93,9 @@ struct SessionData {
     user_login: String,
     policy_name: String,
     serial: u64,
+    /// A PIN Keyward generated (Not Displayed): kept for Get Initial PIN.
+    #[serde(default)]
+    initial_pin: Option<Secret>,
 }
 
 fn seal_context(id: Uuid) -> String {
@@ -244,13 +247,15 @@ async fn start(
         &mut rng,
     )
     .map_err(invalid)?;
-    if pin.generated {
-        // Get Initial PIN (sealed storage, reveal once) arrives with the rest of issue 5.
+    if pin.generated && settings.change_pin_during_issuance {
+        // Setting a new PIN at the end of issuance is a prompt of the relay,
+        // which the agent and the portal bring.
         return Err(ApiError::bad_request(
             "not_supported",
-            "the Not Displayed mode needs Get Initial PIN, which is not available yet; set initial_pin_display_mode to displayed or disguised",
+            "Not Displayed with \"Change PIN during issuance\" = Yes needs the PIN prompt at the end of issuance, which is not available yet; set change_pin_during_issuance to no (the user then uses Get Initial PIN)",
         ));
     }
+    let initial_pin = pin.generated.then(|| pin.pin.clone());
     let master = master_key(&state).await?;
     let mut guid = [0u8; 16];
     rng.fill_bytes(&mut guid);
@@ -282,6 +287,7 @@ async fn start(
         user_login: user.login.clone(),
         policy_name: policy.name.clone(),
         serial: device.serial.0,
+        initial_pin,
     };
     let session = IssuanceSession {
         id,
@@ -568,6 +574,7 @@ async fn relay(
         data.policy_name.clone(),
         data.serial,
     );
+    let initial_pin = data.initial_pin.clone();
     let next = step_engine(&state, &s, &user, &policy, data, &responses);
     let next_seq = s.seq + 1;
     let target = format!("device:{serial}");
@@ -584,6 +591,7 @@ async fn relay(
                 user_login,
                 policy_name,
                 serial,
+                initial_pin,
             };
             let update = IssuanceUpdate {
                 status: "running".into(),
@@ -606,6 +614,9 @@ async fn relay(
             Ok(Json(relay_batch(s.id, next_seq, "running", &batch)))
         }
         Next::Done(creds) => {
+            if let Some(pin) = &initial_pin {
+                crate::initial_pin::keep(&state, &device, s.user_id, pin, &caller).await?;
+            }
             let draft = audit(
                 &caller,
                 "issuance.complete",
@@ -699,6 +710,7 @@ async fn end_session(
         user_login,
         policy_name,
         serial,
+        initial_pin: None,
     };
     let update = IssuanceUpdate {
         status: ending.status.into(),
@@ -751,7 +763,8 @@ async fn cancel(
         .get_device(s.device_id)
         .await
         .map_err(|e| store_error("reading the device", e))?;
-    let data = unseal(&state, &s)?;
+    let mut data = unseal(&state, &s)?;
+    data.initial_pin = None;
     let update = IssuanceUpdate {
         status: "cancelled".into(),
         step: s.step.clone(),

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod enrollment;
 pub mod error;
 pub mod graph_probe;
+pub mod initial_pin;
 pub mod issuance;
 pub mod json;
 pub mod logging;

@@ -41,6 +41,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(tokens::router())
         .merge(audit::router())
         .merge(crate::issuance::router())
+        .merge(crate::initial_pin::router())
 }
 
 /// A validation error from the domain, as a 400 naming the field.
