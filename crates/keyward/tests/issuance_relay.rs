@@ -453,3 +453,128 @@ fn get_initial_pin_reveals_the_generated_pin_once() {
     assert!(events.to_string().contains("device.initial_pin_revealed"));
     assert!(!events.to_string().contains(&pin));
 }
+
+/// Relays the first `n` commands of a batch, then reports the device gone.
+fn relay_then_remove(card: &mut VirtualCard, batch: &Value, n: usize) -> Value {
+    let mut partial = batch.clone();
+    partial["commands"] = json!(batch["commands"].as_array().unwrap()[..n].to_vec());
+    json!({ "responses": relay(card, &partial), "transport_error": "device_removed" })
+}
+
+/// The device is pulled out at a step of each batch in turn; every time the
+/// attempt fails cleanly (device Produced, Failed), and Retry after
+/// re-insertion ends Issued, with the PIN the issuance set. Certificates of a
+/// failed attempt are revoked and listed in the CRL.
+#[test]
+fn retry_after_the_device_was_removed_at_each_batch_ends_issued() {
+    let server = TestServer::start();
+    support::seed_piv_standard(&server, "31000030");
+    let ca_dir = tempfile::tempdir().unwrap();
+    let mut card = VirtualCard::new(
+        VcardConfig::new(ProfileKind::Yubikey5)
+            .with_serial(31000030)
+            .with_ca_dir(ca_dir.path()),
+    )
+    .unwrap();
+    card.power_on();
+    let (s, mut batch) = server.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000030", "pin": "735194" })));
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    // Pull the device out: in batch 1 after 1 command, in batch 2 right after
+    // CHANGE PUK (5 commands: auth, verify, retries, PUK …), in batch 3 after
+    // the first certificate was written.
+    for (full_batches, cut) in [(0usize, 1usize), (1, 4), (2, 1)] {
+        // Run whole batches of this attempt up to the one to cut.
+        for _ in 0..full_batches {
+            let responses = relay(&mut card, &batch);
+            let (s, next) = server.call("POST", &format!("/issuance/{id}/relay"), Some(json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": responses })));
+            assert_eq!(s, 200, "{next}");
+            batch = next;
+        }
+        let cut_result = relay_then_remove(&mut card, &batch, cut);
+        let mut result = json!({ "protocol": 1, "session_id": id, "seq": batch["seq"] });
+        result["responses"] = cut_result["responses"].clone();
+        result["transport_error"] = cut_result["transport_error"].clone();
+        let (s, failed) = server.call("POST", &format!("/issuance/{id}/relay"), Some(result));
+        assert_eq!(s, 200, "{failed}");
+        assert_eq!(
+            failed["state"],
+            "failed",
+            "batch {}: {failed}",
+            full_batches + 1
+        );
+        let (_, d) = server.call("GET", "/devices/31000030", None);
+        assert_eq!(
+            (d["state"].as_str(), d["reason"].as_str()),
+            (Some("produced"), Some("failed"))
+        );
+        // The card is put back (powered up again) and the operator clicks Retry.
+        card.power_on();
+        let (s, again) = server.call("POST", &format!("/issuance/{id}/retry"), None);
+        assert_eq!(s, 200, "{again}");
+        assert_eq!(again["state"], "running");
+        batch = again;
+    }
+    // The last retry runs to the end.
+    while batch["state"] == "running" {
+        let responses = relay(&mut card, &batch);
+        let (s, next) = server.call("POST", &format!("/issuance/{id}/relay"), Some(json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": responses })));
+        assert_eq!(s, 200, "{next}");
+        batch = next;
+    }
+    assert_eq!(batch["state"], "issued", "{batch}");
+    let (_, d) = server.call("GET", "/devices/31000030", None);
+    assert_eq!(d["state"], "issued");
+    assert!(card
+        .transmit(&keyward_card::piv::select_piv().to_bytes())
+        .ends_with(&[0x90, 0x00]));
+    assert_eq!(
+        card.transmit(
+            &keyward_card::piv::verify(0x80, Some(b"735194"))
+                .unwrap()
+                .to_bytes()
+        ),
+        vec![0x90, 0x00]
+    );
+    // Credentials: 2 live certificates, and the ones of the attempt cut in batch 3 revoked.
+    let (_, st) = server.call("GET", &format!("/issuance/{id}"), None);
+    let creds = st["credentials"].as_array().unwrap();
+    let revoked: Vec<_> = creds
+        .iter()
+        .filter(|c| !c["revoked_at"].is_null())
+        .collect();
+    let live: Vec<_> = creds.iter().filter(|c| c["revoked_at"].is_null()).collect();
+    assert_eq!((live.len(), revoked.len()), (2, 2), "{st}");
+    let dir = tempfile::tempdir().unwrap();
+    let crl = server
+        .client()
+        .get(format!("{}/pki/crl/issuing.crl", server.url))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    std::fs::write(dir.path().join("issuing.crl"), &crl).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args([
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            "issuing.crl",
+            "-noout",
+            "-text",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_uppercase();
+    for r in revoked {
+        assert!(
+            text.contains(&r["serial"].as_str().unwrap().to_uppercase()),
+            "revoked serial missing from the CRL:\n{text}"
+        );
+    }
+    for l in live {
+        assert!(!text.contains(&l["serial"].as_str().unwrap().to_uppercase()));
+    }
+}

@@ -13,7 +13,10 @@ use axum::Json;
 use keyward_domain::{
     AuditDraft, AuditOutcome, DeviceState, Serial, StateChange, StateReason, UserStatus,
 };
-use keyward_engine::piv::{AwaitKeys, AwaitWitness, AwaitWrites, Certified, PivIssuance, Secret};
+use keyward_engine::knowledge::DeviceSecrets;
+use keyward_engine::piv::{
+    AwaitKeys, AwaitWitness, AwaitWrites, Certified, PivIssuance, PivPlan, Secret,
+};
 use keyward_engine::plan::{initial_pin, piv_plan, random_puk, PlanSecrets};
 use keyward_engine::{Batch, Channel, Failure, Response};
 use keyward_pki::{CertificateAuthority, LeafRequest};
@@ -38,6 +41,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(current_batch))
         .routes(routes!(relay))
         .routes(routes!(cancel))
+        .routes(routes!(retry))
 }
 
 /// The secret from which per-device management keys are derived.
@@ -96,6 +100,20 @@ struct SessionData {
     /// A PIN Keyward generated (Not Displayed): kept for Get Initial PIN.
     #[serde(default)]
     initial_pin: Option<Secret>,
+    /// The attempt under way or failed (for Retry); dropped when the session ends.
+    #[serde(default)]
+    attempt: Option<Attempt>,
+}
+
+/// What a retry needs: the plan, what the device's secrets are now, and the
+/// certificates issued in this attempt that are not on record yet (revoked
+/// if the attempt fails).
+#[derive(Clone, Serialize, Deserialize)]
+struct Attempt {
+    plan: PivPlan,
+    known: DeviceSecrets,
+    #[serde(default)]
+    certificates: Vec<(u8, Vec<u8>)>,
 }
 
 fn seal_context(id: Uuid) -> String {
@@ -278,6 +296,11 @@ async fn start(
         },
     )
     .map_err(invalid)?;
+    let attempt = Attempt {
+        known: DeviceSecrets::from_plan(&plan),
+        plan: plan.clone(),
+        certificates: vec![],
+    };
     let (engine, batch) = PivIssuance::start(plan);
     let id = Uuid::new_v4();
     let now = time::OffsetDateTime::now_utc();
@@ -288,6 +311,7 @@ async fn start(
         policy_name: policy.name.clone(),
         serial: device.serial.0,
         initial_pin,
+        attempt: Some(attempt),
     };
     let session = IssuanceSession {
         id,
@@ -403,9 +427,37 @@ fn parse_responses(r: &RelayResult) -> ApiResult<Vec<Response>> {
         .collect()
 }
 
+/// A certificate put on (or, for `revoked_at`, taken back from) the device.
+fn certificate_credential(
+    s: &IssuanceSession,
+    slot: u8,
+    der: Vec<u8>,
+    revoked_at: Option<time::OffsetDateTime>,
+) -> ApiResult<Credential> {
+    use der::Decode;
+    let cert = x509_cert::Certificate::from_der(&der)
+        .map_err(|e| ApiError::internal("reading a certificate", e))?;
+    let tbs = &cert.tbs_certificate;
+    Ok(Credential {
+        id: Uuid::new_v4(),
+        device_id: s.device_id,
+        session_id: s.id,
+        kind: "certificate".into(),
+        slot: Some(format!("{slot:02x}")),
+        serial: hex_lower(tbs.serial_number.as_bytes()),
+        not_after: Some(time::OffsetDateTime::from(
+            tbs.validity.not_after.to_system_time(),
+        )),
+        der: Some(der),
+        created_at: time::OffsetDateTime::now_utc(),
+        revoked_at,
+    })
+}
+
 /// Where a relay step leads.
 enum Next {
-    Batch(Engine, Batch),
+    /// The next state and batch, and certificates issued on the way.
+    Batch(Engine, Batch, Vec<(u8, Vec<u8>)>),
     Done(Vec<Credential>),
     Failed(Failure),
 }
@@ -420,7 +472,7 @@ fn step_engine(
 ) -> ApiResult<Next> {
     Ok(match data.engine {
         Engine::AwaitWitness(e) => match e.on_responses(responses) {
-            Ok((next, batch)) => Next::Batch(Engine::AwaitKeys(next), batch),
+            Ok((next, batch)) => Next::Batch(Engine::AwaitKeys(next), batch, vec![]),
             Err(f) => Next::Failed(f),
         },
         Engine::AwaitKeys(e) => match e.on_responses(responses) {
@@ -464,41 +516,24 @@ fn step_engine(
                     .sign_chuid(&to_sign)
                     .map_err(|e| ApiError::internal("signing the CHUID", e))?;
                 match await_certs.with_certificates(Certified {
-                    certificates,
+                    certificates: certificates.clone(),
                     chuid_signature,
                 }) {
-                    Ok((next, batch)) => Next::Batch(Engine::AwaitWrites(next), batch),
+                    Ok((next, batch)) => {
+                        Next::Batch(Engine::AwaitWrites(next), batch, certificates)
+                    }
                     Err(f) => Next::Failed(f),
                 }
             }
         },
         Engine::AwaitWrites(e) => match e.on_responses(responses) {
             Err(f) => Next::Failed(f),
-            Ok(done) => {
-                let now = time::OffsetDateTime::now_utc();
-                let mut creds = Vec::new();
-                for (slot, der) in done.certificates {
-                    use der::Decode;
-                    let cert = x509_cert::Certificate::from_der(&der)
-                        .map_err(|e| ApiError::internal("reading a certificate", e))?;
-                    let tbs = &cert.tbs_certificate;
-                    creds.push(Credential {
-                        id: Uuid::new_v4(),
-                        device_id: s.device_id,
-                        session_id: s.id,
-                        kind: "certificate".into(),
-                        slot: Some(format!("{slot:02x}")),
-                        serial: hex_lower(tbs.serial_number.as_bytes()),
-                        not_after: Some(time::OffsetDateTime::from(
-                            tbs.validity.not_after.to_system_time(),
-                        )),
-                        der: Some(der),
-                        created_at: now,
-                        revoked_at: None,
-                    });
-                }
-                Next::Done(creds)
-            }
+            Ok(done) => Next::Done(
+                done.certificates
+                    .into_iter()
+                    .map(|(slot, der)| certificate_credential(s, slot, der, None))
+                    .collect::<ApiResult<_>>()?,
+            ),
         },
         Engine::Finished => {
             return Err(ApiError::conflict(
@@ -575,11 +610,22 @@ async fn relay(
         data.serial,
     );
     let initial_pin = data.initial_pin.clone();
+    let mut attempt = data
+        .attempt
+        .clone()
+        .ok_or_else(|| ApiError::internal("relaying", "a running session without its attempt"))?;
+    attempt.known.after_batch(
+        &attempt.plan,
+        &data.batch,
+        &responses,
+        result.transport_error.is_some(),
+    );
     let next = step_engine(&state, &s, &user, &policy, data, &responses);
     let next_seq = s.seq + 1;
     let target = format!("device:{serial}");
     match next? {
-        Next::Batch(engine, batch) => {
+        Next::Batch(engine, batch, issued) => {
+            attempt.certificates.extend(issued);
             let step = batch
                 .commands
                 .first()
@@ -592,6 +638,7 @@ async fn relay(
                 policy_name,
                 serial,
                 initial_pin,
+                attempt: Some(attempt),
             };
             let update = IssuanceUpdate {
                 status: "running".into(),
@@ -643,6 +690,7 @@ async fn relay(
                 &device,
                 (user_login, policy_name, serial),
                 ending,
+                None,
             )
             .await
         }
@@ -659,6 +707,15 @@ async fn relay(
                 serde_json::json!({ "session": s.id, "code": f.code, "step": f.step }),
             );
             draft.outcome = AuditOutcome::Failure;
+            attempt.known.learn_from_failure(&f);
+            // Certificates issued in this attempt are revoked: keys are
+            // generated anew on a retry.
+            let now = time::OffsetDateTime::now_utc();
+            let revoked: Vec<Credential> = std::mem::take(&mut attempt.certificates)
+                .into_iter()
+                .map(|(slot, der)| certificate_credential(&s, slot, der, Some(now)))
+                .collect::<ApiResult<_>>()?;
+            let any_revoked = !revoked.is_empty();
             let ending = Ending {
                 status: "failed",
                 step: f.step.clone(),
@@ -670,17 +727,22 @@ async fn relay(
                     device_policy: None,
                     note: Some(format!("issuance failed at {}", f.step)),
                 },
-                credentials: vec![],
+                credentials: revoked,
                 audit: draft,
             };
-            end_session(
+            let answer = end_session(
                 &state,
                 &s,
                 &device,
                 (user_login, policy_name, serial),
                 ending,
+                Some((attempt, initial_pin)),
             )
-            .await
+            .await;
+            if any_revoked {
+                state.pki.invalidate_crl();
+            }
+            answer
         }
     }
 }
@@ -703,14 +765,21 @@ async fn end_session(
     device: &keyward_domain::Device,
     (user_login, policy_name, serial): (String, String, u64),
     ending: Ending,
+    keep: Option<(Attempt, Option<Secret>)>,
 ) -> ApiResult<Json<RelayBatch>> {
+    // A failed attempt keeps what a retry needs; an issued session keeps no secret.
+    let (attempt, initial_pin) = match keep {
+        Some((a, pin)) => (Some(a), pin),
+        None => (None, None),
+    };
     let data = SessionData {
         engine: Engine::Finished,
         batch: Batch::default(),
         user_login,
         policy_name,
         serial,
-        initial_pin: None,
+        initial_pin,
+        attempt,
     };
     let update = IssuanceUpdate {
         status: ending.status.into(),
@@ -765,6 +834,7 @@ async fn cancel(
         .map_err(|e| store_error("reading the device", e))?;
     let mut data = unseal(&state, &s)?;
     data.initial_pin = None;
+    data.attempt = None;
     let update = IssuanceUpdate {
         status: "cancelled".into(),
         step: s.step.clone(),
@@ -798,4 +868,82 @@ async fn cancel(
         .await
         .map_err(|e| store_error("cancelling the issuance", e))?;
     status(State(state), Allowed(caller, a), Path(id)).await
+}
+
+/// Retry a failed attempt: the same device, the same policy and the same
+/// PIN, starting from what the server knows the device's secrets are now
+/// (keys are generated anew; the failed attempt's certificates were revoked).
+/// Do not remove the device from the reader.
+#[utoipa::path(post, path = "/issuance/{id}/retry", tag = "issuance", params(("id" = String, Path)),
+    responses((status = 200, body = RelayBatch), (status = 409, body = ErrorBody)))]
+async fn retry(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::DevicesIssue>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RelayBatch>> {
+    let s = load(&state, &id).await?;
+    if s.status != "failed" {
+        return Err(ApiError::conflict(
+            "session_not_failed",
+            format!(
+                "only a failed attempt can be retried; this session is {}",
+                s.status
+            ),
+        ));
+    }
+    let mut data = unseal(&state, &s)?;
+    let attempt = data.attempt.take().ok_or_else(|| {
+        ApiError::conflict(
+            "retry_not_possible",
+            "this session keeps nothing to retry from: cancel it and start a new issuance",
+        )
+    })?;
+    let plan = attempt.known.retry_plan(&attempt.plan);
+    let (engine, batch) = PivIssuance::start(plan.clone());
+    data.engine = Engine::AwaitWitness(engine);
+    data.batch = batch.clone();
+    data.attempt = Some(Attempt {
+        plan,
+        known: attempt.known,
+        certificates: vec![],
+    });
+    let device = state
+        .store
+        .get_device(s.device_id)
+        .await
+        .map_err(|e| store_error("reading the device", e))?;
+    let next_seq = s.seq + 1;
+    let update = IssuanceUpdate {
+        status: "running".into(),
+        step: batch.commands[0].step.clone(),
+        seq: next_seq,
+        sealed_state: seal(&state, s.id, &data),
+        error: None,
+    };
+    let change = StateChange {
+        to: DeviceState::InProduction,
+        reason: None,
+        assigned_user: None,
+        device_policy: None,
+        note: Some(format!("issuance session {} retried", s.id)),
+    };
+    let draft = audit(
+        &caller,
+        "issuance.retry",
+        format!("device:{}", data.serial),
+        serde_json::json!({ "session": s.id }),
+    );
+    state
+        .store
+        .advance_issuance(
+            s.id,
+            s.seq,
+            &update,
+            Some((device.id, device.version, &change)),
+            &[],
+            &draft,
+        )
+        .await
+        .map_err(|e| store_error("retrying the issuance", e))?;
+    Ok(Json(relay_batch(s.id, next_seq, "running", &batch)))
 }

@@ -120,21 +120,39 @@ impl Pki {
         }))
     }
 
-    /// The issuing CA's CRL, re-signed when older than a day.
-    pub fn crl(&self) -> anyhow::Result<Vec<u8>> {
+    /// The issuing CA's CRL: every certificate revoked in the store,
+    /// re-signed when older than a day or after a revocation.
+    pub async fn crl(&self, store: &Store) -> anyhow::Result<Vec<u8>> {
         let now = OffsetDateTime::now_utc();
         if let Some((at, der)) = self.crl.read().expect("CRL lock").as_ref() {
             if now - *at < CRL_REFRESH {
                 return Ok(der.clone());
             }
         }
+        let revoked = store
+            .revoked_certificates()
+            .await?
+            .into_iter()
+            .map(|(serial, at)| {
+                Ok(keyward_pki::Revoked {
+                    serial: hex::decode(&serial)
+                        .map_err(|e| anyhow::anyhow!("stored certificate serial: {e}"))?,
+                    at,
+                    // cessationOfOperation: the attempt that used the key ended.
+                    reason: Some(5),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         // CRL numbers must grow: seconds since the epoch do, across restarts and nodes.
         let number = now.unix_timestamp().max(1) as u64;
-        // Revocation of issued certificates arrives with the issuance engine;
-        // until then the list is empty but the CRL is real and signed.
-        let der = self.ca.crl(&[], now, now + CRL_REFRESH * 7, number)?;
+        let der = self.ca.crl(&revoked, now, now + CRL_REFRESH * 7, number)?;
         *self.crl.write().expect("CRL lock") = Some((now, der.clone()));
         Ok(der)
+    }
+
+    /// A certificate was revoked: the next CRL request signs a new list.
+    pub fn invalidate_crl(&self) {
+        *self.crl.write().expect("CRL lock") = None;
     }
 }
 
@@ -188,7 +206,7 @@ async fn crl_file(State(state): State<AppState>, Path(file): Path<String>) -> Re
     if file != "issuing.crl" {
         return (StatusCode::NOT_FOUND, "no such CRL; try issuing.crl\n").into_response();
     }
-    match state.pki.crl() {
+    match state.pki.crl(&state.store).await {
         Ok(der) => ([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response(),
         Err(e) => crate::error::ApiError::internal("signing the CRL", e).into_response(),
     }

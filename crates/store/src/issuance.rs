@@ -133,4 +133,9 @@ impl Store {
     pub async fn device_credentials(&self, device_id: Uuid) -> StoreResult<Vec<Credential>> {
         on_backend!(self, device_credentials(device_id))
     }
+
+    /// Serial numbers (hex) and revocation times of revoked certificates.
+    pub async fn revoked_certificates(&self) -> StoreResult<Vec<(String, time::OffsetDateTime)>> {
+        on_backend!(self, revoked_certificates())
+    }
 }

@@ -22,7 +22,13 @@ fn session_from_row(r: &DbRow) -> StoreResult<crate::issuance::IssuanceSession> 
 }
 
 /// Applies `change` to the device at `expected_version` inside `tx`.
-async fn device_change_tx(tx: &mut Tx, id: Uuid, expected_version: i64, change: &StateChange, actor: &str) -> StoreResult<Device> {
+async fn device_change_tx(
+    tx: &mut Tx,
+    id: Uuid,
+    expected_version: i64,
+    change: &StateChange,
+    actor: &str,
+) -> StoreResult<Device> {
     let sql = format!("SELECT {DEVICE_COLS} FROM devices WHERE id = $1");
     let current = match sqlx::query(&sql).bind(id).fetch_optional(&mut **tx).await? {
         Some(r) => device_from_row(&r)?,
@@ -52,7 +58,11 @@ async fn device_change_tx(tx: &mut Tx, id: Uuid, expected_version: i64, change: 
     .execute(&mut **tx)
     .await?;
     if res.rows_affected() == 0 {
-        return Err(conflict("version_conflict", "version", format!("device {} was changed by someone else", current.serial)));
+        return Err(conflict(
+            "version_conflict",
+            "version",
+            format!("device {} was changed by someone else", current.serial),
+        ));
     }
     insert_history(tx, id, actor, Some(&current), &next, change.note.as_deref()).await?;
     Ok(next)
@@ -70,7 +80,14 @@ pub async fn start_issuance(
     audit: &AuditDraft,
 ) -> StoreResult<Device> {
     let mut tx = dialect::begin_write(pool).await?;
-    let device = device_change_tx(&mut tx, session.device_id, expected_version, change, &audit.actor).await?;
+    let device = device_change_tx(
+        &mut tx,
+        session.device_id,
+        expected_version,
+        change,
+        &audit.actor,
+    )
+    .await?;
     sqlx::query(&format!(
         "INSERT INTO issuance_sessions ({SESSION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
     ))
@@ -100,11 +117,16 @@ pub async fn start_issuance(
     Ok(device)
 }
 
-pub async fn get_issuance(pool: &Pool<DB>, id: Uuid) -> StoreResult<crate::issuance::IssuanceSession> {
-    match sqlx::query(&format!("SELECT {SESSION_COLS} FROM issuance_sessions WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?
+pub async fn get_issuance(
+    pool: &Pool<DB>,
+    id: Uuid,
+) -> StoreResult<crate::issuance::IssuanceSession> {
+    match sqlx::query(&format!(
+        "SELECT {SESSION_COLS} FROM issuance_sessions WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
     {
         Some(r) => session_from_row(&r),
         None => Err(StoreError::not_found("issuance session", id)),
@@ -140,7 +162,11 @@ pub async fn advance_issuance(
     .execute(&mut *tx)
     .await?;
     if res.rows_affected() == 0 {
-        return Err(conflict("sequence_mismatch", "seq", "the session moved on: fetch the current batch"));
+        return Err(conflict(
+            "sequence_mismatch",
+            "seq",
+            "the session moved on: fetch the current batch",
+        ));
     }
     if let Some((device, version, change)) = device_change {
         device_change_tx(&mut tx, device, version, change, &audit.actor).await?;
@@ -166,7 +192,10 @@ pub async fn advance_issuance(
     finish(tx, key, audit).await
 }
 
-pub async fn device_credentials(pool: &Pool<DB>, device_id: Uuid) -> StoreResult<Vec<crate::issuance::Credential>> {
+pub async fn device_credentials(
+    pool: &Pool<DB>,
+    device_id: Uuid,
+) -> StoreResult<Vec<crate::issuance::Credential>> {
     let rows = sqlx::query(
         "SELECT id, device_id, session_id, kind, slot, serial, not_after, der, created_at, revoked_at \
          FROM credentials WHERE device_id = $1 ORDER BY created_at, serial",
@@ -189,5 +218,18 @@ pub async fn device_credentials(pool: &Pool<DB>, device_id: Uuid) -> StoreResult
                 revoked_at: r.try_get("revoked_at")?,
             })
         })
+        .collect()
+}
+
+/// Serial numbers (hex) and revocation times of every revoked certificate,
+/// for the CRL.
+pub async fn revoked_certificates(pool: &Pool<DB>) -> StoreResult<Vec<(String, OffsetDateTime)>> {
+    let rows = sqlx::query(
+        "SELECT serial, revoked_at FROM credentials WHERE kind = 'certificate' AND revoked_at IS NOT NULL ORDER BY revoked_at, serial",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("serial")?, r.try_get("revoked_at")?)))
         .collect()
 }
