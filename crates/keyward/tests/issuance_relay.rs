@@ -578,3 +578,62 @@ fn retry_after_the_device_was_removed_at_each_batch_ends_issued() {
         assert!(!text.contains(&l["serial"].as_str().unwrap().to_uppercase()));
     }
 }
+
+/// A session nobody relays for `abandon_after_seconds` is cancelled by the
+/// server: the device is no longer assigned to the user and can be recycled.
+#[test]
+fn an_abandoned_session_is_cancelled_by_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keyward.toml");
+    std::fs::write(&config, "abandon_after_seconds = 2\n").unwrap();
+    let server = TestServer::start_with(support::ServerOptions {
+        args: vec!["--config".into(), config.display().to_string()],
+        ..Default::default()
+    });
+    support::seed_piv_standard(&server, "31000040");
+    let ca_dir = tempfile::tempdir().unwrap();
+    let mut card = VirtualCard::new(
+        VcardConfig::new(ProfileKind::Yubikey5)
+            .with_serial(31000040)
+            .with_ca_dir(ca_dir.path()),
+    )
+    .unwrap();
+    card.power_on();
+    let (s, batch) = server.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000040", "pin": "735194" })));
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    let responses = relay(&mut card, &batch);
+    let (s, next) = server.call(
+        "POST",
+        &format!("/issuance/{id}/relay"),
+        Some(json!({ "protocol": 1, "session_id": id, "seq": 1, "responses": responses })),
+    );
+    assert_eq!(s, 200, "{next}");
+    // The client goes away here.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        let (_, st) = server.call("GET", &format!("/issuance/{id}"), None);
+        if st["status"] != "running" || std::time::Instant::now() > deadline {
+            break st;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    assert_eq!(status["status"], "cancelled", "{status}");
+    assert_eq!(status["error"]["code"], "abandoned");
+    let (_, d) = server.call("GET", "/devices/31000040", None);
+    assert_eq!(
+        (d["state"].as_str(), d["reason"].as_str()),
+        (Some("produced"), Some("unassigned")),
+        "{d}"
+    );
+    // A late client gets a clear refusal.
+    let (s, v) = server.call(
+        "POST",
+        &format!("/issuance/{id}/relay"),
+        Some(json!({ "protocol": 1, "session_id": id, "seq": 2, "responses": [] })),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("session_not_running"))
+    );
+}

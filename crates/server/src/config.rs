@@ -35,6 +35,9 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Days a generated initial PIN stays retrievable with Get Initial PIN.
     pub initial_pin_days: u64,
+    /// Seconds without client activity after which the server cancels an
+    /// issuance session (running or failed) on its own.
+    pub abandon_after_seconds: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -58,6 +61,7 @@ impl Default for Config {
             audit_checkpoint_seconds: 300,
             public_url: None,
             initial_pin_days: 30,
+            abandon_after_seconds: 1800,
         }
     }
 }

@@ -61,6 +61,7 @@ impl Server {
             println!("(sign in and change it; it is not shown again)");
         }
         spawn_audit_checkpoints(state.clone(), config.audit_checkpoint_seconds);
+        spawn_abandoned_sweeper(state.clone(), config.abandon_after_seconds);
 
         let app = router(state.clone());
         let handle = axum_server::Handle::new();
@@ -159,6 +160,20 @@ fn spawn_audit_checkpoints(state: AppState, every_seconds: u64) {
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "audit checkpoint failed"),
+            }
+        }
+    });
+}
+
+/// Cancels abandoned issuance sessions, checking a few times per period.
+fn spawn_abandoned_sweeper(state: AppState, abandon_after_seconds: u64) {
+    let every = Duration::from_secs((abandon_after_seconds / 4).clamp(1, 60));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            if let Err(e) = crate::issuance::sweep_abandoned(&state).await {
+                tracing::warn!(error = %e, "sweeping abandoned issuance sessions failed");
             }
         }
     });

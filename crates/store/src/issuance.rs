@@ -134,6 +134,14 @@ impl Store {
         on_backend!(self, device_credentials(device_id))
     }
 
+    /// Running or failed sessions with no activity since `before`.
+    pub async fn stale_issuances(
+        &self,
+        before: time::OffsetDateTime,
+    ) -> StoreResult<Vec<IssuanceSession>> {
+        on_backend!(self, stale_issuances(before))
+    }
+
     /// Serial numbers (hex) and revocation times of revoked certificates.
     pub async fn revoked_certificates(&self) -> StoreResult<Vec<(String, time::OffsetDateTime)>> {
         on_backend!(self, revoked_certificates())

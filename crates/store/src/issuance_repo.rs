@@ -233,3 +233,18 @@ pub async fn revoked_certificates(pool: &Pool<DB>) -> StoreResult<Vec<(String, O
         .map(|r| Ok((r.try_get("serial")?, r.try_get("revoked_at")?)))
         .collect()
 }
+
+/// Sessions still `running` or `failed` whose last activity is older than
+/// `before` (abandoned: the server ends them).
+pub async fn stale_issuances(
+    pool: &Pool<DB>,
+    before: OffsetDateTime,
+) -> StoreResult<Vec<crate::issuance::IssuanceSession>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {SESSION_COLS} FROM issuance_sessions WHERE status IN ('running', 'failed') AND updated_at < $1 ORDER BY updated_at LIMIT 100"
+    ))
+    .bind(before)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(session_from_row).collect()
+}
