@@ -6,7 +6,8 @@
 //!
 //! Exit codes: 0 issued; 1 other errors (server unreachable, 401, no or
 //! ambiguous device); 2 usage; 3 refused before the device was touched;
-//! 4 failed during issuance (`keyward issue --cancel SESSION_ID` cancels it).
+//! 4 failed during issuance (`--retry SESSION_ID` retries it, `--cancel SESSION_ID`
+//! cancels it).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,7 +20,7 @@ use keyward_client::discover::{discover, DiscoveryOptions};
 use keyward_client::pcsc::Pcsc;
 use serde_json::{json, Value};
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct IssueArgs {
     /// Keyward server URL.
     #[arg(long, env = "KEYWARD_SERVER", default_value = "http://127.0.0.1:8080")]
@@ -33,14 +34,18 @@ pub struct IssueArgs {
     )]
     pub token: String,
     /// The user's login.
-    #[arg(long, required_unless_present = "cancel")]
+    #[arg(long, required_unless_present_any = ["cancel", "retry"])]
     pub user: Option<String>,
     /// The device policy's name.
-    #[arg(long, required_unless_present = "cancel")]
+    #[arg(long, required_unless_present_any = ["cancel", "retry"])]
     pub policy: Option<String>,
     /// Cancel a failed session instead: the device is no longer assigned to the user.
     #[arg(long, value_name = "SESSION_ID", conflicts_with_all = ["user", "policy", "serial", "reader", "answers"])]
     pub cancel: Option<String>,
+    /// Retry a failed session: the same device (leave it in the reader),
+    /// policy and PIN.
+    #[arg(long, value_name = "SESSION_ID", conflicts_with_all = ["user", "policy", "serial", "reader", "answers", "cancel"])]
+    pub retry: Option<String>,
     /// The device's serial number (decimal).
     #[arg(long, conflicts_with = "reader")]
     pub serial: Option<String>,
@@ -273,6 +278,26 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
     if let Some(id) = &args.cancel {
         return cancel(&relay, id, args.json);
     }
+    if let Some(id) = &args.retry {
+        let session = relay.get(&format!("/issuance/{id}"))?;
+        let serial = session["serial"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no session {id}: {}", server_error(&session)))?
+            .to_string();
+        let found = IssueArgs {
+            serial: Some(serial.clone()),
+            ..args.clone()
+        };
+        let (reader, serial) = choose_reader(&found)?;
+        let (status, batch) = relay.post(&format!("/issuance/{id}/retry"), &json!({}))?;
+        if status != 200 {
+            bail!("retry refused (HTTP {status}): {}", server_error(&batch));
+        }
+        if !args.json {
+            eprintln!("retrying session {id} on device {serial} in \"{reader}\"");
+        }
+        return relay_session(&relay, &reader, &serial, batch, args.json, total);
+    }
     let (user, policy) = (
         args.user.clone().unwrap_or_default(),
         args.policy.clone().unwrap_or_default(),
@@ -288,7 +313,7 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
     if !args.json {
         eprintln!("issuing device {serial} in \"{reader}\" to {user} with policy \"{policy}\"");
     }
-    let (status, mut batch) = relay.post("/issuance", &start)?;
+    let (status, batch) = relay.post("/issuance", &start)?;
     match status {
         201 => {}
         401 | 403 => bail!("the server refused the token: {}", server_error(&batch)),
@@ -309,12 +334,25 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
             server_error(&batch)
         ),
     }
+    relay_session(&relay, &reader, &serial, batch, args.json, total)
+}
+
+/// Relays a session's batches to the device in `reader` until it ends, then
+/// reports it.
+fn relay_session(
+    relay: &Relay,
+    reader: &str,
+    serial: &str,
+    mut batch: Value,
+    json_out: bool,
+    total: Instant,
+) -> anyhow::Result<ExitCode> {
     let id = batch["session_id"].as_str().unwrap_or_default().to_string();
     let pcsc = Pcsc::establish()?;
-    let mut card = pcsc.connect(&reader)?;
+    let mut card = pcsc.connect(reader)?;
     let mut counters = Counters::default();
     while batch["state"] == "running" {
-        let (responses, transport_error) = run_batch(&mut card, &batch, &mut counters, args.json);
+        let (responses, transport_error) = run_batch(&mut card, &batch, &mut counters, json_out);
         let mut result =
             json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": responses });
         if let Some(e) = &transport_error {
@@ -350,7 +388,7 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
             "total_ms": (total.elapsed().as_secs_f64() * 1e3).round(),
         },
     });
-    if args.json {
+    if json_out {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if state == "issued" {
         eprintln!(
@@ -361,7 +399,7 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
     } else {
         let e = &session["error"];
         eprintln!(
-            "issuance failed at '{}': {} [{}]{}\nsession {id}: cancel it with `keyward issue --cancel {id}`",
+            "issuance failed at '{}': {} [{}]{}\nsession {id}: retry with `keyward issue --retry {id}` (leave the device in the reader) or cancel with `keyward issue --cancel {id}`",
             e["step"].as_str().unwrap_or(""),
             e["message"].as_str().unwrap_or(""),
             e["code"].as_str().unwrap_or(""),

@@ -223,3 +223,77 @@ fn keyward_issue_personalises_a_yubikey_over_pcsc_that_third_party_tools_accept(
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A first attempt stops when the device goes away (the relay reports the
+/// transport error); `keyward issue --retry` finishes the session on the same
+/// device, which ends Issued with the PIN of the first attempt.
+#[test]
+fn keyward_issue_retry_finishes_a_failed_session() {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let card = Vcard::spawn(&[
+        "--profile",
+        "yubikey5",
+        "--firmware",
+        "5.7.1",
+        "--serial",
+        "31000012",
+    ]);
+    let server = TestServer::start();
+    support::seed_piv_standard(&server, "31000012");
+    let (s, batch) = server.call(
+        "POST",
+        "/issuance",
+        Some(serde_json::json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000012", "pin": "735194" })),
+    );
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    // Relay only the first command over PC/SC, then report the device gone.
+    let pcsc_ctx = keyward_client::pcsc::Pcsc::establish().unwrap();
+    let reader = pcsc_ctx
+        .readers()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.card_present)
+        .expect("a reader with the card")
+        .name;
+    let mut t = pcsc_ctx.connect(&reader).unwrap();
+    let first = hex::decode(batch["commands"][0]["bytes"].as_str().unwrap()).unwrap();
+    let r = keyward_client::apdu::transmit_one(&mut t, &first).unwrap();
+    drop(t);
+    let result = serde_json::json!({
+        "protocol": 1, "session_id": id, "seq": batch["seq"],
+        "responses": [{ "data": hex::encode(&r.data), "sw": format!("{:04x}", r.sw) }],
+        "transport_error": "device_removed",
+    });
+    let (s, failed) = server.call("POST", &format!("/issuance/{id}/relay"), Some(result));
+    assert_eq!(
+        (s, failed["state"].as_str()),
+        (200, Some("failed")),
+        "{failed}"
+    );
+
+    let out = issue(&server, &["--retry", &id, "--json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["state"], "issued", "{report}");
+    let ok = run_ok(
+        "pkcs11-tool",
+        &[
+            "--module",
+            OPENSC_PKCS11,
+            "--login",
+            "--pin",
+            "735194",
+            "--list-objects",
+        ],
+    );
+    assert!(ok.contains("Certificate Object"), "{ok}");
+    drop(card);
+}
