@@ -101,12 +101,27 @@ impl Pcsc {
 
     /// Connects (shared) to the card in `reader`.
     pub fn connect(&self, reader: &str) -> Result<PcscTransport, TransportError> {
+        self.connect_with(reader, ShareMode::Shared)
+    }
+
+    /// Connects with exclusive access: until this transport is dropped,
+    /// other programs' connections fail with a sharing violation.
+    pub fn connect_exclusive(&self, reader: &str) -> Result<PcscTransport, TransportError> {
+        self.connect_with(reader, ShareMode::Exclusive)
+    }
+
+    fn connect_with(
+        &self,
+        reader: &str,
+        share_mode: ShareMode,
+    ) -> Result<PcscTransport, TransportError> {
         let mut t = PcscTransport {
             ctx: self.ctx.clone(),
             reader: reader.to_string(),
             card: None,
             atr: Vec::new(),
             buf: vec![0u8; pcsc::MAX_BUFFER_SIZE_EXTENDED],
+            share_mode,
         };
         t.connect()?;
         Ok(t)
@@ -147,6 +162,7 @@ pub struct PcscTransport {
     atr: Vec<u8>,
     /// Receive buffer, kept: an extended response can be 64 KiB.
     buf: Vec<u8>,
+    share_mode: ShareMode,
 }
 
 impl PcscTransport {
@@ -155,7 +171,7 @@ impl PcscTransport {
             .map_err(|_| TransportError::ReaderGone(self.reader.clone()))?;
         let card = self
             .ctx
-            .connect(&name, ShareMode::Shared, Protocols::ANY)
+            .connect(&name, self.share_mode, Protocols::ANY)
             .map_err(|e| map_error(e, &self.reader))?;
         self.atr = card
             .status2_owned()
@@ -183,22 +199,107 @@ impl PcscTransport {
         self.card.is_some()
     }
 
-    /// A failure whose pcsc-lite code does not say what happened (a
-    /// communication error, an unresponsive card): ask pcscd whether the
-    /// card or the reader is still there.
-    fn classify(&self, e: pcsc::Error) -> TransportError {
-        let mapped = map_error(e, &self.reader);
-        if !matches!(mapped, TransportError::Protocol(_)) {
-            return mapped;
-        }
-        let pcsc = Pcsc {
-            ctx: self.ctx.clone(),
+    /// Runs `f` inside a PC/SC transaction (SCardBeginTransaction): no
+    /// other program's command reaches the card until `f` returns, e.g.
+    /// between a VERIFY and the GENERATE it authorises. Errors inside are
+    /// typed as outside; a removal leaves this transport disconnected.
+    pub fn with_transaction<R>(
+        &mut self,
+        f: impl FnOnce(&mut dyn ApduTransport) -> R,
+    ) -> Result<R, TransportError> {
+        let PcscTransport {
+            ctx,
+            reader,
+            card,
+            atr,
+            buf,
+            ..
+        } = self;
+        let Some(connected) = card.as_mut() else {
+            return Err(TransportError::DeviceRemoved);
         };
-        match pcsc.card_state(&self.reader) {
-            Ok(false) => TransportError::DeviceRemoved,
-            Err(gone @ TransportError::ReaderGone(_)) => gone,
-            _ => mapped,
+        let tx = connected
+            .transaction()
+            .map_err(|e| classify(ctx, reader, e))?;
+        let mut inner = InTransaction {
+            card: &tx,
+            ctx,
+            reader,
+            atr,
+            buf,
+            lost: false,
+        };
+        let result = f(&mut inner);
+        let lost = inner.lost;
+        // Ending fails only when the card is gone, which `lost` tells.
+        let _ = tx.end(pcsc::Disposition::LeaveCard);
+        if lost {
+            *card = None;
         }
+        Ok(result)
+    }
+}
+
+/// A failure whose pcsc-lite code does not say what happened (a
+/// communication error, an unresponsive card): ask pcscd whether the card
+/// or the reader is still there.
+fn classify(ctx: &Context, reader: &str, e: pcsc::Error) -> TransportError {
+    let mapped = map_error(e, reader);
+    if !matches!(mapped, TransportError::Protocol(_)) {
+        return mapped;
+    }
+    let pcsc = Pcsc { ctx: ctx.clone() };
+    match pcsc.card_state(reader) {
+        Ok(false) => TransportError::DeviceRemoved,
+        Err(gone @ TransportError::ReaderGone(_)) => gone,
+        _ => mapped,
+    }
+}
+
+fn transmit_on(
+    card: &Card,
+    ctx: &Context,
+    reader: &str,
+    buf: &mut [u8],
+    command: &[u8],
+) -> Result<Vec<u8>, TransportError> {
+    card.transmit(command, buf)
+        .map(|r| r.to_vec())
+        .map_err(|e| classify(ctx, reader, e))
+}
+
+/// The transport inside [`PcscTransport::with_transaction`].
+struct InTransaction<'a> {
+    card: &'a Card,
+    ctx: &'a Context,
+    reader: &'a str,
+    atr: &'a [u8],
+    buf: &'a mut Vec<u8>,
+    lost: bool,
+}
+
+impl ApduTransport for InTransaction<'_> {
+    fn transmit_raw(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
+        if self.lost {
+            return Err(TransportError::DeviceRemoved);
+        }
+        let r = transmit_on(self.card, self.ctx, self.reader, self.buf, command);
+        if let Err(e) = &r {
+            self.lost = e.loses_security_state();
+        }
+        r
+    }
+
+    fn transport(&self) -> Transport {
+        Transport::Pcsc
+    }
+
+    fn name(&self) -> String {
+        self.reader.to_string()
+    }
+
+    fn atr(&self) -> Vec<u8> {
+        self.atr.to_vec()
     }
 }
 
@@ -207,17 +308,12 @@ impl ApduTransport for PcscTransport {
         let Some(card) = &self.card else {
             return Err(TransportError::DeviceRemoved);
         };
-        match card.transmit(command, &mut self.buf) {
-            Ok(r) => Ok(r.to_vec()),
-            Err(e) => {
-                let err = self.classify(e);
-                if err.loses_security_state() {
-                    // Stay disconnected until `reconnect`.
-                    self.card = None;
-                }
-                Err(err)
-            }
+        let r = transmit_on(card, &self.ctx, &self.reader, &mut self.buf, command);
+        if r.as_ref().is_err_and(|e| e.loses_security_state()) {
+            // Stay disconnected until `reconnect`.
+            self.card = None;
         }
+        r
     }
 
     fn transport(&self) -> Transport {

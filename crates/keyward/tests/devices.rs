@@ -435,3 +435,67 @@ fn devices_with_a_server_adds_the_inventory_state() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn transactions_and_exclusive_access_keep_other_programs_out() {
+    let _lock = shared::lock();
+    let _card = Vcard::spawn(&[
+        "--profile",
+        "c4000",
+        "--serial",
+        "20000007",
+        "--vpcd",
+        SLOT0,
+    ]);
+    let reader = reader_of(20_000_007);
+    let pcsc = Pcsc::establish().unwrap();
+    let mut ours = pcsc.connect(&reader).unwrap();
+    // Another program: its own PC/SC context and connection.
+    let mut other = Pcsc::establish().unwrap().connect(&reader).unwrap();
+
+    // pcscd holds the other program's command until the transaction ends.
+    let batch = vec![piv::select_piv(), piv::get_data(piv::object::DISCOVERY)];
+    let (outcome, other_done, ended) = ours
+        .with_transaction(|t| {
+            let outcome = apdu::transmit_batch(t, &batch, |_, r| r.is_success());
+            let other_thread = std::thread::spawn(move || {
+                let r = apdu::transmit(&mut other, &piv::select_piv());
+                (r, Instant::now())
+            });
+            std::thread::sleep(Duration::from_millis(500));
+            let more = apdu::transmit_batch(t, &batch, |_, r| r.is_success());
+            assert_eq!(more.stop, None);
+            (outcome, other_thread, Instant::now())
+        })
+        .unwrap();
+    assert_eq!(outcome.stop, None);
+    let (other_result, other_at) = other_done.join().unwrap();
+    assert!(other_result.unwrap().is_success());
+    assert!(
+        other_at >= ended,
+        "the other program got in during the transaction"
+    );
+
+    // Exclusive access: another connection is a typed sharing violation,
+    // and `keyward devices` lists the device as in use, not as an error.
+    drop(ours);
+    let exclusive = pcsc.connect_exclusive(&reader).unwrap();
+    let refused = Pcsc::establish().unwrap().connect(&reader).err();
+    assert_eq!(refused, Some(TransportError::SharingViolation));
+    let (devices, _) = keyward_devices(&["--json"]);
+    let busy = devices
+        .iter()
+        .find(|d| d["reader"] == reader.as_str())
+        .expect("the busy card is listed");
+    assert_eq!(busy["supported"], false);
+    assert!(
+        busy["reason"]
+            .as_str()
+            .unwrap()
+            .contains("in use by another program"),
+        "{busy}"
+    );
+    drop(exclusive);
+    let (devices, _) = keyward_devices(&["--json"]);
+    assert_eq!(by_serial(&devices, "20000007")["device_type"], "c4000");
+}
