@@ -167,6 +167,7 @@ mod tests {
                 credential_number: 1,
                 expiration: "20351231".into(),
             },
+            firmware: None,
         }
     }
 

@@ -92,6 +92,10 @@ pub struct PivPlan {
     pub retries: Option<(u8, u8)>,
     pub keys: Vec<KeySpec>,
     pub chuid: ChuidPlan,
+    /// The firmware the inventory records (YubiKey: checked with GET VERSION,
+    /// since management-key types and algorithms depend on it).
+    #[serde(default)]
+    pub firmware: Option<(u8, u8, u8)>,
 }
 
 /// A public key the device generated, for the CA to certify.
@@ -151,6 +155,7 @@ impl PivIssuance {
         b.push("select PIV", apdu(piv::select_piv()), OK, false);
         if plan.device_type == DeviceType::YubiKey5 {
             b.push("identify device", apdu(piv::yk_get_serial()), OK, false);
+            b.push("identify device", apdu(piv::yk_get_version()), OK, false);
         }
         let m = &plan.current_management_key;
         b.push(
@@ -194,6 +199,22 @@ fn serial_from(plan: &PivPlan, responses: &[Response]) -> Result<(), Failure> {
             .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]) as u64),
         DeviceType::Piv => return Ok(()),
     };
+    if let (DeviceType::YubiKey5, Some(want)) = (plan.device_type, plan.firmware) {
+        let have = responses
+            .get(2)
+            .and_then(|r| r.data.get(..3))
+            .map(|v| (v[0], v[1], v[2]));
+        if let Some(have) = have.filter(|h| *h != want) {
+            return Err(Failure::new(
+                "device_mismatch",
+                "identify device",
+                format!(
+                    "the device runs firmware {}.{}.{}, the inventory records {}.{}.{}: correct the inventory record",
+                    have.0, have.1, have.2, want.0, want.1, want.2
+                ),
+            ));
+        }
+    }
     match got {
         Some(s) if s == plan.serial => Ok(()),
         Some(s) => Err(Failure::new(

@@ -119,6 +119,7 @@ pub fn piv_plan(
                 algorithm: piv_algorithm(a.algorithm),
             })
             .collect(),
+        firmware: fw.map(|f| (f.major as u8, f.minor as u8, f.patch as u8)),
         chuid: ChuidPlan {
             guid: secrets.chuid_guid,
             credential_number: secrets.credential_number,

@@ -153,6 +153,7 @@ fn personalise(profile: ProfileKind, firmware: Firmware, factory: MgmtAlgorithm,
             credential_number: 123456,
             expiration: "20351231".into(),
         },
+        firmware: None,
     };
     let now = time::OffsetDateTime::now_utc();
     let ca = EmbeddedCa::generate("Test", None, now).unwrap();
@@ -295,6 +296,7 @@ fn a_swapped_device_and_a_wrong_factory_pin_stop_with_clear_failures() {
             credential_number: 1,
             expiration: "20351231".into(),
         },
+        firmware: None,
     };
     let (state, batch) = PivIssuance::start(plan(6, "123456"));
     let f = state.on_responses(&relay(&mut card, &batch)).unwrap_err();
@@ -302,6 +304,14 @@ fn a_swapped_device_and_a_wrong_factory_pin_stop_with_clear_failures() {
         (f.code.as_str(), f.step.as_str()),
         ("device_mismatch", "identify device")
     );
+
+    // The inventory records another firmware than the device runs.
+    let mut wrong_fw = plan(5, "123456");
+    wrong_fw.firmware = Some((5, 4, 3));
+    let (state, batch) = PivIssuance::start(wrong_fw);
+    let f = state.on_responses(&relay(&mut card, &batch)).unwrap_err();
+    assert_eq!(f.code, "device_mismatch");
+    assert!(f.message.contains("firmware 5.7.1"), "{}", f.message);
 
     let (state, batch) = PivIssuance::start(plan(5, "999999"));
     let (state, batch) = state.on_responses(&relay(&mut card, &batch)).unwrap();
