@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! PivIssuance::start(plan)            -> (AwaitWitness, batch 1)
-//!   batch 1: [CPLC (c4000)] SELECT PIV, [GET SERIAL (yubikey5)],
+//!   batch 1: [CPLC (c4000)] SELECT PIV, [GET SERIAL and GET VERSION (yubikey5)],
 //!            GENERAL AUTHENTICATE: witness request (current management key)
 //! AwaitWitness::on_responses          -> (AwaitKeys, batch 2)
 //!   batch 2: GENERAL AUTHENTICATE: witness + challenge, VERIFY PIN,

@@ -1,0 +1,158 @@
+//! No secret in clear anywhere: a unique PIN is planted in an issuance, then
+//! the SQLite file with its -wal, a pg_dump of the PostgreSQL store, and all
+//! the server's output are searched for it as ASCII, hex and base64url. A
+//! planted canary that is stored in clear on purpose must be found, which
+//! proves the search itself works.
+
+mod support;
+
+use keyward_vcard::{ProfileKind, VcardConfig, VirtualCard};
+use serde_json::{json, Value};
+use support::{ServerOptions, TestServer};
+
+const PIN: &str = "58203917";
+const CANARY: &str = "Canary Zebra Quux";
+
+fn forms(secret: &str) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    vec![
+        secret.as_bytes().to_vec(),
+        hex::encode(secret).into_bytes(),
+        hex::encode_upper(secret).into_bytes(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(secret)
+            .into_bytes(),
+        base64::engine::general_purpose::STANDARD
+            .encode(secret)
+            .into_bytes(),
+    ]
+}
+
+fn relay(card: &mut VirtualCard, batch: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    for c in batch["commands"].as_array().unwrap() {
+        let apdu = hex::decode(c["bytes"].as_str().unwrap()).unwrap();
+        let mut resp = card.transmit(&apdu);
+        let mut data = resp[..resp.len() - 2].to_vec();
+        while resp[resp.len() - 2] == 0x61 {
+            resp = card.transmit(&[0x00, 0xC0, 0x00, 0x00, resp[resp.len() - 1]]);
+            data.extend_from_slice(&resp[..resp.len() - 2]);
+        }
+        let sw = format!("{:02x}{:02x}", resp[resp.len() - 2], resp[resp.len() - 1]);
+        let stop = !c["expect"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == &json!(sw));
+        out.push(json!({ "data": hex::encode(&data), "sw": sw }));
+        if stop {
+            break;
+        }
+    }
+    out
+}
+
+fn issue(server: &TestServer, serial: u32) {
+    support::seed_piv_standard(server, &serial.to_string());
+    let (s, v) = server.call(
+        "PATCH",
+        "/users/alice",
+        Some(json!({ "display_name": CANARY })),
+    );
+    assert_eq!(s, 200, "{v}");
+    let ca = tempfile::tempdir().unwrap();
+    let mut card = VirtualCard::new(
+        VcardConfig::new(ProfileKind::Yubikey5)
+            .with_serial(serial)
+            .with_ca_dir(ca.path()),
+    )
+    .unwrap();
+    card.power_on();
+    let (s, mut batch) = server.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": serial.to_string(), "pin": PIN })));
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    while batch["state"] == "running" {
+        let responses = relay(&mut card, &batch);
+        let (s, next) = server.call("POST", &format!("/issuance/{id}/relay"), Some(json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": responses })));
+        assert_eq!(s, 200, "{next}");
+        batch = next;
+    }
+    assert_eq!(batch["state"], "issued");
+}
+
+fn assert_clean(what: &str, haystack: &[u8]) {
+    assert!(
+        support::contains(haystack, CANARY.as_bytes()),
+        "{what}: the canary must be found, or the search proves nothing"
+    );
+    for form in forms(PIN) {
+        assert!(
+            !support::contains(haystack, &form),
+            "{what}: the PIN appears as {:?}",
+            String::from_utf8_lossy(&form)
+        );
+    }
+}
+
+#[test]
+fn no_pin_in_the_sqlite_files_or_the_output() {
+    let server = TestServer::start();
+    issue(&server, 31000050);
+    // The -wal file is part of the data folder and read with it.
+    let files = support::read_tree(&server.data_path());
+    assert!(std::fs::read_dir(server.data_path()).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with("-wal")));
+    assert_clean("SQLite files", &files);
+    let out = server.output();
+    for form in forms(PIN) {
+        assert!(
+            !support::contains(out.as_bytes(), &form),
+            "server output shows the PIN"
+        );
+    }
+}
+
+#[test]
+fn no_pin_in_a_pg_dump() {
+    let url = match std::env::var("KEYWARD_TEST_POSTGRES_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but KEYWARD_TEST_POSTGRES_URL is not")
+        }
+        _ => {
+            eprintln!("SKIPPED: set KEYWARD_TEST_POSTGRES_URL to run against PostgreSQL");
+            return;
+        }
+    };
+    let name = format!("kw_secrets_{}", support::uuid_like());
+    let out = std::process::Command::new("psql")
+        .arg(&url)
+        .arg("-c")
+        .arg(format!("CREATE DATABASE {name}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = format!("{}/{name}", url.rsplit_once('/').unwrap().0);
+    let server = TestServer::start_with(ServerOptions {
+        database_url: Some(db.clone()),
+        ..Default::default()
+    });
+    issue(&server, 31000051);
+    let dump = std::process::Command::new("pg_dump")
+        .arg(&db)
+        .output()
+        .expect("pg_dump (postgresql-client)");
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    assert_clean("pg_dump", &dump.stdout);
+}
