@@ -275,3 +275,66 @@ fn policies_are_validated_against_device_types() {
     );
     assert_eq!(s, 409, "{v}");
 }
+
+#[test]
+fn pin_rules_and_live_checks_and_policies_that_fit_a_device() {
+    let server = TestServer::start();
+    support::seed_piv_standard(&server, "31000060");
+    let (s, rules) = server.call("GET", "/policies/PIV%20Standard/pin-rules", None);
+    assert_eq!(s, 200, "{rules}");
+    let codes: Vec<&str> = rules
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap())
+        .collect();
+    assert!(
+        codes.contains(&"pin_too_short") && codes.contains(&"pin_sequential_run"),
+        "{rules}"
+    );
+    let (s, v) = server.call(
+        "POST",
+        "/policies/PIV%20Standard/pin-check",
+        Some(json!({ "pin": "12345" })),
+    );
+    assert_eq!(s, 200);
+    assert_eq!(v["valid"], false);
+    let failed: Vec<&str> = v["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["passed"] == false)
+        .map(|r| r["code"].as_str().unwrap())
+        .collect();
+    assert!(
+        failed.contains(&"pin_too_short") && failed.contains(&"pin_sequential_run"),
+        "{v}"
+    );
+    let (_, v) = server.call(
+        "POST",
+        "/policies/PIV%20Standard/pin-check",
+        Some(json!({ "pin": "735194" })),
+    );
+    assert_eq!(v["valid"], true, "{v}");
+    assert!(
+        !server.output().contains("735194"),
+        "a checked PIN is not logged"
+    );
+
+    // A policy for piv cards only does not fit the YubiKey.
+    let (s, _) = server.call(
+        "POST",
+        "/policies",
+        Some(json!({ "name": "Generic only", "device_types": ["piv"] })),
+    );
+    assert_eq!(s, 201);
+    let (s, fitting) = server.call("GET", "/devices/31000060/policies", None);
+    assert_eq!(s, 200);
+    let names: Vec<&str> = fitting
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["PIV Standard"], "{fitting}");
+}

@@ -27,6 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list, create))
         .routes(routes!(show))
         .routes(routes!(change_state))
+        .routes(routes!(fitting_policies))
 }
 
 /// The import route, apart: it gets the larger body limit.
@@ -303,4 +304,27 @@ fn parse_device_csv(body: &[u8]) -> ApiResult<Vec<Result<NewDevice, RowError>>> 
         rows.push(parsed);
     }
     Ok(rows)
+}
+
+/// The device policies that fit this device (its type and firmware): the
+/// ones Add Device offers for it.
+#[utoipa::path(get, path = "/devices/{serial}/policies", tag = "devices", params(("serial" = String, Path)),
+    responses((status = 200, body = Vec<Object>, description = "Fitting device policies"), (status = 404, body = ErrorBody)))]
+async fn fitting_policies(
+    State(state): State<AppState>,
+    Allowed(_caller, _): Allowed<perm::DevicesRead>,
+    Path(serial): Path<String>,
+) -> ApiResult<Json<Vec<keyward_domain::DevicePolicy>>> {
+    let device = load(&state, &serial).await?;
+    let policies = state
+        .store
+        .list_policies()
+        .await
+        .map_err(|e| store_error("listing policies", e))?;
+    Ok(Json(
+        policies
+            .into_iter()
+            .filter(|p| p.check_device(&device).is_ok())
+            .collect(),
+    ))
 }

@@ -20,6 +20,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list, create))
         .routes(routes!(show, replace, remove))
         .routes(routes!(device_types))
+        .routes(routes!(pin_rules))
+        .routes(routes!(pin_check))
 }
 
 /// Every device policy.
@@ -195,4 +197,79 @@ async fn device_types(
         })
         .collect();
     Ok(Json(serde_json::Value::Array(types)))
+}
+
+/// A PIN rule as a UI shows it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PinRuleView {
+    /// `min_length`, `max_length`, `character_set`, `max_repeated`, `max_sequential`.
+    pub rule: String,
+    /// The error code when the rule fails (`pin_too_short`, …).
+    pub code: String,
+    /// The rule in words.
+    pub description: String,
+    /// With `pin-check`: whether the candidate PIN passes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passed: Option<bool>,
+}
+
+fn rule_views(checks: Vec<keyward_domain::PinRuleCheck>, with_result: bool) -> Vec<PinRuleView> {
+    checks
+        .into_iter()
+        .map(|c| PinRuleView {
+            rule: serde_json::to_value(c.rule)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            code: c.code,
+            description: c.description,
+            passed: with_result.then_some(c.passed),
+        })
+        .collect()
+}
+
+/// The PIN rules of a device policy, for a UI to list (the info button).
+#[utoipa::path(get, path = "/policies/{name}/pin-rules", tag = "policies", params(("name" = String, Path)),
+    responses((status = 200, body = Vec<PinRuleView>), (status = 404, body = ErrorBody)))]
+async fn pin_rules(
+    State(state): State<AppState>,
+    Allowed(_caller, _): Allowed<perm::PoliciesRead>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<PinRuleView>>> {
+    let policy = load(&state, &name).await?;
+    Ok(Json(rule_views(policy.pin_application.check(""), false)))
+}
+
+/// A candidate PIN, sent in the body (never in a URL).
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PinCandidate {
+    pub pin: String,
+}
+
+/// The answer of a PIN check: each rule with pass or fail.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PinCheckResult {
+    pub valid: bool,
+    pub rules: Vec<PinRuleView>,
+}
+
+/// Checks a candidate PIN against the policy's rules, rule by rule, as a UI
+/// does while the person types. The server's check at issuance is the
+/// authority; this one stores and logs nothing.
+#[utoipa::path(post, path = "/policies/{name}/pin-check", tag = "policies", params(("name" = String, Path)),
+    request_body = PinCandidate,
+    responses((status = 200, body = PinCheckResult), (status = 404, body = ErrorBody)))]
+async fn pin_check(
+    State(state): State<AppState>,
+    Allowed(_caller, _): Allowed<perm::PoliciesRead>,
+    Path(name): Path<String>,
+    ApiJson(candidate): ApiJson<PinCandidate>,
+) -> ApiResult<Json<PinCheckResult>> {
+    let policy = load(&state, &name).await?;
+    let checks = policy.pin_application.check(&candidate.pin);
+    Ok(Json(PinCheckResult {
+        valid: checks.iter().all(|c| c.passed),
+        rules: rule_views(checks, true),
+    }))
 }
