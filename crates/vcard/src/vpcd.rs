@@ -40,9 +40,32 @@ pub fn answer_frame(handle: &VcardHandle, frame: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// vpcd writes a frame's length and its bytes in two writes, without
+/// TCP_NODELAY: with Linux's delayed ACK its second write waits about 40 ms
+/// for our ACK of the first, on every APDU. Quick ACKs take that wait away;
+/// the kernel clears the flag as it goes, so it is set again before each read.
+fn quickack(stream: &TcpStream) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // SAFETY: a valid socket descriptor, and a c_int option value of the right size.
+        unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                &one as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
 /// Read one frame; `Ok(None)` when the read timed out before a frame began.
 fn read_frame(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 2];
+    quickack(stream);
     stream.set_read_timeout(Some(POLL))?;
     match stream.read(&mut len[..1]) {
         Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
@@ -59,7 +82,9 @@ fn read_frame(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
     }
     // A frame has begun: read the rest of it without the poll timeout.
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    quickack(stream);
     stream.read_exact(&mut len[1..])?;
+    quickack(stream);
     let mut frame = vec![0u8; u16::from_be_bytes(len) as usize];
     stream.read_exact(&mut frame)?;
     Ok(Some(frame))

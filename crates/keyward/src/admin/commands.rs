@@ -266,17 +266,31 @@ fn user(c: &ApiClient, json: bool, cmd: UserCommand) -> anyhow::Result<ExitCode>
 /// Sends a CSV file in one request: the server checks every row and, by
 /// default, writes all or nothing in one transaction (imports may be up to
 /// 512 MiB, about seven million users).
-fn import_csv(c: &ApiClient, json: bool, path: &str, file: &Path, partial: bool) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+fn import_csv(
+    c: &ApiClient,
+    json: bool,
+    path: &str,
+    file: &Path,
+    partial: bool,
+) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     if text.trim().is_empty() {
         bail!("{}: the CSV file is empty", file.display());
     }
-    let q = if partial { format!("{path}?partial=true") } else { path.to_string() };
+    let q = if partial {
+        format!("{path}?partial=true")
+    } else {
+        path.to_string()
+    };
     let report = c.send(reqwest::Method::POST, &q, Some(RequestBody::Csv(text)))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("imported {} row(s)", report["imported"].as_u64().unwrap_or(0));
+        println!(
+            "imported {} row(s)",
+            report["imported"].as_u64().unwrap_or(0)
+        );
         for r in report["rejected"].as_array().into_iter().flatten() {
             println!(
                 "rejected row {}: {} [{}] {}",
