@@ -154,6 +154,7 @@ fn serve_hid(handle: VcardHandle, path: PathBuf) -> std::io::Result<()> {
         )
     };
     let mut socket = Some(start(&handle)?);
+    handle.mark_hid_synced(handle.generation());
     std::thread::Builder::new()
         .name("hid-supervisor".into())
         .spawn(move || {
@@ -172,6 +173,7 @@ fn serve_hid(handle: VcardHandle, path: PathBuf) -> std::io::Result<()> {
                 } else if let Some(s) = socket.take() {
                     s.stop();
                 }
+                handle.mark_hid_synced(seen);
             }
         })?;
     Ok(())

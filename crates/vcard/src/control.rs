@@ -22,10 +22,13 @@ pub fn execute(handle: &VcardHandle, line: &str) -> String {
             // A request waiting for a touch holds the card: end the wait first.
             handle.presence().handle().cancel_waiting();
             handle.remove();
+            // Answer once the HID socket is really closed.
+            handle.wait_hid_synced(std::time::Duration::from_secs(5));
             "ok".into()
         }
         "insert" => {
             handle.insert();
+            handle.wait_hid_synced(std::time::Duration::from_secs(5));
             "ok".into()
         }
         "power-cycle" => {

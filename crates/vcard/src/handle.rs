@@ -19,6 +19,10 @@ struct Slot {
     inserted: bool,
     /// Bumped by every remove and insert, so transports notice a cycle.
     generation: u64,
+    /// The generation the HID socket has caught up with (None: no HID
+    /// socket), so `remove` and `insert` answer only once it is closed or
+    /// open again.
+    hid_synced: Option<u64>,
 }
 
 struct Shared {
@@ -60,6 +64,7 @@ impl VcardHandle {
                 slot: Mutex::new(Slot {
                     inserted: true,
                     generation: 0,
+                    hid_synced: None,
                 }),
                 changed: Condvar::new(),
                 state_file,
@@ -185,6 +190,26 @@ impl VcardHandle {
             .wait_timeout_while(slot, timeout, |s| !s.inserted)
             .unwrap_or_else(|e| e.into_inner());
         slot.inserted
+    }
+
+    /// The HID socket has caught up with `generation` (closed after a
+    /// remove, open after an insert).
+    pub fn mark_hid_synced(&self, generation: u64) {
+        self.slot().hid_synced = Some(generation);
+        self.shared.changed.notify_all();
+    }
+
+    /// Block until the HID socket (if any) has caught up with the latest
+    /// remove or insert, or `timeout` passes.
+    pub fn wait_hid_synced(&self, timeout: Duration) {
+        let slot = self.slot();
+        let _ = self
+            .shared
+            .changed
+            .wait_timeout_while(slot, timeout, |s| {
+                s.hid_synced.is_some_and(|h| h < s.generation)
+            })
+            .unwrap_or_else(|e| e.into_inner());
     }
 
     /// Block until the generation differs from `seen` (or `timeout` passes).
