@@ -4,7 +4,7 @@
 //! word the server did not expect, and returns the responses. All card logic
 //! is on the server; secret commands are never printed or stored here.
 //!
-//! Exit codes: 0 issued; 1 other errors (server unreachable, 401, no or
+//! Exit codes: 0 issued (or assigned with `--action assign`); 1 other errors (server unreachable, 401, no or
 //! ambiguous device); 2 usage; 3 refused before the device was touched;
 //! 4 failed during issuance (`--retry SESSION_ID` retries it, `--cancel SESSION_ID`
 //! cancels it).
@@ -52,6 +52,11 @@ pub struct IssueArgs {
     /// The PC/SC reader holding the device.
     #[arg(long)]
     pub reader: Option<String>,
+    /// "Action Type": `issue` (default) or `assign` (bind the device to the
+    /// user with the policy; issuance completes later). `assign` needs
+    /// `--serial` and does not touch the device.
+    #[arg(long, default_value = "issue", value_parser = ["issue", "assign"])]
+    pub action: String,
     /// Answers to the prompts (TOML or JSON): `pin`, `confirm_pin`, …
     #[arg(long)]
     pub answers: Option<PathBuf>,
@@ -263,6 +268,33 @@ fn cancel(relay: &Relay, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--action assign`: binds the device to the user with the policy.
+fn assign(relay: &Relay, args: &IssueArgs, user: &str, policy: &str) -> anyhow::Result<ExitCode> {
+    let serial = args
+        .serial
+        .as_deref()
+        .ok_or_else(|| anyhow!("--action assign needs --serial"))?;
+    let (status, v) = relay.post(
+        "/issuance",
+        &json!({ "user": user, "policy": policy, "serial": serial, "action": "assign" }),
+    )?;
+    match status {
+        201 => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                eprintln!("assigned: device {serial} to {user} with policy \"{policy}\"");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        401 | 403 => bail!("the server refused the token: {}", server_error(&v)),
+        _ => {
+            eprintln!("refused: {}", server_error(&v));
+            Ok(ExitCode::from(EXIT_REFUSED))
+        }
+    }
+}
+
 pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
     let total = Instant::now();
     if args.token.is_empty() {
@@ -302,6 +334,9 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
         args.user.clone().unwrap_or_default(),
         args.policy.clone().unwrap_or_default(),
     );
+    if args.action == "assign" {
+        return assign(&relay, &args, &user, &policy);
+    }
     let answers = read_answers(&args.answers)?;
     let (reader, serial) = choose_reader(&args)?;
     let mut start = json!({ "user": user, "policy": policy, "serial": serial });

@@ -336,3 +336,47 @@ fn the_policy_example_in_the_docs_imports() {
         serde_json::json!(["client_auth", "smartcard_logon"])
     );
 }
+
+/// `keyward issue --action assign` binds a device without touching it.
+#[test]
+fn keyward_issue_action_assign() {
+    let server = TestServer::start();
+    support::seed_piv_standard(&server, "31000080");
+    let run = |args: &[&str]| {
+        Command::new(support::BIN)
+            .arg("issue")
+            .args(["--server", &server.url, "--token", &server.token])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "--action",
+        "assign",
+        "--user",
+        "alice",
+        "--policy",
+        "PIV Standard",
+        "--serial",
+        "31000080",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["state"], "assigned");
+    let (_, d) = server.call("GET", "/devices/31000080", None);
+    assert_eq!(d["state"], "assigned");
+    // Again: refused before any device is touched (exit 3).
+    let out = run(&[
+        "--action",
+        "assign",
+        "--user",
+        "alice",
+        "--policy",
+        "PIV Standard",
+        "--serial",
+        "31000080",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("device_assigned"), "{}", stderr(&out));
+}

@@ -637,3 +637,63 @@ fn an_abandoned_session_is_cancelled_by_the_server() {
         (409, Some("session_not_running"))
     );
 }
+
+/// "Assign Device": the device is bound to the user with a policy and shows
+/// as assigned; issuance completes later, for that user and policy only.
+#[test]
+fn assign_device_then_complete_the_issuance() {
+    let server = TestServer::start();
+    support::seed_piv_standard(&server, "31000070");
+    assert_eq!(
+        server
+            .call(
+                "POST",
+                "/users",
+                Some(json!({ "login": "bob", "display_name": "Bob" }))
+            )
+            .0,
+        201
+    );
+    let (s, v) = server.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000070", "action": "assign" })));
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["state"], "assigned");
+    let (_, d) = server.call("GET", "/devices/31000070", None);
+    assert_eq!(d["state"], "assigned");
+    assert_eq!(d["state_label"], "Assigned");
+    // Assigned to alice: not bob's, and not assignable again.
+    let (s, v) = server.call("POST", "/issuance", Some(json!({ "user": "bob", "policy": "PIV Standard", "serial": "31000070", "pin": "735194" })));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("device_assigned")),
+        "{v}"
+    );
+    let (s, v) = server.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000070", "action": "assign" })));
+    assert_eq!(s, 409, "{v}");
+    let (s, v) = server.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000070", "action": "format" })));
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("action")),
+        "{v}"
+    );
+    // alice's issuance completes it.
+    let ca_dir = tempfile::tempdir().unwrap();
+    let mut card = VirtualCard::new(
+        VcardConfig::new(ProfileKind::Yubikey5)
+            .with_serial(31000070)
+            .with_ca_dir(ca_dir.path()),
+    )
+    .unwrap();
+    card.power_on();
+    let (s, mut batch) = server.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000070", "pin": "735194" })));
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    while batch["state"] == "running" {
+        let responses = relay(&mut card, &batch);
+        let (s, next) = server.call("POST", &format!("/issuance/{id}/relay"), Some(json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": responses })));
+        assert_eq!(s, 200, "{next}");
+        batch = next;
+    }
+    assert_eq!(batch["state"], "issued");
+    let (_, d) = server.call("GET", "/devices/31000070", None);
+    assert_eq!(d["state"], "issued");
+}

@@ -61,6 +61,10 @@ pub struct StartIssuance {
     pub pin: Option<String>,
     /// The PIN again (Disguised).
     pub confirm_pin: Option<String>,
+    /// "Action Type": `issue` (the default: issue now) or `assign` (bind the
+    /// device to the user with the policy; issuance completes later).
+    #[serde(default)]
+    pub action: Option<String>,
 }
 
 /// A session as the API shows it (no secret).
@@ -217,33 +221,86 @@ fn relay_batch(id: Uuid, seq: i64, status: &str, batch: &Batch) -> RelayBatch {
 /// the device is touched, then returns the first batch to relay.
 #[utoipa::path(post, path = "/issuance", tag = "issuance",
     request_body = StartIssuance,
-    responses((status = 201, body = RelayBatch), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = RelayBatch, description = "Issue Device: the first batch; Assign Device: {serial, state: assigned, user, policy}"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn start(
     State(state): State<AppState>,
     Allowed(caller, _): Allowed<perm::DevicesIssue>,
     ApiJson(req): ApiJson<StartIssuance>,
-) -> ApiResult<(StatusCode, Json<RelayBatch>)> {
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let serial = Serial::parse("serial", &req.serial).map_err(invalid)?;
     let device = found(state.store.get_device_by_serial(serial).await)
         .map_err(|e| store_error("reading the device", e))?
         .ok_or_else(|| ApiError::not_found("device").field("serial"))?;
-    if device.state != DeviceState::Available {
-        return Err(ApiError::conflict(
-            "device_not_available",
-            format!(
-                "device {} is {} ({}), not available",
-                device.serial,
-                device.state.label(),
-                device.reason.map(|r| r.as_str()).unwrap_or("-")
-            ),
-        )
-        .field("serial"));
-    }
+    let assign = match req.action.as_deref() {
+        None | Some("issue") => false,
+        Some("assign") => true,
+        Some(other) => {
+            return Err(invalid(keyward_domain::ValidationError::unknown_value(
+                "action",
+                other,
+                &["issue", "assign"],
+            )));
+        }
+    };
     let user = crate::api::users::load(&state, &req.user).await?;
     if user.status != UserStatus::Active {
         return Err(ApiError::bad_request("user_not_active", "the user is disabled").field("user"));
     }
     let policy = crate::api::policies::load(&state, &req.policy).await?;
+    match device.state {
+        DeviceState::Available => {}
+        // Assigned earlier ("Assign Device"): issuance completes it, for that
+        // user and with that policy only.
+        DeviceState::Assigned
+            if !assign
+                && device.assigned_user == Some(user.id)
+                && device.device_policy == Some(policy.id) => {}
+        DeviceState::Assigned => {
+            return Err(ApiError::conflict(
+                "device_assigned",
+                format!(
+                    "device {} is assigned (to another user, or with another policy, or already)",
+                    device.serial
+                ),
+            )
+            .field("serial"))
+        }
+        _ => {
+            return Err(ApiError::conflict(
+                "device_not_available",
+                format!(
+                    "device {} is {} ({}), not available",
+                    device.serial,
+                    device.state.label(),
+                    device.reason.map(|r| r.as_str()).unwrap_or("-")
+                ),
+            )
+            .field("serial"))
+        }
+    }
+    policy.check_device(&device).map_err(invalid)?;
+    if assign {
+        let change = StateChange {
+            to: DeviceState::Assigned,
+            reason: None,
+            assigned_user: Some(user.id),
+            device_policy: Some(policy.id),
+            note: Some("Assign Device".into()),
+        };
+        let draft = audit(
+            &caller,
+            "device.assign",
+            format!("device:{}", device.serial),
+            serde_json::json!({ "user": user.login, "policy": policy.name }),
+        );
+        state
+            .store
+            .change_device_state(device.id, device.version, &change, &draft)
+            .await
+            .map_err(|e| store_error("assigning the device", e))?;
+        let body = serde_json::json!({ "serial": device.serial.to_string(), "state": "assigned", "user": user.login, "policy": policy.name });
+        return Ok((StatusCode::CREATED, Json(body)));
+    }
     if policy.fido_application.is_some() {
         return Err(ApiError::bad_request(
             "not_supported",
@@ -348,7 +405,10 @@ async fn start(
         .map_err(|e| store_error("starting the issuance", e))?;
     Ok((
         StatusCode::CREATED,
-        Json(relay_batch(id, 1, "running", &batch)),
+        Json(
+            serde_json::to_value(relay_batch(id, 1, "running", &batch))
+                .expect("a batch serialises"),
+        ),
     ))
 }
 
