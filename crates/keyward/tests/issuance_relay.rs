@@ -9,6 +9,19 @@ use keyward_vcard::{Firmware, ProfileKind, VcardConfig, VirtualCard};
 use serde_json::{json, Value};
 use support::TestServer;
 
+/// Relays every batch until the session ends; returns the last answer.
+fn run_to_end(server: &TestServer, card: &mut VirtualCard, id: &str, mut batch: Value) -> Value {
+    while batch["state"] == "running" {
+        let responses = relay(card, &batch);
+        let result =
+            json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": responses });
+        let (s, next) = server.call("POST", &format!("/issuance/{id}/relay"), Some(result));
+        assert_eq!(s, 200, "{next}");
+        batch = next;
+    }
+    batch
+}
+
 fn relay(card: &mut VirtualCard, batch: &Value) -> Vec<Value> {
     let mut out = Vec::new();
     for c in batch["commands"].as_array().unwrap() {
@@ -297,12 +310,7 @@ fn a_second_server_node_on_the_same_postgresql_finishes_the_session() {
     let (s, again) = b.call("GET", &format!("/issuance/{id}/batch"), None);
     assert_eq!(s, 200, "{again}");
     assert_eq!(again, batch, "node B serves the batch node A sent");
-    while batch["state"] == "running" {
-        let responses = relay(&mut card, &batch);
-        let (s, next) = b.call("POST", &format!("/issuance/{id}/relay"), Some(json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": responses })));
-        assert_eq!(s, 200, "{next}");
-        batch = next;
-    }
+    batch = run_to_end(&b, &mut card, &id, batch);
     assert_eq!(batch["state"], "issued");
     let (_, d) = b.call("GET", "/devices/31000010", None);
     assert_eq!(d["state"], "issued");
@@ -359,12 +367,7 @@ fn get_initial_pin_reveals_the_generated_pin_once() {
     );
     assert_eq!(s, 201, "{batch}");
     let id = batch["session_id"].as_str().unwrap().to_string();
-    while batch["state"] == "running" {
-        let responses = relay(&mut card, &batch);
-        let (s, next) = server.call("POST", &format!("/issuance/{id}/relay"), Some(json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": responses })));
-        assert_eq!(s, 200, "{next}");
-        batch = next;
-    }
+    batch = run_to_end(&server, &mut card, &id, batch);
     assert_eq!(batch["state"], "issued");
 
     // alice gets a password by enrollment code and signs in.
@@ -516,12 +519,7 @@ fn retry_after_the_device_was_removed_at_each_batch_ends_issued() {
         batch = again;
     }
     // The last retry runs to the end.
-    while batch["state"] == "running" {
-        let responses = relay(&mut card, &batch);
-        let (s, next) = server.call("POST", &format!("/issuance/{id}/relay"), Some(json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": responses })));
-        assert_eq!(s, 200, "{next}");
-        batch = next;
-    }
+    batch = run_to_end(&server, &mut card, &id, batch);
     assert_eq!(batch["state"], "issued", "{batch}");
     let (_, d) = server.call("GET", "/devices/31000030", None);
     assert_eq!(d["state"], "issued");
@@ -687,12 +685,7 @@ fn assign_device_then_complete_the_issuance() {
     let (s, mut batch) = server.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000070", "pin": "735194" })));
     assert_eq!(s, 201, "{batch}");
     let id = batch["session_id"].as_str().unwrap().to_string();
-    while batch["state"] == "running" {
-        let responses = relay(&mut card, &batch);
-        let (s, next) = server.call("POST", &format!("/issuance/{id}/relay"), Some(json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": responses })));
-        assert_eq!(s, 200, "{next}");
-        batch = next;
-    }
+    batch = run_to_end(&server, &mut card, &id, batch);
     assert_eq!(batch["state"], "issued");
     let (_, d) = server.call("GET", "/devices/31000070", None);
     assert_eq!(d["state"], "issued");

@@ -683,16 +683,29 @@ pub async fn import_users(
         }
     }
     dialect::end_bulk(&mut tx).await?;
-    for i in duplicates {
-        report.rejected.push(RowRejection {
-            row: i,
-            error: ValidationError::new(
-                "duplicate_login",
-                "login",
-                format!("a user with login {} already exists", users[i].login),
-            ),
-        });
-    }
+    let rejected = duplicates.into_iter().map(|i| RowRejection {
+        row: i,
+        error: ValidationError::new(
+            "duplicate_login",
+            "login",
+            format!("a user with login {} already exists", users[i].login),
+        ),
+    });
+    finish_import(tx, key, audit, report, rejected, mode).await
+}
+
+/// The end of a bulk import: adds the rows the store refused as duplicates,
+/// then either rolls everything back (all or nothing, with a rejected row)
+/// or commits with the audit event carrying the counts.
+async fn finish_import(
+    tx: Tx,
+    key: &AuditKey,
+    audit: &AuditDraft,
+    mut report: ImportReport,
+    duplicates: impl Iterator<Item = RowRejection>,
+    mode: ImportMode,
+) -> StoreResult<ImportReport> {
+    report.rejected.extend(duplicates);
     report.rejected.sort_by_key(|r| r.row);
     if mode == ImportMode::AllOrNothing && !report.rejected.is_empty() {
         tx.rollback().await?;
@@ -855,28 +868,15 @@ pub async fn import_devices(
             }
         }
     }
-    for i in duplicates {
-        report.rejected.push(RowRejection {
-            row: i,
-            error: ValidationError::new(
-                "duplicate_serial",
-                "serial",
-                format!("a device with serial {} already exists", devices[i].serial),
-            ),
-        });
-    }
-    report.rejected.sort_by_key(|r| r.row);
-    if mode == ImportMode::AllOrNothing && !report.rejected.is_empty() {
-        tx.rollback().await?;
-        report.inserted = 0;
-        return Ok(report);
-    }
-    let audit = audit
-        .clone()
-        .detail("inserted", report.inserted)
-        .detail("rejected", report.rejected.len() as u64);
-    finish(tx, key, &audit).await?;
-    Ok(report)
+    let rejected = duplicates.into_iter().map(|i| RowRejection {
+        row: i,
+        error: ValidationError::new(
+            "duplicate_serial",
+            "serial",
+            format!("a device with serial {} already exists", devices[i].serial),
+        ),
+    });
+    finish_import(tx, key, audit, report, rejected, mode).await
 }
 
 pub async fn get_device(pool: &Pool<DB>, id: Uuid) -> StoreResult<Device> {
