@@ -1,0 +1,209 @@
+//! Issuance sessions on the server: Add Device for a user starts one, the
+//! relay endpoints carry its batches to the client next to the device and
+//! back, and the engine (`keyward-engine`) decides every device command.
+//!
+//! A session is durable: after each step its engine state (which holds the
+//! PIN, PUK and management keys) is sealed under the KEK and written with the
+//! session's sequence number, so a restarted server, or another node on the
+//! same PostgreSQL, continues it; a replayed or out-of-order result is refused.
+
+mod relay;
+mod retry_cancel;
+mod session;
+mod start;
+mod sweep;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use keyward_engine::knowledge::DeviceSecrets;
+use keyward_engine::piv::{AwaitKeys, AwaitWitness, AwaitWrites, PivPlan, Secret};
+use keyward_engine::{Batch, Channel};
+use keyward_proto::{RelayBatch, RelayCommand, RELAY_PROTOCOL_VERSION};
+use keyward_store::{Credential, IssuanceSession};
+use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::api::store_error;
+use crate::app::AppState;
+use crate::auth::{perm, Allowed};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+
+pub use sweep::sweep_abandoned;
+
+use session::unseal;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(start::start))
+        .routes(routes!(status))
+        .routes(routes!(current_batch))
+        .routes(routes!(relay::relay))
+        .routes(routes!(retry_cancel::cancel))
+        .routes(routes!(retry_cancel::retry))
+}
+
+/// The secret from which per-device management keys are derived.
+pub(super) const MASTER_KEY_SECRET: &str = "piv:management-key-master";
+
+/// Add Device for a user: the request.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartIssuance {
+    /// The user's login.
+    pub user: String,
+    /// The device policy's name.
+    pub policy: String,
+    /// The device's serial number (decimal).
+    pub serial: String,
+    /// The PIN (display modes Displayed and Disguised).
+    pub pin: Option<String>,
+    /// The PIN again (Disguised).
+    pub confirm_pin: Option<String>,
+    /// "Action Type": `issue` (the default: issue now) or `assign` (bind the
+    /// device to the user with the policy; issuance completes later).
+    #[serde(default)]
+    pub action: Option<String>,
+}
+
+/// A session as the API shows it (no secret).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SessionStatus {
+    pub session_id: String,
+    pub serial: String,
+    pub user: String,
+    pub policy: String,
+    /// `running`, `issued`, `failed`, `cancelled`.
+    pub status: String,
+    pub step: String,
+    pub seq: i64,
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<serde_json::Value>,
+    #[schema(value_type = Vec<Object>)]
+    pub credentials: Vec<Credential>,
+}
+
+/// The engine's state between round trips, sealed in the session row.
+#[derive(Serialize, Deserialize)]
+pub(super) enum Engine {
+    AwaitWitness(AwaitWitness),
+    AwaitKeys(AwaitKeys),
+    AwaitWrites(AwaitWrites),
+    Finished,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct SessionData {
+    engine: Engine,
+    /// The batch out now (sent again on request after a dropped connection).
+    batch: Batch,
+    user_login: String,
+    policy_name: String,
+    serial: u64,
+    /// A PIN Keyward generated (Not Displayed): kept for Get Initial PIN.
+    #[serde(default)]
+    initial_pin: Option<Secret>,
+    /// The attempt under way or failed (for Retry); dropped when the session ends.
+    #[serde(default)]
+    attempt: Option<Attempt>,
+}
+
+/// What a retry needs: the plan, what the device's secrets are now, and the
+/// certificates issued in this attempt that are not on record yet (revoked
+/// if the attempt fails).
+#[derive(Clone, Serialize, Deserialize)]
+pub(super) struct Attempt {
+    plan: PivPlan,
+    known: DeviceSecrets,
+    #[serde(default)]
+    certificates: Vec<(u8, Vec<u8>)>,
+}
+
+pub(super) fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub(super) fn relay_batch(id: Uuid, seq: i64, status: &str, batch: &Batch) -> RelayBatch {
+    RelayBatch {
+        protocol: RELAY_PROTOCOL_VERSION,
+        session_id: id.to_string(),
+        seq: seq as u64,
+        commands: batch
+            .commands
+            .iter()
+            .map(|c| RelayCommand {
+                channel: match c.channel {
+                    Channel::Piv => "piv".into(),
+                    Channel::Ctap => "ctap".into(),
+                },
+                bytes: hex_lower(&c.bytes),
+                expect: c.expect.iter().map(|sw| format!("{sw:04x}")).collect(),
+                step: c.step.clone(),
+                secret: c.secret,
+            })
+            .collect(),
+        prompts: vec![],
+        state: status.into(),
+        step: batch
+            .commands
+            .first()
+            .map(|c| c.step.clone())
+            .unwrap_or_default(),
+    }
+}
+
+pub(super) async fn load(state: &AppState, id: &str) -> ApiResult<IssuanceSession> {
+    let id = Uuid::parse_str(id).map_err(|_| {
+        ApiError::bad_request("id_invalid", "session id must be a UUID").field("id")
+    })?;
+    state
+        .store
+        .get_issuance(id)
+        .await
+        .map_err(|e| store_error("reading the session", e))
+}
+
+/// A session's state, step and credentials.
+#[utoipa::path(get, path = "/issuance/{id}", tag = "issuance", params(("id" = String, Path)),
+    responses((status = 200, body = SessionStatus), (status = 404, body = ErrorBody)))]
+pub(super) async fn status(
+    State(state): State<AppState>,
+    Allowed(_caller, _): Allowed<perm::DevicesIssue>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SessionStatus>> {
+    let s = load(&state, &id).await?;
+    let data = unseal(&state, &s)?;
+    let credentials = state
+        .store
+        .device_credentials(s.device_id)
+        .await
+        .map_err(|e| store_error("reading credentials", e))?
+        .into_iter()
+        .filter(|c| c.session_id == s.id)
+        .collect();
+    Ok(Json(SessionStatus {
+        session_id: s.id.to_string(),
+        serial: data.serial.to_string(),
+        user: data.user_login,
+        policy: data.policy_name,
+        status: s.status,
+        step: s.step,
+        seq: s.seq,
+        error: s.error.and_then(|e| serde_json::from_str(&e).ok()),
+        credentials,
+    }))
+}
+
+/// The batch out now (idempotent: fetch it again after a dropped connection).
+#[utoipa::path(get, path = "/issuance/{id}/batch", tag = "issuance", params(("id" = String, Path)),
+    responses((status = 200, body = RelayBatch), (status = 404, body = ErrorBody)))]
+pub(super) async fn current_batch(
+    State(state): State<AppState>,
+    Allowed(_caller, _): Allowed<perm::DevicesIssue>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RelayBatch>> {
+    let s = load(&state, &id).await?;
+    let data = unseal(&state, &s)?;
+    Ok(Json(relay_batch(s.id, s.seq, &s.status, &data.batch)))
+}

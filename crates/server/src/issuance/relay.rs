@@ -1,0 +1,332 @@
+//! The relay step: the client's responses to the batch out now, the engine's
+//! next batch (certifying keys on the way), or the end of the session.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use keyward_domain::{AuditOutcome, DeviceState, StateChange, StateReason};
+use keyward_engine::piv::Certified;
+use keyward_engine::{Batch, Failure, Response};
+use keyward_pki::{CertificateAuthority, LeafRequest};
+use keyward_proto::{RelayBatch, RelayResult, RELAY_PROTOCOL_VERSION};
+use keyward_store::{Credential, IssuanceSession, IssuanceUpdate};
+
+use super::session::{certificate_credential, end_session, seal, unseal, Ending};
+use super::{load, relay_batch, Engine, SessionData};
+use crate::api::{audit, store_error};
+use crate::app::AppState;
+use crate::auth::{perm, Allowed};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::json::ApiJson;
+
+pub(super) fn parse_responses(r: &RelayResult) -> ApiResult<Vec<Response>> {
+    let bad = |i: usize, what: &str| {
+        ApiError::bad_request("bad_response", format!("response {i}: {what}"))
+            .field(format!("responses[{i}]"))
+    };
+    r.responses
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let data = hex::decode(&x.data).map_err(|_| bad(i, "data is not hex"))?;
+            let sw = u16::from_str_radix(&x.sw, 16)
+                .map_err(|_| bad(i, "sw is not a 4-digit hex status word"))?;
+            if x.sw.len() != 4 {
+                return Err(bad(i, "sw is not a 4-digit hex status word"));
+            }
+            Ok(Response { data, sw })
+        })
+        .collect()
+}
+
+/// Where a relay step leads.
+pub(super) enum Next {
+    /// The next state and batch, and certificates issued on the way.
+    Batch(Engine, Batch, Vec<(u8, Vec<u8>)>),
+    Done(Vec<Credential>),
+    Failed(Failure),
+}
+
+pub(super) fn step_engine(
+    state: &AppState,
+    s: &IssuanceSession,
+    user: &keyward_domain::User,
+    policy: &keyward_domain::DevicePolicy,
+    data: SessionData,
+    responses: &[Response],
+) -> ApiResult<Next> {
+    Ok(match data.engine {
+        Engine::AwaitWitness(e) => match e.on_responses(responses) {
+            Ok((next, batch)) => Next::Batch(Engine::AwaitKeys(next), batch, vec![]),
+            Err(f) => Next::Failed(f),
+        },
+        Engine::AwaitKeys(e) => match e.on_responses(responses) {
+            Err(f) => Next::Failed(f),
+            Ok(await_certs) => {
+                // Certify the device's keys now: no round trip.
+                let now = time::OffsetDateTime::now_utc();
+                let mut certificates = Vec::new();
+                for k in await_certs.keys() {
+                    let app = policy
+                        .pki_applications
+                        .iter()
+                        .find(|a| keyward_engine::plan::piv_slot(a.slot) == k.slot)
+                        .ok_or_else(|| {
+                            ApiError::internal("certifying", "no PKI application for the slot")
+                        })?;
+                    let req = match LeafRequest::from_template(app, user, None, &k.spki_der) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            return Ok(Next::Failed(Failure::new(
+                                "certificate_template",
+                                "certify keys",
+                                e.to_string(),
+                            )))
+                        }
+                    };
+                    let issued = state
+                        .pki
+                        .ca
+                        .issue(&req, now)
+                        .map_err(|e| ApiError::internal("issuing a certificate", e))?;
+                    certificates.push((k.slot, issued.der));
+                }
+                let to_sign = match await_certs.chuid_to_sign() {
+                    Ok(c) => c,
+                    Err(f) => return Ok(Next::Failed(f)),
+                };
+                let chuid_signature = state
+                    .pki
+                    .ca
+                    .sign_chuid(&to_sign)
+                    .map_err(|e| ApiError::internal("signing the CHUID", e))?;
+                match await_certs.with_certificates(Certified {
+                    certificates: certificates.clone(),
+                    chuid_signature,
+                }) {
+                    Ok((next, batch)) => {
+                        Next::Batch(Engine::AwaitWrites(next), batch, certificates)
+                    }
+                    Err(f) => Next::Failed(f),
+                }
+            }
+        },
+        Engine::AwaitWrites(e) => match e.on_responses(responses) {
+            Err(f) => Next::Failed(f),
+            Ok(done) => Next::Done(
+                done.certificates
+                    .into_iter()
+                    .map(|(slot, der)| certificate_credential(s, slot, der, None))
+                    .collect::<ApiResult<_>>()?,
+            ),
+        },
+        Engine::Finished => {
+            return Err(ApiError::conflict(
+                "session_finished",
+                "the session has ended",
+            ))
+        }
+    })
+}
+
+/// The client's responses to batch `seq`; answers with the next batch, or
+/// the end of the session (`issued` or `failed`).
+#[utoipa::path(post, path = "/issuance/{id}/relay", tag = "issuance", params(("id" = String, Path)),
+    request_body = RelayResult,
+    responses((status = 200, body = RelayBatch), (status = 409, body = ErrorBody)))]
+pub(super) async fn relay(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::DevicesIssue>,
+    Path(id): Path<String>,
+    ApiJson(result): ApiJson<RelayResult>,
+) -> ApiResult<Json<RelayBatch>> {
+    if result.protocol != RELAY_PROTOCOL_VERSION {
+        return Err(ApiError::bad_request(
+            "protocol_version",
+            format!(
+                "relay protocol {} is not supported; this server speaks {RELAY_PROTOCOL_VERSION}",
+                result.protocol
+            ),
+        ));
+    }
+    let s = load(&state, &id).await?;
+    if result.session_id != s.id.to_string() {
+        return Err(
+            ApiError::bad_request("session_mismatch", "session_id differs from the URL")
+                .field("session_id"),
+        );
+    }
+    if s.status != "running" {
+        return Err(ApiError::conflict(
+            "session_not_running",
+            format!("the session is {}", s.status),
+        ));
+    }
+    if result.seq as i64 != s.seq {
+        return Err(ApiError::conflict(
+            "sequence_mismatch",
+            format!(
+                "the session is at batch {}, this result is for batch {}: fetch the current batch",
+                s.seq, result.seq
+            ),
+        )
+        .field("seq"));
+    }
+    let responses = parse_responses(&result)?;
+    let data = unseal(&state, &s)?;
+    let user = state
+        .store
+        .get_user(s.user_id)
+        .await
+        .map_err(|e| store_error("reading the user", e))?;
+    let policy = state
+        .store
+        .get_policy(s.policy_id)
+        .await
+        .map_err(|e| store_error("reading the policy", e))?;
+    let device = state
+        .store
+        .get_device(s.device_id)
+        .await
+        .map_err(|e| store_error("reading the device", e))?;
+    let (user_login, policy_name, serial) = (
+        data.user_login.clone(),
+        data.policy_name.clone(),
+        data.serial,
+    );
+    let initial_pin = data.initial_pin.clone();
+    let mut attempt = data
+        .attempt
+        .clone()
+        .ok_or_else(|| ApiError::internal("relaying", "a running session without its attempt"))?;
+    attempt.known.after_batch(
+        &attempt.plan,
+        &data.batch,
+        &responses,
+        result.transport_error.is_some(),
+    );
+    let next = step_engine(&state, &s, &user, &policy, data, &responses);
+    let next_seq = s.seq + 1;
+    let target = format!("device:{serial}");
+    match next? {
+        Next::Batch(engine, batch, issued) => {
+            attempt.certificates.extend(issued);
+            let step = batch
+                .commands
+                .first()
+                .map(|c| c.step.clone())
+                .unwrap_or_default();
+            let data = SessionData {
+                engine,
+                batch: batch.clone(),
+                user_login,
+                policy_name,
+                serial,
+                initial_pin,
+                attempt: Some(attempt),
+            };
+            let update = IssuanceUpdate {
+                status: "running".into(),
+                step,
+                seq: next_seq,
+                sealed_state: seal(&state, s.id, &data),
+                error: None,
+            };
+            let draft = audit(
+                &caller,
+                "issuance.step",
+                target,
+                serde_json::json!({ "session": s.id, "batch": next_seq }),
+            );
+            state
+                .store
+                .advance_issuance(s.id, s.seq, &update, None, &[], &draft)
+                .await
+                .map_err(|e| store_error("saving the session", e))?;
+            Ok(Json(relay_batch(s.id, next_seq, "running", &batch)))
+        }
+        Next::Done(creds) => {
+            if let Some(pin) = &initial_pin {
+                crate::initial_pin::keep(&state, &device, s.user_id, pin, &caller).await?;
+            }
+            let draft = audit(
+                &caller,
+                "issuance.complete",
+                target,
+                serde_json::json!({ "session": s.id, "credentials": creds.len() }),
+            );
+            let ending = Ending {
+                status: "issued",
+                step: "done".into(),
+                error: None,
+                device: StateChange {
+                    to: DeviceState::Issued,
+                    reason: None,
+                    assigned_user: None,
+                    device_policy: None,
+                    note: Some(format!("issuance session {}", s.id)),
+                },
+                credentials: creds,
+                audit: draft,
+            };
+            end_session(
+                &state,
+                &s,
+                &device,
+                (user_login, policy_name, serial),
+                ending,
+                None,
+            )
+            .await
+        }
+        Next::Failed(f) => {
+            // The attempt ends; the device is Produced (Failed) and can be cancelled or recycled.
+            let report = serde_json::json!({
+                "code": f.code, "step": f.step, "sw": f.sw.map(|sw| format!("{sw:04X}")), "message": f.message,
+                "session": s.id, "at": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            });
+            let mut draft = audit(
+                &caller,
+                "issuance.fail",
+                target,
+                serde_json::json!({ "session": s.id, "code": f.code, "step": f.step }),
+            );
+            draft.outcome = AuditOutcome::Failure;
+            attempt.known.learn_from_failure(&f);
+            // Certificates issued in this attempt are revoked: keys are
+            // generated anew on a retry.
+            let now = time::OffsetDateTime::now_utc();
+            let revoked: Vec<Credential> = std::mem::take(&mut attempt.certificates)
+                .into_iter()
+                .map(|(slot, der)| certificate_credential(&s, slot, der, Some(now)))
+                .collect::<ApiResult<_>>()?;
+            let any_revoked = !revoked.is_empty();
+            let ending = Ending {
+                status: "failed",
+                step: f.step.clone(),
+                error: Some(report.to_string()),
+                device: StateChange {
+                    to: DeviceState::Produced,
+                    reason: Some(StateReason::Failed),
+                    assigned_user: None,
+                    device_policy: None,
+                    note: Some(format!("issuance failed at {}", f.step)),
+                },
+                credentials: revoked,
+                audit: draft,
+            };
+            let answer = end_session(
+                &state,
+                &s,
+                &device,
+                (user_login, policy_name, serial),
+                ending,
+                Some((attempt, initial_pin)),
+            )
+            .await;
+            if any_revoked {
+                state.pki.invalidate_crl();
+            }
+            answer
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Retry and Cancel of a failed attempt.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use keyward_domain::{DeviceState, StateChange, StateReason};
+use keyward_engine::piv::PivIssuance;
+use keyward_proto::RelayBatch;
+use keyward_store::IssuanceUpdate;
+
+use super::session::{seal, unseal};
+use super::{load, relay_batch, status, Attempt, Engine, SessionStatus};
+use crate::api::{audit, store_error};
+use crate::app::AppState;
+use crate::auth::{perm, Allowed};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+
+/// Cancel a failed attempt: the device is no longer assigned to the user
+/// (Produced, reason Unassigned) and can be recycled.
+#[utoipa::path(post, path = "/issuance/{id}/cancel", tag = "issuance", params(("id" = String, Path)),
+    responses((status = 200, body = SessionStatus), (status = 409, body = ErrorBody)))]
+pub(super) async fn cancel(
+    State(state): State<AppState>,
+    Allowed(caller, a): Allowed<perm::DevicesIssue>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SessionStatus>> {
+    let s = load(&state, &id).await?;
+    if s.status != "failed" {
+        return Err(ApiError::conflict(
+            "session_not_failed",
+            format!(
+                "only a failed attempt can be cancelled; this session is {}",
+                s.status
+            ),
+        ));
+    }
+    let device = state
+        .store
+        .get_device(s.device_id)
+        .await
+        .map_err(|e| store_error("reading the device", e))?;
+    let mut data = unseal(&state, &s)?;
+    data.initial_pin = None;
+    data.attempt = None;
+    let update = IssuanceUpdate {
+        status: "cancelled".into(),
+        step: s.step.clone(),
+        seq: s.seq + 1,
+        sealed_state: seal(&state, s.id, &data),
+        error: s.error.clone(),
+    };
+    let change = StateChange {
+        to: DeviceState::Produced,
+        reason: Some(StateReason::Unassigned),
+        assigned_user: None,
+        device_policy: None,
+        note: Some(format!("issuance session {} cancelled", s.id)),
+    };
+    let draft = audit(
+        &caller,
+        "issuance.cancel",
+        format!("device:{}", data.serial),
+        serde_json::json!({ "session": s.id }),
+    );
+    state
+        .store
+        .advance_issuance(
+            s.id,
+            s.seq,
+            &update,
+            Some((device.id, device.version, &change)),
+            &[],
+            &draft,
+        )
+        .await
+        .map_err(|e| store_error("cancelling the issuance", e))?;
+    status(State(state), Allowed(caller, a), Path(id)).await
+}
+
+/// Retry a failed attempt: the same device, the same policy and the same
+/// PIN, starting from what the server knows the device's secrets are now
+/// (keys are generated anew; the failed attempt's certificates were revoked).
+/// Do not remove the device from the reader.
+#[utoipa::path(post, path = "/issuance/{id}/retry", tag = "issuance", params(("id" = String, Path)),
+    responses((status = 200, body = RelayBatch), (status = 409, body = ErrorBody)))]
+pub(super) async fn retry(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::DevicesIssue>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RelayBatch>> {
+    let s = load(&state, &id).await?;
+    if s.status != "failed" {
+        return Err(ApiError::conflict(
+            "session_not_failed",
+            format!(
+                "only a failed attempt can be retried; this session is {}",
+                s.status
+            ),
+        ));
+    }
+    let mut data = unseal(&state, &s)?;
+    let attempt = data.attempt.take().ok_or_else(|| {
+        ApiError::conflict(
+            "retry_not_possible",
+            "this session keeps nothing to retry from: cancel it and start a new issuance",
+        )
+    })?;
+    let plan = attempt.known.retry_plan(&attempt.plan);
+    let (engine, batch) = PivIssuance::start(plan.clone());
+    data.engine = Engine::AwaitWitness(engine);
+    data.batch = batch.clone();
+    data.attempt = Some(Attempt {
+        plan,
+        known: attempt.known,
+        certificates: vec![],
+    });
+    let device = state
+        .store
+        .get_device(s.device_id)
+        .await
+        .map_err(|e| store_error("reading the device", e))?;
+    let next_seq = s.seq + 1;
+    let update = IssuanceUpdate {
+        status: "running".into(),
+        step: batch.commands[0].step.clone(),
+        seq: next_seq,
+        sealed_state: seal(&state, s.id, &data),
+        error: None,
+    };
+    let change = StateChange {
+        to: DeviceState::InProduction,
+        reason: None,
+        assigned_user: None,
+        device_policy: None,
+        note: Some(format!("issuance session {} retried", s.id)),
+    };
+    let draft = audit(
+        &caller,
+        "issuance.retry",
+        format!("device:{}", data.serial),
+        serde_json::json!({ "session": s.id }),
+    );
+    state
+        .store
+        .advance_issuance(
+            s.id,
+            s.seq,
+            &update,
+            Some((device.id, device.version, &change)),
+            &[],
+            &draft,
+        )
+        .await
+        .map_err(|e| store_error("retrying the issuance", e))?;
+    Ok(Json(relay_batch(s.id, next_seq, "running", &batch)))
+}

@@ -1,0 +1,218 @@
+//! Add Device for a user: every check before the device is touched, then
+//! the first batch.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use keyward_domain::{DeviceState, Serial, StateChange, UserStatus};
+use keyward_engine::knowledge::DeviceSecrets;
+use keyward_engine::piv::PivIssuance;
+use keyward_engine::plan::{initial_pin, piv_plan, random_puk, PlanSecrets};
+use keyward_store::IssuanceSession;
+use rand::RngCore;
+use uuid::Uuid;
+
+use super::session::{master_key, seal};
+use super::{relay_batch, Attempt, Engine, SessionData, StartIssuance};
+use crate::api::{audit, found, invalid, store_error};
+use crate::app::AppState;
+use crate::auth::{perm, Allowed};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::json::ApiJson;
+#[allow(unused_imports)]
+use keyward_proto::RelayBatch;
+
+/// Add Device for a user, action "Issue Device": checks everything before
+/// the device is touched, then returns the first batch to relay.
+#[utoipa::path(post, path = "/issuance", tag = "issuance",
+    request_body = StartIssuance,
+    responses((status = 201, body = RelayBatch, description = "Issue Device: the first batch; Assign Device: {serial, state: assigned, user, policy}"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn start(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::DevicesIssue>,
+    ApiJson(req): ApiJson<StartIssuance>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let serial = Serial::parse("serial", &req.serial).map_err(invalid)?;
+    let device = found(state.store.get_device_by_serial(serial).await)
+        .map_err(|e| store_error("reading the device", e))?
+        .ok_or_else(|| ApiError::not_found("device").field("serial"))?;
+    let assign = match req.action.as_deref() {
+        None | Some("issue") => false,
+        Some("assign") => true,
+        Some(other) => {
+            return Err(invalid(keyward_domain::ValidationError::unknown_value(
+                "action",
+                other,
+                &["issue", "assign"],
+            )));
+        }
+    };
+    let user = crate::api::users::load(&state, &req.user).await?;
+    if user.status != UserStatus::Active {
+        return Err(ApiError::bad_request("user_not_active", "the user is disabled").field("user"));
+    }
+    let policy = crate::api::policies::load(&state, &req.policy).await?;
+    match device.state {
+        DeviceState::Available => {}
+        // Assigned earlier ("Assign Device"): issuance completes it, for that
+        // user and with that policy only.
+        DeviceState::Assigned
+            if !assign
+                && device.assigned_user == Some(user.id)
+                && device.device_policy == Some(policy.id) => {}
+        DeviceState::Assigned => {
+            return Err(ApiError::conflict(
+                "device_assigned",
+                format!(
+                    "device {} is assigned (to another user, or with another policy, or already)",
+                    device.serial
+                ),
+            )
+            .field("serial"))
+        }
+        _ => {
+            return Err(ApiError::conflict(
+                "device_not_available",
+                format!(
+                    "device {} is {} ({}), not available",
+                    device.serial,
+                    device.state.label(),
+                    device.reason.map(|r| r.as_str()).unwrap_or("-")
+                ),
+            )
+            .field("serial"))
+        }
+    }
+    policy.check_device(&device).map_err(invalid)?;
+    if assign {
+        let change = StateChange {
+            to: DeviceState::Assigned,
+            reason: None,
+            assigned_user: Some(user.id),
+            device_policy: Some(policy.id),
+            note: Some("Assign Device".into()),
+        };
+        let draft = audit(
+            &caller,
+            "device.assign",
+            format!("device:{}", device.serial),
+            serde_json::json!({ "user": user.login, "policy": policy.name }),
+        );
+        state
+            .store
+            .change_device_state(device.id, device.version, &change, &draft)
+            .await
+            .map_err(|e| store_error("assigning the device", e))?;
+        let body = serde_json::json!({ "serial": device.serial.to_string(), "state": "assigned", "user": user.login, "policy": policy.name });
+        return Ok((StatusCode::CREATED, Json(body)));
+    }
+    if policy.fido_application.is_some() {
+        return Err(ApiError::bad_request(
+            "not_supported",
+            "passkey registration during issuance is not available yet; choose a policy without a FIDO application",
+        )
+        .field("policy"));
+    }
+    let settings = state
+        .store
+        .get_settings()
+        .await
+        .map_err(|e| store_error("reading settings", e))?;
+    let mut rng = rand::rngs::OsRng;
+    let pin = initial_pin(
+        settings.initial_pin_display_mode,
+        &policy.pin_application,
+        req.pin.as_deref(),
+        req.confirm_pin.as_deref(),
+        &mut rng,
+    )
+    .map_err(invalid)?;
+    if pin.generated && settings.change_pin_during_issuance {
+        // Setting a new PIN at the end of issuance is a prompt of the relay,
+        // which the agent and the portal bring.
+        return Err(ApiError::bad_request(
+            "not_supported",
+            "Not Displayed with \"Change PIN during issuance\" = Yes needs the PIN prompt at the end of issuance, which is not available yet; set change_pin_during_issuance to no (the user then uses Get Initial PIN)",
+        ));
+    }
+    let initial_pin = pin.generated.then(|| pin.pin.clone());
+    let master = master_key(&state).await?;
+    let mut guid = [0u8; 16];
+    rng.fill_bytes(&mut guid);
+    let expiration = (time::OffsetDateTime::now_utc() + time::Duration::days(5 * 365)).date();
+    let plan = piv_plan(
+        &policy,
+        &device,
+        PlanSecrets {
+            pin: pin.pin,
+            puk: random_puk(&mut rng),
+            master_key: &master,
+            chuid_guid: guid,
+            credential_number: rng.next_u32() % 1_000_000,
+            expiration: format!(
+                "{:04}{:02}{:02}",
+                expiration.year(),
+                expiration.month() as u8,
+                expiration.day()
+            ),
+        },
+    )
+    .map_err(invalid)?;
+    let attempt = Attempt {
+        known: DeviceSecrets::from_plan(&plan),
+        plan: plan.clone(),
+        certificates: vec![],
+    };
+    let (engine, batch) = PivIssuance::start(plan);
+    let id = Uuid::new_v4();
+    let now = time::OffsetDateTime::now_utc();
+    let data = SessionData {
+        engine: Engine::AwaitWitness(engine),
+        batch: batch.clone(),
+        user_login: user.login.clone(),
+        policy_name: policy.name.clone(),
+        serial: device.serial.0,
+        initial_pin,
+        attempt: Some(attempt),
+    };
+    let session = IssuanceSession {
+        id,
+        device_id: device.id,
+        user_id: user.id,
+        policy_id: policy.id,
+        action: "issue".into(),
+        status: "running".into(),
+        step: batch.commands[0].step.clone(),
+        seq: 1,
+        sealed_state: seal(&state, id, &data),
+        error: None,
+        created_by: caller.actor(),
+        created_at: now,
+        updated_at: now,
+    };
+    let change = StateChange {
+        to: DeviceState::InProduction,
+        reason: None,
+        assigned_user: Some(user.id),
+        device_policy: Some(policy.id),
+        note: Some(format!("issuance session {id}")),
+    };
+    let draft = audit(
+        &caller,
+        "issuance.start",
+        format!("device:{}", device.serial),
+        serde_json::json!({ "session": id, "user": user.login, "policy": policy.name }),
+    );
+    state
+        .store
+        .start_issuance(&session, device.version, &change, &draft)
+        .await
+        .map_err(|e| store_error("starting the issuance", e))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            serde_json::to_value(relay_batch(id, 1, "running", &batch))
+                .expect("a batch serialises"),
+        ),
+    ))
+}
