@@ -132,6 +132,7 @@ mod sqlite_repo {
     use crate::sqlite_dialect as dialect;
     include!("repo.rs");
     include!("issuance_repo.rs");
+    include!("agents_repo.rs");
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -140,6 +141,7 @@ mod pg_repo {
     use crate::pg_dialect as dialect;
     include!("repo.rs");
     include!("issuance_repo.rs");
+    include!("agents_repo.rs");
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -604,3 +606,7 @@ impl Store {
         dispatch_audited!(self, delete_secret(name, audit))
     }
 }
+
+// After the dispatch macros and the repo modules it calls.
+mod agents;
+pub use agents::{Agent, AgentDevice, AgentOwner};
