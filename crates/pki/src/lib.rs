@@ -14,6 +14,7 @@
 //! The [`CertificateAuthority`] trait is what the issuance engine talks to,
 //! so external CAs (EST, ACME, Microsoft AD CS) can stand in later.
 
+pub mod attestation;
 pub mod chuid;
 pub mod crl;
 pub mod embedded;
