@@ -32,6 +32,8 @@ pub struct Inner {
     pub openapi_json: String,
     /// The embedded certificate authority.
     pub pki: Arc<crate::pki::Pki>,
+    /// Wakes the workstation agents' long-polls.
+    pub agents: crate::agents::Hub,
 }
 
 impl Deref for AppState {
@@ -53,6 +55,7 @@ impl AppState {
         .await?;
         Ok(AppState(Arc::new(Inner {
             pki,
+            agents: Default::default(),
             store,
             sealer,
             tokens: TokenHasher::new(kek),
@@ -84,6 +87,10 @@ pub fn router(state: AppState) -> Router {
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::agents::wake_on_issuance,
         ))
         .layer(middleware::from_fn_with_state(
             metrics,

@@ -37,6 +37,12 @@ pub enum Via {
         account_id: Uuid,
         session_hash: Vec<u8>,
     },
+    /// A paired workstation agent (crates/server/src/agents), accepted only
+    /// on the agent endpoints and on the relay of its sessions.
+    Agent {
+        id: Uuid,
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -67,13 +73,14 @@ impl Caller {
         match &self.via {
             Via::Token { name, .. } => format!("token:{name}"),
             Via::Session { .. } => format!("account:{}", self.login),
+            Via::Agent { id, .. } => format!("agent:{id}"),
         }
     }
 
     pub fn account_id(&self) -> Option<Uuid> {
         match &self.via {
             Via::Session { account_id, .. } => Some(*account_id),
-            Via::Token { .. } => None,
+            Via::Token { .. } | Via::Agent { .. } => None,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! health and metrics, authentication and roles, the audit trail, and the
 //! store behind them. `keyward serve` and `keyward demo` start it.
 
+pub mod agents;
 pub mod api;
 pub mod app;
 pub mod auth;

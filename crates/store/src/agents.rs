@@ -164,6 +164,11 @@ impl Store {
         on_backend!(self, replace_agent_devices(agent_id, devices))
     }
 
+    /// Whether the agent reports the device (serial, decimal) connected now.
+    pub async fn agent_reports_device(&self, agent_id: Uuid, serial: &str) -> StoreResult<bool> {
+        on_backend!(self, agent_reports_device(agent_id, serial))
+    }
+
     /// Every device of every paired agent.
     pub async fn list_agent_devices(&self) -> StoreResult<Vec<AgentDevice>> {
         on_backend!(self, list_agent_devices())

@@ -301,3 +301,14 @@ pub async fn agent_running_sessions(
     .map(session_from_row)
     .collect()
 }
+
+pub async fn agent_reports_device(pool: &Pool<DB>, agent_id: Uuid, serial: &str) -> StoreResult<bool> {
+    Ok(
+        sqlx::query("SELECT 1 AS one FROM agent_devices WHERE agent_id = $1 AND serial = $2")
+            .bind(agent_id)
+            .bind(serial)
+            .fetch_optional(pool)
+            .await?
+            .is_some(),
+    )
+}

@@ -41,6 +41,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(tokens::router())
         .merge(audit::router())
         .merge(crate::issuance::router())
+        .merge(crate::agents::router())
         .merge(crate::initial_pin::router())
 }
 

@@ -283,6 +283,7 @@ async fn me(caller: Caller) -> Json<WhoAmI> {
         via: match caller.via {
             Via::Token { .. } => "token".into(),
             Via::Session { .. } => "session".into(),
+            Via::Agent { .. } => "agent".into(),
         },
         permissions: caller
             .role

@@ -7,6 +7,7 @@
 //! session's sequence number, so a restarted server, or another node on the
 //! same PostgreSQL, continues it; a replayed or out-of-order result is refused.
 
+mod agent_delivery;
 mod relay;
 mod retry_cancel;
 mod session;
@@ -30,6 +31,7 @@ use crate::app::AppState;
 use crate::auth::{perm, Allowed};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 
+pub(crate) use agent_delivery::outstanding_batch;
 pub use sweep::sweep_abandoned;
 
 use session::unseal;
@@ -65,6 +67,12 @@ pub struct StartIssuance {
     /// device to the user with the policy; issuance completes later).
     #[serde(default)]
     pub action: Option<String>,
+    /// Who relays the device commands: `local` (the default: the caller's
+    /// client), `agent` (the online workstation agent that reports the
+    /// device) or an agent's id. Prompts are answered by the caller's client
+    /// either way.
+    #[serde(default)]
+    pub via: Option<String>,
 }
 
 /// A session as the API shows it (no secret).

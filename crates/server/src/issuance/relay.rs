@@ -14,7 +14,6 @@ use super::session::{certificate_credential, end_session, seal, unseal, Ending};
 use super::{load, relay_batch, Engine, SessionData};
 use crate::api::{audit, store_error};
 use crate::app::AppState;
-use crate::auth::{perm, Allowed};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::json::ApiJson;
 
@@ -135,7 +134,7 @@ pub(super) fn step_engine(
     responses((status = 200, body = RelayBatch), (status = 409, body = ErrorBody)))]
 pub(super) async fn relay(
     State(state): State<AppState>,
-    Allowed(caller, _): Allowed<perm::DevicesIssue>,
+    crate::agents::RelayCaller(caller): crate::agents::RelayCaller,
     Path(id): Path<String>,
     ApiJson(result): ApiJson<RelayResult>,
 ) -> ApiResult<Json<RelayBatch>> {

@@ -84,6 +84,13 @@ pub(super) async fn start(
         }
     }
     policy.check_device(&device).map_err(invalid)?;
+    // The workstation agent that will relay the device commands (issue 4).
+    let agent = match assign {
+        false => {
+            crate::agents::choose_for_start(&state, &caller, req.via.as_deref(), serial).await?
+        }
+        true => None,
+    };
     if assign {
         let change = StateChange {
             to: DeviceState::Assigned,
@@ -208,6 +215,9 @@ pub(super) async fn start(
         .start_issuance(&session, device.version, &change, &draft)
         .await
         .map_err(|e| store_error("starting the issuance", e))?;
+    if let Some(agent) = agent {
+        crate::agents::bind_session(&state, id, agent).await?;
+    }
     Ok((
         StatusCode::CREATED,
         Json(

@@ -1,0 +1,193 @@
+//! Workstation agents (`keyward agent`): pairing by device code, the
+//! agent's credential, the devices it reports, and the delivery of the
+//! command batches of the sessions it relays.
+//!
+//! * [`pairing`]: `POST /agents/pair` (the agent, unauthenticated) gets a
+//!   pairing code `XXXX-XXXX` and a polling secret; a signed-in account
+//!   (`POST /agents/approve`) or an administrator (`keyward admin agent
+//!   approve CODE`) approves it; the agent's next poll picks up its bearer
+//!   credential (`kwa_…`), once. List and revoke.
+//! * [`credential`]: the agent's credential is accepted on the agent
+//!   endpoints and on the relay of a session bound to the agent whose device
+//!   it reports now, nowhere else ([`RelayCaller`]).
+//! * [`reports`]: the agent reports its devices on every change; the portal
+//!   reads the signed-in account's agents' devices (long-poll on changes).
+//! * [`work`]: the agent long-polls for command batches; an issuance started
+//!   with `via: "agent"` is bound to the agent that reports the device.
+//!
+//! The in-memory [`Hub`] only wakes long-polls: every decision reads the
+//! store, so another node on the same PostgreSQL serves an agent as well.
+
+mod credential;
+mod pairing;
+mod reports;
+mod work;
+
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
+use keyward_store::Agent;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use crate::auth::{Caller, Via};
+
+pub use credential::{AgentAuth, RelayCaller, AGENT_CREDENTIAL_PREFIX};
+pub use work::{bind_session, choose_for_start};
+
+/// An agent not heard from for this long is offline (its long-poll
+/// returns every [`MAX_WAIT`] at most).
+pub const ONLINE_WINDOW: Duration = Duration::from_secs(60);
+/// The longest a long-poll waits.
+pub const MAX_WAIT: Duration = Duration::from_secs(25);
+/// Pairing codes live this long.
+pub const PAIRING_TTL: Duration = Duration::from_secs(600);
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(pairing::request_pairing))
+        .routes(routes!(pairing::poll_pairing))
+        .routes(routes!(pairing::approve))
+        .routes(routes!(pairing::list))
+        .routes(routes!(pairing::revoke))
+        .routes(routes!(pairing::me))
+        .routes(routes!(reports::report_devices))
+        .routes(routes!(reports::list_devices))
+        .routes(routes!(work::work))
+}
+
+/// Wakes the long-polls: `work` when a session moved (started, relayed,
+/// retried, cancelled), `devices` when an agent's devices changed.
+pub struct Hub {
+    work: watch::Sender<u64>,
+    devices: watch::Sender<u64>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            work: watch::channel(0).0,
+            devices: watch::channel(0).0,
+        }
+    }
+}
+
+impl Hub {
+    pub fn work_changed(&self) {
+        self.work.send_modify(|v| *v = v.wrapping_add(1));
+    }
+    pub fn devices_changed(&self) {
+        self.devices.send_modify(|v| *v = v.wrapping_add(1));
+    }
+    pub fn devices_version(&self) -> u64 {
+        *self.devices.borrow()
+    }
+    fn watch_work(&self) -> watch::Receiver<u64> {
+        self.work.subscribe()
+    }
+    fn watch_devices(&self) -> watch::Receiver<u64> {
+        self.devices.subscribe()
+    }
+}
+
+/// Middleware: a successful state change of an issuance session (any POST
+/// whose path names issuance, API or portal) wakes the agents' long-polls,
+/// so a batch is delivered at once.
+pub async fn wake_on_issuance(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let relevant = req.method() == Method::POST && req.uri().path().contains("issuance");
+    let resp = next.run(req).await;
+    if relevant && resp.status().is_success() {
+        state.agents.work_changed();
+    }
+    resp
+}
+
+/// Whether the agent was heard from recently.
+pub fn is_online(agent: &Agent) -> bool {
+    agent.status == "paired"
+        && agent.last_seen_at.is_some_and(|t| {
+            time::OffsetDateTime::now_utc() - t
+                <= time::Duration::try_from(ONLINE_WINDOW).unwrap_or(time::Duration::MINUTE)
+        })
+}
+
+/// Whether `caller` may see and use `agent`: its owner (the account, or the
+/// API token, it was paired to), and administrators. API tokens used for
+/// automation (`keyward issue`) may use any paired agent: the token's role
+/// still decides what it may do with a device.
+pub fn may_use(caller: &Caller, agent: &Agent) -> bool {
+    if caller
+        .role
+        .allows(keyward_domain::Permission::OperatorsManage)
+    {
+        return true;
+    }
+    match &caller.via {
+        Via::Session { account_id, .. } => {
+            agent.owner_kind.as_deref() == Some("account") && agent.owner_id == Some(*account_id)
+        }
+        Via::Token { .. } => true,
+        Via::Agent { .. } => false,
+    }
+}
+
+/// How owners are shown: `account:alice`, `token:ci`.
+pub fn owner_label(agent: &Agent) -> Option<String> {
+    match (&agent.owner_kind, &agent.owner_login) {
+        (Some(k), Some(l)) => Some(format!("{k}:{l}")),
+        _ => None,
+    }
+}
+
+fn rfc3339(t: Option<time::OffsetDateTime>) -> Option<String> {
+    t.and_then(|t| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    })
+}
+
+/// An agent as the API shows it (no secret, no hash).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AgentView {
+    pub id: String,
+    pub name: String,
+    /// `pending`, `expired` (a pending code past its time), `paired`, `revoked`.
+    pub status: String,
+    /// `account:LOGIN` or `token:NAME` once paired.
+    pub owner: Option<String>,
+    pub online: bool,
+    pub created_at: String,
+    pub approved_at: Option<String>,
+    pub approved_by: Option<String>,
+    pub revoked_at: Option<String>,
+    pub last_seen_at: Option<String>,
+}
+
+impl AgentView {
+    pub fn of(a: &Agent) -> Self {
+        let status =
+            if a.status == "pending" && a.code_expires_at <= time::OffsetDateTime::now_utc() {
+                "expired".to_string()
+            } else {
+                a.status.clone()
+            };
+        AgentView {
+            id: a.id.to_string(),
+            name: a.name.clone(),
+            status,
+            owner: owner_label(a),
+            online: is_online(a),
+            created_at: rfc3339(Some(a.created_at)).unwrap_or_default(),
+            approved_at: rfc3339(a.approved_at),
+            approved_by: a.approved_by.clone(),
+            revoked_at: rfc3339(a.revoked_at),
+            last_seen_at: rfc3339(a.last_seen_at),
+        }
+    }
+}
