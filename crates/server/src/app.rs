@@ -77,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/openapi.json", get(crate::openapi::serve))
         .route("/healthz", get(healthz))
         .merge(crate::pki::routes())
+        .merge(crate::web::router())
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))

@@ -21,5 +21,6 @@ pub mod openapi;
 pub mod pki;
 pub mod secrets;
 pub mod start;
+pub mod web;
 
 pub use start::{Server, StartOptions};

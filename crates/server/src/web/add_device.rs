@@ -1,0 +1,63 @@
+//! Add Device: the issuance dialog of the User page. The page carries what
+//! the server knows up front (the user, the PIN display mode); the devices
+//! connected to the operator's agents, the fitting policies, the PIN rules,
+//! progress and prompts come live from the API (`static/add_device.js`).
+//! The browser never talks to an agent and never holds device commands.
+
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use keyward_domain::{DisplayMode, Permission, User};
+
+use super::{error_page, internal, render, Nav, WebUser};
+use crate::app::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/users/{login}/add-device", get(page))
+}
+
+#[derive(Template)]
+#[template(path = "add_device.html")]
+struct AddDevicePage {
+    nav: Nav,
+    user: User,
+    /// `displayed`, `disguised` or `not_displayed`.
+    display_mode: &'static str,
+    display_mode_label: &'static str,
+    change_pin_during_issuance: bool,
+    server_url: String,
+}
+
+async fn page(State(state): State<AppState>, user: WebUser, Path(login): Path<String>) -> Response {
+    if let Err(r) = user.require(Permission::DevicesIssue) {
+        return r;
+    }
+    let subject = match crate::api::found(state.store.get_user_by_login(&login).await) {
+        Ok(Some(u)) => u,
+        Ok(None) => {
+            return error_page(
+                &user,
+                StatusCode::NOT_FOUND,
+                "No such user",
+                "There is no user with this login.",
+            )
+        }
+        Err(e) => return internal("reading the user", e),
+    };
+    let settings = match state.store.get_settings().await {
+        Ok(s) => s,
+        Err(e) => return internal("reading settings", e),
+    };
+    let mode: DisplayMode = settings.initial_pin_display_mode;
+    render(&AddDevicePage {
+        nav: user.nav("/users"),
+        user: subject,
+        display_mode: mode.as_str(),
+        display_mode_label: mode.label(),
+        change_pin_during_issuance: settings.change_pin_during_issuance,
+        server_url: state.config.public_url(),
+    })
+}

@@ -1,0 +1,143 @@
+//! Devices: the inventory search (serial prefix, state, type), CSV import
+//! and recycle. Import and recycle go through the REST API from the page.
+
+use askama::Template;
+use axum::extract::{Query, State};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use keyward_domain::{DeviceState, DeviceType, Permission};
+use keyward_store::DeviceFilter;
+use serde::Deserialize;
+
+use super::{internal, render, Nav, WebUser};
+use crate::app::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/devices", get(page))
+}
+
+#[derive(Deserialize, Default)]
+struct DeviceQuery {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    device_type: String,
+    after: Option<String>,
+}
+
+pub struct Row {
+    pub serial: String,
+    pub device_type: String,
+    pub firmware: String,
+    pub state: String,
+    pub state_label: String,
+    pub reason: String,
+    pub recyclable: bool,
+}
+
+pub struct Choice {
+    pub value: &'static str,
+    pub label: &'static str,
+    pub selected: bool,
+}
+
+#[derive(Template)]
+#[template(path = "devices.html")]
+struct DevicesPage {
+    nav: Nav,
+    q: String,
+    states: Vec<Choice>,
+    types: Vec<Choice>,
+    rows: Vec<Row>,
+    next: Option<String>,
+    next_query: String,
+    can_import: bool,
+    can_recycle: bool,
+    error: Option<String>,
+}
+
+async fn page(
+    State(state): State<AppState>,
+    user: WebUser,
+    Query(query): Query<DeviceQuery>,
+) -> Response {
+    if let Err(r) = user.require(Permission::DevicesRead) {
+        return r;
+    }
+    let state_filter = DeviceState::parse_field(&query.state, "state").ok();
+    let type_filter = DeviceType::parse_field(&query.device_type, "device_type").ok();
+    let mut error = None;
+    let prefix = query.q.trim().to_string();
+    if !prefix.chars().all(|c| c.is_ascii_digit()) {
+        error = Some("A serial number has decimal digits only.".to_string());
+    }
+    let page = if error.is_none() {
+        match state
+            .store
+            .list_devices(&DeviceFilter {
+                serial_prefix: Some(prefix.clone()).filter(|p| !p.is_empty()),
+                state: state_filter,
+                device_type: type_filter,
+                after: query.after.clone().filter(|a| !a.is_empty()),
+                limit: 50,
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(p) => Some(p),
+            Err(e) => return internal("searching devices", e),
+        }
+    } else {
+        None
+    };
+    let (items, next) = page.map(|p| (p.items, p.next)).unwrap_or_default();
+    let rows = items
+        .into_iter()
+        .map(|d| Row {
+            serial: d.serial.to_string(),
+            device_type: d.device_type.label().to_string(),
+            firmware: d
+                .firmware_version
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            state: d.state.as_str().to_string(),
+            state_label: d.state.label().to_string(),
+            reason: d.reason.map(|r| r.as_str().to_string()).unwrap_or_default(),
+            // Recycle: a device that is not in use (failed, cancelled or
+            // abandoned issuance, or otherwise returned).
+            recyclable: matches!(d.state, DeviceState::Produced | DeviceState::Invalid),
+        })
+        .collect();
+    render(&DevicesPage {
+        nav: user.nav("/devices"),
+        next_query: format!(
+            "q={}&state={}&device_type={}",
+            prefix, query.state, query.device_type
+        ),
+        q: prefix,
+        states: DeviceState::ALL
+            .iter()
+            .map(|s| Choice {
+                value: s.as_str(),
+                label: s.label(),
+                selected: Some(*s) == state_filter,
+            })
+            .collect(),
+        types: DeviceType::ALL
+            .iter()
+            .map(|t| Choice {
+                value: t.as_str(),
+                label: t.label(),
+                selected: Some(*t) == type_filter,
+            })
+            .collect(),
+        rows,
+        next,
+        can_import: user.can(Permission::DevicesImport),
+        can_recycle: user.can(Permission::DevicesRecycle),
+        error,
+    })
+}

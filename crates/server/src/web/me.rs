@@ -1,0 +1,54 @@
+//! The User Portal (self-service): my devices with state, policy and
+//! credentials, and Get Initial PIN (revealed once, after confirmation,
+//! audited by the API; the page drops the PIN when the person hides it).
+
+use askama::Template;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use keyward_domain::{Permission, WhoCanBind};
+
+use super::user::{device_rows, DeviceRow};
+use super::{render, Nav, WebUser};
+use crate::app::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/me", get(page))
+}
+
+#[derive(Template)]
+#[template(path = "me.html")]
+struct MePage {
+    nav: Nav,
+    devices: Vec<DeviceRow>,
+    /// "Who can bind the device to the user?" = User.
+    user_may_complete: bool,
+}
+
+async fn page(State(state): State<AppState>, user: WebUser) -> Response {
+    if let Err(r) = user.require(Permission::SelfService) {
+        return r;
+    }
+    let Some(user_id) = user.caller.user_id else {
+        return super::error_page(
+            &user,
+            axum::http::StatusCode::FORBIDDEN,
+            "No user record",
+            "This account is not linked to a user.",
+        );
+    };
+    let devices = match device_rows(&state, user_id, None).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let settings = match state.store.get_settings().await {
+        Ok(s) => s,
+        Err(e) => return super::internal("reading settings", e),
+    };
+    render(&MePage {
+        nav: user.nav("/me"),
+        devices,
+        user_may_complete: settings.who_can_bind == WhoCanBind::User,
+    })
+}

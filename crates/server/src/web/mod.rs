@@ -1,0 +1,317 @@
+//! The Operator Portal and the self-service User Portal: server-rendered
+//! pages (askama templates compiled into the binary), one module per page,
+//! and a little plain JavaScript of our own under `/static`. Pages read the
+//! store directly; what changes state in the browser goes through the same
+//! REST API as every other client (`/api/v1`, with the session's CSRF token
+//! in `X-CSRF-Token`), so the API's permission checks and audit apply.
+//!
+//! Security: every page response carries a Content-Security-Policy without
+//! `unsafe-inline` (no inline script or style; static files only) and
+//! forbids framing; forms post with a CSRF token (sign-in included, through
+//! a pre-session token cookie); PINs travel only in POST bodies.
+
+use askama::Template;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::Router;
+use keyward_domain::{Permission, Role};
+use subtle::ConstantTimeEq;
+
+use crate::app::AppState;
+use crate::auth::{Caller, Via, SESSION_COOKIE};
+
+pub mod add_device;
+pub mod admin_policies;
+pub mod admin_settings;
+pub mod agents;
+pub mod audit;
+pub mod devices;
+pub mod me;
+pub mod operators;
+pub mod passkey_services;
+pub mod signin;
+pub mod static_files;
+pub mod user;
+pub mod users;
+
+/// The policy every portal response carries: scripts, styles, fetches and
+/// form posts only from this origin; no inline code; no framing.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; \
+frame-ancestors 'none'; base-uri 'none'";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(home))
+        .merge(signin::routes())
+        .merge(users::routes())
+        .merge(user::routes())
+        .merge(add_device::routes())
+        .merge(devices::routes())
+        .merge(agents::routes())
+        .merge(admin_policies::routes())
+        .merge(admin_settings::routes())
+        .merge(passkey_services::routes())
+        .merge(operators::routes())
+        .merge(audit::routes())
+        .merge(me::routes())
+        .merge(static_files::routes())
+        .layer(middleware::from_fn(security_headers))
+}
+
+async fn security_headers(req: axum::extract::Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    res
+}
+
+/// `/`: signed out, the sign-in page; signed in, the page of one's role.
+async fn home(user: Option<WebUser>) -> Redirect {
+    match user {
+        None => Redirect::to("/signin"),
+        Some(u) if u.caller.role == Role::User => Redirect::to("/me"),
+        Some(u) if u.caller.role.allows(Permission::UsersRead) => Redirect::to("/users"),
+        Some(_) => Redirect::to("/devices"),
+    }
+}
+
+/// The signed-in person behind a portal request, with the session's CSRF
+/// token (put in each page for forms and `fetch`). Signed out, a page
+/// request is redirected to the sign-in page.
+#[derive(Debug, Clone)]
+pub struct WebUser {
+    pub caller: Caller,
+    pub csrf: String,
+    pub must_change_password: bool,
+}
+
+impl WebUser {
+    pub fn can(&self, p: Permission) -> bool {
+        self.caller.role.allows(p)
+    }
+
+    /// The page for this permission, or a 403 page.
+    pub fn require(&self, p: Permission) -> Result<(), Response> {
+        if self.can(p) {
+            Ok(())
+        } else {
+            Err(error_page(
+                self,
+                StatusCode::FORBIDDEN,
+                "Not allowed",
+                &format!("Your role does not allow this: {}.", p.label()),
+            ))
+        }
+    }
+
+    /// A form post's CSRF token must be the session's.
+    pub fn check_csrf(&self, sent: &str) -> Result<(), Response> {
+        if csrf_matches(sent, &self.csrf) {
+            Ok(())
+        } else {
+            Err(csrf_refused())
+        }
+    }
+
+    pub fn nav(&self, active: &str) -> Nav {
+        let mut items = Vec::new();
+        let mut add = |href: &'static str, label: &'static str, p: Permission| {
+            if self.can(p) {
+                items.push(NavItem {
+                    href,
+                    label,
+                    active: href == active,
+                });
+            }
+        };
+        add("/users", "Users", Permission::UsersRead);
+        add("/devices", "Devices", Permission::DevicesRead);
+        add("/agents", "Agents", Permission::DevicesIssue);
+        add("/me", "My devices", Permission::SelfService);
+        // Administration pages: only roles that may change the configuration.
+        add(
+            "/admin/policies",
+            "Device policies",
+            Permission::PoliciesWrite,
+        );
+        add("/admin/settings", "Settings", Permission::SettingsWrite);
+        add(
+            "/admin/passkey-services",
+            "Passkey-Enabled Services",
+            Permission::PasskeyServicesWrite,
+        );
+        add("/admin/operators", "Operators", Permission::OperatorsManage);
+        add("/admin/audit", "Audit trail", Permission::AuditRead);
+        Nav {
+            items,
+            login: self.caller.login.clone(),
+            role: self.caller.role.label().to_string(),
+            csrf: self.csrf.clone(),
+        }
+    }
+}
+
+pub fn csrf_matches(sent: &str, expected: &str) -> bool {
+    !sent.is_empty()
+        && !expected.is_empty()
+        && bool::from(sent.as_bytes().ct_eq(expected.as_bytes()))
+}
+
+pub fn csrf_refused() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        Html("<!doctype html><title>Refused</title><p>Refused: this form was not sent with its CSRF token. Reload the page and try again.</p>"),
+    )
+        .into_response()
+}
+
+/// The navigation bar of the signed-in layout.
+pub struct Nav {
+    pub items: Vec<NavItem>,
+    pub login: String,
+    pub role: String,
+    pub csrf: String,
+}
+
+pub struct NavItem {
+    pub href: &'static str,
+    pub label: &'static str,
+    pub active: bool,
+}
+
+/// Paths a session with a one-time password may still open.
+const BEFORE_PASSWORD_CHANGE: &[&str] = &["/password", "/signout"];
+
+impl FromRequestParts<AppState> for WebUser {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let to_signin = || Redirect::to("/signin").into_response();
+        let Some(session_id) = crate::auth::cookie(parts, SESSION_COOKIE) else {
+            return Err(to_signin());
+        };
+        let hash = state.tokens.hash(&session_id);
+        let now = time::OffsetDateTime::now_utc();
+        let session = match state.store.get_session(&hash, now).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(to_signin()),
+            Err(e) => return Err(internal("checking the session", e)),
+        };
+        let account = match crate::api::found(state.store.get_account(session.account_id).await) {
+            Ok(Some(a)) if !a.disabled => a,
+            Ok(_) => return Err(to_signin()),
+            Err(e) => return Err(internal("checking the session", e)),
+        };
+        if account.must_change_password && !BEFORE_PASSWORD_CHANGE.contains(&parts.uri.path()) {
+            return Err(Redirect::to("/password").into_response());
+        }
+        Ok(WebUser {
+            caller: Caller {
+                login: account.login.clone(),
+                role: account.role,
+                user_id: account.user_id,
+                via: Via::Session {
+                    account_id: account.id,
+                    session_hash: hash,
+                },
+            },
+            csrf: session.csrf_token,
+            must_change_password: account.must_change_password,
+        })
+    }
+}
+
+impl axum::extract::OptionalFromRequestParts<AppState> for WebUser {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Option<Self>, Response> {
+        match <WebUser as FromRequestParts<AppState>>::from_request_parts(parts, state).await {
+            Ok(u) => Ok(Some(u)),
+            Err(r) if r.status().is_redirection() => Ok(None),
+            Err(r) => Err(r),
+        }
+    }
+}
+
+/// A store failure: logged with its context, shown without detail.
+pub fn internal(context: &str, e: impl std::fmt::Display) -> Response {
+    tracing::error!(context, error = %e, "portal page failed");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Html(format!(
+            "<!doctype html><title>Error</title><p>Something went wrong while {}.</p>",
+            escape(context)
+        )),
+    )
+        .into_response()
+}
+
+/// Renders a template into a page response.
+pub fn render<T: Template>(t: &T) -> Response {
+    match t.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => internal("rendering the page", e),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    nav: Nav,
+    title: &'a str,
+    message: &'a str,
+}
+
+pub fn error_page(user: &WebUser, status: StatusCode, title: &str, message: &str) -> Response {
+    let mut res = render(&ErrorPage {
+        nav: user.nav(""),
+        title,
+        message,
+    });
+    *res.status_mut() = status;
+    res
+}
+
+/// HTML-escapes text put into hand-written HTML (templates escape on their own).
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A time as pages show it (UTC, to the minute).
+pub fn when(t: time::OffsetDateTime) -> String {
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute()
+    )
+}

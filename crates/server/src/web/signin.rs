@@ -1,0 +1,322 @@
+//! Sign-in, sign-out and the change of a one-time password, as plain HTML
+//! forms. Sign-in has no session yet, so its CSRF token is a double submit:
+//! the page sets a random token in an HttpOnly, SameSite=Strict cookie and
+//! in a hidden field; a post whose field does not match the cookie is 403.
+
+use askama::Template;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use keyward_domain::{AuditDraft, AuditOutcome};
+use keyward_store::Session;
+use serde::Deserialize;
+
+use super::{csrf_matches, csrf_refused, internal, render, Nav, WebUser};
+use crate::api::session::{check_new_password, random_b64};
+use crate::app::AppState;
+use crate::auth::{Via, SESSION_COOKIE};
+use crate::secrets::{hash_password, verify_password};
+
+/// The pre-session CSRF cookie of the sign-in form.
+const SIGNIN_CSRF_COOKIE: &str = "kw_signin_csrf";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/signin", get(page).post(sign_in))
+        .route("/signout", post(sign_out))
+        .route("/password", get(password_page).post(change_password))
+}
+
+#[derive(Template)]
+#[template(path = "signin.html")]
+struct SignInPage {
+    csrf: String,
+    error: Option<String>,
+    login: String,
+}
+
+fn secure(state: &AppState) -> &'static str {
+    if state.config.tls.is_some() {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+fn signin_form(state: &AppState, error: Option<String>, login: String) -> Response {
+    let csrf = random_b64(32);
+    let cookie = format!(
+        "{SIGNIN_CSRF_COOKIE}={csrf}; Path=/signin; HttpOnly; SameSite=Strict; Max-Age=3600{}",
+        secure(state)
+    );
+    let status = if error.is_some() {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    };
+    let mut res = render(&SignInPage { csrf, error, login });
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).expect("cookie is ASCII"),
+    );
+    res
+}
+
+async fn page(State(state): State<AppState>, user: Option<WebUser>) -> Response {
+    if user.is_some() {
+        return Redirect::to("/").into_response();
+    }
+    signin_form(&state, None, String::new())
+}
+
+#[derive(Deserialize)]
+struct SignInForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    login: String,
+    #[serde(default)]
+    password: String,
+}
+
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// A hash to verify against when the login is unknown, so the time taken
+/// does not tell whether an account exists.
+static DUMMY_HASH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| hash_password("keyward-dummy-password"));
+
+async fn verify(password: String, phc: Option<String>) -> bool {
+    tokio::task::spawn_blocking(move || {
+        let phc = phc.unwrap_or_else(|| DUMMY_HASH.clone());
+        verify_password(&password, &phc).unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(64).collect()
+}
+
+async fn sign_in(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<SignInForm>,
+) -> Response {
+    let expected = cookie_value(&headers, SIGNIN_CSRF_COOKIE).unwrap_or_default();
+    if !csrf_matches(&form.csrf, &expected) {
+        return csrf_refused();
+    }
+    let account = match crate::api::found(state.store.get_account_by_login(&form.login).await) {
+        Ok(a) => a,
+        Err(e) => return internal("signing in", e),
+    };
+    let phc = account.as_ref().and_then(|a| a.password_hash.clone());
+    let ok = verify(form.password, phc).await;
+    let account = match account {
+        Some(a) if ok && !a.disabled => a,
+        _ => {
+            state
+                .metrics
+                .sign_in_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let draft = AuditDraft {
+                actor: format!("login:{}", printable(&form.login)),
+                action: "auth.sign_in".into(),
+                target: format!("account:{}", printable(&form.login)),
+                outcome: AuditOutcome::Failure,
+                details: serde_json::json!({ "via": "portal" }),
+            };
+            if let Err(e) = state.store.append_audit(&draft).await {
+                return internal("recording a failed sign-in", e);
+            }
+            return signin_form(
+                &state,
+                Some("Unknown login or wrong password.".into()),
+                printable(&form.login),
+            );
+        }
+    };
+    let session_id = random_b64(32);
+    let now = time::OffsetDateTime::now_utc();
+    let draft = AuditDraft {
+        actor: format!("account:{}", account.login),
+        action: "auth.sign_in".into(),
+        target: format!("account:{}", account.login),
+        outcome: AuditOutcome::Success,
+        details: serde_json::json!({ "via": "portal" }),
+    };
+    let session = Session {
+        id_hash: state.tokens.hash(&session_id),
+        account_id: account.id,
+        csrf_token: random_b64(32),
+        created_at: now,
+        expires_at: now + time::Duration::minutes(state.config.session_minutes as i64),
+    };
+    if let Err(e) = state.store.create_session(&session, &draft).await {
+        return internal("creating the session", e);
+    }
+    let session_cookie = format!(
+        "{SESSION_COOKIE}={session_id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        state.config.session_minutes * 60,
+        secure(&state)
+    );
+    let clear =
+        format!("{SIGNIN_CSRF_COOKIE}=; Path=/signin; HttpOnly; SameSite=Strict; Max-Age=0");
+    let mut res = Redirect::to(if account.must_change_password {
+        "/password"
+    } else {
+        "/"
+    })
+    .into_response();
+    let h = res.headers_mut();
+    h.append(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&session_cookie).expect("cookie is ASCII"),
+    );
+    h.append(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&clear).expect("cookie is ASCII"),
+    );
+    res
+}
+
+#[derive(Deserialize)]
+struct CsrfOnly {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn sign_out(
+    State(state): State<AppState>,
+    user: WebUser,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    if let Err(r) = user.check_csrf(&form.csrf) {
+        return r;
+    }
+    if let Via::Session { session_hash, .. } = &user.caller.via {
+        let draft = crate::api::audit(
+            &user.caller,
+            "auth.sign_out",
+            format!("account:{}", user.caller.login),
+            serde_json::json!({ "via": "portal" }),
+        );
+        if let Err(e) = state.store.delete_session(session_hash, &draft).await {
+            return internal("signing out", e);
+        }
+    }
+    let clear = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    let mut res = Redirect::to("/signin").into_response();
+    res.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&clear).expect("cookie is ASCII"),
+    );
+    res
+}
+
+#[derive(Template)]
+#[template(path = "password.html")]
+struct PasswordPage {
+    nav: Nav,
+    must_change: bool,
+    error: Option<String>,
+    done: bool,
+}
+
+async fn password_page(user: WebUser) -> Response {
+    render(&PasswordPage {
+        nav: user.nav(""),
+        must_change: user.must_change_password,
+        error: None,
+        done: false,
+    })
+}
+
+#[derive(Deserialize)]
+struct PasswordForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    current_password: String,
+    #[serde(default)]
+    new_password: String,
+    #[serde(default)]
+    confirm_password: String,
+}
+
+async fn change_password(
+    State(state): State<AppState>,
+    user: WebUser,
+    Form(form): Form<PasswordForm>,
+) -> Response {
+    if let Err(r) = user.check_csrf(&form.csrf) {
+        return r;
+    }
+    let again = |error: String| {
+        let mut res = render(&PasswordPage {
+            nav: user.nav(""),
+            must_change: user.must_change_password,
+            error: Some(error),
+            done: false,
+        });
+        *res.status_mut() = StatusCode::BAD_REQUEST;
+        res
+    };
+    let Some(account_id) = user.caller.account_id() else {
+        return again("API tokens have no password.".into());
+    };
+    if let Err(e) = check_new_password(&form.new_password, "new_password") {
+        return again(e.detail.message);
+    }
+    if form.new_password != form.confirm_password {
+        return again("The new password and its confirmation differ.".into());
+    }
+    if form.new_password == form.current_password {
+        return again("Choose a password different from the current one.".into());
+    }
+    let account = match state.store.get_account(account_id).await {
+        Ok(a) => a,
+        Err(e) => return internal("changing the password", e),
+    };
+    if !verify(form.current_password, account.password_hash.clone()).await {
+        return again("The current password is wrong.".into());
+    }
+    let new = form.new_password;
+    let phc = match tokio::task::spawn_blocking(move || hash_password(&new)).await {
+        Ok(p) => p,
+        Err(e) => return internal("changing the password", e),
+    };
+    let draft = crate::api::audit(
+        &user.caller,
+        "auth.password_change",
+        format!("account:{}", user.caller.login),
+        serde_json::json!({ "via": "portal" }),
+    );
+    if let Err(e) = state
+        .store
+        .set_password(account_id, &phc, false, &draft)
+        .await
+    {
+        return internal("changing the password", e);
+    }
+    render(&PasswordPage {
+        nav: user.nav(""),
+        must_change: false,
+        error: None,
+        done: true,
+    })
+}

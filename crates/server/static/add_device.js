@@ -1,0 +1,576 @@
+// Add Device: the issuance dialog. Everything comes from the server: the
+// devices the operator's agents report (GET /api/v1/agents/devices), the
+// policies that fit the chosen device, the policy's PIN rules and a live
+// rule-by-rule check, then the session's progress and prompts
+// (GET /api/v1/issuance/{id}); prompt answers go to the relay endpoint.
+// PINs travel only in POST bodies and are cleared from the page once sent.
+'use strict';
+
+document.addEventListener('DOMContentLoaded', () => {
+  const root = document.getElementById('add-device-dialog');
+  if (!root) return;
+  const $ = (id) => document.getElementById(id);
+  const user = root.dataset.user;
+  const mode = root.dataset.displayMode; // displayed | disguised | not_displayed
+  const userPage = `/users/${encodeURIComponent(user)}`;
+  const tbody = $('device-list').querySelector('tbody');
+  const policySel = $('policy');
+  const actionSel = $('action-type');
+  const pin = $('pin');
+  const confirmPin = $('confirm-pin');
+  const rulesList = $('pin-rules');
+  const continueBtn = $('continue');
+  const formError = $('form-error');
+
+  const DEVICE_POLL_MS = 3000;
+  const SESSION_POLL_MS = 700;
+  // Prompts answered by the person; others (touch_device) only inform.
+  const ANSWERED = ['enter_pin', 'confirm_pin', 'set_new_pin', 'set_fido_pin',
+    'enter_fido_pin', 'confirm_touch', 'show_initial_pin', 'reinsert_device'];
+  const PIN_KINDS = ['enter_pin', 'confirm_pin', 'set_new_pin', 'set_fido_pin', 'enter_fido_pin'];
+  const ANSWER_KEY = {
+    enter_pin: 'enter_pin', confirm_pin: 'confirm_pin', set_new_pin: 'set_new_pin',
+    set_fido_pin: 'set_fido_pin', enter_fido_pin: 'enter_fido_pin', confirm_touch: 'confirm_touch',
+    show_initial_pin: 'show_initial_pin', reinsert_device: 'reinsert_device',
+  };
+
+  let devicesKey = null;
+  let selected = null; // the chosen device's serial
+  let pinValid = false;
+  let checkSeq = 0;
+  let session = null; // { id, serial }
+  let promptSeq = null; // the seq whose prompts are on screen
+  let pollTimer = null;
+
+  function showError(e) {
+    if (!e) {
+      formError.hidden = true;
+      formError.textContent = '';
+      return;
+    }
+    formError.textContent = typeof e === 'string' ? e : Keyward.describe(e);
+    formError.hidden = false;
+  }
+
+  // ---------------------------------------------------------------- devices
+  // The agents API lists the devices of the operator's agents; accept the
+  // list itself, {devices: [...]}, or {agents: [{name, online, devices}]}.
+  function normalise(data) {
+    const out = { agents: null, devices: [] };
+    const flat = (d, agent) => {
+      const info = typeof d.info === 'string' ? safeJson(d.info) : (d.info || {});
+      return {
+        serial: String(d.serial),
+        type: d.device_type_label || d.device_type || info.device_type || '',
+        firmware: d.firmware || d.firmware_version || info.firmware || info.firmware_version || '',
+        reader: d.reader || info.reader || '',
+        agent: d.agent_name || d.agent || (agent && agent.name) || '',
+        state: d.state || 'not in the inventory',
+      };
+    };
+    if (Array.isArray(data)) {
+      out.devices = data.map((d) => flat(d));
+    } else if (data && Array.isArray(data.agents)) {
+      out.agents = data.agents;
+      for (const a of data.agents) {
+        for (const d of a.devices || []) out.devices.push(flat(d, a));
+      }
+      if (Array.isArray(data.devices)) out.devices.push(...data.devices.map((d) => flat(d)));
+    } else if (data && Array.isArray(data.devices)) {
+      out.devices = data.devices.map((d) => flat(d));
+    }
+    return out;
+  }
+
+  function safeJson(s) {
+    try { return JSON.parse(s); } catch (_) { return {}; }
+  }
+
+  // The devices come by long polling: the server answers at once when the
+  // list changed since `version`, else when it changes (device inserted or
+  // removed, agent paired or revoked), else after `wait` seconds.
+  let version = null;
+  let deviceAbort = null;
+  let stopped = false;
+
+  async function loadDevices(wait) {
+    let data = null;
+    const q = version !== null && wait ? `?since=${version}&wait=${wait}` : '';
+    deviceAbort = new AbortController();
+    try {
+      data = await Keyward.api('GET', `/api/v1/agents/devices${q}`, undefined, undefined, deviceAbort.signal);
+    } catch (e) {
+      if (e.name === 'AbortError') return 'aborted';
+      // No agents service on this server, or none for this operator.
+      if (e.status !== 404) {
+        showError(e);
+        return 'error';
+      }
+    }
+    if (data && typeof data.version === 'number') version = data.version;
+    const { agents, devices } = normalise(data);
+    const online = agents ? agents.filter((a) => a.online !== false && a.status !== 'revoked') : null;
+    $('no-agent').hidden = !(data === null || (online !== null && online.length === 0)
+      || (agents === null && devices.length === 0 && !Array.isArray(data)));
+    const key = JSON.stringify(devices);
+    if (key !== devicesKey) {
+      devicesKey = key;
+      renderDevices(devices);
+    }
+    return data === null ? 'unavailable' : 'ok';
+  }
+
+  async function watchDevices() {
+    while (!stopped) {
+      const r = await loadDevices(20);
+      if (stopped) return;
+      if (r !== 'ok' && r !== 'aborted') await new Promise((res) => setTimeout(res, DEVICE_POLL_MS));
+    }
+  }
+
+  function renderDevices(devices) {
+    tbody.replaceChildren();
+    if (!devices.length) {
+      const tr = document.createElement('tr');
+      const td = document.createElement('td');
+      td.colSpan = 7;
+      td.className = 'muted';
+      td.textContent = 'No device connected. Insert one: the list updates on its own.';
+      tr.append(td);
+      tbody.append(tr);
+    }
+    let stillThere = false;
+    for (const d of devices) {
+      const tr = document.createElement('tr');
+      tr.dataset.serial = d.serial;
+      const radioCell = document.createElement('td');
+      const radio = document.createElement('input');
+      radio.type = 'radio';
+      radio.name = 'device';
+      radio.value = d.serial;
+      radio.id = `device-${d.serial}`;
+      radio.setAttribute('aria-label', `${d.type} ${d.serial}`);
+      if (d.serial === selected) {
+        radio.checked = true;
+        stillThere = true;
+      }
+      radio.addEventListener('change', () => chooseDevice(d.serial));
+      radioCell.append(radio);
+      tr.append(radioCell);
+      for (const v of [d.type, d.serial, d.firmware, d.reader, d.agent, d.state]) {
+        const td = document.createElement('td');
+        td.textContent = v;
+        tr.append(td);
+      }
+      tr.addEventListener('click', (ev) => {
+        if (ev.target !== radio) {
+          radio.checked = true;
+          chooseDevice(d.serial);
+        }
+      });
+      tbody.append(tr);
+    }
+    if (selected && !stillThere) {
+      // The chosen device was removed.
+      selected = null;
+      resetPolicies('Select a device first');
+    }
+    updateContinue();
+  }
+
+  function resetPolicies(text) {
+    policySel.replaceChildren(new Option(text, ''));
+    policySel.disabled = true;
+    rulesList.replaceChildren();
+    pinValid = false;
+  }
+
+  async function chooseDevice(serial) {
+    if (serial === selected) return;
+    selected = serial;
+    showError(null);
+    resetPolicies('Loading policies...');
+    try {
+      const policies = await Keyward.api('GET', `/api/v1/devices/${encodeURIComponent(serial)}/policies`);
+      if (serial !== selected) return;
+      if (!policies.length) {
+        resetPolicies('No policy fits this device');
+        return;
+      }
+      policySel.replaceChildren(new Option('Choose a device policy', ''));
+      for (const p of policies) policySel.append(new Option(p.name, p.name));
+      policySel.disabled = false;
+      if (policies.length === 1) {
+        policySel.value = policies[0].name;
+        await loadRules();
+      }
+    } catch (e) {
+      resetPolicies('Select a device first');
+      if (e.status === 404) {
+        showError(`Device ${serial} is not in the inventory: import it on the Devices page first.`);
+      } else {
+        showError(e);
+      }
+    }
+    updateContinue();
+  }
+
+  // -------------------------------------------------------------- PIN rules
+  async function loadRules() {
+    rulesList.replaceChildren();
+    pinValid = false;
+    const name = policySel.value;
+    if (!name) return;
+    try {
+      const rules = await Keyward.api('GET', `/api/v1/policies/${encodeURIComponent(name)}/pin-rules`);
+      for (const r of rules) {
+        const li = document.createElement('li');
+        li.dataset.rule = r.rule;
+        li.textContent = r.description;
+        rulesList.append(li);
+      }
+      if (pin && pin.value) await checkPin();
+    } catch (e) {
+      showError(e);
+    }
+    updateContinue();
+  }
+
+  // Each rule checked as the person types; the server's check is the
+  // authority, and this one stores nothing.
+  async function checkPin() {
+    if (!pin || !policySel.value) return;
+    const mine = ++checkSeq;
+    rulesList.hidden = false;
+    $('pin-info').setAttribute('aria-expanded', 'true');
+    try {
+      const r = await Keyward.api('POST', `/api/v1/policies/${encodeURIComponent(policySel.value)}/pin-check`, { pin: pin.value });
+      if (mine !== checkSeq) return;
+      pinValid = r.valid;
+      for (const rule of r.rules) {
+        const li = rulesList.querySelector(`li[data-rule="${CSS.escape(rule.rule)}"]`);
+        if (!li) continue;
+        li.classList.toggle('pass', rule.passed === true);
+        li.classList.toggle('fail', rule.passed === false);
+      }
+    } catch (e) {
+      showError(e);
+    }
+    updateContinue();
+  }
+
+  function pinsMatch() {
+    if (mode !== 'disguised') return true;
+    const same = pin.value === confirmPin.value;
+    $('pin-mismatch').hidden = same || confirmPin.value === '';
+    return same;
+  }
+
+  function updateContinue() {
+    const action = actionSel.value;
+    const needsPin = action === 'issue' && mode !== 'not_displayed';
+    $('pin-entry').hidden = action === 'assign';
+    let ok = Boolean(selected && policySel.value);
+    if (ok && needsPin) ok = pinValid && pinsMatch() && (mode !== 'disguised' || confirmPin.value !== '');
+    continueBtn.disabled = !ok;
+  }
+
+  $('pin-info').addEventListener('click', () => {
+    rulesList.hidden = !rulesList.hidden;
+    $('pin-info').setAttribute('aria-expanded', String(!rulesList.hidden));
+    if (!rulesList.children.length) {
+      const li = document.createElement('li');
+      li.className = 'muted';
+      li.textContent = 'Choose a device and a device policy to see its PIN rules.';
+      rulesList.append(li);
+    }
+  });
+  policySel.addEventListener('change', loadRules);
+  actionSel.addEventListener('change', updateContinue);
+  let debounce = null;
+  if (pin) {
+    pin.addEventListener('input', () => {
+      pinValid = false;
+      updateContinue();
+      clearTimeout(debounce);
+      debounce = setTimeout(checkPin, 120);
+    });
+  }
+  if (confirmPin) confirmPin.addEventListener('input', updateContinue);
+  // Refresh: ask again at once (the long poll goes on beside it).
+  $('refresh-devices').addEventListener('click', () => {
+    devicesKey = null;
+    version = null;
+    if (deviceAbort) deviceAbort.abort();
+  });
+
+  // ------------------------------------------------------------ issuance
+  $('issue-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    showError(null);
+    const action = actionSel.value;
+    const body = { user, policy: policySel.value, serial: selected, action };
+    if (action === 'issue' && mode !== 'not_displayed') {
+      body.pin = pin.value;
+      if (mode === 'disguised') body.confirm_pin = confirmPin.value;
+    }
+    continueBtn.disabled = true;
+    try {
+      const r = await Keyward.api('POST', '/api/v1/issuance', body);
+      // Sent: the PIN has no business in the page any more.
+      if (pin) pin.value = '';
+      if (confirmPin) confirmPin.value = '';
+      if (action === 'assign') {
+        window.location.assign(`${userPage}?assigned=${encodeURIComponent(selected)}`);
+        return;
+      }
+      startProgress(r.session_id, selected);
+    } catch (e) {
+      showError(e);
+      updateContinue();
+    }
+  });
+
+  function startProgress(id, serial) {
+    session = { id, serial };
+    stopped = true;
+    if (deviceAbort) deviceAbort.abort();
+    $('step-select').hidden = true;
+    $('step-progress').hidden = false;
+    $('progress-serial').textContent = serial;
+    poll();
+  }
+
+  function schedule() {
+    clearTimeout(pollTimer);
+    pollTimer = setTimeout(poll, SESSION_POLL_MS);
+  }
+
+  async function poll() {
+    let s;
+    try {
+      s = await Keyward.api('GET', `/api/v1/issuance/${encodeURIComponent(session.id)}`);
+    } catch (e) {
+      $('progress-step').textContent = `cannot read the session: ${Keyward.describe(e)}`;
+      schedule();
+      return;
+    }
+    $('progress-step').textContent = s.step || s.status;
+    $('progress-state').textContent = s.status;
+    if (s.status === 'issued') {
+      window.location.assign(`${userPage}?issued=${encodeURIComponent(session.serial)}`);
+      return;
+    }
+    if (s.status === 'cancelled') {
+      window.location.assign(`${userPage}?cancelled=${encodeURIComponent(session.serial)}`);
+      return;
+    }
+    if (s.status === 'failed') {
+      showFailure(s);
+      return;
+    }
+    renderPrompts(s);
+    schedule();
+  }
+
+  // -------------------------------------------------------------- prompts
+  function renderPrompts(s) {
+    const area = $('prompt-area');
+    const prompts = Array.isArray(s.prompts) ? s.prompts : [];
+    if (!prompts.length) {
+      if (promptSeq !== null) {
+        area.replaceChildren();
+        promptSeq = null;
+      }
+      return;
+    }
+    if (promptSeq === s.seq) return; // already on screen
+    promptSeq = s.seq;
+    area.replaceChildren();
+    const answered = prompts.filter((p) => ANSWERED.includes(p.kind));
+    for (const p of prompts.filter((q) => !ANSWERED.includes(q.kind))) {
+      const info = document.createElement('p');
+      info.className = 'notice prompt-info';
+      info.dataset.kind = p.kind;
+      info.textContent = p.message;
+      area.append(info);
+    }
+    if (!answered.length) return;
+    const form = document.createElement('form');
+    form.className = 'prompt card';
+    form.autocomplete = 'off';
+    const fields = [];
+    let touchAnswer = null;
+    for (const p of answered) {
+      const block = document.createElement('div');
+      block.className = 'prompt-item';
+      block.dataset.kind = p.kind;
+      const msg = document.createElement('p');
+      msg.textContent = p.message;
+      block.append(msg);
+      if (PIN_KINDS.includes(p.kind)) {
+        const label = document.createElement('label');
+        label.textContent = p.kind.includes('fido') ? 'FIDO PIN ' : 'PIN ';
+        const input = document.createElement('input');
+        input.type = 'password';
+        input.autocomplete = 'new-password';
+        input.id = `prompt-${p.kind}`;
+        input.required = true;
+        label.append(input);
+        block.append(label);
+        fields.push({ kind: p.kind, input });
+        if (p.kind === 'set_new_pin' || p.kind === 'set_fido_pin') {
+          const again = document.createElement('label');
+          again.textContent = 'Again ';
+          const input2 = document.createElement('input');
+          input2.type = 'password';
+          input2.autocomplete = 'new-password';
+          input2.id = `prompt-${p.kind}-again`;
+          input2.required = true;
+          again.append(input2);
+          block.append(again);
+          fields.push({ kind: p.kind, input: input2, again: input });
+        }
+      } else if (p.kind === 'show_initial_pin') {
+        const shown = document.createElement('p');
+        shown.className = 'pin-display mono';
+        shown.id = 'prompt-initial-pin';
+        shown.textContent = p.value || '';
+        block.append(shown);
+        fields.push({ kind: p.kind, value: () => p.value || '' });
+      } else if (p.kind === 'reinsert_device') {
+        fields.push({ kind: p.kind, value: () => 'done' });
+      } else if (p.kind === 'confirm_touch') {
+        touchAnswer = { kind: p.kind };
+        fields.push(touchAnswer);
+      }
+      form.append(block);
+    }
+    const actions = document.createElement('div');
+    actions.className = 'actions';
+    const ok = document.createElement('button');
+    ok.type = 'submit';
+    ok.className = 'primary';
+    ok.id = 'prompt-continue';
+    ok.textContent = touchAnswer ? 'Confirm' : 'Continue';
+    actions.append(ok);
+    let declined = false;
+    if (touchAnswer) {
+      const decline = document.createElement('button');
+      decline.type = 'submit';
+      decline.id = 'prompt-decline';
+      decline.textContent = 'Decline';
+      decline.addEventListener('click', () => { declined = true; });
+      actions.append(decline);
+    }
+    const err = document.createElement('p');
+    err.className = 'error';
+    err.hidden = true;
+    form.append(actions, err);
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const answers = {};
+      for (const f of fields) {
+        if (f.again) {
+          if (f.input.value !== f.again.value) {
+            err.textContent = 'The two PINs differ.';
+            err.hidden = false;
+            declined = false;
+            return;
+          }
+          continue;
+        }
+        if (f.input) answers[ANSWER_KEY[f.kind]] = f.input.value;
+        else if (f === touchAnswer) answers[f.kind] = declined ? 'false' : 'true';
+        else answers[ANSWER_KEY[f.kind]] = f.value();
+      }
+      declined = false;
+      try {
+        await Keyward.api('POST', `/api/v1/issuance/${encodeURIComponent(session.id)}/relay`, {
+          protocol: 1, session_id: session.id, seq: s.seq, responses: [], answers,
+        });
+        area.replaceChildren(); // the PINs leave the page with the form
+        promptSeq = s.seq;
+      } catch (e) {
+        err.textContent = Keyward.describe(e);
+        err.hidden = false;
+      }
+    });
+    area.append(form);
+    const first = form.querySelector('input');
+    if (first) first.focus();
+  }
+
+  // -------------------------------------------------------------- failure
+  function errorInfo(s) {
+    const e = s.error || {};
+    const lines = [];
+    const add = (k, v) => { if (v !== undefined && v !== null && v !== '') lines.push(`${k}: ${v}`); };
+    add('Error code', e.code);
+    add('Message', e.message);
+    add('Step', e.step || s.step);
+    add('Device status word', e.status_word || e.sw);
+    add('Correlation id', e.correlation_id);
+    add('Time', e.at || e.time);
+    for (const [k, v] of Object.entries(e)) {
+      if (!['code', 'message', 'step', 'status_word', 'sw', 'correlation_id', 'at', 'time'].includes(k)) {
+        add(k, typeof v === 'object' ? JSON.stringify(v) : v);
+      }
+    }
+    add('Session', s.session_id);
+    add('Device', s.serial);
+    add('User', s.user);
+    add('Device policy', s.policy);
+    return lines.join('\n');
+  }
+
+  const failure = $('failure-dialog');
+  function showFailure(s) {
+    $('prompt-area').replaceChildren();
+    promptSeq = null;
+    $('error-info').textContent = errorInfo(s);
+    $('copied').hidden = true;
+    if (!failure.open) failure.showModal();
+  }
+
+  $('copy-error').addEventListener('click', async () => {
+    const text = $('error-info').textContent;
+    try {
+      await navigator.clipboard.writeText(text);
+    } catch (_) {
+      // Older browsers, or no clipboard permission: select and copy.
+      const range = document.createRange();
+      range.selectNodeContents($('error-info'));
+      const sel = window.getSelection();
+      sel.removeAllRanges();
+      sel.addRange(range);
+      document.execCommand('copy');
+    }
+    $('copied').hidden = false;
+  });
+
+  $('retry').addEventListener('click', async () => {
+    try {
+      await Keyward.api('POST', `/api/v1/issuance/${encodeURIComponent(session.id)}/retry`);
+      failure.close();
+      promptSeq = null;
+      poll();
+    } catch (e) {
+      $('error-info').textContent += `\nRetry: ${Keyward.describe(e)}`;
+    }
+  });
+
+  $('cancel-issuance').addEventListener('click', async () => {
+    try {
+      await Keyward.api('POST', `/api/v1/issuance/${encodeURIComponent(session.id)}/cancel`);
+      window.location.assign(`${userPage}?cancelled=${encodeURIComponent(session.serial)}`);
+    } catch (e) {
+      $('error-info').textContent += `\nCancel: ${Keyward.describe(e)}`;
+    }
+  });
+  // Escape must not leave a failed session without a choice.
+  failure.addEventListener('cancel', (ev) => ev.preventDefault());
+
+  updateContinue();
+  watchDevices();
+});
