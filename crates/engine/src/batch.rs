@@ -42,13 +42,39 @@ impl std::fmt::Debug for Command {
     }
 }
 
-/// Commands to run in order, stopping at the first unexpected status word.
+/// Commands to run in order, stopping at the first unexpected status word;
+/// or, with no commands, prompts the person must answer (a prompt batch).
+/// Prompts next to commands are informational (shown while they run).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
     pub commands: Vec<Command>,
+    #[serde(default)]
+    pub prompts: Vec<crate::prompt::Prompt>,
 }
 
 impl Batch {
+    /// A batch of prompts the person answers (no device command).
+    pub fn prompts(prompts: Vec<crate::prompt::Prompt>) -> Batch {
+        Batch {
+            commands: Vec::new(),
+            prompts,
+        }
+    }
+
+    /// Prompts that wait for answers: those of a batch without commands.
+    pub fn awaits_answers(&self) -> bool {
+        self.commands.is_empty() && !self.prompts.is_empty()
+    }
+
+    /// The step shown for this batch: its first command's, else its first prompt's.
+    pub fn step(&self) -> String {
+        self.commands
+            .first()
+            .map(|c| c.step.clone())
+            .or_else(|| self.prompts.first().map(|p| p.step.clone()))
+            .unwrap_or_default()
+    }
+
     pub fn push(&mut self, step: &str, apdu: Vec<u8>, expect: &[u16], secret: bool) {
         self.commands.push(Command {
             channel: Channel::Piv,
@@ -56,6 +82,17 @@ impl Batch {
             expect: expect.to_vec(),
             step: step.to_string(),
             secret,
+        });
+    }
+
+    /// A CTAP message (command byte + CBOR) for the FIDO application.
+    pub fn push_ctap(&mut self, step: &str, message: Vec<u8>) {
+        self.commands.push(Command {
+            channel: Channel::Ctap,
+            bytes: message,
+            expect: vec![0x9000],
+            step: step.to_string(),
+            secret: false,
         });
     }
 

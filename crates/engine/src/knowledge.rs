@@ -24,7 +24,7 @@ pub struct Known<T> {
 }
 
 impl<T: Clone> Known<T> {
-    fn sure(value: T) -> Known<T> {
+    pub fn sure(value: T) -> Known<T> {
         Known {
             value,
             alternative: None,
@@ -95,6 +95,11 @@ impl DeviceSecrets {
                 }
                 "change PUK" => self.puk.update(plan.new_puk.clone(), ran),
                 "change PIN" => self.pin.update(plan.new_pin.clone(), ran),
+                "set new PIN" => {
+                    if let Some(p) = &plan.final_pin {
+                        self.pin.update(p.clone(), ran)
+                    }
+                }
                 "replace management key" => {
                     if let Some(k) = &plan.new_management_key {
                         self.management_key.update(k.clone(), ran)
@@ -122,7 +127,7 @@ impl DeviceSecrets {
             ("change PUK", Some(sw)) if sw & 0xFFF0 == 0x63C0 => {
                 self.puk.swap();
             }
-            ("change PIN", Some(sw)) if sw & 0xFFF0 == 0x63C0 => {
+            ("change PIN", Some(sw)) | ("set new PIN", Some(sw)) if sw & 0xFFF0 == 0x63C0 => {
                 self.pin.swap();
             }
             _ => {}
@@ -168,6 +173,7 @@ mod tests {
                 expiration: "20351231".into(),
             },
             firmware: None,
+            final_pin: None,
         }
     }
 

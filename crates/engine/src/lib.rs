@@ -18,6 +18,9 @@ pub mod knowledge;
 pub mod mgmt_key;
 pub mod piv;
 pub mod plan;
+pub mod prompt;
+pub mod recycle;
 
 pub use batch::{Batch, Channel, Command, Failure, Response};
 pub use mgmt_key::{ManagementKey, MgmtAlgorithm};
+pub use prompt::{Prompt, PromptKind};

@@ -96,6 +96,11 @@ pub struct PivPlan {
     /// since management-key types and algorithms depend on it).
     #[serde(default)]
     pub firmware: Option<(u8, u8, u8)>,
+    /// The PIN the person chose at the end of issuance ("Change PIN during
+    /// issuance" with a generated initial PIN): the last batch changes
+    /// `new_pin` to it.
+    #[serde(default)]
+    pub final_pin: Option<Secret>,
 }
 
 /// A public key the device generated, for the CA to certify.
@@ -462,6 +467,7 @@ pub struct AwaitCertificates {
 
 /// What the server hands back: one certificate per generated key, and the
 /// issuer's signature over the CHUID (the CMS SignedData of tag 3E).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Certified {
     pub certificates: Vec<(u8, Vec<u8>)>,
     pub chuid_signature: Vec<u8>,
@@ -474,6 +480,12 @@ impl AwaitCertificates {
 
     pub fn plan(&self) -> &PivPlan {
         &self.plan
+    }
+
+    /// The PIN the person chose to replace the generated one: the last batch
+    /// changes the PIN to it.
+    pub fn set_final_pin(&mut self, pin: Secret) {
+        self.plan.final_pin = Some(pin);
     }
 
     /// The CHUID content the issuer signs: FASC-N, GUID and expiration
@@ -593,6 +605,23 @@ impl AwaitCertificates {
                     ))
                 }
             }
+        }
+        if let Some(final_pin) = &self.plan.final_pin {
+            // The person's own PIN replaces the generated one, last of all
+            // the changes (the read-back needs no PIN).
+            b.push(
+                "set new PIN",
+                pin_cmd(
+                    piv::change_reference_data(
+                        key_ref::PIN,
+                        self.plan.new_pin.expose().as_bytes(),
+                        final_pin.expose().as_bytes(),
+                    ),
+                    "set new PIN",
+                )?,
+                OK,
+                true,
+            );
         }
         for (tag, _) in &written {
             b.push(

@@ -125,6 +125,7 @@ pub fn piv_plan(
             credential_number: secrets.credential_number,
             expiration: secrets.expiration,
         },
+        final_pin: None,
     })
 }
 

@@ -154,6 +154,7 @@ fn personalise(profile: ProfileKind, firmware: Firmware, factory: MgmtAlgorithm,
             expiration: "20351231".into(),
         },
         firmware: None,
+        final_pin: None,
     };
     let now = time::OffsetDateTime::now_utc();
     let ca = EmbeddedCa::generate("Test", None, now).unwrap();
@@ -297,6 +298,7 @@ fn a_swapped_device_and_a_wrong_factory_pin_stop_with_clear_failures() {
             expiration: "20351231".into(),
         },
         firmware: None,
+        final_pin: None,
     };
     let (state, batch) = PivIssuance::start(plan(6, "123456"));
     let f = state.on_responses(&relay(&mut card, &batch)).unwrap_err();
