@@ -1,0 +1,564 @@
+//! The issue-5 end-to-end matrix: every combination of "Device initial PIN
+//! display mode" (Displayed, Disguised, Not Displayed), "Change PIN during
+//! issuance" and device profile (C4000, YubiKey 5) is issued by
+//! `keyward issue` to a `keyward vcard` on pcscd's vpcd reader, through one
+//! `keyward serve`. Then tools nobody here wrote check each device:
+//!
+//! - `pkcs11-tool` (OpenSC's PKCS#11 module) logs in with the final PIN and
+//!   signs with the PIV Authentication key; `openssl dgst` verifies the
+//!   signature with the certificate read from the card;
+//! - `openssl verify` accepts each certificate against the root and issuing
+//!   CA certificates the server serves at /pki/ca/…, and `openssl x509 -text`
+//!   shows the UPN otherName;
+//! - the policy's PIN retry count (5, not the factory 3) shows in
+//!   `yubico-piv-tool -a status` (YubiKey) and in the status word of an
+//!   empty VERIFY sent by `opensc-tool` (both profiles);
+//! - the factory PIN (123456) and the factory management key no longer work
+//!   (each checked to work before issuance, so the check can fail);
+//! - for Not Displayed without a PIN change, the PIN the user reveals with
+//!   Get Initial PIN is the one that works.
+//!
+//! One server for the file, one virtual card per case; the cases run in
+//! turn (they share the one vpcd slot) and every case runs even when an
+//! earlier one failed, so a failure report names all broken combinations.
+
+#[path = "common/pcsc.rs"]
+mod pcsc;
+mod support;
+
+use keyward_client::apdu::transmit_one;
+use keyward_client::pcsc::Pcsc;
+use keyward_vcard::keys::ManagementKey;
+use pcsc::{run, run_ok, Vcard, OPENSC_PKCS11};
+use serde_json::{json, Value};
+use std::time::Instant;
+use support::TestServer;
+
+/// Retry counts of the matrix policy: not the factory 3, so that seeing them
+/// proves the policy was applied.
+const PIN_RETRIES: u8 = 5;
+const PUK_RETRIES: u8 = 4;
+const FACTORY_PIN: &str = "123456";
+const FACTORY_MANAGEMENT_KEY: [u8; 24] = [
+    1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8,
+];
+const SELECT_PIV: &str = "00A4040009A0000003080000100000";
+const POLICY: &str = "PIV Matrix";
+
+/// Whether the server asks for a new PIN at the end of issuance when
+/// "Change PIN during issuance" is Yes (the `set_new_pin` prompt of the
+/// relay protocol). Until that lands, only the "No" combinations run.
+const CHANGE_PIN_PROMPTS: bool = false;
+
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    profile: &'static str,
+    mode: &'static str,
+    change_pin: bool,
+}
+
+impl std::fmt::Display for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} / {} / change PIN {}",
+            self.profile,
+            self.mode,
+            if self.change_pin { "yes" } else { "no" }
+        )
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let mut out = Vec::new();
+    for profile in ["c4000", "yubikey5"] {
+        for mode in ["displayed", "disguised", "not_displayed"] {
+            for change_pin in [false, true] {
+                if change_pin && !CHANGE_PIN_PROMPTS {
+                    continue;
+                }
+                out.push(Case {
+                    profile,
+                    mode,
+                    change_pin,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_display_mode_and_profile_ends_issued_and_third_party_tools_accept_the_device() {
+    let _lock = pcsc::lock();
+    for tool in ["pkcs11-tool", "openssl", "yubico-piv-tool", "opensc-tool"] {
+        pcsc::require_tool(tool);
+    }
+    let started = Instant::now();
+    let server = TestServer::start();
+    seed_policy(&server);
+    let ca = CaFiles::fetch(&server);
+    let mut failures = Vec::new();
+    let mut report = Vec::new();
+    for (i, case) in cases().into_iter().enumerate() {
+        let serial = 32_000_100 + i as u32;
+        let t = Instant::now();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_case(&server, &ca, case, serial)
+        }));
+        let secs = t.elapsed().as_secs_f64();
+        match outcome {
+            Ok(counters) => report.push(format!("  {case}: issued in {secs:.1}s; {counters}")),
+            Err(e) => {
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                report.push(format!("  {case}: FAILED after {secs:.1}s"));
+                failures.push(format!("{case}: {msg}"));
+            }
+        }
+    }
+    eprintln!(
+        "issuance matrix ({:.1}s in all):\n{}",
+        started.elapsed().as_secs_f64(),
+        report.join("\n")
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} combinations failed:\n{}",
+        failures.len(),
+        cases().len(),
+        failures.join("\n\n")
+    );
+}
+
+/// The root and issuing CA certificates the server serves.
+struct CaFiles {
+    _dir: tempfile::TempDir,
+    root: String,
+    issuing: String,
+}
+
+impl CaFiles {
+    fn fetch(server: &TestServer) -> CaFiles {
+        let dir = tempfile::tempdir().unwrap();
+        let get = |name: &str| {
+            let r = server
+                .client()
+                .get(format!("{}/pki/ca/{name}", server.url))
+                .send()
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200, "/pki/ca/{name}");
+            let path = dir.path().join(name);
+            std::fs::write(&path, r.bytes().unwrap()).unwrap();
+            path.to_str().unwrap().to_string()
+        };
+        let (root, issuing) = (get("root.pem"), get("issuing.pem"));
+        CaFiles {
+            _dir: dir,
+            root,
+            issuing,
+        }
+    }
+}
+
+fn seed_policy(server: &TestServer) {
+    let (s, v) = server.call(
+        "POST",
+        "/policies",
+        Some(json!({
+            "name": POLICY, "device_types": ["yubikey5", "c4000"], "management_key": "random",
+            "pin_application": { "min_length": 6, "max_length": 8, "character_set": "numeric", "max_repeated": 2, "max_sequential": 2,
+                                 "pin_retry_count": PIN_RETRIES, "puk_retry_count": PUK_RETRIES },
+            "pki_applications": [
+                { "name": "PIV Authentication", "slot": "9a", "algorithm": "eccp256", "certificate_authority": "Keyward Issuing CA",
+                  "template": { "subject_dn": "CN={display_name},UID={login}", "subject_alt_names": ["upn", "mail"], "validity_days": 365,
+                                "key_usage": ["digital_signature"], "extended_key_usage": ["client_auth", "smartcard_logon"] } },
+                { "name": "Digital Signature", "slot": "9c", "algorithm": "eccp256", "certificate_authority": "Keyward Issuing CA",
+                  "template": { "subject_dn": "CN={display_name}", "subject_alt_names": ["mail"], "validity_days": 365,
+                                "key_usage": ["digital_signature", "non_repudiation"], "extended_key_usage": ["email_protection"] } }
+            ]
+        })),
+    );
+    assert_eq!(s, 201, "{v}");
+}
+
+fn put_setting(server: &TestServer, name: &str, value: &str) {
+    let (s, v) = server.call(
+        "PUT",
+        &format!("/settings/{name}"),
+        Some(json!({ "value": value })),
+    );
+    assert_eq!(s, 200, "setting {name} = {value}: {v}");
+}
+
+/// A PIN under the policy (6 digits, no runs of equal or consecutive
+/// digits), different per case and per use.
+fn pin_for(serial: u32, salt: u32) -> String {
+    const PINS: [&str; 12] = [
+        "735194", "829361", "946271", "613958", "381746", "250837", "472915", "596038", "147362",
+        "915720", "360492", "824613",
+    ];
+    PINS[((serial as usize) * 2 + salt as usize) % PINS.len()].to_string()
+}
+
+/// Issues one case; returns the relay counters of `keyward issue`.
+fn run_case(server: &TestServer, ca: &CaFiles, case: Case, serial: u32) -> String {
+    let login = format!("m{serial}");
+    let upn = format!("{login}@example.com");
+    let (s, v) = server.call(
+        "POST",
+        "/users",
+        Some(json!({ "login": login, "display_name": format!("Matrix {serial}"), "upn": upn, "email": upn })),
+    );
+    assert_eq!(s, 201, "{v}");
+    let firmware = if case.profile == "yubikey5" {
+        "5.7.1"
+    } else {
+        "1.0.0"
+    };
+    let (s, v) = server.call(
+        "POST",
+        "/devices",
+        Some(json!({ "device_type": case.profile, "serial": serial.to_string(), "firmware_version": firmware })),
+    );
+    assert_eq!(s, 201, "{v}");
+    put_setting(server, "initial_pin_display_mode", case.mode);
+    put_setting(
+        server,
+        "change_pin_during_issuance",
+        if case.change_pin { "yes" } else { "no" },
+    );
+
+    let serial_s = serial.to_string();
+    let card = Vcard::spawn(&[
+        "--profile",
+        case.profile,
+        "--firmware",
+        firmware,
+        "--serial",
+        &serial_s,
+    ]);
+    let factory_alg = if case.profile == "yubikey5" {
+        0x0A
+    } else {
+        0x03
+    };
+    // Controls: the factory secrets work before issuance.
+    assert_eq!(
+        verify_pin(FACTORY_PIN),
+        0x9000,
+        "factory PIN before issuance"
+    );
+    assert_eq!(
+        management_key_status(factory_alg),
+        0x9000,
+        "factory management key before issuance"
+    );
+
+    // The answers the person gives.
+    let pin = pin_for(serial, 0);
+    let new_pin = pin_for(serial, 1);
+    let mut answers = String::new();
+    if case.mode != "not_displayed" {
+        answers.push_str(&format!("pin = \"{pin}\"\n"));
+    }
+    if case.mode == "disguised" {
+        answers.push_str(&format!("confirm_pin = \"{pin}\"\n"));
+    }
+    if case.change_pin {
+        answers.push_str(&format!("new_pin = \"{new_pin}\"\n"));
+    }
+    let answers_file = card.path("answers.toml");
+    std::fs::write(&answers_file, answers).unwrap();
+    let out = std::process::Command::new(support::BIN)
+        .arg("issue")
+        .args(["--server", &server.url, "--token", &server.token])
+        .args(["--user", &login, "--policy", POLICY, "--serial", &serial_s])
+        .args(["--answers", answers_file.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let issued: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(issued["state"], "issued", "{issued}");
+    assert_eq!(issued["credentials"].as_array().unwrap().len(), 2);
+    if !case.change_pin {
+        let rt = issued["counters"]["round_trips"].as_u64().unwrap();
+        assert!(rt <= 3, "{rt} round trips for a PIV-only issuance");
+    }
+    for secret in [&pin, &new_pin] {
+        assert!(!stdout.contains(secret.as_str()) && !stderr.contains(secret.as_str()));
+    }
+    let (_, device) = server.call("GET", &format!("/devices/{serial}"), None);
+    assert_eq!(device["state"], "issued", "{device}");
+
+    let final_pin = match (case.mode, case.change_pin) {
+        (_, true) => new_pin.clone(),
+        ("not_displayed", false) => reveal_initial_pin(server, &login, serial),
+        _ => pin.clone(),
+    };
+
+    // The policy's retry counts, before any wrong PIN is tried.
+    let verify_status = run_ok(
+        "opensc-tool",
+        &["-c", "default", "-s", SELECT_PIV, "-s", "00200080"],
+    );
+    assert!(
+        verify_status.contains(&format!("SW1=0x63, SW2=0xC{PIN_RETRIES:X}")),
+        "an empty VERIFY must report {PIN_RETRIES} tries left:\n{verify_status}"
+    );
+    if case.profile == "yubikey5" {
+        let status = run_ok("yubico-piv-tool", &["-r", "Virtual", "-a", "status"]);
+        assert!(
+            status.contains(&format!("Serial Number:\t{serial}")),
+            "{status}"
+        );
+        assert!(
+            status.contains(&format!("PIN tries left:\t{PIN_RETRIES}")),
+            "{status}"
+        );
+    }
+
+    // The factory secrets no longer work.
+    let wrong = run(
+        "pkcs11-tool",
+        &[
+            "--module",
+            OPENSC_PKCS11,
+            "--login",
+            "--pin",
+            FACTORY_PIN,
+            "--list-objects",
+        ],
+    );
+    assert!(!wrong.status.success(), "the factory PIN must be refused");
+    assert_eq!(verify_pin(FACTORY_PIN), 0x63C0 | u16::from(PIN_RETRIES - 2));
+    let refused = management_key_status(factory_alg);
+    assert!(
+        matches!(refused, 0x6982 | 0x6A86),
+        "the factory management key must be refused, got {refused:04X}"
+    );
+    if case.mode != "not_displayed" && case.change_pin {
+        assert_ne!(verify_pin(&pin), 0x9000, "the initial PIN was replaced");
+    }
+
+    // pkcs11-tool signs with the PIV Authentication key and the final PIN.
+    let data = card.path("data.bin");
+    std::fs::write(&data, format!("signed by device {serial}")).unwrap();
+    let sig = card.path("data.sig");
+    run_ok(
+        "pkcs11-tool",
+        &[
+            "--module",
+            OPENSC_PKCS11,
+            "--login",
+            "--pin",
+            &final_pin,
+            "--sign",
+            "--id",
+            "01",
+            "--mechanism",
+            "ECDSA-SHA256",
+            "--signature-format",
+            "openssl",
+            "-i",
+            data.to_str().unwrap(),
+            "-o",
+            sig.to_str().unwrap(),
+        ],
+    );
+    // Each certificate on the card chains to the CA the server serves.
+    for id in ["01", "02"] {
+        let der = card.path(&format!("cert{id}.der"));
+        let pem = card.path(&format!("cert{id}.pem"));
+        run_ok(
+            "pkcs11-tool",
+            &[
+                "--module",
+                OPENSC_PKCS11,
+                "--read-object",
+                "--type",
+                "cert",
+                "--id",
+                id,
+                "-o",
+                der.to_str().unwrap(),
+            ],
+        );
+        run_ok(
+            "openssl",
+            &[
+                "x509",
+                "-inform",
+                "DER",
+                "-in",
+                der.to_str().unwrap(),
+                "-out",
+                pem.to_str().unwrap(),
+            ],
+        );
+        let ok = run_ok(
+            "openssl",
+            &[
+                "verify",
+                "-CAfile",
+                &ca.root,
+                "-untrusted",
+                &ca.issuing,
+                pem.to_str().unwrap(),
+            ],
+        );
+        assert!(ok.contains(": OK"), "certificate {id}: {ok}");
+    }
+    let auth_cert = card.path("cert01.pem");
+    let pubkey = card.path("pub.pem");
+    run_ok(
+        "openssl",
+        &[
+            "x509",
+            "-in",
+            auth_cert.to_str().unwrap(),
+            "-noout",
+            "-pubkey",
+            "-out",
+            pubkey.to_str().unwrap(),
+        ],
+    );
+    let verified = run_ok(
+        "openssl",
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            pubkey.to_str().unwrap(),
+            "-signature",
+            sig.to_str().unwrap(),
+            data.to_str().unwrap(),
+        ],
+    );
+    assert!(verified.contains("Verified OK"), "{verified}");
+    let text = run_ok(
+        "openssl",
+        &[
+            "x509",
+            "-in",
+            auth_cert.to_str().unwrap(),
+            "-noout",
+            "-text",
+        ],
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("UPN") && l.contains(upn.as_str())),
+        "the PIV Authentication certificate must carry the UPN otherName {upn}:\n{text}"
+    );
+    drop(card);
+    format!(
+        "{} round trips, {} APDUs, {} bytes out, {} bytes in",
+        issued["counters"]["round_trips"],
+        issued["counters"]["apdus"],
+        issued["counters"]["bytes_out"],
+        issued["counters"]["bytes_in"]
+    )
+}
+
+/// The card's reader (the one vpcd slot with a card).
+fn connect() -> keyward_client::pcsc::PcscTransport {
+    let ctx = Pcsc::establish().unwrap();
+    let reader = ctx
+        .readers()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.card_present)
+        .expect("a reader with the card")
+        .name;
+    let mut t = ctx.connect(&reader).unwrap();
+    let r = transmit_one(&mut t, &hex::decode(SELECT_PIV).unwrap()).unwrap();
+    assert_eq!(r.sw, 0x9000, "SELECT PIV");
+    t
+}
+
+/// VERIFY of the PIV application PIN; returns the status word.
+fn verify_pin(pin: &str) -> u16 {
+    let mut t = connect();
+    let mut data = pin.as_bytes().to_vec();
+    data.resize(8, 0xFF);
+    let mut apdu = vec![0x00, 0x20, 0x00, 0x80, 0x08];
+    apdu.extend_from_slice(&data);
+    transmit_one(&mut t, &apdu).unwrap().sw
+}
+
+/// Single authentication with the factory management key (GENERAL
+/// AUTHENTICATE: the card's challenge, returned encrypted); the status word
+/// (6A86 when the card's key is now of another algorithm).
+fn management_key_status(algorithm: u8) -> u16 {
+    let mut t = connect();
+    let key = ManagementKey::new(algorithm, &FACTORY_MANAGEMENT_KEY).unwrap();
+    let r = transmit_one(
+        &mut t,
+        &[0x00, 0x87, algorithm, 0x9B, 0x04, 0x7C, 0x02, 0x81, 0x00],
+    )
+    .unwrap();
+    if r.sw != 0x9000 {
+        // 6A86: the card's management key is of another algorithm now.
+        return r.sw;
+    }
+    // 7C len 81 len challenge
+    let challenge = &r.data[4..];
+    assert_eq!(challenge.len(), key.block_size(), "{:02x?}", r.data);
+    let response = key.encrypt_block(challenge);
+    let mut inner = vec![0x82, response.len() as u8];
+    inner.extend_from_slice(&response);
+    let mut apdu = vec![0x00, 0x87, algorithm, 0x9B, (inner.len() + 2) as u8];
+    apdu.extend_from_slice(&[0x7C, inner.len() as u8]);
+    apdu.extend_from_slice(&inner);
+    transmit_one(&mut t, &apdu).unwrap().sw
+}
+
+/// The user signs in to self-service and reveals the generated initial PIN
+/// with Get Initial PIN.
+fn reveal_initial_pin(server: &TestServer, login: &str, serial: u32) -> String {
+    let (_, code) = server.call("POST", &format!("/users/{login}/enrollment-code"), None);
+    let http = reqwest::blocking::Client::new();
+    let password = format!("{login}-first-passphrase");
+    let r = http
+        .post(server.api("/auth/enroll"))
+        .json(&json!({ "login": login, "code": code["code"], "password": password }))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let r = http
+        .post(server.api("/auth/session"))
+        .json(&json!({ "login": login, "password": password }))
+        .send()
+        .unwrap();
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let csrf = r.json::<Value>().unwrap()["csrf_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = http
+        .post(server.api(&format!("/me/devices/{serial}/initial-pin")))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "Get Initial PIN");
+    r.json::<Value>().unwrap()["pin"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
