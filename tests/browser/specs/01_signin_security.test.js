@@ -1,0 +1,145 @@
+// Sign-in form, cookies, CSP, CSRF refusal of forged posts, and what each
+// role sees: a Help Desk operator sees no administration page.
+'use strict';
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const h = require('../lib/harness');
+
+let server;
+let browser;
+
+test.before(async () => {
+  server = await h.startServer();
+  await h.seed(server);
+  browser = await h.launch();
+});
+
+test.after(async () => {
+  if (browser) await browser.close();
+  if (server) await server.stop();
+});
+
+test('signed out, / leads to a sign-in page that is a POST form, with a CSP without unsafe-inline', async () => {
+  const page = await h.newPage(browser, server);
+  const res = await page.goto(`${server.url}/`);
+  assert.equal(new URL(page.url()).pathname, '/signin');
+  const csp = res.headers()['content-security-policy'];
+  assert.ok(csp && csp.includes("script-src 'self'"), `CSP: ${csp}`);
+  assert.ok(!csp.includes('unsafe-inline'), `CSP: ${csp}`);
+  const form = page.locator('form#signin-form');
+  assert.equal(await form.getAttribute('method'), 'post');
+  assert.equal(await form.getAttribute('action'), '/signin');
+  assert.equal(await page.locator('form#signin-form input[name="csrf"]').count(), 1);
+  // No inline script or style anywhere in the page.
+  const html = await page.content();
+  assert.ok(!/<script(?![^>]*\bsrc=)[^>]*>/i.test(html), 'no inline <script>');
+  assert.ok(!/\sstyle=/i.test(html), 'no style attribute');
+  await h.shot(page, '01-signin');
+
+  // A wrong password: the form again, with an error, and no session.
+  await page.fill('#login', 'operator');
+  await page.fill('#password', 'not-the-password');
+  await page.click('#signin-form button[type="submit"]');
+  await page.waitForSelector('.error');
+  assert.match(await page.textContent('.error'), /wrong password/);
+  assert.ok(!(await page.context().cookies()).some((c) => c.name === 'kw_session'));
+  assert.deepEqual(page.problems, []);
+  await page.context().close();
+});
+
+test('a forged sign-in post without the CSRF token is refused with 403, even with the right password', async () => {
+  const form = new URLSearchParams({ login: 'operator', password: h.PASSWORDS.operator });
+  const res = await fetch(`${server.url}/signin`, {
+    method: 'POST', body: form, redirect: 'manual',
+    headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+  });
+  assert.equal(res.status, 403);
+  assert.equal(res.headers.get('set-cookie'), null);
+  // A token of the attacker's own, without the matching cookie: refused too.
+  form.set('csrf', 'forged-token-forged-token-forged-token');
+  const res2 = await fetch(`${server.url}/signin`, {
+    method: 'POST', body: form, redirect: 'manual',
+    headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+  });
+  assert.equal(res2.status, 403);
+});
+
+test('signed in: session cookie HttpOnly and SameSite=Strict; forged posts without the token are refused', async () => {
+  const page = await h.newPage(browser, server);
+  await h.signIn(page, server, 'operator');
+  assert.equal(new URL(page.url()).pathname, '/users');
+  const session = (await page.context().cookies()).find((c) => c.name === 'kw_session');
+  assert.ok(session, 'session cookie set');
+  assert.equal(session.httpOnly, true);
+  assert.equal(session.sameSite, 'Strict');
+  // The page's script cannot read it.
+  assert.ok(!(await page.evaluate(() => document.cookie)).includes('kw_session'));
+
+  // With the session cookie but without the CSRF token: 403 for a form post
+  // and for an API call; nothing changes (still signed in).
+  const signOut = await page.request.post(`${server.url}/signout`, { form: { nothing: 'x' }, maxRedirects: 0 });
+  assert.equal(signOut.status(), 403);
+  const apiPost = await page.request.post(`${server.url}/api/v1/users`, {
+    data: { login: 'mallory', display_name: 'Mallory' }, maxRedirects: 0,
+  });
+  assert.equal(apiPost.status(), 403);
+  const mallory = await h.api(server, 'GET', '/users/mallory');
+  assert.equal(mallory.status, 404);
+  await page.goto(`${server.url}/users`);
+  assert.equal(new URL(page.url()).pathname, '/users');
+
+  // Sign out through the page's own form (with its token).
+  await Promise.all([page.waitForNavigation(), page.click('header form button')]);
+  assert.equal(new URL(page.url()).pathname, '/signin');
+  await page.goto(`${server.url}/users`);
+  assert.equal(new URL(page.url()).pathname, '/signin');
+  await page.context().close();
+});
+
+const ADMIN_PAGES = ['/admin/policies', '/admin/settings', '/admin/passkey-services', '/admin/operators', '/admin/audit'];
+
+test('a Help Desk operator sees no administration page, and cannot open one', async () => {
+  const page = await h.newPage(browser, server);
+  await h.signIn(page, server, 'helpdesk');
+  const links = await page.$$eval('header nav a', (as) => as.map((a) => a.getAttribute('href')));
+  assert.deepEqual(links, ['/users', '/devices']);
+  await h.shot(page, '01-helpdesk-users');
+  for (const p of ADMIN_PAGES) {
+    const res = await page.goto(`${server.url}${p}`);
+    assert.equal(res.status(), 403, p);
+  }
+  await h.shot(page, '01-helpdesk-admin-refused');
+  // No Add Device on the User page for the Help Desk.
+  await page.goto(`${server.url}/users/alice`);
+  assert.equal(await page.locator('#add-device').count(), 0);
+  const dialog = await page.goto(`${server.url}/users/alice/add-device`);
+  assert.equal(dialog.status(), 403);
+  await page.context().close();
+});
+
+test('an administrator sees and uses the administration pages', async () => {
+  const page = await h.newPage(browser, server);
+  await h.signIn(page, server, 'admin2');
+  const links = await page.$$eval('header nav a', (as) => as.map((a) => a.getAttribute('href')));
+  for (const p of ADMIN_PAGES) assert.ok(links.includes(p), `${p} in ${links}`);
+  for (const p of ADMIN_PAGES) {
+    const res = await page.goto(`${server.url}${p}`);
+    assert.equal(res.status(), 200, p);
+  }
+  // Change a setting through the page: Device initial PIN display mode.
+  await page.goto(`${server.url}/admin/settings`);
+  await page.selectOption('#setting-initial_pin_display_mode', 'disguised');
+  await Promise.all([
+    page.waitForNavigation(),
+    page.click('button[form="form-initial_pin_display_mode"]'),
+  ]);
+  assert.equal(await page.inputValue('#setting-initial_pin_display_mode'), 'disguised');
+  const settings = await h.must(server, 'GET', '/settings');
+  assert.equal(settings.initial_pin_display_mode, 'disguised');
+  await h.shot(page, '01-admin-settings');
+  await page.goto(`${server.url}/admin/audit`);
+  assert.match(await page.textContent('#audit-table'), /settings\.set/);
+  assert.deepEqual(page.problems, []);
+  await page.context().close();
+});
