@@ -2,6 +2,7 @@
 //! done by the library crates.
 
 mod admin;
+mod agent;
 mod demo;
 mod devices;
 mod issue;
@@ -36,6 +37,9 @@ enum Command {
     Devices(devices::DevicesArgs),
     /// Issue a connected device to a user (relays the server's device commands).
     Issue(issue::IssueArgs),
+    /// The workstation agent: pairs once, reports its devices, relays the
+    /// server's device commands (connects out only).
+    Agent(agent::AgentArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
         Command::Vcard(args) => keyward_vcard::cli::run(args).map_err(anyhow::Error::from),
         Command::Devices(args) => devices::run(args),
         Command::Issue(args) => issue::run(args),
+        Command::Agent(args) => agent::run(args),
     };
     match result {
         Ok(code) => code,

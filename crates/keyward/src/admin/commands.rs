@@ -180,6 +180,7 @@ pub fn dispatch(
         A::PasskeyService(cmd) => passkey_service(c, json, cmd),
         A::Token(cmd) => token(c, json, cmd),
         A::Audit(cmd) => audit(c, json, cmd),
+        A::Agent(cmd) => super::agent::run(c, json, cmd),
     }
 }
 

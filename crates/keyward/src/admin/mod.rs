@@ -1,5 +1,6 @@
 //! `keyward admin …`: administration over the REST API.
 
+mod agent;
 mod client;
 mod commands;
 mod output;
@@ -62,6 +63,9 @@ pub enum AdminCommand {
     /// The audit trail: verify, list.
     #[command(subcommand)]
     Audit(commands::AuditCommand),
+    /// Workstation agents: approve a pairing code, list, revoke.
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
 }
 
 pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {

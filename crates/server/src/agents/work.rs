@@ -45,10 +45,17 @@ pub struct WorkRequest {
     pub wait_seconds: Option<u64>,
 }
 
+/// A command batch and the device (serial) to run it on.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkItem {
+    pub serial: String,
+    pub batch: RelayBatch,
+}
+
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkAnswer {
     /// Command batches to run, one per session at most.
-    pub batches: Vec<RelayBatch>,
+    pub items: Vec<WorkItem>,
 }
 
 /// The agent's long-poll for command batches: answers as soon as there is
@@ -67,9 +74,9 @@ pub(super) async fn work(
     let mut rx = state.agents.watch_work();
     loop {
         rx.borrow_and_update();
-        let batches = pending_batches(&state, agent.id, &busy).await?;
-        if !batches.is_empty() || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(WorkAnswer { batches }));
+        let items = pending_batches(&state, agent.id, &busy).await?;
+        if !items.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(WorkAnswer { items }));
         }
         let until = deadline.min(tokio::time::Instant::now() + RECHECK);
         tokio::select! {
@@ -96,7 +103,7 @@ async fn pending_batches(
     state: &AppState,
     agent_id: Uuid,
     busy: &HashSet<BusyBatch>,
-) -> ApiResult<Vec<RelayBatch>> {
+) -> ApiResult<Vec<WorkItem>> {
     let mut out = Vec::new();
     for s in state
         .store
@@ -125,7 +132,10 @@ async fn pending_batches(
         for p in &mut batch.prompts {
             p.value = None;
         }
-        out.push(batch);
+        out.push(WorkItem {
+            serial: serial.to_string(),
+            batch,
+        });
     }
     Ok(out)
 }

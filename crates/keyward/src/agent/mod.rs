@@ -1,0 +1,456 @@
+//! `keyward agent --server URL`: the workstation agent.
+//!
+//! * It only connects out (no listening port): pairs once by device code
+//!   (prints `pairing code: XXXX-XXXX`, polls until a person approves it in
+//!   the portal or an administrator runs `keyward admin agent approve CODE`),
+//!   and keeps its credential in `--state-dir` (mode 0600).
+//! * It reports its connected devices, and their arrival and removal as they
+//!   happen (looking about every second, see [`devices`]).
+//! * It long-polls the server for the command batches of the sessions bound
+//!   to it and relays them exactly as `keyward issue` does ([`relay`]),
+//!   posting each result to the session's relay endpoint. Prompts are not
+//!   its business: the person's client answers them.
+//!
+//! `keyward demo` runs the same loop in-process ([`run_paired`]) with
+//! virtual devices only.
+
+pub mod devices;
+mod http;
+pub mod relay;
+mod state;
+pub mod via_agent;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+use clap::Args;
+use keyward_proto::RelayBatch;
+use serde_json::json;
+
+use devices::{Endpoint, Reported, Sources, Watcher};
+use http::{error_text, Server};
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Keyward server URL.
+    #[arg(long, env = "KEYWARD_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// Where the agent keeps its credential (default
+    /// `$XDG_CONFIG_HOME/keyward/agent`, else `~/.config/keyward/agent`).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// The name shown to the approver (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A virtual device's HID socket (`keyward vcard --hid-socket`); repeatable.
+    #[arg(long = "hid-socket", value_name = "PATH")]
+    pub hid_socket: Vec<PathBuf>,
+    /// Do not look at PC/SC readers.
+    #[arg(long)]
+    pub no_pcsc: bool,
+    /// Do not look at hidraw devices.
+    #[arg(long)]
+    pub no_hidraw: bool,
+    /// An in-process virtual device `KIND:SERIAL` (`yubikey5` or `c4000`),
+    /// for tests and demonstrations; repeatable. `:remove-after=N` removes
+    /// it after N relayed commands (a test of device removal mid-batch).
+    #[arg(long = "virtual", value_name = "KIND:SERIAL")]
+    pub virtual_devices: Vec<String>,
+    /// Control sockets for the `--virtual` devices: `DIR/SERIAL.sock`
+    /// (commands as `keyward vcard --control`: remove, insert, touch, …).
+    #[arg(long, value_name = "DIR")]
+    pub virtual_control: Option<PathBuf>,
+}
+
+/// How often the devices are looked at.
+const SCAN_EVERY: Duration = Duration::from_millis(1000);
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "workstation".into())
+}
+
+pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(state::default_state_dir);
+    let ca_dir = state_dir.join("virtual-ca");
+    let mut virtual_devices = Vec::new();
+    for spec in &args.virtual_devices {
+        virtual_devices.push(devices::parse_virtual(spec, &ca_dir)?);
+    }
+    if let Some(dir) = &args.virtual_control {
+        std::fs::create_dir_all(dir)?;
+        for v in &virtual_devices {
+            let serial = v.handle.with_card(|c| c.config().serial);
+            keyward_vcard::control::serve(v.handle.clone(), &dir.join(format!("{serial}.sock")))?;
+        }
+    }
+    let sources = Sources {
+        pcsc: !args.no_pcsc,
+        hidraw: !args.no_hidraw,
+        hid_sockets: args.hid_socket.clone(),
+        virtual_devices,
+    };
+    let path = state::credential_path(&state_dir, &args.server);
+    let name = args.name.clone().unwrap_or_else(host_name);
+    let mut server = Server::new(&args.server, None)?;
+    let credential = match state::load(&path)? {
+        Some(c) if c.server.trim_end_matches('/') == server.base => {
+            server.set_credential(c.credential.clone());
+            match server.get("/agents/me")? {
+                (200, _) => Some(c),
+                (401, _) => {
+                    eprintln!(
+                        "the server does not know this agent's credential any more: pairing again"
+                    );
+                    state::forget(&path);
+                    None
+                }
+                (403, v) => {
+                    eprintln!("this agent was revoked ({}): pairing again", error_text(&v));
+                    state::forget(&path);
+                    None
+                }
+                (s, v) => bail!(
+                    "checking the agent's credential: HTTP {s} {}",
+                    error_text(&v)
+                ),
+            }
+        }
+        _ => None,
+    };
+    let credential = match credential {
+        Some(c) => c,
+        None => {
+            let mut unpaired = Server::new(&args.server, None)?;
+            let c = pair(&mut unpaired, &name)?;
+            state::save(&path, &c)?;
+            eprintln!("paired; credential kept in {}", path.display());
+            c
+        }
+    };
+    server.set_credential(credential.credential.clone());
+    eprintln!(
+        "agent {} relaying for {} (no listening port; Ctrl-C to stop)",
+        credential.agent_id, server.base
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    match serve(server, sources, stop) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            if e.to_string().contains("agent_revoked") {
+                state::forget(&path);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The device-code flow: ask, print the code, poll until approved.
+fn pair(server: &mut Server, name: &str) -> anyhow::Result<state::Credential> {
+    let (s, v) = server.post("/agents/pair", &json!({ "name": name }))?;
+    if s != 201 {
+        bail!("the server refused to pair (HTTP {s}): {}", error_text(&v));
+    }
+    let code = v["code"].as_str().unwrap_or_default().to_string();
+    let poll_secret = v["poll_secret"].as_str().unwrap_or_default().to_string();
+    let interval = Duration::from_secs(v["interval_seconds"].as_u64().unwrap_or(1).max(1));
+    let minutes = v["expires_in_seconds"].as_u64().unwrap_or(600) / 60;
+    println!("pairing code: {code}");
+    let _ = std::io::stdout().flush();
+    eprintln!(
+        "approve it within {minutes} minutes in the portal (Agents), or: keyward admin agent approve {code}"
+    );
+    loop {
+        std::thread::sleep(interval);
+        let (s, v) = match server.post("/agents/pair/poll", &json!({ "poll_secret": poll_secret }))
+        {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("{e:#}; trying again");
+                continue;
+            }
+        };
+        match s {
+            202 => continue,
+            200 => {
+                return Ok(state::Credential {
+                    server: server.base.clone(),
+                    agent_id: v["agent_id"].as_str().unwrap_or_default().to_string(),
+                    credential: v["credential"]
+                        .as_str()
+                        .ok_or_else(|| anyhow!("the server answered no credential"))?
+                        .to_string(),
+                })
+            }
+            _ => bail!("pairing failed (HTTP {s}): {}", error_text(&v)),
+        }
+    }
+}
+
+/// What the threads of one agent share.
+struct Shared {
+    /// Serial → how to reach the device.
+    devices: Mutex<HashMap<String, Endpoint>>,
+    /// Session → the batch (seq) being relayed now.
+    in_hand: Mutex<HashMap<String, u64>>,
+    /// Sessions being relayed (the watcher holds still meanwhile).
+    busy: AtomicUsize,
+    stop: Arc<AtomicBool>,
+    /// Set by the watcher when the server refuses the agent.
+    fatal: Mutex<Option<String>>,
+}
+
+/// For `keyward demo`: an agent already paired (its credential given) with
+/// in-process virtual devices only, on its own threads until `stop`.
+pub fn run_paired(
+    server_url: &str,
+    credential: String,
+    virtual_devices: Vec<devices::VirtualDevice>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let server = Server::new(server_url, Some(credential))?;
+    let sources = Sources {
+        virtual_devices,
+        ..Default::default()
+    };
+    Ok(std::thread::Builder::new()
+        .name("demo-agent".into())
+        .spawn(move || {
+            if let Err(e) = serve(server, sources, stop) {
+                eprintln!("demo agent stopped: {e:#}");
+            }
+        })?)
+}
+
+/// Reports devices (own thread) and relays work (this thread) until `stop`
+/// or until the server refuses the agent.
+fn serve(server: Server, sources: Sources, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let server = Arc::new(server);
+    let shared = Arc::new(Shared {
+        devices: Mutex::new(HashMap::new()),
+        in_hand: Mutex::new(HashMap::new()),
+        busy: AtomicUsize::new(0),
+        stop,
+        fatal: Mutex::new(None),
+    });
+    // The first report before the first poll: the server delivers only
+    // batches of devices the agent reports.
+    let mut watcher = Watcher::new(sources);
+    let mut last_report: Option<Vec<Reported>> = None;
+    report_once(&server, &shared, &mut watcher, &mut last_report)?;
+    {
+        let (server, shared) = (server.clone(), shared.clone());
+        std::thread::Builder::new()
+            .name("agent-devices".into())
+            .spawn(move || {
+                while !shared.stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(SCAN_EVERY);
+                    if shared.busy.load(Ordering::SeqCst) > 0 {
+                        // Never probe a device in the middle of a batch; a
+                        // removal is reported once its result is posted.
+                        continue;
+                    }
+                    if let Err(e) = report_once(&server, &shared, &mut watcher, &mut last_report) {
+                        let text = format!("{e:#}");
+                        if text.contains("agent_revoked") || text.contains("agent_not_paired") {
+                            *shared.fatal.lock().unwrap() = Some(text);
+                            shared.stop.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                        eprintln!("reporting devices: {text}");
+                    }
+                }
+            })?;
+    }
+    let mut unreachable_since: Option<Instant> = None;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let busy: Vec<_> = shared
+            .in_hand
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(s, seq)| json!({ "session_id": s, "seq": seq }))
+            .collect();
+        let answer = server.post(
+            "/agents/me/work",
+            &json!({ "busy": busy, "wait_seconds": 25 }),
+        );
+        let (status, v) = match answer {
+            Ok(a) => {
+                if unreachable_since.take().is_some() {
+                    eprintln!("server reachable again");
+                }
+                a
+            }
+            Err(e) => {
+                if unreachable_since.is_none() {
+                    eprintln!("{e:#}; retrying");
+                    unreachable_since = Some(Instant::now());
+                }
+                std::thread::sleep(Duration::from_secs(2));
+                continue;
+            }
+        };
+        match status {
+            200 => {}
+            401 | 403 => bail!("the server refuses this agent: {}", error_text(&v)),
+            _ => {
+                eprintln!("asking for work: HTTP {status} {}", error_text(&v));
+                std::thread::sleep(Duration::from_secs(2));
+                continue;
+            }
+        }
+        for item in v["items"].as_array().into_iter().flatten() {
+            let Ok(batch) = serde_json::from_value::<RelayBatch>(item["batch"].clone()) else {
+                continue;
+            };
+            let serial = item["serial"].as_str().unwrap_or_default().to_string();
+            {
+                let mut hand = shared.in_hand.lock().unwrap();
+                if hand.contains_key(&batch.session_id) {
+                    continue;
+                }
+                hand.insert(batch.session_id.clone(), batch.seq);
+            }
+            shared.busy.fetch_add(1, Ordering::SeqCst);
+            let (server, shared) = (server.clone(), shared.clone());
+            std::thread::spawn(move || {
+                let id = batch.session_id.clone();
+                relay_session(&server, &shared, &serial, batch);
+                shared.in_hand.lock().unwrap().remove(&id);
+                shared.busy.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    }
+    if let Some(text) = shared.fatal.lock().unwrap().take() {
+        bail!("{text}");
+    }
+    Ok(())
+}
+
+/// Looks at the devices and reports them if the set changed.
+fn report_once(
+    server: &Server,
+    shared: &Shared,
+    watcher: &mut Watcher,
+    last: &mut Option<Vec<Reported>>,
+) -> anyhow::Result<()> {
+    let seen = watcher.scan();
+    let now: Vec<Reported> = seen.values().map(|(r, _)| r.clone()).collect();
+    *shared.devices.lock().unwrap() = seen
+        .into_iter()
+        .map(|(serial, (_, endpoint))| (serial, endpoint))
+        .collect();
+    if last.as_ref() == Some(&now) {
+        return Ok(());
+    }
+    let (s, v) = server.put("/agents/me/devices", &json!({ "devices": now }))?;
+    if s != 200 {
+        bail!("HTTP {s} {}", error_text(&v));
+    }
+    for serial in v["arrived"].as_array().into_iter().flatten() {
+        let r = now
+            .iter()
+            .find(|r| Some(r.serial.as_str()) == serial.as_str());
+        eprintln!(
+            "device arrived: {} {}",
+            r.map(|r| r.device_type.as_str()).unwrap_or(""),
+            serial.as_str().unwrap_or("")
+        );
+    }
+    for serial in v["removed"].as_array().into_iter().flatten() {
+        eprintln!("device removed: {}", serial.as_str().unwrap_or(""));
+    }
+    *last = Some(now);
+    Ok(())
+}
+
+/// Relays a session's command batches until one needs the person (a prompt
+/// batch) or the session ends; the server answers each result with the next
+/// batch.
+fn relay_session(server: &Server, shared: &Shared, serial: &str, mut batch: RelayBatch) {
+    let id = batch.session_id.clone();
+    while batch.state == "running" && !batch.commands.is_empty() {
+        shared.in_hand.lock().unwrap().insert(id.clone(), batch.seq);
+        let endpoint = shared.devices.lock().unwrap().get(serial).cloned();
+        let started = Instant::now();
+        let run = match endpoint.map(|e| e.open()) {
+            Some(Ok(mut io)) => relay::run_batch(io.as_mut(), &batch),
+            Some(Err(e)) => failed_open(&batch, &e),
+            None => failed_open(&batch, &keyward_client::TransportError::DeviceRemoved),
+        };
+        eprintln!(
+            "session {id}: batch {} ({} of {} commands, step {}){}",
+            batch.seq,
+            run.result.responses.len(),
+            batch.commands.len(),
+            batch.step,
+            run.result
+                .transport_error
+                .as_deref()
+                .map(|e| format!(", stopped: {e}"))
+                .unwrap_or_default()
+        );
+        let path = format!("/issuance/{id}/relay");
+        let mut attempt = 0;
+        let answer = loop {
+            // Resending the identical result is safe (idempotent).
+            match server.post(&path, &run.result) {
+                Ok(a) => break Some(a),
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    eprintln!("session {id}: {e:#}; sending the result again");
+                    std::thread::sleep(Duration::from_millis(500 * attempt));
+                }
+                Err(e) => {
+                    eprintln!("session {id}: giving up: {e:#}");
+                    break None;
+                }
+            }
+        };
+        let Some((status, next)) = answer else { return };
+        if status != 200 {
+            eprintln!(
+                "session {id}: the server refused the result of batch {}: HTTP {status} {}",
+                batch.seq,
+                error_text(&next)
+            );
+            return;
+        }
+        match serde_json::from_value::<RelayBatch>(next) {
+            Ok(b) => batch = b,
+            Err(e) => {
+                eprintln!("session {id}: unreadable answer: {e}");
+                return;
+            }
+        }
+        tracing::debug!(session = %id, ms = started.elapsed().as_millis() as u64, "batch relayed");
+    }
+    eprintln!("session {id}: {} (step {})", batch.state, batch.step);
+}
+
+/// The result of a batch whose device could not be opened.
+fn failed_open(batch: &RelayBatch, e: &keyward_client::TransportError) -> relay::BatchRun {
+    struct Gone(keyward_client::TransportError);
+    impl relay::DeviceIo for Gone {
+        fn piv(&mut self, _: &[u8]) -> Result<(Vec<u8>, u16), keyward_client::TransportError> {
+            Err(self.0.clone())
+        }
+        fn ctap(&mut self, _: &[u8]) -> Result<Vec<u8>, keyward_client::TransportError> {
+            Err(self.0.clone())
+        }
+    }
+    relay::run_batch(&mut Gone(e.clone()), batch)
+}
