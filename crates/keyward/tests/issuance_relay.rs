@@ -690,3 +690,335 @@ fn assign_device_then_complete_the_issuance() {
     let (_, d) = server.call("GET", "/devices/31000070", None);
     assert_eq!(d["state"], "issued");
 }
+
+/// Relays command batches and answers prompt batches from `answers` (kind →
+/// value) until the session ends; returns the last answer and the number of
+/// command round trips.
+fn run_answering(
+    server: &TestServer,
+    card: &mut VirtualCard,
+    id: &str,
+    mut batch: Value,
+    answers: &[(&str, &str)],
+) -> (Value, usize) {
+    let mut trips = 0;
+    while batch["state"] == "running" {
+        let commands = batch["commands"].as_array().unwrap();
+        let mut result =
+            json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": [] });
+        if commands.is_empty() {
+            let mut given = serde_json::Map::new();
+            for p in batch["prompts"].as_array().unwrap() {
+                let kind = p["kind"].as_str().unwrap();
+                let (_, v) = answers
+                    .iter()
+                    .find(|(k, _)| *k == kind)
+                    .unwrap_or_else(|| panic!("no answer for {kind}"));
+                given.insert(kind.into(), json!(v));
+            }
+            result["answers"] = Value::Object(given);
+        } else {
+            result["responses"] = json!(relay(card, &batch));
+            trips += 1;
+        }
+        let (s, next) = server.call("POST", &format!("/issuance/{id}/relay"), Some(result));
+        assert_eq!(s, 200, "{next}");
+        batch = next;
+    }
+    (batch, trips)
+}
+
+fn put_setting(server: &TestServer, key: &str, value: &str) {
+    let (s, v) = server.call(
+        "PUT",
+        &format!("/settings/{key}"),
+        Some(json!({ "value": value })),
+    );
+    assert_eq!(s, 200, "{v}");
+}
+
+fn verify_pin(card: &mut VirtualCard, pin: &str) -> Vec<u8> {
+    assert!(card
+        .transmit(&keyward_card::piv::select_piv().to_bytes())
+        .ends_with(&[0x90, 0x00]));
+    card.transmit(
+        &keyward_card::piv::verify(0x80, Some(pin.as_bytes()))
+            .unwrap()
+            .to_bytes(),
+    )
+}
+
+/// Not Displayed with "Change PIN during issuance" = Yes: the last batch
+/// waits for the person's PIN (a `set_new_pin` prompt batch); a PIN that
+/// breaks the policy's rules is refused rule by rule and changes nothing;
+/// a good one is set on the device; still 3 command round trips.
+#[test]
+fn not_displayed_with_change_pin_sets_the_persons_pin_at_the_end() {
+    let server = TestServer::start();
+    support::seed_piv_standard(&server, "31000080");
+    put_setting(&server, "initial_pin_display_mode", "not_displayed");
+    put_setting(&server, "change_pin_during_issuance", "yes");
+    let ca_dir = tempfile::tempdir().unwrap();
+    let mut card = VirtualCard::new(
+        VcardConfig::new(ProfileKind::Yubikey5)
+            .with_serial(31000080)
+            .with_ca_dir(ca_dir.path()),
+    )
+    .unwrap();
+    card.power_on();
+    let (s, mut batch) = server.call(
+        "POST",
+        "/issuance",
+        Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000080" })),
+    );
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    let mut trips = 0;
+    while batch["commands"].as_array().unwrap().len() > 0 {
+        let responses = relay(&mut card, &batch);
+        trips += 1;
+        let (s, next) = server.call("POST", &format!("/issuance/{id}/relay"), Some(json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": responses })));
+        assert_eq!(s, 200, "{next}");
+        batch = next;
+    }
+    assert_eq!(trips, 2, "the prompt comes after the keys are certified");
+    assert_eq!(batch["prompts"][0]["kind"], "set_new_pin", "{batch}");
+    // The person's client reads the open prompts from the session too.
+    let (_, st) = server.call("GET", &format!("/issuance/{id}"), None);
+    assert_eq!(st["prompts"][0]["kind"], "set_new_pin", "{st}");
+    let seq = batch["seq"].clone();
+    // Missing answer, then a PIN breaking two rules: 400, nothing moves.
+    let (s, v) = server.call(
+        "POST",
+        &format!("/issuance/{id}/relay"),
+        Some(json!({ "protocol": 1, "session_id": id, "seq": seq, "responses": [] })),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("answer_required")),
+        "{v}"
+    );
+    let (s, v) = server.call("POST", &format!("/issuance/{id}/relay"), Some(json!({ "protocol": 1, "session_id": id, "seq": seq, "responses": [], "answers": { "set_new_pin": "1234" } })));
+    assert_eq!(s, 400, "{v}");
+    let failed: Vec<&str> = v["error"]["details"]["failed_rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["pin_too_short", "pin_sequential_run"], "{v}");
+    assert_eq!(v["error"]["field"], "answers.set_new_pin");
+    assert!(!v.to_string().contains("1234\""), "the PIN is not echoed");
+    let (_, again) = server.call("GET", &format!("/issuance/{id}/batch"), None);
+    assert_eq!(
+        (again["seq"].clone(), again["prompts"][0]["kind"].as_str()),
+        (seq.clone(), Some("set_new_pin"))
+    );
+    // A good PIN: the last batch sets it.
+    let (s, next) = server.call("POST", &format!("/issuance/{id}/relay"), Some(json!({ "protocol": 1, "session_id": id, "seq": seq, "responses": [], "answers": { "set_new_pin": "735194" } })));
+    assert_eq!(s, 200, "{next}");
+    let (end, more) = run_answering(&server, &mut card, &id, next, &[]);
+    assert_eq!(end["state"], "issued", "{end}");
+    assert_eq!(trips + more, 3, "3 command round trips");
+    assert_eq!(verify_pin(&mut card, "735194"), vec![0x90, 0x00]);
+    let tree = support::read_tree(&server.data_path());
+    assert!(!support::contains(&tree, b"735194"));
+    assert!(!server.output().contains("735194"));
+}
+
+/// Pulls the device out at command `cut` of the session's batch `n`
+/// (1-based): the attempt fails.
+fn fail_at(
+    server: &TestServer,
+    card: &mut VirtualCard,
+    id: &str,
+    mut batch: Value,
+    n: usize,
+    cut: usize,
+) {
+    for _ in 1..n {
+        let responses = relay(card, &batch);
+        let (s, next) = server.call("POST", &format!("/issuance/{id}/relay"), Some(json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": responses })));
+        assert_eq!(s, 200, "{next}");
+        batch = next;
+    }
+    let cut = relay_then_remove(card, &batch, cut);
+    let mut result = json!({ "protocol": 1, "session_id": id, "seq": batch["seq"] });
+    result["responses"] = cut["responses"].clone();
+    result["transport_error"] = cut["transport_error"].clone();
+    let (s, failed) = server.call("POST", &format!("/issuance/{id}/relay"), Some(result));
+    assert_eq!(
+        (s, failed["state"].as_str()),
+        (200, Some("failed")),
+        "{failed}"
+    );
+    card.power_on();
+}
+
+fn recycle(server: &TestServer, card: &mut VirtualCard, serial: &str) -> (Value, usize) {
+    let (s, batch) = server.call("POST", &format!("/devices/{serial}/recycle"), None);
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    run_answering(server, card, &id, batch, &[])
+}
+
+/// A device whose issuance failed half-way (new PIN, PUK and keys on it) is
+/// recycled at once: the failed session ends, the YubiKey is wiped in one
+/// round trip (PIN and PUK blocked, PIV reset), the device is Available
+/// (Recycled), and it is issued to another user.
+#[test]
+fn a_failed_yubikey_is_recycled_at_once_and_issued_to_another_user() {
+    let server = TestServer::start();
+    support::seed_piv_standard(&server, "31000090");
+    assert_eq!(server.call("POST", "/users", Some(json!({ "login": "bob", "display_name": "Bob Baker", "upn": "bob@example.com", "email": "bob@example.com" }))).0, 201);
+    let ca_dir = tempfile::tempdir().unwrap();
+    let mut card = VirtualCard::new(
+        VcardConfig::new(ProfileKind::Yubikey5)
+            .with_serial(31000090)
+            .with_ca_dir(ca_dir.path()),
+    )
+    .unwrap();
+    card.power_on();
+    let (s, batch) = server.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000090", "pin": "735194" })));
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    fail_at(&server, &mut card, &id, batch, 3, 1);
+    // Recycle is refused on an issued or unknown device, allowed here.
+    let (s, v) = server.call("POST", "/devices/99999999/recycle", None);
+    assert_eq!(s, 404, "{v}");
+    let (end, trips) = recycle(&server, &mut card, "31000090");
+    assert_eq!(
+        (end["state"].as_str(), trips),
+        (Some("recycled"), 1),
+        "{end}"
+    );
+    let (_, st) = server.call("GET", &format!("/issuance/{id}"), None);
+    assert_eq!(
+        st["status"], "cancelled",
+        "the failed session was ended: {st}"
+    );
+    let (_, d) = server.call("GET", "/devices/31000090", None);
+    assert_eq!(
+        (d["state"].as_str(), d["reason"].as_str()),
+        (Some("available"), Some("recycled")),
+        "{d}"
+    );
+    assert_eq!(
+        verify_pin(&mut card, "123456"),
+        vec![0x90, 0x00],
+        "factory PIN"
+    );
+    let r = card.transmit(
+        &keyward_card::piv::get_data(keyward_card::piv::object::AUTHENTICATION_CERT).to_bytes(),
+    );
+    assert!(r.ends_with(&[0x6A, 0x82]), "no certificate left");
+    // Every certificate of the device is revoked.
+    let (_, st) = server.call("GET", &format!("/issuance/{id}"), None);
+    assert!(
+        st["credentials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| !c["revoked_at"].is_null()),
+        "{st}"
+    );
+
+    let (s, batch) = server.call("POST", "/issuance", Some(json!({ "user": "bob", "policy": "PIV Standard", "serial": "31000090", "pin": "582039" })));
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    let (end, _) = run_answering(&server, &mut card, &id, batch, &[]);
+    let (_, st) = server.call("GET", &format!("/issuance/{id}"), None);
+    assert_eq!(end["state"], "issued", "{st}");
+    assert_eq!(verify_pin(&mut card, "582039"), vec![0x90, 0x00]);
+    // An issued device is not recycled.
+    let (s, v) = server.call("POST", "/devices/31000090/recycle", None);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("device_not_recyclable")),
+        "{v}"
+    );
+}
+
+/// A C4000 whose issuance failed after its PUK, PIN, keys and management
+/// key changed, then was cancelled: Recycle authenticates with the key the
+/// server derived, replaces the keys, deletes the objects, resets PIN and
+/// PUK with the PUK the server kept sealed, restores the factory management
+/// key; the device is issued again.
+#[test]
+fn a_cancelled_c4000_is_recycled_to_factory_state() {
+    let server = TestServer::start();
+    support::seed_piv_standard(&server, "31000091");
+    let (s, v) = server.call(
+        "POST",
+        "/devices",
+        Some(json!({ "device_type": "c4000", "serial": "31000092" })),
+    );
+    assert_eq!(s, 201, "{v}");
+    let ca_dir = tempfile::tempdir().unwrap();
+    let mut card = VirtualCard::new(
+        VcardConfig::new(ProfileKind::C4000)
+            .with_serial(31000092)
+            .with_ca_dir(ca_dir.path()),
+    )
+    .unwrap();
+    card.power_on();
+    let (s, batch) = server.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000092", "pin": "735194" })));
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    // Batch 3: certificates, CHUID, CCC and the new management key went
+    // through; the device went away at the read-back.
+    fail_at(&server, &mut card, &id, batch, 3, 5);
+    let (s, st) = server.call("POST", &format!("/issuance/{id}/cancel"), None);
+    assert_eq!((s, st["status"].as_str()), (200, Some("cancelled")), "{st}");
+    let (end, trips) = recycle(&server, &mut card, "31000092");
+    assert_eq!(
+        (end["state"].as_str(), trips),
+        (Some("recycled"), 2),
+        "{end}"
+    );
+    let (_, d) = server.call("GET", "/devices/31000092", None);
+    assert_eq!(
+        (d["state"].as_str(), d["reason"].as_str()),
+        (Some("available"), Some("recycled")),
+        "{d}"
+    );
+    assert_eq!(
+        verify_pin(&mut card, "123456"),
+        vec![0x90, 0x00],
+        "factory PIN"
+    );
+    for tag in [
+        keyward_card::piv::object::AUTHENTICATION_CERT,
+        keyward_card::piv::object::CHUID,
+    ] {
+        let r = card.transmit(&keyward_card::piv::get_data(tag).to_bytes());
+        assert!(r.ends_with(&[0x6A, 0x82]), "object {tag:06X} deleted");
+    }
+    // Factory PUK again.
+    let r = card.transmit(
+        &keyward_card::piv::change_reference_data(0x81, b"12345678", b"12345678")
+            .unwrap()
+            .to_bytes(),
+    );
+    assert_eq!(r, vec![0x90, 0x00]);
+    // A new issuance starts from factory values and ends Issued.
+    let (s, batch) = server.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000092", "pin": "582039" })));
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    let (end, _) = run_answering(&server, &mut card, &id, batch, &[]);
+    assert_eq!(end["state"], "issued", "{end}");
+    // A recycled device can be recycled only when it is no longer issued;
+    // an available device Keyward never had a session with has nothing to recycle.
+    let (s, v) = server.call(
+        "POST",
+        "/devices",
+        Some(json!({ "device_type": "c4000", "serial": "31000093" })),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = server.call("POST", "/devices/31000093/recycle", None);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("nothing_to_recycle")),
+        "{v}"
+    );
+}

@@ -12,7 +12,7 @@ pub struct IssuanceSession {
     pub device_id: Uuid,
     pub user_id: Uuid,
     pub policy_id: Uuid,
-    /// `issue` or `assign`.
+    /// `issue`, `assign` or `recycle`.
     pub action: String,
     /// `running`, `issued`, `assigned`, `failed`, `cancelled`.
     pub status: String,
@@ -98,6 +98,34 @@ impl Store {
             self,
             start_issuance(&key, session, expected_version, change, audit)
         )
+    }
+
+    /// Opens a session without changing the device (Recycle); one active
+    /// session per device (`device_busy`).
+    pub async fn open_device_session(
+        &self,
+        session: &IssuanceSession,
+        audit: &AuditDraft,
+    ) -> StoreResult<()> {
+        let key = self.key();
+        on_backend!(self, open_device_session(&key, session, audit))
+    }
+
+    /// Revokes the device's live credentials (Recycle); returns how many.
+    pub async fn revoke_device_credentials(
+        &self,
+        device_id: Uuid,
+        at: time::OffsetDateTime,
+    ) -> StoreResult<u64> {
+        on_backend!(self, revoke_device_credentials(device_id, at))
+    }
+
+    /// The device's most recent session (issue, assign or recycle), if any.
+    pub async fn latest_device_session(
+        &self,
+        device_id: Uuid,
+    ) -> StoreResult<Option<IssuanceSession>> {
+        on_backend!(self, latest_device_session(device_id))
     }
 
     pub async fn get_issuance(&self, id: Uuid) -> StoreResult<IssuanceSession> {

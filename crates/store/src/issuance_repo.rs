@@ -117,6 +117,77 @@ pub async fn start_issuance(
     Ok(device)
 }
 
+/// Opens a session that changes no device state when it starts (Recycle:
+/// the device keeps its state until the wipe is done). The one-active-session
+/// rule holds as for [`start_issuance`] (`device_busy`).
+pub async fn open_device_session(
+    pool: &Pool<DB>,
+    key: &AuditKey,
+    session: &crate::issuance::IssuanceSession,
+    audit: &AuditDraft,
+) -> StoreResult<()> {
+    let mut tx = dialect::begin_write(pool).await?;
+    sqlx::query(&format!(
+        "INSERT INTO issuance_sessions ({SESSION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    ))
+    .bind(session.id)
+    .bind(session.device_id)
+    .bind(session.user_id)
+    .bind(session.policy_id)
+    .bind(&session.action)
+    .bind(&session.status)
+    .bind(&session.step)
+    .bind(session.seq)
+    .bind(&session.sealed_state)
+    .bind(&session.error)
+    .bind(&session.created_by)
+    .bind(session.created_at)
+    .bind(session.updated_at)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            conflict("device_busy", "serial", "the device is in another active session")
+        } else {
+            e.into()
+        }
+    })?;
+    finish(tx, key, audit).await
+}
+
+/// Revokes every certificate and passkey of the device still live (Recycle);
+/// returns how many.
+pub async fn revoke_device_credentials(
+    pool: &Pool<DB>,
+    device_id: Uuid,
+    at: OffsetDateTime,
+) -> StoreResult<u64> {
+    let res = sqlx::query(
+        "UPDATE credentials SET revoked_at = $1 WHERE device_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(at)
+    .bind(device_id)
+    .execute(pool)
+    .await?;
+    Ok(res.rows_affected())
+}
+
+/// The device's most recent session, if it ever had one.
+pub async fn latest_device_session(
+    pool: &Pool<DB>,
+    device_id: Uuid,
+) -> StoreResult<Option<crate::issuance::IssuanceSession>> {
+    sqlx::query(&format!(
+        "SELECT {SESSION_COLS} FROM issuance_sessions WHERE device_id = $1 ORDER BY created_at DESC LIMIT 1"
+    ))
+    .bind(device_id)
+    .fetch_optional(pool)
+    .await?
+    .as_ref()
+    .map(session_from_row)
+    .transpose()
+}
+
 pub async fn get_issuance(
     pool: &Pool<DB>,
     id: Uuid,

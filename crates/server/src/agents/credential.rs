@@ -76,8 +76,25 @@ impl FromRequestParts<AppState> for RelayCaller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let is_agent = bearer(parts).is_some_and(|t| t.starts_with(AGENT_CREDENTIAL_PREFIX));
         if !is_agent {
-            let Allowed(caller, _) =
-                Allowed::<perm::DevicesIssue>::from_request_parts(parts, state).await?;
+            let caller = Caller::from_request_parts(parts, state).await?;
+            // A user's self-service account answers the prompts of its own
+            // user's session (issuance engineer's wiring).
+            if !caller.role.allows(keyward_domain::Permission::DevicesIssue) {
+                let own = match Path::<String>::from_request_parts(parts, state).await {
+                    Ok(Path(id)) => match Uuid::parse_str(&id) {
+                        Ok(id) => {
+                            crate::issuance::may_relay_own_session(state, &caller, id).await?
+                        }
+                        Err(_) => false,
+                    },
+                    Err(_) => false,
+                };
+                if !own {
+                    let Allowed(caller, _) =
+                        Allowed::<perm::DevicesIssue>::from_request_parts(parts, state).await?;
+                    return Ok(RelayCaller(caller));
+                }
+            }
             return Ok(RelayCaller(caller));
         }
         let AgentAuth(agent) = AgentAuth::from_request_parts(parts, state).await?;

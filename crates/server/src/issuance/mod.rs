@@ -7,7 +7,10 @@
 //! session's sequence number, so a restarted server, or another node on the
 //! same PostgreSQL, continues it; a replayed or out-of-order result is refused.
 
+mod access;
 mod agent_delivery;
+mod answers;
+mod recycle;
 mod relay;
 mod retry_cancel;
 mod session;
@@ -16,10 +19,13 @@ mod sweep;
 
 use axum::extract::{Path, State};
 use axum::Json;
-use keyward_engine::knowledge::DeviceSecrets;
-use keyward_engine::piv::{AwaitKeys, AwaitWitness, AwaitWrites, PivPlan, Secret};
-use keyward_engine::{Batch, Channel};
-use keyward_proto::{RelayBatch, RelayCommand, RELAY_PROTOCOL_VERSION};
+use keyward_engine::knowledge::{DeviceSecrets, Known};
+use keyward_engine::piv::{
+    AwaitCertificates, AwaitKeys, AwaitWitness, AwaitWrites, Certified, PivPlan, Secret,
+};
+use keyward_engine::recycle::Recycling;
+use keyward_engine::{Batch, Channel, ManagementKey};
+use keyward_proto::{RelayBatch, RelayCommand, RelayPrompt, RELAY_PROTOCOL_VERSION};
 use keyward_store::{Credential, IssuanceSession};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
@@ -28,9 +34,10 @@ use uuid::Uuid;
 
 use crate::api::store_error;
 use crate::app::AppState;
-use crate::auth::{perm, Allowed};
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 
+pub(crate) use access::may_relay_own_session;
 pub(crate) use agent_delivery::outstanding_batch;
 pub use sweep::sweep_abandoned;
 
@@ -44,6 +51,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(relay::relay))
         .routes(routes!(retry_cancel::cancel))
         .routes(routes!(retry_cancel::retry))
+        .routes(routes!(recycle::recycle))
 }
 
 /// The secret from which per-device management keys are derived.
@@ -86,10 +94,15 @@ pub struct SessionStatus {
     pub status: String,
     pub step: String,
     pub seq: i64,
+    /// `issue`, `assign` or `recycle`.
+    pub action: String,
     #[schema(value_type = Option<Object>)]
     pub error: Option<serde_json::Value>,
     #[schema(value_type = Vec<Object>)]
     pub credentials: Vec<Credential>,
+    /// The prompts the person must answer now (the batch out carries no
+    /// device command); the person's client posts the answers to the relay.
+    pub prompts: Vec<RelayPrompt>,
 }
 
 /// The engine's state between round trips, sealed in the session row.
@@ -98,6 +111,10 @@ pub(super) enum Engine {
     AwaitWitness(AwaitWitness),
     AwaitKeys(AwaitKeys),
     AwaitWrites(AwaitWrites),
+    /// Keys certified; the person chooses their own PIN (prompt batch out).
+    AwaitNewPin(AwaitCertificates, Certified),
+    /// A recycle (its own state machine).
+    Recycle(Recycling),
     Finished,
 }
 
@@ -115,6 +132,30 @@ pub(super) struct SessionData {
     /// The attempt under way or failed (for Retry); dropped when the session ends.
     #[serde(default)]
     attempt: Option<Attempt>,
+    /// Not Displayed with "Change PIN during issuance" = Yes: the person
+    /// sets their own PIN at the end (a `set_new_pin` prompt).
+    #[serde(default)]
+    change_pin_at_end: bool,
+    /// What the server keeps of the device's secrets after the session:
+    /// the PUK (stored only sealed) and the management key, for Recycle.
+    #[serde(default)]
+    kept: Option<Kept>,
+}
+
+/// The device secrets a later Recycle needs (never the PIN).
+#[derive(Clone, Serialize, Deserialize)]
+pub(super) struct Kept {
+    puk: Known<Secret>,
+    management_key: Known<ManagementKey>,
+}
+
+impl Kept {
+    fn from_known(k: &DeviceSecrets) -> Kept {
+        Kept {
+            puk: k.puk.clone(),
+            management_key: k.management_key.clone(),
+        }
+    }
 }
 
 /// What a retry needs: the plan, what the device's secrets are now, and the
@@ -151,14 +192,24 @@ pub(super) fn relay_batch(id: Uuid, seq: i64, status: &str, batch: &Batch) -> Re
                 secret: c.secret,
             })
             .collect(),
-        prompts: vec![],
+        prompts: relay_prompts(batch),
         state: status.into(),
-        step: batch
-            .commands
-            .first()
-            .map(|c| c.step.clone())
-            .unwrap_or_default(),
+        step: batch.step(),
     }
+}
+
+/// The batch's prompts as the protocol carries them (`value`: the PIN a
+/// `show_initial_pin` shows; clients never log it).
+pub(super) fn relay_prompts(batch: &Batch) -> Vec<RelayPrompt> {
+    batch
+        .prompts
+        .iter()
+        .map(|p| RelayPrompt {
+            kind: p.kind.as_str().into(),
+            message: p.message.clone(),
+            value: p.value.as_ref().map(|v| v.expose().to_string()),
+        })
+        .collect()
 }
 
 pub(super) async fn load(state: &AppState, id: &str) -> ApiResult<IssuanceSession> {
@@ -177,11 +228,17 @@ pub(super) async fn load(state: &AppState, id: &str) -> ApiResult<IssuanceSessio
     responses((status = 200, body = SessionStatus), (status = 404, body = ErrorBody)))]
 pub(super) async fn status(
     State(state): State<AppState>,
-    Allowed(_caller, _): Allowed<perm::DevicesIssue>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<SessionStatus>> {
     let s = load(&state, &id).await?;
+    access::may_see(&caller, &s)?;
     let data = unseal(&state, &s)?;
+    let prompts = if s.status == "running" && data.batch.awaits_answers() {
+        relay_prompts(&data.batch)
+    } else {
+        vec![]
+    };
     let credentials = state
         .store
         .device_credentials(s.device_id)
@@ -198,8 +255,10 @@ pub(super) async fn status(
         status: s.status,
         step: s.step,
         seq: s.seq,
+        action: s.action,
         error: s.error.and_then(|e| serde_json::from_str(&e).ok()),
         credentials,
+        prompts,
     }))
 }
 
@@ -208,10 +267,11 @@ pub(super) async fn status(
     responses((status = 200, body = RelayBatch), (status = 404, body = ErrorBody)))]
 pub(super) async fn current_batch(
     State(state): State<AppState>,
-    Allowed(_caller, _): Allowed<perm::DevicesIssue>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RelayBatch>> {
     let s = load(&state, &id).await?;
+    access::may_see(&caller, &s)?;
     let data = unseal(&state, &s)?;
     Ok(Json(relay_batch(s.id, s.seq, &s.status, &data.batch)))
 }

@@ -4,14 +4,16 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use keyward_domain::{AuditOutcome, DeviceState, StateChange, StateReason};
-use keyward_engine::piv::Certified;
-use keyward_engine::{Batch, Failure, Response};
+use std::collections::BTreeMap;
+
+use keyward_engine::piv::{Certified, Secret};
+use keyward_engine::{Batch, Failure, Prompt, PromptKind, Response};
 use keyward_pki::{CertificateAuthority, LeafRequest};
 use keyward_proto::{RelayBatch, RelayResult, RELAY_PROTOCOL_VERSION};
 use keyward_store::{Credential, IssuanceSession, IssuanceUpdate};
 
 use super::session::{certificate_credential, end_session, seal, unseal, Ending};
-use super::{load, relay_batch, Engine, SessionData};
+use super::{load, relay_batch, Engine, Kept, SessionData};
 use crate::api::{audit, store_error};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -52,7 +54,9 @@ pub(super) fn step_engine(
     policy: &keyward_domain::DevicePolicy,
     data: SessionData,
     responses: &[Response],
+    answers: &BTreeMap<String, String>,
 ) -> ApiResult<Next> {
+    let change_pin_at_end = data.change_pin_at_end;
     Ok(match data.engine {
         Engine::AwaitWitness(e) => match e.on_responses(responses) {
             Ok((next, batch)) => Next::Batch(Engine::AwaitKeys(next), batch, vec![]),
@@ -98,10 +102,24 @@ pub(super) fn step_engine(
                     .ca
                     .sign_chuid(&to_sign)
                     .map_err(|e| ApiError::internal("signing the CHUID", e))?;
-                match await_certs.with_certificates(Certified {
+                let certified = Certified {
                     certificates: certificates.clone(),
                     chuid_signature,
-                }) {
+                };
+                if change_pin_at_end && await_certs.plan().final_pin.is_none() {
+                    // The person chooses their PIN now; the last batch sets it.
+                    let prompt = Batch::prompts(vec![Prompt::new(
+                        PromptKind::SetNewPin,
+                        "set new PIN",
+                        "Choose the PIN of your device",
+                    )]);
+                    return Ok(Next::Batch(
+                        Engine::AwaitNewPin(await_certs, certified),
+                        prompt,
+                        certificates,
+                    ));
+                }
+                match await_certs.with_certificates(certified) {
                     Ok((next, batch)) => {
                         Next::Batch(Engine::AwaitWrites(next), batch, certificates)
                     }
@@ -118,6 +136,23 @@ pub(super) fn step_engine(
                     .collect::<ApiResult<_>>()?,
             ),
         },
+        Engine::AwaitNewPin(mut await_certs, certified) => {
+            // Checked against the PIN rules before the session moved.
+            let pin = answers
+                .get(PromptKind::SetNewPin.as_str())
+                .ok_or_else(|| ApiError::internal("relaying", "no new PIN"))?;
+            await_certs.set_final_pin(Secret::new(pin.as_str()));
+            match await_certs.with_certificates(certified) {
+                Ok((next, batch)) => Next::Batch(Engine::AwaitWrites(next), batch, vec![]),
+                Err(f) => Next::Failed(f),
+            }
+        }
+        Engine::Recycle(_) => {
+            return Err(ApiError::internal(
+                "relaying",
+                "a recycle in the issuance path",
+            ))
+        }
         Engine::Finished => {
             return Err(ApiError::conflict(
                 "session_finished",
@@ -172,6 +207,9 @@ pub(super) async fn relay(
     }
     let responses = parse_responses(&result)?;
     let data = unseal(&state, &s)?;
+    if matches!(data.engine, Engine::Recycle(_)) {
+        return super::recycle::on_result(&state, &caller, &s, data, &responses, &result).await;
+    }
     let user = state
         .store
         .get_user(s.user_id)
@@ -187,6 +225,11 @@ pub(super) async fn relay(
         .get_device(s.device_id)
         .await
         .map_err(|e| store_error("reading the device", e))?;
+    // Answers are checked before anything moves: a refused answer leaves
+    // the same prompts out.
+    if data.batch.awaits_answers() {
+        super::answers::check(&data.batch, &result.answers, &policy)?;
+    }
     let (user_login, policy_name, serial) = (
         data.user_login.clone(),
         data.policy_name.clone(),
@@ -197,23 +240,38 @@ pub(super) async fn relay(
         .attempt
         .clone()
         .ok_or_else(|| ApiError::internal("relaying", "a running session without its attempt"))?;
+    if let Some(pin) = result.answers.get(PromptKind::SetNewPin.as_str()) {
+        if data
+            .batch
+            .prompts
+            .iter()
+            .any(|p| p.kind == PromptKind::SetNewPin)
+        {
+            attempt.plan.final_pin = Some(Secret::new(pin.as_str()));
+        }
+    }
     attempt.known.after_batch(
         &attempt.plan,
         &data.batch,
         &responses,
         result.transport_error.is_some(),
     );
-    let next = step_engine(&state, &s, &user, &policy, data, &responses);
+    let change_pin_at_end = data.change_pin_at_end;
+    let next = step_engine(
+        &state,
+        &s,
+        &user,
+        &policy,
+        data,
+        &responses,
+        &result.answers,
+    );
     let next_seq = s.seq + 1;
     let target = format!("device:{serial}");
     match next? {
         Next::Batch(engine, batch, issued) => {
             attempt.certificates.extend(issued);
-            let step = batch
-                .commands
-                .first()
-                .map(|c| c.step.clone())
-                .unwrap_or_default();
+            let step = batch.step();
             let data = SessionData {
                 engine,
                 batch: batch.clone(),
@@ -222,6 +280,8 @@ pub(super) async fn relay(
                 serial,
                 initial_pin,
                 attempt: Some(attempt),
+                change_pin_at_end,
+                kept: None,
             };
             let update = IssuanceUpdate {
                 status: "running".into(),
@@ -274,6 +334,7 @@ pub(super) async fn relay(
                 (user_login, policy_name, serial),
                 ending,
                 None,
+                Some(Kept::from_known(&attempt.known)),
             )
             .await
         }
@@ -313,13 +374,15 @@ pub(super) async fn relay(
                 credentials: revoked,
                 audit: draft,
             };
+            let kept = Kept::from_known(&attempt.known);
             let answer = end_session(
                 &state,
                 &s,
                 &device,
                 (user_login, policy_name, serial),
                 ending,
-                Some((attempt, initial_pin)),
+                Some((attempt, initial_pin, change_pin_at_end)),
+                Some(kept),
             )
             .await;
             if any_revoked {

@@ -5,13 +5,13 @@ use axum::Json;
 use keyward_domain::{DeviceState, StateChange, StateReason};
 use keyward_engine::piv::PivIssuance;
 use keyward_proto::RelayBatch;
-use keyward_store::IssuanceUpdate;
+use keyward_store::{IssuanceSession, IssuanceUpdate};
 
 use super::session::{seal, unseal};
-use super::{load, relay_batch, status, Attempt, Engine, SessionStatus};
+use super::{load, relay_batch, status, Attempt, Engine, Kept, SessionStatus};
 use crate::api::{audit, store_error};
 use crate::app::AppState;
-use crate::auth::{perm, Allowed};
+use crate::auth::{perm, Allowed, Caller};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 
 /// Cancel a failed attempt: the device is no longer assigned to the user
@@ -20,10 +20,25 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
     responses((status = 200, body = SessionStatus), (status = 409, body = ErrorBody)))]
 pub(super) async fn cancel(
     State(state): State<AppState>,
-    Allowed(caller, a): Allowed<perm::DevicesIssue>,
+    Allowed(caller, _): Allowed<perm::DevicesIssue>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<SessionStatus>> {
     let s = load(&state, &id).await?;
+    end_failed(&state, &caller, &s, "issuance.cancel").await?;
+    status(State(state), caller, Path(id)).await
+}
+
+/// Ends a failed session (Cancel, or Recycle ending it first). A failed
+/// issuance: the device is no longer assigned to the user (Produced,
+/// Unassigned); the attempt's certificates were revoked when it failed; the
+/// PIN is wiped, the PUK and management key stay sealed for Recycle. A
+/// failed recycle: nothing changes on the device record.
+pub(super) async fn end_failed(
+    state: &AppState,
+    caller: &Caller,
+    s: &IssuanceSession,
+    action: &str,
+) -> ApiResult<()> {
     if s.status != "failed" {
         return Err(ApiError::conflict(
             "session_not_failed",
@@ -38,14 +53,16 @@ pub(super) async fn cancel(
         .get_device(s.device_id)
         .await
         .map_err(|e| store_error("reading the device", e))?;
-    let mut data = unseal(&state, &s)?;
+    let mut data = unseal(state, s)?;
     data.initial_pin = None;
-    data.attempt = None;
+    if let Some(a) = data.attempt.take() {
+        data.kept = Some(Kept::from_known(&a.known));
+    }
     let update = IssuanceUpdate {
         status: "cancelled".into(),
         step: s.step.clone(),
         seq: s.seq + 1,
-        sealed_state: seal(&state, s.id, &data),
+        sealed_state: seal(state, s.id, &data),
         error: s.error.clone(),
     };
     let change = StateChange {
@@ -56,24 +73,17 @@ pub(super) async fn cancel(
         note: Some(format!("issuance session {} cancelled", s.id)),
     };
     let draft = audit(
-        &caller,
-        "issuance.cancel",
+        caller,
+        action,
         format!("device:{}", data.serial),
         serde_json::json!({ "session": s.id }),
     );
+    let device_change = (s.action != "recycle").then_some((device.id, device.version, &change));
     state
         .store
-        .advance_issuance(
-            s.id,
-            s.seq,
-            &update,
-            Some((device.id, device.version, &change)),
-            &[],
-            &draft,
-        )
+        .advance_issuance(s.id, s.seq, &update, device_change, &[], &draft)
         .await
-        .map_err(|e| store_error("cancelling the issuance", e))?;
-    status(State(state), Allowed(caller, a), Path(id)).await
+        .map_err(|e| store_error("cancelling the issuance", e))
 }
 
 /// Retry a failed attempt: the same device, the same policy and the same
@@ -84,10 +94,17 @@ pub(super) async fn cancel(
     responses((status = 200, body = RelayBatch), (status = 409, body = ErrorBody)))]
 pub(super) async fn retry(
     State(state): State<AppState>,
-    Allowed(caller, _): Allowed<perm::DevicesIssue>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RelayBatch>> {
     let s = load(&state, &id).await?;
+    super::access::may_retry(&state, &caller, &s).await?;
+    if s.action == "recycle" {
+        return Err(ApiError::conflict(
+            "retry_not_possible",
+            "a failed recycle is not retried: recycle the device again (POST /devices/{serial}/recycle)",
+        ));
+    }
     if s.status != "failed" {
         return Err(ApiError::conflict(
             "session_not_failed",
@@ -121,7 +138,7 @@ pub(super) async fn retry(
     let next_seq = s.seq + 1;
     let update = IssuanceUpdate {
         status: "running".into(),
-        step: batch.commands[0].step.clone(),
+        step: batch.step(),
         seq: next_seq,
         sealed_state: seal(&state, s.id, &data),
         error: None,

@@ -10,7 +10,7 @@ use keyward_store::{Credential, IssuanceSession, IssuanceUpdate};
 use rand::RngCore;
 use uuid::Uuid;
 
-use super::{hex_lower, relay_batch, Attempt, Engine, SessionData, MASTER_KEY_SECRET};
+use super::{hex_lower, relay_batch, Attempt, Engine, Kept, SessionData, MASTER_KEY_SECRET};
 use crate::api::store_error;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -124,12 +124,14 @@ pub(super) async fn end_session(
     device: &keyward_domain::Device,
     (user_login, policy_name, serial): (String, String, u64),
     ending: Ending,
-    keep: Option<(Attempt, Option<Secret>)>,
+    keep: Option<(Attempt, Option<Secret>, bool)>,
+    kept: Option<Kept>,
 ) -> ApiResult<Json<RelayBatch>> {
-    // A failed attempt keeps what a retry needs; an issued session keeps no secret.
-    let (attempt, initial_pin) = match keep {
-        Some((a, pin)) => (Some(a), pin),
-        None => (None, None),
+    // A failed attempt keeps what a retry needs; an ended session keeps only
+    // the PUK and management key a recycle needs (sealed), never the PIN.
+    let (attempt, initial_pin, change_pin_at_end) = match keep {
+        Some((a, pin, change)) => (Some(a), pin, change),
+        None => (None, None, false),
     };
     let data = SessionData {
         engine: Engine::Finished,
@@ -139,6 +141,8 @@ pub(super) async fn end_session(
         serial,
         initial_pin,
         attempt,
+        change_pin_at_end,
+        kept,
     };
     let update = IssuanceUpdate {
         status: ending.status.into(),

@@ -134,15 +134,11 @@ pub(super) async fn start(
         &mut rng,
     )
     .map_err(invalid)?;
-    if pin.generated && settings.change_pin_during_issuance {
-        // Setting a new PIN at the end of issuance is a prompt of the relay,
-        // which the agent and the portal bring.
-        return Err(ApiError::bad_request(
-            "not_supported",
-            "Not Displayed with \"Change PIN during issuance\" = Yes needs the PIN prompt at the end of issuance, which is not available yet; set change_pin_during_issuance to no (the user then uses Get Initial PIN)",
-        ));
-    }
-    let initial_pin = pin.generated.then(|| pin.pin.clone());
+    // Not Displayed: with "Change PIN during issuance" = Yes the person sets
+    // their own PIN at the end (a prompt); with No the generated PIN is kept
+    // sealed for Get Initial PIN.
+    let change_pin_at_end = pin.generated && settings.change_pin_during_issuance;
+    let initial_pin = (pin.generated && !change_pin_at_end).then(|| pin.pin.clone());
     let master = master_key(&state).await?;
     let mut guid = [0u8; 16];
     rng.fill_bytes(&mut guid);
@@ -181,6 +177,8 @@ pub(super) async fn start(
         serial: device.serial.0,
         initial_pin,
         attempt: Some(attempt),
+        change_pin_at_end,
+        kept: None,
     };
     let session = IssuanceSession {
         id,
@@ -189,7 +187,7 @@ pub(super) async fn start(
         policy_id: policy.id,
         action: "issue".into(),
         status: "running".into(),
-        step: batch.commands[0].step.clone(),
+        step: batch.step(),
         seq: 1,
         sealed_state: seal(&state, id, &data),
         error: None,

@@ -5,7 +5,7 @@ use keyward_engine::Batch;
 use keyward_store::{Credential, IssuanceUpdate};
 
 use super::session::{certificate_credential, seal, unseal};
-use super::Engine;
+use super::{Engine, Kept};
 use crate::app::AppState;
 
 /// Ends sessions nobody has touched for `abandon_after_seconds` (browser
@@ -23,9 +23,11 @@ pub async fn sweep_abandoned(state: &AppState) -> anyhow::Result<usize> {
         };
         let device = state.store.get_device(s.device_id).await?;
         let now = time::OffsetDateTime::now_utc();
-        let revoked: Vec<Credential> = data
-            .attempt
-            .take()
+        let attempt = data.attempt.take();
+        if let Some(a) = &attempt {
+            data.kept = Some(Kept::from_known(&a.known));
+        }
+        let revoked: Vec<Credential> = attempt
             .map(|a| a.certificates)
             .unwrap_or_default()
             .into_iter()
@@ -61,7 +63,8 @@ pub async fn sweep_abandoned(state: &AppState) -> anyhow::Result<usize> {
                 s.id,
                 s.seq,
                 &update,
-                Some((device.id, device.version, &change)),
+                // A recycle never moved the device: nothing to undo.
+                (s.action != "recycle").then_some((device.id, device.version, &change)),
                 &revoked,
                 &draft,
             )
