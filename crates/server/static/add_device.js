@@ -23,6 +23,7 @@ document.addEventListener('DOMContentLoaded', () => {
   const formError = $('form-error');
 
   const DEVICE_POLL_MS = 3000;
+  const TYPE_LABELS = { yubikey5: 'YubiKey 5', c4000: 'Crescendo C4000', piv: 'PIV device' };
   const SESSION_POLL_MS = 700;
   // Prompts answered by the person; others (touch_device) only inform.
   const ANSWERED = ['enter_pin', 'confirm_pin', 'set_new_pin', 'set_fido_pin',
@@ -36,6 +37,7 @@ document.addEventListener('DOMContentLoaded', () => {
 
   let devicesKey = null;
   let selected = null; // the chosen device's serial
+  let agentOf = {}; // serial -> id of the agent that reports it
   let pinValid = false;
   let checkSeq = 0;
   let session = null; // { id, serial }
@@ -61,10 +63,11 @@ document.addEventListener('DOMContentLoaded', () => {
       const info = typeof d.info === 'string' ? safeJson(d.info) : (d.info || {});
       return {
         serial: String(d.serial),
-        type: d.device_type_label || d.device_type || info.device_type || '',
+        type: TYPE_LABELS[d.device_type || info.device_type] || d.device_type || info.device_type || '',
         firmware: d.firmware || d.firmware_version || info.firmware || info.firmware_version || '',
         reader: d.reader || info.reader || '',
         agent: d.agent_name || d.agent || (agent && agent.name) || '',
+        agentId: d.agent_id || (agent && agent.id) || '',
         state: d.state || 'not in the inventory',
       };
     };
@@ -130,6 +133,8 @@ document.addEventListener('DOMContentLoaded', () => {
 
   function renderDevices(devices) {
     tbody.replaceChildren();
+    agentOf = {};
+    for (const d of devices) agentOf[d.serial] = d.agentId;
     if (!devices.length) {
       const tr = document.createElement('tr');
       const td = document.createElement('td');
@@ -310,6 +315,9 @@ document.addEventListener('DOMContentLoaded', () => {
     showError(null);
     const action = actionSel.value;
     const body = { user, policy: policySel.value, serial: selected, action };
+    // The agent that reports the device relays its commands; the answers to
+    // prompts come from this page.
+    if (action === 'issue') body.via = agentOf[selected] || 'agent';
     if (action === 'issue' && mode !== 'not_displayed') {
       body.pin = pin.value;
       if (mode === 'disguised') body.confirm_pin = confirmPin.value;

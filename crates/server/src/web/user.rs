@@ -96,6 +96,16 @@ pub async fn device_rows(
             .await
             .map_err(|e| internal("reading device history", e))?;
         let last = history.iter().rev().find(|h| h.to_state == d.state);
+        // An issued device was issued by whoever started its issuance (the
+        // agent only relayed the commands).
+        let started = history
+            .iter()
+            .rev()
+            .find(|h| h.to_state == DeviceState::InProduction);
+        let by = match (d.state, started) {
+            (DeviceState::Issued, Some(s)) => s.actor.clone(),
+            _ => last.map(|h| h.actor.clone()).unwrap_or_default(),
+        };
         let credentials = if matches!(d.state, DeviceState::Issued | DeviceState::InProduction) {
             state
                 .store
@@ -131,7 +141,7 @@ pub async fn device_rows(
                 .and_then(|id| policies.get(&id).cloned())
                 .unwrap_or_default(),
             since: last.map(|h| when(h.at)).unwrap_or_default(),
-            by: last.map(|h| h.actor.clone()).unwrap_or_default(),
+            by,
             credentials,
         });
     }
