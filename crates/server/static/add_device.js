@@ -518,14 +518,14 @@ document.addEventListener('DOMContentLoaded', () => {
     add('Message', e.message);
     add('Step', e.step || s.step);
     add('Device status word', e.status_word || e.sw);
-    add('Correlation id', e.correlation_id);
+    // The session id is the correlation id of every log line and audit event.
+    add('Correlation id', e.correlation_id || e.session || s.session_id);
     add('Time', e.at || e.time);
     for (const [k, v] of Object.entries(e)) {
-      if (!['code', 'message', 'step', 'status_word', 'sw', 'correlation_id', 'at', 'time'].includes(k)) {
+      if (!['code', 'message', 'step', 'status_word', 'sw', 'correlation_id', 'session', 'at', 'time'].includes(k)) {
         add(k, typeof v === 'object' ? JSON.stringify(v) : v);
       }
     }
-    add('Session', s.session_id);
     add('Device', s.serial);
     add('User', s.user);
     add('Device policy', s.policy);
