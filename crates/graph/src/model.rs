@@ -125,7 +125,7 @@ pub fn decode_id(s: &str) -> Option<Vec<u8>> {
     if let Some(last) = s.chars().last().filter(|c| matches!(c, '0'..='2')) {
         let body = &s[..s.len() - 1];
         let pad = last as usize - '0' as usize;
-        if (body.len() + pad) % 4 == 0 {
+        if (body.len() + pad).is_multiple_of(4) {
             let padded = format!("{body}{}", "=".repeat(pad));
             if let Ok(b) = URL_SAFE.decode(padded) {
                 return Some(b);
