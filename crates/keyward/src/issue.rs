@@ -4,11 +4,19 @@
 //! word the server did not expect, and returns the responses. All card logic
 //! is on the server; secret commands are never printed or stored here.
 //!
+//! Prompts (a batch with no device command) are answered from `--answers`
+//! (TOML or JSON: `pin`, `confirm_pin`, `new_pin`, `fido_pin`,
+//! `fido_current_pin`, `touch`) or, on a terminal, by asking the person (PINs
+//! without echo); a prompt with no answer and no terminal fails naming the
+//! answers key.
+//!
 //! Exit codes: 0 issued (or assigned with `--action assign`); 1 other errors (server unreachable, 401, no or
-//! ambiguous device); 2 usage; 3 refused before the device was touched;
+//! ambiguous device, a prompt with no answer); 2 usage; 3 refused before the device was touched;
 //! 4 failed during issuance (`--retry SESSION_ID` retries it, `--cancel SESSION_ID`
-//! cancels it).
+//! cancels it); 5 cancelled by the person (declined the touch: `declined_by_person`).
 
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -44,7 +52,7 @@ pub struct IssueArgs {
     pub cancel: Option<String>,
     /// Retry a failed session: the same device (leave it in the reader),
     /// policy and PIN.
-    #[arg(long, value_name = "SESSION_ID", conflicts_with_all = ["user", "policy", "serial", "reader", "answers", "cancel"])]
+    #[arg(long, value_name = "SESSION_ID", conflicts_with_all = ["user", "policy", "serial", "reader", "cancel"])]
     pub retry: Option<String>,
     /// The device's serial number (decimal).
     #[arg(long, conflicts_with = "reader")]
@@ -65,10 +73,23 @@ pub struct IssueArgs {
     pub json: bool,
 }
 
-const EXIT_REFUSED: u8 = 3;
-const EXIT_FAILED: u8 = 4;
+pub(crate) const EXIT_REFUSED: u8 = 3;
+pub(crate) const EXIT_FAILED: u8 = 4;
+pub(crate) const EXIT_DECLINED: u8 = 5;
 
-fn read_answers(path: &Option<PathBuf>) -> anyhow::Result<serde_json::Map<String, Value>> {
+/// The exit code of a session that ended other than well: 5 when the person
+/// declined (error code `declined_by_person`), else 4.
+pub(crate) fn failure_exit(error: &Value) -> u8 {
+    if error["code"] == "declined_by_person" {
+        EXIT_DECLINED
+    } else {
+        EXIT_FAILED
+    }
+}
+
+pub(crate) fn read_answers(
+    path: &Option<PathBuf>,
+) -> anyhow::Result<serde_json::Map<String, Value>> {
     let Some(path) = path else {
         return Ok(Default::default());
     };
@@ -107,7 +128,7 @@ fn read_answers(path: &Option<PathBuf>) -> anyhow::Result<serde_json::Map<String
 
 /// The reader of the device to issue: by serial, by reader name, or the only
 /// supported device connected.
-fn choose_reader(args: &IssueArgs) -> anyhow::Result<(String, String)> {
+pub(crate) fn choose_reader(args: &IssueArgs) -> anyhow::Result<(String, String)> {
     let found = discover(&DiscoveryOptions {
         hidraw: false,
         ..Default::default()
@@ -149,14 +170,27 @@ fn choose_reader(args: &IssueArgs) -> anyhow::Result<(String, String)> {
     }
 }
 
-struct Relay {
-    http: reqwest::blocking::Client,
-    base: String,
-    token: String,
+pub(crate) struct Relay {
+    pub(crate) http: reqwest::blocking::Client,
+    pub(crate) base: String,
+    pub(crate) token: String,
 }
 
 impl Relay {
-    fn post(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+    pub(crate) fn new(server: &str, token: &str) -> anyhow::Result<Relay> {
+        if token.is_empty() {
+            bail!("no API token: pass --token or set KEYWARD_TOKEN");
+        }
+        Ok(Relay {
+            http: reqwest::blocking::Client::builder()
+                .timeout(std::time::Duration::from_secs(120))
+                .build()?,
+            base: server.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+        })
+    }
+
+    pub(crate) fn post(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
         let r = self
             .http
             .post(format!("{}/api/v1{path}", self.base))
@@ -168,7 +202,7 @@ impl Relay {
         Ok((status, r.json().unwrap_or(Value::Null)))
     }
 
-    fn get(&self, path: &str) -> anyhow::Result<Value> {
+    pub(crate) fn get(&self, path: &str) -> anyhow::Result<Value> {
         let r = self
             .http
             .get(format!("{}/api/v1{path}", self.base))
@@ -179,7 +213,7 @@ impl Relay {
     }
 }
 
-fn server_error(v: &Value) -> String {
+pub(crate) fn server_error(v: &Value) -> String {
     let e = &v["error"];
     let mut s = format!(
         "[{}] {}",
@@ -193,17 +227,123 @@ fn server_error(v: &Value) -> String {
 }
 
 #[derive(Default)]
-struct Counters {
-    apdus: u64,
-    bytes_out: u64,
-    bytes_in: u64,
-    round_trips: u64,
-    device_ms: f64,
+pub(crate) struct Counters {
+    pub(crate) apdus: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) bytes_in: u64,
+    pub(crate) round_trips: u64,
+    pub(crate) device_ms: f64,
+}
+
+impl Counters {
+    pub(crate) fn json(&self, total: Instant) -> Value {
+        json!({
+            "apdus": self.apdus, "bytes_out": self.bytes_out, "bytes_in": self.bytes_in,
+            "round_trips": self.round_trips, "device_ms": self.device_ms.round(),
+            "total_ms": (total.elapsed().as_secs_f64() * 1e3).round(),
+        })
+    }
+}
+
+/// Where the person's answers come from: the `--answers` file, then the
+/// terminal (when stdin is one).
+pub(crate) struct Answers {
+    pub(crate) given: serde_json::Map<String, Value>,
+    pub(crate) interactive: bool,
+}
+
+impl Answers {
+    pub(crate) fn new(given: serde_json::Map<String, Value>) -> Answers {
+        Answers {
+            given,
+            interactive: std::io::stdin().is_terminal(),
+        }
+    }
+
+    fn given(&self, key: &str) -> Option<String> {
+        self.given.get(key).map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    }
+
+    fn ask_secret(&self, message: &str) -> anyhow::Result<String> {
+        Ok(rpassword::prompt_password(format!("{message}: "))?)
+    }
+
+    fn ask_line(&self, message: &str) -> anyhow::Result<String> {
+        eprint!("{message} ");
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        Ok(line.trim().to_string())
+    }
+
+    /// The answers to a prompt batch: kind → value.
+    pub(crate) fn answer(&self, prompts: &[Value]) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        for p in prompts {
+            let kind = p["kind"].as_str().unwrap_or_default();
+            let message = p["message"].as_str().unwrap_or_default();
+            let key = answers_key(kind);
+            let from_file = match kind {
+                // Answered by typing back the PIN just shown.
+                "show_initial_pin" => p["value"].as_str().map(str::to_string),
+                "confirm_pin" => self.given("confirm_pin").or_else(|| self.given("pin")),
+                "touch_device" => continue,
+                _ => key.and_then(|k| self.given(k)),
+            };
+            let value = match from_file {
+                Some(v) => v,
+                None if self.interactive => match kind {
+                    "set_new_pin" | "set_fido_pin" => loop {
+                        let a = self.ask_secret(message)?;
+                        let b = self.ask_secret("The same PIN again")?;
+                        if a == b {
+                            break a;
+                        }
+                        eprintln!("the two PINs differ; again");
+                    },
+                    "enter_pin" | "confirm_pin" | "enter_fido_pin" => self.ask_secret(message)?,
+                    "confirm_touch" => {
+                        let a = self.ask_line(&format!("{message} [y/N]"))?;
+                        (a.eq_ignore_ascii_case("y") || a.eq_ignore_ascii_case("yes")).to_string()
+                    }
+                    "reinsert_device" => {
+                        self.ask_line(&format!("{message}, then press Enter"))?;
+                        "done".to_string()
+                    }
+                    other => bail!("the server asks '{other}', which this client does not know"),
+                },
+                // Nobody to ask: a reinsertion is assumed done.
+                None if kind == "reinsert_device" => "done".to_string(),
+                None => bail!(
+                    "the server asks '{kind}' ({message}) and no answer was given: {}",
+                    key.map(|k| format!("add `{k}` to --answers (or run on a terminal)"))
+                        .unwrap_or_else(|| "run on a terminal".to_string())
+                ),
+            };
+            out.insert(kind.to_string(), value);
+        }
+        Ok(out)
+    }
+}
+
+/// The `--answers` key answering a prompt kind (docs/protocol.md, Prompts).
+pub(crate) fn answers_key(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "enter_pin" => "pin",
+        "confirm_pin" => "confirm_pin",
+        "set_new_pin" => "new_pin",
+        "set_fido_pin" => "fido_pin",
+        "enter_fido_pin" => "fido_current_pin",
+        "confirm_touch" => "touch",
+        _ => return None,
+    })
 }
 
 /// Runs one batch on the device: responses up to the first unexpected
 /// status word, or a transport error.
-fn run_batch(
+pub(crate) fn run_batch(
     card: &mut dyn ApduTransport,
     batch: &Value,
     counters: &mut Counters,
@@ -217,14 +357,17 @@ fn run_batch(
             eprintln!("  {step}");
             last_step = step.to_string();
         }
-        if c["channel"] != "piv" {
-            return (out, Some("protocol".into()));
-        }
         let Ok(bytes) = hex::decode(c["bytes"].as_str().unwrap_or("")) else {
             return (out, Some("protocol".into()));
         };
         let started = Instant::now();
-        let result = transmit_one(card, &bytes);
+        let result = match c["channel"].as_str() {
+            Some("piv") => transmit_one(card, &bytes),
+            // A CTAP message to a device reached over PC/SC: wrapped in
+            // ISO 7816 (SELECT the FIDO application, then CTAP MSG 80 10).
+            Some("ctap") => ctap_over_iso(card, &bytes),
+            _ => return (out, Some("protocol".into())),
+        };
         counters.device_ms += started.elapsed().as_secs_f64() * 1e3;
         counters.apdus += 1;
         counters.bytes_out += bytes.len() as u64;
@@ -246,6 +389,33 @@ fn run_batch(
         }
     }
     (out, None)
+}
+
+/// A CTAP message over ISO 7816: the response data is the CTAP answer
+/// (status byte + CBOR).
+fn ctap_over_iso(
+    card: &mut dyn ApduTransport,
+    message: &[u8],
+) -> Result<keyward_client::card::apdu::ResponseApdu, keyward_client::TransportError> {
+    const FIDO_AID: [u8; 8] = [0xA0, 0x00, 0x00, 0x06, 0x47, 0x2F, 0x00, 0x01];
+    let mut select = vec![0x00, 0xA4, 0x04, 0x00, FIDO_AID.len() as u8];
+    select.extend_from_slice(&FIDO_AID);
+    let r = transmit_one(card, &select)?;
+    if r.sw != 0x9000 {
+        return Ok(r);
+    }
+    let mut msg = vec![0x80, 0x10, 0x80, 0x00];
+    if message.len() <= 255 {
+        msg.push(message.len() as u8);
+        msg.extend_from_slice(message);
+        msg.push(0x00);
+    } else {
+        msg.push(0x00);
+        msg.extend_from_slice(&(message.len() as u16).to_be_bytes());
+        msg.extend_from_slice(message);
+        msg.extend_from_slice(&[0x00, 0x00]);
+    }
+    transmit_one(card, &msg)
 }
 
 /// `--cancel SESSION_ID`: ends a failed attempt; the device is no longer
@@ -297,16 +467,7 @@ fn assign(relay: &Relay, args: &IssueArgs, user: &str, policy: &str) -> anyhow::
 
 pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
     let total = Instant::now();
-    if args.token.is_empty() {
-        bail!("no API token: pass --token or set KEYWARD_TOKEN");
-    }
-    let relay = Relay {
-        http: reqwest::blocking::Client::builder()
-            .timeout(std::time::Duration::from_secs(120))
-            .build()?,
-        base: args.server.trim_end_matches('/').to_string(),
-        token: args.token.clone(),
-    };
+    let relay = Relay::new(&args.server, &args.token)?;
     if let Some(id) = &args.cancel {
         return cancel(&relay, id, args.json);
     }
@@ -328,7 +489,8 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
         if !args.json {
             eprintln!("retrying session {id} on device {serial} in \"{reader}\"");
         }
-        return relay_session(&relay, &reader, &serial, batch, args.json, total);
+        let answers = Answers::new(read_answers(&args.answers)?);
+        return relay_session(&relay, &reader, &serial, batch, &answers, args.json, total);
     }
     let (user, policy) = (
         args.user.clone().unwrap_or_default(),
@@ -338,13 +500,47 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
         return assign(&relay, &args, &user, &policy);
     }
     let answers = read_answers(&args.answers)?;
-    let (reader, serial) = choose_reader(&args)?;
-    let mut start = json!({ "user": user, "policy": policy, "serial": serial });
-    for k in ["pin", "confirm_pin"] {
-        if let Some(v) = answers.get(k) {
-            start[k] = v.clone();
+    let with_pins = |serial: &str| {
+        let mut start = json!({ "user": user, "policy": policy, "serial": serial });
+        for k in ["pin", "confirm_pin"] {
+            if let Some(v) = answers.get(k) {
+                start[k] = v.clone();
+            }
         }
-    }
+        start
+    };
+    let (reader, serial) = match choose_reader(&args) {
+        Ok(found) => found,
+        Err(local) => {
+            // Not connected here: a device a paired workstation agent reports
+            // runs through that agent (this client answers the prompts).
+            let reported = match &args.serial {
+                Some(s) => crate::agent::via_agent::agent_devices(&args.server, &args.token)?
+                    .into_iter()
+                    .find(|d| &d.serial == s),
+                None => None,
+            };
+            let Some(d) = reported else {
+                return Err(local);
+            };
+            if !args.json {
+                eprintln!(
+                    "issuing device {} through the agent \"{}\" to {user} with policy \"{policy}\"",
+                    d.serial, d.agent_name
+                );
+            }
+            return crate::agent::via_agent::issue(
+                &args.server,
+                &args.token,
+                with_pins(&d.serial),
+                &d.agent_id,
+                &answers,
+                args.json,
+                total,
+            );
+        }
+    };
+    let start = with_pins(&serial);
     if !args.json {
         eprintln!("issuing device {serial} in \"{reader}\" to {user} with policy \"{policy}\"");
     }
@@ -369,40 +565,80 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
             server_error(&batch)
         ),
     }
-    relay_session(&relay, &reader, &serial, batch, args.json, total)
+    let answers = Answers::new(answers);
+    relay_session(&relay, &reader, &serial, batch, &answers, args.json, total)
 }
 
 /// Relays a session's batches to the device in `reader` until it ends, then
 /// reports it.
-fn relay_session(
+/// Runs a session's batches until it ends: command batches on the device
+/// in `reader`, prompt batches answered by the person. Returns the session
+/// id and the counters (prompt batches are not round trips to the device).
+pub(crate) fn drive(
     relay: &Relay,
     reader: &str,
-    serial: &str,
     mut batch: Value,
+    answers: &Answers,
     json_out: bool,
-    total: Instant,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<(String, Counters)> {
     let id = batch["session_id"].as_str().unwrap_or_default().to_string();
     let pcsc = Pcsc::establish()?;
     let mut card = pcsc.connect(reader)?;
     let mut counters = Counters::default();
     while batch["state"] == "running" {
-        let (responses, transport_error) = run_batch(&mut card, &batch, &mut counters, json_out);
+        let commands = batch["commands"].as_array().map(Vec::len).unwrap_or(0);
+        let prompts: Vec<Value> = batch["prompts"].as_array().cloned().unwrap_or_default();
         let mut result =
-            json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": responses });
-        if let Some(e) = &transport_error {
-            result["transport_error"] = json!(e);
+            json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": [] });
+        if commands == 0 && !prompts.is_empty() {
+            if !json_out {
+                eprintln!("  {}", batch["step"].as_str().unwrap_or(""));
+            }
+            result["answers"] = json!(answers.answer(&prompts)?);
+        } else {
+            for p in &prompts {
+                if !json_out {
+                    eprintln!("  >> {}", p["message"].as_str().unwrap_or(""));
+                }
+            }
+            let (responses, transport_error) =
+                run_batch(&mut card, &batch, &mut counters, json_out);
+            result["responses"] = json!(responses);
+            if let Some(e) = &transport_error {
+                result["transport_error"] = json!(e);
+            }
+            counters.round_trips += 1;
         }
         let (status, next) = relay.post(&format!("/issuance/{id}/relay"), &result)?;
-        counters.round_trips += 1;
-        if status != 200 {
-            bail!(
+        match status {
+            200 => batch = next,
+            // A refused answer (PIN rules): the same prompts are still out.
+            400 if commands == 0 && answers.interactive => {
+                eprintln!("refused: {}", server_error(&next));
+            }
+            400 if commands == 0 => bail!(
+                "the server refused the answer: {}\nsession {id} still waits for it: correct --answers and answer it, or let it be abandoned",
+                server_error(&next)
+            ),
+            _ => bail!(
                 "the server refused the device's answers (HTTP {status}): {}",
                 server_error(&next)
-            );
+            ),
         }
-        batch = next;
     }
+    Ok((id, counters))
+}
+
+fn relay_session(
+    relay: &Relay,
+    reader: &str,
+    serial: &str,
+    batch: Value,
+    answers: &Answers,
+    json_out: bool,
+    total: Instant,
+) -> anyhow::Result<ExitCode> {
+    let (id, counters) = drive(relay, reader, batch, answers, json_out)?;
     let session = relay.get(&format!("/issuance/{id}"))?;
     let state = session["status"].as_str().unwrap_or("unknown").to_string();
     let credentials: Vec<Value> = session["credentials"]
@@ -417,11 +653,7 @@ fn relay_session(
         "state": state,
         "credentials": credentials,
         "error": session["error"],
-        "counters": {
-            "apdus": counters.apdus, "bytes_out": counters.bytes_out, "bytes_in": counters.bytes_in,
-            "round_trips": counters.round_trips, "device_ms": counters.device_ms.round(),
-            "total_ms": (total.elapsed().as_secs_f64() * 1e3).round(),
-        },
+        "counters": counters.json(total),
     });
     if json_out {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -444,6 +676,50 @@ fn relay_session(
     Ok(if state == "issued" {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(EXIT_FAILED)
+        ExitCode::from(failure_exit(&session["error"]))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_declined_touch_exits_5_other_failures_4() {
+        assert_eq!(
+            failure_exit(&json!({ "code": "declined_by_person", "step": "reset FIDO" })),
+            5
+        );
+        assert_eq!(failure_exit(&json!({ "code": "unexpected_status" })), 4);
+        assert_eq!(failure_exit(&Value::Null), 4);
+    }
+
+    #[test]
+    fn prompts_are_answered_from_the_file_or_name_the_missing_key() {
+        let given = json!({ "pin": "735194", "new_pin": "582039", "touch": false });
+        let answers = Answers {
+            given: given.as_object().unwrap().clone(),
+            interactive: false,
+        };
+        let prompts = vec![
+            json!({ "kind": "set_new_pin", "message": "Choose" }),
+            json!({ "kind": "confirm_pin", "message": "Again" }),
+            json!({ "kind": "show_initial_pin", "message": "Your PIN", "value": "918273" }),
+            json!({ "kind": "confirm_touch", "message": "Touch" }),
+            json!({ "kind": "reinsert_device", "message": "Reinsert" }),
+            json!({ "kind": "touch_device", "message": "informational" }),
+        ];
+        let a = answers.answer(&prompts).unwrap();
+        assert_eq!(a["set_new_pin"], "582039");
+        assert_eq!(a["confirm_pin"], "735194", "confirm_pin defaults to pin");
+        assert_eq!(a["show_initial_pin"], "918273");
+        assert_eq!(a["confirm_touch"], "false");
+        assert_eq!(a["reinsert_device"], "done");
+        assert!(!a.contains_key("touch_device"));
+        let e = answers
+            .answer(&[json!({ "kind": "set_fido_pin", "message": "FIDO PIN" })])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`fido_pin`"), "{e}");
+    }
 }

@@ -6,6 +6,7 @@ mod agent;
 mod demo;
 mod devices;
 mod issue;
+mod recycle;
 mod serve;
 
 use std::process::ExitCode;
@@ -37,6 +38,9 @@ enum Command {
     Devices(devices::DevicesArgs),
     /// Issue a connected device to a user (relays the server's device commands).
     Issue(issue::IssueArgs),
+    /// Recycle a connected device: wipe it to factory state through the
+    /// server and return it to Available.
+    Recycle(recycle::RecycleArgs),
     /// The workstation agent: pairs once, reports its devices, relays the
     /// server's device commands (connects out only).
     Agent(agent::AgentArgs),
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
         Command::Vcard(args) => keyward_vcard::cli::run(args).map_err(anyhow::Error::from),
         Command::Devices(args) => devices::run(args),
         Command::Issue(args) => issue::run(args),
+        Command::Recycle(args) => recycle::run(args),
         Command::Agent(args) => agent::run(args),
     };
     match result {
