@@ -34,6 +34,8 @@ enum Command {
     Admin(admin::AdminArgs),
     /// Run a virtual PIV + FIDO2 device (YubiKey 5 or Crescendo C4000) on pcscd.
     Vcard(keyward_vcard::cli::VcardArgs),
+    /// Run a simulated Entra ID tenant (token endpoint and Graph passkey API).
+    EntraStandin(keyward_entra_standin::cli::StandinArgs),
     /// List the connected devices (PC/SC readers, FIDO HID devices), identified.
     Devices(devices::DevicesArgs),
     /// Issue a connected device to a user (relays the server's device commands).
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Admin(args) => admin::run(args),
         Command::Vcard(args) => keyward_vcard::cli::run(args).map_err(anyhow::Error::from),
+        Command::EntraStandin(args) => keyward_entra_standin::cli::run(args),
         Command::Devices(args) => devices::run(args),
         Command::Issue(args) => issue::run(args),
         Command::Recycle(args) => recycle::run(args),
