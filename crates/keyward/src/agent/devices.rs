@@ -156,6 +156,27 @@ impl ApduTransport for Faulty {
     }
 }
 
+/// A virtual card held locked by [`VcardHandle::with_card`].
+struct Locked<'a> {
+    card: &'a mut VirtualCard,
+    name: String,
+}
+
+impl ApduTransport for Locked<'_> {
+    fn transmit_raw(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
+        Ok(self.card.transmit(command))
+    }
+    fn transport(&self) -> Transport {
+        Transport::InProcess
+    }
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn atr(&self) -> Vec<u8> {
+        self.card.atr()
+    }
+}
+
 /// Where the agent looks.
 #[derive(Clone, Default)]
 pub struct Sources {
@@ -289,10 +310,12 @@ impl Watcher {
             let cached = &mut self.virtual_seen[i];
             if cached.0 != generation || cached.1 != inserted {
                 let r = if inserted {
-                    reported(&identify_entry(&mut InProcessCard::new(
-                        v.handle.clone(),
-                        v.name.clone(),
-                    )))
+                    // With the card locked for the whole probe: another agent
+                    // of the same process (the demo's) may probe it too.
+                    let name = v.name.clone();
+                    v.handle.with_card(|card| {
+                        reported(&identify_entry(&mut Locked { card, name }))
+                    })
                 } else {
                     None
                 };

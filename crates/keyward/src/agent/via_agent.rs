@@ -15,6 +15,7 @@ use serde_json::{json, Map, Value};
 #[derive(Debug, Clone)]
 pub struct AgentDevice {
     pub serial: String,
+    #[allow(dead_code)]
     pub device_type: String,
     pub agent_id: String,
     pub agent_name: String,
