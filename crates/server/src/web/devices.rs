@@ -1,5 +1,5 @@
-//! Devices: the inventory search (serial prefix, state, type), CSV import
-//! and recycle. Import and recycle go through the REST API from the page.
+//! Devices: the inventory search (serial prefix, state, type) and CSV
+//! import (through the REST API from the page).
 
 use askama::Template;
 use axum::extract::{Query, State};
@@ -35,7 +35,6 @@ pub struct Row {
     pub state: String,
     pub state_label: String,
     pub reason: String,
-    pub recyclable: bool,
 }
 
 pub struct Choice {
@@ -106,9 +105,6 @@ async fn page(
             state: d.state.as_str().to_string(),
             state_label: d.state.label().to_string(),
             reason: d.reason.map(|r| r.as_str().to_string()).unwrap_or_default(),
-            // Recycle: a device that is not in use (failed, cancelled or
-            // abandoned issuance, or otherwise returned).
-            recyclable: matches!(d.state, DeviceState::Produced | DeviceState::Invalid),
         })
         .collect();
     render(&DevicesPage {

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use keyward_domain::{Permission, WhoCanBind};
+use keyward_domain::Permission;
 
 use super::user::{device_rows, DeviceRow};
 use super::{render, Nav, WebUser};
@@ -22,8 +22,6 @@ pub fn routes() -> Router<AppState> {
 struct MePage {
     nav: Nav,
     devices: Vec<DeviceRow>,
-    /// "Who can bind the device to the user?" = User.
-    user_may_complete: bool,
 }
 
 async fn page(State(state): State<AppState>, user: WebUser) -> Response {
@@ -42,13 +40,8 @@ async fn page(State(state): State<AppState>, user: WebUser) -> Response {
         Ok(d) => d,
         Err(r) => return r,
     };
-    let settings = match state.store.get_settings().await {
-        Ok(s) => s,
-        Err(e) => return super::internal("reading settings", e),
-    };
     render(&MePage {
         nav: user.nav("/me"),
         devices,
-        user_may_complete: settings.who_can_bind == WhoCanBind::User,
     })
 }
