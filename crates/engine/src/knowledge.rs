@@ -174,6 +174,7 @@ mod tests {
             },
             firmware: None,
             final_pin: None,
+            fido_pin_sharing: None,
         }
     }
 

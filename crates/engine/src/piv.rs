@@ -101,6 +101,12 @@ pub struct PivPlan {
     /// `new_pin` to it.
     #[serde(default)]
     pub final_pin: Option<Secret>,
+    /// A C4000 with a FIDO application: whether its FIDO application uses
+    /// the PIV PIN ("Share the device PIN between PKI and Passkey
+    /// applications"), set by the vendor command `80 E3` while the
+    /// management key is authenticated. None: left as it is.
+    #[serde(default)]
+    pub fido_pin_sharing: Option<bool>,
 }
 
 /// A public key the device generated, for the CA to certify.
@@ -570,6 +576,16 @@ impl AwaitCertificates {
             false,
         );
         written.push((object::CCC, ccc));
+        if let (DeviceType::C4000, Some(shared)) =
+            (self.plan.device_type, self.plan.fido_pin_sharing)
+        {
+            b.push(
+                "set FIDO PIN sharing",
+                apdu(CommandApdu::new(0x80, 0xE3, u8::from(shared), 0)),
+                OK,
+                false,
+            );
+        }
         if let Some(new) = &self.plan.new_management_key {
             let step = "replace management key";
             match self.plan.device_type {

@@ -126,6 +126,11 @@ pub fn piv_plan(
             expiration: secrets.expiration,
         },
         final_pin: None,
+        fido_pin_sharing: policy
+            .fido_application
+            .as_ref()
+            .filter(|_| device.device_type == DeviceType::C4000)
+            .map(|f| f.share_device_pin),
     })
 }
 

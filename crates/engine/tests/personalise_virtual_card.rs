@@ -155,6 +155,7 @@ fn personalise(profile: ProfileKind, firmware: Firmware, factory: MgmtAlgorithm,
         },
         firmware: None,
         final_pin: None,
+        fido_pin_sharing: None,
     };
     let now = time::OffsetDateTime::now_utc();
     let ca = EmbeddedCa::generate("Test", None, now).unwrap();
@@ -299,6 +300,7 @@ fn a_swapped_device_and_a_wrong_factory_pin_stop_with_clear_failures() {
         },
         firmware: None,
         final_pin: None,
+        fido_pin_sharing: None,
     };
     let (state, batch) = PivIssuance::start(plan(6, "123456"));
     let f = state.on_responses(&relay(&mut card, &batch)).unwrap_err();

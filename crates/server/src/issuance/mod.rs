@@ -10,6 +10,7 @@
 mod access;
 mod agent_delivery;
 mod answers;
+mod fido_step;
 mod recycle;
 mod relay;
 mod retry_cancel;
@@ -115,6 +116,8 @@ pub(super) enum Engine {
     AwaitNewPin(AwaitCertificates, Certified),
     /// A recycle (its own state machine).
     Recycle(Recycling),
+    /// The FIDO step after the PIV writes (passkey registration).
+    Fido(Box<fido_step::FidoSession>),
     Finished,
 }
 

@@ -270,6 +270,8 @@ pub(super) async fn on_result(
                 .advance_issuance(s.id, s.seq, &update, device_change, &[], &draft)
                 .await
                 .map_err(|e| store_error("ending the recycle", e))?;
+            // The device's passkeys are deleted at their Passkey-Enabled Service.
+            super::fido_step::forget_passkeys(state, s.device_id).await;
             let revoked = state
                 .store
                 .revoke_device_credentials(s.device_id, time::OffsetDateTime::now_utc())

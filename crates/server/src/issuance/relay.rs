@@ -57,6 +57,10 @@ pub(super) fn step_engine(
     answers: &BTreeMap<String, String>,
 ) -> ApiResult<Next> {
     let change_pin_at_end = data.change_pin_at_end;
+    // For the FIDO step after the PIV writes: the plan (the device PIN) and
+    // whether that PIN was generated and never shown (Not Displayed).
+    let piv_plan = data.attempt.as_ref().map(|a| a.plan.clone());
+    let pin_hidden = data.initial_pin.is_some();
     Ok(match data.engine {
         Engine::AwaitWitness(e) => match e.on_responses(responses) {
             Ok((next, batch)) => Next::Batch(Engine::AwaitKeys(next), batch, vec![]),
@@ -129,6 +133,12 @@ pub(super) fn step_engine(
         },
         Engine::AwaitWrites(e) => match e.on_responses(responses) {
             Err(f) => Next::Failed(f),
+            Ok(done) if policy.fido_application.is_some() => {
+                let plan = piv_plan
+                    .ok_or_else(|| ApiError::internal("relaying", "no plan for the FIDO step"))?;
+                super::fido_step::after_piv(policy, user, &plan, pin_hidden, done.certificates)?
+                    .ok_or_else(|| ApiError::internal("relaying", "no FIDO application"))?
+            }
             Ok(done) => Next::Done(
                 done.certificates
                     .into_iter()
@@ -151,6 +161,12 @@ pub(super) fn step_engine(
             return Err(ApiError::internal(
                 "relaying",
                 "a recycle in the issuance path",
+            ))
+        }
+        Engine::Fido(_) => {
+            return Err(ApiError::internal(
+                "relaying",
+                "the FIDO step runs in fido_step::step",
             ))
         }
         Engine::Finished => {
@@ -257,15 +273,20 @@ pub(super) async fn relay(
         result.transport_error.is_some(),
     );
     let change_pin_at_end = data.change_pin_at_end;
-    let next = step_engine(
-        &state,
-        &s,
-        &user,
-        &policy,
-        data,
-        &responses,
-        &result.answers,
-    );
+    let next = match data.engine {
+        Engine::Fido(fido) => {
+            super::fido_step::step(&state, &s, &policy, *fido, &responses, &result.answers).await
+        }
+        _ => step_engine(
+            &state,
+            &s,
+            &user,
+            &policy,
+            data,
+            &responses,
+            &result.answers,
+        ),
+    };
     let next_seq = s.seq + 1;
     let target = format!("device:{serial}");
     match next? {

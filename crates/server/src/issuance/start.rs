@@ -113,13 +113,6 @@ pub(super) async fn start(
         let body = serde_json::json!({ "serial": device.serial.to_string(), "state": "assigned", "user": user.login, "policy": policy.name });
         return Ok((StatusCode::CREATED, Json(body)));
     }
-    if policy.fido_application.is_some() {
-        return Err(ApiError::bad_request(
-            "not_supported",
-            "passkey registration during issuance is not available yet; choose a policy without a FIDO application",
-        )
-        .field("policy"));
-    }
     let settings = state
         .store
         .get_settings()

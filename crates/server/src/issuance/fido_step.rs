@@ -1,0 +1,396 @@
+//! The FIDO step of an issuance whose device policy has a FIDO application:
+//! after the PIV writes, the device's passkey is registered with the
+//! policy's Passkey-Enabled Service (Entra ID) through Graph. The CTAP side
+//! is `keyward_engine::fido` (pure); this module adds the Graph calls, the
+//! PIN answer checks and the passkey credential on record.
+//!
+//! Batches after the PIV writes: the probe (getInfo, key agreement), the
+//! prompts (FIDO PIN or initial PIN, "Verify this device and confirm the
+//! registration"), setPIN + token, makeCredential. creationOptions is
+//! fetched when the answers arrive; the registration is POSTed when
+//! makeCredential answers. A registration Graph refuses leaves nothing on
+//! record; a passkey registered but not recorded is deleted again.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use keyward_domain::{DevicePolicy, DeviceType, PasskeyService, User};
+use keyward_engine::fido::{
+    self, AwaitCredential, AwaitInfo, AwaitPin, AwaitToken, CreationRequest, FidoPlan,
+    FidoRegistration, PinSource, Registration,
+};
+use keyward_engine::piv::PivPlan;
+use keyward_engine::{Batch, Failure, PromptKind, Response};
+use keyward_graph::{GraphClient, GraphConfig, GraphError, NewFido2Method};
+use keyward_store::{Credential, IssuanceSession};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::relay::Next;
+use super::session::certificate_credential;
+use super::Engine;
+use crate::api::store_error;
+use crate::app::AppState;
+use crate::error::{ApiError, ApiResult};
+
+/// The FIDO step's state, sealed with the session.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct FidoSession {
+    stage: Stage,
+    service_id: Uuid,
+    /// The user as Entra knows them (UPN, else the login).
+    entra_user: String,
+    /// The passkey's display name (from the FIDO application's template).
+    display_name: String,
+    /// The PIV certificates of this attempt, recorded with the passkey.
+    certificates: Vec<(u8, Vec<u8>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Stage {
+    Info(AwaitInfo),
+    Pin(AwaitPin),
+    Token(AwaitToken),
+    Credential(AwaitCredential),
+}
+
+/// What a passkey credential keeps in its `der` column (JSON): enough to
+/// find and delete it at Graph again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PasskeyRecord {
+    pub passkey_service_id: Uuid,
+    pub entra_user: String,
+    pub graph_id: String,
+    /// base64url.
+    pub credential_id: String,
+    pub aaguid: String,
+}
+
+/// After the PIV writes: starts the FIDO step if the policy has a FIDO
+/// application (else `None`: the session is done).
+pub(super) fn after_piv(
+    policy: &DevicePolicy,
+    user: &User,
+    plan: &PivPlan,
+    device_pin_generated_hidden: bool,
+    certificates: Vec<(u8, Vec<u8>)>,
+) -> ApiResult<Option<Next>> {
+    let Some(app) = &policy.fido_application else {
+        return Ok(None);
+    };
+    let pin = if app.share_device_pin {
+        // The device PIN after the writes: the person's own if they chose
+        // one at the end, else the one set at the start.
+        let device_pin = plan
+            .final_pin
+            .clone()
+            .unwrap_or_else(|| plan.new_pin.clone());
+        if device_pin_generated_hidden {
+            PinSource::SharedInitial(device_pin)
+        } else {
+            PinSource::SharedKnown(device_pin)
+        }
+    } else {
+        PinSource::Unshared
+    };
+    let display_name = render_name(&app.display_name_template, user, plan);
+    let (engine, batch) = FidoRegistration::start(FidoPlan {
+        pin,
+        cred_protect: app.cred_protect,
+        pin_rules: Some(policy.pin_application.clone()),
+        // A USB YubiKey waits for a touch; a C4000 in a reader is present.
+        touch_sensor: plan.device_type == DeviceType::YubiKey5,
+    });
+    let session = FidoSession {
+        stage: Stage::Info(engine),
+        service_id: app.passkey_service_id,
+        entra_user: user.upn.clone().unwrap_or_else(|| user.login.clone()),
+        display_name,
+        certificates,
+    };
+    Ok(Some(Next::Batch(
+        Engine::Fido(Box::new(session)),
+        batch,
+        vec![],
+    )))
+}
+
+fn render_name(template: &str, user: &User, plan: &PivPlan) -> String {
+    let name = template
+        .replace("{device_type}", plan.device_type.label())
+        .replace("{serial}", &plan.serial.to_string())
+        .replace("{display_name}", &user.display_name)
+        .replace("{login}", &user.login)
+        .replace("{upn}", user.upn.as_deref().unwrap_or(""))
+        .replace("{mail}", user.email.as_deref().unwrap_or(""));
+    name.chars().take(200).collect()
+}
+
+/// The production Graph client for a Passkey-Enabled Service.
+pub(crate) async fn graph_client(state: &AppState, service_id: Uuid) -> ApiResult<GraphClient> {
+    let service: PasskeyService = state
+        .store
+        .get_passkey_service(service_id)
+        .await
+        .map_err(|e| store_error("reading the Passkey-Enabled Service", e))?;
+    let secret = zeroize::Zeroizing::new(
+        state
+            .sealer
+            .open(
+                &crate::api::passkey_services::secret_context(service.id),
+                &service.client_secret.0,
+            )
+            .map_err(|e| ApiError::internal("opening the client secret", e))?,
+    );
+    let secret = std::str::from_utf8(&secret)
+        .map_err(|e| ApiError::internal("reading the client secret", e))?;
+    GraphClient::new(GraphConfig::new(
+        &service.authority_url,
+        &service.tenant_id,
+        &service.client_id,
+        secret,
+        &service.token_scope,
+        &service.graph_url,
+    ))
+    .map_err(|e| ApiError::internal("the Graph client", e))
+}
+
+fn graph_failure(step: &str, e: &GraphError) -> Failure {
+    Failure::new(e.code(), step, e.to_string())
+}
+
+fn creation_request(o: &keyward_graph::CreationOptions) -> Result<CreationRequest, Failure> {
+    let pk = &o.public_key;
+    let bad = |what: &str| {
+        Failure::new(
+            "graph_bad_answer",
+            fido::STEP_REGISTER,
+            format!("creationOptions: {what} is not base64url"),
+        )
+    };
+    Ok(CreationRequest {
+        rp_id: pk.rp.id.clone(),
+        rp_name: pk.rp.name.clone(),
+        user_id: pk.user_id_bytes().map_err(|_| bad("user.id"))?,
+        user_name: pk.user.name.clone(),
+        user_display_name: pk.user.display_name.clone(),
+        challenge: pk.challenge_bytes().map_err(|_| bad("challenge"))?,
+        algorithms: pk.pub_key_cred_params.iter().map(|p| p.alg).collect(),
+        exclude_credentials: pk.exclude_ids(),
+    })
+}
+
+/// A new FIDO PIN that breaks a rule is refused with 400 before anything
+/// moves (the same prompts stay out).
+fn check_new_pin(
+    p: &AwaitPin,
+    answers: &BTreeMap<String, String>,
+    policy: &DevicePolicy,
+) -> ApiResult<()> {
+    let Some(pin) = answers.get(PromptKind::SetFidoPin.as_str()) else {
+        return Ok(());
+    };
+    let problems = fido::fido_pin_problems(
+        pin,
+        p.device().min_pin_length,
+        Some(&policy.pin_application),
+    );
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(
+        "fido_pin_rules",
+        format!("the FIDO PIN must meet: {}", problems.join("; ")),
+    )
+    .field(format!("answers.{}", PromptKind::SetFidoPin.as_str()))
+    .details(serde_json::json!({ "failed_rules": problems })))
+}
+
+/// One relay step of the FIDO step.
+pub(super) async fn step(
+    state: &AppState,
+    s: &IssuanceSession,
+    policy: &DevicePolicy,
+    mut fido: FidoSession,
+    responses: &[Response],
+    answers: &BTreeMap<String, String>,
+) -> ApiResult<Next> {
+    let stage = std::mem::replace(&mut fido.stage, Stage::Info(placeholder()));
+    let batch_next =
+        |fido: FidoSession, batch: Batch| Next::Batch(Engine::Fido(Box::new(fido)), batch, vec![]);
+    match stage {
+        Stage::Info(e) => match e.on_responses(responses) {
+            Err(f) => Ok(Next::Failed(f)),
+            Ok(p) => {
+                let prompts = Batch::prompts(p.prompts());
+                fido.stage = Stage::Pin(p);
+                Ok(batch_next(fido, prompts))
+            }
+        },
+        Stage::Pin(p) => {
+            check_new_pin(&p, answers, policy)?;
+            if answers
+                .get(PromptKind::ConfirmTouch.as_str())
+                .is_some_and(|a| a == "false")
+            {
+                return Ok(Next::Failed(Failure::new(
+                    "declined_by_person",
+                    fido::STEP_REGISTER,
+                    "the person declined the passkey registration",
+                )));
+            }
+            let graph = graph_client(state, fido.service_id).await?;
+            let started = Instant::now();
+            let options = match graph.creation_options(&fido.entra_user, None).await {
+                Ok(o) => o,
+                Err(e) => return Ok(Next::Failed(graph_failure(fido::STEP_REGISTER, &e))),
+            };
+            tracing::info!(
+                session = %s.id,
+                graph_ms = started.elapsed().as_millis() as u64,
+                "passkey creationOptions fetched"
+            );
+            let request = match creation_request(&options) {
+                Ok(r) => r,
+                Err(f) => return Ok(Next::Failed(f)),
+            };
+            match p.on_answers(answers, &request) {
+                Err(f) => Ok(Next::Failed(f)),
+                Ok((t, batch)) => {
+                    fido.stage = Stage::Token(t);
+                    Ok(batch_next(fido, batch))
+                }
+            }
+        }
+        Stage::Token(t) => match t.on_responses(responses) {
+            Err(f) => Ok(Next::Failed(f)),
+            Ok((c, batch)) => {
+                fido.stage = Stage::Credential(c);
+                Ok(batch_next(fido, batch))
+            }
+        },
+        Stage::Credential(c) => {
+            let reg = match c.on_responses(responses) {
+                Err(f) => return Ok(Next::Failed(f)),
+                Ok(r) => r,
+            };
+            register(state, s, fido, reg).await
+        }
+    }
+}
+
+/// A stand-in for the stage while it is taken out (never sealed).
+fn placeholder() -> AwaitInfo {
+    FidoRegistration::start(FidoPlan {
+        pin: PinSource::Unshared,
+        cred_protect: 1,
+        pin_rules: None,
+        touch_sensor: false,
+    })
+    .0
+}
+
+/// POSTs the registration; on success the session ends with the PIV
+/// certificates and the passkey on record.
+async fn register(
+    state: &AppState,
+    s: &IssuanceSession,
+    fido: FidoSession,
+    reg: Registration,
+) -> ApiResult<Next> {
+    let graph = graph_client(state, fido.service_id).await?;
+    let body = NewFido2Method::new(
+        fido.display_name.clone(),
+        keyward_graph::PublicKeyCredential {
+            id: fido::b64url(&reg.credential_id),
+            response: keyward_graph::AttestationResponse {
+                client_data_json: fido::b64url(&reg.client_data_json),
+                attestation_object: fido::b64url(&reg.attestation_object),
+            },
+            client_extension_results: Some(serde_json::json!({})),
+        },
+    );
+    let started = Instant::now();
+    let method = match graph.register(&fido.entra_user, &body).await {
+        Ok(m) => m,
+        Err(e) => return Ok(Next::Failed(graph_failure(fido::STEP_REGISTER, &e))),
+    };
+    tracing::info!(
+        session = %s.id,
+        graph_ms = started.elapsed().as_millis() as u64,
+        "passkey registered with the Passkey-Enabled Service"
+    );
+    let aaguid = Uuid::from_bytes(reg.aaguid).to_string();
+    let record = PasskeyRecord {
+        passkey_service_id: fido.service_id,
+        entra_user: fido.entra_user.clone(),
+        graph_id: method.id.clone(),
+        credential_id: fido::b64url(&reg.credential_id),
+        aaguid: method.aa_guid.clone().unwrap_or(aaguid),
+    };
+    let mut creds: Vec<Credential> = Vec::new();
+    for (slot, der) in fido.certificates {
+        creds.push(certificate_credential(s, slot, der, None)?);
+    }
+    creds.push(Credential {
+        id: Uuid::new_v4(),
+        device_id: s.device_id,
+        session_id: s.id,
+        kind: "passkey".into(),
+        slot: Some(format!("aaguid:{}", record.aaguid)),
+        serial: record.graph_id.clone(),
+        not_after: None,
+        der: Some(serde_json::to_vec(&record).expect("a record serialises")),
+        created_at: time::OffsetDateTime::now_utc(),
+        revoked_at: None,
+    });
+    Ok(Next::Done(creds))
+}
+
+/// Deletes at Graph every passkey on record for a device and not revoked
+/// (a recycled device). A failure is logged: the credential is revoked on
+/// record anyway, and an operator can delete the passkey in Entra ID.
+pub(crate) async fn forget_passkeys(state: &AppState, device_id: Uuid) {
+    let credentials = match state.store.device_credentials(device_id).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the device's passkeys to delete them");
+            return;
+        }
+    };
+    for c in credentials.iter().filter(|c| c.revoked_at.is_none()) {
+        let Some(record) = passkey_record(c) else {
+            continue;
+        };
+        match delete_passkey(state, &record).await {
+            Ok(()) => {
+                tracing::info!(graph_id = %record.graph_id, "passkey deleted at the Passkey-Enabled Service")
+            }
+            Err(e) => {
+                tracing::warn!(graph_id = %record.graph_id, error = %e, "the passkey could not be deleted at the Passkey-Enabled Service")
+            }
+        }
+    }
+}
+
+/// The passkey record of a credential of kind `passkey`.
+pub(crate) fn passkey_record(c: &Credential) -> Option<PasskeyRecord> {
+    (c.kind == "passkey")
+        .then(|| c.der.as_deref())
+        .flatten()
+        .and_then(|d| serde_json::from_slice(d).ok())
+}
+
+/// Compensation: deletes a registered passkey at Graph (a cancelled or
+/// failed attempt, a recycled device). Already gone counts as done. The
+/// error is a message without secrets.
+pub(crate) async fn delete_passkey(state: &AppState, record: &PasskeyRecord) -> Result<(), String> {
+    let graph = graph_client(state, record.passkey_service_id)
+        .await
+        .map_err(|_| "the Passkey-Enabled Service cannot be used".to_string())?;
+    graph
+        .delete(&record.entra_user, &record.graph_id)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
