@@ -143,3 +143,50 @@ test('an administrator sees and uses the administration pages', async () => {
   assert.deepEqual(page.problems, []);
   await page.context().close();
 });
+
+test('under TLS the session and sign-in cookies are also Secure', async () => {
+  const { spawnSync } = require('node:child_process');
+  const fs = require('node:fs');
+  const os = require('node:os');
+  const path = require('node:path');
+  const https = require('node:https');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-browser-tls-'));
+  const cert = path.join(dir, 'cert.pem');
+  const key = path.join(dir, 'key.pem');
+  const made = spawnSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256',
+    '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=127.0.0.1',
+    '-addext', 'subjectAltName=IP:127.0.0.1'], { encoding: 'utf8' });
+  assert.equal(made.status, 0, made.stderr);
+  const tls = await h.startServer({ env: { KEYWARD_TLS_CERT: cert, KEYWARD_TLS_KEY: key } });
+  try {
+    assert.match(tls.url, /^https:/);
+    // The first administrator's one-time password, printed once at first start.
+    const otp = tls.output().match(/one-time password: (\S+)/)[1];
+    const get = (p, options = {}) => new Promise((resolve, reject) => {
+      const req = https.request(`${tls.url}${p}`, { rejectUnauthorized: false, ...options }, (res) => {
+        let body = '';
+        res.on('data', (c) => { body += c; });
+        res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body }));
+      });
+      req.on('error', reject);
+      if (options.body) req.write(options.body);
+      req.end();
+    });
+    const page = await get('/signin');
+    const pre = page.headers['set-cookie'].join('\n');
+    assert.match(pre, /kw_signin_csrf=[^;]+; Path=\/signin; HttpOnly; SameSite=Strict; Max-Age=\d+; Secure/);
+    const csrf = page.body.match(/name="csrf" value="([^"]+)"/)[1];
+    const token = pre.match(/kw_signin_csrf=([^;]+)/)[1];
+    const body = new URLSearchParams({ csrf, login: 'admin', password: otp }).toString();
+    const signedIn = await get('/signin', {
+      method: 'POST', body,
+      headers: { 'Content-Type': 'application/x-www-form-urlencoded', Cookie: `kw_signin_csrf=${token}` },
+    });
+    assert.equal(signedIn.status, 303);
+    const session = signedIn.headers['set-cookie'].find((c) => c.startsWith('kw_session='));
+    assert.match(session, /HttpOnly; SameSite=Strict; Max-Age=\d+; Secure/);
+  } finally {
+    await tls.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

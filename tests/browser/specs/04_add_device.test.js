@@ -160,3 +160,19 @@ test('Assign Device: the device is bound to the user with the policy, nothing el
   assert.match(await page.textContent('article.device[data-serial="34000004"]'), /Assigned/);
   assert.deepEqual(page.problems, []);
 });
+
+test('an agent revoked on the Agents page leaves the dialog with the no-agent message', async () => {
+  await page.goto(`${server.url}/agents`);
+  const row = page.locator('#agents-table tbody tr[data-agent]');
+  await row.waitFor();
+  assert.match(await row.textContent(), /ws-browser-test/);
+  assert.match(await row.textContent(), /paired/);
+  page.once('dialog', (d) => d.accept());
+  await row.locator('button:text("Revoke")').click();
+  await page.waitForFunction(() => /revoked/.test(document.querySelector('#agents-table tbody tr[data-agent]').textContent));
+  await h.shot(page, '04-agent-revoked');
+  await openDialog('alice');
+  await page.waitForSelector('#no-agent:not([hidden])', { timeout: 20000 });
+  assert.equal(await page.locator('#device-list tr[data-serial]').count(), 0);
+  assert.deepEqual(page.problems, []);
+});
