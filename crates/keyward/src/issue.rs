@@ -594,7 +594,10 @@ pub(crate) fn drive(
             if !json_out {
                 eprintln!("  {}", batch["step"].as_str().unwrap_or(""));
             }
-            result["answers"] = json!(answers.answer(&prompts)?);
+            let given = answers.answer(&prompts).map_err(|e| {
+                anyhow!("{e}\nsession {id} waits for the answer (a person's client can give it)")
+            })?;
+            result["answers"] = json!(given);
         } else {
             for p in &prompts {
                 if !json_out {
