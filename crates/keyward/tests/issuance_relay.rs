@@ -1022,3 +1022,155 @@ fn a_cancelled_c4000_is_recycled_to_factory_state() {
         "{v}"
     );
 }
+
+/// Signs `login` in to its self-service account (enrollment code, then a
+/// password); returns the session cookie and CSRF token.
+fn sign_in_user(server: &TestServer, login: &str) -> (String, String) {
+    let (_, code) = server.call("POST", &format!("/users/{login}/enrollment-code"), None);
+    let http = reqwest::blocking::Client::new();
+    let r = http
+        .post(server.api("/auth/enroll"))
+        .json(&json!({ "login": login, "code": code["code"], "password": "a-first-passphrase-42" }))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let r = http
+        .post(server.api("/auth/session"))
+        .json(&json!({ "login": login, "password": "a-first-passphrase-42" }))
+        .send()
+        .unwrap();
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let csrf = r.json::<Value>().unwrap()["csrf_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (cookie, csrf)
+}
+
+fn call_as_user(
+    server: &TestServer,
+    (cookie, csrf): &(String, String),
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let http = reqwest::blocking::Client::new();
+    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut req = http
+        .request(m, server.api(path))
+        .header("cookie", cookie)
+        .header("x-csrf-token", csrf);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().unwrap_or(Value::Null))
+}
+
+/// "Enable issuance retry for user": a user may retry their own failed
+/// issuance only when it is on (operators always may); they follow and
+/// relay their own session, never another user's.
+#[test]
+fn users_retry_their_own_failed_issuance_only_when_the_setting_is_on() {
+    let server = TestServer::start();
+    support::seed_piv_standard(&server, "31000120");
+    assert_eq!(server.call("POST", "/users", Some(json!({ "login": "bob", "display_name": "Bob Baker", "upn": "bob@example.com", "email": "bob@example.com" }))).0, 201);
+    let (s, v) = server.call(
+        "POST",
+        "/devices",
+        Some(
+            json!({ "device_type": "yubikey5", "serial": "31000121", "firmware_version": "5.7.1" }),
+        ),
+    );
+    assert_eq!(s, 201, "{v}");
+    let ca_dir = tempfile::tempdir().unwrap();
+    let mut card = VirtualCard::new(
+        VcardConfig::new(ProfileKind::Yubikey5)
+            .with_serial(31000120)
+            .with_ca_dir(ca_dir.path()),
+    )
+    .unwrap();
+    card.power_on();
+    let (s, batch) = server.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000120", "pin": "735194" })));
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    fail_at(&server, &mut card, &id, batch, 2, 3);
+    // bob's failed session on another device (the card in the reader is not it).
+    let (s, batch) = server.call("POST", "/issuance", Some(json!({ "user": "bob", "policy": "PIV Standard", "serial": "31000121", "pin": "735194" })));
+    assert_eq!(s, 201, "{batch}");
+    let bobs = batch["session_id"].as_str().unwrap().to_string();
+    let (s, v) = server.call("POST", &format!("/issuance/{bobs}/relay"), Some(json!({ "protocol": 1, "session_id": bobs, "seq": 1, "responses": relay(&mut card, &batch) })));
+    assert_eq!((s, v["state"].as_str()), (200, Some("failed")), "{v}");
+
+    let alice = sign_in_user(&server, "alice");
+    let (s, st) = call_as_user(&server, &alice, "GET", &format!("/issuance/{id}"), None);
+    assert_eq!(
+        (s, st["status"].as_str()),
+        (200, Some("failed")),
+        "alice sees her session: {st}"
+    );
+    let (s, _) = call_as_user(&server, &alice, "GET", &format!("/issuance/{bobs}"), None);
+    assert_eq!(s, 403, "not bob's");
+    // Off (the default): refused, and nothing changes.
+    let (s, v) = call_as_user(
+        &server,
+        &alice,
+        "POST",
+        &format!("/issuance/{id}/retry"),
+        None,
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("retry_not_enabled_for_users")),
+        "{v}"
+    );
+    let (_, st) = server.call("GET", &format!("/issuance/{id}"), None);
+    assert_eq!(st["status"], "failed");
+    put_setting(&server, "enable_issuance_retry_for_user", "yes");
+    let (s, v) = call_as_user(
+        &server,
+        &alice,
+        "POST",
+        &format!("/issuance/{bobs}/retry"),
+        None,
+    );
+    assert_eq!(s, 403, "never another user's session: {v}");
+    let (s, batch) = call_as_user(
+        &server,
+        &alice,
+        "POST",
+        &format!("/issuance/{id}/retry"),
+        None,
+    );
+    assert_eq!(
+        (s, batch["state"].as_str()),
+        (200, Some("running")),
+        "{batch}"
+    );
+    // Her client relays the first batch itself; an operator's client the rest.
+    let responses = relay(&mut card, &batch);
+    let (s, next) = call_as_user(
+        &server,
+        &alice,
+        "POST",
+        &format!("/issuance/{id}/relay"),
+        Some(
+            json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": responses }),
+        ),
+    );
+    assert_eq!(s, 200, "{next}");
+    let (end, _) = run_answering(&server, &mut card, &id, next, &[]);
+    assert_eq!(end["state"], "issued", "{end}");
+    assert_eq!(verify_pin(&mut card, "735194"), vec![0x90, 0x00]);
+    // Operators retry whatever the setting.
+    put_setting(&server, "enable_issuance_retry_for_user", "no");
+    let (s, v) = server.call("POST", &format!("/issuance/{bobs}/retry"), None);
+    assert_eq!(s, 200, "{v}");
+}
