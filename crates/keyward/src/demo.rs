@@ -38,6 +38,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let server =
             keyward_server::Server::start(config, keyward_server::StartOptions::from_env()).await?;
         keyward_server::demo::seed(&server.state).await?;
+        let agents = if args.no_virtual_devices {
+            None
+        } else {
+            Some(start_demo_agents(&server, &args.data_dir).await?)
+        };
         println!();
         println!("Keyward demo is running at {}", server.url);
         println!("  data folder: {}", args.data_dir.display());
@@ -56,9 +61,64 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         );
         if args.no_virtual_devices {
             println!("  virtual devices: off (--no-virtual-devices)");
+        } else {
+            println!("  virtual devices (in-process, on the demo's workstation agent, paired to operator and alice):");
+            for (kind, serial, firmware) in keyward_server::demo::DEMO_DEVICES {
+                println!("    {kind:<9} serial {serial} (firmware {firmware})");
+            }
         }
         println!("Stop with Ctrl-C.");
-        server.wait().await
+        let result = server.wait().await;
+        if let Some(stop) = agents {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        result
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The demo's workstation agents, in-process: the two virtual devices
+/// (state kept in `DATA_DIR/virtual/`), one agent paired to the demo
+/// operator and one to alice (operators and users alike pair agents), both
+/// reaching the same in-process cards and opening no PC/SC or HID device.
+async fn start_demo_agents(
+    server: &keyward_server::Server,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use keyward_server::demo::{demo_agent_credential, seed_demo_devices, DEMO_DEVICES};
+    seed_demo_devices(&server.state).await?;
+    let dir = data_dir.join("virtual");
+    std::fs::create_dir_all(&dir)?;
+    let mut devices = Vec::new();
+    for (kind, serial, _) in DEMO_DEVICES {
+        let config = keyward_vcard::VcardConfig::new(kind.parse().map_err(anyhow::Error::msg)?)
+            .with_serial(serial)
+            .with_ca_dir(dir.join("ca"));
+        let state_file = dir.join(format!("{kind}-{serial}.json"));
+        let card = keyward_vcard::VirtualCard::load_or_new(config, &state_file)?;
+        let handle = keyward_vcard::VcardHandle::with_options(
+            card,
+            Some(state_file),
+            keyward_vcard::presence::Presence::auto(),
+        );
+        devices.push(crate::agent::devices::VirtualDevice::new(
+            handle,
+            format!("Keyward demo {kind} {serial}"),
+        ));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for (owner, name) in [
+        (DEMO_OPERATOR.0, "demo workstation (operator)"),
+        (DEMO_USER.0, "demo workstation (alice)"),
+    ] {
+        let credential = demo_agent_credential(
+            &server.state,
+            owner,
+            name,
+            &dir.join(format!("agent-{owner}.credential")),
+        )
+        .await?;
+        crate::agent::run_paired(&server.url, credential, devices.clone(), stop.clone())?;
+    }
+    Ok(stop)
 }

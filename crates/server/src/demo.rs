@@ -203,3 +203,102 @@ pub async fn seed(state: &AppState) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The demo's virtual devices (in-process, served by the demo's agents):
+/// (profile, serial, firmware). Fixed, documented serials.
+pub const DEMO_DEVICES: [(&str, u32, &str); 2] = [
+    ("yubikey5", 10_000_001, "5.7.1"),
+    ("c4000", 20_000_001, "1.0.0"),
+];
+
+/// Puts the demo's virtual devices in the inventory (Available) unless
+/// they are there already.
+pub async fn seed_demo_devices(state: &AppState) -> anyhow::Result<()> {
+    for (kind, serial, firmware) in DEMO_DEVICES {
+        let serial_text = serial.to_string();
+        let parsed = keyward_domain::Serial::parse("serial", &serial_text)?;
+        if crate::api::found(state.store.get_device_by_serial(parsed).await)?.is_some() {
+            continue;
+        }
+        let new: keyward_domain::NewDevice = serde_json::from_value(serde_json::json!({
+            "device_type": kind, "serial": serial_text, "firmware_version": firmware,
+        }))?;
+        state
+            .store
+            .insert_device(&new, &system("device.import", &format!("device:{serial}")))
+            .await?;
+    }
+    Ok(())
+}
+
+/// The credential of the demo's agent for `owner` (an account login),
+/// already paired: kept in `credential_file` (mode 0600) and reused while the
+/// server knows it, else a new agent is recorded as approved by the demo.
+pub async fn demo_agent_credential(
+    state: &AppState,
+    owner: &str,
+    name: &str,
+    credential_file: &std::path::Path,
+) -> anyhow::Result<String> {
+    if let Ok(existing) = std::fs::read_to_string(credential_file) {
+        let existing = existing.trim().to_string();
+        if let Some(a) = state
+            .store
+            .find_agent_by_credential(&state.tokens.hash(&existing))
+            .await?
+        {
+            if a.status == "paired" {
+                return Ok(existing);
+            }
+        }
+    }
+    let account = state.store.get_account_by_login(owner).await?;
+    let credential = format!(
+        "{}{}",
+        crate::agents::AGENT_CREDENTIAL_PREFIX,
+        &crate::secrets::generate_token()[3..]
+    );
+    let now = keyward_store::now();
+    let agent = keyward_store::Agent {
+        id: Uuid::new_v4(),
+        name: name.to_string(),
+        status: "paired".into(),
+        owner_kind: Some("account".into()),
+        owner_id: Some(account.id),
+        owner_login: Some(account.login.clone()),
+        code_hmac: None,
+        poll_hmac: None,
+        credential_hmac: Some(state.tokens.hash(&credential)),
+        code_expires_at: now,
+        created_at: now,
+        approved_at: Some(now),
+        approved_by: Some("system:demo".into()),
+        revoked_at: None,
+        last_seen_at: None,
+    };
+    state
+        .store
+        .create_agent(
+            &agent,
+            &system("agent.approve", &format!("agent:{}", agent.id)),
+        )
+        .await?;
+    write_private(credential_file, &credential)?;
+    Ok(credential)
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}

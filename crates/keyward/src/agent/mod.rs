@@ -220,15 +220,19 @@ pub fn run_paired(
     virtual_devices: Vec<devices::VirtualDevice>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let server = Server::new(server_url, Some(credential))?;
     let sources = Sources {
         virtual_devices,
         ..Default::default()
     };
+    let url = server_url.to_string();
     Ok(std::thread::Builder::new()
         .name("demo-agent".into())
         .spawn(move || {
-            if let Err(e) = serve(server, sources, stop) {
+            // The blocking HTTP client is made on this thread, outside the
+            // caller's async runtime.
+            let served =
+                Server::new(&url, Some(credential)).and_then(|server| serve(server, sources, stop));
+            if let Err(e) = served {
                 eprintln!("demo agent stopped: {e:#}");
             }
         })?)
