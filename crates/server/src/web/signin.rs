@@ -194,18 +194,24 @@ async fn sign_in(
     res
 }
 
-#[derive(Deserialize)]
-struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
+/// The `csrf` field of a form body. Tokens are URL-safe base64, so the
+/// value needs no decoding; any body (or none) without it is refused.
+fn csrf_field(body: &[u8]) -> String {
+    std::str::from_utf8(body)
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == "csrf")
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_default()
 }
 
 async fn sign_out(
     State(state): State<AppState>,
     user: WebUser,
-    Form(form): Form<CsrfOnly>,
+    body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = user.check_csrf(&form.csrf) {
+    if let Err(r) = user.check_csrf(&csrf_field(&body)) {
         return r;
     }
     if let Via::Session { session_hash, .. } = &user.caller.via {
