@@ -14,6 +14,7 @@ canonical_enum! {
         WhoCanBind = "who_can_bind", "Who can bind the device to the user?";
         EnableIssuanceRetryForUser = "enable_issuance_retry_for_user", "Enable issuance retry for user";
         AutoImportUnknownDevices = "auto_import_unknown_devices", "Enable Automatic Import of Unknown Cards";
+        RequireDeviceAttestation = "require_device_attestation", "Require device attestation";
     }
 }
 
@@ -21,7 +22,9 @@ impl SettingKey {
     /// The settings page the key belongs to in the product.
     pub const fn section(self) -> &'static str {
         match self {
-            SettingKey::InitialPinDisplayMode => "Security Settings",
+            SettingKey::InitialPinDisplayMode | SettingKey::RequireDeviceAttestation => {
+                "Security Settings"
+            }
             SettingKey::ChangePinDuringIssuance
             | SettingKey::WhoCanBind
             | SettingKey::EnableIssuanceRetryForUser => "User Portal configuration",
@@ -41,7 +44,8 @@ impl SettingKey {
             }
             SettingKey::ChangePinDuringIssuance
             | SettingKey::EnableIssuanceRetryForUser
-            | SettingKey::AutoImportUnknownDevices => SettingValue::Bool(parse_bool(field, s)?),
+            | SettingKey::AutoImportUnknownDevices
+            | SettingKey::RequireDeviceAttestation => SettingValue::Bool(parse_bool(field, s)?),
         })
     }
 }
@@ -90,6 +94,11 @@ pub struct Settings {
     pub enable_issuance_retry_for_user: bool,
     /// Device parameters: "Enable Automatic Import of Unknown Cards".
     pub auto_import_unknown_devices: bool,
+    /// Security Settings: "Require device attestation": a key the device
+    /// cannot prove it generated (YubiKey ATTEST) fails the issuance;
+    /// otherwise its credential is recorded as unattested.
+    #[serde(default)]
+    pub require_device_attestation: bool,
 }
 
 impl Default for Settings {
@@ -101,6 +110,7 @@ impl Default for Settings {
             who_can_bind: WhoCanBind::IssuanceOperator,
             enable_issuance_retry_for_user: false,
             auto_import_unknown_devices: false,
+            require_device_attestation: false,
         }
     }
 }
@@ -120,6 +130,9 @@ impl Settings {
             }
             SettingKey::AutoImportUnknownDevices => {
                 SettingValue::Bool(self.auto_import_unknown_devices)
+            }
+            SettingKey::RequireDeviceAttestation => {
+                SettingValue::Bool(self.require_device_attestation)
             }
         }
     }
@@ -146,6 +159,9 @@ impl Settings {
             }
             (SettingKey::AutoImportUnknownDevices, SettingValue::Bool(b)) => {
                 self.auto_import_unknown_devices = b
+            }
+            (SettingKey::RequireDeviceAttestation, SettingValue::Bool(b)) => {
+                self.require_device_attestation = b
             }
             _ => return Err(wrong()),
         }
@@ -192,7 +208,8 @@ mod tests {
                 "change_pin_during_issuance",
                 "who_can_bind",
                 "enable_issuance_retry_for_user",
-                "auto_import_unknown_devices"
+                "auto_import_unknown_devices",
+                "require_device_attestation"
             ]
         );
     }

@@ -38,6 +38,9 @@ pub struct Config {
     /// Seconds without client activity after which the server cancels an
     /// issuance session (running or failed) on its own.
     pub abandon_after_seconds: u64,
+    /// Trusted roots for YubiKey PIV attestation (PEM or DER files): Yubico's
+    /// PIV root for real devices, `keyward vcard ca-cert` for virtual ones.
+    pub attestation_roots: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -62,6 +65,7 @@ impl Default for Config {
             public_url: None,
             initial_pin_days: 30,
             abandon_after_seconds: 1800,
+            attestation_roots: Vec::new(),
         }
     }
 }
