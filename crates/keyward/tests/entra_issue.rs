@@ -1,0 +1,382 @@
+//! Issue 6 end to end: `keyward issue` issues a virtual device on pcscd/vpcd
+//! with a policy whose FIDO application registers a passkey with a
+//! Passkey-Enabled Service; the service is the simulated Entra ID tenant
+//! (keyward-entra-standin) reached by the production Graph client over real
+//! HTTP. python-fido2 then signs in with the passkey (getAssertion with the
+//! right PIN), and the signature verifies with the public key the tenant
+//! stored. Device rules refuse before the device is touched (exit 3).
+
+#[path = "common/pcsc.rs"]
+mod pcsc;
+mod support;
+
+use std::process::Output;
+
+use keyward_entra_standin::{Fault, StandinConfig, StandinHandle, StandinUser};
+use pcsc::Vcard;
+use serde_json::{json, Value};
+use support::TestServer;
+
+const PYTHON: &str = "/usr/bin/python3";
+const UPN: &str = "alice@example.com";
+const SECRET: &str = "entra-e2e-client-secret-4711";
+const CLIENT_ID: &str = "5b1a4c0e-6a55-4d7c-9a61-2f3c9d7e0a11";
+
+/// A simulated tenant trusting the card's manufacturer CA, on its own
+/// runtime (kept alive by the returned value).
+struct Tenant {
+    handle: StandinHandle,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn tenant(card: &Vcard) -> Tenant {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ca = std::fs::read_to_string(card.ca_cert_file()).unwrap();
+    let mut cfg = StandinConfig::new("contoso.onmicrosoft.com", CLIENT_ID, SECRET, vec![ca]);
+    cfg.users.push(StandinUser::new(UPN, "Alice Archer"));
+    let handle = rt.block_on(keyward_entra_standin::serve(cfg)).unwrap();
+    Tenant { handle, _rt: rt }
+}
+
+/// Users, the device, the Passkey-Enabled Service and a policy
+/// "PIV Standard" + FIDO application.
+fn seed(
+    server: &TestServer,
+    t: &Tenant,
+    device_type: &str,
+    serial: &str,
+    firmware: &str,
+    shared: bool,
+) {
+    let (s, v) = server.call(
+        "POST",
+        "/users",
+        Some(json!({ "login": "alice", "display_name": "Alice Archer", "upn": UPN, "email": UPN })),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = server.call(
+        "POST",
+        "/devices",
+        Some(json!({ "device_type": device_type, "serial": serial, "firmware_version": firmware })),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = server.call(
+        "POST",
+        "/passkey-services",
+        Some(json!({
+            "name": "Simulated tenant", "tenant_id": "contoso.onmicrosoft.com", "client_id": CLIENT_ID,
+            "client_secret": SECRET, "authority_url": t.handle.authority_url(), "graph_url": t.handle.graph_url(),
+            "scope": "https://graph.microsoft.com/.default",
+        })),
+    );
+    assert_eq!(s, 201, "{v}");
+    let service_id = v["id"].as_str().unwrap().to_string();
+    let (s, v) = server.call(
+        "POST",
+        "/policies",
+        Some(json!({
+            "name": "PIV + Passkey", "device_types": [device_type], "management_key": "random",
+            "pin_application": { "min_length": 6, "max_length": 8, "character_set": "numeric", "max_repeated": 2, "max_sequential": 2, "pin_retry_count": 3, "puk_retry_count": 3 },
+            "pki_applications": [
+                { "name": "PIV Authentication", "slot": "9a", "algorithm": "eccp256", "certificate_authority": "Keyward Issuing CA",
+                  "template": { "subject_dn": "CN={display_name},UID={login}", "subject_alt_names": ["upn"], "validity_days": 365,
+                                "key_usage": ["digital_signature"], "extended_key_usage": ["client_auth", "smartcard_logon"] } }
+            ],
+            "fido_application": { "passkey_service_id": service_id, "passkey_service_name": "Simulated tenant",
+                                  "share_device_pin": shared, "cred_protect": 1 }
+        })),
+    );
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        server
+            .call(
+                "PUT",
+                "/settings/initial_pin_display_mode",
+                Some(json!({ "value": "displayed" }))
+            )
+            .0,
+        200
+    );
+}
+
+fn issue(server: &TestServer, card: &Vcard, serial: &str, answers: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "--user",
+        "alice",
+        "--policy",
+        "PIV + Passkey",
+        "--serial",
+        serial,
+    ];
+    args.extend_from_slice(extra);
+    run_issue(server, card, answers, &args)
+}
+
+/// `keyward issue --answers FILE --json ARGS`.
+fn run_issue(server: &TestServer, card: &Vcard, answers: &str, args: &[&str]) -> Output {
+    let file = card.path("answers.toml");
+    std::fs::write(&file, answers).unwrap();
+    std::process::Command::new(support::BIN)
+        .arg("issue")
+        .args(["--server", &server.url, "--token", &server.token])
+        .args(["--answers", file.to_str().unwrap(), "--json"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn report(out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&stdout).unwrap_or_else(|_| {
+        panic!(
+            "no JSON report (exit {:?})\n{stdout}\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// python-fido2 over PC/SC: getAssertion for the passkey's rp.id with `pin`,
+/// verified with the public key the tenant stored.
+fn assert_passkey_signs_in(t: &Tenant, pin: &str) {
+    let keys = t.handle.passkeys(UPN);
+    assert_eq!(keys.len(), 1, "one passkey at the tenant: {keys:?}");
+    let script = format!(
+        "{}/tests/python/entra_assert.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = std::process::Command::new(PYTHON)
+        .arg(script)
+        .args([
+            "--reader",
+            "Virtual",
+            "--rp",
+            "login.microsoft.com",
+            "--pin",
+            pin,
+        ])
+        .args(["--credential-id", &keys[0].credential_id])
+        .args(["--public-key", &keys[0].public_key_sec1])
+        .output()
+        .unwrap_or_else(|e| panic!("{PYTHON}: {e}; install python3-fido2 python3-pyscard"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("assertion verified"),
+        "python-fido2 getAssertion failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn passkeys_on_record(r: &Value) -> Vec<Value> {
+    r["credentials"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["kind"] == "passkey")
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn c4000_shared_pin_set_at_the_start() {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let serial = "41000021";
+    let card = Vcard::spawn(&["--profile", "c4000", "--serial", serial]);
+    let t = tenant(&card);
+    let server = TestServer::start();
+    seed(&server, &t, "c4000", serial, "1.0.0", true);
+    let out = issue(
+        &server,
+        &card,
+        serial,
+        "pin = \"735194\"\ntouch = \"true\"\n",
+        &[],
+    );
+    let r = report(&out);
+    assert_eq!(
+        r["state"],
+        "issued",
+        "{r}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pk = passkeys_on_record(&r);
+    assert_eq!(pk.len(), 1, "{r}");
+    let at_tenant = t.handle.passkeys(UPN);
+    assert_eq!(pk[0]["serial"], at_tenant[0].id);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("735194"));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("735194"));
+    assert_passkey_signs_in(&t, "735194");
+}
+
+#[test]
+fn c4000_unshared_sets_a_fido_pin_and_faults_are_survived() {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let serial = "41000022";
+    let card = Vcard::spawn(&["--profile", "c4000", "--serial", serial]);
+    let t = tenant(&card);
+    let server = TestServer::start();
+    seed(&server, &t, "c4000", serial, "1.0.0", false);
+    // Graph throttles once: retried after Retry-After, the issuance goes on.
+    t.handle.push_fault(Fault::throttled(1));
+    let out = issue(
+        &server,
+        &card,
+        serial,
+        "pin = \"735194\"\nfido_pin = \"864213\"\ntouch = \"true\"\n",
+        &[],
+    );
+    let r = report(&out);
+    assert_eq!(
+        r["state"],
+        "issued",
+        "{r}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(passkeys_on_record(&r).len(), 1);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("864213"));
+    assert_passkey_signs_in(&t, "864213");
+}
+
+#[test]
+fn declined_then_retry() {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let serial = "41000024";
+    let card = Vcard::spawn(&["--profile", "c4000", "--serial", serial]);
+    let t = tenant(&card);
+    let server = TestServer::start();
+    seed(&server, &t, "c4000", serial, "1.0.0", false);
+    // The person declines "Verify this device and confirm the registration".
+    let answers = "pin = \"735194\"\nfido_pin = \"864213\"\ntouch = \"false\"\n";
+    let out = issue(&server, &card, serial, answers, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = report(&out);
+    assert!(r.to_string().contains("declined_by_person"), "{r}");
+    assert!(t.handle.passkeys(UPN).is_empty());
+    let session = r["session_id"].as_str().unwrap().to_string();
+    // Retry: the same prompts, confirmed this time (the answers file has
+    // both FIDO PIN keys: which one is asked depends on the device).
+    let out = run_issue(
+        &server,
+        &card,
+        "fido_current_pin = \"864213\"\nfido_pin = \"864213\"\ntouch = \"true\"\n",
+        &["--retry", &session],
+    );
+    let r = report(&out);
+    assert_eq!(
+        r["state"],
+        "issued",
+        "{r}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_passkey_signs_in(&t, "864213");
+}
+
+#[test]
+fn forbidden_then_retry() {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let serial = "41000023";
+    let card = Vcard::spawn(&["--profile", "c4000", "--serial", serial]);
+    let t = tenant(&card);
+    let server = TestServer::start();
+    seed(&server, &t, "c4000", serial, "1.0.0", true);
+    // 403 at creationOptions: the attempt fails with a clear message.
+    t.handle.push_fault(Fault::forbidden());
+    let out = issue(
+        &server,
+        &card,
+        serial,
+        "pin = \"735194\"\ntouch = \"true\"\n",
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = report(&out);
+    let text = r.to_string();
+    assert!(
+        text.contains("UserAuthMethod-Passkey.ReadWrite.All"),
+        "the permission is named: {r}"
+    );
+    let session = r["session_id"].as_str().unwrap().to_string();
+    // Retry after the fault is cleared ends issued.
+    let out = run_issue(&server, &card, "touch = \"true\"\n", &["--retry", &session]);
+    let r = report(&out);
+    assert_eq!(
+        r["state"],
+        "issued",
+        "{r}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(t.handle.passkeys(UPN).len(), 1);
+    assert_passkey_signs_in(&t, "735194");
+}
+
+#[test]
+fn device_rules_refuse_before_the_device_is_touched() {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let serial = "31000027";
+    let card = Vcard::spawn(&[
+        "--profile",
+        "yubikey5",
+        "--firmware",
+        "5.2.7",
+        "--serial",
+        serial,
+    ]);
+    let t = tenant(&card);
+    let server = TestServer::start();
+    // YubiKey 5.2.7 with an unshared FIDO policy: firmware too old.
+    seed(&server, &t, "yubikey5", serial, "5.2.7", false);
+    let out = issue(
+        &server,
+        &card,
+        serial,
+        "pin = \"735194\"\nfido_pin = \"864213\"\ntouch = \"true\"\n",
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(err.contains("5.3"), "names the firmware rule: {err}");
+    assert_eq!(t.handle.graph_calls(), 0);
+    // A policy sharing the PIN on a YubiKey cannot even be saved.
+    let (s, v) = server.call(
+        "POST",
+        "/policies",
+        Some(json!({
+            "name": "Shared on YubiKey", "device_types": ["yubikey5"],
+            "pin_application": { "min_length": 6, "max_length": 8, "character_set": "numeric" },
+            "fido_application": { "passkey_service_id": uuid_of_service(&server), "share_device_pin": true }
+        })),
+    );
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("share_device_pin"), "{v}");
+}
+
+fn uuid_of_service(server: &TestServer) -> String {
+    let (s, v) = server.call("GET", "/passkey-services", None);
+    assert_eq!(s, 200, "{v}");
+    v[0]["id"].as_str().unwrap().to_string()
+}
