@@ -206,6 +206,9 @@ fn c4000_shared_pin_set_at_the_start() {
     );
     let pk = passkeys_on_record(&r);
     assert_eq!(pk.len(), 1, "{r}");
+    // The PIV issuance takes 3 device round trips; the FIDO step adds 2
+    // (its probe rides along the PIV writes), besides the person's prompt.
+    assert_eq!(r["counters"]["round_trips"], 5, "{r}");
     let at_tenant = t.handle.passkeys(UPN);
     assert_eq!(pk[0]["serial"], at_tenant[0].id);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("735194"));

@@ -19,7 +19,7 @@ use keyward_engine::fido::{
     self, AwaitCredential, AwaitInfo, AwaitPin, AwaitToken, CreationRequest, FidoPlan,
     FidoRegistration, PinSource, Registration,
 };
-use keyward_engine::piv::PivPlan;
+use keyward_engine::piv::{AwaitWrites, PivPlan};
 use keyward_engine::{Batch, Failure, PromptKind, Response};
 use keyward_graph::{GraphClient, GraphConfig, GraphError, NewFido2Method};
 use keyward_store::{Credential, IssuanceSession};
@@ -113,6 +113,59 @@ pub(super) fn after_piv(
         batch,
         vec![],
     )))
+}
+
+/// The PIV writes batch, with the FIDO probe (getInfo, key agreement)
+/// appended when the policy has a FIDO application: they read nothing
+/// secret and change nothing, and save a round trip.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn with_writes(
+    policy: &DevicePolicy,
+    user: &User,
+    plan: &PivPlan,
+    device_pin_generated_hidden: bool,
+    writes: AwaitWrites,
+    mut batch: Batch,
+    certificates: Vec<(u8, Vec<u8>)>,
+) -> Next {
+    let Some(Next::Batch(Engine::Fido(session), probe, _)) =
+        after_piv(policy, user, plan, device_pin_generated_hidden, Vec::new())
+            .ok()
+            .flatten()
+    else {
+        return Next::Batch(Engine::AwaitWrites(writes), batch, certificates);
+    };
+    let piv_commands = batch.commands.len();
+    batch.commands.extend(probe.commands);
+    Next::Batch(
+        Engine::AwaitWritesAndFido(writes, piv_commands, session),
+        batch,
+        certificates,
+    )
+}
+
+/// The probe's answers (after the PIV writes succeeded): the prompts.
+pub(super) fn on_probe(
+    mut fido: FidoSession,
+    certificates: Vec<(u8, Vec<u8>)>,
+    responses: &[Response],
+) -> Next {
+    fido.certificates = certificates;
+    let Stage::Info(e) = std::mem::replace(&mut fido.stage, Stage::Info(placeholder())) else {
+        return Next::Failed(Failure::new(
+            "internal",
+            fido::STEP_PROBE,
+            "the FIDO step is not at its probe",
+        ));
+    };
+    match e.on_responses(responses) {
+        Err(f) => Next::Failed(f),
+        Ok(p) => {
+            let prompts = Batch::prompts(p.prompts());
+            fido.stage = Stage::Pin(p);
+            Next::Batch(Engine::Fido(Box::new(fido)), prompts, vec![])
+        }
+    }
 }
 
 fn render_name(template: &str, user: &User, plan: &PivPlan) -> String {

@@ -10,6 +10,7 @@
 mod access;
 mod agent_delivery;
 mod answers;
+mod attestation;
 mod fido_step;
 mod recycle;
 mod relay;
@@ -116,6 +117,9 @@ pub(super) enum Engine {
     AwaitNewPin(AwaitCertificates, Certified),
     /// A recycle (its own state machine).
     Recycle(Recycling),
+    /// The PIV writes with the FIDO step's probe appended (the number of
+    /// PIV commands first in the batch).
+    AwaitWritesAndFido(AwaitWrites, usize, Box<fido_step::FidoSession>),
     /// The FIDO step after the PIV writes (passkey registration).
     Fido(Box<fido_step::FidoSession>),
     Finished,

@@ -123,10 +123,18 @@ pub(super) fn step_engine(
                         certificates,
                     ));
                 }
+                let plan = await_certs.plan().clone();
                 match await_certs.with_certificates(certified) {
-                    Ok((next, batch)) => {
-                        Next::Batch(Engine::AwaitWrites(next), batch, certificates)
-                    }
+                    // A FIDO application's probe rides along the writes.
+                    Ok((next, batch)) => super::fido_step::with_writes(
+                        policy,
+                        user,
+                        &plan,
+                        pin_hidden,
+                        next,
+                        batch,
+                        certificates,
+                    ),
                     Err(f) => Next::Failed(f),
                 }
             }
@@ -152,8 +160,17 @@ pub(super) fn step_engine(
                 .get(PromptKind::SetNewPin.as_str())
                 .ok_or_else(|| ApiError::internal("relaying", "no new PIN"))?;
             await_certs.set_final_pin(Secret::new(pin.as_str()));
+            let plan = await_certs.plan().clone();
             match await_certs.with_certificates(certified) {
-                Ok((next, batch)) => Next::Batch(Engine::AwaitWrites(next), batch, vec![]),
+                Ok((next, batch)) => super::fido_step::with_writes(
+                    policy,
+                    user,
+                    &plan,
+                    pin_hidden,
+                    next,
+                    batch,
+                    vec![],
+                ),
                 Err(f) => Next::Failed(f),
             }
         }
@@ -162,6 +179,14 @@ pub(super) fn step_engine(
                 "relaying",
                 "a recycle in the issuance path",
             ))
+        }
+        Engine::AwaitWritesAndFido(e, piv_commands, fido) => {
+            // The PIV writes' answers first, then the FIDO probe's.
+            let (piv, probe) = responses.split_at(piv_commands.min(responses.len()));
+            match e.on_responses(piv) {
+                Err(f) => Next::Failed(f),
+                Ok(done) => super::fido_step::on_probe(*fido, done.certificates, probe),
+            }
         }
         Engine::Fido(_) => {
             return Err(ApiError::internal(
@@ -273,7 +298,14 @@ pub(super) async fn relay(
         result.transport_error.is_some(),
     );
     let change_pin_at_end = data.change_pin_at_end;
+    // Keys that must prove they were generated on the device (attestation).
+    let attestation_failure =
+        super::attestation::before_certify(&state, &caller, &s, &device, &data.engine, &responses)
+            .await?;
     let next = match data.engine {
+        _ if attestation_failure.is_some() => {
+            Ok(Next::Failed(attestation_failure.expect("checked")))
+        }
         Engine::Fido(fido) => {
             super::fido_step::step(&state, &s, &policy, *fido, &responses, &result.answers).await
         }
