@@ -467,6 +467,7 @@ document.addEventListener('DOMContentLoaded', () => {
       const decline = document.createElement('button');
       decline.type = 'submit';
       decline.id = 'prompt-decline';
+      decline.formNoValidate = true; // declining needs no PIN
       decline.textContent = 'Decline';
       decline.addEventListener('click', () => { declined = true; });
       actions.append(decline);

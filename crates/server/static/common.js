@@ -46,9 +46,10 @@ const Keyward = (() => {
     if (e && e.detail) {
       let s = e.detail.message;
       if (e.detail.field) s += ` (${e.detail.field})`;
-      if (e.detail.details && Array.isArray(e.detail.details.rules)) {
-        const failed = e.detail.details.rules.filter((r) => r.passed === false);
-        if (failed.length) s += ': ' + failed.map((r) => r.description).join('; ');
+      // PIN answers refused by the policy's rules name each failed rule.
+      const d = e.detail.details;
+      if (d && Array.isArray(d.failed_rules) && d.failed_rules.length && !s.includes(d.failed_rules[0].description)) {
+        s += ': ' + d.failed_rules.map((r) => r.description).join('; ');
       }
       return s;
     }

@@ -10,8 +10,13 @@ const os = require('node:os');
 const path = require('node:path');
 const { BIN } = require('./harness');
 
-async function startAgent(server, devices, name = 'ws-browser-test') {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-browser-agent-'));
+// A folder for an agent: its state (credential, the virtual devices'
+// manufacturer CA in state/virtual-ca) and the devices' control sockets.
+function agentDir() {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-browser-agent-'));
+}
+
+async function startAgent(server, devices, name = 'ws-browser-test', dir = agentDir()) {
   const control = path.join(dir, 'control');
   fs.mkdirSync(control);
   const args = ['agent', '--server', server.url, '--state-dir', path.join(dir, 'state'), '--name', name,
@@ -77,4 +82,4 @@ async function approveInPortal(page, server, agent, shotName) {
   }
 }
 
-module.exports = { startAgent, approveInPortal };
+module.exports = { agentDir, startAgent, approveInPortal };
