@@ -33,6 +33,8 @@ use crate::batch::{check, Batch, Failure, Response};
 use crate::mgmt_key::ManagementKey;
 
 const OK: &[u16] = &[0x9000];
+/// The step reading the device attestation certificate (5FFF01).
+const READ_ATTESTATION_CERT: &str = "read attestation certificate";
 /// YubiKey factory PIN and PUK: what SET PIN RETRIES resets them to.
 pub const YUBIKEY_DEFAULT_PIN: &str = "123456";
 pub const YUBIKEY_DEFAULT_PUK: &str = "12345678";
@@ -116,6 +118,10 @@ pub struct GeneratedKey {
     pub algorithm: u8,
     /// DER SubjectPublicKeyInfo.
     pub spki_der: Vec<u8>,
+    /// The device's ATTEST answer for the slot (an X.509 certificate, DER),
+    /// on devices that attest; the server verifies it before certifying.
+    #[serde(default)]
+    pub attestation: Option<Vec<u8>>,
 }
 
 /// Counters of a personalisation, for reports and benchmarks.
@@ -366,6 +372,29 @@ impl AwaitWitness {
                 false,
             );
         }
+        if p.device_type == DeviceType::YubiKey5 {
+            // The device proves it generated each key (ATTEST, signed by its
+            // F9 key); the server verifies before certifying. A device that
+            // cannot attest answers an error the batch goes past.
+            for k in &p.keys {
+                b.push(
+                    &format!("attest key {:02X}", k.slot),
+                    apdu(piv::yk_attest(k.slot)),
+                    &[0x9000, 0x6A80, 0x6A88, 0x6D00],
+                    false,
+                );
+            }
+            b.push(
+                READ_ATTESTATION_CERT,
+                apdu(
+                    piv::get_data(object::YK_ATTESTATION_CERT)
+                        .extended(true)
+                        .with_le(65536),
+                ),
+                &[0x9000, 0x6A82],
+                false,
+            );
+        }
         let state = AwaitKeys {
             plan: self.plan,
             sent: b.clone(),
@@ -377,7 +406,7 @@ impl AwaitWitness {
 }
 
 /// Batch 2 is out: waiting for the card's authentication and the public keys.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AwaitKeys {
     plan: PivPlan,
     sent: Batch,
@@ -407,24 +436,43 @@ impl AwaitKeys {
                 "the device failed mutual authentication",
             ));
         }
-        let first_key = responses.len() - self.plan.keys.len();
+        // Responses by the step of their command: keys, attestations, and
+        // the device attestation certificate.
+        let by_step = |step: &str| {
+            self.sent
+                .commands
+                .iter()
+                .zip(responses)
+                .find(|(c, _)| c.step == step)
+                .map(|(_, r)| r)
+        };
         let mut keys = Vec::with_capacity(self.plan.keys.len());
-        for (spec, r) in self.plan.keys.iter().zip(&responses[first_key..]) {
+        for spec in &self.plan.keys {
             let step = format!("generate key {:02X}", spec.slot);
+            let r = by_step(&step)
+                .ok_or_else(|| Failure::new("bad_response", &step, "no public key"))?;
             let template = PublicKeyTemplate::parse(&r.data)
                 .map_err(|e| Failure::new("bad_response", &step, format!("public key: {e:?}")))?;
             let spki_der = spki_der(spec.algorithm, &template)
                 .map_err(|m| Failure::new("bad_response", &step, m))?;
+            let attestation = by_step(&format!("attest key {:02X}", spec.slot))
+                .filter(|r| r.sw == 0x9000 && !r.data.is_empty())
+                .map(|r| r.data.clone());
             keys.push(GeneratedKey {
                 slot: spec.slot,
                 algorithm: spec.algorithm,
                 spki_der,
+                attestation,
             });
         }
+        let device_attestation_certificate = by_step(READ_ATTESTATION_CERT)
+            .filter(|r| r.sw == 0x9000)
+            .and_then(|r| keyward_card::tlv::find(&r.data, 0x53).map(<[u8]>::to_vec));
         Ok(AwaitCertificates {
             plan: self.plan,
             keys,
             counters: self.counters,
+            device_attestation_certificate,
         })
     }
 }
@@ -469,6 +517,10 @@ pub struct AwaitCertificates {
     plan: PivPlan,
     keys: Vec<GeneratedKey>,
     counters: Counters,
+    /// The device attestation certificate object (5FFF01's value: 70 cert,
+    /// 71 info), read with the keys on devices that attest.
+    #[serde(default)]
+    device_attestation_certificate: Option<Vec<u8>>,
 }
 
 /// What the server hands back: one certificate per generated key, and the
@@ -482,6 +534,11 @@ pub struct Certified {
 impl AwaitCertificates {
     pub fn keys(&self) -> &[GeneratedKey] {
         &self.keys
+    }
+
+    /// The device attestation certificate object (5FFF01), if read.
+    pub fn device_attestation_certificate(&self) -> Option<&[u8]> {
+        self.device_attestation_certificate.as_deref()
     }
 
     pub fn plan(&self) -> &PivPlan {

@@ -1174,3 +1174,92 @@ fn users_retry_their_own_failed_issuance_only_when_the_setting_is_on() {
     let (s, v) = server.call("POST", &format!("/issuance/{bobs}/retry"), None);
     assert_eq!(s, 200, "{v}");
 }
+
+/// YubiKey attestation: ATTEST rides in batch 2 with GENERATE; each key's
+/// attestation is verified against the configured roots (here the virtual
+/// manufacturer CA) before the key is certified and recorded in the audit
+/// trail. Under "Require device attestation", a device whose attestation
+/// does not chain to a trusted root fails before anything is certified.
+#[test]
+fn yubikey_attestation_is_verified_before_certifying() {
+    let ca_dir = tempfile::tempdir().unwrap();
+    let mut card = VirtualCard::new(
+        VcardConfig::new(ProfileKind::Yubikey5)
+            .with_serial(31000130)
+            .with_ca_dir(ca_dir.path()),
+    )
+    .unwrap();
+    card.power_on();
+    let root = ca_dir.path().join("ca-cert.pem");
+    assert!(root.exists(), "the virtual manufacturer CA root");
+    let conf_dir = tempfile::tempdir().unwrap();
+    let config = conf_dir.path().join("keyward.toml");
+    std::fs::write(
+        &config,
+        format!("attestation_roots = [{:?}]\n", root.display().to_string()),
+    )
+    .unwrap();
+    let server = TestServer::start_with(support::ServerOptions {
+        args: vec!["--config".into(), config.display().to_string()],
+        ..Default::default()
+    });
+    support::seed_piv_standard(&server, "31000130");
+    put_setting(&server, "require_device_attestation", "yes");
+    let (_, v) = server.call("GET", "/settings", None);
+    assert_eq!(v["require_device_attestation"], true, "{v}");
+    let (s, batch) = server.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000130", "pin": "735194" })));
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    let (end, trips) = run_answering(&server, &mut card, &id, batch, &[]);
+    assert_eq!((end["state"].as_str(), trips), (Some("issued"), 3), "{end}");
+    let (_, events) = server.call("GET", "/audit?limit=1000", None);
+    let all = events
+        .as_array()
+        .or_else(|| events["events"].as_array())
+        .or_else(|| events["items"].as_array())
+        .unwrap_or_else(|| panic!("{events}"));
+    let attested: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["action"] == "issuance.attestation")
+        .collect();
+    assert_eq!(attested.len(), 1, "{events}");
+    let keys = attested[0]["details"]["slots"].as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert!(keys.iter().all(|k| k["attested"] == true), "{keys:?}");
+
+    // Another server trusts no root: required attestation fails the attempt
+    // before any certificate is issued.
+    let other = TestServer::start();
+    support::seed_piv_standard(&other, "31000131");
+    put_setting(&other, "require_device_attestation", "yes");
+    let ca2 = tempfile::tempdir().unwrap();
+    let mut card2 = VirtualCard::new(
+        VcardConfig::new(ProfileKind::Yubikey5)
+            .with_serial(31000131)
+            .with_ca_dir(ca2.path()),
+    )
+    .unwrap();
+    card2.power_on();
+    let (s, batch) = other.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000131", "pin": "735194" })));
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    let (end, _) = run_answering(&other, &mut card2, &id, batch, &[]);
+    assert_eq!(end["state"], "failed", "{end}");
+    let (_, st) = other.call("GET", &format!("/issuance/{id}"), None);
+    assert_eq!(st["error"]["code"], "attestation_failed", "{st}");
+    assert_eq!(st["error"]["step"], "attest key 9A", "{st}");
+    assert!(
+        st["credentials"].as_array().unwrap().is_empty(),
+        "nothing certified: {st}"
+    );
+    // Not required: the same device is issued, its keys recorded unattested.
+    put_setting(&other, "require_device_attestation", "no");
+    card2.power_on();
+    let (s, batch) = other.call("POST", &format!("/issuance/{id}/retry"), None);
+    assert_eq!(s, 200, "{batch}");
+    let (end, _) = run_answering(&other, &mut card2, &id, batch, &[]);
+    assert_eq!(end["state"], "issued", "{end}");
+    let (_, events) = other.call("GET", "/audit?limit=1000", None);
+    let text = events.to_string();
+    assert!(text.contains("\"attested\":false"), "recorded unattested");
+}
