@@ -383,3 +383,145 @@ fn uuid_of_service(server: &TestServer) -> String {
     assert_eq!(s, 200, "{v}");
     v[0]["id"].as_str().unwrap().to_string()
 }
+
+fn put_setting(server: &TestServer, key: &str, value: &str) {
+    let (s, v) = server.call(
+        "PUT",
+        &format!("/settings/{key}"),
+        Some(json!({ "value": value })),
+    );
+    assert_eq!(s, 200, "{v}");
+}
+
+/// Get Initial PIN in self-service, as the user.
+fn reveal_initial_pin(server: &TestServer, login: &str, serial: &str) -> String {
+    let (_, code) = server.call("POST", &format!("/users/{login}/enrollment-code"), None);
+    let http = reqwest::blocking::Client::new();
+    let password = format!("{login}-first-passphrase");
+    let r = http
+        .post(server.api("/auth/enroll"))
+        .json(&json!({ "login": login, "code": code["code"], "password": password }))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let r = http
+        .post(server.api("/auth/session"))
+        .json(&json!({ "login": login, "password": password }))
+        .send()
+        .unwrap();
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let csrf = r.json::<Value>().unwrap()["csrf_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = http
+        .post(server.api(&format!("/me/devices/{serial}/initial-pin")))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "Get Initial PIN");
+    r.json::<Value>().unwrap()["pin"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn c4000_shared_pin_not_displayed_without_change_shows_the_initial_pin() {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let serial = "41000025";
+    let card = Vcard::spawn(&["--profile", "c4000", "--serial", serial]);
+    let t = tenant(&card);
+    let server = TestServer::start();
+    seed(&server, &t, "c4000", serial, "1.0.0", true);
+    put_setting(&server, "initial_pin_display_mode", "not_displayed");
+    put_setting(&server, "change_pin_during_issuance", "no");
+    // The registration prompt shows the initial PIN; the client types it
+    // back (keyward issue answers with the shown value); nobody else is asked.
+    let out = issue(&server, &card, serial, "touch = \"true\"\n", &[]);
+    let r = report(&out);
+    assert_eq!(
+        r["state"],
+        "issued",
+        "{r}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(passkeys_on_record(&r).len(), 1);
+    // Get Initial PIN stays available, and that PIN signs in with the passkey.
+    let pin = reveal_initial_pin(&server, "alice", serial);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&pin));
+    assert_passkey_signs_in(&t, &pin);
+}
+
+#[test]
+fn c4000_shared_pin_not_displayed_with_change_uses_the_persons_pin() {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let serial = "41000026";
+    let card = Vcard::spawn(&["--profile", "c4000", "--serial", serial]);
+    let t = tenant(&card);
+    let server = TestServer::start();
+    seed(&server, &t, "c4000", serial, "1.0.0", true);
+    put_setting(&server, "initial_pin_display_mode", "not_displayed");
+    put_setting(&server, "change_pin_during_issuance", "yes");
+    let out = issue(
+        &server,
+        &card,
+        serial,
+        "new_pin = \"582046\"\ntouch = \"true\"\n",
+        &[],
+    );
+    let r = report(&out);
+    assert_eq!(
+        r["state"],
+        "issued",
+        "{r}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(passkeys_on_record(&r).len(), 1);
+    assert_passkey_signs_in(&t, "582046");
+}
+
+#[test]
+fn yubikey_5_4_3_nfc_unshared() {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let serial = "31000028";
+    let card = Vcard::spawn(&[
+        "--profile",
+        "yubikey5",
+        "--firmware",
+        "5.4.3",
+        "--transport",
+        "nfc",
+        "--serial",
+        serial,
+    ]);
+    let t = tenant(&card);
+    let server = TestServer::start();
+    seed(&server, &t, "yubikey5", serial, "5.4.3", false);
+    let out = issue(
+        &server,
+        &card,
+        serial,
+        "pin = \"735194\"\nfido_pin = \"973152\"\ntouch = \"true\"\n",
+        &[],
+    );
+    let r = report(&out);
+    assert_eq!(
+        r["state"],
+        "issued",
+        "{r}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(passkeys_on_record(&r).len(), 1);
+    assert_passkey_signs_in(&t, "973152");
+}
