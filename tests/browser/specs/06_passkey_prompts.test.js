@@ -193,3 +193,21 @@ test('unshared PIN: a FIDO PIN is set during the registration; a passkey on reco
   assert.ok(seen.some((k) => k.includes('confirm_touch')), `prompts: ${seen}`);
   assert.deepEqual(page.problems.filter((p) => !/status of 4\d\d/.test(p)), []);
 });
+
+test('an administrator tests the Passkey-Enabled Service connection on its page', async () => {
+  const admin = await h.newPage(browser, server);
+  await h.signIn(admin, server, 'admin2');
+  await admin.goto(`${server.url}/admin/passkey-services`);
+  const card = admin.locator('section[data-service="Simulated tenant"]');
+  assert.match(await card.textContent(), /never shown/);
+  assert.ok(!(await admin.content()).includes(SECRET), 'the client secret is not in the page');
+  await card.locator('input[name="user"]').fill('bob@example.com');
+  await card.locator('button:text("Test connection")').click();
+  const result = card.locator('.api-result');
+  await result.waitFor();
+  const text = await result.textContent();
+  assert.match(text, /"verdict": "ok"/);
+  await h.shot(admin, '06-passkey-service-test');
+  assert.deepEqual(admin.problems, []);
+  await admin.context().close();
+});
