@@ -364,6 +364,22 @@ fn device_rules_refuse_before_the_device_is_touched() {
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(err.contains("5.3"), "names the firmware rule: {err}");
     assert_eq!(t.handle.graph_calls(), 0);
+    // "Test connection": a token, then the user's passkeys.
+    let (st, v) = server.call(
+        "POST",
+        "/passkey-services/Simulated%20tenant/test",
+        Some(json!({ "user": UPN })),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["verdict"], "ok", "{v}");
+    assert_eq!(v["fido2_methods"], 0, "{v}");
+    let (_, v) = server.call(
+        "POST",
+        "/passkey-services/Simulated%20tenant/test",
+        Some(json!({ "user": "nobody@example.com" })),
+    );
+    assert_eq!(v["verdict"], "graph_failed", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("not found"), "{v}");
     // A policy sharing the PIN on a YubiKey cannot even be saved.
     let (s, v) = server.call(
         "POST",
