@@ -16,6 +16,24 @@ fn is_own(caller: &Caller, s: &IssuanceSession) -> bool {
     caller.role.allows(Permission::SelfService) && caller.user_id == Some(s.user_id)
 }
 
+/// The session `id` for `caller`: to anyone without "devices.issue" a
+/// session that is not there is refused as a foreign one would be (403),
+/// so ids cannot be probed.
+pub(super) async fn load_for(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> ApiResult<IssuanceSession> {
+    match super::load(state, id).await {
+        Ok(s) => Ok(s),
+        Err(_) if !caller.role.allows(Permission::DevicesIssue) => Err(caller
+            .require(Permission::DevicesIssue)
+            .err()
+            .unwrap_or_else(ApiError::unauthenticated)),
+        Err(e) => Err(e),
+    }
+}
+
 /// Read the session (status, the batch out).
 pub(super) fn may_see(caller: &Caller, s: &IssuanceSession) -> ApiResult<()> {
     if caller.role.allows(Permission::DevicesIssue) || is_own(caller, s) {
@@ -61,10 +79,10 @@ pub(crate) async fn may_relay_own_session(
     caller: &Caller,
     session_id: Uuid,
 ) -> ApiResult<bool> {
-    let s = state
-        .store
-        .get_issuance(session_id)
-        .await
-        .map_err(|e| store_error("reading the session", e))?;
-    Ok(is_own(caller, &s))
+    // No such session: not theirs (the permission check answers 403).
+    match state.store.get_issuance(session_id).await {
+        Ok(s) => Ok(is_own(caller, &s)),
+        Err(keyward_store::StoreError::NotFound { .. }) => Ok(false),
+        Err(e) => Err(store_error("reading the session", e)),
+    }
 }

@@ -238,7 +238,7 @@ pub(super) async fn status(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<SessionStatus>> {
-    let s = load(&state, &id).await?;
+    let s = access::load_for(&state, &caller, &id).await?;
     access::may_see(&caller, &s)?;
     let data = unseal(&state, &s)?;
     let prompts = if s.status == "running" && data.batch.awaits_answers() {
@@ -277,7 +277,7 @@ pub(super) async fn current_batch(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RelayBatch>> {
-    let s = load(&state, &id).await?;
+    let s = access::load_for(&state, &caller, &id).await?;
     access::may_see(&caller, &s)?;
     let data = unseal(&state, &s)?;
     Ok(Json(relay_batch(s.id, s.seq, &s.status, &data.batch)))

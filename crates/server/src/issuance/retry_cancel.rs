@@ -97,7 +97,7 @@ pub(super) async fn retry(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RelayBatch>> {
-    let s = load(&state, &id).await?;
+    let s = super::access::load_for(&state, &caller, &id).await?;
     super::access::may_retry(&state, &caller, &s).await?;
     if s.action == "recycle" {
         return Err(ApiError::conflict(
