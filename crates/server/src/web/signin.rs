@@ -326,3 +326,16 @@ async fn change_password(
         done: true,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::csrf_field;
+
+    #[test]
+    fn the_csrf_field_is_read_from_a_form_body() {
+        assert_eq!(csrf_field(b"a=1&csrf=tok-EN_1&b=2"), "tok-EN_1");
+        assert_eq!(csrf_field(b"csrfx=1&xcsrf=2"), "");
+        assert_eq!(csrf_field(b""), "");
+        assert_eq!(csrf_field(&[0xff, 0xfe]), "");
+    }
+}
