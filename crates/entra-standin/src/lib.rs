@@ -115,6 +115,15 @@ pub fn router(tenant: Arc<Tenant>) -> Router {
         .with_state(tenant)
 }
 
+/// A fresh random client secret (48 hex digits) for a tenant started in
+/// process (the demo), so no fixed secret ships in the binary.
+pub fn random_secret() -> String {
+    use rand::RngCore;
+    let mut raw = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Starts the stand-in on `config.bind` (port 0: any free port).
 pub async fn serve(config: StandinConfig) -> anyhow::Result<StandinHandle> {
     let bind = config.bind;

@@ -38,6 +38,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let server =
             keyward_server::Server::start(config, keyward_server::StartOptions::from_env()).await?;
         keyward_server::demo::seed(&server.state).await?;
+        let tenant = start_simulated_tenant(&server, &args.data_dir).await?;
         let agents = if args.no_virtual_devices {
             None
         } else {
@@ -67,8 +68,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 println!("    {kind:<9} serial {serial} (firmware {firmware})");
             }
         }
+        println!(
+            "  passkeys: the {} (an in-process Entra ID stand-in) at {}",
+            keyward_entra_standin::DISPLAY_NAME,
+            tenant.url()
+        );
         println!("Stop with Ctrl-C.");
         let result = server.wait().await;
+        tenant.shutdown().await;
         if let Some(stop) = agents {
             stop.store(true, std::sync::atomic::Ordering::SeqCst);
         }
@@ -121,4 +128,39 @@ async fn start_demo_agents(
         crate::agent::run_paired(&server.url, credential, devices.clone(), stop.clone())?;
     }
     Ok(stop)
+}
+
+/// The demo's simulated Entra ID tenant (in-process, any free port): it
+/// trusts the demo devices' virtual manufacturer CA and knows every user
+/// asked for; the Passkey-Enabled Service and the passkey policies point to
+/// it (see keyward_server::demo_passkeys).
+async fn start_simulated_tenant(
+    server: &keyward_server::Server,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<keyward_entra_standin::StandinHandle> {
+    let ca = keyward_vcard::ManufacturerCa::load_or_create(&data_dir.join("virtual").join("ca"))?;
+    let secret = keyward_entra_standin::random_secret();
+    let tenant_id = "keyward-demo.onmicrosoft.com";
+    let client_id = "6f1d2c3b-0a9e-4e8d-9c7b-5a4f3e2d1c0b";
+    let mut cfg = keyward_entra_standin::StandinConfig::new(
+        tenant_id,
+        client_id,
+        &secret,
+        vec![ca.root_pem().to_string()],
+    );
+    cfg.auto_create_users = true;
+    let tenant = keyward_entra_standin::serve(cfg).await?;
+    keyward_server::demo_passkeys::seed(
+        &server.state,
+        &keyward_server::demo_passkeys::SimulatedTenant {
+            authority_url: &tenant.authority_url(),
+            graph_url: &tenant.graph_url(),
+            tenant_id,
+            client_id,
+            client_secret: &secret,
+            token_scope: "https://graph.microsoft.com/.default",
+        },
+    )
+    .await?;
+    Ok(tenant)
 }

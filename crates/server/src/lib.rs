@@ -9,6 +9,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod config;
 pub mod demo;
+pub mod demo_passkeys;
 pub mod enrollment;
 pub mod error;
 pub mod graph_probe;
