@@ -1263,3 +1263,131 @@ fn yubikey_attestation_is_verified_before_certifying() {
     let text = events.to_string();
     assert!(text.contains("\"attested\":false"), "recorded unattested");
 }
+
+/// Relays one batch, CTAP messages included (over ISO 7816, as on a C4000).
+fn relay_with_ctap(card: &mut VirtualCard, batch: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    for c in batch["commands"].as_array().unwrap() {
+        if c["channel"] == "ctap" {
+            let msg = hex::decode(c["bytes"].as_str().unwrap()).unwrap();
+            let mut select = vec![0x00, 0xA4, 0x04, 0x00, 0x08];
+            select.extend_from_slice(&[0xA0, 0x00, 0x00, 0x06, 0x47, 0x2F, 0x00, 0x01]);
+            assert!(card.transmit(&select).ends_with(&[0x90, 0x00]));
+            let mut apdu = vec![0x80, 0x10, 0x80, 0x00, msg.len() as u8];
+            apdu.extend_from_slice(&msg);
+            apdu.push(0);
+            let r = card.transmit(&apdu);
+            let (data, sw) = r.split_at(r.len() - 2);
+            out.push(json!({ "data": hex::encode(data), "sw": hex::encode(sw) }));
+            continue;
+        }
+        let one = json!({ "commands": [c] });
+        out.extend(relay(card, &one));
+        if !c["expect"]
+            .as_array()
+            .unwrap()
+            .contains(&out.last().unwrap()["sw"])
+        {
+            break;
+        }
+    }
+    out
+}
+
+/// Recycle of a device whose policy used FIDO: after the PIV wipe the
+/// person is asked to reinsert and touch the device; declining fails the
+/// recycle with declined_by_person (the device record unchanged); a second
+/// recycle, confirmed, resets FIDO (authenticatorReset within seconds of the
+/// reinsertion) and the device is Available.
+#[test]
+fn a_fido_reset_asks_to_reinsert_and_touch_and_a_decline_is_declined_by_person() {
+    let server = TestServer::start();
+    support::seed_piv_standard(&server, "31000140");
+    let (s, v) = server.call(
+        "POST",
+        "/devices",
+        Some(json!({ "device_type": "c4000", "serial": "31000141" })),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, svc) = server.call(
+        "POST",
+        "/passkey-services",
+        Some(json!({ "name": "Tenant", "tenant_id": "contoso.onmicrosoft.com", "client_id": "00000000-0000-0000-0000-00000000c0de", "client_secret": "not-used-here" })),
+    );
+    assert_eq!(s, 201, "{svc}");
+    let (s, v) = server.call(
+        "POST",
+        "/policies",
+        Some(json!({
+            "name": "PIV + Passkey", "device_types": ["c4000"], "management_key": "random",
+            "pin_application": { "min_length": 6, "max_length": 8, "character_set": "numeric", "max_repeated": 2, "max_sequential": 2, "pin_retry_count": 3, "puk_retry_count": 3 },
+            "pki_applications": [
+                { "name": "PIV Authentication", "slot": "9a", "algorithm": "eccp256", "certificate_authority": "Keyward Issuing CA",
+                  "template": { "subject_dn": "CN={display_name}", "subject_alt_names": ["upn"], "validity_days": 365,
+                                "key_usage": ["digital_signature"], "extended_key_usage": ["client_auth"] } }
+            ],
+            "fido_application": { "passkey_service_id": svc["id"], "share_device_pin": true, "cred_protect": 1 }
+        })),
+    );
+    assert_eq!(s, 201, "{v}");
+    let ca_dir = tempfile::tempdir().unwrap();
+    let mut card = VirtualCard::new(
+        VcardConfig::new(ProfileKind::C4000)
+            .with_serial(31000141)
+            .with_ca_dir(ca_dir.path()),
+    )
+    .unwrap();
+    card.power_on();
+    let (s, batch) = server.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV + Passkey", "serial": "31000141", "pin": "735194" })));
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    fail_at(&server, &mut card, &id, batch, 2, 4);
+
+    let mut recycle_until_prompt = || {
+        let (s, mut batch) = server.call("POST", "/devices/31000141/recycle", None);
+        assert_eq!(s, 201, "{batch}");
+        let rid = batch["session_id"].as_str().unwrap().to_string();
+        while !batch["commands"].as_array().unwrap().is_empty() {
+            let responses = relay(&mut card, &batch);
+            let (s, next) = server.call("POST", &format!("/issuance/{rid}/relay"), Some(json!({ "protocol": 1, "session_id": rid, "seq": batch["seq"], "responses": responses })));
+            assert_eq!(s, 200, "{next}");
+            batch = next;
+        }
+        (rid, batch)
+    };
+    let (rid, prompt) = recycle_until_prompt();
+    let kinds: Vec<&str> = prompt["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["reinsert_device", "confirm_touch"], "{prompt}");
+    let (s, end) = server.call("POST", &format!("/issuance/{rid}/relay"), Some(json!({ "protocol": 1, "session_id": rid, "seq": prompt["seq"], "responses": [], "answers": { "reinsert_device": "done", "confirm_touch": "false" } })));
+    assert_eq!((s, end["state"].as_str()), (200, Some("failed")), "{end}");
+    let (_, st) = server.call("GET", &format!("/issuance/{rid}"), None);
+    assert_eq!(st["error"]["code"], "declined_by_person", "{st}");
+    let (_, d) = server.call("GET", "/devices/31000141", None);
+    assert_eq!(
+        (d["state"].as_str(), d["reason"].as_str()),
+        (Some("produced"), Some("unassigned")),
+        "{d}"
+    );
+
+    // Again, confirmed: the device is reinserted (powered up) and touched.
+    let (rid, prompt) = recycle_until_prompt();
+    card.power_on();
+    let (s, batch) = server.call("POST", &format!("/issuance/{rid}/relay"), Some(json!({ "protocol": 1, "session_id": rid, "seq": prompt["seq"], "responses": [], "answers": { "reinsert_device": "done", "confirm_touch": "true" } })));
+    assert_eq!(s, 200, "{batch}");
+    assert_eq!(batch["commands"][0]["channel"], "ctap", "{batch}");
+    assert_eq!(batch["prompts"][0]["kind"], "touch_device");
+    let responses = relay_with_ctap(&mut card, &batch);
+    let (s, end) = server.call("POST", &format!("/issuance/{rid}/relay"), Some(json!({ "protocol": 1, "session_id": rid, "seq": batch["seq"], "responses": responses })));
+    assert_eq!((s, end["state"].as_str()), (200, Some("recycled")), "{end}");
+    let (_, d) = server.call("GET", "/devices/31000141", None);
+    assert_eq!(
+        (d["state"].as_str(), d["reason"].as_str()),
+        (Some("available"), Some("recycled")),
+        "{d}"
+    );
+}

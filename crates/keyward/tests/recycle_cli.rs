@@ -410,3 +410,78 @@ fn keyward_recycle_returns_a_cancelled_c4000_to_factory_state() {
     );
     drop(card);
 }
+
+/// A device whose policy used FIDO: `keyward recycle` is asked to reinsert
+/// and touch it; `touch = false` in the answers declines, and the command
+/// exits 5 (declined_by_person); the device can be recycled again.
+#[test]
+fn keyward_recycle_exits_5_when_the_person_declines_the_touch() {
+    let _lock = pcsc::lock();
+    let card = Vcard::spawn(&["--profile", "c4000", "--serial", "31000115"]);
+    let server = TestServer::start();
+    support::seed_piv_standard(&server, "31000102");
+    let (s, v) = server.call(
+        "POST",
+        "/devices",
+        Some(json!({ "device_type": "c4000", "serial": "31000115" })),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, svc) = server.call(
+        "POST",
+        "/passkey-services",
+        Some(json!({ "name": "Tenant", "tenant_id": "contoso.onmicrosoft.com", "client_id": "00000000-0000-0000-0000-00000000c0de", "client_secret": "not-used-here" })),
+    );
+    assert_eq!(s, 201, "{svc}");
+    let (s, v) = server.call(
+        "POST",
+        "/policies",
+        Some(json!({
+            "name": "PIV + Passkey", "device_types": ["c4000"], "management_key": "random",
+            "pin_application": { "min_length": 6, "max_length": 8, "character_set": "numeric", "max_repeated": 2, "max_sequential": 2, "pin_retry_count": 3, "puk_retry_count": 3 },
+            "pki_applications": [
+                { "name": "PIV Authentication", "slot": "9a", "algorithm": "eccp256", "certificate_authority": "Keyward Issuing CA",
+                  "template": { "subject_dn": "CN={display_name}", "subject_alt_names": ["upn"], "validity_days": 365,
+                                "key_usage": ["digital_signature"], "extended_key_usage": ["client_auth"] } }
+            ],
+            "fido_application": { "passkey_service_id": svc["id"], "share_device_pin": true, "cred_protect": 1 }
+        })),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, batch) = server.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV + Passkey", "serial": "31000115", "pin": "735194" })));
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    let end = relay_pcsc(&server, &id, batch, &[], Some((2, 4)));
+    assert_eq!(end["state"], "failed", "{end}");
+
+    let answers = card.path("decline.toml");
+    std::fs::write(&answers, "touch = false\n").unwrap();
+    let out = keyward(
+        &server,
+        "recycle",
+        &[
+            "--serial",
+            "31000115",
+            "--answers",
+            answers.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["error"]["code"], "declined_by_person", "{report}");
+    assert_eq!(
+        report["state"], "produced",
+        "the device record is unchanged: {report}"
+    );
+    // No answer at all and no terminal: the missing key is named.
+    let none = card.path("none.toml");
+    std::fs::write(&none, "pin = \"735194\"\n").unwrap();
+    let out = keyward(
+        &server,
+        "recycle",
+        &["--serial", "31000115", "--answers", none.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("`touch`"), "{}", text(&out));
+    drop(card);
+}
