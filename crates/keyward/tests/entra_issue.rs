@@ -244,6 +244,15 @@ fn c4000_unshared_sets_a_fido_pin_and_faults_are_survived() {
     assert_eq!(passkeys_on_record(&r).len(), 1);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("864213"));
     assert_passkey_signs_in(&t, "864213");
+    // No client secret, token or PIN in any server log line; the canary
+    // (the session's id, logged with the Graph timings) shows the search
+    // reads the log.
+    let log = server.output();
+    let canary = r["session_id"].as_str().unwrap();
+    assert!(log.contains(canary), "the canary is in the log:\n{log}");
+    for secret in [SECRET, "735194", "864213", "standin."] {
+        assert!(!log.contains(secret), "{secret} in the server log");
+    }
 }
 
 #[test]

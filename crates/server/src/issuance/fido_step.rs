@@ -426,6 +426,18 @@ pub(crate) async fn forget_passkeys(state: &AppState, device_id: Uuid) {
     }
 }
 
+/// Deletes passkeys registered in a step whose end could not be recorded.
+pub(crate) async fn compensate(state: &AppState, records: &[PasskeyRecord]) {
+    for r in records {
+        match delete_passkey(state, r).await {
+            Ok(()) => tracing::info!(graph_id = %r.graph_id, "unrecorded passkey deleted again"),
+            Err(e) => {
+                tracing::warn!(graph_id = %r.graph_id, error = %e, "an unrecorded passkey could not be deleted")
+            }
+        }
+    }
+}
+
 /// The passkey record of a credential of kind `passkey`.
 pub(crate) fn passkey_record(c: &Credential) -> Option<PasskeyRecord> {
     (c.kind == "passkey")

@@ -357,8 +357,19 @@ pub(super) async fn relay(
             Ok(Json(relay_batch(s.id, next_seq, "running", &batch)))
         }
         Next::Done(creds) => {
+            // A passkey registered in this step but not on record is deleted
+            // at its service again (compensation).
+            let passkeys: Vec<_> = creds
+                .iter()
+                .filter_map(super::fido_step::passkey_record)
+                .collect();
             if let Some(pin) = &initial_pin {
-                crate::initial_pin::keep(&state, &device, s.user_id, pin, &caller).await?;
+                if let Err(e) =
+                    crate::initial_pin::keep(&state, &device, s.user_id, pin, &caller).await
+                {
+                    super::fido_step::compensate(&state, &passkeys).await;
+                    return Err(e);
+                }
             }
             let draft = audit(
                 &caller,
@@ -380,7 +391,7 @@ pub(super) async fn relay(
                 credentials: creds,
                 audit: draft,
             };
-            end_session(
+            let answer = end_session(
                 &state,
                 &s,
                 &device,
@@ -389,7 +400,11 @@ pub(super) async fn relay(
                 None,
                 Some(Kept::from_known(&attempt.known)),
             )
-            .await
+            .await;
+            if answer.is_err() {
+                super::fido_step::compensate(&state, &passkeys).await;
+            }
+            answer
         }
         Next::Failed(f) => {
             // The attempt ends; the device is Produced (Failed) and can be cancelled or recycled.
