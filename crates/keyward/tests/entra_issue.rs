@@ -209,6 +209,11 @@ fn c4000_shared_pin_set_at_the_start() {
     // The PIV issuance takes 3 device round trips; the FIDO step adds 2
     // (its probe rides along the PIV writes), besides the person's prompt.
     assert_eq!(r["counters"]["round_trips"], 5, "{r}");
+    // For BENCHMARKS.md: the client's counters and the Graph calls' time.
+    eprintln!("issuance counters: {}", r["counters"]);
+    for line in server.output().lines().filter(|l| l.contains("graph_ms")) {
+        eprintln!("{line}");
+    }
     let at_tenant = t.handle.passkeys(UPN);
     assert_eq!(pk[0]["serial"], at_tenant[0].id);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("735194"));
