@@ -13,9 +13,10 @@
 //!    Reports issuances per second, the virtual device's own time (inside
 //!    `VirtualCard::transmit`) separately, CPU of the server and of this
 //!    process per issuance, HTTP requests, device batches, APDUs and bytes.
-//! 2. Memory: 1,000 sessions open at once (each past its first batch, none
-//!    finished; KEYWARD_BENCH_SESSIONS), server resident memory (VmRSS and
-//!    the peak VmHWM), then all finished.
+//! 2. Memory: 1,000 concurrent sessions (KEYWARD_BENCH_SESSIONS), one client
+//!    thread each: all opened at once and held past their first batch, then
+//!    all finished at once; server resident memory sampled every 10 ms
+//!    (VmRSS) and its peak (VmHWM).
 //!
 //! Cards are created before the clock starts (a factory-new card makes its
 //! attestation keys). Set KEYWARD_BENCH_PAUSE=1 to print the server's PID and
@@ -431,73 +432,83 @@ fn main() {
         proc_status_kib(pid, "VmHWM:")
     );
 
-    // 2. Sessions open at once.
+    // 2. Sessions open at once, each driven by its own client thread (one
+    // shared HTTP client, so up to `sessions` connections): all Add Device
+    // calls and first relays run concurrently; every session then waits,
+    // past its first batch, until all are open; then all finish at once. A
+    // monitor samples the server's VmRSS every 10 ms.
     let first = 45_000_000;
     seed(&api, first, sessions);
     let cards2 = cards(&ca, first, sessions);
     let rss_before = proc_status_kib(pid, "VmRSS:");
-    let open: Vec<Mutex<(VirtualCard, Value)>> = Vec::with_capacity(sessions);
-    let open = Mutex::new(open);
-    let next = AtomicUsize::new(0);
-    let cards2: Vec<Mutex<Option<VirtualCard>>> =
-        cards2.into_iter().map(|c| Mutex::new(Some(c))).collect();
+    let shared = Arc::new(Api::new(&server.url));
+    let all_open = Arc::new(std::sync::Barrier::new(sessions + 1));
+    let go_on = Arc::new(std::sync::Barrier::new(sessions + 1));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let max_rss = Arc::new(AtomicUsize::new(0));
+    let monitor = {
+        let (done, max_rss) = (done.clone(), max_rss.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                max_rss.fetch_max(proc_status_kib(pid, "VmRSS:") as usize, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
     let t = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..workers.max(16) {
-            s.spawn(|| {
-                let api = Api::new(&server.url);
-                let mut c = Counters::default();
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= cards2.len() {
-                        break;
-                    }
-                    let mut card = cards2[i].lock().unwrap().take().unwrap();
+    let handles: Vec<_> = cards2
+        .into_iter()
+        .map(|mut card| {
+            let (api, all_open, go_on) = (shared.clone(), all_open.clone(), go_on.clone());
+            std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    let mut c = Counters::default();
                     let serial = card.config().serial;
                     let b = add_device(&api, &format!("b{serial}"), serial, &mut c);
                     let b = relay(&api, &mut card, &b, &mut c);
                     assert_eq!(b["state"], "running");
-                    open.lock().unwrap().push(Mutex::new((card, b)));
-                }
-            });
-        }
-    });
+                    all_open.wait();
+                    go_on.wait();
+                    finish(&api, &mut card, b, &mut c);
+                })
+                .unwrap()
+        })
+        .collect();
+    all_open.wait();
     let opened = t.elapsed();
-    let open = open.into_inner().unwrap();
-    let (s, active) = api.call("GET", "/devices?state=in_production&limit=1", None);
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, in_production) = api.call("GET", "/devices?state=in_production&limit=2000", None);
     let rss_open = proc_status_kib(pid, "VmRSS:");
+    let max_opening = max_rss.load(Ordering::SeqCst);
+    go_on.wait();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let finished = t.elapsed() - opened;
+    done.store(true, Ordering::SeqCst);
+    monitor.join().unwrap();
     println!(
-        "\n2. {sessions} sessions open at once (each past its first batch; opened in {:.2} s):",
-        opened.as_secs_f64()
+        "\n2. {sessions} concurrent sessions (one client thread each; opened in {:.2} s, all finished in {:.2} s more):",
+        opened.as_secs_f64(),
+        finished.as_secs_f64()
     );
-    let _ = (s, active);
+    let listed = in_production
+        .as_array()
+        .or_else(|| in_production["items"].as_array())
+        .map_or(0, |a| a.len());
+    println!("  devices listed in_production while all were open: {listed}");
     println!(
-        "  server resident memory: {} KiB before, {} KiB ({:.1} MB) with all {sessions} open",
+        "  server resident memory: {} KiB before; {} KiB ({:.1} MB) with all {sessions} open; max sampled while opening {} KiB, while opening and finishing {} KiB ({:.1} MB)",
         rss_before,
         rss_open,
-        rss_open as f64 / 1024.0
+        rss_open as f64 / 1024.0,
+        max_opening,
+        max_rss.load(Ordering::SeqCst),
+        max_rss.load(Ordering::SeqCst) as f64 / 1024.0
     );
-    let next = AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..workers.max(16) {
-            s.spawn(|| {
-                let api = Api::new(&server.url);
-                let mut c = Counters::default();
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= open.len() {
-                        break;
-                    }
-                    let mut slot = open[i].lock().unwrap();
-                    let (card, batch) = &mut *slot;
-                    let b = batch.take();
-                    finish(&api, card, b, &mut c);
-                }
-            });
-        }
-    });
     println!(
-        "  all {sessions} finished issued; server resident memory {} KiB, peak over the whole run {} KiB ({:.1} MB)",
+        "  after all finished issued: VmRSS {} KiB, VmHWM (peak over the whole run) {} KiB ({:.1} MB)",
         proc_status_kib(pid, "VmRSS:"),
         proc_status_kib(pid, "VmHWM:"),
         proc_status_kib(pid, "VmHWM:") as f64 / 1024.0
