@@ -34,7 +34,9 @@ test('a newcomer signs in with the printed demo sign-in and issues a device in t
   const c4000 = page.locator('#device-list tr[data-serial]', { hasText: 'Crescendo C4000' }).first();
   const serial = await c4000.getAttribute('data-serial');
   await c4000.click();
-  await page.waitForFunction(() => document.querySelector('#policy').value !== '');
+  await page.waitForSelector('#policy option[value="PIV Standard"]', { state: 'attached' });
+  await page.selectOption('#policy', 'PIV Standard');
+  await page.waitForSelector('#pin-rules li[data-rule]', { state: 'attached' });
   await page.type('#pin', '735194');
   await page.waitForSelector('#continue:not([disabled])');
   await page.click('#continue');
