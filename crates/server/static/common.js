@@ -100,7 +100,7 @@ const Keyward = (() => {
     for (const el of form.elements) {
       if (!el.name || el.disabled) continue;
       if (el.dataset.optional && el.value === '') continue;
-      body[el.name] = el.value;
+      body[el.name] = el.dataset.number ? Number(el.value) : el.value;
     }
     return { body };
   }

@@ -176,3 +176,22 @@ test('an agent revoked on the Agents page leaves the dialog with the no-agent me
   assert.equal(await page.locator('#device-list tr[data-serial]').count(), 0);
   assert.deepEqual(page.problems, []);
 });
+
+test('a Help Desk operator declares an incident for an issued device on the User page, and cannot issue', async () => {
+  const hd = await h.newPage(browser, server);
+  await h.signIn(hd, server, 'helpdesk');
+  await hd.goto(`${server.url}/users/alice`);
+  assert.equal(await hd.locator('#add-device').count(), 0);
+  const device = hd.locator('article.device[data-serial="34000001"]');
+  await device.locator('select[name="reason"]').selectOption('lost');
+  hd.once('dialog', (d) => d.accept());
+  await Promise.all([hd.waitForNavigation(), device.locator('button.declare-incident').click()]);
+  const after = hd.locator('article.device[data-serial="34000001"]');
+  assert.match(await after.textContent(), /Invalid \(lost\)/);
+  await h.shot(hd, '04-helpdesk-incident');
+  const record = await h.must(server, 'GET', '/devices/34000001');
+  assert.equal(record.state, 'invalid');
+  assert.equal(record.reason, 'lost');
+  assert.deepEqual(hd.problems, []);
+  await hd.context().close();
+});

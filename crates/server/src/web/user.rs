@@ -34,6 +34,8 @@ pub struct DeviceRow {
     pub by: String,
     pub credentials: Vec<CredentialRow>,
     pub highlighted: bool,
+    /// The version the lifecycle actions send back (optimistic concurrency).
+    pub version: i64,
 }
 
 pub struct CredentialRow {
@@ -52,6 +54,8 @@ struct UserPage {
     attributes: Vec<(String, String)>,
     devices: Vec<DeviceRow>,
     can_issue: bool,
+    /// Help Desk scope: declare incidents, terminate.
+    can_lifecycle: bool,
     notice: Option<String>,
 }
 
@@ -126,6 +130,7 @@ pub async fn device_rows(
         };
         let serial = d.serial.to_string();
         rows.push(DeviceRow {
+            version: d.version,
             highlighted: highlight == Some(serial.as_str()),
             serial,
             device_type: d.device_type.label().to_string(),
@@ -199,6 +204,7 @@ async fn page(
         user: subject,
         devices,
         can_issue: user.can(Permission::DevicesIssue),
+        can_lifecycle: user.can(Permission::DevicesLifecycle),
         notice,
     })
 }
