@@ -71,6 +71,11 @@ pub struct IssueArgs {
     /// One JSON object on stdout instead of progress text.
     #[arg(long)]
     pub json: bool,
+    /// A virtual device's HID socket (`keyward vcard --hid-socket`), where
+    /// a USB YubiKey's FIDO application answers CTAPHID (repeatable;
+    /// hidraw devices are found without it).
+    #[arg(long = "hid-socket", value_name = "PATH")]
+    pub hid_sockets: Vec<PathBuf>,
 }
 
 pub(crate) const EXIT_REFUSED: u8 = 3;
@@ -343,8 +348,11 @@ pub(crate) fn answers_key(kind: &str) -> Option<&'static str> {
 
 /// Runs one batch on the device: responses up to the first unexpected
 /// status word, or a transport error.
-pub(crate) fn run_batch(
+/// CTAP messages go to `fido` (CTAPHID) when given, else over ISO 7816 in
+/// the reader; a CTAP answer's data is the CTAP response, its status 9000.
+fn run_batch_fido(
     card: &mut dyn ApduTransport,
+    mut fido: Option<&mut Box<dyn keyward_client::ctap::CtapTransport>>,
     batch: &Value,
     counters: &mut Counters,
     json: bool,
@@ -365,7 +373,18 @@ pub(crate) fn run_batch(
             Some("piv") => transmit_one(card, &bytes),
             // A CTAP message to a device reached over PC/SC: wrapped in
             // ISO 7816 (SELECT the FIDO application, then CTAP MSG 80 10).
-            Some("ctap") => ctap_over_iso(card, &bytes),
+            Some("ctap") => match fido.as_mut() {
+                Some(hid) => {
+                    // A touch may be awaited: keep-alives restart the wait.
+                    let mut control = keyward_client::ctap::CtapControl {
+                        idle_timeout: std::time::Duration::from_secs(30),
+                        ..Default::default()
+                    };
+                    hid.ctap(&bytes, &mut control)
+                        .map(|data| keyward_client::card::apdu::ResponseApdu { data, sw: 0x9000 })
+                }
+                None => ctap_over_iso(card, &bytes),
+            },
             _ => return (out, Some("protocol".into())),
         };
         counters.device_ms += started.elapsed().as_secs_f64() * 1e3;
@@ -490,7 +509,16 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
             eprintln!("retrying session {id} on device {serial} in \"{reader}\"");
         }
         let answers = Answers::new(read_answers(&args.answers)?);
-        return relay_session(&relay, &reader, &serial, batch, &answers, args.json, total);
+        let fido = fido_hid(&serial, &args.hid_sockets);
+        return relay_session(
+            &relay,
+            (&reader, fido),
+            &serial,
+            batch,
+            &answers,
+            args.json,
+            total,
+        );
     }
     let (user, policy) = (
         args.user.clone().unwrap_or_default(),
@@ -566,7 +594,45 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
         ),
     }
     let answers = Answers::new(answers);
-    relay_session(&relay, &reader, &serial, batch, &answers, args.json, total)
+    let fido = fido_hid(&serial, &args.hid_sockets);
+    relay_session(
+        &relay,
+        (&reader, fido),
+        &serial,
+        batch,
+        &answers,
+        args.json,
+        total,
+    )
+}
+
+/// The device's FIDO application over CTAPHID (a USB YubiKey: no FIDO over
+/// CCID), found by serial on hidraw and the given HID sockets. None: CTAP
+/// messages go over ISO 7816 in the reader (a C4000, a YubiKey over NFC).
+fn fido_hid(
+    serial: &str,
+    sockets: &[PathBuf],
+) -> Option<Box<dyn keyward_client::ctap::CtapTransport>> {
+    use keyward_client::ctaphid::{CtaphidDevice, HidReports};
+    // With PC/SC too: the HID side may give no serial and is then joined to
+    // its card by type and firmware (docs/devices.md).
+    let found = discover(&DiscoveryOptions {
+        hidraw: true,
+        hid_sockets: sockets.to_vec(),
+        ..Default::default()
+    });
+    let path = found.devices.into_iter().find_map(|d| {
+        (d.identity.serial.map(|s| s.to_string()).as_deref() == Some(serial))
+            .then_some(d.hid_path)
+            .flatten()
+    })?;
+    let path = PathBuf::from(path);
+    let dev: Box<dyn HidReports> = if sockets.contains(&path) {
+        Box::new(keyward_client::hid::HidSocketDevice::open(&path).ok()?)
+    } else {
+        Box::new(keyward_client::hid::HidrawDevice::open(&path).ok()?)
+    };
+    Some(Box::new(CtaphidDevice::open(dev).ok()?))
 }
 
 /// Relays a session's batches to the device in `reader` until it ends, then
@@ -577,6 +643,18 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
 pub(crate) fn drive(
     relay: &Relay,
     reader: &str,
+    batch: Value,
+    answers: &Answers,
+    json_out: bool,
+) -> anyhow::Result<(String, Counters)> {
+    drive_with_fido(relay, reader, None, batch, answers, json_out)
+}
+
+/// [`drive`], with CTAP messages sent to `fido` (CTAPHID) when given.
+fn drive_with_fido(
+    relay: &Relay,
+    reader: &str,
+    mut fido: Option<Box<dyn keyward_client::ctap::CtapTransport>>,
     mut batch: Value,
     answers: &Answers,
     json_out: bool,
@@ -597,6 +675,11 @@ pub(crate) fn drive(
             let given = answers.answer(&prompts).map_err(|e| {
                 anyhow!("{e}\nsession {id} waits for the answer (a person's client can give it)")
             })?;
+            if given.contains_key("reinsert_device") {
+                // The device was taken out and put back: a new connection
+                // (waiting for it to be back in the reader).
+                card.reconnect(std::time::Duration::from_secs(60))?;
+            }
             result["answers"] = json!(given);
         } else {
             for p in &prompts {
@@ -605,7 +688,7 @@ pub(crate) fn drive(
                 }
             }
             let (responses, transport_error) =
-                run_batch(&mut card, &batch, &mut counters, json_out);
+                run_batch_fido(&mut card, fido.as_mut(), &batch, &mut counters, json_out);
             result["responses"] = json!(responses);
             if let Some(e) = &transport_error {
                 result["transport_error"] = json!(e);
@@ -634,14 +717,14 @@ pub(crate) fn drive(
 
 fn relay_session(
     relay: &Relay,
-    reader: &str,
+    (reader, fido): (&str, Option<Box<dyn keyward_client::ctap::CtapTransport>>),
     serial: &str,
     batch: Value,
     answers: &Answers,
     json_out: bool,
     total: Instant,
 ) -> anyhow::Result<ExitCode> {
-    let (id, counters) = drive(relay, reader, batch, answers, json_out)?;
+    let (id, counters) = drive_with_fido(relay, reader, fido, batch, answers, json_out)?;
     let session = relay.get(&format!("/issuance/{id}"))?;
     let state = session["status"].as_str().unwrap_or("unknown").to_string();
     let credentials: Vec<Value> = session["credentials"]

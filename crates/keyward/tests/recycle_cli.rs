@@ -413,9 +413,11 @@ fn keyward_recycle_returns_a_cancelled_c4000_to_factory_state() {
 
 /// A device whose policy used FIDO: `keyward recycle` is asked to reinsert
 /// and touch it; `touch = false` in the answers declines, and the command
-/// exits 5 (declined_by_person); the device can be recycled again.
+/// exits 5 (declined_by_person); a recycle left waiting is started over;
+/// confirmed right after a (virtual) reinsertion, FIDO is reset over ISO
+/// 7816 and the device is available.
 #[test]
-fn keyward_recycle_exits_5_when_the_person_declines_the_touch() {
+fn keyward_recycle_exits_5_when_the_touch_is_declined_and_resets_fido_when_confirmed() {
     let _lock = pcsc::lock();
     let card = Vcard::spawn(&["--profile", "c4000", "--serial", "31000115"]);
     let server = TestServer::start();
@@ -483,5 +485,35 @@ fn keyward_recycle_exits_5_when_the_person_declines_the_touch() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("`touch`"), "{}", text(&out));
+    // Confirmed, just after the device was (virtually) reinserted: the FIDO
+    // reset comes within its seconds, and the device is available.
+    let (_, st) = server.call("GET", "/devices/31000115", None);
+    assert_eq!(st["state"], "produced", "{st}");
+    assert_eq!(card.control("power-cycle"), "ok");
+    let confirm = card.path("confirm.toml");
+    std::fs::write(&confirm, "touch = true\n").unwrap();
+    let out = keyward(
+        &server,
+        "recycle",
+        &[
+            "--serial",
+            "31000115",
+            "--answers",
+            confirm.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the waiting recycle was ended and started over: {}",
+        text(&out)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (report["state"].as_str(), report["session_state"].as_str()),
+        (Some("available"), Some("recycled")),
+        "{report}"
+    );
     drop(card);
 }

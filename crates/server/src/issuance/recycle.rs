@@ -80,6 +80,16 @@ pub(super) async fn recycle(
             .field("serial")
         })?;
     let last = match last.status.as_str() {
+        // A recycle left waiting at its prompts is ended and started over.
+        "running" if last.action == "recycle" && unseal(&state, &last)?.batch.awaits_answers() => {
+            super::retry_cancel::end_failed(&state, &caller, &last, "recycle.end_waiting_session")
+                .await?;
+            state
+                .store
+                .get_issuance(last.id)
+                .await
+                .map_err(|e| store_error("reading the session", e))?
+        }
         "running" => {
             return Err(ApiError::conflict(
                 "device_busy",

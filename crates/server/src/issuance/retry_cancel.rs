@@ -39,7 +39,12 @@ pub(super) async fn end_failed(
     s: &IssuanceSession,
     action: &str,
 ) -> ApiResult<()> {
-    if s.status != "failed" {
+    let mut data = unseal(state, s)?;
+    // A recycle left waiting for the person (prompts out) ends like a
+    // failed one: nothing is in flight on the device.
+    let waiting_recycle =
+        s.status == "running" && s.action == "recycle" && data.batch.awaits_answers();
+    if s.status != "failed" && !waiting_recycle {
         return Err(ApiError::conflict(
             "session_not_failed",
             format!(
@@ -53,7 +58,6 @@ pub(super) async fn end_failed(
         .get_device(s.device_id)
         .await
         .map_err(|e| store_error("reading the device", e))?;
-    let mut data = unseal(state, s)?;
     data.initial_pin = None;
     if let Some(a) = data.attempt.take() {
         data.kept = Some(Kept::from_known(&a.known));
