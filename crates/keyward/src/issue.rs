@@ -609,7 +609,7 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
 /// The device's FIDO application over CTAPHID (a USB YubiKey: no FIDO over
 /// CCID), found by serial on hidraw and the given HID sockets. None: CTAP
 /// messages go over ISO 7816 in the reader (a C4000, a YubiKey over NFC).
-fn fido_hid(
+pub(crate) fn fido_hid(
     serial: &str,
     sockets: &[PathBuf],
 ) -> Option<Box<dyn keyward_client::ctap::CtapTransport>> {
@@ -651,7 +651,7 @@ pub(crate) fn drive(
 }
 
 /// [`drive`], with CTAP messages sent to `fido` (CTAPHID) when given.
-fn drive_with_fido(
+pub(crate) fn drive_with_fido(
     relay: &Relay,
     reader: &str,
     mut fido: Option<Box<dyn keyward_client::ctap::CtapTransport>>,

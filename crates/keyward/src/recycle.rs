@@ -16,8 +16,8 @@ use clap::Args;
 use serde_json::json;
 
 use crate::issue::{
-    choose_reader, drive, failure_exit, read_answers, server_error, Answers, IssueArgs, Relay,
-    EXIT_REFUSED,
+    choose_reader, drive_with_fido, failure_exit, fido_hid, read_answers, server_error, Answers,
+    IssueArgs, Relay, EXIT_REFUSED,
 };
 
 #[derive(Args, Debug, Clone)]
@@ -45,6 +45,10 @@ pub struct RecycleArgs {
     /// One JSON object on stdout instead of progress text.
     #[arg(long)]
     pub json: bool,
+    /// A virtual device's HID socket, where a USB YubiKey's FIDO application
+    /// answers CTAPHID for the FIDO reset (repeatable; hidraw is searched too).
+    #[arg(long = "hid-socket", value_name = "PATH")]
+    pub hid_sockets: Vec<PathBuf>,
 }
 
 pub fn run(args: RecycleArgs) -> anyhow::Result<ExitCode> {
@@ -63,6 +67,7 @@ pub fn run(args: RecycleArgs) -> anyhow::Result<ExitCode> {
         action: "issue".into(),
         answers: None,
         json: args.json,
+        hid_sockets: Vec::new(),
     })?;
     let (status, batch) = relay.post(&format!("/devices/{serial}/recycle"), &json!({}))?;
     match status {
@@ -90,7 +95,9 @@ pub fn run(args: RecycleArgs) -> anyhow::Result<ExitCode> {
     if !args.json {
         eprintln!("recycling device {serial} in \"{reader}\"");
     }
-    let (id, counters) = drive(&relay, &reader, batch, &answers, args.json)?;
+    // A FIDO reset of a USB YubiKey goes over CTAPHID; others over ISO 7816.
+    let fido = fido_hid(&serial, &args.hid_sockets);
+    let (id, counters) = drive_with_fido(&relay, &reader, fido, batch, &answers, args.json)?;
     let session = relay.get(&format!("/issuance/{id}"))?;
     let device = relay.get(&format!("/devices/{serial}"))?;
     let state = device["state"].as_str().unwrap_or("unknown").to_string();

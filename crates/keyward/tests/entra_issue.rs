@@ -143,6 +143,11 @@ fn report(out: &Output) -> Value {
 /// python-fido2 over PC/SC: getAssertion for the passkey's rp.id with `pin`,
 /// verified with the public key the tenant stored.
 fn assert_passkey_signs_in(t: &Tenant, pin: &str) {
+    passkey_signs_in(t, pin, &[]);
+}
+
+/// The same over a virtual USB key's HID socket.
+fn passkey_signs_in(t: &Tenant, pin: &str, extra: &[&str]) {
     let keys = t.handle.passkeys(UPN);
     assert_eq!(keys.len(), 1, "one passkey at the tenant: {keys:?}");
     let script = format!(
@@ -161,6 +166,7 @@ fn assert_passkey_signs_in(t: &Tenant, pin: &str) {
         ])
         .args(["--credential-id", &keys[0].credential_id])
         .args(["--public-key", &keys[0].public_key_sec1])
+        .args(extra)
         .output()
         .unwrap_or_else(|e| panic!("{PYTHON}: {e}; install python3-fido2 python3-pyscard"));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -554,4 +560,76 @@ fn yubikey_5_4_3_nfc_unshared() {
     );
     assert_eq!(passkeys_on_record(&r).len(), 1);
     assert_passkey_signs_in(&t, "973152");
+}
+
+/// A USB YubiKey: PIV over PC/SC, FIDO over CTAPHID on its HID socket.
+fn yubikey_usb(firmware: &str, preset_fido_pin: Option<&str>) {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let serial = if firmware == "5.7.1" {
+        "31000029"
+    } else {
+        "31000030"
+    };
+    let card = Vcard::spawn(&[
+        "--profile",
+        "yubikey5",
+        "--firmware",
+        firmware,
+        "--serial",
+        serial,
+        "--hid-socket",
+        "{dir}/hid.sock",
+    ]);
+    let hid = card.path("hid.sock");
+    let hid = hid.to_str().unwrap();
+    if let Some(pin) = preset_fido_pin {
+        let out = std::process::Command::new(PYTHON)
+            .args(["-c", "import sys; sys.path.insert(0, sys.argv[1]); from fido_check import SocketHidConnection; from fido2.hid import CtapHidDevice; from fido2.hid.base import HidDescriptor; from fido2.ctap2 import Ctap2; from fido2.ctap2.pin import ClientPin; d = CtapHidDevice(HidDescriptor(sys.argv[2], 0x1050, 0x0407, 64, 64), SocketHidConnection(sys.argv[2])); ClientPin(Ctap2(d)).set_pin(sys.argv[3]); print('set')"])
+            .arg(format!("{}/tests/python", env!("CARGO_MANIFEST_DIR")))
+            .args([hid, pin])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("set"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let t = tenant(&card);
+    let server = TestServer::start();
+    seed(&server, &t, "yubikey5", serial, firmware, false);
+    let answers = match preset_fido_pin {
+        Some(pin) => format!("pin = \"735194\"\nfido_current_pin = \"{pin}\"\ntouch = \"true\"\n"),
+        None => "pin = \"735194\"\nfido_pin = \"973152\"\ntouch = \"true\"\n".to_string(),
+    };
+    let out = issue(&server, &card, serial, &answers, &["--hid-socket", hid]);
+    let r = report(&out);
+    assert_eq!(
+        r["state"],
+        "issued",
+        "{r}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(passkeys_on_record(&r).len(), 1);
+    passkey_signs_in(
+        &t,
+        preset_fido_pin.unwrap_or("973152"),
+        &["--hid-socket", hid],
+    );
+}
+
+#[test]
+fn yubikey_5_4_3_usb_unshared_sets_a_fido_pin() {
+    yubikey_usb("5.4.3", None);
+}
+
+#[test]
+fn yubikey_5_4_3_usb_unshared_with_a_fido_pin_already_set() {
+    yubikey_usb("5.4.3", Some("24680"));
+}
+
+#[test]
+fn yubikey_5_7_1_usb_unshared() {
+    yubikey_usb("5.7.1", None);
 }
