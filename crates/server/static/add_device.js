@@ -349,6 +349,17 @@ document.addEventListener('DOMContentLoaded', () => {
     poll();
   }
 
+  // The steps passed so far, the current one last.
+  function noteStep(step) {
+    const list = $('progress-steps');
+    if (!step || (list.lastElementChild && list.lastElementChild.textContent === step)) return;
+    for (const li of list.children) li.className = 'done';
+    const li = document.createElement('li');
+    li.textContent = step;
+    li.className = 'current';
+    list.append(li);
+  }
+
   function schedule() {
     clearTimeout(pollTimer);
     pollTimer = setTimeout(poll, SESSION_POLL_MS);
@@ -365,6 +376,7 @@ document.addEventListener('DOMContentLoaded', () => {
     }
     $('progress-step').textContent = s.step || s.status;
     $('progress-state').textContent = s.status;
+    noteStep(s.step);
     if (s.status === 'issued') {
       window.location.assign(`${userPage}?issued=${encodeURIComponent(session.serial)}`);
       return;

@@ -138,8 +138,17 @@ test('an administrator sees and uses the administration pages', async () => {
   const settings = await h.must(server, 'GET', '/settings');
   assert.equal(settings.initial_pin_display_mode, 'disguised');
   await h.shot(page, '01-admin-settings');
+  // Create an operator account: its one-time password is shown once.
+  await page.goto(`${server.url}/admin/operators`);
+  await page.fill('form[data-api-url="/api/v1/operators"] input[name="login"]', 'helpdesk2');
+  await page.selectOption('form[data-api-url="/api/v1/operators"] select[name="role"]', 'help_desk');
+  await page.click('form[data-api-url="/api/v1/operators"] button[type="submit"]');
+  await page.waitForSelector('.api-result:not([hidden])');
+  assert.match(await page.textContent('.api-result'), /"one_time_password": "[^"]{10,}"/);
+  await h.shot(page, '01-admin-operator-created');
   await page.goto(`${server.url}/admin/audit`);
   assert.match(await page.textContent('#audit-table'), /settings\.set/);
+  assert.match(await page.textContent('#audit-table'), /operator\.create/);
   assert.deepEqual(page.problems, []);
   await page.context().close();
 });

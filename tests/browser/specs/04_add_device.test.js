@@ -107,6 +107,7 @@ test('Displayed: one visible PIN field, the rules checked as the person types, i
   await h.shot(page, '04-displayed-ready');
   await page.click('#continue');
   await page.waitForSelector('#step-progress:not([hidden])');
+  await page.waitForSelector('#progress-steps li');
   await h.shot(page, '04-displayed-progress');
   await finishOnUserPage('alice', '34000001', '04-displayed-issued');
   // KEYWARD_README_SHOT=1 refreshes the README's picture of the User page.
