@@ -322,7 +322,7 @@ fn each_role_sees_only_its_pages() {
                 "op",
                 vec!["/users", "/users/alice/add-device", "/devices", "/agents"]
             ),
-            ("alice", vec!["/me"]),
+            ("alice", vec!["/agents", "/me"]),
         ]
     );
 }

@@ -37,7 +37,7 @@ test('the user reveals the initial PIN once, after confirming, and it works on t
   assert.equal(new URL(page.url()).pathname, '/me');
   // A user sees only the User Portal.
   const links = await page.$$eval('header nav a', (as) => as.map((a) => a.getAttribute('href')));
-  assert.deepEqual(links, ['/me']);
+  assert.deepEqual(links, ['/me', '/agents']);
   const device = page.locator(`article.device[data-serial="${SERIAL}"]`);
   assert.match(await device.textContent(), /Issued/);
   const button = device.locator('.get-initial-pin');

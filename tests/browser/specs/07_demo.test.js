@@ -49,6 +49,10 @@ test('a newcomer signs in with the printed demo sign-in and issues a device in t
   await h.signIn(user, server, userLogin, userPassword);
   assert.match(await user.textContent(`article.device[data-serial="${serial}"]`), /Issued/);
   await h.shot(user, '07-demo-user-portal');
+  // Users pair their own agents: the demo's is paired to alice as well.
+  await user.goto(`${server.url}/agents`);
+  await user.locator('#agents-table tbody tr[data-agent]').first().waitFor();
+  assert.match(await user.textContent('#agents-table'), /account:alice/);
   assert.deepEqual(user.problems, []);
   await user.context().close();
 });

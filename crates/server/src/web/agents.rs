@@ -1,6 +1,8 @@
 //! Agents: approve a workstation agent's pairing code, list the paired
-//! agents with the devices they report, and revoke one. The list and the
-//! actions go through the agents API (`/api/v1/agents`, docs/protocol.md).
+//! agents, and revoke one. Operators pair the agents that relay their
+//! issuances; users pair their own (the User Portal's device actions go
+//! through them). The list and the actions go through the agents API
+//! (`/api/v1/agents`), which pairs an agent to whoever approves it.
 
 use askama::Template;
 use axum::extract::State;
@@ -24,8 +26,10 @@ struct AgentsPage {
 }
 
 async fn page(State(state): State<AppState>, user: WebUser) -> Response {
-    if let Err(r) = user.require(Permission::DevicesIssue) {
-        return r;
+    if !user.can(Permission::SelfService) {
+        if let Err(r) = user.require(Permission::DevicesIssue) {
+            return r;
+        }
     }
     render(&AgentsPage {
         nav: user.nav("/agents"),

@@ -144,6 +144,7 @@ impl WebUser {
         add("/devices", "Devices", Permission::DevicesRead);
         add("/agents", "Agents", Permission::DevicesIssue);
         add("/me", "My devices", Permission::SelfService);
+        add("/agents", "My agents", Permission::SelfService);
         // Administration pages: only roles that may change the configuration.
         add(
             "/admin/policies",
