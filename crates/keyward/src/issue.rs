@@ -635,22 +635,11 @@ pub(crate) fn fido_hid(
     Some(Box::new(CtaphidDevice::open(dev).ok()?))
 }
 
-/// Relays a session's batches to the device in `reader` until it ends, then
-/// reports it.
 /// Runs a session's batches until it ends: command batches on the device
-/// in `reader`, prompt batches answered by the person. Returns the session
-/// id and the counters (prompt batches are not round trips to the device).
-pub(crate) fn drive(
-    relay: &Relay,
-    reader: &str,
-    batch: Value,
-    answers: &Answers,
-    json_out: bool,
-) -> anyhow::Result<(String, Counters)> {
-    drive_with_fido(relay, reader, None, batch, answers, json_out)
-}
-
-/// [`drive`], with CTAP messages sent to `fido` (CTAPHID) when given.
+/// in `reader` (CTAP messages to `fido`, CTAPHID, when given; else over
+/// ISO 7816 in the reader), prompt batches answered by the person. Returns
+/// the session id and the counters (prompt batches are not round trips to
+/// the device).
 pub(crate) fn drive_with_fido(
     relay: &Relay,
     reader: &str,
@@ -715,6 +704,7 @@ pub(crate) fn drive_with_fido(
     Ok((id, counters))
 }
 
+/// Relays a session to its end, then reports it (and the exit code).
 fn relay_session(
     relay: &Relay,
     (reader, fido): (&str, Option<Box<dyn keyward_client::ctap::CtapTransport>>),
