@@ -341,6 +341,8 @@ document.addEventListener('DOMContentLoaded', () => {
 
   function startProgress(id, serial) {
     session = { id, serial };
+    // A reload (or a closed and reopened dialog) picks the session up again.
+    window.history.replaceState(null, '', `?session=${encodeURIComponent(id)}`);
     stopped = true;
     if (deviceAbort) deviceAbort.abort();
     $('step-select').hidden = true;
@@ -592,6 +594,18 @@ document.addEventListener('DOMContentLoaded', () => {
   // Escape must not leave a failed session without a choice.
   failure.addEventListener('cancel', (ev) => ev.preventDefault());
 
-  updateContinue();
-  watchDevices();
+  const resume = new URLSearchParams(window.location.search).get('session');
+  if (resume) {
+    Keyward.api('GET', `/api/v1/issuance/${encodeURIComponent(resume)}`)
+      .then((s) => startProgress(s.session_id, s.serial))
+      .catch((e) => {
+        window.history.replaceState(null, '', window.location.pathname);
+        showError(e);
+        updateContinue();
+        watchDevices();
+      });
+  } else {
+    updateContinue();
+    watchDevices();
+  }
 });

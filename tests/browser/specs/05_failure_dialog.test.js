@@ -73,6 +73,11 @@ test('Copy puts the error information on the clipboard; Retry after re-insertion
 
 test('Cancel returns to the User page, and the device is no longer assigned to the user', async () => {
   await issueUntilFailure('bob', '35000002');
+  // A reload brings the same session, failed, back with its dialog.
+  assert.match(page.url(), /\?session=[0-9a-f-]{36}$/);
+  await page.reload();
+  await page.waitForSelector('#failure-dialog[open]', { timeout: 20000 });
+  assert.match(await page.textContent('#error-info'), /Device: 35000002/);
   await page.click('#cancel-issuance');
   await page.waitForURL(/\/users\/bob\?cancelled=35000002$/);
   assert.match(await page.textContent('#notice'), /no longer assigned/);
