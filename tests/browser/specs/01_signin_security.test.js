@@ -138,6 +138,24 @@ test('an administrator sees and uses the administration pages', async () => {
   const settings = await h.must(server, 'GET', '/settings');
   assert.equal(settings.initial_pin_display_mode, 'disguised');
   await h.shot(page, '01-admin-settings');
+  // Edit a device policy's document: the server checks it, the page shows it.
+  await page.goto(`${server.url}/admin/policies`);
+  const card = page.locator('section.policy[data-policy="PIV Standard"]');
+  assert.match(await card.textContent(), /at least 6 characters/);
+  await card.locator('summary').click();
+  const doc = JSON.parse(await card.locator('textarea').inputValue());
+  doc.description = 'Edited in the portal';
+  doc.pin_application.min_length = 2; // below what the devices allow: refused
+  await card.locator('textarea').fill(JSON.stringify(doc, null, 2));
+  await card.locator('button[type="submit"]').click();
+  await page.waitForSelector('.api-error:not([hidden])');
+  assert.match(await page.textContent('.api-error'), /min_length|PIN/i);
+  doc.pin_application.min_length = 6;
+  await card.locator('textarea').fill(JSON.stringify(doc, null, 2));
+  await Promise.all([page.waitForNavigation(), card.locator('button[type="submit"]').click()]);
+  assert.match(await page.textContent('section.policy[data-policy="PIV Standard"]'), /Edited in the portal/);
+  await h.shot(page, '01-admin-policies');
+
   // Create an operator account: its one-time password is shown once.
   await page.goto(`${server.url}/admin/operators`);
   await page.fill('form[data-api-url="/api/v1/operators"] input[name="login"]', 'helpdesk2');
