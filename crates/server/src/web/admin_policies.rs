@@ -78,7 +78,16 @@ async fn page(State(state): State<AppState>, user: WebUser) -> Response {
                 })
                 .collect(),
             fido: match &p.fido_application {
-                Some(f) => serde_json::to_string(f).unwrap_or_default(),
+                Some(f) => format!(
+                    "passkey with {} ({}; credProtect level {})",
+                    f.passkey_service_name,
+                    if f.share_device_pin {
+                        "shares the device PIN"
+                    } else {
+                        "its own FIDO PIN"
+                    },
+                    f.cred_protect
+                ),
                 None => String::new(),
             },
             json: serde_json::to_string_pretty(&p).unwrap_or_default(),
