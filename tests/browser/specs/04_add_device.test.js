@@ -23,7 +23,7 @@ test.before(async () => {
   // The inventory records the firmware the virtual devices report (a
   // YubiKey 5.7 has an AES-192 factory management key).
   for (const [type, serial, fw] of [['yubikey5', '34000001', '5.7.1'], ['c4000', '34000002', null],
-    ['yubikey5', '34000003', '5.7.1'], ['yubikey5', '34000004', '5.7.1']]) {
+    ['yubikey5', '34000003', '5.7.1'], ['yubikey5', '34000004', '5.7.1'], ['c4000', '34000005', null]]) {
     await h.must(server, 'POST', '/devices', { device_type: type, serial, firmware_version: fw });
   }
   browser = await h.launch();
@@ -76,13 +76,13 @@ test('the agent is paired on the Agents page, and its devices appear in the open
   await openDialog('alice');
   const other = await h.newPage(browser, server);
   await h.signIn(other, server, 'operator');
-  agent = await startAgent(server, ['yubikey5:34000001', 'c4000:34000002', 'yubikey5:34000003', 'yubikey5:34000004']);
+  agent = await startAgent(server, ['yubikey5:34000001', 'c4000:34000002', 'yubikey5:34000003', 'yubikey5:34000004', 'c4000:34000005']);
   await approveInPortal(other, server, agent, '04-agents-paired');
   await other.context().close();
   // No reload: the long poll brings the devices.
   await page.locator('#device-list tr[data-serial="34000001"]').waitFor({ timeout: 20000 });
   assert.ok(await page.locator('#no-agent').isHidden());
-  assert.equal(await page.locator('#device-list tr[data-serial]').count(), 4);
+  assert.equal(await page.locator('#device-list tr[data-serial]').count(), 5);
 });
 
 test('Displayed: one visible PIN field, the rules checked as the person types, issued', async () => {
@@ -148,6 +148,22 @@ test('Not Displayed with Change PIN during issuance: no PIN field; the new PIN i
   await page.fill('#prompt-set_new_pin-again', '591736');
   await page.click('#prompt-continue');
   await finishOnUserPage('carol', '34000003', '04-not-displayed-issued');
+});
+
+test('Not Displayed without Change PIN: nobody is asked; the user then finds Get Initial PIN in the User Portal', async (t) => {
+  await h.setSettings(server, { initial_pin_display_mode: 'not_displayed', change_pin_during_issuance: 'false' });
+  t.after(() => h.setSettings(server, { initial_pin_display_mode: 'displayed' }));
+  await openDialog('alice');
+  assert.equal(await page.locator('#pin').count(), 0);
+  assert.match(await page.textContent('#pin-not-displayed'), /Get Initial PIN/);
+  await chooseDevice('34000005');
+  await page.waitForSelector('#continue:not([disabled])');
+  await page.click('#continue');
+  await finishOnUserPage('alice', '34000005', '04-not-displayed-no-change-issued');
+  const user = await h.newPage(browser, server);
+  await h.signIn(user, server, 'alice');
+  await user.locator('article.device[data-serial="34000005"] .get-initial-pin').waitFor({ state: 'visible' });
+  await user.context().close();
 });
 
 test('Assign Device: the device is bound to the user with the policy, nothing else', async () => {
