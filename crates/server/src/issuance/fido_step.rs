@@ -46,6 +46,8 @@ pub(crate) struct FidoSession {
     certificates: Vec<(u8, Vec<u8>)>,
 }
 
+// One stage at a time, sealed as JSON: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Serialize, Deserialize)]
 enum Stage {
     Info(AwaitInfo),
@@ -440,10 +442,10 @@ pub(crate) async fn compensate(state: &AppState, records: &[PasskeyRecord]) {
 
 /// The passkey record of a credential of kind `passkey`.
 pub(crate) fn passkey_record(c: &Credential) -> Option<PasskeyRecord> {
-    (c.kind == "passkey")
-        .then(|| c.der.as_deref())
-        .flatten()
-        .and_then(|d| serde_json::from_slice(d).ok())
+    if c.kind != "passkey" {
+        return None;
+    }
+    serde_json::from_slice(c.der.as_deref()?).ok()
 }
 
 /// Compensation: deletes a registered passkey at Graph (a cancelled or
