@@ -21,8 +21,14 @@ fn the_demo_registers_a_passkey_with_its_simulated_tenant() {
         )],
         ..Default::default()
     });
+    // The banner names the simulated tenant (printed once the demo is up).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !server.output().contains("the simulated tenant") && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let out = server.output();
-    assert!(out.contains("simulated tenant"), "{out}");
+    assert!(out.contains("the simulated tenant"), "{out}");
     for name in ["PIV + Passkey (shared PIN)", "PIV + Passkey (unshared PIN)"] {
         let (s, v) = server.call(
             "GET",
