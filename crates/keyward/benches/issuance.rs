@@ -47,14 +47,24 @@ impl Drop for Server {
     }
 }
 
-fn start_server() -> Server {
+/// `keyward serve` trusting `attestation_root` (PEM) for YubiKey PIV attestation.
+fn start_server(attestation_root: &std::path::Path) -> Server {
     let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keyward.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "attestation_roots = [{:?}]\n",
+            attestation_root.display().to_string()
+        ),
+    )
+    .unwrap();
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .env("KEYWARD_BOOTSTRAP_TOKEN", TOKEN)
         .env("KEYWARD_LOG", "warn")
-        .env_remove("KEYWARD_CONFIG")
+        .env("KEYWARD_CONFIG", &config)
         .env_remove("KEYWARD_DATABASE_URL")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -302,7 +312,11 @@ fn main() {
     let n = env_usize("KEYWARD_BENCH_ISSUANCES", 2000);
     let workers = env_usize("KEYWARD_BENCH_WORKERS", 8);
     let sessions = env_usize("KEYWARD_BENCH_SESSIONS", 1000);
-    let server = start_server();
+    // The virtual manufacturer CA of the cards, trusted by the server: each
+    // key's attestation verifies (as with Yubico's root for real devices).
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = ManufacturerCa::load_or_create(&ca_dir.path().join("ca")).unwrap();
+    let server = start_server(&ca_dir.path().join("ca").join("ca-cert.pem"));
     let pid = server.child.id();
     let api = Api::new(&server.url);
     let (s, v) = api.call(
@@ -333,8 +347,6 @@ fn main() {
         );
         assert_eq!(s, 200, "{k}: {r}");
     }
-    let ca_dir = tempfile::tempdir().unwrap();
-    let ca = ManufacturerCa::load_or_create(ca_dir.path()).unwrap();
 
     // Warm-up (connections, SQLite pages, CA keys) on 50 devices.
     let warm = 50;
@@ -430,6 +442,27 @@ fn main() {
         "  server resident memory after: {} KiB (peak {} KiB)",
         proc_status_kib(pid, "VmRSS:"),
         proc_status_kib(pid, "VmHWM:")
+    );
+
+    // The attestation outcome of the last keys, from the audit trail.
+    let (_, events) = api.call("GET", "/audit?limit=200", None);
+    let events: Vec<&Value> = events
+        .as_array()
+        .or_else(|| events["events"].as_array())
+        .or_else(|| events["items"].as_array())
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let att: Vec<&&Value> = events
+        .iter()
+        .filter(|e| e.to_string().contains("issuance.attestation"))
+        .collect();
+    let unattested = att
+        .iter()
+        .filter(|e| e.to_string().contains("unattested"))
+        .count();
+    println!(
+        "  attestation (last 200 audit events): {} key outcomes recorded, {unattested} unattested",
+        att.len()
     );
 
     // 2. Sessions open at once, each driven by its own client thread (one
