@@ -29,15 +29,34 @@ use crate::app::AppState;
 use crate::auth::{perm, Allowed, Caller};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 
+/// Recycle: the request (the body is optional).
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecycleRequest {
+    /// Who relays the device commands: `local` (the default: the caller's
+    /// client), `agent` (the online workstation agent that reports the
+    /// device) or an agent's id. Prompts are answered by the caller's client.
+    #[serde(default)]
+    pub via: Option<String>,
+}
+
 /// Recycle a device: answers the first batch of its recycle session.
 #[utoipa::path(post, path = "/devices/{serial}/recycle", tag = "issuance", params(("serial" = String, Path)),
+    request_body(content = RecycleRequest, description = "optional"),
     responses((status = 201, body = RelayBatch, description = "the first batch of the recycle session (relay it like an issuance's)"),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn recycle(
     State(state): State<AppState>,
     Allowed(caller, _): Allowed<perm::DevicesRecycle>,
     Path(serial): Path<String>,
+    body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<RelayBatch>)> {
+    let req: RecycleRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RecycleRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("body_invalid", e.to_string()))?
+    };
     let serial = Serial::parse("serial", &serial).map_err(invalid)?;
     let read_device = || async {
         found(state.store.get_device_by_serial(serial).await)
@@ -64,6 +83,9 @@ pub(super) async fn recycle(
         )
         .field("serial"));
     }
+    // The workstation agent that will relay the device commands (issue 4).
+    let agent =
+        crate::agents::choose_for_start(&state, &caller, req.via.as_deref(), serial).await?;
     let last = state
         .store
         .latest_device_session(device.id)
@@ -183,6 +205,9 @@ pub(super) async fn recycle(
         .open_device_session(&session, &draft)
         .await
         .map_err(|e| store_error("starting the recycle", e))?;
+    if let Some(agent) = agent {
+        crate::agents::bind_session(&state, id, agent).await?;
+    }
     Ok((
         StatusCode::CREATED,
         Json(relay_batch(id, 1, "running", &batch)),
