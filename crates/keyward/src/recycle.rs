@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::issue::{
     choose_reader, drive_with_fido, failure_exit, fido_hid, read_answers, server_error, Answers,
-    IssueArgs, Relay, EXIT_REFUSED,
+    Counters, IssueArgs, Relay, EXIT_REFUSED,
 };
 
 #[derive(Args, Debug, Clone)]
@@ -55,7 +55,7 @@ pub fn run(args: RecycleArgs) -> anyhow::Result<ExitCode> {
     let total = Instant::now();
     let relay = Relay::new(&args.server, &args.token)?;
     let answers = Answers::new(read_answers(&args.answers)?);
-    let (reader, serial) = choose_reader(&IssueArgs {
+    let local = choose_reader(&IssueArgs {
         server: args.server.clone(),
         token: String::new(),
         user: None,
@@ -68,8 +68,22 @@ pub fn run(args: RecycleArgs) -> anyhow::Result<ExitCode> {
         answers: None,
         json: args.json,
         hid_sockets: Vec::new(),
-    })?;
-    let (status, batch) = relay.post(&format!("/devices/{serial}/recycle"), &json!({}))?;
+    });
+    // Not connected here: a device a paired workstation agent reports is
+    // recycled through that agent (this client answers the prompts).
+    let (reader, serial, body) = match local {
+        Ok((reader, serial)) => (Some(reader), serial, json!({})),
+        Err(local) => {
+            let Some(d) = crate::agent::via_agent::agent_devices(&args.server, &args.token)?
+                .into_iter()
+                .find(|d| d.serial == args.serial)
+            else {
+                return Err(local);
+            };
+            (None, d.serial, json!({ "via": d.agent_id }))
+        }
+    };
+    let (status, batch) = relay.post(&format!("/devices/{serial}/recycle"), &body)?;
     match status {
         201 => {}
         401 | 403 => bail!("the server refused the token: {}", server_error(&batch)),
@@ -92,12 +106,22 @@ pub fn run(args: RecycleArgs) -> anyhow::Result<ExitCode> {
             server_error(&batch)
         ),
     }
-    if !args.json {
-        eprintln!("recycling device {serial} in \"{reader}\"");
-    }
-    // A FIDO reset of a USB YubiKey goes over CTAPHID; others over ISO 7816.
-    let fido = fido_hid(&serial, &args.hid_sockets);
-    let (id, counters) = drive_with_fido(&relay, &reader, fido, batch, &answers, args.json)?;
+    let (id, counters) = match &reader {
+        Some(reader) => {
+            if !args.json {
+                eprintln!("recycling device {serial} in \"{reader}\"");
+            }
+            // A FIDO reset of a USB YubiKey goes over CTAPHID; others over ISO 7816.
+            let fido = fido_hid(&serial, &args.hid_sockets);
+            drive_with_fido(&relay, reader, fido, batch, &answers, args.json)?
+        }
+        None => {
+            if !args.json {
+                eprintln!("recycling device {serial} through its workstation agent");
+            }
+            follow(&relay, &batch, &answers, args.json)?
+        }
+    };
     let session = relay.get(&format!("/issuance/{id}"))?;
     let device = relay.get(&format!("/devices/{serial}"))?;
     let state = device["state"].as_str().unwrap_or("unknown").to_string();
@@ -129,4 +153,43 @@ pub fn run(args: RecycleArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(failure_exit(&session["error"]))
     })
+}
+
+/// Follows a recycle relayed by a workstation agent: progress, the prompts
+/// (answered here), the end.
+fn follow(
+    relay: &Relay,
+    first: &serde_json::Value,
+    answers: &Answers,
+    json_out: bool,
+) -> anyhow::Result<(String, Counters)> {
+    let id = first["session_id"].as_str().unwrap_or_default().to_string();
+    let deadline = Instant::now() + std::time::Duration::from_secs(600);
+    let mut answered = None;
+    let mut last_step = String::new();
+    loop {
+        let s = relay.get(&format!("/issuance/{id}"))?;
+        let step = s["step"].as_str().unwrap_or_default().to_string();
+        if !json_out && step != last_step {
+            eprintln!("  {step}");
+            last_step = step;
+        }
+        if s["status"] != "running" {
+            return Ok((id, Counters::default()));
+        }
+        let prompts = s["prompts"].as_array().cloned().unwrap_or_default();
+        if !prompts.is_empty() && answered != s["seq"].as_i64() {
+            let given = answers.answer(&prompts)?;
+            let result = json!({ "protocol": 1, "session_id": id, "seq": s["seq"], "responses": [], "answers": given });
+            let (status, v) = relay.post(&format!("/issuance/{id}/relay"), &result)?;
+            if status != 200 {
+                bail!("the server refused the answers: {}", server_error(&v));
+            }
+            answered = s["seq"].as_i64();
+        }
+        if Instant::now() > deadline {
+            bail!("session {id} did not end within 10 minutes");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }

@@ -1,7 +1,7 @@
-//! Recycle through a workstation agent (issue 4): `POST
-//! /devices/{serial}/recycle` with `via: agent` binds the recycle session to
-//! the paired agent that reports the device, which relays its batches as it
-//! relays an issuance's.
+//! Recycle through a workstation agent (issue 4): `keyward recycle` for a
+//! device that is not connected here asks `POST /devices/{serial}/recycle`
+//! with `via` the paired agent that reports the device, which relays the
+//! recycle session's batches as it relays an issuance's.
 
 #[path = "common/agent.rs"]
 mod agent;
@@ -44,20 +44,32 @@ fn a_failed_device_is_recycled_through_the_agent_that_reports_it() {
         "the failed session is still there: {st}"
     );
 
-    let (s, batch) = server.call(
-        "POST",
-        "/devices/31000310/recycle",
-        Some(json!({ "via": "agent" })),
-    );
-    assert_eq!(s, 201, "{batch}");
-    let rid = batch["session_id"].as_str().unwrap().to_string();
-    let done = wait_session_end(&server.url, &server.token, &rid);
+    // `keyward recycle` where the device is not connected: through the agent.
+    let out = std::process::Command::new(support::BIN)
+        .args(["recycle", "--server", &server.url, "--token", &server.token])
+        .args(["--serial", "31000310", "--json"])
+        .env_remove("KEYWARD_SERVER")
+        .env_remove("KEYWARD_TOKEN")
+        .env(
+            "PCSCLITE_CSOCK_NAME",
+            "/nonexistent/keyward-test-pcscd.comm",
+        )
+        .output()
+        .unwrap();
     assert_eq!(
-        done["status"],
-        "recycled",
-        "{done}\nagent:\n{}",
+        out.status.code(),
+        Some(0),
+        "{}\n{}\nagent:\n{}",
+        support::stdout(&out),
+        support::stderr(&out),
         agent.output()
     );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["session_state"], "recycled", "{report}");
+    assert_eq!(report["state"], "available", "{report}");
+    let rid = report["session_id"].as_str().unwrap().to_string();
+    let done = wait_session_end(&server.url, &server.token, &rid);
+    assert_eq!(done["status"], "recycled", "{done}");
     let (_, d) = server.call("GET", "/devices/31000310", None);
     assert_eq!(
         (d["state"].as_str(), d["reason"].as_str()),
