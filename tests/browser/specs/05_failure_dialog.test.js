@@ -88,3 +88,19 @@ test('Cancel returns to the User page, and the device is no longer assigned to t
   assert.equal(device.assigned_user, null);
   assert.deepEqual(page.problems, []);
 });
+
+test('the cancelled device is recycled at once from the Devices page, through the agent', async () => {
+  await agent.control('35000002', 'insert');
+  await page.goto(`${server.url}/devices?q=35000002`);
+  await Promise.all([page.waitForNavigation(), page.click('tr[data-serial="35000002"] a.recycle')]);
+  assert.equal(new URL(page.url()).pathname, '/devices/35000002/recycle');
+  await page.click('#recycle-start');
+  await page.waitForSelector('#recycle-done:not([hidden])', { timeout: 60000 }).catch(async (e) => {
+    throw new Error(`${e.message}: ${await page.textContent('#recycle')}`);
+  });
+  await h.shot(page, '05-recycled');
+  const device = await h.must(server, 'GET', '/devices/35000002');
+  assert.equal(device.state, 'available');
+  assert.equal(device.reason, 'recycled');
+  assert.deepEqual(page.problems, []);
+});

@@ -1,5 +1,5 @@
-//! Devices: the inventory search (serial prefix, state, type) and CSV
-//! import (through the REST API from the page).
+//! Devices: the inventory search (serial prefix, state, type), CSV import
+//! (through the REST API from the page), and the way to Recycle.
 
 use askama::Template;
 use axum::extract::{Query, State};
@@ -35,6 +35,7 @@ pub struct Row {
     pub state: String,
     pub state_label: String,
     pub reason: String,
+    pub recyclable: bool,
 }
 
 pub struct Choice {
@@ -105,6 +106,8 @@ async fn page(
             state: d.state.as_str().to_string(),
             state_label: d.state.label().to_string(),
             reason: d.reason.map(|r| r.as_str().to_string()).unwrap_or_default(),
+            // Available ones too, but the list offers it where it is needed.
+            recyclable: super::recycle::recyclable(&d) && d.state != DeviceState::Available,
         })
         .collect();
     render(&DevicesPage {

@@ -33,6 +33,7 @@ pub mod devices;
 pub mod me;
 pub mod operators;
 pub mod passkey_services;
+pub mod recycle;
 pub mod signin;
 pub mod static_files;
 pub mod user;
@@ -52,6 +53,7 @@ pub fn router() -> Router<AppState> {
         .merge(user::routes())
         .merge(add_device::routes())
         .merge(devices::routes())
+        .merge(recycle::routes())
         .merge(agents::routes())
         .merge(admin_policies::routes())
         .merge(admin_settings::routes())

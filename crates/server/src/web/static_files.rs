@@ -31,6 +31,16 @@ const FILES: &[(&str, &str, &str)] = &[
         include_str!("../../static/me.js"),
     ),
     (
+        "prompts.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/prompts.js"),
+    ),
+    (
+        "recycle.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/recycle.js"),
+    ),
+    (
         "agents.js",
         "text/javascript; charset=utf-8",
         include_str!("../../static/agents.js"),
