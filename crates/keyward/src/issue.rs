@@ -615,16 +615,23 @@ pub(crate) fn fido_hid(
 ) -> Option<Box<dyn keyward_client::ctap::CtapTransport>> {
     use keyward_client::ctaphid::{CtaphidDevice, HidReports};
     // With PC/SC too: the HID side may give no serial and is then joined to
-    // its card by type and firmware (docs/devices.md).
-    let found = discover(&DiscoveryOptions {
-        hidraw: true,
-        hid_sockets: sockets.to_vec(),
-        ..Default::default()
-    });
-    let path = found.devices.into_iter().find_map(|d| {
-        (d.identity.serial.map(|s| s.to_string()).as_deref() == Some(serial))
-            .then_some(d.hid_path)
-            .flatten()
+    // its card by type and firmware (docs/devices.md). A HID socket named on
+    // the command line is expected: a busy probe is tried again.
+    let attempts = if sockets.is_empty() { 1 } else { 3 };
+    let path = (0..attempts).find_map(|i| {
+        if i > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        let found = discover(&DiscoveryOptions {
+            hidraw: true,
+            hid_sockets: sockets.to_vec(),
+            ..Default::default()
+        });
+        found.devices.into_iter().find_map(|d| {
+            (d.identity.serial.map(|s| s.to_string()).as_deref() == Some(serial))
+                .then_some(d.hid_path)
+                .flatten()
+        })
     })?;
     let path = PathBuf::from(path);
     let dev: Box<dyn HidReports> = if sockets.contains(&path) {
