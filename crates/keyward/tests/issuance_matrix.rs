@@ -18,6 +18,9 @@
 //! - for Not Displayed without a PIN change, the PIN the user reveals with
 //!   Get Initial PIN is the one that works.
 //!
+//! Last, on the same server, a C4000 whose attempt failed is recycled at
+//! once by `keyward recycle` and issued to another user, with the same checks.
+//!
 //! One server for the file, one virtual card per case; the cases run in
 //! turn (they share the one vpcd slot) and every case runs even when an
 //! earlier one failed, so a failure report names all broken combinations.
@@ -123,6 +126,26 @@ fn every_display_mode_and_profile_ends_issued_and_third_party_tools_accept_the_d
             }
         }
     }
+    // Then, on the same server: a failed device recycled at once and
+    // issued to another user.
+    let t = Instant::now();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        failed_recycled_then_issued_to_another_user(&server, &ca, 32_000_200)
+    }));
+    let secs = t.elapsed().as_secs_f64();
+    let name = "c4000 failed, recycled at once, issued to another user";
+    match outcome {
+        Ok(counters) => report.push(format!("  {name}: in {secs:.1}s; {counters}")),
+        Err(e) => {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            report.push(format!("  {name}: FAILED after {secs:.1}s"));
+            failures.push(format!("{name}: {msg}"));
+        }
+    }
     eprintln!(
         "issuance matrix ({:.1}s in all):\n{}",
         started.elapsed().as_secs_f64(),
@@ -130,9 +153,9 @@ fn every_display_mode_and_profile_ends_issued_and_third_party_tools_accept_the_d
     );
     assert!(
         failures.is_empty(),
-        "{} of {} combinations failed:\n{}",
+        "{} of {} scenarios failed:\n{}",
         failures.len(),
-        cases().len(),
+        cases().len() + 1,
         failures.join("\n\n")
     );
 }
@@ -209,19 +232,46 @@ fn pin_for(serial: u32, salt: u32) -> String {
 
 /// Issues one case; returns the relay counters of `keyward issue`.
 fn run_case(server: &TestServer, ca: &CaFiles, case: Case, serial: u32) -> String {
-    let login = format!("m{serial}");
+    let login = add_user(server, &format!("m{serial}"));
+    let (card, factory_alg) = add_device_and_card(server, case, serial);
+    // Controls: the factory secrets work before issuance.
+    assert_eq!(
+        verify_pin(FACTORY_PIN),
+        0x9000,
+        "factory PIN before issuance"
+    );
+    assert_eq!(
+        management_key_status(factory_alg),
+        0x9000,
+        "factory management key before issuance"
+    );
+    issue_and_check(server, ca, case, serial, &login, &card, factory_alg)
+}
+
+fn add_user(server: &TestServer, login: &str) -> String {
     let upn = format!("{login}@example.com");
     let (s, v) = server.call(
         "POST",
         "/users",
-        Some(json!({ "login": login, "display_name": format!("Matrix {serial}"), "upn": upn, "email": upn })),
+        Some(json!({ "login": login, "display_name": format!("Matrix {login}"), "upn": upn, "email": upn })),
     );
     assert_eq!(s, 201, "{v}");
-    let firmware = if case.profile == "yubikey5" {
+    login.to_string()
+}
+
+fn firmware_of(profile: &str) -> &'static str {
+    if profile == "yubikey5" {
         "5.7.1"
     } else {
         "1.0.0"
-    };
+    }
+}
+
+/// The device in the inventory, the case's settings, and its virtual card
+/// on the vpcd reader; returns the card and its factory management key
+/// algorithm.
+fn add_device_and_card(server: &TestServer, case: Case, serial: u32) -> (Vcard, u8) {
+    let firmware = firmware_of(case.profile);
     let (s, v) = server.call(
         "POST",
         "/devices",
@@ -249,18 +299,22 @@ fn run_case(server: &TestServer, ca: &CaFiles, case: Case, serial: u32) -> Strin
     } else {
         0x03
     };
-    // Controls: the factory secrets work before issuance.
-    assert_eq!(
-        verify_pin(FACTORY_PIN),
-        0x9000,
-        "factory PIN before issuance"
-    );
-    assert_eq!(
-        management_key_status(factory_alg),
-        0x9000,
-        "factory management key before issuance"
-    );
+    (card, factory_alg)
+}
 
+/// `keyward issue` for `login`, then the third-party checks; returns the
+/// relay counters.
+fn issue_and_check(
+    server: &TestServer,
+    ca: &CaFiles,
+    case: Case,
+    serial: u32,
+    login: &str,
+    card: &Vcard,
+    factory_alg: u8,
+) -> String {
+    let upn = format!("{login}@example.com");
+    let serial_s = serial.to_string();
     // The answers the person gives.
     let pin = pin_for(serial, 0);
     let new_pin = pin_for(serial, 1);
@@ -280,7 +334,7 @@ fn run_case(server: &TestServer, ca: &CaFiles, case: Case, serial: u32) -> Strin
     let out = std::process::Command::new(support::BIN)
         .arg("issue")
         .args(["--server", &server.url, "--token", &server.token])
-        .args(["--user", &login, "--policy", POLICY, "--serial", &serial_s])
+        .args(["--user", login, "--policy", POLICY, "--serial", &serial_s])
         .args(["--answers", answers_file.to_str().unwrap(), "--json"])
         .output()
         .unwrap();
@@ -302,7 +356,7 @@ fn run_case(server: &TestServer, ca: &CaFiles, case: Case, serial: u32) -> Strin
     let final_pin = match (case.mode, sets_own_pin) {
         (_, true) => {
             // The person chose the PIN: nothing is kept for Get Initial PIN.
-            let (status, _) = reveal_initial_pin(server, &login, serial);
+            let (status, _) = reveal_initial_pin(server, login, serial);
             assert!(
                 matches!(status, 404 | 410),
                 "Get Initial PIN after the person set their PIN: {status}"
@@ -310,7 +364,7 @@ fn run_case(server: &TestServer, ca: &CaFiles, case: Case, serial: u32) -> Strin
             new_pin.clone()
         }
         ("not_displayed", false) => {
-            let (status, revealed) = reveal_initial_pin(server, &login, serial);
+            let (status, revealed) = reveal_initial_pin(server, login, serial);
             assert_eq!(status, 200, "Get Initial PIN");
             revealed.unwrap()
         }
@@ -468,7 +522,6 @@ fn run_case(server: &TestServer, ca: &CaFiles, case: Case, serial: u32) -> Strin
             .any(|l| l.contains("UPN") && l.contains(upn.as_str())),
         "the PIV Authentication certificate must carry the UPN otherName {upn}:\n{text}"
     );
-    drop(card);
     format!(
         "{} round trips, {} APDUs, {} bytes out, {} bytes in",
         issued["counters"]["round_trips"],
@@ -476,6 +529,111 @@ fn run_case(server: &TestServer, ca: &CaFiles, case: Case, serial: u32) -> Strin
         issued["counters"]["bytes_out"],
         issued["counters"]["bytes_in"]
     )
+}
+
+/// A C4000 whose first attempt fails (the device goes away in the middle
+/// of batch 2) is recycled at once with `keyward recycle`: Available,
+/// reason recycled, factory PIN and management key work again. Then it is
+/// issued to another user and passes every check of the matrix.
+fn failed_recycled_then_issued_to_another_user(
+    server: &TestServer,
+    ca: &CaFiles,
+    serial: u32,
+) -> String {
+    let case = Case {
+        profile: "c4000",
+        mode: "displayed",
+        change_pin: false,
+    };
+    let first = add_user(server, &format!("r{serial}a"));
+    let second = add_user(server, &format!("r{serial}b"));
+    let (card, factory_alg) = add_device_and_card(server, case, serial);
+    let (s, batch) = server.call(
+        "POST",
+        "/issuance",
+        Some(json!({ "user": first, "policy": POLICY, "serial": serial.to_string(), "pin": pin_for(serial, 0) })),
+    );
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    let end = relay_then_remove(server, &id, batch, 2, 3);
+    assert_eq!(end["state"], "failed", "{end}");
+    let (_, device) = server.call("GET", &format!("/devices/{serial}"), None);
+    assert_eq!(device["state"], "produced", "{device}");
+
+    let out = std::process::Command::new(support::BIN)
+        .arg("recycle")
+        .args(["--server", &server.url, "--token", &server.token])
+        .args(["--serial", &serial.to_string(), "--json"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "keyward recycle: {text}");
+    let (_, device) = server.call("GET", &format!("/devices/{serial}"), None);
+    assert_eq!(
+        (device["state"].as_str(), device["reason"].as_str()),
+        (Some("available"), Some("recycled")),
+        "{device}"
+    );
+    assert_eq!(verify_pin(FACTORY_PIN), 0x9000, "factory PIN after recycle");
+    assert_eq!(
+        management_key_status(factory_alg),
+        0x9000,
+        "factory management key after recycle"
+    );
+    issue_and_check(server, ca, case, serial, &second, &card, factory_alg)
+}
+
+/// Relays session `id` over PC/SC; at device batch `at` (1-based) only the
+/// first `cut` commands (fewer if the batch is shorter), then reports the
+/// device removed. Returns the server's last answer.
+fn relay_then_remove(
+    server: &TestServer,
+    id: &str,
+    mut batch: Value,
+    at: usize,
+    cut: usize,
+) -> Value {
+    let mut t = connect();
+    let mut n = 0;
+    while batch["state"] == "running" {
+        let commands = batch["commands"].as_array().unwrap().clone();
+        assert!(!commands.is_empty(), "no prompts expected: {batch}");
+        n += 1;
+        let limit = if n == at {
+            cut.min(commands.len() - 1)
+        } else {
+            commands.len()
+        };
+        let mut responses = vec![];
+        for c in &commands[..limit] {
+            let apdu = hex::decode(c["bytes"].as_str().unwrap()).unwrap();
+            let r = transmit_one(&mut t, &apdu).unwrap();
+            let sw = format!("{:04x}", r.sw);
+            let stop = !c["expect"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e == &json!(sw));
+            responses.push(json!({ "data": hex::encode(&r.data), "sw": sw }));
+            if stop {
+                break;
+            }
+        }
+        let mut result =
+            json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": responses });
+        if n == at {
+            result["transport_error"] = json!("device_removed");
+        }
+        let (s, next) = server.call("POST", &format!("/issuance/{id}/relay"), Some(result));
+        assert_eq!(s, 200, "{next}");
+        batch = next;
+    }
+    batch
 }
 
 /// The card's reader (the one vpcd slot with a card).
