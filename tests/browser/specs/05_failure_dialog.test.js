@@ -34,6 +34,18 @@ test.after(async () => {
   if (server) await server.stop();
 });
 
+// Until the agent reports a reinserted device again, the server has nobody
+// to relay its commands through.
+async function reportedAgain(serial) {
+  const deadline = Date.now() + 20000;
+  for (;;) {
+    const seen = await h.must(server, 'GET', '/agents/devices');
+    if (seen.devices.some((d) => d.serial === serial)) return;
+    assert.ok(Date.now() < deadline, `the agent reports ${serial} again`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
 async function issueUntilFailure(login, serial) {
   await page.goto(`${server.url}/users/${login}/add-device`);
   const row = page.locator(`#device-list tr[data-serial="${serial}"]`);
@@ -64,6 +76,7 @@ test('Copy puts the error information on the clipboard; Retry after re-insertion
 
   // The device back in the reader, then Retry: same device, same policy, same PIN.
   assert.equal(await agent.control('35000001', 'insert'), 'ok');
+  await reportedAgain('35000001');
   await page.click('#retry');
   await page.waitForURL(/\/users\/alice\?issued=35000001$/, { timeout: 60000 });
   assert.match(await page.textContent('article.device[data-serial="35000001"]'), /Issued/);
@@ -90,7 +103,8 @@ test('Cancel returns to the User page, and the device is no longer assigned to t
 });
 
 test('the cancelled device is recycled at once from the Devices page, through the agent', async () => {
-  await agent.control('35000002', 'insert');
+  assert.equal(await agent.control('35000002', 'insert'), 'ok');
+  await reportedAgain('35000002');
   await page.goto(`${server.url}/devices?q=35000002`);
   await Promise.all([page.waitForNavigation(), page.click('tr[data-serial="35000002"] a.recycle')]);
   assert.equal(new URL(page.url()).pathname, '/devices/35000002/recycle');
