@@ -31,7 +31,12 @@ struct AddDevicePage {
     server_url: String,
 }
 
-async fn page(State(state): State<AppState>, user: WebUser, Path(login): Path<String>) -> Response {
+async fn page(
+    State(state): State<AppState>,
+    user: WebUser,
+    headers: axum::http::HeaderMap,
+    Path(login): Path<String>,
+) -> Response {
     if let Err(r) = user.require(Permission::DevicesIssue) {
         return r;
     }
@@ -58,6 +63,6 @@ async fn page(State(state): State<AppState>, user: WebUser, Path(login): Path<St
         display_mode: mode.as_str(),
         display_mode_label: mode.label(),
         change_pin_during_issuance: settings.change_pin_during_issuance,
-        server_url: state.config.public_url(),
+        server_url: super::server_url(&state, &headers),
     })
 }

@@ -25,7 +25,11 @@ struct AgentsPage {
     server_url: String,
 }
 
-async fn page(State(state): State<AppState>, user: WebUser) -> Response {
+async fn page(
+    State(state): State<AppState>,
+    user: WebUser,
+    headers: axum::http::HeaderMap,
+) -> Response {
     if !user.can(Permission::SelfService) {
         if let Err(r) = user.require(Permission::DevicesIssue) {
             return r;
@@ -33,6 +37,6 @@ async fn page(State(state): State<AppState>, user: WebUser) -> Response {
     }
     render(&AgentsPage {
         nav: user.nav("/agents"),
-        server_url: state.config.public_url(),
+        server_url: super::server_url(&state, &headers),
     })
 }

@@ -310,6 +310,34 @@ pub fn escape(s: &str) -> String {
     out
 }
 
+/// The server's URL as the person reached it, for the `keyward agent
+/// --server URL` hints: the configured public URL, else the scheme and the
+/// request's Host (the listen address may be 0.0.0.0 or port 0).
+pub fn server_url(state: &AppState, headers: &axum::http::HeaderMap) -> String {
+    if state.config.public_url.is_some() {
+        return state.config.public_url();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '-' | '[' | ']'))
+        });
+    match host {
+        Some(h) => format!(
+            "{}://{h}",
+            if state.config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            }
+        ),
+        None => state.config.public_url(),
+    }
+}
+
 /// A time as pages show it (UTC, to the minute).
 pub fn when(t: time::OffsetDateTime) -> String {
     format!(

@@ -46,6 +46,7 @@ struct RecyclePage {
 async fn page(
     State(state): State<AppState>,
     user: WebUser,
+    headers: axum::http::HeaderMap,
     Path(serial): Path<String>,
 ) -> Response {
     if let Err(r) = user.require(Permission::DevicesRecycle) {
@@ -77,6 +78,6 @@ async fn page(
             .map(|r| r.as_str().to_string())
             .unwrap_or_default(),
         recyclable: recyclable(&device),
-        server_url: state.config.public_url(),
+        server_url: super::server_url(&state, &headers),
     })
 }
