@@ -12,6 +12,12 @@ pub const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com";
 /// The token scope is its own setting: national clouds and test stand-ins differ, and
 /// it is never derived from the Graph URL.
 pub const DEFAULT_TOKEN_SCOPE: &str = "https://graph.microsoft.com/.default";
+/// Graph API versions: v1.0 fixes the challenge timeout at 5 minutes, beta
+/// takes 5 to 43,200.
+pub const API_VERSIONS: &[&str] = &["v1.0", "beta"];
+pub const DEFAULT_API_VERSION: &str = "v1.0";
+pub const DEFAULT_CHALLENGE_TIMEOUT_MINUTES: u32 = 5;
+pub const MAX_CHALLENGE_TIMEOUT_MINUTES: u32 = 43_200;
 
 /// A secret sealed by the server (AEAD ciphertext, or a reference to it). The domain
 /// never sees the plaintext; Debug does not print the bytes.
@@ -36,6 +42,13 @@ pub struct PasskeyService {
     pub authority_url: String,
     pub graph_url: String,
     pub token_scope: String,
+    /// `v1.0` or `beta` (a longer challenge timeout).
+    pub api_version: String,
+    /// How long a creationOptions challenge lives (v1.0: 5 minutes).
+    pub challenge_timeout_minutes: u32,
+    /// How users are matched in Entra ID: None, by UPN; Some(NAME), by the
+    /// Entra object ID kept in the user attribute NAME.
+    pub user_id_attribute: Option<String>,
 }
 
 /// The service as the API shows it: no secret, only whether one is set.
@@ -49,6 +62,9 @@ pub struct PasskeyServiceView {
     pub authority_url: String,
     pub graph_url: String,
     pub token_scope: String,
+    pub api_version: String,
+    pub challenge_timeout_minutes: u32,
+    pub user_id_attribute: Option<String>,
 }
 
 impl PasskeyService {
@@ -62,6 +78,18 @@ impl PasskeyService {
             authority_url: self.authority_url.clone(),
             graph_url: self.graph_url.clone(),
             token_scope: self.token_scope.clone(),
+            api_version: self.api_version.clone(),
+            challenge_timeout_minutes: self.challenge_timeout_minutes,
+            user_id_attribute: self.user_id_attribute.clone(),
+        }
+    }
+
+    /// The user as Entra ID knows them: the object ID attribute when the
+    /// service matches by it, else the UPN (else the login).
+    pub fn entra_user(&self, user: &crate::User) -> Option<String> {
+        match &self.user_id_attribute {
+            Some(attr) => user.attributes.get(attr).cloned(),
+            None => Some(user.upn.clone().unwrap_or_else(|| user.login.clone())),
         }
     }
 
@@ -92,7 +120,28 @@ impl PasskeyService {
         }
         validate_service_url("authority_url", &self.authority_url)?;
         validate_service_url("graph_url", &self.graph_url)?;
-        validate_scope("token_scope", &self.token_scope)
+        validate_scope("token_scope", &self.token_scope)?;
+        if !API_VERSIONS.contains(&self.api_version.as_str()) {
+            return Err(ValidationError::unknown_value(
+                "api_version",
+                &self.api_version,
+                API_VERSIONS,
+            ));
+        }
+        let t = self.challenge_timeout_minutes;
+        if !(DEFAULT_CHALLENGE_TIMEOUT_MINUTES..=MAX_CHALLENGE_TIMEOUT_MINUTES).contains(&t)
+            || (self.api_version == "v1.0" && t != DEFAULT_CHALLENGE_TIMEOUT_MINUTES)
+        {
+            return Err(ValidationError::new(
+                "challenge_timeout_invalid",
+                "challenge_timeout_minutes",
+                "the challenge timeout is 5 minutes with Graph v1.0, 5 to 43200 with beta",
+            ));
+        }
+        if let Some(a) = &self.user_id_attribute {
+            validate::attribute_key("user_id_attribute", a)?;
+        }
+        Ok(())
     }
 }
 
@@ -229,6 +278,9 @@ mod tests {
             authority_url: DEFAULT_AUTHORITY_URL.into(),
             graph_url: DEFAULT_GRAPH_URL.into(),
             token_scope: DEFAULT_TOKEN_SCOPE.into(),
+            api_version: DEFAULT_API_VERSION.into(),
+            challenge_timeout_minutes: DEFAULT_CHALLENGE_TIMEOUT_MINUTES,
+            user_id_attribute: None,
         }
     }
 
@@ -266,6 +318,19 @@ mod tests {
         assert_eq!(s.validate().unwrap_err().code, "url_scheme_not_allowed");
         assert!(!format!("{:?}", svc()).contains("[1, 2, 3]"));
         assert!(svc().view().client_secret_set);
+        let mut s = svc();
+        s.challenge_timeout_minutes = 60;
+        assert_eq!(
+            s.validate().unwrap_err().field,
+            "challenge_timeout_minutes",
+            "v1.0 fixes 5 minutes"
+        );
+        s.api_version = "beta".into();
+        assert!(s.validate().is_ok());
+        s.challenge_timeout_minutes = 43_201;
+        assert!(s.validate().is_err());
+        s.api_version = "v2".into();
+        assert_eq!(s.validate().unwrap_err().field, "api_version");
     }
 
     proptest! {

@@ -52,11 +52,31 @@ fn seed(
     firmware: &str,
     shared: bool,
 ) {
-    let (s, v) = server.call(
-        "POST",
-        "/users",
-        Some(json!({ "login": "alice", "display_name": "Alice Archer", "upn": UPN, "email": UPN })),
+    seed_with(
+        server,
+        t,
+        (device_type, serial, firmware),
+        shared,
+        json!({}),
+        json!({}),
     );
+}
+
+/// [`seed`] with extra fields for the user and for the service.
+fn seed_with(
+    server: &TestServer,
+    t: &Tenant,
+    (device_type, serial, firmware): (&str, &str, &str),
+    shared: bool,
+    user_extra: Value,
+    service_extra: Value,
+) {
+    let mut user =
+        json!({ "login": "alice", "display_name": "Alice Archer", "upn": UPN, "email": UPN });
+    user.as_object_mut()
+        .unwrap()
+        .extend(user_extra.as_object().unwrap().clone());
+    let (s, v) = server.call("POST", "/users", Some(user));
     assert_eq!(s, 201, "{v}");
     let (s, v) = server.call(
         "POST",
@@ -64,15 +84,16 @@ fn seed(
         Some(json!({ "device_type": device_type, "serial": serial, "firmware_version": firmware })),
     );
     assert_eq!(s, 201, "{v}");
-    let (s, v) = server.call(
-        "POST",
-        "/passkey-services",
-        Some(json!({
-            "name": "Simulated tenant", "tenant_id": "contoso.onmicrosoft.com", "client_id": CLIENT_ID,
-            "client_secret": SECRET, "authority_url": t.handle.authority_url(), "graph_url": t.handle.graph_url(),
-            "scope": "https://graph.microsoft.com/.default",
-        })),
-    );
+    let mut service = json!({
+        "name": "Simulated tenant", "tenant_id": "contoso.onmicrosoft.com", "client_id": CLIENT_ID,
+        "client_secret": SECRET, "authority_url": t.handle.authority_url(), "graph_url": t.handle.graph_url(),
+        "scope": "https://graph.microsoft.com/.default",
+    });
+    service
+        .as_object_mut()
+        .unwrap()
+        .extend(service_extra.as_object().unwrap().clone());
+    let (s, v) = server.call("POST", "/passkey-services", Some(service));
     assert_eq!(s, 201, "{v}");
     let service_id = v["id"].as_str().unwrap().to_string();
     let (s, v) = server.call(
@@ -632,4 +653,52 @@ fn yubikey_5_4_3_usb_unshared_with_a_fido_pin_already_set() {
 #[test]
 fn yubikey_5_7_1_usb_unshared() {
     yubikey_usb("5.7.1", None);
+}
+
+#[test]
+fn beta_api_and_users_matched_by_object_id() {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let serial = "41000031";
+    let card = Vcard::spawn(&["--profile", "c4000", "--serial", serial]);
+    let t = tenant(&card);
+    // Entra knows alice by an object ID that is not her UPN's user.
+    let entra = StandinUser::new("alice.archer@contoso.example", "Alice Archer");
+    t.handle.add_user(entra.clone());
+    let server = TestServer::start();
+    seed_with(
+        &server,
+        &t,
+        ("c4000", serial, "1.0.0"),
+        true,
+        json!({ "attributes": { "entra_object_id": entra.id.to_string() } }),
+        json!({ "api_version": "beta", "challenge_timeout_minutes": 60, "user_id_attribute": "entra_object_id" }),
+    );
+    let out = issue(
+        &server,
+        &card,
+        serial,
+        "pin = \"735194\"\ntouch = \"true\"\n",
+        &[],
+    );
+    let r = report(&out);
+    assert_eq!(
+        r["state"],
+        "issued",
+        "{r}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(t.handle.passkeys(&entra.id.to_string()).len(), 1);
+    assert!(t.handle.passkeys(UPN).is_empty());
+    // v1.0 takes no longer challenge timeout: refused when saved.
+    let (s, v) = server.call(
+        "POST",
+        "/passkey-services",
+        Some(
+            json!({ "name": "Other", "tenant_id": "contoso.onmicrosoft.com", "client_id": CLIENT_ID,
+                     "client_secret": SECRET, "challenge_timeout_minutes": 60 }),
+        ),
+    );
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("challenge_timeout_minutes"), "{v}");
 }

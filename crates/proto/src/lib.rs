@@ -164,6 +164,17 @@ pub struct PasskeyServiceCreate {
     pub graph_url: Option<String>,
     /// Default https://graph.microsoft.com/.default (never derived from graph_url).
     pub scope: Option<String>,
+    /// Graph API version: `v1.0` (default; challenge timeout 5 minutes) or
+    /// `beta` (a longer challenge timeout).
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// creationOptions challenge timeout in minutes (beta: 5 to 43200).
+    #[serde(default)]
+    pub challenge_timeout_minutes: Option<u32>,
+    /// Match users by the Entra object ID kept in this user attribute
+    /// (default: by UPN).
+    #[serde(default)]
+    pub user_id_attribute: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

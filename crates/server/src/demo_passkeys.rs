@@ -52,6 +52,9 @@ pub async fn seed(state: &AppState, t: &SimulatedTenant<'_>) -> anyhow::Result<(
         authority_url: t.authority_url.into(),
         graph_url: t.graph_url.into(),
         token_scope: t.token_scope.into(),
+        api_version: keyward_domain::passkey::DEFAULT_API_VERSION.into(),
+        challenge_timeout_minutes: keyward_domain::passkey::DEFAULT_CHALLENGE_TIMEOUT_MINUTES,
+        user_id_attribute: None,
     };
     service.validate()?;
     let target = format!("passkey_service:{SERVICE_NAME}");

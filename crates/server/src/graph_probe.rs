@@ -21,21 +21,26 @@ pub async fn test_connection(
     client_secret: &str,
     user: &str,
 ) -> PasskeyServiceTestReport {
-    let client = match GraphClient::new(GraphConfig::new(
+    let mut config = GraphConfig::new(
         &service.authority_url,
         &service.tenant_id,
         &service.client_id,
         client_secret,
         &service.token_scope,
         &service.graph_url,
-    )) {
+    );
+    config.api_version = keyward_graph::ApiVersion::parse(&service.api_version).unwrap_or_default();
+    let client = match GraphClient::new(config) {
         Ok(c) => c,
         Err(e) => return report("token_failed", e.to_string(), None),
     };
     match client.list(user).await {
         Ok(methods) => report(
             "ok",
-            format!("token obtained; user {user} has {} passkey(s)", methods.len()),
+            format!(
+                "token obtained; user {user} has {} passkey(s)",
+                methods.len()
+            ),
             Some(methods.len()),
         ),
         // The token step failed: the authority refused or was unreachable.

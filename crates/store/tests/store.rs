@@ -805,6 +805,9 @@ both!(policies_settings_passkey_services, |t| {
         authority_url: "http://127.0.0.1:9999".into(),
         graph_url: keyward_domain::passkey::DEFAULT_GRAPH_URL.into(),
         token_scope: keyward_domain::passkey::DEFAULT_TOKEN_SCOPE.into(),
+        api_version: "beta".into(),
+        challenge_timeout_minutes: 60,
+        user_id_attribute: Some("entra_object_id".into()),
     };
     s.create_passkey_service(&svc, &audit("passkey_service.create", "svc"))
         .await

@@ -75,6 +75,13 @@ async fn create(
             .unwrap_or_else(|| DEFAULT_AUTHORITY_URL.into()),
         graph_url: req.graph_url.unwrap_or_else(|| DEFAULT_GRAPH_URL.into()),
         token_scope: req.scope.unwrap_or_else(|| DEFAULT_TOKEN_SCOPE.into()),
+        api_version: req
+            .api_version
+            .unwrap_or_else(|| keyward_domain::passkey::DEFAULT_API_VERSION.into()),
+        challenge_timeout_minutes: req
+            .challenge_timeout_minutes
+            .unwrap_or(keyward_domain::passkey::DEFAULT_CHALLENGE_TIMEOUT_MINUTES),
+        user_id_attribute: req.user_id_attribute,
     };
     service.validate().map_err(invalid)?;
     state

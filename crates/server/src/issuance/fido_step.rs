@@ -183,6 +183,14 @@ fn render_name(template: &str, user: &User, plan: &PivPlan) -> String {
 
 /// The production Graph client for a Passkey-Enabled Service.
 pub(crate) async fn graph_client(state: &AppState, service_id: Uuid) -> ApiResult<GraphClient> {
+    Ok(graph_client_and_service(state, service_id).await?.0)
+}
+
+/// The client and the service (its challenge timeout and user matching).
+async fn graph_client_and_service(
+    state: &AppState,
+    service_id: Uuid,
+) -> ApiResult<(GraphClient, PasskeyService)> {
     let service: PasskeyService = state
         .store
         .get_passkey_service(service_id)
@@ -199,15 +207,17 @@ pub(crate) async fn graph_client(state: &AppState, service_id: Uuid) -> ApiResul
     );
     let secret = std::str::from_utf8(&secret)
         .map_err(|e| ApiError::internal("reading the client secret", e))?;
-    GraphClient::new(GraphConfig::new(
+    let mut config = GraphConfig::new(
         &service.authority_url,
         &service.tenant_id,
         &service.client_id,
         secret,
         &service.token_scope,
         &service.graph_url,
-    ))
-    .map_err(|e| ApiError::internal("the Graph client", e))
+    );
+    config.api_version = keyward_graph::ApiVersion::parse(&service.api_version).unwrap_or_default();
+    let client = GraphClient::new(config).map_err(|e| ApiError::internal("the Graph client", e))?;
+    Ok((client, service))
 }
 
 fn graph_failure(step: &str, e: &GraphError) -> Failure {
@@ -265,6 +275,7 @@ fn check_new_pin(
 pub(super) async fn step(
     state: &AppState,
     s: &IssuanceSession,
+    user: &User,
     policy: &DevicePolicy,
     mut fido: FidoSession,
     responses: &[Response],
@@ -294,9 +305,24 @@ pub(super) async fn step(
                     "the person declined the passkey registration",
                 )));
             }
-            let graph = graph_client(state, fido.service_id).await?;
+            let (graph, service) = graph_client_and_service(state, fido.service_id).await?;
+            // The user as the service matches them (UPN, or an object ID
+            // attribute); kept for the registration.
+            let Some(entra_user) = service.entra_user(user) else {
+                return Ok(Next::Failed(Failure::new(
+                    "entra_user_unknown",
+                    fido::STEP_REGISTER,
+                    format!(
+                        "user {} has no value for the attribute {} that holds their Entra object ID",
+                        user.login,
+                        service.user_id_attribute.as_deref().unwrap_or("")
+                    ),
+                )));
+            };
+            fido.entra_user = entra_user;
             let started = Instant::now();
-            let options = match graph.creation_options(&fido.entra_user, None).await {
+            let timeout = Some(service.challenge_timeout_minutes);
+            let options = match graph.creation_options(&fido.entra_user, timeout).await {
                 Ok(o) => o,
                 Err(e) => return Ok(Next::Failed(graph_failure(fido::STEP_REGISTER, &e))),
             };

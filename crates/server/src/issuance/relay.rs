@@ -307,7 +307,16 @@ pub(super) async fn relay(
             Ok(Next::Failed(attestation_failure.expect("checked")))
         }
         Engine::Fido(fido) => {
-            super::fido_step::step(&state, &s, &policy, *fido, &responses, &result.answers).await
+            super::fido_step::step(
+                &state,
+                &s,
+                &user,
+                &policy,
+                *fido,
+                &responses,
+                &result.answers,
+            )
+            .await
         }
         _ => step_engine(
             &state,
