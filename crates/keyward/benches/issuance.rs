@@ -301,6 +301,25 @@ fn cards(ca: &ManufacturerCa, first_serial: u32, n: usize) -> Vec<VirtualCard> {
     })
 }
 
+/// Devices in `state`, counted through the paged inventory API.
+fn count_devices(api: &Api, state: &str) -> usize {
+    let mut n = 0;
+    let mut after = String::new();
+    loop {
+        let (s, page) = api.call(
+            "GET",
+            &format!("/devices?state={state}&limit=500{after}"),
+            None,
+        );
+        assert_eq!(s, 200, "{page}");
+        n += page["items"].as_array().map_or(0, |a| a.len());
+        match page["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => return n,
+        }
+    }
+}
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -511,7 +530,7 @@ fn main() {
     all_open.wait();
     let opened = t.elapsed();
     std::thread::sleep(Duration::from_millis(200));
-    let (_, in_production) = api.call("GET", "/devices?state=in_production&limit=2000", None);
+    let listed = count_devices(&api, "in_production");
     let rss_open = proc_status_kib(pid, "VmRSS:");
     let max_opening = max_rss.load(Ordering::SeqCst);
     go_on.wait();
@@ -526,10 +545,6 @@ fn main() {
         opened.as_secs_f64(),
         finished.as_secs_f64()
     );
-    let listed = in_production
-        .as_array()
-        .or_else(|| in_production["items"].as_array())
-        .map_or(0, |a| a.len());
     println!("  devices listed in_production while all were open: {listed}");
     println!(
         "  server resident memory: {} KiB before; {} KiB ({:.1} MB) with all {sessions} open; max sampled while opening {} KiB, while opening and finishing {} KiB ({:.1} MB)",
