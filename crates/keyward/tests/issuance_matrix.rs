@@ -329,6 +329,33 @@ fn issue_and_check(
     if sets_own_pin {
         answers.push_str(&format!("new_pin = \"{new_pin}\"\n"));
     }
+    if case.mode == "disguised" {
+        // The PIN entered twice must match: a mismatch is refused before the
+        // device is touched (exit 3) and leaves it free for the real attempt.
+        let mismatch = card.path("mismatch.toml");
+        std::fs::write(
+            &mismatch,
+            format!("pin = \"{pin}\"\nconfirm_pin = \"{new_pin}\"\n"),
+        )
+        .unwrap();
+        let out = std::process::Command::new(support::BIN)
+            .arg("issue")
+            .args(["--server", &server.url, "--token", &server.token])
+            .args(["--user", login, "--policy", POLICY, "--serial", &serial_s])
+            .args(["--answers", mismatch.to_str().unwrap(), "--json"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(3), "a PIN mismatch: {text}");
+        assert!(text.contains("mismatch"), "{text}");
+        let (_, device) = server.call("GET", &format!("/devices/{serial}"), None);
+        assert_ne!(device["state"], "in_production", "{device}");
+    }
     let answers_file = card.path("answers.toml");
     std::fs::write(&answers_file, answers).unwrap();
     let out = std::process::Command::new(support::BIN)
