@@ -792,6 +792,77 @@ mod tests {
         assert!(matches!(e, AttestationError::UntrustedChain { .. }), "{e}");
     }
 
+    /// Yubico's PIV root is RSA 2048 with sha256WithRSAEncryption: a chain
+    /// whose anchor is an RSA root (cross-certifying the virtual CA's P-256
+    /// key) verifies through the RSA path; a tampered RSA signature does not.
+    #[test]
+    fn an_rsa_root_like_yubicos_verifies_the_chain() {
+        use std::str::FromStr;
+        use x509_cert::builder::{Builder, CertificateBuilder, Profile};
+        let mut f = fixture(31_000_051);
+        let att = attest(&mut f, SLOT_9A);
+        let dev = device_cert(&mut f);
+        let rsa_key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).unwrap();
+        let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(rsa_key.clone());
+        let root_name =
+            x509_cert::name::Name::from_str("CN=Test PIV Root CA Serial 263751,O=Test").unwrap();
+        let validity =
+            x509_cert::time::Validity::from_now(std::time::Duration::from_secs(86_400)).unwrap();
+        let root_spki = spki::SubjectPublicKeyInfoOwned::from_key(rsa_key.to_public_key()).unwrap();
+        let root = CertificateBuilder::new(
+            Profile::Root,
+            x509_cert::serial_number::SerialNumber::from(7u32),
+            validity,
+            root_name.clone(),
+            root_spki,
+            &signer,
+        )
+        .unwrap()
+        .build::<rsa::pkcs1v15::Signature>()
+        .unwrap();
+        let ca_root = Certificate::from_der(&f.ca.root_der()).unwrap();
+        let cross = CertificateBuilder::new(
+            Profile::SubCA {
+                issuer: root_name,
+                path_len_constraint: None,
+            },
+            x509_cert::serial_number::SerialNumber::from(8u32),
+            validity,
+            ca_root.tbs_certificate.subject.clone(),
+            ca_root.tbs_certificate.subject_public_key_info.clone(),
+            &signer,
+        )
+        .unwrap()
+        .build::<rsa::pkcs1v15::Signature>()
+        .unwrap();
+        assert_eq!(
+            cross.signature_algorithm.oid.to_string(),
+            "1.2.840.113549.1.1.11"
+        );
+        let run = |cross_der: Vec<u8>| {
+            verify_piv_attestation(&PivAttestationInput {
+                attestation_der: &att,
+                device_cert_der: &dev,
+                intermediates: &[cross_der],
+                trust_anchors: &[root.to_der().unwrap()],
+                expected_spki_der: &f.spki,
+                now: OffsetDateTime::now_utc(),
+            })
+        };
+        let v = run(cross.to_der().unwrap()).unwrap();
+        assert_eq!(v.serial, Some(31_000_051));
+        assert!(v.anchor_subject.contains("Test PIV Root CA"));
+        // The last byte of the DER is the last byte of the RSA signature.
+        let mut bad = cross.to_der().unwrap();
+        *bad.last_mut().unwrap() ^= 0x01;
+        assert_eq!(
+            run(bad),
+            Err(AttestationError::BadSignature {
+                certificate: "intermediate"
+            })
+        );
+    }
+
     #[test]
     fn certificate_objects_unwrap() {
         let cert = vec![0x30, 0x03, 0x02, 0x01, 0x01];
