@@ -98,8 +98,15 @@ pub fn parse_virtual(spec: &str, ca_dir: &std::path::Path) -> anyhow::Result<Vir
 /// How the agent reaches a device to relay a batch.
 #[derive(Clone)]
 pub enum Endpoint {
-    Pcsc { reader: String },
-    Hid { info: HidDeviceInfo },
+    /// A card in a PC/SC reader; `hid`: the same device's FIDO HID
+    /// interface (a USB YubiKey answers CTAP only there).
+    Pcsc {
+        reader: String,
+        hid: Option<HidDeviceInfo>,
+    },
+    Hid {
+        info: HidDeviceInfo,
+    },
     Virtual(VirtualDevice),
 }
 
@@ -107,9 +114,13 @@ impl Endpoint {
     /// Opens the device for one batch.
     pub fn open(&self) -> Result<Box<dyn DeviceIo>, TransportError> {
         match self {
-            Endpoint::Pcsc { reader } => {
+            Endpoint::Pcsc { reader, hid } => {
                 let card = Pcsc::establish()?.connect(reader)?;
-                Ok(Box::new(CardIo::new(card)))
+                Ok(Box::new(SplitIo {
+                    card: CardIo::new(card),
+                    hid: hid.clone(),
+                    open: None,
+                }))
             }
             Endpoint::Hid { info } => {
                 let dev = keyward_client::hid::open(info)?;
@@ -122,6 +133,33 @@ impl Endpoint {
                 remove_after: v.remove_after.clone(),
             }))),
         }
+    }
+}
+
+/// A device seen as a card and as a HID device: PIV over the card, CTAP
+/// over CTAPHID (opened at the first CTAP message).
+struct SplitIo<T: ApduTransport> {
+    card: CardIo<T>,
+    hid: Option<HidDeviceInfo>,
+    open: Option<
+        HidIo<keyward_client::ctaphid::CtaphidDevice<Box<dyn keyward_client::ctaphid::HidReports>>>,
+    >,
+}
+
+impl<T: ApduTransport> DeviceIo for SplitIo<T> {
+    fn piv(&mut self, bytes: &[u8]) -> Result<(Vec<u8>, u16), TransportError> {
+        self.card.piv(bytes)
+    }
+
+    fn ctap(&mut self, request: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let Some(info) = &self.hid else {
+            return self.card.ctap(request);
+        };
+        if self.open.is_none() {
+            let dev = keyward_client::hid::open(info)?;
+            self.open = Some(HidIo(keyward_client::ctaphid::CtaphidDevice::open(dev)?));
+        }
+        self.open.as_mut().expect("opened").ctap(request)
     }
 }
 
@@ -274,27 +312,27 @@ impl Watcher {
                     .iter()
                     .filter_map(|e| {
                         let r = reported(e)?;
-                        let endpoint = match (&e.reader, &e.hid_path) {
-                            (Some(reader), _) if e.transports.contains(&Transport::Pcsc) => {
+                        let hid = e.hid_path.as_ref().map(|path| {
+                            let path = PathBuf::from(path);
+                            let kind = if self.sources.hid_sockets.contains(&path) {
+                                HidKind::Socket
+                            } else {
+                                HidKind::Hidraw
+                            };
+                            HidDeviceInfo {
+                                path,
+                                kind,
+                                uevent: HidUevent::default(),
+                            }
+                        });
+                        let endpoint = match (&e.reader, hid) {
+                            (Some(reader), hid) if e.transports.contains(&Transport::Pcsc) => {
                                 Endpoint::Pcsc {
                                     reader: reader.clone(),
+                                    hid,
                                 }
                             }
-                            (_, Some(path)) => {
-                                let path = PathBuf::from(path);
-                                let kind = if self.sources.hid_sockets.contains(&path) {
-                                    HidKind::Socket
-                                } else {
-                                    HidKind::Hidraw
-                                };
-                                Endpoint::Hid {
-                                    info: HidDeviceInfo {
-                                        path,
-                                        kind,
-                                        uevent: HidUevent::default(),
-                                    },
-                                }
-                            }
+                            (_, Some(info)) => Endpoint::Hid { info },
                             _ => return None,
                         };
                         Some((r.serial.clone(), (r, endpoint)))
@@ -313,9 +351,8 @@ impl Watcher {
                     // With the card locked for the whole probe: another agent
                     // of the same process (the demo's) may probe it too.
                     let name = v.name.clone();
-                    v.handle.with_card(|card| {
-                        reported(&identify_entry(&mut Locked { card, name }))
-                    })
+                    v.handle
+                        .with_card(|card| reported(&identify_entry(&mut Locked { card, name })))
                 } else {
                     None
                 };
