@@ -86,3 +86,107 @@ pub(crate) async fn may_relay_own_session(
         Err(e) => Err(store_error("reading the session", e)),
     }
 }
+
+/// The caller of `POST /issuance`: one with "devices.issue", or a
+/// self-service account linked to a user (whose narrow case `may_start`
+/// decides once the request is read). Checked before the body is read, so a
+/// role with neither is refused with 403 whatever it sends.
+pub(crate) struct MayStart(pub Caller);
+
+impl axum::extract::FromRequestParts<AppState> for MayStart {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let self_service = caller.role.allows(Permission::SelfService) && caller.user_id.is_some();
+        if !self_service {
+            caller.require(Permission::DevicesIssue)?;
+        }
+        Ok(MayStart(caller))
+    }
+}
+
+/// Starting an issuance: operators with "devices.issue" any (the checks of
+/// `start` follow); a self-service account only when "Who can bind the
+/// device to the user?" is User, and only to complete a device Assigned to
+/// its own user, with the policy it was assigned with, through one of its
+/// own paired agents (`via`). Everything else is refused with 403, before
+/// anything else is looked at, so devices cannot be probed.
+pub(super) async fn may_start(
+    state: &AppState,
+    caller: &Caller,
+    req: &super::StartIssuance,
+) -> ApiResult<()> {
+    if caller.role.allows(Permission::DevicesIssue) {
+        return Ok(());
+    }
+    let (Some(user_id), true) = (caller.user_id, caller.role.allows(Permission::SelfService))
+    else {
+        return caller.require(Permission::DevicesIssue);
+    };
+    let refuse = |code: &str, message: &str| {
+        Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            code,
+            message.to_string(),
+        ))
+    };
+    let settings = state
+        .store
+        .get_settings()
+        .await
+        .map_err(|e| store_error("reading settings", e))?;
+    if settings.who_can_bind != keyward_domain::WhoCanBind::User {
+        return refuse(
+            "binding_not_allowed_for_users",
+            "users may not complete the issuance of their devices: \"Who can bind the device to the user?\" is Issuance Operator; ask an operator",
+        );
+    }
+    if !matches!(req.action.as_deref(), None | Some("issue")) {
+        return refuse(
+            "assign_not_allowed_for_users",
+            "users may only complete the issuance of a device assigned to them",
+        );
+    }
+    if matches!(req.via.as_deref(), None | Some("local")) {
+        return refuse(
+            "agent_required_for_users",
+            "users complete issuance through their own paired workstation agent: give via `agent` or the agent's id",
+        );
+    }
+    let not_assigned = || {
+        refuse(
+            "device_not_assigned_to_you",
+            "the device is not assigned to you with that policy, or is not waiting for issuance",
+        )
+    };
+    let Ok(serial) = keyward_domain::Serial::parse("serial", &req.serial) else {
+        return not_assigned();
+    };
+    let device = match state.store.get_device_by_serial(serial).await {
+        Ok(d) => d,
+        Err(keyward_store::StoreError::NotFound { .. }) => return not_assigned(),
+        Err(e) => return Err(store_error("reading the device", e)),
+    };
+    let own_user = crate::api::users::load(state, &req.user)
+        .await
+        .is_ok_and(|u| u.id == user_id);
+    let policy_ok = match (
+        device.device_policy,
+        crate::api::policies::load(state, &req.policy).await,
+    ) {
+        (Some(assigned), Ok(p)) => p.id == assigned,
+        _ => false,
+    };
+    if device.state != keyward_domain::DeviceState::Assigned
+        || device.assigned_user != Some(user_id)
+        || !own_user
+        || !policy_ok
+    {
+        return not_assigned();
+    }
+    Ok(())
+}

@@ -16,7 +16,6 @@ use super::session::{master_key, seal};
 use super::{relay_batch, Attempt, Engine, SessionData, StartIssuance};
 use crate::api::{audit, found, invalid, store_error};
 use crate::app::AppState;
-use crate::auth::{perm, Allowed};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::json::ApiJson;
 #[allow(unused_imports)]
@@ -26,12 +25,15 @@ use keyward_proto::RelayBatch;
 /// the device is touched, then returns the first batch to relay.
 #[utoipa::path(post, path = "/issuance", tag = "issuance",
     request_body = StartIssuance,
-    responses((status = 201, body = RelayBatch, description = "Issue Device: the first batch; Assign Device: {serial, state: assigned, user, policy}"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = RelayBatch, description = "Issue Device: the first batch; Assign Device: {serial, state: assigned, user, policy}"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody, description = "without devices.issue; a self-service account (role user) may only complete its own Assigned device, with its policy, via its own agent, when who_can_bind = user: codes binding_not_allowed_for_users, assign_not_allowed_for_users, agent_required_for_users, device_not_assigned_to_you"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn start(
     State(state): State<AppState>,
-    Allowed(caller, _): Allowed<perm::DevicesIssue>,
+    super::access::MayStart(caller): super::access::MayStart,
     ApiJson(req): ApiJson<StartIssuance>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    // Operators with "devices.issue"; a self-service account only for the
+    // device assigned to its own user (under who_can_bind = user).
+    super::access::may_start(&state, &caller, &req).await?;
     let serial = Serial::parse("serial", &req.serial).map_err(invalid)?;
     let device = found(state.store.get_device_by_serial(serial).await)
         .map_err(|e| store_error("reading the device", e))?

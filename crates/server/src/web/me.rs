@@ -22,6 +22,13 @@ pub fn routes() -> Router<AppState> {
 struct MePage {
     nav: Nav,
     devices: Vec<DeviceRow>,
+    /// "Who can bind the device to the user?" is User: the person completes
+    /// the issuance of a device assigned to them, through their own agent.
+    can_complete: bool,
+    /// The user's login (the issuance is started in their name).
+    user_login: String,
+    /// The initial PIN display mode: which PIN fields the person fills in.
+    display_mode: &'static str,
 }
 
 async fn page(State(state): State<AppState>, user: WebUser) -> Response {
@@ -40,8 +47,19 @@ async fn page(State(state): State<AppState>, user: WebUser) -> Response {
         Ok(d) => d,
         Err(r) => return r,
     };
+    let settings = match state.store.get_settings().await {
+        Ok(s) => s,
+        Err(e) => return super::internal("reading the settings or user", e),
+    };
+    let user_login = match state.store.get_user(user_id).await {
+        Ok(u) => u.login,
+        Err(e) => return super::internal("reading the settings or user", e),
+    };
     render(&MePage {
         nav: user.nav("/me"),
         devices,
+        can_complete: settings.who_can_bind == keyward_domain::WhoCanBind::User,
+        user_login,
+        display_mode: settings.initial_pin_display_mode.as_str(),
     })
 }
