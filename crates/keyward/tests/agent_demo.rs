@@ -21,9 +21,14 @@ fn the_demo_agent_serves_its_virtual_devices_already_paired() {
         )],
         ..Default::default()
     });
-    let out = server.output();
-    assert!(out.contains("yubikey5  serial 10000001"), "{out}");
-    assert!(out.contains("c4000     serial 20000001"), "{out}");
+    // The serials are printed after the URL line: wait for them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !(server.output().contains("yubikey5  serial 10000001")
+        && server.output().contains("c4000     serial 20000001"))
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", server.output());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let v = wait_devices(&server.url, &server.token, &["10000001", "20000001"], true);
     let mut owners: Vec<String> = v["agents"]
         .as_array()
