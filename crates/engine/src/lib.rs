@@ -14,6 +14,7 @@
 //! number of batches is the number of client round trips.
 
 pub mod batch;
+pub mod change_pin;
 pub mod fido;
 pub mod knowledge;
 pub mod mgmt_key;

@@ -16,6 +16,7 @@ const PUBLIC: &[(&str, &str)] = &[
 const SELF_SERVICE: &[(&str, &str)] = &[
     ("get", "/api/v1/me/devices"),
     ("post", "/api/v1/me/devices/{serial}/initial-pin"),
+    ("post", "/api/v1/me/devices/{serial}/change-pin"),
 ];
 /// Routes every signed-in caller may use, whatever the role.
 const ANY_ROLE: &[(&str, &str)] = &[

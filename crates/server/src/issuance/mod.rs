@@ -11,6 +11,7 @@ mod access;
 mod agent_delivery;
 mod answers;
 mod attestation;
+mod change_pin;
 mod fido_step;
 mod recycle;
 mod relay;
@@ -54,6 +55,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(retry_cancel::cancel))
         .routes(routes!(retry_cancel::retry))
         .routes(routes!(recycle::recycle))
+        .routes(routes!(change_pin::start))
 }
 
 /// The secret from which per-device management keys are derived.
@@ -96,7 +98,7 @@ pub struct SessionStatus {
     pub status: String,
     pub step: String,
     pub seq: i64,
-    /// `issue`, `assign` or `recycle`.
+    /// `issue`, `assign`, `recycle` or `change_pin`.
     pub action: String,
     #[schema(value_type = Option<Object>)]
     pub error: Option<serde_json::Value>,
@@ -117,6 +119,8 @@ pub(super) enum Engine {
     AwaitNewPin(AwaitCertificates, Certified),
     /// A recycle (its own state machine).
     Recycle(Recycling),
+    /// A PIN change (User Portal, its own state machine).
+    ChangePin(keyward_engine::change_pin::PinChange),
     /// The PIV writes with the FIDO step's probe appended (the number of
     /// PIV commands first in the batch).
     AwaitWritesAndFido(AwaitWrites, usize, Box<fido_step::FidoSession>),

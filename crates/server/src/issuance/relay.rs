@@ -174,10 +174,10 @@ pub(super) fn step_engine(
                 Err(f) => Next::Failed(f),
             }
         }
-        Engine::Recycle(_) => {
+        Engine::Recycle(_) | Engine::ChangePin(_) => {
             return Err(ApiError::internal(
                 "relaying",
-                "a recycle in the issuance path",
+                "a recycle or PIN change in the issuance path",
             ))
         }
         Engine::AwaitWritesAndFido(e, piv_commands, fido) => {
@@ -250,6 +250,9 @@ pub(super) async fn relay(
     let data = unseal(&state, &s)?;
     if matches!(data.engine, Engine::Recycle(_)) {
         return super::recycle::on_result(&state, &caller, &s, data, &responses, &result).await;
+    }
+    if matches!(data.engine, Engine::ChangePin(_)) {
+        return super::change_pin::on_result(&state, &caller, &s, data, &responses, &result).await;
     }
     let user = state
         .store

@@ -63,8 +63,12 @@ pub async fn sweep_abandoned(state: &AppState) -> anyhow::Result<usize> {
                 s.id,
                 s.seq,
                 &update,
-                // A recycle never moved the device: nothing to undo.
-                (s.action != "recycle").then_some((device.id, device.version, &change)),
+                // A recycle or PIN change never moved the device: nothing to undo.
+                (s.action != "recycle" && s.action != "change_pin").then_some((
+                    device.id,
+                    device.version,
+                    &change,
+                )),
                 &revoked,
                 &draft,
             )

@@ -1,0 +1,289 @@
+//! Change my PIN (User Portal): `POST /me/devices/{serial}/change-pin`
+//! starts a small device session on an Issued device of the caller's own
+//! user, relayed by the caller's workstation agent that reports the device;
+//! the person's client answers its prompts (current and new PIN, the new one
+//! checked against the device policy's PIN rules before the device sees it).
+//!
+//! The session shares the issuance session table (action `change_pin`),
+//! never moves the device record, and carries forward what the last session
+//! kept (PUK, management key) so a later Recycle still finds it. It ends
+//! `pin_changed` or `pin_change_failed` (neither blocks the device). The
+//! audit trail names the device and the outcome, never a PIN.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use keyward_domain::{AuditOutcome, DeviceState, Serial};
+use keyward_engine::change_pin::{tries_left, Next, PinChange};
+use keyward_engine::{Batch, PromptKind, Response};
+use keyward_proto::{RelayBatch, RelayResult};
+use keyward_store::{IssuanceSession, IssuanceUpdate};
+use uuid::Uuid;
+
+use super::session::{seal, unseal};
+use super::{relay_batch, Engine, SessionData};
+use crate::api::{audit, found, invalid, store_error};
+use crate::app::AppState;
+use crate::auth::{perm, Allowed, Caller};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+
+const ACTION: &str = "change_pin";
+
+/// Change the PIN of my issued device through my agent: the first batch of
+/// the session (follow it with GET /issuance/{id}; answer its prompts
+/// `enter_pin` and `set_new_pin` on the relay endpoint).
+#[utoipa::path(post, path = "/me/devices/{serial}/change-pin", tag = "self-service", params(("serial" = String, Path)),
+    responses((status = 201, body = RelayBatch, description = "the first batch of the change_pin session, relayed by the caller's agent"),
+        (status = 403, body = ErrorBody, description = "not a self-service account, or not an issued device of the caller's user (device_not_yours)"),
+        (status = 409, body = ErrorBody, description = "no online agent of the caller reports the device (no_agent_for_device), or the device is in another session (device_busy)")))]
+pub(super) async fn start(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::SelfService>,
+    Path(serial): Path<String>,
+) -> ApiResult<(StatusCode, Json<RelayBatch>)> {
+    let not_yours = || {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "device_not_yours",
+            "the device is not an issued device of yours",
+        )
+        .field("serial")
+    };
+    let user_id = caller.user_id.ok_or_else(not_yours)?;
+    let serial = Serial::parse("serial", &serial).map_err(invalid)?;
+    let device = found(state.store.get_device_by_serial(serial).await)
+        .map_err(|e| store_error("reading the device", e))?
+        .ok_or_else(not_yours)?;
+    if device.assigned_user != Some(user_id) {
+        return Err(not_yours());
+    }
+    if device.state != DeviceState::Issued {
+        return Err(ApiError::conflict(
+            "device_not_issued",
+            format!(
+                "device {} is {}: only an issued device's PIN is changed",
+                device.serial,
+                device.state.label()
+            ),
+        )
+        .field("serial"));
+    }
+    let agent = crate::agents::choose_for_start(&state, &caller, Some("agent"), serial)
+        .await?
+        .ok_or_else(|| ApiError::internal("choosing the agent", "no agent"))?;
+    let last = state
+        .store
+        .latest_device_session(device.id)
+        .await
+        .map_err(|e| store_error("reading the device's sessions", e))?
+        .ok_or_else(|| {
+            ApiError::conflict(
+                "device_not_issued_by_keyward",
+                "Keyward has no session with this device",
+            )
+        })?;
+    if last.status == "running" {
+        if last.action != ACTION {
+            return Err(ApiError::conflict(
+                "device_busy",
+                format!(
+                    "device {} is in session {} (running)",
+                    device.serial, last.id
+                ),
+            ));
+        }
+        // An earlier PIN change left waiting: ended, this one replaces it.
+        end(
+            &state,
+            &caller,
+            &last,
+            unseal(&state, &last)?,
+            "pin_change_failed",
+            Some(replaced(&last)),
+        )
+        .await?;
+    }
+    let last_data = unseal(&state, &last)?;
+    let (engine, batch) = PinChange::start();
+    let id = Uuid::new_v4();
+    let now = time::OffsetDateTime::now_utc();
+    let data = SessionData {
+        engine: Engine::ChangePin(engine),
+        batch: batch.clone(),
+        user_login: last_data.user_login,
+        policy_name: last_data.policy_name,
+        serial: device.serial.0,
+        initial_pin: None,
+        attempt: None,
+        change_pin_at_end: false,
+        // What a later Recycle needs stays with the latest session.
+        kept: last_data.kept,
+    };
+    let session = IssuanceSession {
+        id,
+        device_id: device.id,
+        user_id,
+        policy_id: last.policy_id,
+        action: ACTION.into(),
+        status: "running".into(),
+        step: batch.step(),
+        seq: 1,
+        sealed_state: seal(&state, id, &data),
+        error: None,
+        created_by: caller.actor(),
+        created_at: now,
+        updated_at: now,
+    };
+    let draft = audit(
+        &caller,
+        "pin_change.start",
+        format!("device:{}", device.serial),
+        serde_json::json!({ "session": id, "agent": agent }),
+    );
+    state
+        .store
+        .open_device_session(&session, &draft)
+        .await
+        .map_err(|e| store_error("starting the PIN change", e))?;
+    crate::agents::bind_session(&state, id, agent).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(relay_batch(id, 1, "running", &batch)),
+    ))
+}
+
+fn replaced(s: &IssuanceSession) -> serde_json::Value {
+    serde_json::json!({ "code": "replaced", "step": s.step, "message": "a new PIN change replaced this one", "session": s.id })
+}
+
+/// Ends the session (`pin_changed` or `pin_change_failed`); the device
+/// record does not move.
+async fn end(
+    state: &AppState,
+    caller: &Caller,
+    s: &IssuanceSession,
+    mut data: SessionData,
+    status: &str,
+    error: Option<serde_json::Value>,
+) -> ApiResult<i64> {
+    data.engine = Engine::Finished;
+    data.batch = Batch::default();
+    let next_seq = s.seq + 1;
+    let update = IssuanceUpdate {
+        status: status.into(),
+        step: if error.is_some() {
+            s.step.clone()
+        } else {
+            "done".into()
+        },
+        seq: next_seq,
+        sealed_state: seal(state, s.id, &data),
+        error: error.as_ref().map(|e| e.to_string()),
+    };
+    let mut details = serde_json::json!({ "session": s.id });
+    if let Some(e) = &error {
+        details["code"] = e["code"].clone();
+        details["tries_left"] = e["tries_left"].clone();
+    }
+    let mut draft = audit(
+        caller,
+        if error.is_some() {
+            "pin_change.fail"
+        } else {
+            "device.change_pin"
+        },
+        format!("device:{}", data.serial),
+        details,
+    );
+    if error.is_some() {
+        draft.outcome = AuditOutcome::Failure;
+    }
+    state
+        .store
+        .advance_issuance(s.id, s.seq, &update, None, &[], &draft)
+        .await
+        .map_err(|e| store_error("ending the PIN change", e))?;
+    Ok(next_seq)
+}
+
+/// A relay result for a change_pin session.
+pub(super) async fn on_result(
+    state: &AppState,
+    caller: &Caller,
+    s: &IssuanceSession,
+    mut data: SessionData,
+    responses: &[Response],
+    result: &RelayResult,
+) -> ApiResult<Json<RelayBatch>> {
+    if data.batch.awaits_answers() {
+        let policy = state
+            .store
+            .get_policy(s.policy_id)
+            .await
+            .map_err(|e| store_error("reading the policy", e))?;
+        // The new PIN against the policy's rules: refused (400) before the
+        // device sees anything; the same prompts stay out.
+        super::answers::check(&data.batch, &result.answers, &policy)?;
+        let current = result
+            .answers
+            .get(PromptKind::EnterPin.as_str())
+            .map(String::as_str)
+            .unwrap_or("");
+        if current.is_empty() || current.len() > 8 {
+            return Err(ApiError::bad_request(
+                "pin_invalid",
+                "the current PIN has 1 to 8 characters",
+            )
+            .field("answers.enter_pin"));
+        }
+    }
+    let Engine::ChangePin(engine) = std::mem::replace(&mut data.engine, Engine::Finished) else {
+        return Err(ApiError::internal("relaying", "not a PIN change"));
+    };
+    match engine.on_result(responses, &result.answers) {
+        Ok(Next::Batch(engine, batch)) => {
+            data.engine = Engine::ChangePin(engine);
+            data.batch = batch.clone();
+            let next_seq = s.seq + 1;
+            let update = IssuanceUpdate {
+                status: "running".into(),
+                step: batch.step(),
+                seq: next_seq,
+                sealed_state: seal(state, s.id, &data),
+                error: None,
+            };
+            let draft = audit(
+                caller,
+                "pin_change.step",
+                format!("device:{}", data.serial),
+                serde_json::json!({ "session": s.id, "batch": next_seq }),
+            );
+            state
+                .store
+                .advance_issuance(s.id, s.seq, &update, None, &[], &draft)
+                .await
+                .map_err(|e| store_error("saving the session", e))?;
+            Ok(Json(relay_batch(s.id, next_seq, "running", &batch)))
+        }
+        Ok(Next::Done) => {
+            let seq = end(state, caller, s, data, "pin_changed", None).await?;
+            Ok(Json(relay_batch(
+                s.id,
+                seq,
+                "pin_changed",
+                &Batch::default(),
+            )))
+        }
+        Err(f) => {
+            let mut report = super::recycle::report(s, &f);
+            report["tries_left"] = serde_json::json!(tries_left(&f));
+            let seq = end(state, caller, s, data, "pin_change_failed", Some(report)).await?;
+            Ok(Json(relay_batch(
+                s.id,
+                seq,
+                "pin_change_failed",
+                &Batch::default(),
+            )))
+        }
+    }
+}
