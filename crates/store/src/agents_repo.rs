@@ -119,12 +119,14 @@ pub async fn find_agent_by_poll(
     pool: &Pool<DB>,
     poll_hmac: &[u8],
 ) -> StoreResult<Option<crate::agents::Agent>> {
-    sqlx::query(&format!("SELECT {AGENT_COLS} FROM agents WHERE poll_hmac = $1"))
-        .bind(poll_hmac)
-        .fetch_optional(pool)
-        .await?
-        .map(|r| agent_from_row(&r))
-        .transpose()
+    sqlx::query(&format!(
+        "SELECT {AGENT_COLS} FROM agents WHERE poll_hmac = $1"
+    ))
+    .bind(poll_hmac)
+    .fetch_optional(pool)
+    .await?
+    .map(|r| agent_from_row(&r))
+    .transpose()
 }
 
 pub async fn set_agent_credential(
@@ -265,13 +267,19 @@ pub async fn list_agent_devices(pool: &Pool<DB>) -> StoreResult<Vec<crate::agent
     .collect()
 }
 
-pub async fn bind_agent_session(pool: &Pool<DB>, session_id: Uuid, agent_id: Uuid) -> StoreResult<()> {
-    sqlx::query("INSERT INTO agent_sessions (session_id, agent_id, created_at) VALUES ($1, $2, $3)")
-        .bind(session_id)
-        .bind(agent_id)
-        .bind(now())
-        .execute(pool)
-        .await?;
+pub async fn bind_agent_session(
+    pool: &Pool<DB>,
+    session_id: Uuid,
+    agent_id: Uuid,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO agent_sessions (session_id, agent_id, created_at) VALUES ($1, $2, $3)",
+    )
+    .bind(session_id)
+    .bind(agent_id)
+    .bind(now())
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -302,7 +310,11 @@ pub async fn agent_running_sessions(
     .collect()
 }
 
-pub async fn agent_reports_device(pool: &Pool<DB>, agent_id: Uuid, serial: &str) -> StoreResult<bool> {
+pub async fn agent_reports_device(
+    pool: &Pool<DB>,
+    agent_id: Uuid,
+    serial: &str,
+) -> StoreResult<bool> {
     Ok(
         sqlx::query("SELECT 1 AS one FROM agent_devices WHERE agent_id = $1 AND serial = $2")
             .bind(agent_id)
