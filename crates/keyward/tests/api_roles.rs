@@ -11,18 +11,35 @@ use support::TestServer;
 const PUBLIC: &[(&str, &str)] = &[
     ("post", "/api/v1/auth/session"),
     ("post", "/api/v1/auth/enroll"),
+    // A workstation agent asks to pair, then polls with its pairing secret.
+    ("post", "/api/v1/agents/pair"),
+    ("post", "/api/v1/agents/pair/poll"),
+];
+/// Routes of the workstation agent's own credential (`kwa_…`): API tokens and
+/// sessions of any role are not agent credentials (401).
+const AGENT_ONLY: &[(&str, &str)] = &[
+    ("get", "/api/v1/agents/me"),
+    ("put", "/api/v1/agents/me/devices"),
+    ("post", "/api/v1/agents/me/work"),
 ];
 /// Self-service routes: only the `user` role has them.
 const SELF_SERVICE: &[(&str, &str)] = &[
     ("get", "/api/v1/me/devices"),
     ("post", "/api/v1/me/devices/{serial}/initial-pin"),
     ("post", "/api/v1/me/devices/{serial}/change-pin"),
+    ("post", "/api/v1/me/devices/{serial}/pin-check"),
 ];
 /// Routes every signed-in caller may use, whatever the role.
 const ANY_ROLE: &[(&str, &str)] = &[
     ("get", "/api/v1/me"),
     ("delete", "/api/v1/auth/session"),
     ("post", "/api/v1/auth/password"),
+    // Operators and users alike pair their own agents and see their devices;
+    // each sees and revokes only the agents it owns (administrators: all).
+    ("get", "/api/v1/agents"),
+    ("post", "/api/v1/agents/approve"),
+    ("post", "/api/v1/agents/{id}/revoke"),
+    ("get", "/api/v1/agents/devices"),
 ];
 
 fn routes(server: &TestServer) -> Vec<(String, String)> {
@@ -97,6 +114,11 @@ fn every_route_refuses_a_role_without_its_permission_with_403() {
     for (method, path) in routes(&server) {
         let key = (method.as_str(), path.as_str());
         if PUBLIC.contains(&key) || ANY_ROLE.contains(&key) {
+            continue;
+        }
+        if AGENT_ONLY.contains(&key) {
+            let (status, body) = send(&server, &user_token, &method, &path);
+            assert_eq!(status, 401, "user role on an agent route: {method} {path}: {body}");
             continue;
         }
         if SELF_SERVICE.contains(&key) {

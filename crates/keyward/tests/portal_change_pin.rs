@@ -11,7 +11,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use agent::{paired_agent, wait_session_end};
-use self_service::{call_as_user, sign_in_user};
+use self_service::{call_as_user, me_page, sign_in_user};
 use serde_json::{json, Value};
 use support::TestServer;
 
@@ -115,6 +115,38 @@ fn a_user_changes_their_pin_through_their_agent() {
         &format!("/me/devices/{SERIAL}/change-pin"),
         None,
     );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("device_not_yours")),
+        "{v}"
+    );
+
+    // My devices offers Change PIN; the new PIN's rules are checked live
+    // against the device's policy, for its own user only.
+    let page = me_page(&server, &alice);
+    assert!(
+        page.contains(&format!(r#"class="change-pin" data-serial="{SERIAL}""#)),
+        "{page}"
+    );
+    let check = |who: &(String, String), pin: &str| {
+        call_as_user(
+            &server,
+            who,
+            "POST",
+            &format!("/me/devices/{SERIAL}/pin-check"),
+            Some(json!({ "pin": pin })),
+        )
+    };
+    let (s, v) = check(&alice, "111111");
+    assert_eq!((s, v["valid"].as_bool()), (200, Some(false)), "{v}");
+    assert!(v["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["rule"] == "max_repeated" && r["passed"] == false));
+    let (s, v) = check(&alice, "24681357");
+    assert_eq!((s, v["valid"].as_bool()), (200, Some(true)), "{v}");
+    let (s, v) = check(&bob, "24681357");
     assert_eq!(
         (s, v["error"]["code"].as_str()),
         (403, Some("device_not_yours")),

@@ -9,20 +9,9 @@ mod self_service;
 mod support;
 
 use agent::{paired_agent, wait_session_end};
-use self_service::{call_as_user, sign_in_user};
+use self_service::{call_as_user, me_page, sign_in_user};
 use serde_json::{json, Value};
 use support::TestServer;
-
-/// The User Portal's "My devices" page as the signed-in person sees it.
-fn me_page(server: &TestServer, (cookie, _): &(String, String)) -> String {
-    let r = reqwest::blocking::Client::new()
-        .get(format!("{}/me", server.url))
-        .header("cookie", cookie)
-        .send()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    r.text().unwrap()
-}
 
 fn put_setting(server: &TestServer, key: &str, value: &str) {
     let (s, v) = server.call(

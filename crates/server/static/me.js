@@ -135,3 +135,140 @@ document.addEventListener('DOMContentLoaded', () => {
     }
   });
 });
+
+// User Portal: Change PIN of an issued device, through my own agent. The
+// new PIN's rules (the device policy's) are checked as the person types;
+// once the device session asks for the PINs, the form's values answer it
+// and leave the page.
+document.addEventListener('DOMContentLoaded', () => {
+  const dialog = document.getElementById('change-pin');
+  if (!dialog) return;
+  const $ = (id) => document.getElementById(id);
+  const form = $('change-pin-form');
+  const current = $('change-pin-current');
+  const fresh = $('change-pin-new');
+  const confirm = $('change-pin-confirm');
+  const rulesList = $('change-pin-rules');
+  const submit = $('change-pin-start');
+  let serial = null;
+  let valid = false;
+  let checkSeq = 0;
+
+  function update() {
+    const same = fresh.value === confirm.value;
+    $('change-pin-mismatch').hidden = same || confirm.value === '';
+    submit.disabled = !(valid && same && current.value !== '');
+  }
+
+  async function checkPin() {
+    const mine = ++checkSeq;
+    try {
+      const r = await Keyward.api('POST', `/api/v1/me/devices/${encodeURIComponent(serial)}/pin-check`, { pin: fresh.value });
+      if (mine !== checkSeq) return;
+      valid = r.valid;
+      rulesList.replaceChildren();
+      for (const rule of r.rules) {
+        const li = document.createElement('li');
+        li.dataset.rule = rule.rule;
+        li.textContent = rule.description;
+        if (fresh.value !== '') {
+          li.classList.toggle('pass', rule.passed === true);
+          li.classList.toggle('fail', rule.passed === false);
+        }
+        rulesList.append(li);
+      }
+    } catch (e) {
+      Keyward.pageError(e, dialog);
+    }
+    update();
+  }
+
+  function clearPins() {
+    current.value = '';
+    fresh.value = '';
+    confirm.value = '';
+  }
+
+  function finish(text, ok) {
+    $('change-pin-step').hidden = true;
+    const el = $(ok ? 'change-pin-done' : 'change-pin-failed');
+    el.textContent = text;
+    el.hidden = false;
+  }
+
+  // Follows the session; answers its prompts once with the PINs entered.
+  async function follow(id, pins) {
+    let s;
+    try {
+      s = await Keyward.api('GET', `/api/v1/issuance/${encodeURIComponent(id)}`);
+    } catch (e) {
+      Keyward.pageError(e, dialog);
+      setTimeout(() => follow(id, pins), 1000);
+      return;
+    }
+    $('change-pin-step').textContent = `Step: ${s.step || s.status}`;
+    if (s.status === 'pin_changed') {
+      finish(`The PIN of device ${serial} is changed.`, true);
+      return;
+    }
+    if (s.status !== 'running') {
+      const e = s.error || {};
+      const tries = e.tries_left === null || e.tries_left === undefined ? '' : ` Tries left: ${e.tries_left}.`;
+      finish(`The PIN was not changed: ${e.message || s.status}.${tries}`, false);
+      form.hidden = false;
+      update();
+      return;
+    }
+    const kinds = (s.prompts || []).map((p) => p.kind);
+    if (pins && kinds.includes('enter_pin') && kinds.includes('set_new_pin')) {
+      try {
+        await Keyward.api('POST', `/api/v1/issuance/${encodeURIComponent(id)}/relay`, {
+          protocol: 1, session_id: id, seq: s.seq, responses: [],
+          answers: { enter_pin: pins.current, set_new_pin: pins.fresh },
+        });
+      } catch (e) {
+        finish(`The PIN was not changed: ${e.message || e}`, false);
+        form.hidden = false;
+        return;
+      }
+      pins = null;
+    }
+    setTimeout(() => follow(id, pins), 500);
+  }
+
+  for (const button of document.querySelectorAll('.change-pin')) {
+    button.addEventListener('click', () => {
+      serial = button.dataset.serial;
+      $('change-pin-serial').textContent = serial;
+      clearPins();
+      valid = false;
+      form.hidden = false;
+      for (const id of ['change-pin-step', 'change-pin-done', 'change-pin-failed']) $(id).hidden = true;
+      Keyward.pageError(null, dialog);
+      checkPin();
+      dialog.showModal();
+    });
+  }
+  fresh.addEventListener('input', checkPin);
+  confirm.addEventListener('input', update);
+  current.addEventListener('input', update);
+  $('change-pin-close').addEventListener('click', () => { clearPins(); dialog.close(); });
+  dialog.addEventListener('close', clearPins);
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    Keyward.pageError(null, dialog);
+    const pins = { current: current.value, fresh: fresh.value };
+    clearPins();
+    submit.disabled = true;
+    $('change-pin-done').hidden = true;
+    $('change-pin-failed').hidden = true;
+    try {
+      const r = await Keyward.api('POST', `/api/v1/me/devices/${encodeURIComponent(serial)}/change-pin`);
+      form.hidden = true;
+      $('change-pin-step').hidden = false;
+      follow(r.session_id, pins);
+    } catch (e) {
+      Keyward.pageError(e, dialog);
+    }
+  });
+});

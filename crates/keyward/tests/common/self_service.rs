@@ -55,3 +55,14 @@ pub fn call_as_user(
     let s = r.status().as_u16();
     (s, r.json().unwrap_or(Value::Null))
 }
+
+/// The User Portal's "My devices" page as the signed-in person sees it.
+pub fn me_page(server: &TestServer, (cookie, _): &(String, String)) -> String {
+    let r = reqwest::blocking::Client::new()
+        .get(format!("{}/me", server.url))
+        .header("cookie", cookie)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    r.text().unwrap()
+}

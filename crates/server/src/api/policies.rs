@@ -213,7 +213,10 @@ pub struct PinRuleView {
     pub passed: Option<bool>,
 }
 
-fn rule_views(checks: Vec<keyward_domain::PinRuleCheck>, with_result: bool) -> Vec<PinRuleView> {
+pub(crate) fn rule_views(
+    checks: Vec<keyward_domain::PinRuleCheck>,
+    with_result: bool,
+) -> Vec<PinRuleView> {
     checks
         .into_iter()
         .map(|c| PinRuleView {

@@ -152,6 +152,50 @@ pub(super) async fn start(
     ))
 }
 
+/// Checks a candidate new PIN against the PIN rules of my device's policy,
+/// rule by rule, as the User Portal does while the person types (an empty
+/// PIN lists the rules). Stores and logs nothing; the check at the prompt
+/// is the authority.
+#[utoipa::path(post, path = "/me/devices/{serial}/pin-check", tag = "self-service", params(("serial" = String, Path)),
+    request_body = crate::api::policies::PinCandidate,
+    responses((status = 200, body = crate::api::policies::PinCheckResult),
+        (status = 403, body = ErrorBody, description = "not a device of the caller's user (device_not_yours)")))]
+pub(super) async fn pin_check(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::SelfService>,
+    Path(serial): Path<String>,
+    crate::json::ApiJson(candidate): crate::json::ApiJson<crate::api::policies::PinCandidate>,
+) -> ApiResult<Json<crate::api::policies::PinCheckResult>> {
+    let not_yours = || {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "device_not_yours",
+            "the device is not a device of yours",
+        )
+        .field("serial")
+    };
+    let serial = Serial::parse("serial", &serial).map_err(invalid)?;
+    let device = found(state.store.get_device_by_serial(serial).await)
+        .map_err(|e| store_error("reading the device", e))?
+        .ok_or_else(not_yours)?;
+    let (Some(policy_id), true) = (
+        device.device_policy,
+        caller.user_id.is_some() && device.assigned_user == caller.user_id,
+    ) else {
+        return Err(not_yours());
+    };
+    let policy = state
+        .store
+        .get_policy(policy_id)
+        .await
+        .map_err(|e| store_error("reading the policy", e))?;
+    let checks = policy.pin_application.check(&candidate.pin);
+    Ok(Json(crate::api::policies::PinCheckResult {
+        valid: checks.iter().all(|c| c.passed),
+        rules: crate::api::policies::rule_views(checks, true),
+    }))
+}
+
 fn replaced(s: &IssuanceSession) -> serde_json::Value {
     serde_json::json!({ "code": "replaced", "step": s.step, "message": "a new PIN change replaced this one", "session": s.id })
 }

@@ -56,6 +56,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(retry_cancel::retry))
         .routes(routes!(recycle::recycle))
         .routes(routes!(change_pin::start))
+        .routes(routes!(change_pin::pin_check))
 }
 
 /// The secret from which per-device management keys are derived.
