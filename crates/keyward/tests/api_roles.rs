@@ -118,7 +118,10 @@ fn every_route_refuses_a_role_without_its_permission_with_403() {
         }
         if AGENT_ONLY.contains(&key) {
             let (status, body) = send(&server, &user_token, &method, &path);
-            assert_eq!(status, 401, "user role on an agent route: {method} {path}: {body}");
+            assert_eq!(
+                status, 401,
+                "user role on an agent route: {method} {path}: {body}"
+            );
             continue;
         }
         if SELF_SERVICE.contains(&key) {

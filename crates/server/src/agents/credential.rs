@@ -45,7 +45,9 @@ impl FromRequestParts<AppState> for AgentAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts).ok_or_else(not_paired)?;
+        // No credential at all is the API's plain 401; an unknown one means
+        // this agent must pair (again).
+        let token = bearer(parts).ok_or_else(ApiError::unauthenticated)?;
         if !token.starts_with(AGENT_CREDENTIAL_PREFIX) || token.len() > 200 {
             return Err(not_paired());
         }
@@ -104,35 +106,63 @@ impl FromRequestParts<AppState> for RelayCaller {
         let id = Uuid::parse_str(&id).map_err(|_| {
             ApiError::bad_request("id_invalid", "session id must be a UUID").field("id")
         })?;
+        // The binding here; the device and the batch in the relay handler,
+        // which loads and opens the session anyway ([`check_relay_batch`]).
         may_relay(state, &agent, id).await?;
         touch(state, &agent).await;
         Ok(RelayCaller(agent_caller(&agent)))
     }
 }
 
-/// "An agent cannot act on a session of a device it does not report."
+fn refuse(code: &str, message: &str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, code, message)
+}
+
+/// "An agent cannot act on a session of a device it does not report":
+/// first, the session must be bound to this agent.
 async fn may_relay(state: &AppState, agent: &Agent, session_id: Uuid) -> Result<(), ApiError> {
-    let refuse = |code: &str, message: &str| ApiError::new(StatusCode::FORBIDDEN, code, message);
-    let bound = state
-        .store
-        .agent_of_session(session_id)
-        .await
-        .map_err(|e| ApiError::internal("reading the session's agent", e))?;
+    let bound = match state.agents.bound_agent(session_id) {
+        Some(a) => Some(a),
+        None => {
+            let a = state
+                .store
+                .agent_of_session(session_id)
+                .await
+                .map_err(|e| ApiError::internal("reading the session's agent", e))?;
+            if let Some(a) = a {
+                state.agents.remember_binding(session_id, a);
+            }
+            a
+        }
+    };
     if bound != Some(agent.id) {
         return Err(refuse(
             "agent_not_bound",
             "this session's device commands are not relayed by this agent",
         ));
     }
-    let session = state
-        .store
-        .get_issuance(session_id)
-        .await
-        .map_err(|e| crate::api::store_error("reading the session", e))?;
-    let (batch, serial) = crate::issuance::outstanding_batch(state, &session).await?;
+    Ok(())
+}
+
+/// The rest of the agent's checks, by the relay handler once it has the
+/// session open (no second read, no second unsealing): the agent reports
+/// the session's device now (the store decides: a device reported removed
+/// on another node is refused here too), and the batch out is a command
+/// batch (prompts are answered by the person's client). Nothing for other
+/// callers.
+pub async fn check_relay_batch(
+    state: &AppState,
+    caller: &Caller,
+    session: &keyward_store::IssuanceSession,
+    serial: keyward_domain::Serial,
+    batch_has_commands: bool,
+) -> Result<(), ApiError> {
+    let Via::Agent { id: agent_id, .. } = &caller.via else {
+        return Ok(());
+    };
     if !state
         .store
-        .agent_reports_device(agent.id, &serial.to_string())
+        .agent_reports_device(*agent_id, &serial.to_string())
         .await
         .map_err(|e| ApiError::internal("reading the agent's devices", e))?
     {
@@ -141,7 +171,7 @@ async fn may_relay(state: &AppState, agent: &Agent, session_id: Uuid) -> Result<
             "this agent does not report the session's device",
         ));
     }
-    if session.status == "running" && batch.commands.is_empty() {
+    if session.status == "running" && !batch_has_commands {
         return Err(refuse(
             "prompt_batch",
             "the batch out asks the person: their client answers it, not the agent",
