@@ -32,6 +32,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             ..Default::default()
         },
     )?;
+    let mut config = config;
+    if !args.no_virtual_devices {
+        // The demo devices' keys are attested by their virtual manufacturer
+        // CA: the server trusts it as an attestation root, as a production
+        // server trusts Yubico's PIV root.
+        config.attestation_roots = vec![demo_attestation_root(&args.data_dir)?];
+    }
     keyward_server::logging::init(&config.log_format);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
@@ -82,6 +89,17 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         result
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The demo devices' virtual manufacturer CA (created on first use in
+/// `DATA_DIR/virtual/ca`), its root written as PEM for `attestation_roots`.
+fn demo_attestation_root(data_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let dir = data_dir.join("virtual");
+    std::fs::create_dir_all(&dir)?;
+    let ca = keyward_vcard::ca::ManufacturerCa::load_or_create(&dir.join("ca"))?;
+    let path = dir.join("manufacturer-ca.pem");
+    std::fs::write(&path, ca.root_pem())?;
+    Ok(path)
 }
 
 /// The demo's workstation agents, in-process: the two virtual devices

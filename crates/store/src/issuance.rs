@@ -62,10 +62,14 @@ pub struct Credential {
     pub kind: String,
     pub slot: Option<String>,
     pub serial: String,
+    /// Times as RFC 3339 text on the wire (API, `keyward issue --json`).
+    #[serde(with = "time::serde::rfc3339::option")]
     pub not_after: Option<OffsetDateTime>,
     #[serde(skip)]
     pub der: Option<Vec<u8>>,
+    #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
 }
 
