@@ -83,7 +83,9 @@ pub(super) async fn start(
             )
         })?;
     if last.status == "running" {
-        if last.action != ACTION {
+        // Only a PIN change waiting for its answers is replaced; one whose
+        // device commands are out (or any other session) is left to finish.
+        if last.action != ACTION || !unseal(&state, &last)?.batch.awaits_answers() {
             return Err(ApiError::conflict(
                 "device_busy",
                 format!(

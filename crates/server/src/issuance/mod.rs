@@ -95,7 +95,8 @@ pub struct SessionStatus {
     pub serial: String,
     pub user: String,
     pub policy: String,
-    /// `running`, `issued`, `failed`, `cancelled`.
+    /// `running`, `issued`, `failed`, `cancelled`; a recycle ends `recycled`,
+    /// a PIN change `pin_changed` or `pin_change_failed`.
     pub status: String,
     pub step: String,
     pub seq: i64,
