@@ -392,31 +392,97 @@ pub fn verify_piv_attestation(
         .map(|d| Parsed::new(d, "trust anchor"))
         .collect::<Result<Vec<_>, _>>()?;
 
+    check_key(&attestation, &device, input.expected_spki_der, input.now)?;
+    let anchor = chain_to_anchor(&device, &intermediates, &anchors, input.now)?;
+    let mut out = read_extensions(&attestation)?;
+    out.device_subject = device.subject();
+    out.anchor_subject = anchor.subject();
+    Ok(out)
+}
+
+/// One generated key of a device, for [`verify_piv_attestations`].
+#[derive(Debug, Clone, Copy)]
+pub struct AttestedKey<'a> {
+    /// The data of the ATTEST (INS F9) response for the key's slot.
+    pub attestation_der: &'a [u8],
+    /// The key's SubjectPublicKeyInfo (DER) as GENERATE returned it.
+    pub expected_spki_der: &'a [u8],
+}
+
+/// Verify the attestations of several keys of one device: the same checks
+/// as [`verify_piv_attestation`] for each key, but the device attestation
+/// certificate's path to an anchor is verified once, not once per key
+/// (its signatures are the costly part of an issuance's verification).
+/// One result per key, in the order given.
+pub fn verify_piv_attestations(
+    device_cert_der: &[u8],
+    intermediates: &[Vec<u8>],
+    trust_anchors: &[Vec<u8>],
+    keys: &[AttestedKey<'_>],
+    now: OffsetDateTime,
+) -> Vec<Result<PivAttestation, AttestationError>> {
+    let parsed: Result<_, AttestationError> = (|| {
+        let device = Parsed::new(device_cert_der, "device attestation certificate")?;
+        let intermediates = intermediates
+            .iter()
+            .map(|d| Parsed::new(d, "intermediate certificate"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let anchors = trust_anchors
+            .iter()
+            .map(|d| Parsed::new(d, "trust anchor"))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((device, intermediates, anchors))
+    })();
+    let (device, intermediates, anchors) = match parsed {
+        Ok(p) => p,
+        Err(e) => return keys.iter().map(|_| Err(e.clone())).collect(),
+    };
+    // The anchor's subject, or why there is no path: computed at the first
+    // key that passes its own checks.
+    let mut chain: Option<Result<String, AttestationError>> = None;
+    let mut one = |key: &AttestedKey<'_>| -> Result<PivAttestation, AttestationError> {
+        let attestation = Parsed::new(key.attestation_der, "attestation certificate")?;
+        check_key(&attestation, &device, key.expected_spki_der, now)?;
+        let anchor_subject = chain
+            .get_or_insert_with(|| {
+                chain_to_anchor(&device, &intermediates, &anchors, now).map(|a| a.subject())
+            })
+            .clone()?;
+        let mut out = read_extensions(&attestation)?;
+        out.device_subject = device.subject();
+        out.anchor_subject = anchor_subject;
+        Ok(out)
+    };
+    keys.iter().map(|k| one(k)).collect()
+}
+
+/// A key's own checks: the attested key is the generated one, the device
+/// certificate signed the attestation, and the attestation is valid now.
+fn check_key(
+    attestation: &Parsed,
+    device: &Parsed,
+    expected_spki_der: &[u8],
+    now: OffsetDateTime,
+) -> Result<(), AttestationError> {
     // The attested key must be the key the device returned from GENERATE.
-    let expected = spki::SubjectPublicKeyInfoOwned::from_der(input.expected_spki_der)
+    let expected = spki::SubjectPublicKeyInfoOwned::from_der(expected_spki_der)
         .map_err(|e| malformed("expected public key", e))?
         .to_der()
         .map_err(|e| malformed("expected public key", e))?;
     if attestation.spki_der()? != expected {
         return Err(AttestationError::KeyMismatch);
     }
-
-    if !attestation.issuer_is(&device) || !attestation.signed_by(&device)? {
+    if !attestation.issuer_is(device) || !attestation.signed_by(device)? {
         return Err(AttestationError::BadSignature {
             certificate: "attestation",
         });
     }
-    if !attestation.valid_at(input.now) {
+    if !attestation.valid_at(now) {
         return Err(AttestationError::NotValidAt {
             certificate: "attestation",
         });
     }
-
-    let anchor = chain_to_anchor(&device, &intermediates, &anchors, input.now)?;
-    let mut out = read_extensions(&attestation)?;
-    out.device_subject = device.subject();
-    out.anchor_subject = anchor.subject();
-    Ok(out)
+    Ok(())
 }
 
 /// Walks from the device certificate up through intermediates to an anchor.
@@ -626,6 +692,50 @@ mod tests {
         // Extra unrelated anchors do not matter; order does not either.
         let other = ManufacturerCa::load_or_create(&f._dir.path().join("other")).unwrap();
         verify(&att, &dev, &[other.root_der(), f.ca.root_der()], &f.spki).unwrap();
+    }
+
+    #[test]
+    fn several_keys_verify_with_one_chain_and_each_key_is_checked() {
+        let mut f = fixture(31_000_049);
+        let other = SlotKey::generate(0x11).unwrap();
+        let other_spki = other.public_key_der();
+        f.card.piv().store_key(0x9C, other, 0x02, 0x01, 1);
+        let att_9a = attest(&mut f, SLOT_9A);
+        let att_9c = attest(&mut f, 0x9C);
+        let dev = device_cert(&mut f);
+        let anchors = vec![f.ca.root_der()];
+        let now = OffsetDateTime::now_utc();
+        let keys = [
+            AttestedKey {
+                attestation_der: &att_9a,
+                expected_spki_der: &f.spki,
+            },
+            AttestedKey {
+                attestation_der: &att_9c,
+                expected_spki_der: &other_spki,
+            },
+            // 9C's attestation offered for 9A's key: this key alone fails.
+            AttestedKey {
+                attestation_der: &att_9c,
+                expected_spki_der: &f.spki,
+            },
+        ];
+        let out = verify_piv_attestations(&dev, &[], &anchors, &keys, now);
+        assert_eq!(out.len(), 3);
+        let a = out[0].as_ref().unwrap();
+        assert_eq!((a.slot, a.serial), (Some(0x9A), Some(31_000_049)));
+        assert_eq!(out[1].as_ref().unwrap().slot, Some(0x9C));
+        assert_eq!(out[2], Err(AttestationError::KeyMismatch));
+        // The same as one at a time.
+        assert_eq!(out[0], verify(&att_9a, &dev, &anchors, &f.spki));
+
+        // Another CA of the same name: the chain fails, for every key.
+        let g = fixture(31_000_050);
+        let out = verify_piv_attestations(&dev, &[], &[g.ca.root_der()], &keys[..2], now);
+        let bad = Err(AttestationError::BadSignature {
+            certificate: "device attestation",
+        });
+        assert_eq!(out, vec![bad.clone(), bad]);
     }
 
     #[test]
