@@ -826,3 +826,67 @@ mod tests {
         );
     }
 }
+
+/// The step of the device PIN change after the registration (its name is
+/// the one the PIV plan uses, so the server's knowledge of the device PIN
+/// follows it).
+pub const STEP_SET_NEW_PIN: &str = "set new PIN";
+
+/// Shared PIN, Not Displayed, "Change PIN during issuance" = Yes: after the
+/// passkey registration the person's own PIN replaces the initial one.
+/// One PIV CHANGE REFERENCE DATA covers both applications, because the
+/// C4000 shares the PIN (`80 E3 01 00`): the FIDO PIN is the PIV PIN.
+pub fn change_shared_pin(initial: &Secret, new_pin: &str) -> Result<Batch, Failure> {
+    let change = keyward_card::piv::change_reference_data(
+        keyward_card::piv::key_ref::PIN,
+        initial.expose().as_bytes(),
+        new_pin.as_bytes(),
+    )
+    .ok_or_else(|| {
+        Failure::new(
+            "pin_invalid",
+            STEP_SET_NEW_PIN,
+            "a PIV PIN has 1 to 8 characters",
+        )
+    })?;
+    let mut batch = Batch::default();
+    batch.push(
+        STEP_SET_NEW_PIN,
+        keyward_card::piv::select_piv().to_bytes(),
+        &[0x9000],
+        false,
+    );
+    batch.push(STEP_SET_NEW_PIN, change.to_bytes(), &[0x9000], true);
+    Ok(batch)
+}
+
+/// The answers to [`change_shared_pin`]'s batch.
+pub fn on_pin_changed(sent: &Batch, responses: &[Response]) -> Result<(), Failure> {
+    check(sent, responses).map(|_| ())
+}
+
+#[cfg(test)]
+mod shared_pin_change_tests {
+    use super::*;
+
+    #[test]
+    fn change_batch_selects_piv_and_changes_the_pin() {
+        let b = change_shared_pin(&Secret::new("12345678"), "24681357").expect("batch");
+        assert_eq!(b.commands.len(), 2);
+        assert_eq!(&b.commands[1].bytes[..4], &[0x00, 0x24, 0x00, 0x80]);
+        assert!(b.commands[1].secret);
+        let ok = vec![
+            Response {
+                data: vec![],
+                sw: 0x9000,
+            },
+            Response {
+                data: vec![],
+                sw: 0x9000,
+            },
+        ];
+        assert!(on_pin_changed(&b, &ok).is_ok());
+        assert!(on_pin_changed(&b, &ok[..1]).is_err());
+        assert!(change_shared_pin(&Secret::new("12345678"), "123456789").is_err());
+    }
+}

@@ -564,6 +564,119 @@ fn c4000_shared_pin_not_displayed_with_change_uses_the_persons_pin() {
     assert_passkey_signs_in(&t, "582046");
 }
 
+/// Shared PIN, Not Displayed, Change PIN = Yes, in order: the registration
+/// shows the initial PIN (typed back by the client), the passkey is
+/// registered, THEN the person is asked for their device PIN; the device is
+/// removed during the last batch (the PIN change), and Cancel leaves the
+/// passkey deleted at the tenant and revoked on record.
+#[test]
+fn c4000_shared_pin_change_comes_after_the_registration_and_cancel_deletes_the_passkey() {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let serial = "41000027";
+    let card = Vcard::spawn(&["--profile", "c4000", "--serial", serial]);
+    let t = tenant(&card);
+    let server = TestServer::start();
+    seed(&server, &t, "c4000", serial, "1.0.0", true);
+    put_setting(&server, "initial_pin_display_mode", "not_displayed");
+    put_setting(&server, "change_pin_during_issuance", "yes");
+    // No new_pin in the answers: keyward issue stops at the set_new_pin
+    // prompt, which must come after the registration.
+    let out = issue(&server, &card, serial, "touch = \"true\"\n", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{stderr}");
+    let id = stderr
+        .split("session ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no session id in: {stderr}"))
+        .to_string();
+    let (_, status) = server.call("GET", &format!("/issuance/{id}"), None);
+    assert_eq!(status["status"], "running", "{status}");
+    let kinds: Vec<&str> = status["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["set_new_pin"], "{status}");
+    assert_eq!(
+        t.handle.passkeys(UPN).len(),
+        1,
+        "the passkey is registered before the device PIN is asked for"
+    );
+    // The new PIN is checked against the policy's rules first.
+    let (s, refused) = server.call(
+        "POST",
+        &format!("/issuance/{id}/relay"),
+        Some(
+            json!({ "protocol": 1, "session_id": id, "seq": status["seq"], "responses": [],
+            "answers": { "set_new_pin": "1" } }),
+        ),
+    );
+    assert_eq!(s, 400, "{refused}");
+    let (s, batch) = server.call(
+        "POST",
+        &format!("/issuance/{id}/relay"),
+        Some(
+            json!({ "protocol": 1, "session_id": id, "seq": status["seq"], "responses": [],
+            "answers": { "set_new_pin": "582046" } }),
+        ),
+    );
+    assert_eq!(s, 200, "{batch}");
+    let commands = batch["commands"].as_array().unwrap();
+    assert_eq!(
+        commands.len(),
+        2,
+        "SELECT PIV, CHANGE REFERENCE DATA: {batch}"
+    );
+    assert!(commands[1]["bytes"]
+        .as_str()
+        .unwrap()
+        .starts_with("00240080"));
+    // The device is taken out before the PIN change reaches it.
+    let (s, failed) = server.call(
+        "POST",
+        &format!("/issuance/{id}/relay"),
+        Some(
+            json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": [],
+            "transport_error": "device_removed" }),
+        ),
+    );
+    assert_eq!(
+        (s, failed["state"].as_str()),
+        (200, Some("failed")),
+        "{failed}"
+    );
+    let out = std::process::Command::new(support::BIN)
+        .arg("issue")
+        .args(["--server", &server.url, "--token", &server.token])
+        .args(["--cancel", &id, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        t.handle.passkeys(UPN).is_empty(),
+        "the passkey is deleted at the tenant"
+    );
+    let (_, status) = server.call("GET", &format!("/issuance/{id}"), None);
+    assert_eq!(status["status"], "cancelled", "{status}");
+    let passkeys: Vec<&Value> = status["credentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "passkey")
+        .collect();
+    assert_eq!(passkeys.len(), 1, "{status}");
+    assert!(!passkeys[0]["revoked_at"].is_null(), "revoked: {status}");
+    drop(card);
+}
+
 #[test]
 fn yubikey_5_4_3_nfc_unshared() {
     let _lock = pcsc::lock();

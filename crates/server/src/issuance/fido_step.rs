@@ -19,8 +19,8 @@ use keyward_engine::fido::{
     self, AwaitCredential, AwaitInfo, AwaitPin, AwaitToken, CreationRequest, FidoPlan,
     FidoRegistration, PinSource, Registration,
 };
-use keyward_engine::piv::{AwaitWrites, PivPlan};
-use keyward_engine::{Batch, Failure, PromptKind, Response};
+use keyward_engine::piv::{AwaitWrites, PivPlan, Secret};
+use keyward_engine::{Batch, Failure, Prompt, PromptKind, Response};
 use keyward_graph::{GraphClient, GraphConfig, GraphError, NewFido2Method};
 use keyward_store::{Credential, IssuanceSession};
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,10 @@ pub(crate) struct FidoSession {
     display_name: String,
     /// The PIV certificates of this attempt, recorded with the passkey.
     certificates: Vec<(u8, Vec<u8>)>,
+    /// Shared PIN, Not Displayed, "Change PIN during issuance" = Yes: the
+    /// initial PIN, which the person replaces after the registration.
+    #[serde(default)]
+    change_pin_after: Option<Secret>,
 }
 
 // One stage at a time, sealed as JSON: the size difference does not matter.
@@ -54,6 +58,10 @@ enum Stage {
     Pin(AwaitPin),
     Token(AwaitToken),
     Credential(AwaitCredential),
+    /// Registered; the person chooses their device PIN (prompt batch out).
+    NewPin(PasskeyRecord),
+    /// Registered; the PIN change batch is out.
+    PinChanged(PasskeyRecord, Batch),
 }
 
 /// What a passkey credential keeps in its `der` column (JSON): enough to
@@ -75,11 +83,18 @@ pub(super) fn after_piv(
     user: &User,
     plan: &PivPlan,
     device_pin_generated_hidden: bool,
+    change_pin_at_end: bool,
     certificates: Vec<(u8, Vec<u8>)>,
 ) -> ApiResult<Option<Next>> {
     let Some(app) = &policy.fido_application else {
         return Ok(None);
     };
+    // Not Displayed with a shared PIN: the registration shows the initial
+    // PIN; with "Change PIN during issuance" = Yes the person's own PIN
+    // replaces it after the registration.
+    let change_pin_after = (app.share_device_pin && change_pin_at_end && plan.final_pin.is_none())
+        .then(|| plan.new_pin.clone());
+    let device_pin_generated_hidden = device_pin_generated_hidden || change_pin_after.is_some();
     let pin = if app.share_device_pin {
         // The device PIN after the writes: the person's own if they chose
         // one at the end, else the one set at the start.
@@ -109,6 +124,7 @@ pub(super) fn after_piv(
         entra_user: user.upn.clone().unwrap_or_else(|| user.login.clone()),
         display_name,
         certificates,
+        change_pin_after,
     };
     Ok(Some(Next::Batch(
         Engine::Fido(Box::new(session)),
@@ -126,15 +142,21 @@ pub(super) fn with_writes(
     user: &User,
     plan: &PivPlan,
     device_pin_generated_hidden: bool,
+    change_pin_at_end: bool,
     writes: AwaitWrites,
     mut batch: Batch,
     certificates: Vec<(u8, Vec<u8>)>,
 ) -> Next {
-    let Some(Next::Batch(Engine::Fido(session), probe, _)) =
-        after_piv(policy, user, plan, device_pin_generated_hidden, Vec::new())
-            .ok()
-            .flatten()
-    else {
+    let Some(Next::Batch(Engine::Fido(session), probe, _)) = after_piv(
+        policy,
+        user,
+        plan,
+        device_pin_generated_hidden,
+        change_pin_at_end,
+        Vec::new(),
+    )
+    .ok()
+    .flatten() else {
         return Next::Batch(Engine::AwaitWrites(writes), batch, certificates);
     };
     let piv_commands = batch.commands.len();
@@ -357,7 +379,81 @@ pub(super) async fn step(
             };
             register(state, s, fido, reg).await
         }
+        Stage::NewPin(record) => {
+            // Checked against the PIN rules before the session moved.
+            let (Some(initial), Some(pin)) = (
+                fido.change_pin_after.as_ref(),
+                answers.get(PromptKind::SetNewPin.as_str()),
+            ) else {
+                return Err(ApiError::internal("relaying", "no PIN to change"));
+            };
+            match fido::change_shared_pin(initial, pin) {
+                Err(f) => Ok(passkey_failed(state, &record, f).await),
+                Ok(batch) => {
+                    fido.stage = Stage::PinChanged(record, batch.clone());
+                    Ok(batch_next(fido, batch))
+                }
+            }
+        }
+        Stage::PinChanged(record, sent) => match fido::on_pin_changed(&sent, responses) {
+            Err(f) => Ok(passkey_failed(state, &record, f).await),
+            Ok(()) => Ok(Next::Done(credentials(s, fido.certificates, &record)?)),
+        },
     }
+}
+
+/// The attempt fails after its passkey was registered: the passkey is
+/// deleted at its service (compensation); the relay records it revoked
+/// ([`registered_passkey`]).
+async fn passkey_failed(state: &AppState, record: &PasskeyRecord, f: Failure) -> Next {
+    compensate(state, std::slice::from_ref(record)).await;
+    Next::Failed(f)
+}
+
+/// The passkey a FIDO step registered and has not yet recorded (the
+/// device PIN change after the registration is still to come).
+pub(super) fn registered_passkey(engine: &Engine) -> Option<PasskeyRecord> {
+    match engine {
+        Engine::Fido(f) => match &f.stage {
+            Stage::NewPin(r) | Stage::PinChanged(r, _) => Some(r.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The passkey credential on record (revoked at `revoked_at`, if given).
+pub(super) fn passkey_credential(
+    s: &IssuanceSession,
+    record: &PasskeyRecord,
+    revoked_at: Option<time::OffsetDateTime>,
+) -> Credential {
+    Credential {
+        id: Uuid::new_v4(),
+        device_id: s.device_id,
+        session_id: s.id,
+        kind: "passkey".into(),
+        slot: Some(format!("aaguid:{}", record.aaguid)),
+        serial: record.graph_id.clone(),
+        not_after: None,
+        der: Some(serde_json::to_vec(record).expect("a record serialises")),
+        created_at: time::OffsetDateTime::now_utc(),
+        revoked_at,
+    }
+}
+
+/// The session's credentials: the PIV certificates and the passkey.
+fn credentials(
+    s: &IssuanceSession,
+    certificates: Vec<(u8, Vec<u8>)>,
+    record: &PasskeyRecord,
+) -> ApiResult<Vec<Credential>> {
+    let mut creds: Vec<Credential> = Vec::new();
+    for (slot, der) in certificates {
+        creds.push(certificate_credential(s, slot, der, None)?);
+    }
+    creds.push(passkey_credential(s, record, None));
+    Ok(creds)
 }
 
 /// A stand-in for the stage while it is taken out (never sealed).
@@ -409,23 +505,18 @@ async fn register(
         credential_id: fido::b64url(&reg.credential_id),
         aaguid: method.aa_guid.clone().unwrap_or(aaguid),
     };
-    let mut creds: Vec<Credential> = Vec::new();
-    for (slot, der) in fido.certificates {
-        creds.push(certificate_credential(s, slot, der, None)?);
+    if fido.change_pin_after.is_some() {
+        // The person now chooses their device PIN; the last batch sets it.
+        let prompts = Batch::prompts(vec![Prompt::new(
+            PromptKind::SetNewPin,
+            fido::STEP_SET_NEW_PIN,
+            "Choose the PIN of your device (it also unlocks the passkey)",
+        )]);
+        let mut fido = fido;
+        fido.stage = Stage::NewPin(record);
+        return Ok(Next::Batch(Engine::Fido(Box::new(fido)), prompts, vec![]));
     }
-    creds.push(Credential {
-        id: Uuid::new_v4(),
-        device_id: s.device_id,
-        session_id: s.id,
-        kind: "passkey".into(),
-        slot: Some(format!("aaguid:{}", record.aaguid)),
-        serial: record.graph_id.clone(),
-        not_after: None,
-        der: Some(serde_json::to_vec(&record).expect("a record serialises")),
-        created_at: time::OffsetDateTime::now_utc(),
-        revoked_at: None,
-    });
-    Ok(Next::Done(creds))
+    Ok(Next::Done(credentials(s, fido.certificates, &record)?))
 }
 
 /// Deletes at Graph every passkey on record for a device and not revoked
@@ -486,4 +577,12 @@ pub(crate) async fn delete_passkey(state: &AppState, record: &PasskeyRecord) -> 
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// The policy's FIDO application shares the device PIN.
+pub(super) fn shares_device_pin(policy: &DevicePolicy) -> bool {
+    policy
+        .fido_application
+        .as_ref()
+        .is_some_and(|a| a.share_device_pin)
 }

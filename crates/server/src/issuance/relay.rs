@@ -110,7 +110,11 @@ pub(super) fn step_engine(
                     certificates: certificates.clone(),
                     chuid_signature,
                 };
-                if change_pin_at_end && await_certs.plan().final_pin.is_none() {
+                // (A shared FIDO PIN changes after the passkey registration.)
+                if change_pin_at_end
+                    && await_certs.plan().final_pin.is_none()
+                    && !super::fido_step::shares_device_pin(policy)
+                {
                     // The person chooses their PIN now; the last batch sets it.
                     let prompt = Batch::prompts(vec![Prompt::new(
                         PromptKind::SetNewPin,
@@ -131,6 +135,7 @@ pub(super) fn step_engine(
                         user,
                         &plan,
                         pin_hidden,
+                        change_pin_at_end,
                         next,
                         batch,
                         certificates,
@@ -144,8 +149,15 @@ pub(super) fn step_engine(
             Ok(done) if policy.fido_application.is_some() => {
                 let plan = piv_plan
                     .ok_or_else(|| ApiError::internal("relaying", "no plan for the FIDO step"))?;
-                super::fido_step::after_piv(policy, user, &plan, pin_hidden, done.certificates)?
-                    .ok_or_else(|| ApiError::internal("relaying", "no FIDO application"))?
+                super::fido_step::after_piv(
+                    policy,
+                    user,
+                    &plan,
+                    pin_hidden,
+                    change_pin_at_end,
+                    done.certificates,
+                )?
+                .ok_or_else(|| ApiError::internal("relaying", "no FIDO application"))?
             }
             Ok(done) => Next::Done(
                 done.certificates
@@ -167,6 +179,7 @@ pub(super) fn step_engine(
                     user,
                     &plan,
                     pin_hidden,
+                    change_pin_at_end,
                     next,
                     batch,
                     vec![],
@@ -305,6 +318,9 @@ pub(super) async fn relay(
     let attestation_failure =
         super::attestation::before_certify(&state, &caller, &s, &device, &data.engine, &responses)
             .await?;
+    // A passkey registered before the device PIN change: revoked on record
+    // if the attempt fails (the FIDO step deletes it at its service).
+    let registered_passkey = super::fido_step::registered_passkey(&data.engine);
     let next = match data.engine {
         _ if attestation_failure.is_some() => {
             Ok(Next::Failed(attestation_failure.expect("checked")))
@@ -440,6 +456,10 @@ pub(super) async fn relay(
                 .map(|(slot, der)| certificate_credential(&s, slot, der, Some(now)))
                 .collect::<ApiResult<_>>()?;
             let any_revoked = !revoked.is_empty();
+            let mut revoked = revoked;
+            if let Some(record) = &registered_passkey {
+                revoked.push(super::fido_step::passkey_credential(&s, record, Some(now)));
+            }
             let ending = Ending {
                 status: "failed",
                 step: f.step.clone(),

@@ -27,12 +27,18 @@ pub async fn sweep_abandoned(state: &AppState) -> anyhow::Result<usize> {
         if let Some(a) = &attempt {
             data.kept = Some(Kept::from_known(&a.known));
         }
-        let revoked: Vec<Credential> = attempt
+        let mut revoked: Vec<Credential> = attempt
             .map(|a| a.certificates)
             .unwrap_or_default()
             .into_iter()
             .filter_map(|(slot, der)| certificate_credential(&s, slot, der, Some(now)).ok())
             .collect();
+        // A passkey registered before the device PIN change: revoked on
+        // record, deleted at its service once the session has ended.
+        let passkey = super::fido_step::registered_passkey(&data.engine);
+        if let Some(record) = &passkey {
+            revoked.push(super::fido_step::passkey_credential(&s, record, Some(now)));
+        }
         data.initial_pin = None;
         data.engine = Engine::Finished;
         data.batch = Batch::default();
@@ -76,6 +82,9 @@ pub async fn sweep_abandoned(state: &AppState) -> anyhow::Result<usize> {
         {
             Ok(()) => {
                 ended += 1;
+                if let Some(record) = &passkey {
+                    super::fido_step::compensate(state, std::slice::from_ref(record)).await;
+                }
                 if !revoked.is_empty() {
                     state.pki.invalidate_crl();
                 }
