@@ -34,6 +34,11 @@ pub struct Inner {
     pub pki: Arc<crate::pki::Pki>,
     /// Wakes the workstation agents' long-polls.
     pub agents: crate::agents::Hub,
+    /// The management-key master key, read and unsealed at its first use
+    /// (created once, then only read back: safe to keep across requests).
+    pub master_key: tokio::sync::OnceCell<zeroize::Zeroizing<Vec<u8>>>,
+    /// The attestation roots (`attestation_roots`), read at their first use.
+    pub attestation_anchors: std::sync::OnceLock<Vec<Vec<u8>>>,
 }
 
 impl Deref for AppState {
@@ -56,6 +61,8 @@ impl AppState {
         Ok(AppState(Arc::new(Inner {
             pki,
             agents: Default::default(),
+            master_key: Default::default(),
+            attestation_anchors: Default::default(),
             store,
             sealer,
             tokens: TokenHasher::new(kek),

@@ -12,9 +12,7 @@
 use base64::Engine as _;
 use keyward_domain::{AuditOutcome, Device, DeviceType};
 use keyward_engine::{Failure, Response};
-use keyward_pki::attestation::{
-    certificate_from_object, verify_piv_attestation, PivAttestationInput,
-};
+use keyward_pki::attestation::{certificate_from_object, verify_piv_attestations, AttestedKey};
 use keyward_store::IssuanceSession;
 
 use super::Engine;
@@ -24,7 +22,14 @@ use crate::auth::Caller;
 use crate::error::ApiResult;
 
 /// The configured roots, DER (PEM files may hold several certificates).
-fn anchors(state: &AppState) -> Vec<Vec<u8>> {
+/// Read once per server (at the first attestation), not per issuance.
+fn anchors(state: &AppState) -> &[Vec<u8>] {
+    state
+        .attestation_anchors
+        .get_or_init(|| read_anchors(state))
+}
+
+fn read_anchors(state: &AppState) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for path in &state.config.attestation_roots {
         let Ok(bytes) = std::fs::read(path) else {
@@ -83,6 +88,25 @@ pub(super) async fn before_certify(
     let device_cert = certs
         .device_attestation_certificate()
         .map(certificate_from_object);
+    // The keys that came with an attestation, verified together: the device
+    // certificate's chain is checked once per issuance, not once per key.
+    let mut verified = match &device_cert {
+        Some(Ok(dev)) => {
+            let keys: Vec<AttestedKey<'_>> = certs
+                .keys()
+                .iter()
+                .filter_map(|k| {
+                    k.attestation.as_ref().map(|a| AttestedKey {
+                        attestation_der: a,
+                        expected_spki_der: &k.spki_der,
+                    })
+                })
+                .collect();
+            verify_piv_attestations(dev, &[], anchors, &keys, now)
+        }
+        _ => Vec::new(),
+    }
+    .into_iter();
     let mut records = Vec::new();
     let mut failure = None;
     for k in certs.keys() {
@@ -90,25 +114,21 @@ pub(super) async fn before_certify(
             (None, _) => Err("the device gave no attestation for the key".into()),
             (_, None) => Err("the device has no attestation certificate (5FFF01)".into()),
             (_, Some(Err(e))) => Err(e.to_string()),
-            (Some(att), Some(Ok(dev))) => verify_piv_attestation(&PivAttestationInput {
-                attestation_der: att,
-                device_cert_der: dev,
-                intermediates: &[],
-                trust_anchors: &anchors,
-                expected_spki_der: &k.spki_der,
-                now,
-            })
-            .map_err(|e| e.to_string())
-            .and_then(|v| match v.serial {
-                Some(n) if u64::from(n) == device.serial.0 => Ok(()),
-                other => Err(format!(
-                    "the attestation names serial {}, not {}",
-                    other
-                        .map(|n| n.to_string())
-                        .unwrap_or_else(|| "none".into()),
-                    device.serial
-                )),
-            }),
+            // One result per attested key, in the keys' order.
+            (Some(_), Some(Ok(_))) => verified
+                .next()
+                .unwrap_or_else(|| Err(keyward_pki::attestation::AttestationError::KeyMismatch))
+                .map_err(|e| e.to_string())
+                .and_then(|v| match v.serial {
+                    Some(n) if u64::from(n) == device.serial.0 => Ok(()),
+                    other => Err(format!(
+                        "the attestation names serial {}, not {}",
+                        other
+                            .map(|n| n.to_string())
+                            .unwrap_or_else(|| "none".into()),
+                        device.serial
+                    )),
+                }),
         };
         records.push(serde_json::json!({
             "slot": format!("{:02x}", k.slot),

@@ -134,7 +134,12 @@ pub(super) async fn start(
     // sealed for Get Initial PIN.
     let change_pin_at_end = pin.generated && settings.change_pin_during_issuance;
     let initial_pin = (pin.generated && !change_pin_at_end).then(|| pin.pin.clone());
-    let master = master_key(&state).await?;
+    // Read and unsealed once per server, not per issuance.
+    let master = state
+        .master_key
+        .get_or_try_init(|| master_key(&state))
+        .await?
+        .clone();
     let mut guid = [0u8; 16];
     rng.fill_bytes(&mut guid);
     let expiration = (time::OffsetDateTime::now_utc() + time::Duration::days(5 * 365)).date();
