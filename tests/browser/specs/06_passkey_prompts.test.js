@@ -169,7 +169,7 @@ test('shared PIN set at the start: the registration is confirmed (the device PIN
   assert.ok(seen.some((k) => k.includes('confirm_touch')), `prompts: ${seen}`);
 });
 
-test('shared PIN, Not Displayed with Change PIN during issuance: no PIN at the start, the person sets their PIN through the prompts', async (t) => {
+test('shared PIN, Not Displayed with Change PIN during issuance: the registration shows the initial PIN, then the person sets their PIN', async (t) => {
   await h.setSettings(server, { initial_pin_display_mode: 'not_displayed', change_pin_during_issuance: 'true' });
   t.after(() => h.setSettings(server, { initial_pin_display_mode: 'displayed', change_pin_during_issuance: 'false' }));
   await page.goto(`${server.url}/users/carol/add-device`);
@@ -182,8 +182,13 @@ test('shared PIN, Not Displayed with Change PIN during issuance: no PIN at the s
   await page.click('#continue');
   // Any initial PIN shown (show_initial_pin) is typed back by the dialog itself.
   const seen = await answerUntilIssued('carol', '36000003', { set_new_pin: '591736' }, '06-shared-not-displayed');
-  assert.ok(seen.some((k) => k.includes('set_new_pin')), `prompts: ${seen}`);
-  assert.ok(seen.some((k) => k.includes('confirm_touch')), `prompts: ${seen}`);
+  const registration = seen.findIndex((k) => k.includes('confirm_touch'));
+  const newPin = seen.findIndex((k) => k.includes('set_new_pin'));
+  assert.ok(registration >= 0 && newPin >= 0, `prompts: ${seen}`);
+  // Issue 6: the initial PIN is shown in the registration prompt; the
+  // person's own PIN comes after the registration.
+  assert.ok(seen[registration].includes('show_initial_pin'), `prompts: ${seen}`);
+  assert.ok(registration < newPin, `the registration comes first: ${seen}`);
 });
 
 test('unshared PIN: a FIDO PIN is set during the registration; a passkey on record', async () => {
