@@ -154,7 +154,7 @@ pub async fn check_relay_batch(
     state: &AppState,
     caller: &Caller,
     session: &keyward_store::IssuanceSession,
-    serial: keyward_domain::Serial,
+    serial: u64,
     batch_has_commands: bool,
 ) -> Result<(), ApiError> {
     let Via::Agent { id: agent_id, .. } = &caller.via else {

@@ -15,8 +15,10 @@
 //! * [`work`]: the agent long-polls for command batches; an issuance started
 //!   with `via: "agent"` is bound to the agent that reports the device.
 //!
-//! The in-memory [`Hub`] only wakes long-polls: every decision reads the
-//! store, so another node on the same PostgreSQL serves an agent as well.
+//! The in-memory [`Hub`] wakes long-polls and remembers which agent a
+//! session is bound to (a binding never changes once written, so a
+//! remembered one is as good as the store's); every other decision reads
+//! the store, so another node on the same PostgreSQL serves an agent as well.
 
 mod credential;
 mod pairing;
@@ -38,7 +40,7 @@ use utoipa_axum::routes;
 use crate::app::AppState;
 use crate::auth::{Caller, Via};
 
-pub use credential::{AgentAuth, RelayCaller, AGENT_CREDENTIAL_PREFIX};
+pub use credential::{check_relay_batch, AgentAuth, RelayCaller, AGENT_CREDENTIAL_PREFIX};
 pub use work::{bind_session, choose_for_start};
 
 /// An agent not heard from for this long is offline (its long-poll
@@ -67,13 +69,22 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct Hub {
     work: watch::Sender<u64>,
     devices: watch::Sender<u64>,
+    /// Session id -> the agent it is bound to. Written once per session in
+    /// the store (`agent_sessions` primary key), so never stale; a node
+    /// that has not seen the binding reads the store.
+    bound: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, uuid::Uuid>>,
 }
+
+/// The binding cache is dropped whole past this many sessions (it refills
+/// from the store), so it cannot grow without end.
+const BOUND_CACHE_MAX: usize = 100_000;
 
 impl Default for Hub {
     fn default() -> Self {
         Hub {
             work: watch::channel(0).0,
             devices: watch::channel(0).0,
+            bound: Default::default(),
         }
     }
 }
@@ -87,6 +98,20 @@ impl Hub {
     }
     pub fn devices_version(&self) -> u64 {
         *self.devices.borrow()
+    }
+    fn bound_agent(&self, session_id: uuid::Uuid) -> Option<uuid::Uuid> {
+        self.bound
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&session_id).copied())
+    }
+    fn remember_binding(&self, session_id: uuid::Uuid, agent_id: uuid::Uuid) {
+        if let Ok(mut m) = self.bound.lock() {
+            if m.len() >= BOUND_CACHE_MAX {
+                m.clear();
+            }
+            m.insert(session_id, agent_id);
+        }
     }
     fn watch_work(&self) -> watch::Receiver<u64> {
         self.work.subscribe()

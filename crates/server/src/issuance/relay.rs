@@ -237,6 +237,17 @@ pub(super) async fn relay(
         ));
     }
     let s = load(&state, &id).await?;
+    let data = unseal(&state, &s)?;
+    // An agent also needs the device reported and a command batch out (its
+    // binding was checked by RelayCaller); on the session already open.
+    crate::agents::check_relay_batch(
+        &state,
+        &caller,
+        &s,
+        data.serial,
+        !data.batch.commands.is_empty(),
+    )
+    .await?;
     if result.session_id != s.id.to_string() {
         return Err(
             ApiError::bad_request("session_mismatch", "session_id differs from the URL")
@@ -260,7 +271,6 @@ pub(super) async fn relay(
         .field("seq"));
     }
     let responses = parse_responses(&result)?;
-    let data = unseal(&state, &s)?;
     if matches!(data.engine, Engine::Recycle(_)) {
         return super::recycle::on_result(&state, &caller, &s, data, &responses, &result).await;
     }
