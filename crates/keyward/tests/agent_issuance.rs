@@ -107,6 +107,8 @@ fn a_device_removed_mid_batch_fails_typed_and_is_retried_through_the_agent() {
     let id = first["session_id"].as_str().unwrap().to_string();
     let failed = wait_session_end(&server.url, &server.token, &id);
     assert_eq!(failed["status"], "failed", "{failed}");
+    // The person sees the cause, not a short batch.
+    assert_eq!(failed["error"]["code"], "device_removed", "{failed}");
     // The agent returned the typed transport error with the responses it had.
     agent.wait_output("batch 2 (2 of ", Duration::from_secs(10));
     agent.wait_output("stopped: device_removed", Duration::from_secs(10));

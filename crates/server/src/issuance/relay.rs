@@ -39,6 +39,25 @@ pub(super) fn parse_responses(r: &RelayResult) -> ApiResult<Vec<Response>> {
         .collect()
 }
 
+/// A batch cut short by the transport fails with the transport's cause
+/// (`device_removed`, `reader_gone`, `timeout`, `sharing_violation`), which
+/// tells the person what to do, rather than `incomplete_batch`.
+fn with_transport_cause(mut f: Failure, transport_error: Option<&str>) -> Failure {
+    const CAUSES: [&str; 4] = [
+        "device_removed",
+        "reader_gone",
+        "timeout",
+        "sharing_violation",
+    ];
+    if let Some(cause) = transport_error.filter(|c| CAUSES.contains(c)) {
+        if f.code == "incomplete_batch" {
+            f.message = format!("{} ({cause})", f.message);
+            f.code = cause.to_string();
+        }
+    }
+    f
+}
+
 /// Where a relay step leads.
 pub(super) enum Next {
     /// The next state and batch, and certificates issued on the way.
@@ -359,6 +378,10 @@ pub(super) async fn relay(
     };
     let next_seq = s.seq + 1;
     let target = format!("device:{serial}");
+    let next = next.map(|n| match n {
+        Next::Failed(f) => Next::Failed(with_transport_cause(f, result.transport_error.as_deref())),
+        n => n,
+    });
     match next? {
         Next::Batch(engine, batch, issued) => {
             attempt.certificates.extend(issued);
