@@ -304,6 +304,51 @@ fn c4000_unshared_sets_a_fido_pin_and_faults_are_survived() {
     }
 }
 
+/// C4000 unshared, its FIDO application already has a PIN (set over PC/SC
+/// by python-fido2 before the issuance): the person enters it
+/// (enter_fido_pin), nobody sets one, and that PIN signs in.
+#[test]
+fn c4000_unshared_with_a_fido_pin_already_set() {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let serial = "41000028";
+    let card = Vcard::spawn(&["--profile", "c4000", "--serial", serial]);
+    let out = std::process::Command::new(PYTHON)
+        .args([
+            "-c",
+            "import sys, types; sys.path.insert(0, sys.argv[1]); from fido_check import open_device; from fido2.ctap2 import Ctap2; from fido2.ctap2.pin import ClientPin; d = open_device(types.SimpleNamespace(hid_socket=None, reader='Virtual')); ClientPin(Ctap2(d)).set_pin(sys.argv[2]); print('set')",
+        ])
+        .arg(format!("{}/tests/python", env!("CARGO_MANIFEST_DIR")))
+        .arg("246813")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("set"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = tenant(&card);
+    let server = TestServer::start();
+    seed(&server, &t, "c4000", serial, "1.0.0", false);
+    // No fido_pin in the answers: a set_fido_pin prompt would fail the run.
+    let out = issue(
+        &server,
+        &card,
+        serial,
+        "pin = \"735194\"\nfido_current_pin = \"246813\"\ntouch = \"true\"\n",
+        &[],
+    );
+    let r = report(&out);
+    assert_eq!(
+        r["state"],
+        "issued",
+        "{r}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(passkeys_on_record(&r).len(), 1);
+    assert_passkey_signs_in(&t, "246813");
+}
+
 #[test]
 fn declined_then_retry() {
     let _lock = pcsc::lock();
