@@ -10,6 +10,12 @@
 //! fetched when the answers arrive; the registration is POSTed when
 //! makeCredential answers. A registration Graph refuses leaves nothing on
 //! record; a passkey registered but not recorded is deleted again.
+//!
+//! Shared PIN, Not Displayed, "Change PIN during issuance" = Yes: the
+//! registration prompt shows the initial PIN; after the registration a
+//! `set_new_pin` prompt batch, then SELECT PIV + CHANGE REFERENCE DATA (one
+//! round trip more). A failure or an abandon in between deletes the
+//! registered passkey at its service and records it revoked.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
