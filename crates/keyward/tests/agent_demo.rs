@@ -81,4 +81,60 @@ fn the_demo_agent_serves_its_virtual_devices_already_paired() {
     assert_eq!(report["state"], "issued", "{report}");
     let (_, d) = server.call("GET", "/devices/20000001", None);
     assert_eq!(d["state"], "issued");
+
+    // The USB YubiKey takes its passkey's CTAP on its FIDO (HID) side.
+    std::fs::write(
+        answers.path(),
+        "pin = \"735194\"\nfido_pin = \"864213\"\ntouch = \"true\"\n",
+    )
+    .unwrap();
+    let out = demo_issue(
+        &server,
+        &[
+            "--user",
+            "alice",
+            "--policy",
+            "PIV + Passkey (unshared PIN)",
+            "--serial",
+            "10000001",
+        ],
+        answers.path(),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{}{}\nserver:\n{}",
+        support::stdout(&out),
+        support::stderr(&out),
+        server.output()
+    );
+    assert_eq!(report["state"], "issued", "{report}");
+    let (_, d) = server.call("GET", "/devices/10000001", None);
+    assert_eq!(d["state"], "issued");
+}
+
+/// `keyward issue --json ARGS --answers FILE` against the demo, no pcscd.
+fn demo_issue(
+    server: &TestServer,
+    args: &[&str],
+    answers: &std::path::Path,
+) -> std::process::Output {
+    std::process::Command::new(support::BIN)
+        .args([
+            "issue",
+            "--server",
+            &server.url,
+            "--token",
+            &server.token,
+            "--json",
+        ])
+        .args(args)
+        .arg("--answers")
+        .arg(answers)
+        .env(
+            "PCSCLITE_CSOCK_NAME",
+            "/nonexistent/keyward-demo-pcscd.comm",
+        )
+        .output()
+        .unwrap()
 }

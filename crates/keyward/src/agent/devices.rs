@@ -17,7 +17,7 @@ use keyward_client::apdu::ApduTransport;
 use keyward_client::discover::{discover, identify_entry, DiscoveryOptions};
 use keyward_client::hid::{HidDeviceInfo, HidKind, HidUevent};
 use keyward_client::identify::DeviceEntry;
-use keyward_client::in_process::InProcessCard;
+use keyward_client::in_process::{InProcessCard, InProcessFido};
 use keyward_client::pcsc::Pcsc;
 use keyward_client::TransportError;
 use keyward_domain::Transport;
@@ -128,10 +128,28 @@ impl Endpoint {
                     keyward_client::ctaphid::CtaphidDevice::open(dev)?,
                 )))
             }
-            Endpoint::Virtual(v) => Ok(Box::new(CardIo::new(Faulty {
-                card: InProcessCard::new(v.handle.clone(), v.name.clone()),
-                remove_after: v.remove_after.clone(),
-            }))),
+            Endpoint::Virtual(v) => {
+                let card = CardIo::new(Faulty {
+                    card: InProcessCard::new(v.handle.clone(), v.name.clone()),
+                    remove_after: v.remove_after.clone(),
+                });
+                // A USB YubiKey answers CTAP only on its HID side (its CCID
+                // interface has no FIDO application); a C4000, or a key over
+                // NFC, takes CTAP wrapped in ISO 7816.
+                let usb_yubikey = v.handle.with_card(|c| {
+                    let config = c.config();
+                    config.profile == ProfileKind::Yubikey5
+                        && config.transport == keyward_vcard::Transport::Usb
+                });
+                if usb_yubikey {
+                    Ok(Box::new(VirtualUsbIo {
+                        card,
+                        fido: HidIo(InProcessFido::new(v.handle.clone(), v.name.clone())),
+                    }))
+                } else {
+                    Ok(Box::new(card))
+                }
+            }
         }
     }
 }
@@ -160,6 +178,23 @@ impl<T: ApduTransport> DeviceIo for SplitIo<T> {
             self.open = Some(HidIo(keyward_client::ctaphid::CtaphidDevice::open(dev)?));
         }
         self.open.as_mut().expect("opened").ctap(request)
+    }
+}
+
+/// An in-process USB YubiKey: PIV over its card side, CTAP over its
+/// FIDO (CTAPHID) side, as [`SplitIo`] does for a real one.
+struct VirtualUsbIo {
+    card: CardIo<Faulty>,
+    fido: HidIo<InProcessFido>,
+}
+
+impl DeviceIo for VirtualUsbIo {
+    fn piv(&mut self, bytes: &[u8]) -> Result<(Vec<u8>, u16), TransportError> {
+        self.card.piv(bytes)
+    }
+
+    fn ctap(&mut self, request: &[u8]) -> Result<Vec<u8>, TransportError> {
+        self.fido.ctap(request)
     }
 }
 
