@@ -496,6 +496,19 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
             .as_str()
             .ok_or_else(|| anyhow!("no session {id}: {}", server_error(&session)))?
             .to_string();
+        // A session bound to a workstation agent is retried through it: no
+        // local reader is needed (or used).
+        if session["agent"].is_string() {
+            return crate::agent::via_agent::retry(
+                &args.server,
+                &args.token,
+                id,
+                &serial,
+                &read_answers(&args.answers)?,
+                args.json,
+                total,
+            );
+        }
         let found = IssueArgs {
             serial: Some(serial.clone()),
             ..args.clone()

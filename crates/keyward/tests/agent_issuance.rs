@@ -121,9 +121,17 @@ fn a_device_removed_mid_batch_fails_typed_and_is_retried_through_the_agent() {
     wait_devices(&server.url, &server.token, &["31000302"], false);
     agent.control("31000302", "insert");
     wait_devices(&server.url, &server.token, &["31000302"], true);
-    // Retry (same device, policy and PIN): the agent relays it to the end.
-    let (s, again) = server.call("POST", &format!("/issuance/{id}/retry"), None);
-    assert_eq!(s, 200, "{again}");
+    // Retry (same device, policy and PIN) with `keyward issue --retry`: the
+    // session is bound to the agent, so the CLI follows it there (no local
+    // reader here) and the agent relays it to the end.
+    let (out, report) = issue(&server, &["--retry", &id]);
+    assert!(
+        out.status.success(),
+        "{report}\n{}\nagent:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.output()
+    );
+    assert_eq!(report["state"], "issued", "{report}");
     let done = wait_session_end(&server.url, &server.token, &id);
     assert_eq!(
         done["status"],

@@ -163,6 +163,39 @@ pub fn issue(
     follow(&http, &base, token, &id, &serial, answers, json_out, total)
 }
 
+/// `keyward issue --retry` of a session bound to an agent: the retry is
+/// relayed by that agent again; this client follows it and answers prompts.
+pub fn retry(
+    server: &str,
+    token: &str,
+    id: &str,
+    serial: &str,
+    answers: &Map<String, Value>,
+    json_out: bool,
+    total: Instant,
+) -> anyhow::Result<ExitCode> {
+    let base = server.trim_end_matches('/').to_string();
+    let http = client()?;
+    let r = http
+        .post(format!("{base}/api/v1/issuance/{id}/retry"))
+        .bearer_auth(token)
+        .json(&json!({}))
+        .send()
+        .with_context(|| format!("cannot reach the Keyward server at {base}"))?;
+    let status = r.status().as_u16();
+    let v: Value = r.json().unwrap_or(Value::Null);
+    if status != 200 {
+        bail!(
+            "retry refused (HTTP {status}): {}",
+            super::http::error_text(&v)
+        );
+    }
+    if !json_out {
+        eprintln!("retrying session {id} on device {serial} through its agent");
+    }
+    follow(&http, &base, token, id, serial, answers, json_out, total)
+}
+
 /// Follows a session run by an agent: progress, prompts, the end.
 #[allow(clippy::too_many_arguments)]
 pub fn follow(

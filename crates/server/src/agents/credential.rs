@@ -118,23 +118,29 @@ fn refuse(code: &str, message: &str) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, code, message)
 }
 
+/// The agent a session is bound to (remembered, else read from the store).
+pub async fn agent_of_session(
+    state: &AppState,
+    session_id: Uuid,
+) -> Result<Option<Uuid>, ApiError> {
+    if let Some(a) = state.agents.bound_agent(session_id) {
+        return Ok(Some(a));
+    }
+    let a = state
+        .store
+        .agent_of_session(session_id)
+        .await
+        .map_err(|e| ApiError::internal("reading the session's agent", e))?;
+    if let Some(a) = a {
+        state.agents.remember_binding(session_id, a);
+    }
+    Ok(a)
+}
+
 /// "An agent cannot act on a session of a device it does not report":
 /// first, the session must be bound to this agent.
 async fn may_relay(state: &AppState, agent: &Agent, session_id: Uuid) -> Result<(), ApiError> {
-    let bound = match state.agents.bound_agent(session_id) {
-        Some(a) => Some(a),
-        None => {
-            let a = state
-                .store
-                .agent_of_session(session_id)
-                .await
-                .map_err(|e| ApiError::internal("reading the session's agent", e))?;
-            if let Some(a) = a {
-                state.agents.remember_binding(session_id, a);
-            }
-            a
-        }
-    };
+    let bound = agent_of_session(state, session_id).await?;
     if bound != Some(agent.id) {
         return Err(refuse(
             "agent_not_bound",

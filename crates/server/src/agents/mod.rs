@@ -40,7 +40,9 @@ use utoipa_axum::routes;
 use crate::app::AppState;
 use crate::auth::{Caller, Via};
 
-pub use credential::{check_relay_batch, AgentAuth, RelayCaller, AGENT_CREDENTIAL_PREFIX};
+pub use credential::{
+    agent_of_session, check_relay_batch, AgentAuth, RelayCaller, AGENT_CREDENTIAL_PREFIX,
+};
 pub use work::{bind_session, choose_for_start};
 
 /// An agent not heard from for this long is offline (its long-poll

@@ -109,6 +109,10 @@ pub struct SessionStatus {
     /// The prompts the person must answer now (the batch out carries no
     /// device command); the person's client posts the answers to the relay.
     pub prompts: Vec<RelayPrompt>,
+    /// The workstation agent (id) that relays this session's device
+    /// commands, if it runs through one (`keyward issue --retry` follows it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 /// The engine's state between round trips, sealed in the session row.
@@ -272,6 +276,9 @@ pub(super) async fn status(
         error: s.error.and_then(|e| serde_json::from_str(&e).ok()),
         credentials,
         prompts,
+        agent: crate::agents::agent_of_session(&state, s.id)
+            .await?
+            .map(|a| a.to_string()),
     }))
 }
 
