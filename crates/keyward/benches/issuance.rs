@@ -18,6 +18,10 @@
 //!    all finished at once; server resident memory sampled every 10 ms
 //!    (VmRSS) and its peak (VmHWM).
 //!
+//! 3. Throughput again with the server in this process: its axum router
+//!    called without TCP (tower `oneshot`), fresh SQLite; CPU of this one
+//!    process per issuance (KEYWARD_BENCH_IN_PROCESS=0 skips it).
+//!
 //! Cards are created before the clock starts (a factory-new card makes its
 //! attestation keys). Set KEYWARD_BENCH_PAUSE=1 to print the server's PID and
 //! wait 5 s before the throughput phase (to attach `perf record -p PID`).
@@ -108,6 +112,9 @@ fn cpu_seconds(pid: &str) -> f64 {
 struct Api {
     http: reqwest::blocking::Client,
     base: String,
+    /// In-process mode: the server's router in this process, called
+    /// without TCP (tower `oneshot`), on the server's runtime.
+    local: Option<(axum::Router, tokio::runtime::Handle)>,
 }
 
 impl Api {
@@ -118,10 +125,51 @@ impl Api {
                 .build()
                 .unwrap(),
             base: base.to_string(),
+            local: None,
         }
     }
 
+    fn in_process(router: axum::Router, rt: tokio::runtime::Handle) -> Api {
+        Api {
+            local: Some((router, rt)),
+            ..Api::new("http://in-process")
+        }
+    }
+
+    /// One request to the in-process router: status and body.
+    fn local_call(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Option<(u16, Vec<u8>)> {
+        use tower::ServiceExt as _;
+        let (router, rt) = self.local.as_ref()?;
+        let req = axum::http::Request::builder()
+            .method(method)
+            .uri(format!("/api/v1{path}"))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", content_type)
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        Some(rt.block_on(async {
+            let resp = router.clone().oneshot(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (status, bytes.to_vec())
+        }))
+    }
+
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let bytes = body
+            .as_ref()
+            .map_or_else(Vec::new, |b| serde_json::to_vec(b).unwrap());
+        if let Some((s, out)) = self.local_call(method, path, "application/json", bytes) {
+            return (s, serde_json::from_slice(&out).unwrap_or(Value::Null));
+        }
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self
             .http
@@ -136,6 +184,15 @@ impl Api {
     }
 
     fn csv(&self, path: &str, body: String) {
+        if let Some((s, out)) = self.local_call("POST", path, "text/csv", body.clone().into_bytes())
+        {
+            assert!(
+                (200..300).contains(&s),
+                "{path}: {}",
+                String::from_utf8_lossy(&out)
+            );
+            return;
+        }
         let r = self
             .http
             .post(format!("{}/api/v1{path}", self.base))
@@ -327,17 +384,9 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn main() {
-    let n = env_usize("KEYWARD_BENCH_ISSUANCES", 2000);
-    let workers = env_usize("KEYWARD_BENCH_WORKERS", 8);
-    let sessions = env_usize("KEYWARD_BENCH_SESSIONS", 1000);
-    // The virtual manufacturer CA of the cards, trusted by the server: each
-    // key's attestation verifies (as with Yubico's root for real devices).
-    let ca_dir = tempfile::tempdir().unwrap();
-    let ca = ManufacturerCa::load_or_create(&ca_dir.path().join("ca")).unwrap();
-    let server = start_server(&ca_dir.path().join("ca").join("ca-cert.pem"));
-    let pid = server.child.id();
-    let api = Api::new(&server.url);
+/// The policy and settings of the run, then a warm-up (connections,
+/// SQLite pages, CA keys) on 50 devices.
+fn prepare(api: &Api, ca: &ManufacturerCa) {
     let (s, v) = api.call(
         "POST",
         "/policies",
@@ -367,15 +416,110 @@ fn main() {
         assert_eq!(s, 200, "{k}: {r}");
     }
 
-    // Warm-up (connections, SQLite pages, CA keys) on 50 devices.
     let warm = 50;
-    seed(&api, 50_000_000, warm);
+    seed(api, 50_000_000, warm);
     for mut card in cards(&ca, 50_000_000, warm) {
         let serial = card.config().serial;
         let mut c = Counters::default();
-        let b = add_device(&api, &format!("b{serial}"), serial, &mut c);
-        finish(&api, &mut card, b, &mut c);
+        let b = add_device(api, &format!("b{serial}"), serial, &mut c);
+        finish(api, &mut card, b, &mut c);
     }
+}
+
+/// 3. The same throughput with the server in this process: its router
+/// called without TCP (`tower::ServiceExt::oneshot`), a fresh SQLite data
+/// folder, the same policy, settings and warm-up. Only this process's CPU
+/// can be measured (server, virtual cards and client together).
+fn in_process(ca: &ManufacturerCa, ca_pem: &std::path::Path, n: usize, workers: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut config = keyward_server::config::Config::load(
+        None,
+        keyward_server::config::Overrides {
+            data_dir: Some(dir.path().join("data")),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    config.attestation_roots = vec![ca_pem.to_path_buf()];
+    let server = rt
+        .block_on(keyward_server::Server::start(
+            config,
+            keyward_server::StartOptions {
+                bootstrap_token: Some(TOKEN.into()),
+            },
+        ))
+        .unwrap();
+    let router = keyward_server::app::router(server.state.clone());
+    let api = Api::in_process(router.clone(), rt.handle().clone());
+    prepare(&api, ca);
+    let first = 60_000_000;
+    seed(&api, first, n);
+    let queue = Arc::new(Mutex::new(cards(ca, first, n)));
+    let total = Arc::new(Mutex::new(Counters::default()));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let cpu0 = cpu_seconds("self");
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            let (queue, total, latencies) = (queue.clone(), total.clone(), latencies.clone());
+            let api = Api::in_process(router.clone(), rt.handle().clone());
+            s.spawn(move || {
+                let mut mine = Counters::default();
+                loop {
+                    let Some(mut card) = queue.lock().unwrap().pop() else {
+                        break;
+                    };
+                    let serial = card.config().serial;
+                    let started = Instant::now();
+                    let b = add_device(&api, &format!("b{serial}"), serial, &mut mine);
+                    finish(&api, &mut card, b, &mut mine);
+                    latencies.lock().unwrap().push(started.elapsed());
+                }
+                total.lock().unwrap().add(&mine);
+            });
+        }
+    });
+    let wall = t.elapsed().as_secs_f64();
+    let cpu = cpu_seconds("self") - cpu0;
+    let c = *total.lock().unwrap();
+    let mut lat = latencies.lock().unwrap().clone();
+    lat.sort();
+    let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3;
+    println!(
+        "\n3. the same, server in this process (router called without TCP), {n} devices, {workers} workers:"
+    );
+    println!(
+        "  {:.1} issuances/s ({wall:.2} s wall); latency per issuance p50 {:.1} ms, p99 {:.1} ms",
+        n as f64 / wall,
+        p(0.5),
+        p(0.99)
+    );
+    println!(
+        "  CPU of this process (server + virtual cards + client) {:.2} ms per issuance, of which the virtual device's own time {:.2} ms",
+        cpu * 1e3 / n as f64,
+        c.device.as_secs_f64() * 1e3 / n as f64
+    );
+    server.stop();
+    drop(rt);
+}
+
+fn main() {
+    let n = env_usize("KEYWARD_BENCH_ISSUANCES", 2000);
+    let workers = env_usize("KEYWARD_BENCH_WORKERS", 8);
+    let sessions = env_usize("KEYWARD_BENCH_SESSIONS", 1000);
+    // The virtual manufacturer CA of the cards, trusted by the server: each
+    // key's attestation verifies (as with Yubico's root for real devices).
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = ManufacturerCa::load_or_create(&ca_dir.path().join("ca")).unwrap();
+    let server = start_server(&ca_dir.path().join("ca").join("ca-cert.pem"));
+    let pid = server.child.id();
+    let api = Api::new(&server.url);
+    prepare(&api, &ca);
 
     // 1. Throughput.
     let first = 40_000_000;
@@ -561,4 +705,13 @@ fn main() {
         proc_status_kib(pid, "VmHWM:"),
         proc_status_kib(pid, "VmHWM:") as f64 / 1024.0
     );
+    drop(server);
+    if env_usize("KEYWARD_BENCH_IN_PROCESS", 1) != 0 {
+        in_process(
+            &ca,
+            &ca_dir.path().join("ca").join("ca-cert.pem"),
+            n,
+            workers,
+        );
+    }
 }
