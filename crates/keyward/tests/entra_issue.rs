@@ -163,6 +163,19 @@ fn report(out: &Output) -> Value {
 
 /// python-fido2 over PC/SC: getAssertion for the passkey's rp.id with `pin`,
 /// verified with the public key the tenant stored.
+/// The `--json` report of a run that must have ended `issued` (its stderr
+/// shown otherwise).
+fn issued(out: &Output) -> Value {
+    let r = report(out);
+    assert_eq!(
+        r["state"],
+        "issued",
+        "{r}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    r
+}
+
 fn assert_passkey_signs_in(t: &Tenant, pin: &str) {
     passkey_signs_in(t, pin, &[]);
 }
@@ -241,13 +254,7 @@ fn c4000_shared_pin_set_at_the_start() {
         "pin = \"735194\"\ntouch = \"true\"\n",
         &[],
     );
-    let r = report(&out);
-    assert_eq!(
-        r["state"],
-        "issued",
-        "{r}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let r = issued(&out);
     let pk = passkeys_on_record(&r);
     assert_eq!(pk.len(), 1, "{r}");
     // The PIV issuance takes 3 device round trips; the FIDO step adds 2
@@ -283,13 +290,7 @@ fn c4000_unshared_sets_a_fido_pin_and_faults_are_survived() {
         "pin = \"735194\"\nfido_pin = \"864213\"\ntouch = \"true\"\n",
         &[],
     );
-    let r = report(&out);
-    assert_eq!(
-        r["state"],
-        "issued",
-        "{r}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let r = issued(&out);
     assert_eq!(passkeys_on_record(&r).len(), 1);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("864213"));
     assert_passkey_signs_in(&t, "864213");
@@ -338,13 +339,7 @@ fn c4000_unshared_with_a_fido_pin_already_set() {
         "pin = \"735194\"\nfido_current_pin = \"246813\"\ntouch = \"true\"\n",
         &[],
     );
-    let r = report(&out);
-    assert_eq!(
-        r["state"],
-        "issued",
-        "{r}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let r = issued(&out);
     assert_eq!(passkeys_on_record(&r).len(), 1);
     assert_passkey_signs_in(&t, "246813");
 }
@@ -379,13 +374,7 @@ fn declined_then_retry() {
         "fido_current_pin = \"864213\"\nfido_pin = \"864213\"\ntouch = \"true\"\n",
         &["--retry", &session],
     );
-    let r = report(&out);
-    assert_eq!(
-        r["state"],
-        "issued",
-        "{r}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    issued(&out);
     assert_passkey_signs_in(&t, "864213");
 }
 
@@ -422,13 +411,7 @@ fn forbidden_then_retry() {
     let session = r["session_id"].as_str().unwrap().to_string();
     // Retry after the fault is cleared ends issued.
     let out = run_issue(&server, &card, "touch = \"true\"\n", &["--retry", &session]);
-    let r = report(&out);
-    assert_eq!(
-        r["state"],
-        "issued",
-        "{r}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    issued(&out);
     assert_eq!(t.handle.passkeys(UPN).len(), 1);
     assert_passkey_signs_in(&t, "735194");
 }
@@ -566,13 +549,7 @@ fn c4000_shared_pin_not_displayed_without_change_shows_the_initial_pin() {
     // The registration prompt shows the initial PIN; the client types it
     // back (keyward issue answers with the shown value); nobody else is asked.
     let out = issue(&server, &card, serial, "touch = \"true\"\n", &[]);
-    let r = report(&out);
-    assert_eq!(
-        r["state"],
-        "issued",
-        "{r}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let r = issued(&out);
     assert_eq!(passkeys_on_record(&r).len(), 1);
     // Get Initial PIN stays available, and that PIN signs in with the passkey.
     let pin = reveal_initial_pin(&server, "alice", serial);
@@ -598,13 +575,7 @@ fn c4000_shared_pin_not_displayed_with_change_uses_the_persons_pin() {
         "new_pin = \"582046\"\ntouch = \"true\"\n",
         &[],
     );
-    let r = report(&out);
-    assert_eq!(
-        r["state"],
-        "issued",
-        "{r}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let r = issued(&out);
     assert_eq!(passkeys_on_record(&r).len(), 1);
     assert_passkey_signs_in(&t, "582046");
 }
@@ -747,13 +718,7 @@ fn yubikey_5_4_3_nfc_unshared() {
         "pin = \"735194\"\nfido_pin = \"973152\"\ntouch = \"true\"\n",
         &[],
     );
-    let r = report(&out);
-    assert_eq!(
-        r["state"],
-        "issued",
-        "{r}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let r = issued(&out);
     assert_eq!(passkeys_on_record(&r).len(), 1);
     assert_passkey_signs_in(&t, "973152");
 }
@@ -800,13 +765,7 @@ fn yubikey_usb(firmware: &str, preset_fido_pin: Option<&str>) {
         None => "pin = \"735194\"\nfido_pin = \"973152\"\ntouch = \"true\"\n".to_string(),
     };
     let out = issue(&server, &card, serial, &answers, &["--hid-socket", hid]);
-    let r = report(&out);
-    assert_eq!(
-        r["state"],
-        "issued",
-        "{r}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let r = issued(&out);
     assert_eq!(passkeys_on_record(&r).len(), 1);
     passkey_signs_in(
         &t,
@@ -856,13 +815,7 @@ fn beta_api_and_users_matched_by_object_id() {
         "pin = \"735194\"\ntouch = \"true\"\n",
         &[],
     );
-    let r = report(&out);
-    assert_eq!(
-        r["state"],
-        "issued",
-        "{r}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    issued(&out);
     assert_eq!(t.handle.passkeys(&entra.id.to_string()).len(), 1);
     assert!(t.handle.passkeys(UPN).is_empty());
     // v1.0 takes no longer challenge timeout: refused when saved.
