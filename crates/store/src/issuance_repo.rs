@@ -68,6 +68,41 @@ async fn device_change_tx(
     Ok(next)
 }
 
+/// Inserts a session row inside `tx`; a second active session for the same
+/// device breaks the one-active-session index: `device_busy`.
+async fn insert_session(
+    tx: &mut Tx,
+    session: &crate::issuance::IssuanceSession,
+    busy: &str,
+) -> StoreResult<()> {
+    sqlx::query(&format!(
+        "INSERT INTO issuance_sessions ({SESSION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    ))
+    .bind(session.id)
+    .bind(session.device_id)
+    .bind(session.user_id)
+    .bind(session.policy_id)
+    .bind(&session.action)
+    .bind(&session.status)
+    .bind(&session.step)
+    .bind(session.seq)
+    .bind(&session.sealed_state)
+    .bind(&session.error)
+    .bind(&session.created_by)
+    .bind(session.created_at)
+    .bind(session.updated_at)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            conflict("device_busy", "serial", busy)
+        } else {
+            e.into()
+        }
+    })?;
+    Ok(())
+}
+
 /// Starts a session: the device changes state (at `expected_version`) and
 /// the session row is written, in one transaction. A device with an active
 /// session already is a conflict (`device_busy`).
@@ -88,31 +123,7 @@ pub async fn start_issuance(
         &audit.actor,
     )
     .await?;
-    sqlx::query(&format!(
-        "INSERT INTO issuance_sessions ({SESSION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-    ))
-    .bind(session.id)
-    .bind(session.device_id)
-    .bind(session.user_id)
-    .bind(session.policy_id)
-    .bind(&session.action)
-    .bind(&session.status)
-    .bind(&session.step)
-    .bind(session.seq)
-    .bind(&session.sealed_state)
-    .bind(&session.error)
-    .bind(&session.created_by)
-    .bind(session.created_at)
-    .bind(session.updated_at)
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| {
-        if is_unique_violation(&e) {
-            conflict("device_busy", "serial", "the device is in another active issuance session")
-        } else {
-            e.into()
-        }
-    })?;
+    insert_session(&mut tx, session, "the device is in another active issuance session").await?;
     finish(tx, key, audit).await?;
     Ok(device)
 }
@@ -127,31 +138,7 @@ pub async fn open_device_session(
     audit: &AuditDraft,
 ) -> StoreResult<()> {
     let mut tx = dialect::begin_write(pool).await?;
-    sqlx::query(&format!(
-        "INSERT INTO issuance_sessions ({SESSION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-    ))
-    .bind(session.id)
-    .bind(session.device_id)
-    .bind(session.user_id)
-    .bind(session.policy_id)
-    .bind(&session.action)
-    .bind(&session.status)
-    .bind(&session.step)
-    .bind(session.seq)
-    .bind(&session.sealed_state)
-    .bind(&session.error)
-    .bind(&session.created_by)
-    .bind(session.created_at)
-    .bind(session.updated_at)
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| {
-        if is_unique_violation(&e) {
-            conflict("device_busy", "serial", "the device is in another active session")
-        } else {
-            e.into()
-        }
-    })?;
+    insert_session(&mut tx, session, "the device is in another active session").await?;
     finish(tx, key, audit).await
 }
 
