@@ -38,7 +38,13 @@ pub struct PasskeyService {
     pub tenant_id: String,
     /// Application (client) ID: a GUID.
     pub client_id: String,
+    /// The sealed client credential: the client secret, or, with a
+    /// certificate credential, the certificate's private key (PEM).
     pub client_secret: SealedSecret,
+    /// The certificate credential (PEM, public): when set, the service signs
+    /// client assertions with the key sealed in `client_secret` instead of
+    /// sending a secret.
+    pub client_certificate_pem: Option<String>,
     pub authority_url: String,
     pub graph_url: String,
     pub token_scope: String,
@@ -59,6 +65,11 @@ pub struct PasskeyServiceView {
     pub tenant_id: String,
     pub client_id: String,
     pub client_secret_set: bool,
+    /// `secret` or `certificate`.
+    pub credential_kind: String,
+    /// The certificate credential's SHA-256 thumbprint (hex), filled in by
+    /// the server, which parses certificates (the domain does not).
+    pub certificate_thumbprint_sha256: Option<String>,
     pub authority_url: String,
     pub graph_url: String,
     pub token_scope: String,
@@ -75,12 +86,23 @@ impl PasskeyService {
             tenant_id: self.tenant_id.clone(),
             client_id: self.client_id.clone(),
             client_secret_set: !self.client_secret.0.is_empty(),
+            credential_kind: self.credential_kind().into(),
+            certificate_thumbprint_sha256: None,
             authority_url: self.authority_url.clone(),
             graph_url: self.graph_url.clone(),
             token_scope: self.token_scope.clone(),
             api_version: self.api_version.clone(),
             challenge_timeout_minutes: self.challenge_timeout_minutes,
             user_id_attribute: self.user_id_attribute.clone(),
+        }
+    }
+
+    /// `certificate` when a certificate credential is configured, else `secret`.
+    pub fn credential_kind(&self) -> &'static str {
+        if self.client_certificate_pem.is_some() {
+            "certificate"
+        } else {
+            "secret"
         }
     }
 
@@ -275,6 +297,7 @@ mod tests {
             tenant_id: "contoso.onmicrosoft.com".into(),
             client_id: Uuid::new_v4().to_string(),
             client_secret: SealedSecret(vec![1, 2, 3]),
+            client_certificate_pem: None,
             authority_url: DEFAULT_AUTHORITY_URL.into(),
             graph_url: DEFAULT_GRAPH_URL.into(),
             token_scope: DEFAULT_TOKEN_SCOPE.into(),

@@ -31,6 +31,9 @@ pub struct StandinConfig {
     pub tenant_id: String,
     pub client_id: String,
     pub client_secret: String,
+    /// A certificate credential (PEM) of the client: when set, the token
+    /// endpoint also takes client assertions signed with its key.
+    pub client_certificate_pem: Option<String>,
     /// The only scope tokens are issued for.
     pub token_scope: String,
     pub token_lifetime: Duration,
@@ -62,6 +65,7 @@ impl StandinConfig {
             tenant_id: tenant_id.into(),
             client_id: client_id.into(),
             client_secret: client_secret.into(),
+            client_certificate_pem: None,
             token_scope: "https://graph.microsoft.com/.default".into(),
             token_lifetime: Duration::from_secs(3600),
             rp_id: "login.microsoft.com".into(),

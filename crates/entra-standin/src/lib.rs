@@ -14,6 +14,7 @@
 //! (the Graph URL is `{url}/graph`), and `{url}/admin/...` for tests: users,
 //! faults (429 with Retry-After, 503, 403), challenge expiry, stored keys.
 
+mod assertion;
 pub mod cli;
 mod config;
 mod graph;

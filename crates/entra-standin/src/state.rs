@@ -82,6 +82,8 @@ pub(crate) struct Pending {
 pub(crate) struct Inner {
     pub users: Vec<StandinUser>,
     pub tokens: HashMap<String, Instant>,
+    /// Client assertion IDs seen (a jti is accepted once).
+    pub used_jti: std::collections::HashSet<String>,
     /// By challenge (base64url).
     pub pending: HashMap<String, Pending>,
     pub passkeys: Vec<StoredPasskey>,
@@ -93,6 +95,7 @@ pub struct Tenant {
     pub(crate) config: StandinConfig,
     pub(crate) webauthn: WebauthnCore,
     pub(crate) trust: AttestationCaList,
+    pub(crate) client_certificate: Option<crate::assertion::TrustedCertificate>,
     pub(crate) inner: Mutex<Inner>,
 }
 
@@ -147,6 +150,11 @@ impl Tenant {
             anyhow::bail!("the simulated tenant needs at least one trusted attestation root");
         }
         let trust = trust_store(&config)?;
+        let client_certificate = config
+            .client_certificate_pem
+            .as_deref()
+            .map(crate::assertion::TrustedCertificate::from_pem)
+            .transpose()?;
         let origin = url_for(&format!("https://{}", config.rp_id))?;
         let webauthn = WebauthnCore::new_unsafe_experts_only(
             &config.rp_name,
@@ -159,6 +167,7 @@ impl Tenant {
         let inner = Inner {
             users: config.users.clone(),
             tokens: HashMap::new(),
+            used_jti: std::collections::HashSet::new(),
             pending: HashMap::new(),
             passkeys: Vec::new(),
             faults: VecDeque::new(),
@@ -168,6 +177,7 @@ impl Tenant {
             config,
             webauthn,
             trust,
+            client_certificate,
             inner: Mutex::new(inner),
         })
     }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Form, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use rand::RngCore;
@@ -23,7 +23,13 @@ pub(crate) struct TokenRequest {
     client_secret: String,
     #[serde(default)]
     scope: String,
+    #[serde(default)]
+    client_assertion_type: String,
+    #[serde(default)]
+    client_assertion: String,
 }
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     (
@@ -40,6 +46,7 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
 pub(crate) async fn token(
     State(t): State<Arc<Tenant>>,
     Path(tenant): Path<String>,
+    headers: HeaderMap,
     Form(req): Form<TokenRequest>,
 ) -> Response {
     let c = &t.config;
@@ -67,7 +74,11 @@ pub(crate) async fn token(
             ),
         );
     }
-    if !ct_eq(req.client_secret.as_bytes(), c.client_secret.as_bytes()) {
+    if !req.client_assertion.is_empty() || !req.client_assertion_type.is_empty() {
+        if let Some(r) = check_assertion(&t, &tenant, &headers, &req) {
+            return r;
+        }
+    } else if !ct_eq(req.client_secret.as_bytes(), c.client_secret.as_bytes()) {
         return oauth_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
@@ -98,6 +109,63 @@ pub(crate) async fn token(
         "access_token": token,
     }))
     .into_response()
+}
+
+/// A certificate credential's client assertion, checked against the
+/// configured certificate; `aud` must be this endpoint as the client reached it.
+/// Some(refusal) when it does not pass.
+fn check_assertion(
+    t: &Tenant,
+    tenant: &str,
+    headers: &HeaderMap,
+    req: &TokenRequest,
+) -> Option<Response> {
+    let refuse = |msg: &str| oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", msg);
+    if req.client_assertion_type != JWT_BEARER {
+        return Some(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "AADSTS50027: client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
+        ));
+    }
+    if !req.client_secret.is_empty() {
+        return Some(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "AADSTS90023: Send either client_secret or client_assertion, not both.",
+        ));
+    }
+    let Some(cert) = &t.client_certificate else {
+        return Some(refuse(
+            "AADSTS700027: Client assertion contains an invalid signature. [Reason - The key was not found.]",
+        ));
+    };
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let endpoint = format!("http://{host}/login/{tenant}/oauth2/v2.0/token");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let v = crate::assertion::verify(
+        cert,
+        &req.client_assertion,
+        &t.config.client_id,
+        &endpoint,
+        now,
+    );
+    let v = match v {
+        Ok(v) => v,
+        Err(m) => return Some(refuse(&m)),
+    };
+    if !t.lock().used_jti.insert(v.jti) {
+        return Some(refuse(
+            "AADSTS700025: The client assertion was already used (jti replayed).",
+        ));
+    }
+    None
 }
 
 /// Constant-time comparison of secrets.

@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
+use crate::assertion::ClientCertificate;
 use crate::error::{classify, classify_token, Call, GraphError};
 use crate::model::{Collection, CreationOptions, Fido2Method, NewFido2Method, TokenResponse};
 
@@ -63,6 +64,9 @@ pub struct GraphConfig {
     pub tenant_id: String,
     pub client_id: String,
     pub client_secret: Zeroizing<String>,
+    /// A certificate credential: when set, the token request carries a
+    /// signed client assertion and no client secret.
+    pub client_certificate: Option<ClientCertificate>,
     /// `https://graph.microsoft.com/.default`.
     pub token_scope: String,
     /// `https://graph.microsoft.com`.
@@ -100,12 +104,20 @@ impl GraphConfig {
             tenant_id: tenant_id.into(),
             client_id: client_id.into(),
             client_secret: Zeroizing::new(client_secret.into()),
+            client_certificate: None,
             token_scope: token_scope.into(),
             graph_url: graph_url.trim_end_matches('/').into(),
             api_version: ApiVersion::V1,
             retry: RetryPolicy::default(),
             timeout: Duration::from_secs(20),
         }
+    }
+
+    /// Authenticates with a certificate credential instead of a secret.
+    pub fn with_certificate(mut self, cert_pem: &str, key_pem: &str) -> Result<Self, GraphError> {
+        self.client_certificate = Some(ClientCertificate::from_pem(cert_pem, key_pem)?);
+        self.client_secret = Zeroizing::new(String::new());
+        Ok(self)
     }
 }
 
@@ -217,16 +229,29 @@ impl GraphClient {
         if let Some(t) = cache.as_ref().filter(|t| t.valid_until > Instant::now()) {
             return Ok(t.token.clone());
         }
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("client_id", self.cfg.client_id.as_str()),
-            ("client_secret", self.cfg.client_secret.as_str()),
-            ("scope", self.cfg.token_scope.as_str()),
+        let token_url = self.token_url();
+        let mut form: Vec<(&str, Zeroizing<String>)> = vec![
+            ("grant_type", Zeroizing::new("client_credentials".into())),
+            ("client_id", Zeroizing::new(self.cfg.client_id.clone())),
+            ("scope", Zeroizing::new(self.cfg.token_scope.clone())),
         ];
+        match &self.cfg.client_certificate {
+            // A fresh assertion per request: the authority refuses a reused jti.
+            Some(cert) => {
+                form.push((
+                    "client_assertion_type",
+                    Zeroizing::new(crate::assertion::JWT_BEARER.into()),
+                ));
+                form.push((
+                    "client_assertion",
+                    Zeroizing::new(cert.assertion(&self.cfg.client_id, &token_url)?),
+                ));
+            }
+            None => form.push(("client_secret", self.cfg.client_secret.clone())),
+        }
+        let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let resp = self
-            .send_with_retries("the authority", || {
-                self.http.post(self.token_url()).form(&form)
-            })
+            .send_with_retries("the authority", || self.http.post(&token_url).form(&form))
             .await?;
         let status = resp.status();
         let body = resp

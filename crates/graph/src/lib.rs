@@ -10,10 +10,12 @@
 //!
 //! Real HTTP over rustls (reqwest). Secrets and tokens are never logged.
 
+pub mod assertion;
 mod client;
 mod error;
 pub mod model;
 
+pub use assertion::ClientCertificate;
 pub use client::{ApiVersion, GraphClient, GraphConfig, RetryPolicy};
 pub use error::{GraphError, PASSKEY_PERMISSIONS};
 pub use model::{

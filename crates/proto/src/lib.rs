@@ -156,8 +156,18 @@ pub struct PasskeyServiceCreate {
     pub name: String,
     pub tenant_id: String,
     pub client_id: String,
-    /// Stored only encrypted; never returned.
+    /// Stored only encrypted; never returned. Either this or a certificate
+    /// credential (`client_certificate_pem` + `client_private_key_pem`).
+    #[serde(default)]
     pub client_secret: String,
+    /// A certificate credential (RSA; the token request carries a PS256-signed
+    /// client assertion instead of a secret): the certificate, PEM.
+    #[serde(default)]
+    pub client_certificate_pem: Option<String>,
+    /// The certificate's RSA private key (PKCS#8 or PKCS#1 PEM); stored only
+    /// encrypted, never returned.
+    #[serde(default)]
+    pub client_private_key_pem: Option<String>,
     /// Default https://login.microsoftonline.com
     pub authority_url: Option<String>,
     /// Default https://graph.microsoft.com
@@ -188,6 +198,12 @@ pub struct PasskeyServiceView {
     pub scope: String,
     /// A client secret is stored (its value is never returned).
     pub has_client_secret: bool,
+    /// `secret` or `certificate`.
+    #[serde(default)]
+    pub credential_kind: Option<String>,
+    /// The certificate credential's SHA-256 thumbprint (hex).
+    #[serde(default)]
+    pub certificate_thumbprint_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

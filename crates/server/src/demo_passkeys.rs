@@ -45,6 +45,7 @@ pub async fn seed(state: &AppState, t: &SimulatedTenant<'_>) -> anyhow::Result<(
         name: SERVICE_NAME.into(),
         tenant_id: t.tenant_id.into(),
         client_id: t.client_id.into(),
+        client_certificate_pem: None,
         client_secret: SealedSecret(state.sealer.seal(
             &crate::api::passkey_services::secret_context(id),
             t.client_secret.as_bytes(),

@@ -30,6 +30,13 @@ pub async fn test_connection(
         &service.graph_url,
     );
     config.api_version = keyward_graph::ApiVersion::parse(&service.api_version).unwrap_or_default();
+    // A certificate credential: the sealed credential is its private key.
+    if let Some(cert) = &service.client_certificate_pem {
+        config = match config.with_certificate(cert, client_secret) {
+            Ok(c) => c,
+            Err(e) => return report("token_failed", e.to_string(), None),
+        };
+    }
     let client = match GraphClient::new(config) {
         Ok(c) => c,
         Err(e) => return report("token_failed", e.to_string(), None),

@@ -1264,7 +1264,7 @@ pub async fn put_settings(
 
 const PASSKEY_COLS: &str =
     "id, name, tenant_id, client_id, client_secret, authority_url, graph_url, token_scope, \
-     api_version, challenge_timeout_minutes, user_id_attribute";
+     api_version, challenge_timeout_minutes, user_id_attribute, client_certificate_pem";
 
 fn passkey_from_row(r: &DbRow) -> StoreResult<PasskeyService> {
     Ok(PasskeyService {
@@ -1280,6 +1280,7 @@ fn passkey_from_row(r: &DbRow) -> StoreResult<PasskeyService> {
         challenge_timeout_minutes: u32::try_from(r.try_get::<i64, _>("challenge_timeout_minutes")?)
             .unwrap_or(keyward_domain::passkey::DEFAULT_CHALLENGE_TIMEOUT_MINUTES),
         user_id_attribute: r.try_get("user_id_attribute")?,
+        client_certificate_pem: r.try_get("client_certificate_pem")?,
     })
 }
 
@@ -1301,7 +1302,7 @@ pub async fn create_passkey_service(
     let t = now();
     let mut tx = dialect::begin_write(pool).await?;
     sqlx::query(&format!(
-        "INSERT INTO passkey_services ({PASSKEY_COLS}, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        "INSERT INTO passkey_services ({PASSKEY_COLS}, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
     ))
     .bind(s.id)
     .bind(&s.name)
@@ -1314,6 +1315,7 @@ pub async fn create_passkey_service(
     .bind(&s.api_version)
     .bind(i64::from(s.challenge_timeout_minutes))
     .bind(&s.user_id_attribute)
+    .bind(&s.client_certificate_pem)
     .bind(t)
     .bind(t)
     .execute(&mut *tx)
@@ -1333,7 +1335,8 @@ pub async fn update_passkey_service(
     let res = sqlx::query(
         "UPDATE passkey_services SET name = $2, tenant_id = $3, client_id = $4, client_secret = $5, \
          authority_url = $6, graph_url = $7, token_scope = $8, updated_at = $9, \
-         api_version = $10, challenge_timeout_minutes = $11, user_id_attribute = $12 WHERE id = $1",
+         api_version = $10, challenge_timeout_minutes = $11, user_id_attribute = $12, \
+         client_certificate_pem = $13 WHERE id = $1",
     )
     .bind(s.id)
     .bind(&s.name)
@@ -1347,6 +1350,7 @@ pub async fn update_passkey_service(
     .bind(&s.api_version)
     .bind(i64::from(s.challenge_timeout_minutes))
     .bind(&s.user_id_attribute)
+    .bind(&s.client_certificate_pem)
     .execute(&mut *tx)
     .await
     .map_err(|e| if is_unique_violation(&e) { duplicate_service(&s.name) } else { e.into() })?;

@@ -801,6 +801,7 @@ both!(policies_settings_passkey_services, |t| {
         name: "Contoso".into(),
         tenant_id: Uuid::new_v4().to_string(),
         client_id: Uuid::new_v4().to_string(),
+        client_certificate_pem: None,
         client_secret: SealedSecret(vec![0xde, 0xad, 0xbe, 0xef]),
         authority_url: "http://127.0.0.1:9999".into(),
         graph_url: keyward_domain::passkey::DEFAULT_GRAPH_URL.into(),

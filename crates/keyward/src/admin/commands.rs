@@ -108,7 +108,8 @@ pub enum SettingsCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum PasskeyServiceCommand {
-    /// Configure a Passkey-Enabled Service (the client secret is read from stdin).
+    /// Configure a Passkey-Enabled Service (the client secret is read from
+    /// stdin, or a certificate credential is read from files).
     Add {
         #[arg(long)]
         name: String,
@@ -117,8 +118,18 @@ pub enum PasskeyServiceCommand {
         #[arg(long)]
         client_id: String,
         /// Read the client secret from standard input (never a flag).
-        #[arg(long, required = true)]
+        #[arg(
+            long,
+            required_unless_present = "client_certificate",
+            conflicts_with = "client_certificate"
+        )]
         client_secret_stdin: bool,
+        /// A certificate credential instead of a secret: the certificate (PEM file).
+        #[arg(long, value_name = "FILE", requires = "client_private_key")]
+        client_certificate: Option<std::path::PathBuf>,
+        /// The certificate's RSA private key (PEM file); stored sealed by the server.
+        #[arg(long, value_name = "FILE", requires = "client_certificate")]
+        client_private_key: Option<std::path::PathBuf>,
         #[arg(long)]
         authority_url: Option<String>,
         #[arg(long)]
@@ -525,10 +536,28 @@ fn passkey_service(
             tenant_id,
             client_id,
             client_secret_stdin: _,
+            client_certificate,
+            client_private_key,
             authority_url,
             graph_url,
             scope,
         } => {
+            if let (Some(cert), Some(key)) = (client_certificate, client_private_key) {
+                let read = |p: &std::path::Path| {
+                    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+                };
+                let v = c.post(
+                    "/passkey-services",
+                    json!({
+                        "name": name, "tenant_id": tenant_id, "client_id": client_id,
+                        "client_certificate_pem": read(&cert)?,
+                        "client_private_key_pem": read(&key)?,
+                        "authority_url": authority_url, "graph_url": graph_url, "scope": scope,
+                    }),
+                )?;
+                print_object(json, &v);
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut secret = String::new();
             std::io::stdin()
                 .read_to_string(&mut secret)

@@ -24,7 +24,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(test))
 }
 
-/// The AEAD context of a service's client secret: binds the ciphertext to its row.
+/// The AEAD context of a service's sealed client credential (the client
+/// secret, or a certificate credential's private key): binds the ciphertext
+/// to its row.
 pub fn secret_context(id: Uuid) -> String {
     format!("passkey_service:{id}:client_secret")
 }
@@ -41,7 +43,7 @@ async fn list(
         .list_passkey_services()
         .await
         .map_err(|e| store_error("listing Passkey-Enabled Services", e))?;
-    Ok(Json(services.iter().map(PasskeyService::view).collect()))
+    Ok(Json(services.iter().map(view).collect()))
 }
 
 /// Configure a Passkey-Enabled Service.
@@ -53,13 +55,44 @@ async fn create(
     Allowed(caller, _): Allowed<perm::PasskeyServicesWrite>,
     ApiJson(req): ApiJson<PasskeyServiceCreate>,
 ) -> ApiResult<(StatusCode, Json<PasskeyServiceView>)> {
-    if req.client_secret.is_empty() {
-        return Err(
-            ApiError::bad_request("client_secret_missing", "a client secret is required")
-                .field("client_secret"),
-        );
-    }
     let id = Uuid::new_v4();
+    // Exactly one kind of client credential: a secret, or a certificate and
+    // its private key (checked to match; the key is sealed like a secret).
+    let (credential, client_certificate_pem) = match (
+        req.client_secret.is_empty(),
+        req.client_certificate_pem.as_deref(),
+        req.client_private_key_pem.as_deref(),
+    ) {
+        (false, None, None) => (zeroize::Zeroizing::new(req.client_secret.clone()), None),
+        (true, Some(cert), Some(key)) => {
+            keyward_graph::ClientCertificate::from_pem(cert, key).map_err(|e| {
+                ApiError::bad_request("client_certificate_invalid", e.to_string())
+                    .field("client_certificate_pem")
+            })?;
+            (zeroize::Zeroizing::new(key.to_string()), Some(cert.trim().to_string()))
+        }
+        (true, None, None) => {
+            return Err(ApiError::bad_request(
+                "client_credential_missing",
+                "a client credential is required: client_secret, or client_certificate_pem and client_private_key_pem",
+            )
+            .field("client_secret"))
+        }
+        (true, _, _) => {
+            return Err(ApiError::bad_request(
+                "client_certificate_incomplete",
+                "a certificate credential needs both client_certificate_pem and client_private_key_pem",
+            )
+            .field("client_certificate_pem"))
+        }
+        (false, _, _) => {
+            return Err(ApiError::bad_request(
+                "client_credential_ambiguous",
+                "give either client_secret or a certificate credential, not both",
+            )
+            .field("client_secret"))
+        }
+    };
     let service = PasskeyService {
         id,
         name: req.name,
@@ -68,8 +101,9 @@ async fn create(
         client_secret: SealedSecret(
             state
                 .sealer
-                .seal(&secret_context(id), req.client_secret.as_bytes()),
+                .seal(&secret_context(id), credential.as_bytes()),
         ),
+        client_certificate_pem,
         authority_url: req
             .authority_url
             .unwrap_or_else(|| DEFAULT_AUTHORITY_URL.into()),
@@ -97,7 +131,18 @@ async fn create(
         )
         .await
         .map_err(|e| store_error("saving the Passkey-Enabled Service", e))?;
-    Ok((StatusCode::CREATED, Json(service.view())))
+    Ok((StatusCode::CREATED, Json(view(&service))))
+}
+
+/// The view with the certificate's SHA-256 thumbprint (the domain does not
+/// parse certificates).
+fn view(service: &PasskeyService) -> PasskeyServiceView {
+    let mut v = service.view();
+    v.certificate_thumbprint_sha256 = service
+        .client_certificate_pem
+        .as_deref()
+        .and_then(|pem| keyward_graph::assertion::thumbprint_sha256_hex(pem).ok());
+    v
 }
 
 async fn load(state: &AppState, name: &str) -> ApiResult<PasskeyService> {
@@ -116,7 +161,7 @@ async fn show(
     Allowed(_caller, _): Allowed<perm::PasskeyServicesRead>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<PasskeyServiceView>> {
-    Ok(Json(load(&state, &name).await?.view()))
+    Ok(Json(view(&load(&state, &name).await?)))
 }
 
 /// "Test connection": obtains a token by client credentials and lists one
@@ -137,6 +182,7 @@ async fn test(
         .map_err(|e| ApiError::internal("opening the client secret", e))?;
     let secret = String::from_utf8(secret)
         .map_err(|e| ApiError::internal("reading the client secret", e))?;
+    let secret = zeroize::Zeroizing::new(secret);
     let report = crate::graph_probe::test_connection(&service, &secret, &req.user).await;
     let mut draft = audit(
         &caller,

@@ -244,6 +244,12 @@ async fn graph_client_and_service(
         &service.graph_url,
     );
     config.api_version = keyward_graph::ApiVersion::parse(&service.api_version).unwrap_or_default();
+    // A certificate credential: the sealed credential is its private key.
+    if let Some(cert) = &service.client_certificate_pem {
+        config = config
+            .with_certificate(cert, secret)
+            .map_err(|e| ApiError::internal("the certificate credential", e))?;
+    }
     let client = GraphClient::new(config).map_err(|e| ApiError::internal("the Graph client", e))?;
     Ok((client, service))
 }
