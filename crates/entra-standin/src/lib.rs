@@ -83,6 +83,10 @@ impl StandinHandle {
     pub fn graph_calls(&self) -> u64 {
         self.tenant.graph_calls()
     }
+    /// Bearer tokens issued so far.
+    pub fn tokens_issued(&self) -> usize {
+        self.tenant.tokens_issued()
+    }
 
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {

@@ -242,6 +242,11 @@ impl Tenant {
     pub fn graph_calls(&self) -> u64 {
         self.lock().graph_calls
     }
+
+    /// Bearer tokens the token endpoint has issued so far.
+    pub fn tokens_issued(&self) -> usize {
+        self.lock().tokens.len()
+    }
 }
 
 fn url_for(s: &str) -> anyhow::Result<url::Url> {

@@ -247,6 +247,8 @@ fn c4000_shared_pin_set_at_the_start() {
     let t = tenant(&card);
     let server = TestServer::start();
     seed(&server, &t, "c4000", serial, "1.0.0", true);
+    let tokens_before = t.handle.tokens_issued();
+    let calls_before = t.handle.graph_calls();
     let out = issue(
         &server,
         &card,
@@ -257,6 +259,10 @@ fn c4000_shared_pin_set_at_the_start() {
     let r = issued(&out);
     let pk = passkeys_on_record(&r);
     assert_eq!(pk.len(), 1, "{r}");
+    // creationOptions and the registration: two Graph calls on one token
+    // (the server keeps the service's client and its token cache).
+    assert_eq!(t.handle.graph_calls() - calls_before, 2);
+    assert_eq!(t.handle.tokens_issued() - tokens_before, 1);
     // The PIV issuance takes 3 device round trips; the FIDO step adds 2
     // (its probe rides along the PIV writes), besides the person's prompt.
     assert_eq!(r["counters"]["round_trips"], 5, "{r}");

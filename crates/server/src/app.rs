@@ -39,6 +39,10 @@ pub struct Inner {
     pub master_key: tokio::sync::OnceCell<zeroize::Zeroizing<Vec<u8>>>,
     /// The attestation roots (`attestation_roots`), read at their first use.
     pub attestation_anchors: std::sync::OnceLock<Vec<Vec<u8>>>,
+    /// One Graph client per Passkey-Enabled Service (with the fingerprint of
+    /// the configuration it was built from), so its token cache lives until
+    /// the token expires instead of one call.
+    pub graph_clients: crate::issuance::GraphClients,
 }
 
 impl Deref for AppState {
@@ -63,6 +67,7 @@ impl AppState {
             agents: Default::default(),
             master_key: Default::default(),
             attestation_anchors: Default::default(),
+            graph_clients: Default::default(),
             store,
             sealer,
             tokens: TokenHasher::new(kek),

@@ -209,21 +209,66 @@ fn render_name(template: &str, user: &User, plan: &PivPlan) -> String {
     name.chars().take(200).collect()
 }
 
+/// The Graph clients the server keeps, by Passkey-Enabled Service: the
+/// fingerprint of the configuration each was built from, and the client.
+pub type GraphClients =
+    std::sync::Mutex<std::collections::HashMap<Uuid, ([u8; 32], std::sync::Arc<GraphClient>)>>;
+
 /// The production Graph client for a Passkey-Enabled Service.
-pub(crate) async fn graph_client(state: &AppState, service_id: Uuid) -> ApiResult<GraphClient> {
+pub(crate) async fn graph_client(
+    state: &AppState,
+    service_id: Uuid,
+) -> ApiResult<std::sync::Arc<GraphClient>> {
     Ok(graph_client_and_service(state, service_id).await?.0)
 }
 
+/// What a Graph client is built from: a changed service (URLs, IDs, API
+/// version, the sealed secret or key, the certificate) gets a new client.
+fn service_fingerprint(service: &PasskeyService) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [
+        service.authority_url.as_bytes(),
+        service.tenant_id.as_bytes(),
+        service.client_id.as_bytes(),
+        service.token_scope.as_bytes(),
+        service.graph_url.as_bytes(),
+        service.api_version.as_bytes(),
+        &service.client_secret.0,
+        service
+            .client_certificate_pem
+            .as_deref()
+            .unwrap_or("")
+            .as_bytes(),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
 /// The client and the service (its challenge timeout and user matching).
+/// The client is kept per service, so its token is reused until it expires.
 async fn graph_client_and_service(
     state: &AppState,
     service_id: Uuid,
-) -> ApiResult<(GraphClient, PasskeyService)> {
+) -> ApiResult<(std::sync::Arc<GraphClient>, PasskeyService)> {
     let service: PasskeyService = state
         .store
         .get_passkey_service(service_id)
         .await
         .map_err(|e| store_error("reading the Passkey-Enabled Service", e))?;
+    let fingerprint = service_fingerprint(&service);
+    if let Some((seen, client)) = state
+        .graph_clients
+        .lock()
+        .expect("graph clients lock")
+        .get(&service.id)
+    {
+        if *seen == fingerprint {
+            return Ok((client.clone(), service));
+        }
+    }
     let secret = zeroize::Zeroizing::new(
         state
             .sealer
@@ -250,7 +295,14 @@ async fn graph_client_and_service(
             .with_certificate(cert, secret)
             .map_err(|e| ApiError::internal("the certificate credential", e))?;
     }
-    let client = GraphClient::new(config).map_err(|e| ApiError::internal("the Graph client", e))?;
+    let client = std::sync::Arc::new(
+        GraphClient::new(config).map_err(|e| ApiError::internal("the Graph client", e))?,
+    );
+    state
+        .graph_clients
+        .lock()
+        .expect("graph clients lock")
+        .insert(service.id, (fingerprint, client.clone()));
     Ok((client, service))
 }
 

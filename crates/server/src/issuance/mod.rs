@@ -42,6 +42,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 
 pub(crate) use access::may_relay_own_session;
 pub(crate) use agent_delivery::outstanding_batch;
+pub use fido_step::GraphClients;
 pub use sweep::sweep_abandoned;
 
 use session::unseal;
