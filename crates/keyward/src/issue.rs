@@ -238,14 +238,50 @@ pub(crate) struct Counters {
     pub(crate) bytes_in: u64,
     pub(crate) round_trips: u64,
     pub(crate) device_ms: f64,
+    /// The same, per issuance step (the `step` each command carries).
+    pub(crate) steps: std::collections::BTreeMap<String, StepCounters>,
+}
+
+/// What one step of the session cost on the device.
+#[derive(Default)]
+pub(crate) struct StepCounters {
+    apdus: u64,
+    bytes_out: u64,
+    bytes_in: u64,
+    device_ms: f64,
 }
 
 impl Counters {
+    /// One command sent (`bytes_in`: its response with the status word, if any).
+    pub(crate) fn command(&mut self, step: &str, bytes_out: usize, bytes_in: usize, ms: f64) {
+        self.apdus += 1;
+        self.bytes_out += bytes_out as u64;
+        self.bytes_in += bytes_in as u64;
+        self.device_ms += ms;
+        let s = self.steps.entry(step.to_string()).or_default();
+        s.apdus += 1;
+        s.bytes_out += bytes_out as u64;
+        s.bytes_in += bytes_in as u64;
+        s.device_ms += ms;
+    }
+
     pub(crate) fn json(&self, total: Instant) -> Value {
+        let steps: serde_json::Map<String, Value> = self
+            .steps
+            .iter()
+            .map(|(step, s)| {
+                (
+                    step.clone(),
+                    json!({ "apdus": s.apdus, "bytes_out": s.bytes_out, "bytes_in": s.bytes_in,
+                            "device_ms": (s.device_ms * 10.0).round() / 10.0 }),
+                )
+            })
+            .collect();
         json!({
             "apdus": self.apdus, "bytes_out": self.bytes_out, "bytes_in": self.bytes_in,
             "round_trips": self.round_trips, "device_ms": self.device_ms.round(),
             "total_ms": (total.elapsed().as_secs_f64() * 1e3).round(),
+            "steps": steps,
         })
     }
 }
@@ -387,12 +423,12 @@ fn run_batch_fido(
             },
             _ => return (out, Some("protocol".into())),
         };
-        counters.device_ms += started.elapsed().as_secs_f64() * 1e3;
-        counters.apdus += 1;
-        counters.bytes_out += bytes.len() as u64;
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let step = c["step"].as_str().unwrap_or("");
+        let bytes_in = result.as_ref().map(|r| r.data.len() + 2).unwrap_or(0);
+        counters.command(step, bytes.len(), bytes_in, ms);
         match result {
             Ok(r) => {
-                counters.bytes_in += r.data.len() as u64 + 2;
                 let sw = format!("{:04x}", r.sw);
                 let expected = c["expect"]
                     .as_array()

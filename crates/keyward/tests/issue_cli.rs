@@ -84,6 +84,19 @@ fn keyward_issue_personalises_a_yubikey_over_pcsc_that_third_party_tools_accept(
     assert_eq!(report["state"], "issued");
     assert_eq!(report["serial"], "31000011");
     assert_eq!(report["counters"]["round_trips"], 3, "{report}");
+    // Counters per step add up to the totals.
+    let steps = report["counters"]["steps"]
+        .as_object()
+        .expect("counters per step");
+    assert!(steps.len() >= 3, "{report}");
+    for key in ["apdus", "bytes_out", "bytes_in"] {
+        let sum: u64 = steps.values().map(|s| s[key].as_u64().unwrap()).sum();
+        assert_eq!(
+            sum,
+            report["counters"][key].as_u64().unwrap(),
+            "{key}: {report}"
+        );
+    }
     assert_eq!(report["credentials"].as_array().unwrap().len(), 2);
     assert!(!stdout.contains("735194") && !String::from_utf8_lossy(&out.stderr).contains("735194"));
 
