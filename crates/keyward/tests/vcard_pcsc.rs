@@ -594,11 +594,13 @@ fn hid_socket_closes_on_remove_and_reopens_on_insert() {
     s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .unwrap();
     let mut buf = [0u8; 64];
-    assert_eq!(
-        s.read(&mut buf).unwrap_or(0),
-        0,
-        "the HID socket stays open after remove"
-    );
+    // Closed at once: end of file (or a reset, when the connection was still
+    // waiting to be accepted); a read that times out means it stayed open.
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the HID socket stays open after remove: {other:?}"),
+    }
     assert!(
         UnixStream::connect(&hid).is_err(),
         "the device is unplugged"

@@ -153,12 +153,16 @@ fn serve_hid(handle: VcardHandle, path: PathBuf) -> std::io::Result<()> {
             (fw.0, fw.1, fw.2),
         )
     };
+    // The generation the socket is opened for, read before opening it: a
+    // remove or insert from then on (even before the supervisor thread runs)
+    // is a change the supervisor sees, so the socket always catches up.
+    let opened_at = handle.generation();
     let mut socket = Some(start(&handle)?);
-    handle.mark_hid_synced(handle.generation());
+    handle.mark_hid_synced(opened_at);
     std::thread::Builder::new()
         .name("hid-supervisor".into())
         .spawn(move || {
-            let mut seen = handle.generation();
+            let mut seen = opened_at;
             loop {
                 seen = handle.wait_change(seen, std::time::Duration::from_secs(3600));
                 if handle.is_inserted() {
