@@ -3,9 +3,12 @@
 //! its certificates chain to the CA the server serves, and replayed or
 //! out-of-order results are refused.
 
+#[path = "common/self_service.rs"]
+mod self_service;
 mod support;
 
 use keyward_vcard::{Firmware, ProfileKind, VcardConfig, VirtualCard};
+use self_service::{call_as_user, sign_in_user};
 use serde_json::{json, Value};
 use support::TestServer;
 
@@ -1021,57 +1024,6 @@ fn a_cancelled_c4000_is_recycled_to_factory_state() {
         (409, Some("nothing_to_recycle")),
         "{v}"
     );
-}
-
-/// Signs `login` in to its self-service account (enrollment code, then a
-/// password); returns the session cookie and CSRF token.
-fn sign_in_user(server: &TestServer, login: &str) -> (String, String) {
-    let (_, code) = server.call("POST", &format!("/users/{login}/enrollment-code"), None);
-    let http = reqwest::blocking::Client::new();
-    let r = http
-        .post(server.api("/auth/enroll"))
-        .json(&json!({ "login": login, "code": code["code"], "password": "a-first-passphrase-42" }))
-        .send()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 204);
-    let r = http
-        .post(server.api("/auth/session"))
-        .json(&json!({ "login": login, "password": "a-first-passphrase-42" }))
-        .send()
-        .unwrap();
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let csrf = r.json::<Value>().unwrap()["csrf_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    (cookie, csrf)
-}
-
-fn call_as_user(
-    server: &TestServer,
-    (cookie, csrf): &(String, String),
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let http = reqwest::blocking::Client::new();
-    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut req = http
-        .request(m, server.api(path))
-        .header("cookie", cookie)
-        .header("x-csrf-token", csrf);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().unwrap_or(Value::Null))
 }
 
 /// "Enable issuance retry for user": a user may retry their own failed

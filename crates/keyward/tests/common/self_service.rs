@@ -1,6 +1,9 @@
 //! A self-service account in tests: signed in through enrollment, calling
 //! the API with its session cookie and CSRF token.
 
+// Each test file uses a part of these helpers.
+#![allow(dead_code)]
+
 use serde_json::{json, Value};
 
 use super::support::TestServer;
