@@ -10,6 +10,26 @@ use subtle::ConstantTimeEq;
 
 use crate::error::{ApiError, ApiResult};
 
+/// The answers to the prompt batch out now in session `s`, checked against
+/// the session's policy (its PIN rules); nothing to check for a batch of
+/// device commands.
+pub(super) async fn check_for_session(
+    state: &crate::app::AppState,
+    s: &keyward_store::IssuanceSession,
+    batch: &Batch,
+    answers: &BTreeMap<String, String>,
+) -> ApiResult<()> {
+    if !batch.awaits_answers() {
+        return Ok(());
+    }
+    let policy = state
+        .store
+        .get_policy(s.policy_id)
+        .await
+        .map_err(|e| crate::api::store_error("reading the policy", e))?;
+    check(batch, answers, &policy)
+}
+
 pub(super) fn check(
     batch: &Batch,
     answers: &BTreeMap<String, String>,

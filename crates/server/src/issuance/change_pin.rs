@@ -261,15 +261,10 @@ pub(super) async fn on_result(
     responses: &[Response],
     result: &RelayResult,
 ) -> ApiResult<Json<RelayBatch>> {
+    // The new PIN against the policy's rules: refused (400) before the
+    // device sees anything; the same prompts stay out.
+    super::answers::check_for_session(state, s, &data.batch, &result.answers).await?;
     if data.batch.awaits_answers() {
-        let policy = state
-            .store
-            .get_policy(s.policy_id)
-            .await
-            .map_err(|e| store_error("reading the policy", e))?;
-        // The new PIN against the policy's rules: refused (400) before the
-        // device sees anything; the same prompts stay out.
-        super::answers::check(&data.batch, &result.answers, &policy)?;
         let current = result
             .answers
             .get(PromptKind::EnterPin.as_str())

@@ -225,14 +225,7 @@ pub(super) async fn on_result(
     responses: &[Response],
     result: &RelayResult,
 ) -> ApiResult<Json<RelayBatch>> {
-    if data.batch.awaits_answers() {
-        let policy = state
-            .store
-            .get_policy(s.policy_id)
-            .await
-            .map_err(|e| store_error("reading the policy", e))?;
-        super::answers::check(&data.batch, &result.answers, &policy)?;
-    }
+    super::answers::check_for_session(state, s, &data.batch, &result.answers).await?;
     let Engine::Recycle(engine) = std::mem::replace(&mut data.engine, Engine::Finished) else {
         return Err(ApiError::internal("relaying", "not a recycle"));
     };
