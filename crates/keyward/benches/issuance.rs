@@ -67,11 +67,17 @@ fn start_server(attestation_root: &std::path::Path) -> Server {
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .env("KEYWARD_BOOTSTRAP_TOKEN", TOKEN)
-        .env("KEYWARD_LOG", "warn")
+        .env(
+            "KEYWARD_LOG",
+            std::env::var("KEYWARD_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env("KEYWARD_CONFIG", &config)
         .env_remove("KEYWARD_DATABASE_URL")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(match std::env::var_os("KEYWARD_BENCH_SERVER_STDERR") {
+            Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            None => Stdio::null(),
+        })
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -153,14 +159,18 @@ impl Api {
             .header("content-type", content_type)
             .body(axum::body::Body::from(body))
             .unwrap();
-        Some(rt.block_on(async {
-            let resp = router.clone().oneshot(req).await.unwrap();
+        // The request runs as a task on the server's runtime, as a request
+        // from the network would; this thread waits for its answer only.
+        let router = router.clone();
+        let task = rt.spawn(async move {
+            let resp = router.oneshot(req).await.unwrap();
             let status = resp.status().as_u16();
             let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
                 .await
                 .unwrap();
             (status, bytes.to_vec())
-        }))
+        });
+        Some(rt.block_on(task).unwrap())
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -516,6 +526,15 @@ fn main() {
     // key's attestation verifies (as with Yubico's root for real devices).
     let ca_dir = tempfile::tempdir().unwrap();
     let ca = ManufacturerCa::load_or_create(&ca_dir.path().join("ca")).unwrap();
+    if env_usize("KEYWARD_BENCH_LOOPBACK", 1) == 0 {
+        in_process(
+            &ca,
+            &ca_dir.path().join("ca").join("ca-cert.pem"),
+            n,
+            workers,
+        );
+        return;
+    }
     let server = start_server(&ca_dir.path().join("ca").join("ca-cert.pem"));
     let pid = server.child.id();
     let api = Api::new(&server.url);

@@ -199,8 +199,10 @@ fn passkey_signs_in(t: &Tenant, pin: &str, extra: &[&str]) {
                 "--pin",
                 pin,
             ])
-            .args(["--credential-id", &keys[0].credential_id])
-            .args(["--public-key", &keys[0].public_key_sec1])
+            // `--name=value`: a base64url id may begin with '-', which argparse
+            // would take for an option (seen once in 64 runs).
+            .arg(format!("--credential-id={}", keys[0].credential_id))
+            .arg(format!("--public-key={}", keys[0].public_key_sec1))
             .args(extra)
             .output()
             .unwrap_or_else(|e| panic!("{PYTHON}: {e}; install python3-fido2 python3-pyscard"))

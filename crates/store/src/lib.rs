@@ -14,6 +14,7 @@
 mod error;
 mod issuance;
 mod types;
+mod write_tx;
 
 pub use error::{StoreError, StoreResult};
 pub use issuance::{Credential, IssuanceSession, IssuanceUpdate};
@@ -50,6 +51,41 @@ pub fn now() -> OffsetDateTime {
         .expect("valid nanosecond")
 }
 
+/// An audit record ready to append: linked to the head it was computed from.
+pub(crate) struct AuditRecord {
+    pub seq: i64,
+    pub at: OffsetDateTime,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: &'static str,
+    pub details: String,
+    pub prev_mac: Vec<u8>,
+    pub mac: [u8; 32],
+}
+
+/// The record, and (on SQLite, sent in the same text) the head's move.
+const APPEND_AUDIT_SQL: &str =
+    "INSERT INTO audit_log (seq, at, actor, action, target, outcome, details, prev_mac, mac) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+const MOVE_AUDIT_HEAD_SQL: &str = "UPDATE audit_head SET count = $1, last_mac = $9 WHERE id = 1";
+
+/// Binds a record's nine values in `APPEND_AUDIT_SQL`'s order (`MOVE_AUDIT_HEAD_SQL`
+/// reuses $1 and $9).
+macro_rules! bind_audit_record {
+    ($q:expr, $r:expr) => {
+        $q.bind($r.seq)
+            .bind($r.at)
+            .bind(&$r.actor)
+            .bind(&$r.action)
+            .bind(&$r.target)
+            .bind($r.outcome)
+            .bind(&$r.details)
+            .bind(&$r.prev_mac)
+            .bind(&$r.mac[..])
+    };
+}
+
 /// MAC = HMAC-SHA-256(key, prev_mac || canonical record bytes). The record bytes are
 /// length-prefixed fields, so no two different records encode alike. The sequence number
 /// is not covered: order is protected by the chain itself, which lets verification tell
@@ -77,7 +113,10 @@ pub(crate) fn audit_mac(
 }
 
 mod sqlite_dialect {
-    use sqlx::{Sqlite, SqlitePool, Transaction};
+    use crate::write_tx::WriteTx;
+    use sqlx::SqlitePool;
+    use std::sync::LazyLock;
+    pub type Tx = WriteTx;
     pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
     /// SQLite locks by transaction: IMMEDIATE takes the write lock up front, so two
     /// writers never both read then fail to upgrade, and audit appends are serialised.
@@ -85,21 +124,59 @@ mod sqlite_dialect {
     /// Rows per multi-row INSERT (SQLite allows 32766 parameters).
     pub const BULK_ROWS: usize = 500;
     pub const ANONYMOUS_PLACEHOLDERS: bool = true;
-    pub async fn begin_write(
-        pool: &SqlitePool,
-    ) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
-        pool.begin_with("BEGIN IMMEDIATE").await
+    /// On the file's one writer connection (see `write_tx`), so `BEGIN
+    /// IMMEDIATE` meets a held lock only when another process writes.
+    pub async fn begin_write(pool: &SqlitePool) -> Result<WriteTx, sqlx::Error> {
+        WriteTx::begin(pool).await
+    }
+    /// Statements run on the writer's thread one after another; sending the
+    /// record, the head's move (and the COMMIT) as one text saves the round
+    /// trips between them, which set the pace of concurrent writers.
+    static APPEND: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "{}; {}",
+            super::APPEND_AUDIT_SQL,
+            super::MOVE_AUDIT_HEAD_SQL
+        )
+    });
+    static APPEND_AND_COMMIT: LazyLock<String> = LazyLock::new(|| format!("{}; COMMIT", *APPEND));
+    pub async fn append_audit_record(
+        tx: &mut WriteTx,
+        r: &super::AuditRecord,
+    ) -> Result<(), sqlx::Error> {
+        bind_audit_record!(sqlx::query(APPEND.as_str()), r)
+            .execute(&mut **tx)
+            .await
+            .map(|_| ())
+    }
+    pub async fn append_audit_record_and_commit(
+        tx: WriteTx,
+        r: &super::AuditRecord,
+    ) -> Result<(), sqlx::Error> {
+        match tx {
+            WriteTx::Writer(mut w) => {
+                bind_audit_record!(sqlx::query(APPEND_AND_COMMIT.as_str()), r)
+                    .execute(w.conn())
+                    .await?;
+                w.committed();
+                Ok(())
+            }
+            mut tx => {
+                append_audit_record(&mut tx, r).await?;
+                tx.commit().await
+            }
+        }
     }
     /// A bulk import inserts into the login and display-name indexes in random key
     /// order; a 256 MiB cache for its transaction keeps those B-trees in memory.
-    pub async fn begin_bulk(tx: &mut Transaction<'static, Sqlite>) -> Result<(), sqlx::Error> {
+    pub async fn begin_bulk(tx: &mut WriteTx) -> Result<(), sqlx::Error> {
         sqlx::query("PRAGMA cache_size = -262144")
             .execute(&mut **tx)
             .await
             .map(|_| ())
     }
     /// Back to the everyday cache size (SQLite frees the pages above it).
-    pub async fn end_bulk(tx: &mut Transaction<'static, Sqlite>) -> Result<(), sqlx::Error> {
+    pub async fn end_bulk(tx: &mut WriteTx) -> Result<(), sqlx::Error> {
         sqlx::query("PRAGMA cache_size = -16384")
             .execute(&mut **tx)
             .await
@@ -109,19 +186,41 @@ mod sqlite_dialect {
 
 mod pg_dialect {
     use sqlx::{PgPool, Postgres, Transaction};
+    pub type Tx = Transaction<'static, Postgres>;
     pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
     /// The head row is locked so writers on several nodes append one after the other.
     pub const FOR_UPDATE: &str = " FOR UPDATE";
     /// Rows per multi-row INSERT (PostgreSQL allows 65535 parameters).
     pub const BULK_ROWS: usize = 1000;
     pub const ANONYMOUS_PLACEHOLDERS: bool = false;
-    pub async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    pub async fn begin_write(pool: &PgPool) -> Result<Tx, sqlx::Error> {
         pool.begin().await
     }
-    pub async fn begin_bulk(_tx: &mut Transaction<'static, Postgres>) -> Result<(), sqlx::Error> {
+    pub async fn append_audit_record(
+        tx: &mut Tx,
+        r: &super::AuditRecord,
+    ) -> Result<(), sqlx::Error> {
+        bind_audit_record!(sqlx::query(super::APPEND_AUDIT_SQL), r)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("UPDATE audit_head SET count = $1, last_mac = $2 WHERE id = 1")
+            .bind(r.seq)
+            .bind(&r.mac[..])
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
-    pub async fn end_bulk(_tx: &mut Transaction<'static, Postgres>) -> Result<(), sqlx::Error> {
+    pub async fn append_audit_record_and_commit(
+        mut tx: Tx,
+        r: &super::AuditRecord,
+    ) -> Result<(), sqlx::Error> {
+        append_audit_record(&mut tx, r).await?;
+        tx.commit().await
+    }
+    pub async fn begin_bulk(_tx: &mut Tx) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+    pub async fn end_bulk(_tx: &mut Tx) -> Result<(), sqlx::Error> {
         Ok(())
     }
 }
@@ -161,6 +260,9 @@ enum Backend {
 pub struct Store {
     backend: Backend,
     audit_key: Arc<RwLock<AuditKey>>,
+    /// SQLite: the file's writer connection, kept open while the store is
+    /// (write transactions find it by the file's name; see `write_tx`).
+    _sqlite_writer: Option<write_tx::SharedWriter>,
 }
 
 impl std::fmt::Debug for Store {
@@ -229,12 +331,18 @@ impl Store {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .min_connections(1)
-            .connect_with(opts)
+            // A SQLite connection is a file handle in this process: it cannot go stale
+            // the way a network connection can, so the ping sqlx sends before every
+            // acquire (a round trip to the connection's worker thread) buys nothing.
+            .test_before_acquire(false)
+            .connect_with(opts.clone())
             .await?;
         sqlite_repo::migrate(&pool).await?;
+        let writer = write_tx::open_writer(&opts).await?;
         Ok(Store {
             backend: Backend::Sqlite(pool),
             audit_key: Arc::new(RwLock::new(audit_key)),
+            _sqlite_writer: Some(writer),
         })
     }
 
@@ -248,6 +356,7 @@ impl Store {
         Ok(Store {
             backend: Backend::Postgres(pool),
             audit_key: Arc::new(RwLock::new(audit_key)),
+            _sqlite_writer: None,
         })
     }
 

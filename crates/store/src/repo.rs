@@ -14,13 +14,13 @@ use keyward_domain::{
     DeviceState, NewDevice, NewUser, PasskeyService, Role, SealedSecret, Serial, SettingKey,
     SettingValue, Settings, StateChange, User, ValidationError,
 };
-use sqlx::{Pool, Row, Transaction};
+use sqlx::{Pool, Row};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-type Tx = Transaction<'static, DB>;
+type Tx = dialect::Tx;
 type DbRow = <DB as sqlx::Database>::Row;
 
 pub async fn migrate(pool: &Pool<DB>) -> StoreResult<()> {
@@ -93,21 +93,31 @@ fn values_list(rows: usize, cols: usize) -> String {
 /// Appends `draft` to the chain inside `tx`: locks the head row, links the record to
 /// the previous MAC and moves the head, all in the caller's transaction.
 async fn append_audit_tx(tx: &mut Tx, key: &AuditKey, draft: &AuditDraft) -> StoreResult<i64> {
+    let record = audit_record(tx, key, draft).await?;
+    dialect::append_audit_record(tx, &record).await?;
+    Ok(record.seq)
+}
+
+/// The next record of the chain: reads (and on PostgreSQL locks) the head.
+async fn audit_record(
+    tx: &mut Tx,
+    key: &AuditKey,
+    draft: &AuditDraft,
+) -> StoreResult<crate::AuditRecord> {
     let head_sql = format!(
         "SELECT count, last_mac FROM audit_head WHERE id = 1{}",
         dialect::FOR_UPDATE
     );
     let head = sqlx::query(&head_sql).fetch_one(&mut **tx).await?;
     let count: i64 = head.try_get("count")?;
-    let prev: Vec<u8> = head.try_get("last_mac")?;
-    let seq = count + 1;
+    let prev_mac: Vec<u8> = head.try_get("last_mac")?;
     let at = now();
     let mut details = draft.details.clone();
     keyward_domain::audit::redact_secrets(&mut details);
     let details = serde_json::to_string(&details).expect("JSON value serialises");
     let mac = audit_mac(
         key,
-        &prev,
+        &prev_mac,
         at,
         &draft.actor,
         &draft.action,
@@ -115,33 +125,24 @@ async fn append_audit_tx(tx: &mut Tx, key: &AuditKey, draft: &AuditDraft) -> Sto
         draft.outcome.as_str(),
         &details,
     );
-    sqlx::query(
-        "INSERT INTO audit_log (seq, at, actor, action, target, outcome, details, prev_mac, mac) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(seq)
-    .bind(at)
-    .bind(&draft.actor)
-    .bind(&draft.action)
-    .bind(&draft.target)
-    .bind(draft.outcome.as_str())
-    .bind(&details)
-    .bind(&prev)
-    .bind(&mac[..])
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query("UPDATE audit_head SET count = $1, last_mac = $2 WHERE id = 1")
-        .bind(seq)
-        .bind(&mac[..])
-        .execute(&mut **tx)
-        .await?;
-    Ok(seq)
+    Ok(crate::AuditRecord {
+        seq: count + 1,
+        at,
+        actor: draft.actor.clone(),
+        action: draft.action.clone(),
+        target: draft.target.clone(),
+        outcome: draft.outcome.as_str(),
+        details,
+        prev_mac,
+        mac,
+    })
 }
 
-/// Runs `tx` to commit after appending the audit event.
+/// Appends the change's audit record and commits (on SQLite's writer
+/// connection in one round trip to its thread).
 async fn finish(mut tx: Tx, key: &AuditKey, audit: &AuditDraft) -> StoreResult<()> {
-    append_audit_tx(&mut tx, key, audit).await?;
-    tx.commit().await?;
+    let record = audit_record(&mut tx, key, audit).await?;
+    dialect::append_audit_record_and_commit(tx, &record).await?;
     Ok(())
 }
 

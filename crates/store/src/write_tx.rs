@@ -1,0 +1,141 @@
+//! Write transactions, and SQLite's one writer.
+//!
+//! SQLite lets one connection write at a time. When several pool connections
+//! ask for the write lock (`BEGIN IMMEDIATE`) at once, all but one sleep in
+//! SQLite's busy handler (1, 2, 5, 10 … 100 ms, then try again): under
+//! concurrent issuance that sleeping, not work, set the pace (a p99 of several
+//! hundred milliseconds, idle CPU). So each SQLite file open in this process
+//! has one dedicated writer connection, outside the read pool: writers queue
+//! for it on an async mutex (in order, no sleeping threads, no pool
+//! connection held while waiting) and readers (WAL) never wait for writers.
+//! Another process writing the same file still meets the busy timeout.
+//!
+//! PostgreSQL has row locks and needs none of this: its write transactions
+//! are ordinary pool transactions.
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{Connection, Sqlite, Transaction};
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
+use tokio::sync::OwnedMutexGuard;
+
+/// The dedicated writer connection of one SQLite file.
+pub(crate) struct SqliteWriter {
+    conn: SqliteConnection,
+    /// A transaction was begun and neither committed nor rolled back (its
+    /// `WriteTx` was dropped on an error): the next writer rolls it back first.
+    open: bool,
+}
+
+/// Held by the `Store` while it is open; the registry only points at it.
+pub(crate) type SharedWriter = Arc<tokio::sync::Mutex<SqliteWriter>>;
+
+static WRITERS: LazyLock<Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<SqliteWriter>>>>> =
+    LazyLock::new(Default::default);
+
+/// Opens (or joins, when this process has the file open already) the writer
+/// connection of the file `opts` names.
+pub(crate) async fn open_writer(opts: &SqliteConnectOptions) -> Result<SharedWriter, sqlx::Error> {
+    let file = opts.get_filename().to_path_buf();
+    if let Some(w) = registered(&file) {
+        return Ok(w);
+    }
+    let conn = SqliteConnection::connect_with(opts).await?;
+    let mut writers = WRITERS.lock().expect("writer registry lock");
+    // Another task may have opened one meanwhile: one writer per file.
+    if let Some(w) = writers.get(&file).and_then(Weak::upgrade) {
+        return Ok(w);
+    }
+    writers.retain(|_, w| w.strong_count() > 0);
+    let w = Arc::new(tokio::sync::Mutex::new(SqliteWriter { conn, open: false }));
+    writers.insert(file, Arc::downgrade(&w));
+    Ok(w)
+}
+
+fn registered(file: &Path) -> Option<SharedWriter> {
+    WRITERS
+        .lock()
+        .expect("writer registry lock")
+        .get(file)
+        .and_then(Weak::upgrade)
+}
+
+/// A SQLite write transaction. Dereferences to the connection, as
+/// `sqlx::Transaction` does (PostgreSQL's write transactions are plain
+/// `sqlx::Transaction`s).
+pub(crate) enum WriteTx {
+    Pooled(Transaction<'static, Sqlite>),
+    /// The file's writer connection, held for the transaction.
+    Writer(OwnedMutexGuard<SqliteWriter>),
+}
+
+impl WriteTx {
+    /// Waits for the writer connection of the pool's file and begins an
+    /// IMMEDIATE transaction on it (or on a pool connection, if no store of
+    /// this process holds a writer for the file).
+    pub(crate) async fn begin(pool: &sqlx::SqlitePool) -> Result<Self, sqlx::Error> {
+        let Some(writer) = registered(pool.connect_options().get_filename()) else {
+            return Ok(WriteTx::Pooled(pool.begin_with("BEGIN IMMEDIATE").await?));
+        };
+        let mut w = writer.lock_owned().await;
+        if w.open {
+            sqlx::query("ROLLBACK").execute(&mut w.conn).await?;
+            w.open = false;
+        }
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut w.conn).await?;
+        w.open = true;
+        Ok(WriteTx::Writer(w))
+    }
+
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        self.end("COMMIT").await
+    }
+
+    pub(crate) async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.end("ROLLBACK").await
+    }
+
+    async fn end(self, statement: &'static str) -> Result<(), sqlx::Error> {
+        match self {
+            WriteTx::Pooled(tx) if statement == "COMMIT" => tx.commit().await,
+            WriteTx::Pooled(tx) => tx.rollback().await,
+            WriteTx::Writer(mut w) => {
+                sqlx::query(statement).execute(&mut w.conn).await?;
+                w.open = false;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl SqliteWriter {
+    pub(crate) fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+
+    /// The transaction ended with a COMMIT sent in the same text as its last statements.
+    pub(crate) fn committed(&mut self) {
+        self.open = false;
+    }
+}
+
+impl Deref for WriteTx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        match self {
+            WriteTx::Pooled(tx) => tx,
+            WriteTx::Writer(w) => &w.conn,
+        }
+    }
+}
+
+impl DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        match self {
+            WriteTx::Pooled(tx) => tx,
+            WriteTx::Writer(w) => &mut w.conn,
+        }
+    }
+}
