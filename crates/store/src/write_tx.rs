@@ -68,7 +68,43 @@ fn registered(file: &Path) -> Option<SharedWriter> {
 pub(crate) enum WriteTx {
     Pooled(Transaction<'static, Sqlite>),
     /// The file's writer connection, held for the transaction.
-    Writer(OwnedMutexGuard<SqliteWriter>),
+    Writer(WriterTurn),
+}
+
+/// The writer connection, held by one transaction. Dropped with the
+/// transaction still open (an error or a cancelled request on the way), it
+/// rolls back before the next writer gets the connection, so the file's write
+/// lock is not kept from other processes.
+pub(crate) struct WriterTurn(Option<OwnedMutexGuard<SqliteWriter>>);
+
+impl Deref for WriterTurn {
+    type Target = SqliteWriter;
+    fn deref(&self) -> &SqliteWriter {
+        self.0.as_ref().expect("held until dropped")
+    }
+}
+
+impl DerefMut for WriterTurn {
+    fn deref_mut(&mut self) -> &mut SqliteWriter {
+        self.0.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for WriterTurn {
+    fn drop(&mut self) {
+        let Some(mut w) = self.0.take() else { return };
+        if !w.open {
+            return;
+        }
+        // Without a runtime (process exit) the next writer rolls back instead.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if sqlx::query("ROLLBACK").execute(&mut w.conn).await.is_ok() {
+                    w.open = false;
+                }
+            });
+        }
+    }
 }
 
 impl WriteTx {
@@ -86,7 +122,7 @@ impl WriteTx {
         }
         sqlx::query("BEGIN IMMEDIATE").execute(&mut w.conn).await?;
         w.open = true;
-        Ok(WriteTx::Writer(w))
+        Ok(WriteTx::Writer(WriterTurn(Some(w))))
     }
 
     pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {

@@ -1175,3 +1175,49 @@ async fn rejects_unknown_database_urls() {
         ("database_url_invalid", Some("database_url"))
     );
 }
+
+// Concurrent writers of one store (on SQLite they queue for the file's one
+// writer connection): all land, the audit chain stays whole, and a write that
+// failed half-way releases the database's write lock for writers outside the
+// store too.
+both!(concurrent_writers_and_a_failed_write, |t| {
+    let s = &t.store;
+    let writers: Vec<_> = (0..24)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let user = new_user(&format!("w{i}"), "Writer").into_user().unwrap();
+                s.create_user(&user, &audit("user.create", &format!("user:w{i}")))
+                    .await
+                    .unwrap();
+                s.append_audit(&audit("test.note", &format!("user:w{i}")))
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let head = s.audit_head().await.unwrap();
+    assert!(s.verify_audit_chain().await.unwrap().ok());
+
+    // A duplicate login fails inside its write transaction.
+    let dup = new_user("w3", "Again").into_user().unwrap();
+    let e = s
+        .create_user(&dup, &audit("user.create", "user:w3"))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict_code(&e), ("duplicate_login", Some("login")));
+    // Nothing of it was kept, not even its audit record.
+    assert_eq!(s.audit_head().await.unwrap(), head);
+    // Another connection (as another process would) can write at once.
+    t.raw("CREATE TABLE writer_probe (x INTEGER); INSERT INTO writer_probe VALUES (1);")
+        .await;
+    // And the store's own next write succeeds.
+    let next = new_user("w99", "Next").into_user().unwrap();
+    s.create_user(&next, &audit("user.create", "user:w99"))
+        .await
+        .unwrap();
+    assert!(s.verify_audit_chain().await.unwrap().ok());
+});
