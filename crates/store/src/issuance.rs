@@ -147,6 +147,29 @@ impl Store {
         credentials: &[Credential],
         audit: &AuditDraft,
     ) -> StoreResult<()> {
+        self.advance_issuance_audited(
+            id,
+            expected_seq,
+            update,
+            device_change,
+            credentials,
+            &[audit],
+        )
+        .await
+    }
+
+    /// As [`Store::advance_issuance`], with several audit records (in order)
+    /// in the same transaction.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn advance_issuance_audited(
+        &self,
+        id: Uuid,
+        expected_seq: i64,
+        update: &IssuanceUpdate,
+        device_change: Option<(Uuid, i64, &StateChange)>,
+        credentials: &[Credential],
+        audits: &[&AuditDraft],
+    ) -> StoreResult<()> {
         let key = self.key();
         on_backend!(
             self,
@@ -157,7 +180,7 @@ impl Store {
                 update,
                 device_change,
                 credentials,
-                audit
+                audits
             )
         )
     }

@@ -202,8 +202,15 @@ pub async fn advance_issuance(
     update: &crate::issuance::IssuanceUpdate,
     device_change: Option<(Uuid, i64, &StateChange)>,
     credentials: &[crate::issuance::Credential],
-    audit: &AuditDraft,
+    audits: &[&AuditDraft],
 ) -> StoreResult<()> {
+    let Some((last, earlier)) = audits.split_last() else {
+        return Err(StoreError::Validation(ValidationError::new(
+            "audit_missing",
+            "audit",
+            "a session moves with at least one audit record",
+        )));
+    };
     let mut tx = dialect::begin_write(pool).await?;
     let res = sqlx::query(
         "UPDATE issuance_sessions SET status = $1, step = $2, seq = $3, sealed_state = $4, error = $5, updated_at = $6 \
@@ -227,7 +234,7 @@ pub async fn advance_issuance(
         ));
     }
     if let Some((device, version, change)) = device_change {
-        device_change_tx(&mut tx, device, version, change, &audit.actor).await?;
+        device_change_tx(&mut tx, device, version, change, &last.actor).await?;
     }
     for c in credentials {
         sqlx::query(
@@ -247,7 +254,10 @@ pub async fn advance_issuance(
         .execute(&mut *tx)
         .await?;
     }
-    finish(tx, key, audit).await
+    for audit in earlier {
+        append_audit_tx(&mut tx, key, audit).await?;
+    }
+    finish(tx, key, last).await
 }
 
 pub async fn device_credentials(

@@ -10,7 +10,7 @@
 //! that cannot attest (C4000, generic PIV) are not subject to it.
 
 use base64::Engine as _;
-use keyward_domain::{AuditOutcome, Device, DeviceType};
+use keyward_domain::{AuditDraft, AuditOutcome, Device, DeviceType};
 use keyward_engine::{Failure, Response};
 use keyward_pki::attestation::{certificate_from_object, verify_piv_attestations, AttestedKey};
 use keyward_store::IssuanceSession;
@@ -58,8 +58,9 @@ fn read_anchors(state: &AppState) -> Vec<Vec<u8>> {
 }
 
 /// Verifies the attestations in batch 2's responses (before the keys are
-/// certified); records each key's outcome; answers the failure that ends
-/// the attempt when attestation is required and a key is unattested.
+/// certified); answers the failure that ends the attempt when attestation is
+/// required and a key is unattested, and the audit record of each key's
+/// outcome, which the caller writes with the session's next move (one write).
 pub(super) async fn before_certify(
     state: &AppState,
     caller: &Caller,
@@ -67,16 +68,16 @@ pub(super) async fn before_certify(
     device: &Device,
     engine: &Engine,
     responses: &[Response],
-) -> ApiResult<Option<Failure>> {
+) -> ApiResult<(Option<Failure>, Option<AuditDraft>)> {
     let Engine::AwaitKeys(e) = engine else {
-        return Ok(None);
+        return Ok((None, None));
     };
     if device.device_type != DeviceType::YubiKey5 {
-        return Ok(None);
+        return Ok((None, None));
     }
     // A batch that failed is reported by the engine step itself.
     let Ok(certs) = e.clone().on_responses(responses) else {
-        return Ok(None);
+        return Ok((None, None));
     };
     let settings = state
         .store
@@ -154,10 +155,5 @@ pub(super) async fn before_certify(
     if records.iter().any(|r| r["attested"] == false) {
         draft.outcome = AuditOutcome::Failure;
     }
-    state
-        .store
-        .append_audit(&draft)
-        .await
-        .map_err(|e| store_error("recording the attestation", e))?;
-    Ok(failure)
+    Ok((failure, Some(draft)))
 }

@@ -3,7 +3,7 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use keyward_domain::{AuditOutcome, DeviceState, StateChange, StateReason};
+use keyward_domain::{AuditDraft, AuditOutcome, DeviceState, StateChange, StateReason};
 use std::collections::BTreeMap;
 
 use keyward_engine::piv::{Certified, Secret};
@@ -344,7 +344,7 @@ pub(super) async fn relay(
     );
     let change_pin_at_end = data.change_pin_at_end;
     // Keys that must prove they were generated on the device (attestation).
-    let attestation_failure =
+    let (attestation_failure, attestation_audit) =
         super::attestation::before_certify(&state, &caller, &s, &device, &data.engine, &responses)
             .await?;
     // A passkey registered before the device PIN change: revoked on record
@@ -366,6 +366,18 @@ pub(super) async fn relay(
             )
             .await
         }
+        // Certifying the keys (the CA's signatures, the signed CHUID) is the
+        // CPU-heavy step: on a blocking thread, so the runtime's workers keep
+        // serving other sessions, among them the one holding the store's writer.
+        Engine::AwaitKeys(_) => {
+            let (state, s, user, policy) = (state.clone(), s.clone(), user.clone(), policy.clone());
+            let (responses, answers) = (responses.clone(), result.answers.clone());
+            tokio::task::spawn_blocking(move || {
+                step_engine(&state, &s, &user, &policy, data, &responses, &answers)
+            })
+            .await
+            .map_err(|e| ApiError::internal("certifying the keys", e))?
+        }
         _ => step_engine(
             &state,
             &s,
@@ -382,7 +394,17 @@ pub(super) async fn relay(
         Next::Failed(f) => Next::Failed(with_transport_cause(f, result.transport_error.as_deref())),
         n => n,
     });
-    match next? {
+    let next = next?;
+    // The attestation outcomes go with the session's next move when it is a
+    // batch (one write); before the ending otherwise.
+    if let (Some(draft), false) = (&attestation_audit, matches!(next, Next::Batch(..))) {
+        state
+            .store
+            .append_audit(draft)
+            .await
+            .map_err(|e| store_error("recording the attestation", e))?;
+    }
+    match next {
         Next::Batch(engine, batch, issued) => {
             attempt.certificates.extend(issued);
             let step = batch.step();
@@ -410,9 +432,13 @@ pub(super) async fn relay(
                 target,
                 serde_json::json!({ "session": s.id, "batch": next_seq }),
             );
+            let audits: Vec<&AuditDraft> = attestation_audit
+                .iter()
+                .chain(std::iter::once(&draft))
+                .collect();
             state
                 .store
-                .advance_issuance(s.id, s.seq, &update, None, &[], &draft)
+                .advance_issuance_audited(s.id, s.seq, &update, None, &[], &audits)
                 .await
                 .map_err(|e| store_error("saving the session", e))?;
             Ok(Json(relay_batch(s.id, next_seq, "running", &batch)))
