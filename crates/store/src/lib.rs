@@ -146,8 +146,13 @@ mod sqlite_dialect {
     ) -> Result<(), sqlx::Error> {
         bind_audit_record!(sqlx::query(APPEND.as_str()), r)
             .execute(&mut **tx)
-            .await
-            .map(|_| ())
+            .await?;
+        tx.moved_audit_head(r.seq, &r.mac);
+        Ok(())
+    }
+    /// The writer connection remembers the head it committed (see `write_tx`).
+    pub fn known_audit_head(tx: &WriteTx) -> Option<(i64, Vec<u8>)> {
+        tx.known_audit_head()
     }
     pub async fn append_audit_record_and_commit(
         tx: WriteTx,
@@ -158,6 +163,7 @@ mod sqlite_dialect {
                 bind_audit_record!(sqlx::query(APPEND_AND_COMMIT.as_str()), r)
                     .execute(w.conn())
                     .await?;
+                w.moved_audit_head(r.seq, &r.mac);
                 w.committed();
                 Ok(())
             }
@@ -209,6 +215,10 @@ mod pg_dialect {
             .execute(&mut **tx)
             .await?;
         Ok(())
+    }
+    /// PostgreSQL reads (and locks) the head in every transaction.
+    pub fn known_audit_head(_tx: &Tx) -> Option<(i64, Vec<u8>)> {
+        None
     }
     pub async fn append_audit_record_and_commit(
         mut tx: Tx,

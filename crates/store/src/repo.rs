@@ -104,13 +104,17 @@ async fn audit_record(
     key: &AuditKey,
     draft: &AuditDraft,
 ) -> StoreResult<crate::AuditRecord> {
-    let head_sql = format!(
-        "SELECT count, last_mac FROM audit_head WHERE id = 1{}",
-        dialect::FOR_UPDATE
-    );
-    let head = sqlx::query(&head_sql).fetch_one(&mut **tx).await?;
-    let count: i64 = head.try_get("count")?;
-    let prev_mac: Vec<u8> = head.try_get("last_mac")?;
+    let (count, prev_mac) = match dialect::known_audit_head(tx) {
+        Some(head) => head,
+        None => {
+            let head_sql = format!(
+                "SELECT count, last_mac FROM audit_head WHERE id = 1{}",
+                dialect::FOR_UPDATE
+            );
+            let head = sqlx::query(&head_sql).fetch_one(&mut **tx).await?;
+            (head.try_get("count")?, head.try_get("last_mac")?)
+        }
+    };
     let at = now();
     let mut details = draft.details.clone();
     keyward_domain::audit::redact_secrets(&mut details);

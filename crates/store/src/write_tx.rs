@@ -27,6 +27,14 @@ pub(crate) struct SqliteWriter {
     /// A transaction was begun and neither committed nor rolled back (its
     /// `WriteTx` was dropped on an error): the next writer rolls it back first.
     open: bool,
+    /// The audit chain's head (count, last MAC) as this connection last
+    /// committed it, and the file's `data_version` then: while no other
+    /// connection has committed since (the version is unchanged), the head
+    /// need not be read again.
+    audit_head: Option<(i64, Vec<u8>, i64)>,
+    /// This transaction's `data_version`, and the head it moved to (kept once it commits).
+    data_version: i64,
+    pending_head: Option<(i64, Vec<u8>)>,
 }
 
 /// Held by the `Store` while it is open; the registry only points at it.
@@ -49,7 +57,13 @@ pub(crate) async fn open_writer(opts: &SqliteConnectOptions) -> Result<SharedWri
         return Ok(w);
     }
     writers.retain(|_, w| w.strong_count() > 0);
-    let w = Arc::new(tokio::sync::Mutex::new(SqliteWriter { conn, open: false }));
+    let w = Arc::new(tokio::sync::Mutex::new(SqliteWriter {
+        conn,
+        open: false,
+        audit_head: None,
+        data_version: 0,
+        pending_head: None,
+    }));
     writers.insert(file, Arc::downgrade(&w));
     Ok(w)
 }
@@ -120,8 +134,13 @@ impl WriteTx {
             sqlx::query("ROLLBACK").execute(&mut w.conn).await?;
             w.open = false;
         }
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut w.conn).await?;
+        // One round trip: the transaction and whether anyone else wrote since.
+        let version: i64 = sqlx::query_scalar("BEGIN IMMEDIATE; PRAGMA data_version")
+            .fetch_one(&mut w.conn)
+            .await?;
         w.open = true;
+        w.data_version = version;
+        w.pending_head = None;
         Ok(WriteTx::Writer(WriterTurn(Some(w))))
     }
 
@@ -139,7 +158,12 @@ impl WriteTx {
             WriteTx::Pooled(tx) => tx.rollback().await,
             WriteTx::Writer(mut w) => {
                 sqlx::query(statement).execute(&mut w.conn).await?;
-                w.open = false;
+                if statement == "COMMIT" {
+                    w.committed();
+                } else {
+                    w.open = false;
+                    w.pending_head = None;
+                }
                 Ok(())
             }
         }
@@ -151,9 +175,43 @@ impl SqliteWriter {
         &mut self.conn
     }
 
-    /// The transaction ended with a COMMIT sent in the same text as its last statements.
+    pub(crate) fn moved_audit_head(&mut self, count: i64, mac: &[u8]) {
+        self.pending_head = Some((count, mac.to_vec()));
+    }
+
+    /// The transaction committed (also when the COMMIT went in the same
+    /// text as its last statements): the head it moved to is the head now.
     pub(crate) fn committed(&mut self) {
         self.open = false;
+        if let Some((count, mac)) = self.pending_head.take() {
+            self.audit_head = Some((count, mac, self.data_version));
+        }
+    }
+}
+
+impl WriteTx {
+    /// The audit head, if known without reading it: this connection wrote it
+    /// last and no other connection has committed since.
+    pub(crate) fn known_audit_head(&self) -> Option<(i64, Vec<u8>)> {
+        let WriteTx::Writer(w) = self else {
+            return None;
+        };
+        if let Some(head) = &w.pending_head {
+            return Some(head.clone());
+        }
+        match &w.audit_head {
+            Some((count, mac, version)) if *version == w.data_version => {
+                Some((*count, mac.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The head this transaction moves the chain to (known once it commits).
+    pub(crate) fn moved_audit_head(&mut self, count: i64, mac: &[u8]) {
+        if let WriteTx::Writer(w) = self {
+            w.moved_audit_head(count, mac);
+        }
     }
 }
 

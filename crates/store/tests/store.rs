@@ -1221,3 +1221,34 @@ both!(concurrent_writers_and_a_failed_write, |t| {
         .unwrap();
     assert!(s.verify_audit_chain().await.unwrap().ok());
 });
+
+// SQLite's writer connection remembers the audit head it committed, and reads
+// it again once another connection (another process) has committed: an append
+// made outside the store moves the store's next record on instead of clashing
+// with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_head_is_read_again_after_a_write_from_elsewhere() {
+    let t = stores("audit_head_elsewhere").await.remove(0);
+    assert_eq!(t.label, "sqlite");
+    let s = &t.store;
+    s.append_audit(&audit("test.one", "x")).await.unwrap();
+    s.append_audit(&audit("test.two", "x")).await.unwrap();
+    let head = s.audit_head().await.unwrap();
+    // Another connection appends a record and moves the head, as another
+    // process writing the same file would.
+    let n = head.count + 1;
+    t.raw(&format!(
+        "INSERT INTO audit_log (seq, at, actor, action, target, outcome, details, prev_mac, mac) \
+         VALUES ({n}, '2026-01-01T00:00:00Z', 'elsewhere', 'test.elsewhere', 'x', 'success', '{{}}', zeroblob(32), randomblob(32)); \
+         UPDATE audit_head SET count = {n}, last_mac = (SELECT mac FROM audit_log WHERE seq = {n}) WHERE id = 1;"
+    ))
+    .await;
+    let seq = s.append_audit(&audit("test.three", "x")).await.unwrap();
+    assert_eq!(
+        seq,
+        n + 1,
+        "the store's record follows the one written elsewhere"
+    );
+    assert_eq!(s.audit_head().await.unwrap().count, n + 1);
+    t.cleanup().await;
+}
