@@ -131,13 +131,23 @@ impl WriteTx {
         };
         let mut w = writer.lock_owned().await;
         if w.open {
-            sqlx::query("ROLLBACK").execute(&mut w.conn).await?;
+            // Best effort: SQLite may have ended the transaction itself (it
+            // rolls back on some errors), and then there is nothing to undo.
+            let _ = sqlx::query("ROLLBACK").execute(&mut w.conn).await;
             w.open = false;
         }
         // One round trip: the transaction and whether anyone else wrote since.
-        let version: i64 = sqlx::query_scalar("BEGIN IMMEDIATE; PRAGMA data_version")
+        let version: i64 = match sqlx::query_scalar("BEGIN IMMEDIATE; PRAGMA data_version")
             .fetch_one(&mut w.conn)
-            .await?;
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                // Whether or not BEGIN took, no transaction stays open.
+                let _ = sqlx::query("ROLLBACK").execute(&mut w.conn).await;
+                return Err(e);
+            }
+        };
         w.open = true;
         w.data_version = version;
         w.pending_head = None;
