@@ -136,32 +136,10 @@ impl Store {
         on_backend!(self, get_issuance(id))
     }
 
-    /// Moves a session on from `expected_seq`; see the repository.
+    /// Moves a session on from `expected_seq`, with its audit records (in
+    /// order) in the same transaction; see the repository.
     #[allow(clippy::too_many_arguments)]
     pub async fn advance_issuance(
-        &self,
-        id: Uuid,
-        expected_seq: i64,
-        update: &IssuanceUpdate,
-        device_change: Option<(Uuid, i64, &StateChange)>,
-        credentials: &[Credential],
-        audit: &AuditDraft,
-    ) -> StoreResult<()> {
-        self.advance_issuance_audited(
-            id,
-            expected_seq,
-            update,
-            device_change,
-            credentials,
-            &[audit],
-        )
-        .await
-    }
-
-    /// As [`Store::advance_issuance`], with several audit records (in order)
-    /// in the same transaction.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn advance_issuance_audited(
         &self,
         id: Uuid,
         expected_seq: i64,

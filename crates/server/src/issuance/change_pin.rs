@@ -246,7 +246,7 @@ async fn end(
     }
     state
         .store
-        .advance_issuance(s.id, s.seq, &update, None, &[], &draft)
+        .advance_issuance(s.id, s.seq, &update, None, &[], &[&draft])
         .await
         .map_err(|e| store_error("ending the PIN change", e))?;
     Ok(next_seq)
@@ -301,7 +301,7 @@ pub(super) async fn on_result(
             );
             state
                 .store
-                .advance_issuance(s.id, s.seq, &update, None, &[], &draft)
+                .advance_issuance(s.id, s.seq, &update, None, &[], &[&draft])
                 .await
                 .map_err(|e| store_error("saving the session", e))?;
             Ok(Json(relay_batch(s.id, next_seq, "running", &batch)))

@@ -251,7 +251,7 @@ pub(super) async fn on_result(
             );
             state
                 .store
-                .advance_issuance(s.id, s.seq, &update, None, &[], &draft)
+                .advance_issuance(s.id, s.seq, &update, None, &[], &[&draft])
                 .await
                 .map_err(|e| store_error("saving the session", e))?;
             Ok(Json(relay_batch(s.id, next_seq, "running", &batch)))
@@ -295,7 +295,7 @@ pub(super) async fn on_result(
             ));
             state
                 .store
-                .advance_issuance(s.id, s.seq, &update, device_change, &[], &draft)
+                .advance_issuance(s.id, s.seq, &update, device_change, &[], &[&draft])
                 .await
                 .map_err(|e| store_error("ending the recycle", e))?;
             // The device's passkeys are deleted at their Passkey-Enabled Service.
@@ -347,7 +347,7 @@ pub(super) async fn on_result(
             draft.outcome = AuditOutcome::Failure;
             state
                 .store
-                .advance_issuance(s.id, s.seq, &update, None, &[], &draft)
+                .advance_issuance(s.id, s.seq, &update, None, &[], &[&draft])
                 .await
                 .map_err(|e| store_error("ending the recycle", e))?;
             Ok(Json(relay_batch(

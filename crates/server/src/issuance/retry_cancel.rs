@@ -85,7 +85,7 @@ pub(super) async fn end_failed(
     let device_change = (s.action != "recycle").then_some((device.id, device.version, &change));
     state
         .store
-        .advance_issuance(s.id, s.seq, &update, device_change, &[], &draft)
+        .advance_issuance(s.id, s.seq, &update, device_change, &[], &[&draft])
         .await
         .map_err(|e| store_error("cancelling the issuance", e))
 }
@@ -168,7 +168,7 @@ pub(super) async fn retry(
             &update,
             Some((device.id, device.version, &change)),
             &[],
-            &draft,
+            &[&draft],
         )
         .await
         .map_err(|e| store_error("retrying the issuance", e))?;

@@ -159,7 +159,7 @@ pub(super) async fn end_session(
             &update,
             Some((device.id, device.version, &ending.device)),
             &ending.credentials,
-            &ending.audit,
+            &[&ending.audit],
         )
         .await
         .map_err(|e| store_error("ending the issuance session", e))?;

@@ -76,7 +76,7 @@ pub async fn sweep_abandoned(state: &AppState) -> anyhow::Result<usize> {
                     &change,
                 )),
                 &revoked,
-                &draft,
+                &[&draft],
             )
             .await
         {
