@@ -40,7 +40,7 @@ impl EmbeddedCa {
             .map_err(build_err)?
             .add_certificate(CertificateChoices::Certificate(cert.clone()))
             .map_err(build_err)?
-            .add_signer_info::<p256::ecdsa::SigningKey, p256::ecdsa::DerSignature>(signer)
+            .add_signer_info::<keyward_signer::EcdsaSigner, keyward_signer::DerSignature>(signer)
             .map_err(build_err)?
             .build()
             .map_err(build_err)?;

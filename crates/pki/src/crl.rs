@@ -3,9 +3,6 @@
 
 use der::asn1::{BitString, OctetString};
 use der::Encode;
-use p384::ecdsa::signature::Signer;
-use p384::ecdsa::DerSignature;
-use spki::AlgorithmIdentifierOwned;
 use time::OffsetDateTime;
 use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
 use x509_cert::ext::pkix::AuthorityKeyIdentifier;
@@ -32,8 +29,6 @@ const OID_CRL_NUMBER: const_oid::ObjectIdentifier =
 const OID_CRL_REASON: const_oid::ObjectIdentifier =
     const_oid::ObjectIdentifier::new_unwrap("2.5.29.21");
 const OID_AKI: const_oid::ObjectIdentifier = const_oid::ObjectIdentifier::new_unwrap("2.5.29.35");
-const ECDSA_WITH_SHA384: const_oid::ObjectIdentifier =
-    const_oid::ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
 
 /// DER INTEGER of a non-negative number.
 fn der_integer(n: u64) -> Vec<u8> {
@@ -60,10 +55,7 @@ impl EmbeddedCa {
         next_update: OffsetDateTime,
         crl_number: u64,
     ) -> Result<Vec<u8>, PkiError> {
-        let algorithm = AlgorithmIdentifierOwned {
-            oid: ECDSA_WITH_SHA384,
-            parameters: None,
-        };
+        let algorithm = self.issuing_signer().curve().signature_algorithm();
         let mut entries = Vec::with_capacity(revoked.len());
         for r in revoked {
             let extensions = match r.reason {
@@ -112,11 +104,14 @@ impl EmbeddedCa {
             ]),
         };
         let tbs_der = tbs.to_der().map_err(build_err)?;
-        let signature: DerSignature = self.issuing_key().sign(&tbs_der);
+        let signature = self
+            .issuing_signer()
+            .sign_der(&tbs_der)
+            .map_err(build_err)?;
         let crl = CertificateList {
             tbs_cert_list: tbs,
             signature_algorithm: algorithm,
-            signature: BitString::from_bytes(signature.as_bytes()).map_err(build_err)?,
+            signature: BitString::from_bytes(&signature).map_err(build_err)?,
         };
         crl.to_der().map_err(build_err)
     }

@@ -1,17 +1,24 @@
-//! The embedded CA: a root and an issuing CA on P-384, created at first start,
-//! and a P-256 content-signing certificate for PIV CHUIDs. The server keeps
-//! the private keys only sealed under its KEK (see [`EmbeddedCaParts`]).
+//! The embedded CA: a root on P-384 and an issuing CA on P-256, created at
+//! first start, and a P-256 content-signing certificate for PIV CHUIDs. The
+//! server keeps the private keys only sealed under its KEK (see
+//! [`EmbeddedCaParts`]).
+//!
+//! Why the issuing CA is P-256: it signs two certificates per issuance, and a
+//! P-256 signature (ECDSA with SHA-256, which every PIV relying party accepts,
+//! SP 800-78-4 table 3-3) costs about a tenth of a P-384 one. The root signs
+//! once in ten years and keeps the larger curve. CAs created before this
+//! choice have a P-384 issuing key, which still loads and signs with SHA-384.
+//! All signatures are made by ring ([`keyward_signer`]).
 
 use std::str::FromStr;
 
 use der::asn1::{BitString, Ia5String, OctetString};
 use der::{Decode, Encode};
-use p384::ecdsa::{DerSignature, SigningKey};
-use p384::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
+use keyward_signer::{Curve, DerSignature, EcdsaSigner};
 use rand::rngs::OsRng;
 use rand::RngCore;
 use sha1::{Digest, Sha1};
-use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
+use spki::SubjectPublicKeyInfoOwned;
 use time::OffsetDateTime;
 use x509_cert::builder::{Builder, CertificateBuilder, Profile};
 use x509_cert::ext::pkix::crl::dp::DistributionPoint;
@@ -30,9 +37,6 @@ use zeroize::Zeroizing;
 use crate::ext::SidExtension;
 use crate::template::LeafRequest;
 use crate::{build_err, CertificateAuthority, IssuedCertificate, PkiError};
-
-const ECDSA_WITH_SHA384: const_oid::ObjectIdentifier =
-    const_oid::ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
 
 /// id-PIV-content-signing (SP 800-73-4 / FIPS 201).
 pub const OID_PIV_CONTENT_SIGNING: const_oid::ObjectIdentifier =
@@ -60,12 +64,14 @@ pub struct EmbeddedCaParts {
 pub struct EmbeddedCa {
     name: String,
     root_cert: Certificate,
-    issuing_key: SigningKey,
-    /// The same key for ring, which signs the certificates of issuance.
-    issuing_signer: ring::signature::EcdsaKeyPair,
+    /// Kept as given, for [`EmbeddedCa::to_parts`]; the root signs nothing
+    /// after [`EmbeddedCa::generate`].
+    root_key_pkcs8: Zeroizing<Vec<u8>>,
+    issuing: EcdsaSigner,
+    issuing_key_pkcs8: Zeroizing<Vec<u8>>,
     issuing_cert: Certificate,
-    root_key: SigningKey,
-    content_signer_key: p256::ecdsa::SigningKey,
+    content_signer: EcdsaSigner,
+    content_signer_key_pkcs8: Zeroizing<Vec<u8>>,
     content_signer_cert: Certificate,
     crl_url: Option<String>,
 }
@@ -105,9 +111,15 @@ fn key_id(spki: &SubjectPublicKeyInfoOwned) -> Vec<u8> {
     Sha1::digest(spki.subject_public_key.raw_bytes()).to_vec()
 }
 
-fn spki_of<K: EncodePublicKey>(k: &K) -> Result<SubjectPublicKeyInfoOwned, PkiError> {
-    let der = k.to_public_key_der().map_err(build_err)?;
-    SubjectPublicKeyInfoOwned::from_der(der.as_bytes()).map_err(build_err)
+fn spki_of(k: &EcdsaSigner) -> Result<SubjectPublicKeyInfoOwned, PkiError> {
+    SubjectPublicKeyInfoOwned::from_der(k.spki_der()).map_err(build_err)
+}
+
+/// A new key on `curve`: its PKCS#8 (to be sealed) and its signer.
+fn new_key(curve: Curve) -> Result<(Zeroizing<Vec<u8>>, EcdsaSigner), PkiError> {
+    let pkcs8 = EcdsaSigner::generate_pkcs8(curve).map_err(build_err)?;
+    let signer = EcdsaSigner::from_pkcs8(&pkcs8).map_err(build_err)?;
+    Ok((pkcs8, signer))
 }
 
 fn time_of(t: &Time) -> OffsetDateTime {
@@ -121,9 +133,19 @@ impl EmbeddedCa {
         crl_url: Option<String>,
         now: OffsetDateTime,
     ) -> Result<EmbeddedCa, PkiError> {
+        EmbeddedCa::generate_with(organisation, crl_url, now, Curve::P256)
+    }
+
+    /// [`EmbeddedCa::generate`] with the issuing CA on `issuing_curve`
+    /// (tests make the P-384 issuing CAs of earlier versions with it).
+    fn generate_with(
+        organisation: &str,
+        crl_url: Option<String>,
+        now: OffsetDateTime,
+        issuing_curve: Curve,
+    ) -> Result<EmbeddedCa, PkiError> {
         let org = crate::template::escape_rfc4514(organisation);
-        let root_key = SigningKey::random(&mut OsRng);
-        let root_spki = spki_of(root_key.verifying_key())?;
+        let (root_key_pkcs8, root) = new_key(Curve::P384)?;
         let root_name =
             Name::from_str(&format!("CN=Keyward Root CA,O={org}")).map_err(build_err)?;
         let root_cert = CertificateBuilder::new(
@@ -131,14 +153,14 @@ impl EmbeddedCa {
             random_serial(),
             validity_from(now, ROOT_YEARS * 366)?,
             root_name.clone(),
-            root_spki,
-            &root_key,
+            spki_of(&root)?,
+            &root,
         )
         .map_err(build_err)?
         .build::<DerSignature>()
         .map_err(build_err)?;
 
-        let issuing_key = SigningKey::random(&mut OsRng);
+        let (issuing_key_pkcs8, issuing) = new_key(issuing_curve)?;
         let issuing_name =
             Name::from_str(&format!("CN=Keyward Issuing CA,O={org}")).map_err(build_err)?;
         let issuing_cert = CertificateBuilder::new(
@@ -149,14 +171,14 @@ impl EmbeddedCa {
             random_serial(),
             validity_from(now, ISSUING_YEARS * 366)?,
             issuing_name.clone(),
-            spki_of(issuing_key.verifying_key())?,
-            &root_key,
+            spki_of(&issuing)?,
+            &root,
         )
         .map_err(build_err)?
         .build::<DerSignature>()
         .map_err(build_err)?;
 
-        let content_signer_key = p256::ecdsa::SigningKey::random(&mut OsRng);
+        let (content_signer_key_pkcs8, content_signer) = new_key(Curve::P256)?;
         let mut builder = CertificateBuilder::new(
             Profile::Leaf {
                 issuer: issuing_name,
@@ -166,8 +188,8 @@ impl EmbeddedCa {
             random_serial(),
             validity_from(now, 5 * 366)?,
             Name::from_str(&format!("CN=Keyward CHUID Signer,O={org}")).map_err(build_err)?,
-            spki_of(content_signer_key.verifying_key())?,
-            &issuing_key,
+            spki_of(&content_signer)?,
+            &issuing,
         )
         .map_err(build_err)?;
         builder
@@ -176,13 +198,14 @@ impl EmbeddedCa {
         let content_signer_cert = builder.build::<DerSignature>().map_err(build_err)?;
 
         Ok(EmbeddedCa {
-            issuing_signer: ring_signer(&issuing_key)?,
             name: "Keyward Issuing CA".into(),
             root_cert,
-            issuing_key,
+            root_key_pkcs8,
+            issuing,
+            issuing_key_pkcs8,
             issuing_cert,
-            root_key,
-            content_signer_key,
+            content_signer,
+            content_signer_key_pkcs8,
             content_signer_cert,
             crl_url,
         })
@@ -191,67 +214,53 @@ impl EmbeddedCa {
     pub fn to_parts(&self) -> Result<EmbeddedCaParts, PkiError> {
         Ok(EmbeddedCaParts {
             name: self.name.clone(),
-            root_key_pkcs8: Zeroizing::new(
-                self.root_key
-                    .to_pkcs8_der()
-                    .map_err(build_err)?
-                    .as_bytes()
-                    .to_vec(),
-            ),
+            root_key_pkcs8: self.root_key_pkcs8.clone(),
             root_cert: self.root_cert.to_der().map_err(build_err)?,
-            issuing_key_pkcs8: Zeroizing::new(
-                self.issuing_key
-                    .to_pkcs8_der()
-                    .map_err(build_err)?
-                    .as_bytes()
-                    .to_vec(),
-            ),
+            issuing_key_pkcs8: self.issuing_key_pkcs8.clone(),
             issuing_cert: self.issuing_cert.to_der().map_err(build_err)?,
-            content_signer_key_pkcs8: Zeroizing::new(
-                self.content_signer_key
-                    .to_pkcs8_der()
-                    .map_err(build_err)?
-                    .as_bytes()
-                    .to_vec(),
-            ),
+            content_signer_key_pkcs8: self.content_signer_key_pkcs8.clone(),
             content_signer_cert: self.content_signer_cert.to_der().map_err(build_err)?,
             crl_url: self.crl_url.clone(),
         })
     }
 
     pub fn from_parts(p: &EmbeddedCaParts) -> Result<EmbeddedCa, PkiError> {
-        let corrupt = |e: &dyn std::fmt::Display| PkiError::Corrupt(e.to_string());
-        let issuing_key =
-            SigningKey::from_pkcs8_der(&p.issuing_key_pkcs8).map_err(|e| corrupt(&e))?;
+        let corrupt =
+            |what: &str, e: &dyn std::fmt::Display| PkiError::Corrupt(format!("the {what}: {e}"));
+        let key = |what: &str, pkcs8: &[u8]| {
+            EcdsaSigner::from_pkcs8(pkcs8).map_err(|e| corrupt(what, &e))
+        };
+        let cert =
+            |what: &str, der: &[u8]| Certificate::from_der(der).map_err(|e| corrupt(what, &e));
+        // The root key is only checked: it signs nothing after generation.
+        key("root CA key", &p.root_key_pkcs8)?;
         let ca = EmbeddedCa {
-            issuing_signer: ring_signer(&issuing_key)?,
-            issuing_key,
             name: p.name.clone(),
-            root_key: SigningKey::from_pkcs8_der(&p.root_key_pkcs8).map_err(|e| corrupt(&e))?,
-            root_cert: Certificate::from_der(&p.root_cert).map_err(|e| corrupt(&e))?,
-            issuing_cert: Certificate::from_der(&p.issuing_cert).map_err(|e| corrupt(&e))?,
-            content_signer_key: p256::ecdsa::SigningKey::from_pkcs8_der(
-                &p.content_signer_key_pkcs8,
-            )
-            .map_err(|e| corrupt(&e))?,
-            content_signer_cert: Certificate::from_der(&p.content_signer_cert)
-                .map_err(|e| corrupt(&e))?,
+            root_cert: cert("root CA certificate", &p.root_cert)?,
+            root_key_pkcs8: p.root_key_pkcs8.clone(),
+            issuing: key("issuing CA key", &p.issuing_key_pkcs8)?,
+            issuing_key_pkcs8: p.issuing_key_pkcs8.clone(),
+            issuing_cert: cert("issuing CA certificate", &p.issuing_cert)?,
+            content_signer: key("CHUID signer key", &p.content_signer_key_pkcs8)?,
+            content_signer_key_pkcs8: p.content_signer_key_pkcs8.clone(),
+            content_signer_cert: cert("CHUID signer certificate", &p.content_signer_cert)?,
             crl_url: p.crl_url.clone(),
         };
-        // The issuing key must be the one certified.
-        let certified = ca
-            .issuing_cert
-            .tbs_certificate
-            .subject_public_key_info
-            .to_der()
-            .map_err(build_err)?;
-        let actual = spki_of(ca.issuing_key.verifying_key())?
-            .to_der()
-            .map_err(build_err)?;
-        if certified != actual {
-            return Err(PkiError::Corrupt(
-                "the issuing CA key does not match its certificate".into(),
-            ));
+        // Each key must be the one its certificate certifies.
+        for (what, signer, cert) in [
+            ("issuing CA", &ca.issuing, &ca.issuing_cert),
+            ("CHUID signer", &ca.content_signer, &ca.content_signer_cert),
+        ] {
+            let certified = cert
+                .tbs_certificate
+                .subject_public_key_info
+                .subject_public_key
+                .raw_bytes();
+            if certified != signer.public_point() {
+                return Err(PkiError::Corrupt(format!(
+                    "the {what} key does not match its certificate"
+                )));
+            }
         }
         Ok(ca)
     }
@@ -268,13 +277,14 @@ impl EmbeddedCa {
         &self.issuing_cert
     }
 
-    pub fn issuing_key(&self) -> &SigningKey {
-        &self.issuing_key
+    /// The issuing CA's signer (P-256 for CAs created now, P-384 for older ones).
+    pub(crate) fn issuing_signer(&self) -> &EcdsaSigner {
+        &self.issuing
     }
 
     /// The CHUID content signer: key and certificate.
-    pub fn content_signer(&self) -> (&p256::ecdsa::SigningKey, &Certificate) {
-        (&self.content_signer_key, &self.content_signer_cert)
+    pub fn content_signer(&self) -> (&EcdsaSigner, &Certificate) {
+        (&self.content_signer, &self.content_signer_cert)
     }
 
     pub(crate) fn issuing_key_id(&self) -> Vec<u8> {
@@ -366,10 +376,7 @@ impl CertificateAuthority for EmbeddedCa {
                 }]),
             )?);
         }
-        let algorithm = AlgorithmIdentifierOwned {
-            oid: ECDSA_WITH_SHA384,
-            parameters: None,
-        };
+        let algorithm = self.issuing.curve().signature_algorithm();
         let tbs = TbsCertificate {
             version: Version::V3,
             serial_number: random_serial(),
@@ -383,16 +390,11 @@ impl CertificateAuthority for EmbeddedCa {
             extensions: Some(extensions),
         };
         let tbs_der = tbs.to_der().map_err(build_err)?;
-        // ring's P-384 is several times faster than the portable arithmetic;
-        // the signature is the same DER ECDSA-Sig-Value.
-        let signature = self
-            .issuing_signer
-            .sign(&ring::rand::SystemRandom::new(), &tbs_der)
-            .map_err(|_| PkiError::Build("signing the certificate".into()))?;
+        let signature = self.issuing.sign_der(&tbs_der).map_err(build_err)?;
         let cert = Certificate {
             tbs_certificate: tbs,
             signature_algorithm: algorithm,
-            signature: BitString::from_bytes(signature.as_ref()).map_err(build_err)?,
+            signature: BitString::from_bytes(&signature).map_err(build_err)?,
         };
         let tbs = &cert.tbs_certificate;
         Ok(IssuedCertificate {
@@ -412,17 +414,133 @@ impl CertificateAuthority for EmbeddedCa {
     }
 }
 
-/// A P-384 key as ring's signer of ECDSA with SHA-384 (DER signatures).
-fn ring_signer(key: &SigningKey) -> Result<ring::signature::EcdsaKeyPair, PkiError> {
-    let pkcs8 = key.to_pkcs8_der().map_err(build_err)?;
-    ring::signature::EcdsaKeyPair::from_pkcs8(
-        &ring::signature::ECDSA_P384_SHA384_ASN1_SIGNING,
-        pkcs8.as_bytes(),
-        &ring::rand::SystemRandom::new(),
-    )
-    .map_err(|e| PkiError::Corrupt(format!("the issuing CA key: {e}")))
-}
-
 pub(crate) fn hex_lower(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crl::Revoked;
+    use keyward_domain::{
+        CertificateTemplate, ExtendedKeyUsage as Eku, KeyAlgorithm, KeyUsage as Ku, PivSlot,
+        PkiApplication, SanSource, User, UserStatus,
+    };
+    use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, ECDSA_P384_SHA384_ASN1};
+
+    fn request() -> LeafRequest {
+        let app = PkiApplication {
+            name: "PIV Authentication".into(),
+            slot: PivSlot::Authentication,
+            algorithm: KeyAlgorithm::EccP256,
+            certificate_authority: "Keyward Issuing CA".into(),
+            template: CertificateTemplate {
+                subject_dn: "CN={display_name}".into(),
+                subject_alt_names: vec![SanSource::Upn],
+                validity_days: 30,
+                key_usage: vec![Ku::DigitalSignature],
+                extended_key_usage: vec![Eku::ClientAuth],
+            },
+        };
+        let user = User {
+            id: uuid::Uuid::new_v4(),
+            login: "alice".into(),
+            upn: Some("alice@example.com".into()),
+            display_name: "Alice".into(),
+            email: None,
+            attributes: Default::default(),
+            status: UserStatus::Active,
+        };
+        let (_, device_key) = new_key(Curve::P256).unwrap();
+        LeafRequest::from_template(&app, &user, None, device_key.spki_der()).unwrap()
+    }
+
+    /// Certificates and CRLs signed by `ca` carry `oid` and verify with the
+    /// issuing CA certificate's key under `verifier`, after a reload.
+    fn signs_with(
+        ca: EmbeddedCa,
+        oid: &str,
+        verifier: &'static ring::signature::EcdsaVerificationAlgorithm,
+    ) {
+        let ca = EmbeddedCa::from_parts(&ca.to_parts().unwrap()).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let key = ca
+            .issuing_cert
+            .tbs_certificate
+            .subject_public_key_info
+            .subject_public_key
+            .raw_bytes()
+            .to_vec();
+        let key = UnparsedPublicKey::new(verifier, key);
+        let leaf = Certificate::from_der(&ca.issue(&request(), now).unwrap().der).unwrap();
+        assert_eq!(leaf.signature_algorithm.oid.to_string(), oid);
+        let tbs = leaf.tbs_certificate.to_der().unwrap();
+        key.verify(&tbs, leaf.signature.raw_bytes()).unwrap();
+        let signer = &ca.content_signer_cert;
+        assert_eq!(signer.signature_algorithm.oid.to_string(), oid);
+        let tbs = signer.tbs_certificate.to_der().unwrap();
+        key.verify(&tbs, signer.signature.raw_bytes()).unwrap();
+        let revoked = [Revoked {
+            serial: vec![1, 2, 3],
+            at: now,
+            reason: Some(4),
+        }];
+        let crl = ca
+            .crl(&revoked, now, now + time::Duration::days(1), 7)
+            .unwrap();
+        let crl = x509_cert::crl::CertificateList::from_der(&crl).unwrap();
+        assert_eq!(crl.signature_algorithm.oid.to_string(), oid);
+        let tbs = crl.tbs_cert_list.to_der().unwrap();
+        key.verify(&tbs, crl.signature.raw_bytes()).unwrap();
+    }
+
+    #[test]
+    fn new_issuing_cas_sign_with_p256_and_sha256() {
+        let ca = EmbeddedCa::generate("Example", None, OffsetDateTime::now_utc()).unwrap();
+        let spki = &ca.issuing_cert.tbs_certificate.subject_public_key_info;
+        assert_eq!(
+            spki.subject_public_key.raw_bytes().len(),
+            65,
+            "a P-256 point"
+        );
+        let root = &ca.root_cert.tbs_certificate.subject_public_key_info;
+        assert_eq!(
+            root.subject_public_key.raw_bytes().len(),
+            97,
+            "a P-384 root"
+        );
+        signs_with(ca, "1.2.840.10045.4.3.2", &ECDSA_P256_SHA256_ASN1);
+    }
+
+    #[test]
+    fn an_earlier_p384_issuing_ca_still_loads_and_signs_with_sha384() {
+        let now = OffsetDateTime::now_utc();
+        let ca = EmbeddedCa::generate_with("Example", None, now, Curve::P384).unwrap();
+        signs_with(ca, "1.2.840.10045.4.3.3", &ECDSA_P384_SHA384_ASN1);
+    }
+
+    #[test]
+    fn keys_that_do_not_match_their_certificates_are_refused() {
+        let now = OffsetDateTime::now_utc();
+        let a = EmbeddedCa::generate("A", None, now)
+            .unwrap()
+            .to_parts()
+            .unwrap();
+        let b = EmbeddedCa::generate("B", None, now)
+            .unwrap()
+            .to_parts()
+            .unwrap();
+        let mut mixed = a.clone();
+        mixed.issuing_key_pkcs8 = b.issuing_key_pkcs8.clone();
+        let e = EmbeddedCa::from_parts(&mixed).unwrap_err().to_string();
+        assert!(e.contains("issuing CA key does not match"), "{e}");
+        let mut mixed = a.clone();
+        mixed.content_signer_key_pkcs8 = b.content_signer_key_pkcs8.clone();
+        let e = EmbeddedCa::from_parts(&mixed).unwrap_err().to_string();
+        assert!(e.contains("CHUID signer key does not match"), "{e}");
+        let mut broken = a;
+        broken.root_key_pkcs8 = Zeroizing::new(b"not a key".to_vec());
+        let e = EmbeddedCa::from_parts(&broken).unwrap_err().to_string();
+        assert!(e.contains("root CA key"), "{e}");
+    }
 }

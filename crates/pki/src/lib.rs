@@ -1,6 +1,6 @@
 //! Keyward's certificate authority logic, without I/O.
 //!
-//! - [`EmbeddedCa`]: a root and an issuing CA (P-384), created at first start,
+//! - [`EmbeddedCa`]: a root (P-384) and an issuing CA (P-256), created at first start,
 //!   plus a content-signing key for PIV CHUIDs; serialisable to PKCS#8 and
 //!   DER parts that the server seals under its KEK.
 //! - [`LeafRequest`]: a certificate for a key generated on a device, built

@@ -20,15 +20,70 @@ pub enum KeyError {
 #[derive(Clone)]
 pub enum SlotKey {
     Rsa(Box<RsaPrivateKey>),
-    P256(p256::SecretKey),
+    P256(P256Key),
     P384(p384::SecretKey),
+}
+
+/// A P-256 key with its public point, derived once: GENERATE returns the
+/// point and ATTEST certifies it, and deriving it again with the portable
+/// arithmetic would cost a scalar multiplication each time.
+#[derive(Clone)]
+pub struct P256Key {
+    pub secret: p256::SecretKey,
+    pub public: p256::PublicKey,
+}
+
+impl P256Key {
+    /// A new key. ring generates it (its base-point tables make the public
+    /// point several times cheaper than the portable arithmetic); the key is
+    /// then read from ring's PKCS#8 into RustCrypto's types, which the
+    /// card's other operations (ECDSA over a given hash, ECDH) need.
+    pub fn generate() -> Result<P256Key, KeyError> {
+        use p256::pkcs8::der::Decode;
+        let pkcs8 = keyward_signer::EcdsaSigner::generate_pkcs8(keyward_signer::Curve::P256)
+            .map_err(|_| KeyError::Unsupported)?;
+        let info =
+            p256::pkcs8::PrivateKeyInfo::from_der(&pkcs8).map_err(|_| KeyError::Unsupported)?;
+        let ec =
+            sec1::EcPrivateKey::from_der(info.private_key).map_err(|_| KeyError::Unsupported)?;
+        let point = ec.public_key.ok_or(KeyError::Unsupported)?;
+        Ok(P256Key {
+            secret: p256::SecretKey::from_slice(ec.private_key)
+                .map_err(|_| KeyError::Unsupported)?,
+            public: p256::PublicKey::from_sec1_bytes(point).map_err(|_| KeyError::Unsupported)?,
+        })
+    }
+
+    fn from_secret(secret: p256::SecretKey) -> P256Key {
+        P256Key {
+            public: secret.public_key(),
+            secret,
+        }
+    }
+
+    /// The public point, SEC1 uncompressed.
+    pub fn point(&self) -> Vec<u8> {
+        use p256::elliptic_curve::sec1::ToEncodedPoint;
+        self.public.to_encoded_point(false).as_bytes().to_vec()
+    }
+
+    /// A signer of ECDSA with SHA-256 over whole messages (ATTEST's
+    /// certificates), through ring.
+    pub fn signer(&self) -> Result<keyward_signer::EcdsaSigner, KeyError> {
+        keyward_signer::EcdsaSigner::from_scalar_and_point(
+            keyward_signer::Curve::P256,
+            &self.secret.to_bytes(),
+            &self.point(),
+        )
+        .map_err(|_| KeyError::BadInput)
+    }
 }
 
 impl SlotKey {
     /// Generate a key of PIV algorithm `algorithm`.
     pub fn generate(algorithm: u8) -> Result<SlotKey, KeyError> {
         match algorithm {
-            alg::ECC_P256 => Ok(SlotKey::P256(p256::SecretKey::random(&mut OsRng))),
+            alg::ECC_P256 => Ok(SlotKey::P256(P256Key::generate()?)),
             alg::ECC_P384 => Ok(SlotKey::P384(p384::SecretKey::random(&mut OsRng))),
             a => {
                 let bytes = alg::rsa_bytes(a).ok_or(KeyError::Unsupported)?;
@@ -60,9 +115,7 @@ impl SlotKey {
                 modulus: k.n().to_bytes_be(),
                 exponent: k.e().to_bytes_be(),
             },
-            SlotKey::P256(k) => PublicKeyTemplate::Ec {
-                point: k.public_key().to_sec1_bytes().to_vec(),
-            },
+            SlotKey::P256(k) => PublicKeyTemplate::Ec { point: k.point() },
             SlotKey::P384(k) => PublicKeyTemplate::Ec {
                 point: k.public_key().to_sec1_bytes().to_vec(),
             },
@@ -74,7 +127,7 @@ impl SlotKey {
         use spki_encode::EncodePublicKey;
         let doc = match self {
             SlotKey::Rsa(k) => k.to_public_key().to_public_key_der(),
-            SlotKey::P256(k) => k.public_key().to_public_key_der(),
+            SlotKey::P256(k) => k.public.to_public_key_der(),
             SlotKey::P384(k) => k.public_key().to_public_key_der(),
         };
         doc.map(|d| d.as_bytes().to_vec()).unwrap_or_default()
@@ -102,7 +155,7 @@ impl SlotKey {
                 Ok(out)
             }
             SlotKey::P256(k) => {
-                let sk = p256::ecdsa::SigningKey::from(k);
+                let sk = p256::ecdsa::SigningKey::from(&k.secret);
                 let sig: p256::ecdsa::Signature = sk
                     .sign_prehash(&fit_hash(input, 32)?)
                     .map_err(|_| KeyError::BadInput)?;
@@ -124,7 +177,8 @@ impl SlotKey {
             SlotKey::P256(k) => {
                 let peer =
                     p256::PublicKey::from_sec1_bytes(peer_point).map_err(|_| KeyError::BadInput)?;
-                let shared = p256::ecdh::diffie_hellman(k.to_nonzero_scalar(), peer.as_affine());
+                let shared =
+                    p256::ecdh::diffie_hellman(k.secret.to_nonzero_scalar(), peer.as_affine());
                 Ok(shared.raw_secret_bytes().to_vec())
             }
             SlotKey::P384(k) => {
@@ -141,7 +195,7 @@ impl SlotKey {
     pub fn import_ec(algorithm: u8, scalar: &[u8]) -> Result<SlotKey, KeyError> {
         match algorithm {
             alg::ECC_P256 => p256::SecretKey::from_slice(scalar)
-                .map(SlotKey::P256)
+                .map(|k| SlotKey::P256(P256Key::from_secret(k)))
                 .map_err(|_| KeyError::BadInput),
             alg::ECC_P384 => p384::SecretKey::from_slice(scalar)
                 .map(SlotKey::P384)
@@ -173,7 +227,8 @@ impl SlotKey {
                 e: k.e().to_bytes_be(),
             },
             SlotKey::P256(k) => StoredKeyMaterial::P256 {
-                scalar: k.to_bytes().to_vec(),
+                scalar: k.secret.to_bytes().to_vec(),
+                point: Some(k.point()),
             },
             SlotKey::P384(k) => StoredKeyMaterial::P384 {
                 scalar: k.to_bytes().to_vec(),
@@ -189,8 +244,16 @@ impl SlotKey {
             )
             .ok()
             .map(|k| SlotKey::Rsa(Box::new(k))),
-            StoredKeyMaterial::P256 { scalar } => {
-                p256::SecretKey::from_slice(scalar).ok().map(SlotKey::P256)
+            StoredKeyMaterial::P256 { scalar, point } => {
+                let secret = p256::SecretKey::from_slice(scalar).ok()?;
+                // The stored point saves a scalar multiplication; a state
+                // file from before it was stored has none.
+                let key = match point.as_deref().map(p256::PublicKey::from_sec1_bytes) {
+                    Some(Ok(public)) => P256Key { secret, public },
+                    Some(Err(_)) => return None,
+                    None => P256Key::from_secret(secret),
+                };
+                Some(SlotKey::P256(key))
             }
             StoredKeyMaterial::P384 { scalar } => {
                 p384::SecretKey::from_slice(scalar).ok().map(SlotKey::P384)
@@ -212,6 +275,9 @@ pub enum StoredKeyMaterial {
     P256 {
         #[serde(with = "hex_bytes")]
         scalar: Vec<u8>,
+        /// The public point (SEC1 uncompressed), absent in older state files.
+        #[serde(default, with = "hex_opt", skip_serializing_if = "Option::is_none")]
+        point: Option<Vec<u8>>,
     },
     P384 {
         #[serde(with = "hex_bytes")]
@@ -247,6 +313,21 @@ pub mod hex_bytes {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
         hex::decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+pub mod hex_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_some(&hex::encode(v)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| hex::decode(s).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 
@@ -367,17 +448,34 @@ mod tests {
         let k = SlotKey::generate(alg::ECC_P256).unwrap();
         let sig = k.sign_or_decrypt(&[5u8; 32]).unwrap();
         let SlotKey::P256(sk) = &k else { panic!() };
-        let vk = p256::ecdsa::VerifyingKey::from(sk.public_key());
+        // The point ring generated is the scalar's own.
+        assert_eq!(sk.public, sk.secret.public_key());
+        let vk = p256::ecdsa::VerifyingKey::from(sk.secret.public_key());
         let sig = p256::ecdsa::Signature::from_der(&sig).unwrap();
         vk.verify_prehash(&[5u8; 32], &sig).unwrap();
         let other = p256::SecretKey::random(&mut OsRng);
         let shared = k.ecdh(&other.public_key().to_sec1_bytes()).unwrap();
-        let expect =
-            p256::ecdh::diffie_hellman(other.to_nonzero_scalar(), sk.public_key().as_affine());
+        let expect = p256::ecdh::diffie_hellman(other.to_nonzero_scalar(), sk.public.as_affine());
         assert_eq!(shared, expect.raw_secret_bytes().to_vec());
         assert_eq!(k.ecdh(&[4, 1, 2]), Err(KeyError::BadInput));
         let back = SlotKey::from_stored(&k.to_stored()).unwrap();
         assert_eq!(back.public_template(), k.public_template());
+        // A state file written before the point was stored still loads,
+        // and a stored point that is no point of the curve does not.
+        let StoredKeyMaterial::P256 { scalar, .. } = k.to_stored() else {
+            panic!()
+        };
+        let old: StoredKeyMaterial = serde_json::from_value(
+            serde_json::json!({"type": "p256", "scalar": hex::encode(&scalar)}),
+        )
+        .unwrap();
+        let back = SlotKey::from_stored(&old).unwrap();
+        assert_eq!(back.public_template(), k.public_template());
+        let bad = StoredKeyMaterial::P256 {
+            scalar,
+            point: Some(vec![4; 65]),
+        };
+        assert!(SlotKey::from_stored(&bad).is_none());
         let k384 = SlotKey::generate(alg::ECC_P384).unwrap();
         assert_eq!(k384.algorithm(), alg::ECC_P384);
         assert!(k384.sign_or_decrypt(&[1u8; 48]).is_ok());

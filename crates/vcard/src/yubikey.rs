@@ -13,7 +13,7 @@ use der::{Decode, Encode};
 use keyward_card::apdu::{sw, CommandApdu, ResponseApdu};
 use keyward_card::piv::{self, alg, ins, key_ref, object, policy, slot};
 use keyward_card::tlv;
-use p256::ecdsa::{DerSignature, SigningKey};
+use keyward_signer::{DerSignature, EcdsaSigner};
 use spki::SubjectPublicKeyInfoOwned;
 use std::str::FromStr;
 use x509_cert::builder::{Builder, CertificateBuilder, Profile as CertProfile};
@@ -221,7 +221,10 @@ impl YubiKey5 {
         let Some(public_der) = piv.slot_key(slot).map(SlotKey::public_key_der) else {
             return status(sw::MEMORY_FAILURE);
         };
-        let SlotKey::P256(att_secret) = att_key else {
+        let SlotKey::P256(att_key) = att_key else {
+            return status(sw::MEMORY_FAILURE);
+        };
+        let Ok(signer) = att_key.signer() else {
             return status(sw::MEMORY_FAILURE);
         };
         match self.attestation_certificate(
@@ -231,7 +234,7 @@ impl YubiKey5 {
                 entry.pin_policy,
                 entry.touch_policy.max(policy::TOUCH_NEVER),
             ],
-            &SigningKey::from(att_secret),
+            &signer,
             &att_cert.0,
         ) {
             Ok(der) => ok(der),
@@ -247,7 +250,7 @@ impl YubiKey5 {
         slot: u8,
         public_key_der: &[u8],
         policies: [u8; 2],
-        attestation_key: &SigningKey,
+        attestation_key: &EcdsaSigner,
         attestation_cert_container: &[u8],
     ) -> Result<Vec<u8>, CaError> {
         let issuer_cert_der = piv::parse_cert_container(attestation_cert_container)
