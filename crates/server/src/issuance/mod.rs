@@ -188,7 +188,7 @@ pub(super) struct Attempt {
 }
 
 pub(super) fn hex_lower(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(b)
 }
 
 pub(super) fn relay_batch(id: Uuid, seq: i64, status: &str, batch: &Batch) -> RelayBatch {
