@@ -27,6 +27,16 @@ pub struct IssuanceSession {
     pub updated_at: OffsetDateTime,
 }
 
+/// A session and the parties it names, as one read gives them; each is
+/// not-found if it no longer exists.
+#[derive(Debug)]
+pub struct IssuanceContext {
+    pub session: IssuanceSession,
+    pub user: StoreResult<keyward_domain::User>,
+    pub policy: StoreResult<keyward_domain::DevicePolicy>,
+    pub device: StoreResult<keyward_domain::Device>,
+}
+
 impl std::fmt::Debug for IssuanceSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IssuanceSession")
@@ -134,6 +144,11 @@ impl Store {
 
     pub async fn get_issuance(&self, id: Uuid) -> StoreResult<IssuanceSession> {
         on_backend!(self, get_issuance(id))
+    }
+
+    /// The session with its user, policy and device, in one read.
+    pub async fn get_issuance_context(&self, id: Uuid) -> StoreResult<IssuanceContext> {
+        on_backend!(self, get_issuance_context(id))
     }
 
     /// Moves a session on from `expected_seq`, with its audit records (in

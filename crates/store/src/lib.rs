@@ -17,7 +17,7 @@ mod types;
 mod write_tx;
 
 pub use error::{StoreError, StoreResult};
-pub use issuance::{Credential, IssuanceSession, IssuanceUpdate};
+pub use issuance::{Credential, IssuanceContext, IssuanceSession, IssuanceUpdate};
 pub use keyward_domain::AuditDraft;
 pub use types::*;
 

@@ -392,14 +392,36 @@ pub async fn verify_audit_chain(
 const USER_COLS: &str = "id, login, upn, display_name, email, attributes, status";
 
 fn user_from_row(r: &DbRow) -> StoreResult<User> {
-    let attributes: String = r.try_get("attributes")?;
-    let status: String = r.try_get("status")?;
+    user_from_row_as(r, "")
+}
+
+/// A column's name under `prefix`: a join names each table's columns apart
+/// (see [`aliased`]).
+fn col(prefix: &str, name: &'static str) -> std::borrow::Cow<'static, str> {
+    if prefix.is_empty() {
+        std::borrow::Cow::Borrowed(name)
+    } else {
+        std::borrow::Cow::Owned(format!("{prefix}{name}"))
+    }
+}
+
+/// `cols` of `table` as a select list, each renamed `{prefix}{column}`.
+fn aliased(table: &str, cols: &str, prefix: &str) -> String {
+    cols.split(", ")
+        .map(|c| format!("{table}.{c} AS {prefix}{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn user_from_row_as(r: &DbRow, p: &str) -> StoreResult<User> {
+    let attributes: String = r.try_get(col(p, "attributes").as_ref())?;
+    let status: String = r.try_get(col(p, "status").as_ref())?;
     Ok(User {
-        id: r.try_get("id")?,
-        login: r.try_get("login")?,
-        upn: r.try_get("upn")?,
-        display_name: r.try_get("display_name")?,
-        email: r.try_get("email")?,
+        id: r.try_get(col(p, "id").as_ref())?,
+        login: r.try_get(col(p, "login").as_ref())?,
+        upn: r.try_get(col(p, "upn").as_ref())?,
+        display_name: r.try_get(col(p, "display_name").as_ref())?,
+        email: r.try_get(col(p, "email").as_ref())?,
         attributes: serde_json::from_str::<BTreeMap<String, String>>(&attributes)
             .map_err(|e| StoreError::corrupt("user", e))?,
         status: parse("user", &status)?,
@@ -730,22 +752,26 @@ async fn finish_import(
 const DEVICE_COLS: &str = "id, device_type, serial, firmware_version, atr, state, reason, assigned_user, device_policy, version";
 
 fn device_from_row(r: &DbRow) -> StoreResult<Device> {
-    let serial: String = r.try_get("serial")?;
-    let device_type: String = r.try_get("device_type")?;
-    let state: String = r.try_get("state")?;
-    let atr: Option<Vec<u8>> = r.try_get("atr")?;
+    device_from_row_as(r, "")
+}
+
+fn device_from_row_as(r: &DbRow, p: &str) -> StoreResult<Device> {
+    let serial: String = r.try_get(col(p, "serial").as_ref())?;
+    let device_type: String = r.try_get(col(p, "device_type").as_ref())?;
+    let state: String = r.try_get(col(p, "state").as_ref())?;
+    let atr: Option<Vec<u8>> = r.try_get(col(p, "atr").as_ref())?;
     Ok(Device {
-        id: r.try_get("id")?,
+        id: r.try_get(col(p, "id").as_ref())?,
         device_type: parse("device", &device_type)?,
         serial: Serial::parse("serial", &serial)
             .map_err(|e| StoreError::corrupt("device", e.message))?,
-        firmware_version: parse_opt("device", r.try_get("firmware_version")?)?,
+        firmware_version: parse_opt("device", r.try_get(col(p, "firmware_version").as_ref())?)?,
         atr: atr.map(keyward_domain::Atr),
         state: parse("device", &state)?,
-        reason: parse_opt("device", r.try_get("reason")?)?,
-        assigned_user: r.try_get("assigned_user")?,
-        device_policy: r.try_get("device_policy")?,
-        version: r.try_get("version")?,
+        reason: parse_opt("device", r.try_get(col(p, "reason").as_ref())?)?,
+        assigned_user: r.try_get(col(p, "assigned_user").as_ref())?,
+        device_policy: r.try_get(col(p, "device_policy").as_ref())?,
+        version: r.try_get(col(p, "version").as_ref())?,
     })
 }
 
@@ -1070,10 +1096,14 @@ pub async fn device_history(pool: &Pool<DB>, id: Uuid) -> StoreResult<Vec<Device
 // ---------------------------------------------------------------- device policies
 
 fn policy_from_row(r: &DbRow) -> StoreResult<DevicePolicy> {
-    let doc: String = r.try_get("document")?;
+    policy_from_row_as(r, "")
+}
+
+fn policy_from_row_as(r: &DbRow, prefix: &str) -> StoreResult<DevicePolicy> {
+    let doc: String = r.try_get(col(prefix, "document").as_ref())?;
     let mut p: DevicePolicy =
         serde_json::from_str(&doc).map_err(|e| StoreError::corrupt("device_policy", e))?;
-    p.id = r.try_get("id")?;
+    p.id = r.try_get(col(prefix, "id").as_ref())?;
     Ok(p)
 }
 

@@ -1252,3 +1252,48 @@ async fn audit_head_is_read_again_after_a_write_from_elsewhere() {
     assert_eq!(s.audit_head().await.unwrap().count, n + 1);
     t.cleanup().await;
 }
+
+both!(issuance_context_is_the_session_with_its_parties, |t| {
+    let s = &t.store;
+    let (u, p, d) = setup_issuable(s).await;
+    let at = now();
+    let session = IssuanceSession {
+        id: Uuid::new_v4(),
+        device_id: d.id,
+        user_id: u.id,
+        policy_id: p.id,
+        action: "issue".into(),
+        status: "running".into(),
+        step: "personalise".into(),
+        seq: 1,
+        sealed_state: vec![1, 2, 3],
+        error: None,
+        created_by: "operator:admin".into(),
+        created_at: at,
+        updated_at: at,
+    };
+    let moved = s
+        .start_issuance(
+            &session,
+            d.version,
+            &change(DeviceState::InProduction, None, Some(u.id), Some(p.id)),
+            &audit("issuance.start", "device:12345678"),
+        )
+        .await
+        .unwrap();
+    let ctx = s.get_issuance_context(session.id).await.unwrap();
+    let alone = s.get_issuance(session.id).await.unwrap();
+    assert_eq!(
+        (ctx.session.id, ctx.session.seq, &ctx.session.sealed_state),
+        (alone.id, alone.seq, &alone.sealed_state)
+    );
+    assert_eq!(ctx.session.created_at, alone.created_at);
+    // The joined columns are each table's own, not the session's of the same name.
+    assert_eq!(ctx.user.unwrap(), s.get_user(u.id).await.unwrap());
+    assert_eq!(ctx.policy.unwrap(), s.get_policy(p.id).await.unwrap());
+    let device = ctx.device.unwrap();
+    assert_eq!(device, moved);
+    assert_eq!(device.state, DeviceState::InProduction);
+    let missing = s.get_issuance_context(Uuid::new_v4()).await.unwrap_err();
+    assert!(matches!(missing, StoreError::NotFound { .. }), "{missing}");
+});

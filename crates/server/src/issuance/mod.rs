@@ -231,12 +231,26 @@ pub(super) fn relay_prompts(batch: &Batch) -> Vec<RelayPrompt> {
 }
 
 pub(super) async fn load(state: &AppState, id: &str) -> ApiResult<IssuanceSession> {
-    let id = Uuid::parse_str(id).map_err(|_| {
-        ApiError::bad_request("id_invalid", "session id must be a UUID").field("id")
-    })?;
     state
         .store
-        .get_issuance(id)
+        .get_issuance(session_id(id)?)
+        .await
+        .map_err(|e| store_error("reading the session", e))
+}
+
+fn session_id(id: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(id)
+        .map_err(|_| ApiError::bad_request("id_invalid", "session id must be a UUID").field("id"))
+}
+
+/// [`load`] with the session's user, policy and device, read together.
+pub(super) async fn load_context(
+    state: &AppState,
+    id: &str,
+) -> ApiResult<keyward_store::IssuanceContext> {
+    state
+        .store
+        .get_issuance_context(session_id(id)?)
         .await
         .map_err(|e| store_error("reading the session", e))
 }

@@ -13,7 +13,7 @@ use keyward_proto::{RelayBatch, RelayResult, RELAY_PROTOCOL_VERSION};
 use keyward_store::{Credential, IssuanceSession, IssuanceUpdate};
 
 use super::session::{certificate_credential, end_session, seal, unseal, Ending};
-use super::{load, relay_batch, Engine, Kept, SessionData};
+use super::{relay_batch, Engine, Kept, SessionData};
 use crate::api::{audit, store_error};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -255,7 +255,9 @@ pub(super) async fn relay(
             ),
         ));
     }
-    let s = load(&state, &id).await?;
+    // The session with its user, policy and device: one read.
+    let ctx = super::load_context(&state, &id).await?;
+    let s = ctx.session;
     let data = unseal(&state, &s)?;
     // An agent also needs the device reported and a command batch out (its
     // binding was checked by RelayCaller); on the session already open.
@@ -296,20 +298,12 @@ pub(super) async fn relay(
     if matches!(data.engine, Engine::ChangePin(_)) {
         return super::change_pin::on_result(&state, &caller, &s, data, &responses, &result).await;
     }
-    let user = state
-        .store
-        .get_user(s.user_id)
-        .await
-        .map_err(|e| store_error("reading the user", e))?;
-    let policy = state
-        .store
-        .get_policy(s.policy_id)
-        .await
+    let user = ctx.user.map_err(|e| store_error("reading the user", e))?;
+    let policy = ctx
+        .policy
         .map_err(|e| store_error("reading the policy", e))?;
-    let device = state
-        .store
-        .get_device(s.device_id)
-        .await
+    let device = ctx
+        .device
         .map_err(|e| store_error("reading the device", e))?;
     // Answers are checked before anything moves: a refused answer leaves
     // the same prompts out.
