@@ -17,6 +17,7 @@ pub enum Channel {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
     pub channel: Channel,
+    #[serde(with = "crate::b64")]
     pub bytes: Vec<u8>,
     /// Status words that let the batch go on; any other stops it there.
     pub expect: Vec<u16>,
@@ -113,6 +114,7 @@ impl Batch {
 /// A device's answer to one command: data and status word.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
+    #[serde(with = "crate::b64")]
     pub data: Vec<u8>,
     pub sw: u16,
 }

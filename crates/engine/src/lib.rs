@@ -13,6 +13,7 @@
 //! ends only where the next command depends on the device's answer: the
 //! number of batches is the number of client round trips.
 
+pub mod b64;
 pub mod batch;
 pub mod change_pin;
 pub mod fido;

@@ -117,10 +117,11 @@ pub struct GeneratedKey {
     pub slot: u8,
     pub algorithm: u8,
     /// DER SubjectPublicKeyInfo.
+    #[serde(with = "crate::b64")]
     pub spki_der: Vec<u8>,
     /// The device's ATTEST answer for the slot (an X.509 certificate, DER),
     /// on devices that attest; the server verifies it before certifying.
-    #[serde(default)]
+    #[serde(default, with = "crate::b64::opt")]
     pub attestation: Option<Vec<u8>>,
 }
 
@@ -519,7 +520,7 @@ pub struct AwaitCertificates {
     counters: Counters,
     /// The device attestation certificate object (5FFF01's value: 70 cert,
     /// 71 info), read with the keys on devices that attest.
-    #[serde(default)]
+    #[serde(default, with = "crate::b64::opt")]
     device_attestation_certificate: Option<Vec<u8>>,
 }
 
@@ -527,7 +528,9 @@ pub struct AwaitCertificates {
 /// issuer's signature over the CHUID (the CMS SignedData of tag 3E).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Certified {
+    #[serde(with = "crate::b64::keyed")]
     pub certificates: Vec<(u8, Vec<u8>)>,
+    #[serde(with = "crate::b64")]
     pub chuid_signature: Vec<u8>,
 }
 
@@ -733,7 +736,9 @@ impl AwaitCertificates {
 pub struct AwaitWrites {
     plan: PivPlan,
     sent: Batch,
+    #[serde(with = "crate::b64::keyed")]
     written: Vec<(u32, Vec<u8>)>,
+    #[serde(with = "crate::b64::keyed")]
     certificates: Vec<(u8, Vec<u8>)>,
     counters: Counters,
 }
@@ -741,6 +746,7 @@ pub struct AwaitWrites {
 /// The device is personalised.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Personalised {
+    #[serde(with = "crate::b64::keyed")]
     pub certificates: Vec<(u8, Vec<u8>)>,
     pub counters: Counters,
 }

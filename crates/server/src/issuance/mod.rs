@@ -183,7 +183,7 @@ impl Kept {
 pub(super) struct Attempt {
     plan: PivPlan,
     known: DeviceSecrets,
-    #[serde(default)]
+    #[serde(default, with = "keyward_engine::b64::keyed")]
     certificates: Vec<(u8, Vec<u8>)>,
 }
 
