@@ -96,22 +96,19 @@ macro_rules! on_backend {
 }
 
 impl Store {
-    /// Starts an issuance session: the device moves (from `expected_version`)
+    /// Starts an issuance session: the device, as the caller read it, moves
     /// by `change` and the session is written, atomically. Conflicts:
-    /// `version_conflict` (the device changed), `device_busy` (another active
-    /// session holds the device).
+    /// `version_conflict` (the device changed since it was read),
+    /// `device_busy` (another active session holds the device).
     pub async fn start_issuance(
         &self,
         session: &IssuanceSession,
-        expected_version: i64,
+        device: &Device,
         change: &StateChange,
         audit: &AuditDraft,
     ) -> StoreResult<Device> {
         let key = self.key();
-        on_backend!(
-            self,
-            start_issuance(&key, session, expected_version, change, audit)
-        )
+        on_backend!(self, start_issuance(&key, session, device, change, audit))
     }
 
     /// Opens a session without changing the device (Recycle); one active
@@ -159,7 +156,7 @@ impl Store {
         id: Uuid,
         expected_seq: i64,
         update: &IssuanceUpdate,
-        device_change: Option<(Uuid, i64, &StateChange)>,
+        device_change: Option<(&keyward_domain::Device, &StateChange)>,
         credentials: &[Credential],
         audits: &[&AuditDraft],
     ) -> StoreResult<()> {

@@ -21,26 +21,17 @@ fn session_from_row(r: &DbRow) -> StoreResult<crate::issuance::IssuanceSession> 
     })
 }
 
-/// Applies `change` to the device at `expected_version` inside `tx`.
+/// Applies `change` inside `tx` to the device as the caller read it
+/// (`current`). Every change of a device row moves its version, so the
+/// update's version check proves the row is still `current`: no read of it
+/// inside the transaction (a round trip while holding the write lock).
 async fn device_change_tx(
     tx: &mut Tx,
-    id: Uuid,
-    expected_version: i64,
+    current: &Device,
     change: &StateChange,
     actor: &str,
 ) -> StoreResult<Device> {
-    let sql = format!("SELECT {DEVICE_COLS} FROM devices WHERE id = $1");
-    let current = match sqlx::query(&sql).bind(id).fetch_optional(&mut **tx).await? {
-        Some(r) => device_from_row(&r)?,
-        None => return Err(StoreError::not_found("device", id)),
-    };
-    if current.version != expected_version {
-        return Err(conflict(
-            "version_conflict",
-            "version",
-            format!("device {} was changed by someone else", current.serial),
-        ));
-    }
+    let (id, expected_version) = (current.id, current.version);
     let mut next = current.apply(change)?;
     next.version = expected_version + 1;
     let res = sqlx::query(
@@ -64,7 +55,7 @@ async fn device_change_tx(
             format!("device {} was changed by someone else", current.serial),
         ));
     }
-    insert_history(tx, id, actor, Some(&current), &next, change.note.as_deref()).await?;
+    insert_history(tx, id, actor, Some(current), &next, change.note.as_deref()).await?;
     Ok(next)
 }
 
@@ -103,26 +94,27 @@ async fn insert_session(
     Ok(())
 }
 
-/// Starts a session: the device changes state (at `expected_version`) and
-/// the session row is written, in one transaction. A device with an active
-/// session already is a conflict (`device_busy`).
+/// Starts a session: the device (as read, at its version) changes state and
+/// the session row is written, in one transaction. A device changed since it
+/// was read is a `version_conflict`; one with an active session already is a
+/// conflict (`device_busy`).
 pub async fn start_issuance(
     pool: &Pool<DB>,
     key: &AuditKey,
     session: &crate::issuance::IssuanceSession,
-    expected_version: i64,
+    device: &Device,
     change: &StateChange,
     audit: &AuditDraft,
 ) -> StoreResult<Device> {
+    if device.id != session.device_id {
+        return Err(StoreError::Validation(ValidationError::new(
+            "device_mismatch",
+            "device",
+            "the session names another device",
+        )));
+    }
     let mut tx = dialect::begin_write(pool).await?;
-    let device = device_change_tx(
-        &mut tx,
-        session.device_id,
-        expected_version,
-        change,
-        &audit.actor,
-    )
-    .await?;
+    let device = device_change_tx(&mut tx, device, change, &audit.actor).await?;
     insert_session(&mut tx, session, "the device is in another active issuance session").await?;
     finish(tx, key, audit).await?;
     Ok(device)
@@ -245,7 +237,7 @@ pub async fn advance_issuance(
     id: Uuid,
     expected_seq: i64,
     update: &crate::issuance::IssuanceUpdate,
-    device_change: Option<(Uuid, i64, &StateChange)>,
+    device_change: Option<(&Device, &StateChange)>,
     credentials: &[crate::issuance::Credential],
     audits: &[&AuditDraft],
 ) -> StoreResult<()> {
@@ -278,31 +270,46 @@ pub async fn advance_issuance(
             "the session moved on: fetch the current batch",
         ));
     }
-    if let Some((device, version, change)) = device_change {
-        device_change_tx(&mut tx, device, version, change, &last.actor).await?;
+    if let Some((device, change)) = device_change {
+        device_change_tx(&mut tx, device, change, &last.actor).await?;
     }
-    for c in credentials {
-        sqlx::query(
-            "INSERT INTO credentials (id, device_id, session_id, kind, slot, serial, not_after, der, created_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(c.id)
-        .bind(c.device_id)
-        .bind(c.session_id)
-        .bind(&c.kind)
-        .bind(&c.slot)
-        .bind(&c.serial)
-        .bind(c.not_after)
-        .bind(&c.der)
-        .bind(c.created_at)
-        .bind(c.revoked_at)
-        .execute(&mut *tx)
-        .await?;
+    if !credentials.is_empty() {
+        insert_credentials(&mut tx, credentials).await?;
     }
     for audit in earlier {
         append_audit_tx(&mut tx, key, audit).await?;
     }
     finish(tx, key, last).await
+}
+
+/// The credentials as one multi-row INSERT (one round trip while the
+/// transaction holds the write lock).
+async fn insert_credentials(
+    tx: &mut Tx,
+    credentials: &[crate::issuance::Credential],
+) -> StoreResult<()> {
+    for chunk in credentials.chunks(dialect::BULK_ROWS) {
+        let sql = format!(
+            "INSERT INTO credentials (id, device_id, session_id, kind, slot, serial, not_after, der, created_at, revoked_at) VALUES {}",
+            values_list(chunk.len(), 10)
+        );
+        let mut q = sqlx::query(&sql);
+        for c in chunk {
+            q = q
+                .bind(c.id)
+                .bind(c.device_id)
+                .bind(c.session_id)
+                .bind(&c.kind)
+                .bind(&c.slot)
+                .bind(&c.serial)
+                .bind(c.not_after)
+                .bind(&c.der)
+                .bind(c.created_at)
+                .bind(c.revoked_at);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 pub async fn device_credentials(

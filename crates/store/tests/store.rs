@@ -1275,7 +1275,7 @@ both!(issuance_context_is_the_session_with_its_parties, |t| {
     let moved = s
         .start_issuance(
             &session,
-            d.version,
+            &d,
             &change(DeviceState::InProduction, None, Some(u.id), Some(p.id)),
             &audit("issuance.start", "device:12345678"),
         )
@@ -1296,4 +1296,22 @@ both!(issuance_context_is_the_session_with_its_parties, |t| {
     assert_eq!(device.state, DeviceState::InProduction);
     let missing = s.get_issuance_context(Uuid::new_v4()).await.unwrap_err();
     assert!(matches!(missing, StoreError::NotFound { .. }), "{missing}");
+    // A session started from a copy of the device read before it moved is
+    // refused by the version check, and writes nothing.
+    let second = IssuanceSession {
+        id: Uuid::new_v4(),
+        ..session.clone()
+    };
+    let stale = s
+        .start_issuance(
+            &second,
+            &d,
+            &change(DeviceState::InProduction, None, Some(u.id), Some(p.id)),
+            &audit("issuance.start", "device:12345678"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(conflict_code(&stale).0, "version_conflict", "{stale}");
+    assert!(s.get_issuance(second.id).await.is_err());
+    assert_eq!(s.get_device(d.id).await.unwrap(), moved);
 });

@@ -288,11 +288,8 @@ pub(super) async fn on_result(
                 serde_json::json!({ "session": s.id }),
             );
             // An available device (recycled before) stays Available.
-            let device_change = (device.state != DeviceState::Available).then_some((
-                device.id,
-                device.version,
-                &change,
-            ));
+            let device_change =
+                (device.state != DeviceState::Available).then_some((&device, &change));
             state
                 .store
                 .advance_issuance(s.id, s.seq, &update, device_change, &[], &[&draft])

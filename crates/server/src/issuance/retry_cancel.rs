@@ -82,7 +82,7 @@ pub(super) async fn end_failed(
         format!("device:{}", data.serial),
         serde_json::json!({ "session": s.id }),
     );
-    let device_change = (s.action != "recycle").then_some((device.id, device.version, &change));
+    let device_change = (s.action != "recycle").then_some((&device, &change));
     state
         .store
         .advance_issuance(s.id, s.seq, &update, device_change, &[], &[&draft])
@@ -166,7 +166,7 @@ pub(super) async fn retry(
             s.id,
             s.seq,
             &update,
-            Some((device.id, device.version, &change)),
+            Some((&device, &change)),
             &[],
             &[&draft],
         )

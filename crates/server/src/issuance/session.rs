@@ -157,7 +157,7 @@ pub(super) async fn end_session(
             s.id,
             s.seq,
             &update,
-            Some((device.id, device.version, &ending.device)),
+            Some((device, &ending.device)),
             &ending.credentials,
             &[&ending.audit],
         )

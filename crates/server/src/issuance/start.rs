@@ -210,7 +210,7 @@ pub(super) async fn start(
     );
     state
         .store
-        .start_issuance(&session, device.version, &change, &draft)
+        .start_issuance(&session, &device, &change, &draft)
         .await
         .map_err(|e| store_error("starting the issuance", e))?;
     if let Some(agent) = agent {

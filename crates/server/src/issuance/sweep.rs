@@ -70,11 +70,7 @@ pub async fn sweep_abandoned(state: &AppState) -> anyhow::Result<usize> {
                 s.seq,
                 &update,
                 // A recycle or PIN change never moved the device: nothing to undo.
-                (s.action != "recycle" && s.action != "change_pin").then_some((
-                    device.id,
-                    device.version,
-                    &change,
-                )),
+                (s.action != "recycle" && s.action != "change_pin").then_some((&device, &change)),
                 &revoked,
                 &[&draft],
             )
