@@ -95,6 +95,18 @@ macro_rules! on_backend {
     };
 }
 
+/// A write: on SQLite driven on the file's writer (see `write_tx::with_writer`).
+macro_rules! on_writer {
+    ($self:ident, $f:ident ( $($arg:expr),* )) => {
+        match &$self.backend {
+            Backend::Sqlite(p) => {
+                crate::write_tx::with_writer(p, crate::sqlite_repo::$f(p, $($arg),*)).await
+            }
+            Backend::Postgres(p) => crate::pg_repo::$f(p, $($arg),*).await,
+        }
+    };
+}
+
 impl Store {
     /// Starts an issuance session: the device, as the caller read it, moves
     /// by `change` and the session is written, atomically. Conflicts:
@@ -108,7 +120,7 @@ impl Store {
         audit: &AuditDraft,
     ) -> StoreResult<Device> {
         let key = self.key();
-        on_backend!(self, start_issuance(&key, session, device, change, audit))
+        on_writer!(self, start_issuance(&key, session, device, change, audit))
     }
 
     /// Opens a session without changing the device (Recycle); one active
@@ -119,7 +131,7 @@ impl Store {
         audit: &AuditDraft,
     ) -> StoreResult<()> {
         let key = self.key();
-        on_backend!(self, open_device_session(&key, session, audit))
+        on_writer!(self, open_device_session(&key, session, audit))
     }
 
     /// Revokes the device's live credentials (Recycle); returns how many.
@@ -161,7 +173,7 @@ impl Store {
         audits: &[&AuditDraft],
     ) -> StoreResult<()> {
         let key = self.key();
-        on_backend!(
+        on_writer!(
             self,
             advance_issuance(
                 &key,

@@ -293,12 +293,15 @@ macro_rules! dispatch {
     };
 }
 
-/// Same, passing the audit key first.
+/// Same, passing the audit key first: a write, on SQLite driven on the
+/// file's writer (see [`write_tx::with_writer`]).
 macro_rules! dispatch_audited {
     ($self:ident, $f:ident ( $($arg:expr),* )) => {{
         let key = $self.key();
         match &$self.backend {
-            Backend::Sqlite(p) => sqlite_repo::$f(p, &key, $($arg),*).await,
+            Backend::Sqlite(p) => {
+                write_tx::with_writer(p, sqlite_repo::$f(p, &key, $($arg),*)).await
+            }
             Backend::Postgres(p) => pg_repo::$f(p, &key, $($arg),*).await,
         }
     }};

@@ -10,12 +10,24 @@
 //! connection held while waiting) and readers (WAL) never wait for writers.
 //! Another process writing the same file still meets the busy timeout.
 //!
+//! The writer is the one serial resource, so a transaction holding it must
+//! not wait for anything else: each statement is a round trip to the
+//! connection's thread, and on the runtime's workers the task would wait,
+//! after every answer, behind whatever else they run (a relay verifying
+//! attestations, a certificate being signed) before it sends the next one.
+//! [`with_writer`] therefore drives a writing store call on a thread of its
+//! own (`block_in_place`), where the next statement goes out as soon as the
+//! answer is in; callers queue for that asynchronously, two at a time. On 2
+//! cores this took full issuances from about 215 to about 260 per second.
+//!
 //! PostgreSQL has row locks and needs none of this: its write transactions
 //! are ordinary pool transactions.
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{Connection, Sqlite, Transaction};
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
@@ -37,11 +49,21 @@ pub(crate) struct SqliteWriter {
     pending_head: Option<(i64, Vec<u8>)>,
 }
 
-/// Held by the `Store` while it is open; the registry only points at it.
-pub(crate) type SharedWriter = Arc<tokio::sync::Mutex<SqliteWriter>>;
+/// A file's writer, and the gate in front of it (see [`with_writer`]).
+pub(crate) struct WriterSlot {
+    writer: Arc<tokio::sync::Mutex<SqliteWriter>>,
+    gate: tokio::sync::Semaphore,
+}
 
-static WRITERS: LazyLock<Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<SqliteWriter>>>>> =
+/// Held by the `Store` while it is open; the registry only points at it.
+pub(crate) type SharedWriter = Arc<WriterSlot>;
+
+static WRITERS: LazyLock<Mutex<HashMap<PathBuf, Weak<WriterSlot>>>> =
     LazyLock::new(Default::default);
+
+/// Writers let through the gate at once: the one holding the writer and the
+/// next, already on its own thread when the writer passes to it.
+const ON_THREADS: usize = 2;
 
 /// Opens (or joins, when this process has the file open already) the writer
 /// connection of the file `opts` names.
@@ -57,13 +79,16 @@ pub(crate) async fn open_writer(opts: &SqliteConnectOptions) -> Result<SharedWri
         return Ok(w);
     }
     writers.retain(|_, w| w.strong_count() > 0);
-    let w = Arc::new(tokio::sync::Mutex::new(SqliteWriter {
-        conn,
-        open: false,
-        audit_head: None,
-        data_version: 0,
-        pending_head: None,
-    }));
+    let w = Arc::new(WriterSlot {
+        writer: Arc::new(tokio::sync::Mutex::new(SqliteWriter {
+            conn,
+            open: false,
+            audit_head: None,
+            data_version: 0,
+            pending_head: None,
+        })),
+        gate: tokio::sync::Semaphore::new(ON_THREADS),
+    });
     writers.insert(file, Arc::downgrade(&w));
     Ok(w)
 }
@@ -121,6 +146,36 @@ impl Drop for WriterTurn {
     }
 }
 
+tokio::task_local! {
+    /// The writer [`with_writer`] waited for, for the body's first `begin`.
+    static RESERVED: RefCell<Option<OwnedMutexGuard<SqliteWriter>>>;
+}
+
+/// Runs `body`, a store function that writes to `pool`'s file, on a thread
+/// of its own (`block_in_place`), its first write transaction on the writer.
+/// Writers queue asynchronously at a gate that lets [`ON_THREADS`] through:
+/// so no more threads wait than that, and the hand-over of the runtime's
+/// worker to a new thread happens before the writer is held, not while. On a
+/// current-thread runtime (tests), or with no writer registered, `body` just
+/// runs.
+pub(crate) async fn with_writer<F: Future>(pool: &sqlx::SqlitePool, body: F) -> F::Output {
+    let Some(slot) = registered(pool.connect_options().get_filename()) else {
+        return body.await;
+    };
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if !multi_thread {
+        return body.await;
+    }
+    let _through = slot.gate.acquire().await.expect("the gate is never closed");
+    tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(async {
+            let guard = slot.writer.clone().lock_owned().await;
+            RESERVED.scope(RefCell::new(Some(guard)), body).await
+        })
+    })
+}
+
 impl WriteTx {
     /// Waits for the writer connection of the pool's file and begins an
     /// IMMEDIATE transaction on it (or on a pool connection, if no store of
@@ -129,7 +184,15 @@ impl WriteTx {
         let Some(writer) = registered(pool.connect_options().get_filename()) else {
             return Ok(WriteTx::Pooled(pool.begin_with("BEGIN IMMEDIATE").await?));
         };
-        let mut w = writer.lock_owned().await;
+        let reserved = RESERVED
+            .try_with(|r| r.borrow_mut().take())
+            .ok()
+            .flatten()
+            .filter(|g| Arc::ptr_eq(OwnedMutexGuard::mutex(g), &writer.writer));
+        let mut w = match reserved {
+            Some(guard) => guard,
+            None => writer.writer.clone().lock_owned().await,
+        };
         if w.open {
             // Best effort: SQLite may have ended the transaction itself (it
             // rolls back on some errors), and then there is nothing to undo.
