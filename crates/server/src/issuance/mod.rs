@@ -187,10 +187,6 @@ pub(super) struct Attempt {
     certificates: Vec<(u8, Vec<u8>)>,
 }
 
-pub(super) fn hex_lower(b: &[u8]) -> String {
-    hex::encode(b)
-}
-
 pub(super) fn relay_batch(id: Uuid, seq: i64, status: &str, batch: &Batch) -> RelayBatch {
     RelayBatch {
         protocol: RELAY_PROTOCOL_VERSION,
@@ -204,7 +200,7 @@ pub(super) fn relay_batch(id: Uuid, seq: i64, status: &str, batch: &Batch) -> Re
                     Channel::Piv => "piv".into(),
                     Channel::Ctap => "ctap".into(),
                 },
-                bytes: hex_lower(&c.bytes),
+                bytes: hex::encode(&c.bytes),
                 expect: c.expect.iter().map(|sw| format!("{sw:04x}")).collect(),
                 step: c.step.clone(),
                 secret: c.secret,

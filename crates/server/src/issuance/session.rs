@@ -10,7 +10,7 @@ use keyward_store::{Credential, IssuanceSession, IssuanceUpdate};
 use rand::RngCore;
 use uuid::Uuid;
 
-use super::{hex_lower, relay_batch, Attempt, Engine, Kept, SessionData, MASTER_KEY_SECRET};
+use super::{relay_batch, Attempt, Engine, Kept, SessionData, MASTER_KEY_SECRET};
 use crate::api::store_error;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -96,7 +96,7 @@ pub(super) fn certificate_credential(
         session_id: s.id,
         kind: "certificate".into(),
         slot: Some(format!("{slot:02x}")),
-        serial: hex_lower(tbs.serial_number.as_bytes()),
+        serial: hex::encode(tbs.serial_number.as_bytes()),
         not_after: Some(time::OffsetDateTime::from(
             tbs.validity.not_after.to_system_time(),
         )),
