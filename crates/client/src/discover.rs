@@ -29,6 +29,10 @@ pub struct DiscoveryOptions {
     pub hid_sockets: Vec<PathBuf>,
     pub sysfs_root: PathBuf,
     pub dev_root: PathBuf,
+    /// Readers and HID paths not to touch: a device session holds them (a
+    /// probe would SELECT another application and, on a YubiKey, drop the
+    /// session's PIV security state). They are left out of the result.
+    pub hold_off: Vec<String>,
 }
 
 impl Default for DiscoveryOptions {
@@ -39,6 +43,7 @@ impl Default for DiscoveryOptions {
             hid_sockets: Vec::new(),
             sysfs_root: PathBuf::from("/sys"),
             dev_root: PathBuf::from("/dev"),
+            hold_off: Vec::new(),
         }
     }
 }
@@ -215,9 +220,18 @@ pub fn discover(opts: &DiscoveryOptions) -> Discovery {
     if opts.pcsc {
         match Pcsc::establish().and_then(|p| p.readers().map(|r| (p, r))) {
             Ok((pcsc, readers)) => {
-                for r in readers.into_iter().filter(|r| r.card_present) {
-                    let identity = match pcsc.connect(&r.name) {
-                        Ok(mut t) => identify_apdu_device(&mut t),
+                for r in readers
+                    .into_iter()
+                    .filter(|r| r.card_present && !opts.hold_off.contains(&r.name))
+                {
+                    // Shared, the probes inside one transaction (no other
+                    // program's command in between), ended with LEAVE_CARD:
+                    // the card is not reset.
+                    let identity = match pcsc
+                        .connect(&r.name)
+                        .and_then(|mut t| t.with_transaction(|t| identify_apdu_device(t)))
+                    {
+                        Ok(identity) => identity,
                         Err(e) => unreadable(&e),
                     };
                     cards.push((r.name, identity));
@@ -231,6 +245,7 @@ pub fn discover(opts: &DiscoveryOptions) -> Discovery {
         hid_devices.extend(hid::list_hidraw(&opts.sysfs_root, &opts.dev_root));
     }
     hid_devices.extend(socket_devices(&opts.hid_sockets, &mut warnings));
+    hid_devices.retain(|h| !opts.hold_off.contains(&h.path.display().to_string()));
     let hids = hid_devices
         .iter()
         .map(|info| (info.path.display().to_string(), identify_hid_device(info)))

@@ -5,6 +5,16 @@
 //! command fails with [`TransportError::DeviceRemoved`]) until
 //! [`PcscTransport::reconnect`]: reconnecting silently would hide that the
 //! card lost its security state (verified PIN, authenticated management key).
+//!
+//! **Disconnect dispositions.** `pcsc::Card`'s own `Drop` disconnects with
+//! `SCARD_RESET_CARD`, which wipes every security state a device session
+//! built and, on a card already removed, makes pcscd fail ("Error resetting
+//! card"). A connection here is therefore always ended explicitly:
+//! [`Disposition::Leave`] (`SCARD_LEAVE_CARD`) when the transport is dropped
+//! or has lost its card, [`Disposition::Reset`] only through
+//! [`PcscTransport::end`], where a caller asks for it (the end of a device
+//! session, so that no verified PIN outlives it). docs/devices.md lists
+//! every connect and disconnect in Keyward and why.
 
 use crate::apdu::ApduTransport;
 use crate::error::TransportError;
@@ -40,6 +50,38 @@ pub fn map_error(e: pcsc::Error, reader: &str) -> TransportError {
         }
         E::Cancelled | E::SystemCancelled | E::CancelledByUser => TransportError::Cancelled,
         other => TransportError::protocol(format!("PC/SC: {other}")),
+    }
+}
+
+/// How a connection to a card ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// `SCARD_LEAVE_CARD`: the card keeps its state (selected application,
+    /// verified PIN, authenticated management key).
+    Leave,
+    /// `SCARD_RESET_CARD`: a warm reset; every security state is gone.
+    Reset,
+}
+
+impl Disposition {
+    fn pcsc(self) -> pcsc::Disposition {
+        match self {
+            Disposition::Leave => pcsc::Disposition::LeaveCard,
+            Disposition::Reset => pcsc::Disposition::ResetCard,
+        }
+    }
+}
+
+/// Ends a connection with `disposition`. When pcscd refuses (the card or
+/// the reader is gone), the handle is forgotten rather than dropped:
+/// dropping it would send the `SCARD_RESET_CARD` nobody asked for; pcscd
+/// releases it with the context.
+fn disconnect(card: Card, disposition: Disposition) {
+    if let Err((card, _)) = card.disconnect(disposition.pcsc()) {
+        // A removed card: LEAVE_CARD has nothing to do and must not fail.
+        if let Err((card, _)) = card.disconnect(pcsc::Disposition::LeaveCard) {
+            std::mem::forget(card);
+        }
     }
 }
 
@@ -99,7 +141,8 @@ impl Pcsc {
             .collect())
     }
 
-    /// Connects (shared) to the card in `reader`.
+    /// Connects (shared) to the card in `reader`. The connection ends with
+    /// [`Disposition::Leave`] when dropped.
     pub fn connect(&self, reader: &str) -> Result<PcscTransport, TransportError> {
         self.connect_with(reader, ShareMode::Shared)
     }
@@ -185,7 +228,7 @@ impl PcscTransport {
     /// same reader and connects to it. The caller starts over (SELECT,
     /// VERIFY...): nothing of the old session survives.
     pub fn reconnect(&mut self, timeout: Duration) -> Result<(), TransportError> {
-        self.card = None;
+        self.release(Disposition::Leave);
         let pcsc = Pcsc {
             ctx: self.ctx.clone(),
         };
@@ -197,6 +240,32 @@ impl PcscTransport {
 
     pub fn is_connected(&self) -> bool {
         self.card.is_some()
+    }
+
+    /// Connects again now if this transport lost its card (no waiting):
+    /// the caller knows the card was taken out and put back on purpose.
+    pub fn connect_if_lost(&mut self) -> Result<(), TransportError> {
+        if self.card.is_none() {
+            self.connect()?;
+        }
+        Ok(())
+    }
+
+    /// The reader this transport talks to.
+    pub fn reader(&self) -> &str {
+        &self.reader
+    }
+
+    /// Ends the connection with `disposition` (dropping the transport ends
+    /// it with [`Disposition::Leave`]).
+    pub fn end(mut self, disposition: Disposition) {
+        self.release(disposition);
+    }
+
+    fn release(&mut self, disposition: Disposition) {
+        if let Some(card) = self.card.take() {
+            disconnect(card, disposition);
+        }
     }
 
     /// Runs `f` inside a PC/SC transaction (SCardBeginTransaction): no
@@ -218,26 +287,46 @@ impl PcscTransport {
         let Some(connected) = card.as_mut() else {
             return Err(TransportError::DeviceRemoved);
         };
-        let tx = connected
-            .transaction()
-            .map_err(|e| classify(ctx, reader, e))?;
-        let mut inner = InTransaction {
-            card: &tx,
-            ctx,
-            reader,
-            atr,
-            buf,
-            lost: false,
+        let outcome = in_transaction(connected, ctx, reader, atr, buf, f);
+        let lost = match &outcome {
+            Ok((_, lost)) => *lost,
+            // Beginning failed: removed or reset since the last command.
+            Err(e) => e.loses_security_state(),
         };
-        let result = f(&mut inner);
-        let lost = inner.lost;
-        // Ending fails only when the card is gone, which `lost` tells.
-        let _ = tx.end(pcsc::Disposition::LeaveCard);
         if lost {
-            *card = None;
+            // This connection is over.
+            if let Some(c) = card.take() {
+                disconnect(c, Disposition::Leave);
+            }
         }
-        Ok(result)
+        outcome.map(|(r, _)| r)
     }
+}
+
+/// Runs `f` between SCardBeginTransaction and SCardEndTransaction (leaving
+/// the card); whether the card was lost on the way.
+fn in_transaction<R>(
+    card: &mut Card,
+    ctx: &Context,
+    reader: &str,
+    atr: &[u8],
+    buf: &mut Vec<u8>,
+    f: impl FnOnce(&mut dyn ApduTransport) -> R,
+) -> Result<(R, bool), TransportError> {
+    let tx = card.transaction().map_err(|e| classify(ctx, reader, e))?;
+    let mut inner = InTransaction {
+        card: &tx,
+        ctx,
+        reader,
+        atr,
+        buf,
+        lost: false,
+    };
+    let result = f(&mut inner);
+    let lost = inner.lost;
+    // Ending fails only when the card is gone, which `lost` tells.
+    let _ = tx.end(pcsc::Disposition::LeaveCard);
+    Ok((result, lost))
 }
 
 /// A failure whose pcsc-lite code does not say what happened (a
@@ -303,6 +392,12 @@ impl ApduTransport for InTransaction<'_> {
     }
 }
 
+impl Drop for PcscTransport {
+    fn drop(&mut self) {
+        self.release(Disposition::Leave);
+    }
+}
+
 impl ApduTransport for PcscTransport {
     fn transmit_raw(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
         let Some(card) = &self.card else {
@@ -311,7 +406,7 @@ impl ApduTransport for PcscTransport {
         let r = transmit_on(card, &self.ctx, &self.reader, &mut self.buf, command);
         if r.as_ref().is_err_and(|e| e.loses_security_state()) {
             // Stay disconnected until `reconnect`.
-            self.card = None;
+            self.release(Disposition::Leave);
         }
         r
     }

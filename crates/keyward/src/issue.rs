@@ -25,7 +25,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use keyward_client::apdu::{transmit_one, ApduTransport};
 use keyward_client::discover::{discover, DiscoveryOptions};
-use keyward_client::pcsc::Pcsc;
+use keyward_client::pcsc::{Disposition, Pcsc};
 use serde_json::{json, Value};
 
 #[derive(Args, Debug, Clone)]
@@ -732,8 +732,13 @@ pub(crate) fn drive_with_fido(
                     eprintln!("  >> {}", p["message"].as_str().unwrap_or(""));
                 }
             }
-            let (responses, transport_error) =
-                run_batch_fido(&mut card, fido.as_mut(), &batch, &mut counters, json_out);
+            // One PC/SC transaction per batch: no other program's command
+            // reaches the card between the commands of a batch.
+            let (responses, transport_error) = card
+                .with_transaction(|t| {
+                    run_batch_fido(t, fido.as_mut(), &batch, &mut counters, json_out)
+                })
+                .unwrap_or_else(|e| (Vec::new(), Some(e.code().to_string())));
             result["responses"] = json!(responses);
             if let Some(e) = &transport_error {
                 result["transport_error"] = json!(e);
@@ -757,6 +762,10 @@ pub(crate) fn drive_with_fido(
             ),
         }
     }
+    // The session is over: its security state (verified PIN, authenticated
+    // management key) must not outlive it. Left early (an error above), the
+    // connection ends with LEAVE_CARD: the session may still go on.
+    card.end(Disposition::Reset);
     Ok((id, counters))
 }
 

@@ -6,6 +6,8 @@
 //! right PIN), and the signature verifies with the public key the tenant
 //! stored. Device rules refuse before the device is touched (exit 3).
 
+#[path = "common/agent.rs"]
+mod agent;
 #[path = "common/pcsc.rs"]
 mod pcsc;
 mod support;
@@ -148,6 +150,43 @@ fn run_issue(server: &TestServer, card: &Vcard, answers: &str, args: &[&str]) ->
         .args(args)
         .output()
         .unwrap()
+}
+
+/// `keyward issue` of "PIV + Passkey" on a client without PC/SC: through a
+/// `keyward agent` on pcscd (`agent_args`: a USB key's HID socket), paired
+/// first. Returns the run and the agent (kept alive by the caller).
+fn issue_via_agent(
+    server: &TestServer,
+    card: &Vcard,
+    serial: &str,
+    answers: &str,
+    agent_args: &[&str],
+) -> (Output, agent::Agent) {
+    let agent = agent::paired_pcsc_agent(server, agent_args, &[], &[serial]);
+    let file = card.path("answers.toml");
+    std::fs::write(&file, answers).unwrap();
+    let out = std::process::Command::new(support::BIN)
+        .arg("issue")
+        .args(["--server", &server.url, "--token", &server.token])
+        .args(["--answers", file.to_str().unwrap(), "--json"])
+        .args([
+            "--user",
+            "alice",
+            "--policy",
+            "PIV + Passkey",
+            "--serial",
+            serial,
+        ])
+        .env_remove("KEYWARD_SERVER")
+        .env_remove("KEYWARD_TOKEN")
+        // No PC/SC here: only the agent reaches the device.
+        .env(
+            "PCSCLITE_CSOCK_NAME",
+            "/nonexistent/keyward-test-pcscd.comm",
+        )
+        .output()
+        .unwrap();
+    (out, agent)
 }
 
 fn report(out: &Output) -> Value {
@@ -837,4 +876,142 @@ fn beta_api_and_users_matched_by_object_id() {
     );
     assert_eq!(s, 400, "{v}");
     assert!(v.to_string().contains("challenge_timeout_minutes"), "{v}");
+}
+
+/// Issue 11: the passkey flows through a workstation agent over real
+/// PC/SC (the agent holds the card across batches; a reset between them
+/// would lose the management key's witness and the FIDO PIN token).
+#[test]
+fn c4000_shared_pin_through_an_agent_over_pcsc() {
+    let _lock = pcsc::lock();
+    let serial = "41000521";
+    let card = Vcard::spawn(&["--profile", "c4000", "--serial", serial]);
+    let t = tenant(&card);
+    let server = TestServer::start();
+    seed(&server, &t, "c4000", serial, "1.0.0", true);
+    let (out, agent) = issue_via_agent(
+        &server,
+        &card,
+        serial,
+        "pin = \"735194\"\ntouch = \"true\"\n",
+        &[],
+    );
+    let r = report(&out);
+    assert_eq!(
+        r["state"],
+        "issued",
+        "{r}\n{}\nagent:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.output()
+    );
+    assert_eq!(passkeys_on_record(&r).len(), 1, "{r}");
+    assert!(!agent.output().contains("735194"));
+    agent.wait_output("released (reset)", std::time::Duration::from_secs(10));
+    assert_passkey_signs_in(&t, "735194");
+}
+
+#[test]
+fn c4000_unshared_through_an_agent_over_pcsc() {
+    let _lock = pcsc::lock();
+    let serial = "41000522";
+    let card = Vcard::spawn(&["--profile", "c4000", "--serial", serial]);
+    let t = tenant(&card);
+    let server = TestServer::start();
+    seed(&server, &t, "c4000", serial, "1.0.0", false);
+    let (out, agent) = issue_via_agent(
+        &server,
+        &card,
+        serial,
+        "pin = \"735194\"\nfido_pin = \"864213\"\ntouch = \"true\"\n",
+        &[],
+    );
+    let r = report(&out);
+    assert_eq!(
+        r["state"],
+        "issued",
+        "{r}\n{}\nagent:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.output()
+    );
+    assert_eq!(passkeys_on_record(&r).len(), 1, "{r}");
+    agent.wait_output("released (reset)", std::time::Duration::from_secs(10));
+    assert_passkey_signs_in(&t, "864213");
+}
+
+#[test]
+fn usb_yubikey_unshared_through_an_agent_over_pcsc_and_its_hid_socket() {
+    let _lock = pcsc::lock();
+    let serial = "31000521";
+    let card = Vcard::spawn(&[
+        "--profile",
+        "yubikey5",
+        "--firmware",
+        "5.7.1",
+        "--serial",
+        serial,
+        "--hid-socket",
+        "{dir}/hid.sock",
+    ]);
+    let hid = card.path("hid.sock");
+    let hid = hid.to_str().unwrap();
+    let t = tenant(&card);
+    let server = TestServer::start();
+    seed(&server, &t, "yubikey5", serial, "5.7.1", false);
+    let (out, agent) = issue_via_agent(
+        &server,
+        &card,
+        serial,
+        "pin = \"735194\"\nfido_pin = \"973152\"\ntouch = \"true\"\n",
+        &["--hid-socket", hid],
+    );
+    let r = report(&out);
+    assert_eq!(
+        r["state"],
+        "issued",
+        "{r}\n{}\nagent:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.output()
+    );
+    assert_eq!(passkeys_on_record(&r).len(), 1, "{r}");
+    agent.wait_output("released (reset)", std::time::Duration::from_secs(10));
+    // The agent holds the HID socket while the session runs; it let go.
+    drop(agent);
+    passkey_signs_in(&t, "973152", &["--hid-socket", hid]);
+}
+
+#[test]
+fn nfc_yubikey_unshared_through_an_agent_over_pcsc() {
+    let _lock = pcsc::lock();
+    let serial = "31000522";
+    let card = Vcard::spawn(&[
+        "--profile",
+        "yubikey5",
+        "--firmware",
+        "5.7.1",
+        "--transport",
+        "nfc",
+        "--serial",
+        serial,
+    ]);
+    let t = tenant(&card);
+    let server = TestServer::start();
+    seed(&server, &t, "yubikey5", serial, "5.7.1", false);
+    let (out, agent) = issue_via_agent(
+        &server,
+        &card,
+        serial,
+        "pin = \"735194\"\nfido_pin = \"973152\"\ntouch = \"true\"\n",
+        &[],
+    );
+    let r = report(&out);
+    assert_eq!(
+        r["state"],
+        "issued",
+        "{r}\n{}\nagent:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.output()
+    );
+    assert_eq!(passkeys_on_record(&r).len(), 1, "{r}");
+    agent.wait_output("released (reset)", std::time::Duration::from_secs(10));
+    assert_passkey_signs_in(&t, "973152");
 }

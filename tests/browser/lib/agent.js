@@ -16,11 +16,14 @@ function agentDir() {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-browser-agent-'));
 }
 
-async function startAgent(server, devices, name = 'ws-browser-test', dir = agentDir()) {
+// `opts.pcsc`: the agent looks at pcscd's readers too (a `keyward vcard` on
+// vpcd is then its device); `opts.hidSockets`: virtual USB keys' HID sockets.
+async function startAgent(server, devices, name = 'ws-browser-test', dir = agentDir(), opts = {}) {
   const control = path.join(dir, 'control');
   fs.mkdirSync(control);
   const args = ['agent', '--server', server.url, '--state-dir', path.join(dir, 'state'), '--name', name,
-    '--no-pcsc', '--no-hidraw', '--virtual-control', control];
+    ...(opts.pcsc ? [] : ['--no-pcsc']), '--no-hidraw', '--virtual-control', control];
+  for (const s of opts.hidSockets || []) args.push('--hid-socket', s);
   for (const d of devices) args.push('--virtual', d);
   const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';

@@ -8,7 +8,7 @@
 //! virtual card's insert/remove generation), and never while it runs a
 //! batch.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -110,79 +110,35 @@ pub enum Endpoint {
     Virtual(VirtualDevice),
 }
 
-impl Endpoint {
-    /// Opens the device for one batch.
-    pub fn open(&self) -> Result<Box<dyn DeviceIo>, TransportError> {
-        match self {
-            Endpoint::Pcsc { reader, hid } => {
-                let card = Pcsc::establish()?.connect(reader)?;
-                Ok(Box::new(SplitIo {
-                    card: CardIo::new(card),
-                    hid: hid.clone(),
-                    open: None,
-                }))
-            }
-            Endpoint::Hid { info } => {
-                let dev = keyward_client::hid::open(info)?;
-                Ok(Box::new(HidIo(
-                    keyward_client::ctaphid::CtaphidDevice::open(dev)?,
-                )))
-            }
-            Endpoint::Virtual(v) => {
-                let card = CardIo::new(Faulty {
-                    card: InProcessCard::new(v.handle.clone(), v.name.clone()),
-                    remove_after: v.remove_after.clone(),
-                });
-                // A USB YubiKey answers CTAP only on its HID side (its CCID
-                // interface has no FIDO application); a C4000, or a key over
-                // NFC, takes CTAP wrapped in ISO 7816.
-                let usb_yubikey = v.handle.with_card(|c| {
-                    let config = c.config();
-                    config.profile == ProfileKind::Yubikey5
-                        && config.transport == keyward_vcard::Transport::Usb
-                });
-                if usb_yubikey {
-                    Ok(Box::new(VirtualUsbIo {
-                        card,
-                        fido: HidIo(InProcessFido::new(v.handle.clone(), v.name.clone())),
-                    }))
-                } else {
-                    Ok(Box::new(card))
-                }
-            }
+impl VirtualDevice {
+    /// The in-process device for one batch: it keeps its own state, so
+    /// there is no connection to hold.
+    pub fn open(&self) -> Box<dyn DeviceIo> {
+        let card = CardIo::new(Faulty {
+            card: InProcessCard::new(self.handle.clone(), self.name.clone()),
+            remove_after: self.remove_after.clone(),
+        });
+        // A USB YubiKey answers CTAP only on its HID side (its CCID
+        // interface has no FIDO application); a C4000, or a key over NFC,
+        // takes CTAP wrapped in ISO 7816.
+        let usb_yubikey = self.handle.with_card(|c| {
+            let config = c.config();
+            config.profile == ProfileKind::Yubikey5
+                && config.transport == keyward_vcard::Transport::Usb
+        });
+        if usb_yubikey {
+            Box::new(VirtualUsbIo {
+                card,
+                fido: HidIo(InProcessFido::new(self.handle.clone(), self.name.clone())),
+            })
+        } else {
+            Box::new(card)
         }
-    }
-}
-
-/// A device seen as a card and as a HID device: PIV over the card, CTAP
-/// over CTAPHID (opened at the first CTAP message).
-struct SplitIo<T: ApduTransport> {
-    card: CardIo<T>,
-    hid: Option<HidDeviceInfo>,
-    open: Option<
-        HidIo<keyward_client::ctaphid::CtaphidDevice<Box<dyn keyward_client::ctaphid::HidReports>>>,
-    >,
-}
-
-impl<T: ApduTransport> DeviceIo for SplitIo<T> {
-    fn piv(&mut self, bytes: &[u8]) -> Result<(Vec<u8>, u16), TransportError> {
-        self.card.piv(bytes)
-    }
-
-    fn ctap(&mut self, request: &[u8]) -> Result<Vec<u8>, TransportError> {
-        let Some(info) = &self.hid else {
-            return self.card.ctap(request);
-        };
-        if self.open.is_none() {
-            let dev = keyward_client::hid::open(info)?;
-            self.open = Some(HidIo(keyward_client::ctaphid::CtaphidDevice::open(dev)?));
-        }
-        self.open.as_mut().expect("opened").ctap(request)
     }
 }
 
 /// An in-process USB YubiKey: PIV over its card side, CTAP over its
-/// FIDO (CTAPHID) side, as [`SplitIo`] does for a real one.
+/// FIDO (CTAPHID) side, as a held real one does (`held::SplitIo`).
 struct VirtualUsbIo {
     card: CardIo<Faulty>,
     fido: HidIo<InProcessFido>,
@@ -281,13 +237,34 @@ fn reported(e: &DeviceEntry) -> Option<Reported> {
     })
 }
 
-/// Watches the sources; `scan` answers the devices, probing only what changed.
+/// Watches the sources; `scan` answers the devices, probing only what
+/// changed, and never a device a session holds.
 pub struct Watcher {
     sources: Sources,
     physical_signature: Option<String>,
     physical: Seen,
+    /// The devices sessions hold, as last seen before they were held: they
+    /// are reported while their reader (or HID node) still shows them,
+    /// without being probed.
+    held_known: Seen,
     virtual_seen: Vec<(u64, bool, Option<Reported>)>,
     pub warnings: Vec<String>,
+}
+
+/// What the physical sources show without touching a device: a signature
+/// of the whole, and the readers with a card, HID nodes and sockets there.
+struct Look {
+    signature: String,
+    present: BTreeSet<String>,
+}
+
+/// The reader or HID path a device is reached through.
+fn locator(endpoint: &Endpoint) -> Option<String> {
+    match endpoint {
+        Endpoint::Pcsc { reader, .. } => Some(reader.clone()),
+        Endpoint::Hid { info } => Some(info.path.display().to_string()),
+        Endpoint::Virtual(_) => None,
+    }
 }
 
 impl Watcher {
@@ -297,19 +274,23 @@ impl Watcher {
             sources,
             physical_signature: None,
             physical: Seen::new(),
+            held_known: Seen::new(),
             virtual_seen: vec![(u64::MAX, false, None); n],
             warnings: Vec::new(),
         }
     }
 
-    /// What the physical sources show without touching a device.
-    fn signature(&self) -> String {
+    fn look(&self) -> Look {
         let mut s = String::new();
+        let mut present = BTreeSet::new();
         if self.sources.pcsc {
             match Pcsc::establish().and_then(|p| p.readers()) {
                 Ok(readers) => {
                     for r in readers {
                         s.push_str(&format!("r:{}:{};", r.name, r.card_present));
+                        if r.card_present {
+                            present.insert(r.name);
+                        }
                     }
                 }
                 Err(e) => s.push_str(&format!("pcsc-error:{};", e.code())),
@@ -321,24 +302,50 @@ impl Watcher {
                 std::path::Path::new("/dev"),
             ) {
                 s.push_str(&format!("h:{};", h.path.display()));
+                present.insert(h.path.display().to_string());
             }
         }
         for p in &self.sources.hid_sockets {
-            s.push_str(&format!("s:{}:{};", p.display(), p.exists()));
+            let exists = p.exists();
+            s.push_str(&format!("s:{}:{};", p.display(), exists));
+            if exists {
+                present.insert(p.display().to_string());
+            }
         }
-        s
+        Look {
+            signature: s,
+            present,
+        }
     }
 
-    pub fn scan(&mut self) -> Seen {
+    /// The devices seen now. `held`: serials a session holds; `hold_off`:
+    /// their readers and HID paths, which are not probed.
+    pub fn scan(&mut self, held: &BTreeSet<String>, hold_off: &[String]) -> Seen {
+        // Remember how to reach a device as it becomes held; a device no
+        // longer held is looked at again (its session is over).
+        for serial in held {
+            if !self.held_known.contains_key(serial) {
+                if let Some(entry) = self.physical.get(serial) {
+                    self.held_known.insert(serial.clone(), entry.clone());
+                }
+            }
+        }
+        let before = self.held_known.len();
+        self.held_known.retain(|serial, _| held.contains(serial));
+        if self.held_known.len() != before {
+            self.physical_signature = None;
+        }
         let physical_wanted =
             self.sources.pcsc || self.sources.hidraw || !self.sources.hid_sockets.is_empty();
+        let mut seen = Seen::new();
         if physical_wanted {
-            let sig = self.signature();
-            if self.physical_signature.as_ref() != Some(&sig) {
+            let look = self.look();
+            if self.physical_signature.as_ref() != Some(&look.signature) {
                 let found = discover(&DiscoveryOptions {
                     pcsc: self.sources.pcsc,
                     hidraw: self.sources.hidraw,
                     hid_sockets: self.sources.hid_sockets.clone(),
+                    hold_off: hold_off.to_vec(),
                     ..Default::default()
                 });
                 self.warnings = found.warnings.clone();
@@ -373,16 +380,27 @@ impl Watcher {
                         Some((r.serial.clone(), (r, endpoint)))
                     })
                     .collect();
-                self.physical_signature = Some(sig);
+                self.physical_signature = Some(look.signature);
+            }
+            seen = self.physical.clone();
+            // A held device is reported while its reader or HID node shows
+            // it; a removal shows at once, without touching it.
+            for (serial, entry) in &self.held_known {
+                if locator(&entry.1).is_some_and(|l| look.present.contains(&l)) {
+                    seen.insert(serial.clone(), entry.clone());
+                }
             }
         }
-        let mut seen = self.physical.clone();
         for (i, v) in self.sources.virtual_devices.iter().enumerate() {
             let generation = v.handle.generation();
             let inserted = v.handle.is_inserted();
             let cached = &mut self.virtual_seen[i];
+            let held_here = cached.2.as_ref().is_some_and(|r| held.contains(&r.serial));
             if cached.0 != generation || cached.1 != inserted {
-                let r = if inserted {
+                let r = if inserted && held_here {
+                    // Back in, and held by a session: not probed again.
+                    cached.2.clone()
+                } else if inserted {
                     // With the card locked for the whole probe: another agent
                     // of the same process (the demo's) may probe it too.
                     let name = v.name.clone();

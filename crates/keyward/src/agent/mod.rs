@@ -10,11 +10,16 @@
 //!   to it and relays them exactly as `keyward issue` does ([`relay`]),
 //!   posting each result to the session's relay endpoint. Prompts are not
 //!   its business: the person's client answers them.
+//! * A session holds its device on one connection from its first batch to
+//!   its end ([`held`]); the watcher never probes a held device, and the
+//!   server tells the agent (in the long-poll's answer) which held sessions
+//!   have ended elsewhere (cancelled, abandoned).
 //!
 //! `keyward demo` runs the same loop in-process ([`run_paired`]) with
 //! virtual devices only.
 
 pub mod devices;
+mod held;
 mod http;
 pub mod relay;
 mod state;
@@ -34,7 +39,9 @@ use keyward_proto::RelayBatch;
 use serde_json::json;
 
 use devices::{Endpoint, Reported, Sources, Watcher};
+use held::Held;
 use http::{error_text, Server};
+use keyward_client::pcsc::Disposition;
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
@@ -207,9 +214,88 @@ struct Shared {
     in_hand: Mutex<HashMap<String, u64>>,
     /// Sessions being relayed (the watcher holds still meanwhile).
     busy: AtomicUsize,
+    /// Session → the device it holds, from its first batch to its end.
+    holds: Mutex<HashMap<String, Hold>>,
     stop: Arc<AtomicBool>,
     /// Set by the watcher when the server refuses the agent.
     fatal: Mutex<Option<String>>,
+}
+
+/// A session's hold on its device: which device, what the watcher must not
+/// touch, and the connection (locked only while a batch runs).
+#[derive(Clone)]
+struct Hold {
+    serial: String,
+    locators: Vec<String>,
+    held: Arc<Mutex<Held>>,
+}
+
+impl Shared {
+    /// The hold of session `id` on `serial`: the one it has, or a new
+    /// connection. Another session's hold on the same device is ended first
+    /// (the server starts a session on a device only once the last one on it
+    /// is over).
+    fn hold(&self, id: &str, serial: &str) -> Result<Hold, keyward_client::TransportError> {
+        let stale: Vec<String> = {
+            let holds = self.holds.lock().unwrap();
+            if let Some(h) = holds.get(id).filter(|h| h.serial == serial) {
+                return Ok(h.clone());
+            }
+            holds
+                .iter()
+                .filter(|(other, h)| h.serial == serial || other.as_str() == id)
+                .map(|(other, _)| other.clone())
+                .collect()
+        };
+        for other in stale {
+            self.release(&other, Disposition::Reset);
+        }
+        let endpoint = self.devices.lock().unwrap().get(serial).cloned();
+        let endpoint = endpoint.ok_or(keyward_client::TransportError::DeviceRemoved)?;
+        let held = Held::open(&endpoint)?;
+        let hold = Hold {
+            serial: serial.to_string(),
+            locators: held.locators(),
+            held: Arc::new(Mutex::new(held)),
+        };
+        self.holds
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), hold.clone());
+        Ok(hold)
+    }
+
+    /// Ends session `id`'s hold (if any) with `disposition`.
+    fn release(&self, id: &str, disposition: Disposition) {
+        let Some(hold) = self.holds.lock().unwrap().remove(id) else {
+            return;
+        };
+        eprintln!(
+            "session {id}: device {} released ({})",
+            hold.serial,
+            match disposition {
+                Disposition::Reset => "reset",
+                Disposition::Leave => "left as it is",
+            }
+        );
+        // The last reference once no batch runs on it.
+        match Arc::try_unwrap(hold.held) {
+            Ok(held) => held
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .end(disposition),
+            Err(_) => tracing::debug!(session = %id, "hold released while a batch runs"),
+        }
+    }
+
+    /// Serials held by a session, and the readers and HID paths behind them.
+    fn held(&self) -> (std::collections::BTreeSet<String>, Vec<String>) {
+        let holds = self.holds.lock().unwrap();
+        (
+            holds.values().map(|h| h.serial.clone()).collect(),
+            holds.values().flat_map(|h| h.locators.clone()).collect(),
+        )
+    }
 }
 
 /// For `keyward demo`: an agent already paired (its credential given) with
@@ -246,6 +332,7 @@ fn serve(server: Server, sources: Sources, stop: Arc<AtomicBool>) -> anyhow::Res
         devices: Mutex::new(HashMap::new()),
         in_hand: Mutex::new(HashMap::new()),
         busy: AtomicUsize::new(0),
+        holds: Mutex::new(HashMap::new()),
         stop,
         fatal: Mutex::new(None),
     });
@@ -287,9 +374,10 @@ fn serve(server: Server, sources: Sources, stop: Arc<AtomicBool>) -> anyhow::Res
             .iter()
             .map(|(s, seq)| json!({ "session_id": s, "seq": seq }))
             .collect();
+        let held: Vec<String> = shared.holds.lock().unwrap().keys().cloned().collect();
         let answer = server.post(
             "/agents/me/work",
-            &json!({ "busy": busy, "wait_seconds": 25 }),
+            &json!({ "busy": busy, "held": held, "wait_seconds": 25 }),
         );
         let (status, v) = match answer {
             Ok(a) => {
@@ -314,6 +402,15 @@ fn serve(server: Server, sources: Sources, stop: Arc<AtomicBool>) -> anyhow::Res
                 eprintln!("asking for work: HTTP {status} {}", error_text(&v));
                 std::thread::sleep(Duration::from_secs(2));
                 continue;
+            }
+        }
+        // Sessions that ended without this agent (cancelled, abandoned):
+        // their security state must not outlive them.
+        for id in v["released"].as_array().into_iter().flatten() {
+            if let Some(id) = id.as_str() {
+                if !shared.in_hand.lock().unwrap().contains_key(id) {
+                    shared.release(id, Disposition::Reset);
+                }
             }
         }
         for item in v["items"].as_array().into_iter().flatten() {
@@ -351,7 +448,8 @@ fn report_once(
     watcher: &mut Watcher,
     last: &mut Option<Vec<Reported>>,
 ) -> anyhow::Result<()> {
-    let seen = watcher.scan();
+    let (held_serials, hold_off) = shared.held();
+    let seen = watcher.scan(&held_serials, &hold_off);
     let now: Vec<Reported> = seen.values().map(|(r, _)| r.clone()).collect();
     *shared.devices.lock().unwrap() = seen
         .into_iter()
@@ -383,17 +481,26 @@ fn report_once(
 
 /// Relays a session's command batches until one needs the person (a prompt
 /// batch) or the session ends; the server answers each result with the next
-/// batch.
+/// batch. The device is held on one connection across batches and ended
+/// with a reset only when the session is over.
 fn relay_session(server: &Server, shared: &Shared, serial: &str, mut batch: RelayBatch) {
     let id = batch.session_id.clone();
     while batch.state == "running" && !batch.commands.is_empty() {
         shared.in_hand.lock().unwrap().insert(id.clone(), batch.seq);
-        let endpoint = shared.devices.lock().unwrap().get(serial).cloned();
         let started = Instant::now();
-        let run = match endpoint.map(|e| e.open()) {
-            Some(Ok(mut io)) => relay::run_batch(io.as_mut(), &batch),
-            Some(Err(e)) => failed_open(&batch, &e),
-            None => failed_open(&batch, &keyward_client::TransportError::DeviceRemoved),
+        let run = match shared.hold(&id, serial) {
+            Ok(hold) => {
+                let mut held = hold.held.lock().unwrap_or_else(|e| e.into_inner());
+                let run = held.run(&batch);
+                let lost = held.lost();
+                drop(held);
+                if lost {
+                    // The card left (or was reset): the connection is over.
+                    shared.release(&id, Disposition::Leave);
+                }
+                run
+            }
+            Err(e) => relay::failed(&batch, &e),
         };
         eprintln!(
             "session {id}: batch {} ({} of {} commands, step {}){}",
@@ -424,6 +531,8 @@ fn relay_session(server: &Server, shared: &Shared, serial: &str, mut batch: Rela
                 }
             }
         };
+        // The hold stays: the server tells in the long-poll's answer when
+        // the session is over.
         let Some((status, next)) = answer else { return };
         if status != 200 {
             eprintln!(
@@ -442,19 +551,17 @@ fn relay_session(server: &Server, shared: &Shared, serial: &str, mut batch: Rela
         }
         tracing::debug!(session = %id, ms = started.elapsed().as_millis() as u64, "batch relayed");
     }
-    eprintln!("session {id}: {} (step {})", batch.state, batch.step);
-}
-
-/// The result of a batch whose device could not be opened.
-fn failed_open(batch: &RelayBatch, e: &keyward_client::TransportError) -> relay::BatchRun {
-    struct Gone(keyward_client::TransportError);
-    impl relay::DeviceIo for Gone {
-        fn piv(&mut self, _: &[u8]) -> Result<(Vec<u8>, u16), keyward_client::TransportError> {
-            Err(self.0.clone())
-        }
-        fn ctap(&mut self, _: &[u8]) -> Result<Vec<u8>, keyward_client::TransportError> {
-            Err(self.0.clone())
+    if batch.state != "running" {
+        // Issued, assigned, failed or cancelled: no verified PIN or
+        // authenticated management key may outlive the session.
+        shared.release(&id, Disposition::Reset);
+    } else if batch.prompts.iter().any(|p| p.kind == "reinsert_device") {
+        if let Some(hold) = shared.holds.lock().unwrap().get(&id) {
+            hold.held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .expect_reinsert();
         }
     }
-    relay::run_batch(&mut Gone(e.clone()), batch)
+    eprintln!("session {id}: {} (step {})", batch.state, batch.step);
 }

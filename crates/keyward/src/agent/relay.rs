@@ -141,6 +141,21 @@ pub fn run_batch(io: &mut dyn DeviceIo, batch: &RelayBatch) -> BatchRun {
     run
 }
 
+/// The result of a batch that could not begin: the device could not be
+/// reached (typed as every transport error).
+pub fn failed(batch: &RelayBatch, e: &TransportError) -> BatchRun {
+    struct Gone(TransportError);
+    impl DeviceIo for Gone {
+        fn piv(&mut self, _: &[u8]) -> Result<(Vec<u8>, u16), TransportError> {
+            Err(self.0.clone())
+        }
+        fn ctap(&mut self, _: &[u8]) -> Result<Vec<u8>, TransportError> {
+            Err(self.0.clone())
+        }
+    }
+    run_batch(&mut Gone(e.clone()), batch)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! Shared support for the workstation agent tests (`agent_*.rs`): a spawned
 //! `keyward agent` with in-process virtual devices (`--virtual`, no PC/SC,
-//! no hidraw), its pairing code, its output, and its credential file.
+//! no hidraw) or on pcscd ([`paired_pcsc_agent`]), its pairing code, its
+//! output, and its credential file.
 //!
 //! Use it with `#[path = "common/agent.rs"] mod agent;` next to
 //! `mod support;`.
@@ -47,6 +48,12 @@ impl Agent {
     /// `keyward agent --server URL --state-dir TMP --no-pcsc --no-hidraw
     /// --virtual-control TMP/control` plus `args` (e.g. `--virtual yubikey5:N`).
     pub fn spawn(server_url: &str, args: &[&str]) -> Agent {
+        Self::spawn_with(server_url, false, args)
+    }
+
+    /// [`Agent::spawn`]; with `pcsc` the agent looks at pcscd's readers
+    /// too (no `--no-pcsc`): a `keyward vcard` on vpcd is its device.
+    pub fn spawn_with(server_url: &str, pcsc: bool, args: &[&str]) -> Agent {
         let state_dir = tempfile::tempdir().unwrap();
         let control_dir = state_dir.path().join("control");
         let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
@@ -57,7 +64,8 @@ impl Agent {
             .arg(state_dir.path())
             .arg("--name")
             .arg("test-workstation")
-            .args(["--no-pcsc", "--no-hidraw", "--virtual-control"])
+            .args(if pcsc { &[][..] } else { &["--no-pcsc"][..] })
+            .args(["--no-hidraw", "--virtual-control"])
             .arg(&control_dir)
             .args(args)
             .env_remove("KEYWARD_SERVER")
@@ -251,7 +259,36 @@ pub fn paired_agent(
     approve_args: &[&str],
     serials: &[&str],
 ) -> Agent {
-    let agent = Agent::spawn(&server.url, args);
+    paired(
+        server,
+        Agent::spawn(&server.url, args),
+        approve_args,
+        serials,
+    )
+}
+
+/// [`paired_agent`] for an agent on pcscd (its devices in PC/SC readers,
+/// `--hid-socket` in `args` for a USB key's FIDO side).
+pub fn paired_pcsc_agent(
+    server: &super::support::TestServer,
+    args: &[&str],
+    approve_args: &[&str],
+    serials: &[&str],
+) -> Agent {
+    paired(
+        server,
+        Agent::spawn_with(&server.url, true, args),
+        approve_args,
+        serials,
+    )
+}
+
+fn paired(
+    server: &super::support::TestServer,
+    agent: Agent,
+    approve_args: &[&str],
+    serials: &[&str],
+) -> Agent {
     let code = agent.pairing_code();
     let mut approve = vec!["agent", "approve", code.as_str()];
     approve.extend_from_slice(approve_args);

@@ -40,6 +40,10 @@ pub struct WorkRequest {
     /// Batches the agent is running now (not delivered again).
     #[serde(default)]
     pub busy: Vec<BusyBatch>,
+    /// Sessions whose device the agent holds on an open connection (from a
+    /// session's first batch to its end).
+    #[serde(default)]
+    pub held: Vec<String>,
     /// Seconds to wait for work (at most 25; default 25).
     #[serde(default)]
     pub wait_seconds: Option<u64>,
@@ -56,6 +60,11 @@ pub struct WorkItem {
 pub struct WorkAnswer {
     /// Command batches to run, one per session at most.
     pub items: Vec<WorkItem>,
+    /// Of the sessions the agent says it holds, those no longer running
+    /// with it (ended, cancelled, abandoned): the agent ends their
+    /// connections (with a reset: no security state outlives a session).
+    #[serde(default)]
+    pub released: Vec<String>,
 }
 
 /// The agent's long-poll for command batches: answers as soon as there is
@@ -74,9 +83,15 @@ pub(super) async fn work(
     let mut rx = state.agents.watch_work();
     loop {
         rx.borrow_and_update();
-        let items = pending_batches(&state, agent.id, &busy).await?;
-        if !items.is_empty() || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(WorkAnswer { items }));
+        let (items, running) = pending_batches(&state, agent.id, &busy).await?;
+        let released: Vec<String> = req
+            .held
+            .iter()
+            .filter(|id| !running.contains(id.as_str()))
+            .cloned()
+            .collect();
+        if !items.is_empty() || !released.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(WorkAnswer { items, released }));
         }
         let until = deadline.min(tokio::time::Instant::now() + RECHECK);
         tokio::select! {
@@ -99,12 +114,15 @@ pub(super) async fn work(
     }
 }
 
+/// The batches to deliver, and the ids of every running session bound to
+/// the agent.
 async fn pending_batches(
     state: &AppState,
     agent_id: Uuid,
     busy: &HashSet<BusyBatch>,
-) -> ApiResult<Vec<WorkItem>> {
+) -> ApiResult<(Vec<WorkItem>, HashSet<String>)> {
     let mut out = Vec::new();
+    let mut running = HashSet::new();
     for s in state
         .store
         .agent_running_sessions(agent_id)
@@ -112,6 +130,7 @@ async fn pending_batches(
         .map_err(|e| store_error("reading the agent's sessions", e))?
     {
         let (mut batch, serial) = crate::issuance::outstanding_batch(state, &s).await?;
+        running.insert(batch.session_id.clone());
         if batch.commands.is_empty()
             || busy.contains(&BusyBatch {
                 session_id: batch.session_id.clone(),
@@ -137,7 +156,7 @@ async fn pending_batches(
             batch,
         });
     }
-    Ok(out)
+    Ok((out, running))
 }
 
 /// For `POST /issuance`: the agent whose relay the caller asks for with
