@@ -4,7 +4,17 @@
 //!
 //! ```text
 //! cargo run --release -p keyward --example agent_relay_overhead [SESSIONS]
+//! flock /tmp/keyward-pcsc.lock \
+//!   cargo run --release -p keyward --example agent_relay_overhead [SESSIONS] --pcsc [PORT]
 //! ```
+//!
+//! With `--pcsc` each session's virtual YubiKey is attached to pcscd's vpcd
+//! reader (PORT, default 35963; needs `.ci/pcscd start`) and the agent's
+//! batches go over real PC/SC as `keyward agent` sends them
+//! (`src/agent/held.rs`): one shared connection held for the session, each
+//! batch inside one PC/SC transaction, a reset at the end. The transaction's
+//! begin and end are then measured apart (`pcsc transaction`), and the
+//! device's time includes pcscd and vpcd.
 //!
 //! It starts the server in-process on 127.0.0.1 (SQLite in a temporary
 //! folder), records an agent paired to the demo operator, and plays that
@@ -31,7 +41,9 @@ mod relay;
 
 use std::time::{Duration, Instant};
 
+use keyward_client::discover::{discover, DiscoveryOptions};
 use keyward_client::in_process::InProcessCard;
+use keyward_client::pcsc::{Disposition, Pcsc, PcscTransport};
 use keyward_proto::RelayBatch;
 use keyward_vcard::{ProfileKind, VcardConfig, VcardHandle, VirtualCard};
 use serde_json::{json, Value};
@@ -43,12 +55,45 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Attaches `card` to vpcd on `port` and connects to it (shared) as the
+/// agent does for a session.
+fn attach_to_pcscd(card: &VcardHandle, serial: u32, port: u16) -> anyhow::Result<PcscTransport> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    keyward_vcard::vpcd::run(card.clone(), &format!("127.0.0.1:{port}"), move || {
+        let _ = tx.send(());
+    })?;
+    rx.recv_timeout(Duration::from_secs(10))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reader = loop {
+        let found = discover(&DiscoveryOptions {
+            hidraw: false,
+            ..Default::default()
+        })
+        .devices
+        .into_iter()
+        .find(|d| d.identity.serial == Some(serial))
+        .and_then(|d| d.reader);
+        if let Some(r) = found {
+            break r;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "card {serial} not in a reader");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    Ok(Pcsc::establish()?.connect(&reader)?)
+}
+
 fn main() -> anyhow::Result<()> {
-    let sessions: u32 = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().collect();
+    let sessions: u32 = args
+        .get(1)
+        .filter(|a| !a.starts_with("--"))
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(30);
+    let pcsc_port: Option<u16> = match args.iter().position(|a| a == "--pcsc") {
+        Some(i) => Some(args.get(i + 1).map(|p| p.parse()).transpose()?.unwrap_or(35963)),
+        None => None,
+    };
     let dir = tempfile::tempdir()?;
     let rt = tokio::runtime::Runtime::new()?;
     let config = keyward_server::config::Config::load(
@@ -97,7 +142,7 @@ fn main() -> anyhow::Result<()> {
         };
     let ca = dir.path().join("ca");
     let (mut agent_ms, mut http_ms, mut relay_ms, mut device_ms) = (vec![], vec![], vec![], vec![]);
-    let (mut auth_ms, mut relay_token_ms) = (vec![], vec![]);
+    let (mut auth_ms, mut relay_token_ms, mut tx_ms) = (vec![], vec![], vec![]);
     for i in 0..sessions {
         let serial = 40_000_000 + i;
         call(
@@ -133,7 +178,11 @@ fn main() -> anyhow::Result<()> {
         )?;
         http_ms.push(t.elapsed().as_secs_f64() * 1e3);
         let mut text = serde_json::to_string(&work["items"][0]["batch"])?;
-        let mut io = relay::CardIo::new(InProcessCard::new(card.clone(), "bench"));
+        let mut in_process = relay::CardIo::new(InProcessCard::new(card.clone(), "bench"));
+        let mut held = match pcsc_port {
+            Some(port) => Some(attach_to_pcscd(&card, serial, port)?),
+            None => None,
+        };
         // Every other session is relayed with the operator's API token
         // instead: the difference is what the agent checks cost the server.
         let as_agent = i % 2 == 0;
@@ -145,7 +194,22 @@ fn main() -> anyhow::Result<()> {
                 anyhow::ensure!(batch.state == "issued", "session ended {}", batch.state);
                 break;
             }
-            let run = relay::run_batch(&mut io, &batch);
+            let started = Instant::now();
+            let run = match held.as_mut() {
+                // As `keyward agent` runs a batch on a held PC/SC card.
+                Some(pcsc) => {
+                    let mut inner = 0.0;
+                    let run = pcsc.with_transaction(|t| {
+                        let t0 = Instant::now();
+                        let run = relay::run_batch(&mut relay::CardIo::new(t), &batch);
+                        inner = t0.elapsed().as_secs_f64() * 1e3;
+                        run
+                    })?;
+                    tx_ms.push(started.elapsed().as_secs_f64() * 1e3 - inner);
+                    run
+                }
+                None => relay::run_batch(&mut in_process, &batch),
+            };
             let body = serde_json::to_vec(&run.result)?;
             let posted = Instant::now();
             let r = http
@@ -164,15 +228,33 @@ fn main() -> anyhow::Result<()> {
                 relay_token_ms.push(round_trip);
             }
             device_ms.push(run.device_ms);
-            agent_ms.push(total - round_trip - run.device_ms);
+            let tx = if held.is_some() {
+                *tx_ms.last().expect("pushed")
+            } else {
+                0.0
+            };
+            agent_ms.push(total - round_trip - run.device_ms - tx);
             // HTTP on loopback plus the agent's authentication, nothing else.
             let t = Instant::now();
             call(&credential, reqwest::Method::GET, "/agents/me", Value::Null)?;
             auth_ms.push(t.elapsed().as_secs_f64() * 1e3);
         }
+        if let Some(pcsc) = held.take() {
+            // The session is over: the agent ends its hold with a reset.
+            pcsc.end(Disposition::Reset);
+            card.remove();
+        }
     }
     let batches = relay_ms.len() + relay_token_ms.len();
-    println!("{sessions} issuances, {batches} batches through the agent endpoints on loopback");
+    let device = if pcsc_port.is_some() {
+        "device (virtual card over pcscd + vpcd, excluded)"
+    } else {
+        "device (in-process virtual card, excluded)"
+    };
+    println!(
+        "{sessions} issuances, {batches} batches through the agent endpoints on loopback{}",
+        if pcsc_port.is_some() { ", the device over PC/SC" } else { "" }
+    );
     for (name, v) in [
         ("agent work outside the device", &mut agent_ms),
         ("HTTP round trip + agent authentication", &mut auth_ms),
@@ -185,14 +267,23 @@ fn main() -> anyhow::Result<()> {
             "relay POST by an API token (same work)",
             &mut relay_token_ms,
         ),
-        ("device (in-process virtual card, excluded)", &mut device_ms),
+        (device, &mut device_ms),
     ] {
         let (p50, p95) = (percentile(v, 0.5), percentile(v, 0.95));
         println!("  {name:<48} median {p50:7.3} ms   p95 {p95:7.3} ms");
     }
-    let overhead = percentile(&mut agent_ms, 0.5) + percentile(&mut auth_ms, 0.5);
+    let mut overhead = percentile(&mut agent_ms, 0.5) + percentile(&mut auth_ms, 0.5);
+    if !tx_ms.is_empty() {
+        let (p50, p95) = (percentile(&mut tx_ms, 0.5), percentile(&mut tx_ms, 0.95));
+        println!(
+            "  {:<48} median {p50:7.3} ms   p95 {p95:7.3} ms",
+            "pcsc transaction begin + end per batch"
+        );
+        overhead += p50;
+    }
     println!(
-        "  relay overhead per batch (median agent work + median HTTP round trip with authentication): {overhead:.3} ms"
+        "  relay overhead per batch (median agent work + median HTTP round trip with authentication{}): {overhead:.3} ms",
+        if tx_ms.is_empty() { "" } else { " + median PC/SC transaction" }
     );
     let checks = percentile(&mut relay_ms, 0.5) - percentile(&mut relay_token_ms, 0.5);
     println!(
