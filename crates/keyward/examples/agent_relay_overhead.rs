@@ -91,7 +91,12 @@ fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(30);
     let pcsc_port: Option<u16> = match args.iter().position(|a| a == "--pcsc") {
-        Some(i) => Some(args.get(i + 1).map(|p| p.parse()).transpose()?.unwrap_or(35963)),
+        Some(i) => Some(
+            args.get(i + 1)
+                .map(|p| p.parse())
+                .transpose()?
+                .unwrap_or(35963),
+        ),
         None => None,
     };
     let dir = tempfile::tempdir()?;
@@ -253,7 +258,11 @@ fn main() -> anyhow::Result<()> {
     };
     println!(
         "{sessions} issuances, {batches} batches through the agent endpoints on loopback{}",
-        if pcsc_port.is_some() { ", the device over PC/SC" } else { "" }
+        if pcsc_port.is_some() {
+            ", the device over PC/SC"
+        } else {
+            ""
+        }
     );
     for (name, v) in [
         ("agent work outside the device", &mut agent_ms),

@@ -1015,3 +1015,115 @@ fn nfc_yubikey_unshared_through_an_agent_over_pcsc() {
     agent.wait_output("released (reset)", std::time::Duration::from_secs(10));
     assert_passkey_signs_in(&t, "973152");
 }
+
+/// `clientPin` in the authenticator's getInfo, read by python-fido2 over
+/// PC/SC: whether a FIDO PIN is set.
+fn fido_pin_is_set() -> bool {
+    let out = std::process::Command::new(PYTHON)
+        .args([
+            "-c",
+            "import sys, types; sys.path.insert(0, sys.argv[1]); from fido_check import open_device; from fido2.ctap2 import Ctap2; d = open_device(types.SimpleNamespace(hid_socket=None, reader='Virtual')); print('clientPin', Ctap2(d).get_info().options.get('clientPin'))",
+        ])
+        .arg(format!("{}/tests/python", env!("CARGO_MANIFEST_DIR")))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("clientPin"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.contains("clientPin True")
+}
+
+/// Issue 11: a C4000 whose passkey issuance failed (taken out while the
+/// session waited for the person's touch) is recycled through the agent
+/// over PC/SC: the recycle asks the person to take the device out and put
+/// it back, and the agent runs the FIDO reset on a new connection.
+#[test]
+fn c4000_recycled_through_an_agent_over_pcsc_with_its_fido_reset() {
+    let _lock = pcsc::lock();
+    let serial = "41000523";
+    let card = Vcard::spawn(&["--profile", "c4000", "--serial", serial]);
+    let t = tenant(&card);
+    let server = TestServer::start();
+    seed(&server, &t, "c4000", serial, "1.0.0", true);
+    let agent = agent::paired_pcsc_agent(&server, &[], &[], &[serial]);
+    let (s, first) = server.call(
+        "POST",
+        "/issuance",
+        Some(json!({ "user": "alice", "policy": "PIV + Passkey", "serial": serial, "pin": "735194", "via": "agent" })),
+    );
+    assert_eq!(s, 201, "{first}");
+    let id = first["session_id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let st = loop {
+        let (_, st) = server.call("GET", &format!("/issuance/{id}"), None);
+        if st["prompts"].as_array().is_some_and(|p| !p.is_empty()) {
+            break st;
+        }
+        assert_eq!(st["status"], "running", "{st}\nagent:\n{}", agent.output());
+        assert!(std::time::Instant::now() < deadline, "no prompt: {st}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    // Out and back in while the session waits for the person.
+    assert_eq!(card.control("remove"), "ok");
+    agent::wait_devices(&server.url, &server.token, &[serial], false);
+    assert_eq!(card.control("insert"), "ok");
+    agent::wait_devices(&server.url, &server.token, &[serial], true);
+    let mut answers = serde_json::Map::new();
+    for p in st["prompts"].as_array().unwrap() {
+        let kind = p["kind"].as_str().unwrap();
+        let value = match kind {
+            "confirm_touch" => "true",
+            other => panic!("unexpected prompt {other}: {st}"),
+        };
+        answers.insert(kind.to_string(), json!(value));
+    }
+    let (s, v) = server.call(
+        "POST",
+        &format!("/issuance/{id}/relay"),
+        Some(json!({ "protocol": 1, "session_id": id, "seq": st["seq"], "responses": [], "answers": answers })),
+    );
+    assert_eq!(s, 200, "{v}");
+    let failed = agent::wait_session_end(&server.url, &server.token, &id);
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(fido_pin_is_set(), "the failed session set the FIDO PIN");
+
+    let file = card.path("recycle.toml");
+    std::fs::write(&file, "touch = true\n").unwrap();
+    let out = std::process::Command::new(support::BIN)
+        .args(["recycle", "--server", &server.url, "--token", &server.token])
+        .args([
+            "--serial",
+            serial,
+            "--answers",
+            file.to_str().unwrap(),
+            "--json",
+        ])
+        .env_remove("KEYWARD_SERVER")
+        .env_remove("KEYWARD_TOKEN")
+        .env(
+            "PCSCLITE_CSOCK_NAME",
+            "/nonexistent/keyward-test-pcscd.comm",
+        )
+        .output()
+        .unwrap();
+    let r = report(&out);
+    assert_eq!(
+        (r["state"].as_str(), r["session_state"].as_str()),
+        (Some("available"), Some("recycled")),
+        "{r}\n{}\nagent:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.output()
+    );
+    // The FIDO reset ran on a new connection after the reinsert prompt.
+    let log = agent.output();
+    let rid = r["session_id"].as_str().unwrap();
+    assert!(
+        log.contains(&format!("session {rid}: running (step reset FIDO)")),
+        "{log}"
+    );
+    drop(agent);
+    assert!(!fido_pin_is_set(), "FIDO reset: no PIN any more");
+}
