@@ -171,3 +171,44 @@ fn a_revoked_token_is_refused() {
     assert_eq!(server.call("DELETE", &format!("/tokens/{id}"), None).0, 204);
     assert_eq!(server.call_as(&token, "GET", "/users", None).0, 401);
 }
+
+/// The tool people run on an OpenAPI document before generating a client
+/// (openapi-spec-validator, from PyPI, installed by `.ci/deps` in its own
+/// virtual environment) accepts the served document. It refused it before
+/// every operation had its own operationId.
+#[test]
+fn the_openapi_document_passes_openapi_spec_validator() {
+    let validator = std::env::var_os("KEYWARD_OPENAPI_VALIDATOR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME");
+            std::path::Path::new(&home)
+                .join(".cache/keyward-ci/openapi-venv/bin/openapi-spec-validator")
+        });
+    assert!(
+        validator.is_file(),
+        "{} is missing: run .ci/deps (it installs openapi-spec-validator in a virtual environment)",
+        validator.display()
+    );
+    let server = TestServer::start();
+    let doc = server
+        .client()
+        .get(server.api("/openapi.json"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let file = tempfile::NamedTempFile::with_suffix(".json").unwrap();
+    std::fs::write(file.path(), doc).unwrap();
+    let out = std::process::Command::new(&validator)
+        .arg(file.path())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "openapi-spec-validator: {text}");
+    assert!(text.contains("OK"), "{text}");
+}

@@ -88,7 +88,7 @@ fn user_of(caller: &Caller) -> ApiResult<Uuid> {
 }
 
 /// The signed-in user's devices.
-#[utoipa::path(get, path = "/me/devices", tag = "self-service",
+#[utoipa::path(get, path = "/me/devices", operation_id = "listMyDevices", tag = "self-service",
     responses((status = 200, body = Vec<MyDevice>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn my_devices(
     State(state): State<AppState>,
@@ -142,7 +142,7 @@ pub struct InitialPin {
 
 /// Get Initial PIN: reveals the initial PIN of one of my devices, once. The
 /// PIN is wiped when revealed, or when it expires.
-#[utoipa::path(post, path = "/me/devices/{serial}/initial-pin", tag = "self-service", params(("serial" = String, Path)),
+#[utoipa::path(post, path = "/me/devices/{serial}/initial-pin", operation_id = "revealInitialPin", tag = "self-service", params(("serial" = String, Path)),
     responses((status = 200, body = InitialPin), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
 async fn reveal(
     State(state): State<AppState>,

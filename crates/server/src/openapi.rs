@@ -73,3 +73,36 @@ pub fn document() -> utoipa::openapi::OpenApi {
     }
     doc
 }
+
+#[cfg(test)]
+mod tests {
+    /// Client generators name their methods after operationIds: each
+    /// operation has its own (openapi-spec-validator refuses duplicates; the
+    /// whole document is validated by it in crates/keyward/tests/api_roles.rs).
+    #[test]
+    fn every_operation_has_its_own_operation_id() {
+        let doc = super::document();
+        let mut seen = std::collections::BTreeMap::new();
+        for (path, item) in &doc.paths.paths {
+            for (method, op) in [
+                ("get", &item.get),
+                ("put", &item.put),
+                ("post", &item.post),
+                ("delete", &item.delete),
+                ("patch", &item.patch),
+            ] {
+                let Some(op) = op else { continue };
+                let id = op
+                    .operation_id
+                    .clone()
+                    .unwrap_or_else(|| panic!("{method} {path}: no operationId"));
+                seen.entry(id)
+                    .or_insert_with(Vec::new)
+                    .push(format!("{method} {path}"));
+            }
+        }
+        let dup: Vec<_> = seen.iter().filter(|(_, v)| v.len() > 1).collect();
+        assert!(dup.is_empty(), "operationIds used twice: {dup:#?}");
+        assert!(seen.len() >= 59, "{} operations", seen.len());
+    }
+}

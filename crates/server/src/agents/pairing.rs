@@ -74,7 +74,7 @@ pub struct PairingStarted {
 
 /// A workstation agent asks to be paired (no credential needed): the answer
 /// has the pairing code to show and the secret to poll with.
-#[utoipa::path(post, path = "/agents/pair", tag = "agents", request_body = PairRequest, security(()),
+#[utoipa::path(post, path = "/agents/pair", operation_id = "requestPairing", tag = "agents", request_body = PairRequest, security(()),
     responses((status = 201, body = PairingStarted), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub(super) async fn request_pairing(
     State(state): State<AppState>,
@@ -168,7 +168,7 @@ pub struct PollAnswer {
 
 /// The agent polls: 202 while pending, 200 with the credential once
 /// approved (once only), 410 when the code expired, 403 when revoked.
-#[utoipa::path(post, path = "/agents/pair/poll", tag = "agents", request_body = PollRequest, security(()),
+#[utoipa::path(post, path = "/agents/pair/poll", operation_id = "pollPairing", tag = "agents", request_body = PollRequest, security(()),
     responses((status = 200, body = PollAnswer), (status = 202, body = PollAnswer), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
 pub(super) async fn poll_pairing(
     State(state): State<AppState>,
@@ -259,7 +259,7 @@ pub struct ApproveRequest {
 /// Approve a pairing code: the agent is paired to the signed-in account (or,
 /// for an API token, to that token; an administrator may name another
 /// account with `account`).
-#[utoipa::path(post, path = "/agents/approve", tag = "agents", request_body = ApproveRequest,
+#[utoipa::path(post, path = "/agents/approve", operation_id = "approveAgent", tag = "agents", request_body = ApproveRequest,
     responses((status = 200, body = AgentView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn approve(
     State(state): State<AppState>,
@@ -319,7 +319,7 @@ pub(super) async fn approve(
 
 /// The agents the caller may see: their own (paired to their account or
 /// API token), all of them for administrators.
-#[utoipa::path(get, path = "/agents", tag = "agents",
+#[utoipa::path(get, path = "/agents", operation_id = "listAgents", tag = "agents",
     responses((status = 200, body = Vec<AgentView>), (status = 401, body = ErrorBody)))]
 pub(super) async fn list(
     State(state): State<AppState>,
@@ -356,7 +356,7 @@ fn owns(caller: &Caller, a: &Agent) -> bool {
 /// Revoke an agent: its credential stops working at once (403
 /// `agent_revoked`), its devices disappear from the lists. Its owner or an
 /// administrator.
-#[utoipa::path(post, path = "/agents/{id}/revoke", tag = "agents", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/agents/{id}/revoke", operation_id = "revokeAgent", tag = "agents", params(("id" = String, Path)),
     responses((status = 200, body = AgentView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn revoke(
     State(state): State<AppState>,
@@ -398,7 +398,7 @@ pub(super) async fn revoke(
 }
 
 /// The calling agent itself (agents check their credential with it).
-#[utoipa::path(get, path = "/agents/me", tag = "agents",
+#[utoipa::path(get, path = "/agents/me", operation_id = "getAgentSelf", tag = "agents",
     responses((status = 200, body = AgentView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(super) async fn me(AgentAuth(agent): AgentAuth) -> ApiResult<Json<AgentView>> {
     Ok(Json(AgentView::of(&agent)))

@@ -53,7 +53,7 @@ pub struct ReportAnswer {
 
 /// The agent reports the devices connected now (on start and on every
 /// arrival or removal).
-#[utoipa::path(put, path = "/agents/me/devices", tag = "agents", request_body = DeviceReport,
+#[utoipa::path(put, path = "/agents/me/devices", operation_id = "reportAgentDevices", tag = "agents", request_body = DeviceReport,
     responses((status = 200, body = ReportAnswer), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(super) async fn report_devices(
     State(state): State<AppState>,
@@ -160,7 +160,7 @@ pub struct AgentDevicesView {
 /// account: its own agents; administrators and API tokens: every agent),
 /// with their inventory state. With `since` and `wait`, answers when they
 /// change (device inserted or removed, agent paired or revoked).
-#[utoipa::path(get, path = "/agents/devices", tag = "agents", params(DevicesQuery),
+#[utoipa::path(get, path = "/agents/devices", operation_id = "listAgentDevices", tag = "agents", params(DevicesQuery),
     responses((status = 200, body = AgentDevicesView), (status = 401, body = ErrorBody)))]
 pub(super) async fn list_devices(
     State(state): State<AppState>,

@@ -69,7 +69,7 @@ pub struct WorkAnswer {
 
 /// The agent's long-poll for command batches: answers as soon as there is
 /// one (a session bound to this agent moved on), or empty after the wait.
-#[utoipa::path(post, path = "/agents/me/work", tag = "agents", request_body = WorkRequest,
+#[utoipa::path(post, path = "/agents/me/work", operation_id = "pollAgentWork", tag = "agents", request_body = WorkRequest,
     responses((status = 200, body = WorkAnswer), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(super) async fn work(
     State(state): State<AppState>,

@@ -29,7 +29,7 @@ pub struct AuditQuery {
 }
 
 /// Audit records in order.
-#[utoipa::path(get, path = "/audit", tag = "audit", params(AuditQuery),
+#[utoipa::path(get, path = "/audit", operation_id = "listAuditRecords", tag = "audit", params(AuditQuery),
     responses((status = 200, body = Object, description = "Page of audit events"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
@@ -59,7 +59,7 @@ async fn list(
 
 /// Verify the whole MAC chain: detects a changed, deleted, reordered or
 /// truncated record and names it.
-#[utoipa::path(get, path = "/audit/verify", tag = "audit",
+#[utoipa::path(get, path = "/audit/verify", operation_id = "verifyAudit", tag = "audit",
     responses((status = 200, body = AuditVerifyReport)))]
 async fn verify(
     State(state): State<AppState>,

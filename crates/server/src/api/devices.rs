@@ -51,7 +51,7 @@ pub struct DeviceQuery {
 }
 
 /// Search the inventory.
-#[utoipa::path(get, path = "/devices", tag = "devices", params(DeviceQuery),
+#[utoipa::path(get, path = "/devices", operation_id = "listDevices", tag = "devices", params(DeviceQuery),
     responses((status = 200, body = Object, description = "Page of devices"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
@@ -98,7 +98,7 @@ async fn list(
 }
 
 /// Register one device in the inventory (state `available`).
-#[utoipa::path(post, path = "/devices", tag = "devices",
+#[utoipa::path(post, path = "/devices", operation_id = "createDevice", tag = "devices",
     request_body(content = Object, description = "NewDevice: device_type, serial, firmware_version, atr"),
     responses((status = 201, body = Object, description = "The device"), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create(
@@ -132,7 +132,7 @@ pub struct DeviceDetails {
 }
 
 /// One device with its history.
-#[utoipa::path(get, path = "/devices/{serial}", tag = "devices", params(("serial" = String, Path)),
+#[utoipa::path(get, path = "/devices/{serial}", operation_id = "getDevice", tag = "devices", params(("serial" = String, Path)),
     responses((status = 200, body = DeviceDetails), (status = 404, body = ErrorBody)))]
 async fn show(
     State(state): State<AppState>,
@@ -164,7 +164,7 @@ pub async fn load(state: &AppState, serial: &str) -> ApiResult<Device> {
 /// Change a device's state (the state machine decides what is allowed);
 /// refused with 409 `version_conflict` if the device changed since
 /// `expected_version` was read.
-#[utoipa::path(post, path = "/devices/{serial}/state", tag = "devices", params(("serial" = String, Path)),
+#[utoipa::path(post, path = "/devices/{serial}/state", operation_id = "changeDeviceState", tag = "devices", params(("serial" = String, Path)),
     request_body = DeviceStateRequest,
     responses((status = 200, body = Object, description = "The device"), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn change_state(
@@ -217,7 +217,7 @@ pub fn version_conflict(device: &Device) -> ApiError {
 
 /// Import devices from CSV (`text/csv`: columns `device_type,serial,firmware_version,atr`)
 /// or a JSON array of NewDevice objects.
-#[utoipa::path(post, path = "/devices/import", tag = "devices", params(ImportQuery),
+#[utoipa::path(post, path = "/devices/import", operation_id = "importDevices", tag = "devices", params(ImportQuery),
     request_body(content = String, content_type = "text/csv"),
     responses((status = 200, body = ImportReport), (status = 400, body = ErrorBody)))]
 async fn import(
@@ -308,7 +308,7 @@ fn parse_device_csv(body: &[u8]) -> ApiResult<Vec<Result<NewDevice, RowError>>> 
 
 /// The device policies that fit this device (its type and firmware): the
 /// ones Add Device offers for it.
-#[utoipa::path(get, path = "/devices/{serial}/policies", tag = "devices", params(("serial" = String, Path)),
+#[utoipa::path(get, path = "/devices/{serial}/policies", operation_id = "listFittingPolicies", tag = "devices", params(("serial" = String, Path)),
     responses((status = 200, body = Vec<Object>, description = "Fitting device policies"), (status = 404, body = ErrorBody)))]
 async fn fitting_policies(
     State(state): State<AppState>,

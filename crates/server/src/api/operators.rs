@@ -35,7 +35,7 @@ pub fn view(a: &Account, user_login: Option<String>) -> OperatorView {
 }
 
 /// Every account.
-#[utoipa::path(get, path = "/operators", tag = "operators",
+#[utoipa::path(get, path = "/operators", operation_id = "listOperators", tag = "operators",
     responses((status = 200, body = Vec<OperatorView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
@@ -60,7 +60,7 @@ async fn list(
 }
 
 /// Create an account with a one-time password (shown once; changed at first sign-in).
-#[utoipa::path(post, path = "/operators", tag = "operators",
+#[utoipa::path(post, path = "/operators", operation_id = "createOperator", tag = "operators",
     request_body = OperatorCreate,
     responses((status = 201, body = OperatorCreated), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create(
@@ -111,7 +111,7 @@ async fn create(
 }
 
 /// The roles and what each allows.
-#[utoipa::path(get, path = "/roles", tag = "operators",
+#[utoipa::path(get, path = "/roles", operation_id = "listRoles", tag = "operators",
     responses((status = 200, body = Vec<RoleView>)))]
 async fn roles(
     Allowed(_caller, _): Allowed<perm::OperatorsManage>,

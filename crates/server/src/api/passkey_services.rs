@@ -32,7 +32,7 @@ pub fn secret_context(id: Uuid) -> String {
 }
 
 /// Every Passkey-Enabled Service (secrets never shown).
-#[utoipa::path(get, path = "/passkey-services", tag = "passkey-services",
+#[utoipa::path(get, path = "/passkey-services", operation_id = "listPasskeyServices", tag = "passkey-services",
     responses((status = 200, body = Vec<Object>, description = "Services"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
@@ -47,7 +47,7 @@ async fn list(
 }
 
 /// Configure a Passkey-Enabled Service.
-#[utoipa::path(post, path = "/passkey-services", tag = "passkey-services",
+#[utoipa::path(post, path = "/passkey-services", operation_id = "createPasskeyService", tag = "passkey-services",
     request_body = PasskeyServiceCreate,
     responses((status = 201, body = Object, description = "The service, without its secret"), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create(
@@ -154,7 +154,7 @@ async fn load(state: &AppState, name: &str) -> ApiResult<PasskeyService> {
 }
 
 /// One Passkey-Enabled Service by name.
-#[utoipa::path(get, path = "/passkey-services/{name}", tag = "passkey-services", params(("name" = String, Path)),
+#[utoipa::path(get, path = "/passkey-services/{name}", operation_id = "getPasskeyService", tag = "passkey-services", params(("name" = String, Path)),
     responses((status = 200, body = Object, description = "The service"), (status = 404, body = ErrorBody)))]
 async fn show(
     State(state): State<AppState>,
@@ -166,7 +166,7 @@ async fn show(
 
 /// "Test connection": obtains a token by client credentials and lists one
 /// user's fido2Methods, with a verdict saying which step failed.
-#[utoipa::path(post, path = "/passkey-services/{name}/test", tag = "passkey-services", params(("name" = String, Path)),
+#[utoipa::path(post, path = "/passkey-services/{name}/test", operation_id = "testPasskeyService", tag = "passkey-services", params(("name" = String, Path)),
     request_body = PasskeyServiceTest,
     responses((status = 200, body = PasskeyServiceTestReport), (status = 404, body = ErrorBody)))]
 async fn test(

@@ -25,7 +25,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Every device policy.
-#[utoipa::path(get, path = "/policies", tag = "policies",
+#[utoipa::path(get, path = "/policies", operation_id = "listPolicies", tag = "policies",
     responses((status = 200, body = Vec<Object>, description = "Device policies"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
@@ -41,7 +41,7 @@ async fn list(
 
 /// Create a device policy; every rule (PIN limits against each device type,
 /// PIN sharing, management key, algorithms, FIDO support) is checked.
-#[utoipa::path(post, path = "/policies", tag = "policies",
+#[utoipa::path(post, path = "/policies", operation_id = "createPolicy", tag = "policies",
     request_body(content = Object, description = "DevicePolicy"),
     responses((status = 201, body = Object, description = "The policy"), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create(
@@ -98,7 +98,7 @@ pub async fn load(state: &AppState, name: &str) -> ApiResult<DevicePolicy> {
 }
 
 /// One device policy by name.
-#[utoipa::path(get, path = "/policies/{name}", tag = "policies", params(("name" = String, Path)),
+#[utoipa::path(get, path = "/policies/{name}", operation_id = "getPolicy", tag = "policies", params(("name" = String, Path)),
     responses((status = 200, body = Object, description = "The policy"), (status = 404, body = ErrorBody)))]
 async fn show(
     State(state): State<AppState>,
@@ -109,7 +109,7 @@ async fn show(
 }
 
 /// Replace a device policy (same name, or a rename through `name`).
-#[utoipa::path(put, path = "/policies/{name}", tag = "policies", params(("name" = String, Path)),
+#[utoipa::path(put, path = "/policies/{name}", operation_id = "replacePolicy", tag = "policies", params(("name" = String, Path)),
     request_body(content = Object, description = "DevicePolicy"),
     responses((status = 200, body = Object, description = "The policy"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn replace(
@@ -138,7 +138,7 @@ async fn replace(
 }
 
 /// Delete a device policy that no device uses.
-#[utoipa::path(delete, path = "/policies/{name}", tag = "policies", params(("name" = String, Path)),
+#[utoipa::path(delete, path = "/policies/{name}", operation_id = "deletePolicy", tag = "policies", params(("name" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn remove(
     State(state): State<AppState>,
@@ -163,7 +163,7 @@ async fn remove(
 }
 
 /// The device types and their capabilities.
-#[utoipa::path(get, path = "/device-types", tag = "policies",
+#[utoipa::path(get, path = "/device-types", operation_id = "listDeviceTypes", tag = "policies",
     responses((status = 200, body = Vec<Object>, description = "Device types with capabilities")))]
 async fn device_types(
     Allowed(_caller, _): Allowed<perm::PoliciesRead>,
@@ -232,7 +232,7 @@ pub(crate) fn rule_views(
 }
 
 /// The PIN rules of a device policy, for a UI to list (the info button).
-#[utoipa::path(get, path = "/policies/{name}/pin-rules", tag = "policies", params(("name" = String, Path)),
+#[utoipa::path(get, path = "/policies/{name}/pin-rules", operation_id = "getPinRules", tag = "policies", params(("name" = String, Path)),
     responses((status = 200, body = Vec<PinRuleView>), (status = 404, body = ErrorBody)))]
 async fn pin_rules(
     State(state): State<AppState>,
@@ -260,7 +260,7 @@ pub struct PinCheckResult {
 /// Checks a candidate PIN against the policy's rules, rule by rule, as a UI
 /// does while the person types. The server's check at issuance is the
 /// authority; this one stores and logs nothing.
-#[utoipa::path(post, path = "/policies/{name}/pin-check", tag = "policies", params(("name" = String, Path)),
+#[utoipa::path(post, path = "/policies/{name}/pin-check", operation_id = "checkPolicyPin", tag = "policies", params(("name" = String, Path)),
     request_body = PinCandidate,
     responses((status = 200, body = PinCheckResult), (status = 404, body = ErrorBody)))]
 async fn pin_check(

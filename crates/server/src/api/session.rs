@@ -75,7 +75,7 @@ async fn hash_blocking(password: String) -> String {
 }
 
 /// Sign in with login and password; sets the `kw_session` cookie.
-#[utoipa::path(post, path = "/auth/session", tag = "auth", security(()),
+#[utoipa::path(post, path = "/auth/session", operation_id = "signIn", tag = "auth", security(()),
     request_body = SignInRequest,
     responses((status = 200, body = SessionInfo), (status = 401, body = ErrorBody)))]
 async fn sign_in(
@@ -168,7 +168,7 @@ fn shorten(s: &str) -> String {
 }
 
 /// Sign out: ends the session and clears the cookie.
-#[utoipa::path(delete, path = "/auth/session", tag = "auth",
+#[utoipa::path(delete, path = "/auth/session", operation_id = "signOut", tag = "auth",
     responses((status = 204), (status = 401, body = ErrorBody)))]
 async fn sign_out(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
     if let Via::Session { session_hash, .. } = &caller.via {
@@ -191,7 +191,7 @@ async fn sign_out(State(state): State<AppState>, caller: Caller) -> ApiResult<Re
 }
 
 /// Change one's own password (required after a one-time password).
-#[utoipa::path(post, path = "/auth/password", tag = "auth",
+#[utoipa::path(post, path = "/auth/password", operation_id = "changePassword", tag = "auth",
     request_body = PasswordChangeRequest,
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn change_password(
@@ -244,7 +244,7 @@ async fn change_password(
 }
 
 /// A user sets their first password with a one-time enrollment code.
-#[utoipa::path(post, path = "/auth/enroll", tag = "auth", security(()),
+#[utoipa::path(post, path = "/auth/enroll", operation_id = "enroll", tag = "auth", security(()),
     request_body = EnrollRequest,
     responses((status = 204), (status = 400, body = ErrorBody)))]
 async fn enroll(
@@ -274,7 +274,7 @@ async fn enroll(
 }
 
 /// Who the caller is and what their role allows.
-#[utoipa::path(get, path = "/me", tag = "auth",
+#[utoipa::path(get, path = "/me", operation_id = "getMe", tag = "auth",
     responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
 async fn me(caller: Caller) -> Json<WhoAmI> {
     Json(WhoAmI {

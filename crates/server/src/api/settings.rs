@@ -31,7 +31,7 @@ pub fn view(s: &Settings) -> SettingsView {
 }
 
 /// All settings.
-#[utoipa::path(get, path = "/settings", tag = "settings",
+#[utoipa::path(get, path = "/settings", operation_id = "listSettings", tag = "settings",
     responses((status = 200, body = SettingsView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn show(
     State(state): State<AppState>,
@@ -46,7 +46,7 @@ async fn show(
 }
 
 /// Set one setting by its canonical key.
-#[utoipa::path(put, path = "/settings/{key}", tag = "settings", params(("key" = String, Path, description = "Canonical settings key")),
+#[utoipa::path(put, path = "/settings/{key}", operation_id = "setSetting", tag = "settings", params(("key" = String, Path, description = "Canonical settings key")),
     request_body = SettingValue,
     responses((status = 200, body = SettingsView), (status = 400, body = ErrorBody)))]
 async fn set(

@@ -34,7 +34,7 @@ fn view(t: &ApiToken) -> TokenView {
 }
 
 /// Every API token (values are never shown again).
-#[utoipa::path(get, path = "/tokens", tag = "tokens",
+#[utoipa::path(get, path = "/tokens", operation_id = "listTokens", tag = "tokens",
     responses((status = 200, body = Vec<TokenView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
@@ -49,7 +49,7 @@ async fn list(
 }
 
 /// Create an API token with a role; the response carries the token once.
-#[utoipa::path(post, path = "/tokens", tag = "tokens",
+#[utoipa::path(post, path = "/tokens", operation_id = "createToken", tag = "tokens",
     request_body = TokenCreate,
     responses((status = 201, body = TokenCreated), (status = 400, body = ErrorBody)))]
 async fn create(
@@ -93,7 +93,7 @@ async fn create(
 }
 
 /// Revoke an API token.
-#[utoipa::path(delete, path = "/tokens/{id}", tag = "tokens", params(("id" = String, Path)),
+#[utoipa::path(delete, path = "/tokens/{id}", operation_id = "revokeToken", tag = "tokens", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn revoke(
     State(state): State<AppState>,

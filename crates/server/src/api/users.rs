@@ -31,7 +31,7 @@ pub fn import_router() -> OpenApiRouter<AppState> {
 }
 
 /// Search users by login or display-name prefix, a page at a time.
-#[utoipa::path(get, path = "/users", tag = "users", params(ListQuery),
+#[utoipa::path(get, path = "/users", operation_id = "listUsers", tag = "users", params(ListQuery),
     responses((status = 200, body = Object, description = "Page of users"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
@@ -67,7 +67,7 @@ async fn list(
 }
 
 /// Create a user.
-#[utoipa::path(post, path = "/users", tag = "users",
+#[utoipa::path(post, path = "/users", operation_id = "createUser", tag = "users",
     request_body(content = Object, description = "NewUser: login, upn, display_name, email, attributes, status"),
     responses((status = 201, body = Object, description = "The user"), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create(
@@ -93,7 +93,7 @@ async fn create(
 }
 
 /// One user by login.
-#[utoipa::path(get, path = "/users/{login}", tag = "users", params(("login" = String, Path)),
+#[utoipa::path(get, path = "/users/{login}", operation_id = "getUser", tag = "users", params(("login" = String, Path)),
     responses((status = 200, body = Object, description = "The user"), (status = 404, body = ErrorBody)))]
 async fn show(
     State(state): State<AppState>,
@@ -112,7 +112,7 @@ pub async fn load(state: &AppState, login: &str) -> ApiResult<User> {
 }
 
 /// Change a user's fields; absent fields stay as they are.
-#[utoipa::path(patch, path = "/users/{login}", tag = "users", params(("login" = String, Path)),
+#[utoipa::path(patch, path = "/users/{login}", operation_id = "updateUser", tag = "users", params(("login" = String, Path)),
     request_body = UserUpdate,
     responses((status = 200, body = Object, description = "The user"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn update(
@@ -162,7 +162,7 @@ async fn update(
 
 /// Bulk import users from CSV (`text/csv`: columns `login,upn,display_name,email,status`
 /// and any `attr:NAME` columns) or a JSON array of NewUser objects.
-#[utoipa::path(post, path = "/users/import", tag = "users", params(ImportQuery),
+#[utoipa::path(post, path = "/users/import", operation_id = "importUsers", tag = "users", params(ImportQuery),
     request_body(content = String, content_type = "text/csv"),
     responses((status = 200, body = ImportReport), (status = 400, body = ErrorBody)))]
 async fn import(
@@ -265,7 +265,7 @@ fn parse_user_csv(body: &[u8]) -> ApiResult<Vec<Result<NewUser, RowError>>> {
 
 /// Create a one-time enrollment code with which the user sets their first
 /// password (the code is shown once).
-#[utoipa::path(post, path = "/users/{login}/enrollment-code", tag = "users", params(("login" = String, Path)),
+#[utoipa::path(post, path = "/users/{login}/enrollment-code", operation_id = "createEnrollmentCode", tag = "users", params(("login" = String, Path)),
     responses((status = 201, body = EnrollmentCode), (status = 404, body = ErrorBody)))]
 async fn enrollment_code(
     State(state): State<AppState>,

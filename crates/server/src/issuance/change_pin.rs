@@ -32,7 +32,7 @@ const ACTION: &str = "change_pin";
 /// Change the PIN of my issued device through my agent: the first batch of
 /// the session (follow it with GET /issuance/{id}; answer its prompts
 /// `enter_pin` and `set_new_pin` on the relay endpoint).
-#[utoipa::path(post, path = "/me/devices/{serial}/change-pin", tag = "self-service", params(("serial" = String, Path)),
+#[utoipa::path(post, path = "/me/devices/{serial}/change-pin", operation_id = "startPinChange", tag = "self-service", params(("serial" = String, Path)),
     responses((status = 201, body = RelayBatch, description = "the first batch of the change_pin session, relayed by the caller's agent"),
         (status = 403, body = ErrorBody, description = "not a self-service account, or not an issued device of the caller's user (device_not_yours)"),
         (status = 409, body = ErrorBody, description = "no online agent of the caller reports the device (no_agent_for_device), or the device is in another session (device_busy)")))]
@@ -158,7 +158,7 @@ pub(super) async fn start(
 /// rule by rule, as the User Portal does while the person types (an empty
 /// PIN lists the rules). Stores and logs nothing; the check at the prompt
 /// is the authority.
-#[utoipa::path(post, path = "/me/devices/{serial}/pin-check", tag = "self-service", params(("serial" = String, Path)),
+#[utoipa::path(post, path = "/me/devices/{serial}/pin-check", operation_id = "checkMyDevicePin", tag = "self-service", params(("serial" = String, Path)),
     request_body = crate::api::policies::PinCandidate,
     responses((status = 200, body = crate::api::policies::PinCheckResult),
         (status = 403, body = ErrorBody, description = "not a device of the caller's user (device_not_yours)")))]

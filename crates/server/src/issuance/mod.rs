@@ -252,7 +252,7 @@ pub(super) async fn load_context(
 }
 
 /// A session's state, step and credentials.
-#[utoipa::path(get, path = "/issuance/{id}", tag = "issuance", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/issuance/{id}", operation_id = "getIssuance", tag = "issuance", params(("id" = String, Path)),
     responses((status = 200, body = SessionStatus), (status = 404, body = ErrorBody)))]
 pub(super) async fn status(
     State(state): State<AppState>,
@@ -294,7 +294,7 @@ pub(super) async fn status(
 }
 
 /// The batch out now (idempotent: fetch it again after a dropped connection).
-#[utoipa::path(get, path = "/issuance/{id}/batch", tag = "issuance", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/issuance/{id}/batch", operation_id = "getIssuanceBatch", tag = "issuance", params(("id" = String, Path)),
     responses((status = 200, body = RelayBatch), (status = 404, body = ErrorBody)))]
 pub(super) async fn current_batch(
     State(state): State<AppState>,

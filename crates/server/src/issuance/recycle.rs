@@ -41,7 +41,7 @@ pub struct RecycleRequest {
 }
 
 /// Recycle a device: answers the first batch of its recycle session.
-#[utoipa::path(post, path = "/devices/{serial}/recycle", tag = "issuance", params(("serial" = String, Path)),
+#[utoipa::path(post, path = "/devices/{serial}/recycle", operation_id = "recycleDevice", tag = "issuance", params(("serial" = String, Path)),
     request_body(content = RecycleRequest, description = "optional"),
     responses((status = 201, body = RelayBatch, description = "the first batch of the recycle session (relay it like an issuance's)"),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]

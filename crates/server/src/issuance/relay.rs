@@ -237,7 +237,7 @@ pub(super) fn step_engine(
 
 /// The client's responses to batch `seq`; answers with the next batch, or
 /// the end of the session (`issued` or `failed`).
-#[utoipa::path(post, path = "/issuance/{id}/relay", tag = "issuance", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/issuance/{id}/relay", operation_id = "relayIssuance", tag = "issuance", params(("id" = String, Path)),
     request_body = RelayResult,
     responses((status = 200, body = RelayBatch), (status = 409, body = ErrorBody)))]
 pub(super) async fn relay(

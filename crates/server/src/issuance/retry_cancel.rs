@@ -16,7 +16,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 
 /// Cancel a failed attempt: the device is no longer assigned to the user
 /// (Produced, reason Unassigned) and can be recycled.
-#[utoipa::path(post, path = "/issuance/{id}/cancel", tag = "issuance", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/issuance/{id}/cancel", operation_id = "cancelIssuance", tag = "issuance", params(("id" = String, Path)),
     responses((status = 200, body = SessionStatus), (status = 409, body = ErrorBody)))]
 pub(super) async fn cancel(
     State(state): State<AppState>,
@@ -94,7 +94,7 @@ pub(super) async fn end_failed(
 /// PIN, starting from what the server knows the device's secrets are now
 /// (keys are generated anew; the failed attempt's certificates were revoked).
 /// Do not remove the device from the reader.
-#[utoipa::path(post, path = "/issuance/{id}/retry", tag = "issuance", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/issuance/{id}/retry", operation_id = "retryIssuance", tag = "issuance", params(("id" = String, Path)),
     responses((status = 200, body = RelayBatch), (status = 409, body = ErrorBody)))]
 pub(super) async fn retry(
     State(state): State<AppState>,

@@ -23,7 +23,7 @@ use keyward_proto::RelayBatch;
 
 /// Add Device for a user, action "Issue Device": checks everything before
 /// the device is touched, then returns the first batch to relay.
-#[utoipa::path(post, path = "/issuance", tag = "issuance",
+#[utoipa::path(post, path = "/issuance", operation_id = "startIssuance", tag = "issuance",
     request_body = StartIssuance,
     responses((status = 201, body = RelayBatch, description = "Issue Device: the first batch; Assign Device: {serial, state: assigned, user, policy}"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody, description = "without devices.issue; a self-service account (role user) may only complete its own Assigned device, with its policy, via its own agent, when who_can_bind = user: codes binding_not_allowed_for_users, assign_not_allowed_for_users, agent_required_for_users, device_not_assigned_to_you"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn start(
