@@ -53,6 +53,14 @@ impl TransportError {
         }
     }
 
+    /// Whether a transport error named `code` (as in the relay protocol's
+    /// `transport_error`) says the device left or was reset: its connection
+    /// is then ended without a reset (there is nothing to reset; pcsc-lite
+    /// asked to reset a card that left fails and stops seeing that reader).
+    pub fn code_means_device_gone(code: &str) -> bool {
+        matches!(code, "device_removed" | "card_reset" | "reader_gone")
+    }
+
     /// Whether the device's volatile state (verified PINs, authenticated
     /// keys, selected application) must be assumed lost.
     pub fn loses_security_state(&self) -> bool {

@@ -76,7 +76,17 @@ impl Disposition {
 /// the reader is gone), the handle is forgotten rather than dropped:
 /// dropping it would send the `SCARD_RESET_CARD` nobody asked for; pcscd
 /// releases it with the context.
+///
+/// A reset is only asked of a card that is still there (SCardStatus): the
+/// card may have left without this connection noticing (a USB key pulled
+/// out while its HID side was in use), and pcsc-lite asked to reset a
+/// removed card fails ("Error resetting card") and then no longer sees a
+/// card inserted in that reader.
 fn disconnect(card: Card, disposition: Disposition) {
+    let disposition = match disposition {
+        Disposition::Reset if card.status2_owned().is_err() => Disposition::Leave,
+        d => d,
+    };
     if let Err((card, _)) = card.disconnect(disposition.pcsc()) {
         // A removed card: LEAVE_CARD has nothing to do and must not fail.
         if let Err((card, _)) = card.disconnect(pcsc::Disposition::LeaveCard) {

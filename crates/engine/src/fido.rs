@@ -163,9 +163,16 @@ fn ctap_answer(r: &Response, step: &str) -> Result<Option<Value>, Failure> {
 /// A CTAP status as a failure a person can act on.
 pub fn ctap_failure(s: StatusCode, step: &str) -> Failure {
     let (code, what) = match s {
-        StatusCode::ERR_KEEPALIVE_CANCEL | StatusCode::ERR_OPERATION_DENIED => (
+        StatusCode::ERR_OPERATION_DENIED => (
             "declined_by_person",
             "the registration was declined at the device".to_string(),
+        ),
+        // A cancel sent by the workstation (CTAPHID CANCEL), not the
+        // person's refusal: worth a Retry. (A device pulled out answers
+        // nothing: that is a transport error, `device_removed`.)
+        StatusCode::ERR_KEEPALIVE_CANCEL => (
+            "touch_cancelled",
+            "the wait for a touch was cancelled at the workstation".to_string(),
         ),
         StatusCode::ERR_USER_ACTION_TIMEOUT => (
             "touch_timeout",

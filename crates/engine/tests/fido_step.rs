@@ -415,7 +415,8 @@ fn refusals_and_declines() {
         .unwrap();
     assert_eq!(e.code, "declined_by_person");
 
-    // A USB key whose touch is cancelled or times out.
+    // A USB key whose touch is declined, cancelled by the workstation, or
+    // times out.
     struct Never(PresenceOutcome);
     impl UserPresence for Never {
         fn request_user_presence(&mut self) -> PresenceOutcome {
@@ -423,7 +424,8 @@ fn refusals_and_declines() {
         }
     }
     for (outcome, code) in [
-        (PresenceOutcome::Cancelled, "declined_by_person"),
+        (PresenceOutcome::Declined, "declined_by_person"),
+        (PresenceOutcome::Cancelled, "touch_cancelled"),
         (PresenceOutcome::TimedOut, "touch_timeout"),
     ] {
         let (mut auth, _) = authenticator(FidoConfig::yubikey5((5, 4, 3)));

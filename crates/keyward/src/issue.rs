@@ -708,6 +708,7 @@ pub(crate) fn drive_with_fido(
     let pcsc = Pcsc::establish()?;
     let mut card = pcsc.connect(reader)?;
     let mut counters = Counters::default();
+    let mut device_gone = false;
     while batch["state"] == "running" {
         let commands = batch["commands"].as_array().map(Vec::len).unwrap_or(0);
         let prompts: Vec<Value> = batch["prompts"].as_array().cloned().unwrap_or_default();
@@ -741,6 +742,7 @@ pub(crate) fn drive_with_fido(
                 .unwrap_or_else(|e| (Vec::new(), Some(e.code().to_string())));
             result["responses"] = json!(responses);
             if let Some(e) = &transport_error {
+                device_gone |= keyward_client::TransportError::code_means_device_gone(e);
                 result["transport_error"] = json!(e);
             }
             counters.round_trips += 1;
@@ -764,8 +766,13 @@ pub(crate) fn drive_with_fido(
     }
     // The session is over: its security state (verified PIN, authenticated
     // management key) must not outlive it. Left early (an error above), the
-    // connection ends with LEAVE_CARD: the session may still go on.
-    card.end(Disposition::Reset);
+    // connection ends with LEAVE_CARD: the session may still go on. A device
+    // that left (seen on either of its sides) is not reset.
+    card.end(if device_gone {
+        Disposition::Leave
+    } else {
+        Disposition::Reset
+    });
     Ok((id, counters))
 }
 

@@ -1127,3 +1127,133 @@ fn c4000_recycled_through_an_agent_over_pcsc_with_its_fido_reset() {
     drop(agent);
     assert!(!fido_pin_is_set(), "FIDO reset: no PIN any more");
 }
+
+/// Issue 12, item 8: a USB YubiKey 5.7.1 (PIV on pcscd, FIDO on its HID
+/// socket, `--presence manual`) pulled out while the passkey registration
+/// waits for its touch. `keyward issue` ends `device_removed` (exit 4,
+/// retryable), not `declined_by_person`: the removed device answers
+/// nothing. Put back, pcscd sees the card again, and Retry finishes
+/// (touched this time); python-fido2 signs in with the passkey.
+#[test]
+fn usb_yubikey_pulled_out_during_the_touch_wait_is_device_removed_then_retried() {
+    let _lock = pcsc::lock();
+    let serial = "31000531";
+    let card = Vcard::spawn(&[
+        "--profile",
+        "yubikey5",
+        "--firmware",
+        "5.7.1",
+        "--serial",
+        serial,
+        "--presence",
+        "manual",
+        "--hid-socket",
+        "{dir}/hid.sock",
+    ]);
+    let hid = card.path("hid.sock");
+    let hid = hid.to_str().unwrap().to_string();
+    let t = tenant(&card);
+    let server = TestServer::start();
+    seed(&server, &t, "yubikey5", serial, "5.7.1", false);
+    let file = card.path("answers.toml");
+    std::fs::write(
+        &file,
+        "pin = \"735194\"\nfido_pin = \"973152\"\ntouch = \"true\"\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        std::process::Command::new(support::BIN)
+            .arg("issue")
+            .args(["--server", &server.url, "--token", &server.token])
+            .args(["--answers", file.to_str().unwrap(), "--json"])
+            .args(["--hid-socket", &hid])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let child = run(&[
+        "--user",
+        "alice",
+        "--policy",
+        "PIV + Passkey",
+        "--serial",
+        serial,
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while card.control("presence") != "ok waiting" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the registration never waited for a touch"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(card.control("remove"), "ok");
+    let out = child.wait_with_output().unwrap();
+    let r = report(&out);
+    assert_eq!(
+        (out.status.code(), r["error"]["code"].as_str()),
+        (Some(4), Some("device_removed")),
+        "{r}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = r["session_id"].as_str().unwrap().to_string();
+
+    // Back in: pcscd lists the card again (the client's disconnect of the
+    // removed card no longer asks pcscd for a reset it cannot do).
+    assert_eq!(card.control("insert"), "ok");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let found =
+            keyward_client::discover::discover(&keyward_client::discover::DiscoveryOptions {
+                hidraw: false,
+                ..Default::default()
+            });
+        if found
+            .devices
+            .iter()
+            .any(|d| d.identity.serial.map(|s| s.to_string()).as_deref() == Some(serial))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pcscd does not see the card again: {found:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Retry, touching the device while it runs. The first attempt set the
+    // FIDO PIN before the touch: the retry asks for it.
+    std::fs::write(
+        &file,
+        "pin = \"735194\"\nfido_current_pin = \"973152\"\ntouch = \"true\"\n",
+    )
+    .unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let toucher = {
+        let done = done.clone();
+        let control = card.path("control");
+        std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&control) {
+                    let _ = writeln!(s, "presence");
+                    let mut line = String::new();
+                    let _ = std::io::BufReader::new(&s).read_line(&mut line);
+                    if line.trim() == "ok waiting" {
+                        let _ = writeln!(s, "touch");
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        })
+    };
+    let out = run(&["--retry", &id]).wait_with_output().unwrap();
+    let r = issued(&out);
+    assert_eq!(passkeys_on_record(&r).len(), 1, "{r}");
+    // The assertion needs a touch too.
+    passkey_signs_in(&t, "973152", &["--hid-socket", &hid]);
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    toucher.join().unwrap();
+}

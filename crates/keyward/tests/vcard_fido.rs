@@ -186,10 +186,9 @@ except Exception as e:
     );
     line.clear();
     out.read_line(&mut line).unwrap();
-    assert!(
-        ["removed: KEEPALIVE_CANCEL", "removed: closed"].contains(&line.trim()),
-        "{line}"
-    );
+    // A device pulled out answers nothing (not CTAP2_ERR_KEEPALIVE_CANCEL,
+    // which a client would read as a cancel): the socket just closes.
+    assert_eq!(line.trim(), "removed: closed");
     assert!(child.wait().unwrap().success());
 
     std::thread::sleep(Duration::from_millis(300));

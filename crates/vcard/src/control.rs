@@ -1,6 +1,7 @@
 //! The control socket (`--control PATH`): a Unix socket taking one ASCII
 //! command per line, answered `ok` or `error <reason>`:
-//! `touch`, `decline`, `remove`, `insert`, `power-cycle`.
+//! `touch`, `decline`, `remove`, `insert`, `power-cycle`, and `presence`
+//! (answered `ok waiting` while a request waits for a touch, else `ok idle`).
 
 use crate::handle::VcardHandle;
 use std::io::{self, BufRead, BufReader, Write};
@@ -19,8 +20,7 @@ pub fn execute(handle: &VcardHandle, line: &str) -> String {
             "ok".into()
         }
         "remove" => {
-            // A request waiting for a touch holds the card: end the wait first.
-            handle.presence().handle().cancel_waiting();
+            // Ends a request waiting for a touch too (without an answer).
             handle.remove();
             // Answer once the HID socket is really closed.
             handle.wait_hid_synced(std::time::Duration::from_secs(5));
@@ -37,6 +37,13 @@ pub fn execute(handle: &VcardHandle, line: &str) -> String {
                 "ok".into()
             } else {
                 "error card removed".into()
+            }
+        }
+        "presence" => {
+            if handle.presence().handle().is_waiting() {
+                "ok waiting".into()
+            } else {
+                "ok idle".into()
             }
         }
         "" => "error empty command".into(),

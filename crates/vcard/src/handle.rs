@@ -102,9 +102,15 @@ impl VcardHandle {
         if !self.is_inserted() {
             return Err(CardRemoved);
         }
+        let generation = self.generation();
         let mut card = self.card();
         let response = card.fido_request(request, presence);
         self.persist(&mut card);
+        drop(card);
+        // Pulled out while it worked (waiting for a touch): no answer.
+        if self.generation() != generation {
+            return Err(CardRemoved);
+        }
         Ok(response)
     }
 
@@ -148,12 +154,17 @@ impl VcardHandle {
 
     /// The card leaves the reader: transports disconnect (vpcd) or close
     /// (HID socket) until `insert`.
+    ///
+    /// A request waiting for a touch holds the card lock: the card is marked
+    /// out first, then the wait is ended, so that the request sees a removed
+    /// card and answers nothing (a real device pulled out cannot answer).
     pub fn remove(&self) {
         {
             let mut slot = self.slot();
             slot.inserted = false;
             slot.generation += 1;
         }
+        self.presence().handle().cancel_waiting();
         self.card().power_off();
         self.shared.changed.notify_all();
     }

@@ -26,15 +26,17 @@ use crate::presence::Presence;
 
 /// Runs CTAP requests for the HID transport.
 pub trait CtapHandler: Send {
-    /// `request` is the command byte + CBOR; the answer is status + CBOR.
-    fn handle_cbor(&mut self, request: &[u8], presence: &mut dyn UserPresence) -> Vec<u8>;
+    /// `request` is the command byte + CBOR; the answer is status + CBOR,
+    /// or `None` when the device was pulled out meanwhile (it answers
+    /// nothing; the socket is then closed).
+    fn handle_cbor(&mut self, request: &[u8], presence: &mut dyn UserPresence) -> Option<Vec<u8>>;
 }
 
 impl<F> CtapHandler for F
 where
-    F: FnMut(&[u8], &mut dyn UserPresence) -> Vec<u8> + Send,
+    F: FnMut(&[u8], &mut dyn UserPresence) -> Option<Vec<u8>> + Send,
 {
-    fn handle_cbor(&mut self, request: &[u8], presence: &mut dyn UserPresence) -> Vec<u8> {
+    fn handle_cbor(&mut self, request: &[u8], presence: &mut dyn UserPresence) -> Option<Vec<u8>> {
         self(request, presence)
     }
 }
@@ -278,7 +280,7 @@ impl Server {
         };
         let mut up = presence.with_tick(&mut tick);
         let response = handler.handle_cbor(request, &mut up);
-        (!io_failed).then_some(response)
+        response.filter(|_| !io_failed)
     }
 }
 
@@ -363,7 +365,7 @@ mod tests {
         let presence = Presence::new(PresenceMode::Manual, Duration::from_secs(5));
         let touch = presence.handle();
         let mut auth = authenticator();
-        let handler = move |req: &[u8], up: &mut dyn UserPresence| auth.handle(req, up);
+        let handler = move |req: &[u8], up: &mut dyn UserPresence| Some(auth.handle(req, up));
         let handle = serve_hid_socket(&path, Box::new(handler), presence, (5, 4, 3)).unwrap();
 
         let mut c = Client::connect(&path);

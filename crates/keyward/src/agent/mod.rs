@@ -492,7 +492,13 @@ fn relay_session(server: &Server, shared: &Shared, serial: &str, mut batch: Rela
             Ok(hold) => {
                 let mut held = hold.held.lock().unwrap_or_else(|e| e.into_inner());
                 let run = held.run(&batch);
-                let lost = held.lost();
+                // Left or reset, seen on its card or its HID side.
+                let lost = held.lost()
+                    || run
+                        .result
+                        .transport_error
+                        .as_deref()
+                        .is_some_and(keyward_client::TransportError::code_means_device_gone);
                 drop(held);
                 if lost {
                     // The card left (or was reset): the connection is over.
