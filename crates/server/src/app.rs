@@ -20,7 +20,7 @@ use crate::secrets::{Kek, Sealed, TokenHasher};
 
 /// Everything a request handler may need. Cheap to clone.
 #[derive(Clone)]
-pub struct AppState(Arc<Inner>);
+pub struct AppState(pub(crate) Arc<Inner>);
 
 pub struct Inner {
     pub store: Store,
@@ -62,7 +62,7 @@ impl AppState {
             Some(format!("{}/pki/crl/issuing.crl", config.public_url())),
         )
         .await?;
-        Ok(AppState(Arc::new(Inner {
+        let state = AppState(Arc::new(Inner {
             pki,
             agents: Default::default(),
             master_key: Default::default(),
@@ -76,7 +76,9 @@ impl AppState {
             openapi_json: crate::openapi::document()
                 .to_pretty_json()
                 .expect("OpenAPI serialises"),
-        })))
+        }));
+        crate::agents::follow_changes(&state);
+        Ok(state)
     }
 }
 
@@ -100,10 +102,6 @@ pub fn router(state: AppState) -> Router {
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            crate::agents::wake_on_issuance,
         ))
         .layer(middleware::from_fn_with_state(
             metrics,

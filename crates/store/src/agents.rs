@@ -111,7 +111,9 @@ impl Store {
         approved_by: &str,
         audit: &AuditDraft,
     ) -> StoreResult<Agent> {
-        on_backend_audited!(self, approve_agent(code_hmac, owner, approved_by, audit))
+        let agent = on_backend_audited!(self, approve_agent(code_hmac, owner, approved_by, audit))?;
+        self.publish(crate::Change::Agents).await;
+        Ok(agent)
     }
 
     pub async fn find_agent_by_poll(&self, poll_hmac: &[u8]) -> StoreResult<Option<Agent>> {
@@ -146,7 +148,9 @@ impl Store {
 
     /// Revokes an agent (final); its device reports are dropped.
     pub async fn revoke_agent(&self, id: Uuid, audit: &AuditDraft) -> StoreResult<()> {
-        on_backend_audited!(self, revoke_agent(id, audit))
+        on_backend_audited!(self, revoke_agent(id, audit))?;
+        self.publish(crate::Change::Agents).await;
+        Ok(())
     }
 
     /// Records that the agent was heard from (not audited).
@@ -161,7 +165,9 @@ impl Store {
         agent_id: Uuid,
         devices: &[AgentDevice],
     ) -> StoreResult<()> {
-        on_backend!(self, replace_agent_devices(agent_id, devices))
+        on_backend!(self, replace_agent_devices(agent_id, devices))?;
+        self.publish(crate::Change::Agents).await;
+        Ok(())
     }
 
     /// Whether the agent reports the device (serial, decimal) connected now.
@@ -176,7 +182,10 @@ impl Store {
 
     /// The session's command batches go to this agent.
     pub async fn bind_agent_session(&self, session_id: Uuid, agent_id: Uuid) -> StoreResult<()> {
-        on_backend!(self, bind_agent_session(session_id, agent_id))
+        on_backend!(self, bind_agent_session(session_id, agent_id))?;
+        self.publish(crate::Change::Session { id: session_id })
+            .await;
+        Ok(())
     }
 
     pub async fn agent_of_session(&self, session_id: Uuid) -> StoreResult<Option<Uuid>> {

@@ -2,6 +2,7 @@
 //! The session's engine state is opaque here: the server seals it (it holds
 //! PINs and keys) before it reaches the store.
 
+use crate::changes::Change;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -120,7 +121,9 @@ impl Store {
         audit: &AuditDraft,
     ) -> StoreResult<Device> {
         let key = self.key();
-        on_writer!(self, start_issuance(&key, session, device, change, audit))
+        let device = on_writer!(self, start_issuance(&key, session, device, change, audit))?;
+        self.publish(Change::Session { id: session.id }).await;
+        Ok(device)
     }
 
     /// Opens a session without changing the device (Recycle); one active
@@ -131,7 +134,9 @@ impl Store {
         audit: &AuditDraft,
     ) -> StoreResult<()> {
         let key = self.key();
-        on_writer!(self, open_device_session(&key, session, audit))
+        on_writer!(self, open_device_session(&key, session, audit))?;
+        self.publish(Change::Session { id: session.id }).await;
+        Ok(())
     }
 
     /// Revokes the device's live credentials (Recycle); returns how many.
@@ -184,7 +189,9 @@ impl Store {
                 credentials,
                 audits
             )
-        )
+        )?;
+        self.publish(Change::Session { id }).await;
+        Ok(())
     }
 
     pub async fn device_credentials(&self, device_id: Uuid) -> StoreResult<Vec<Credential>> {

@@ -11,11 +11,13 @@
 //!
 //! The repository code is written once (`repo.rs`) and compiled for each backend.
 
+pub mod changes;
 mod error;
 mod issuance;
 mod types;
 mod write_tx;
 
+pub use changes::Change;
 pub use error::{StoreError, StoreResult};
 pub use issuance::{Credential, IssuanceContext, IssuanceSession, IssuanceUpdate};
 pub use keyward_domain::AuditDraft;
@@ -273,6 +275,8 @@ pub struct Store {
     /// SQLite: the file's writer connection, kept open while the store is
     /// (write transactions find it by the file's name; see `write_tx`).
     _sqlite_writer: Option<write_tx::SharedWriter>,
+    /// The change feed (see [`changes`]).
+    feed: Arc<changes::Feed>,
 }
 
 impl std::fmt::Debug for Store {
@@ -356,6 +360,7 @@ impl Store {
             backend: Backend::Sqlite(pool),
             audit_key: Arc::new(RwLock::new(audit_key)),
             _sqlite_writer: Some(writer),
+            feed: Arc::new(changes::Feed::new()),
         })
     }
 
@@ -366,10 +371,13 @@ impl Store {
             .connect_with(opts)
             .await?;
         pg_repo::migrate(&pool).await?;
+        let feed = Arc::new(changes::Feed::new());
+        feed.listen_postgres(&pool).await?;
         Ok(Store {
             backend: Backend::Postgres(pool),
             audit_key: Arc::new(RwLock::new(audit_key)),
             _sqlite_writer: None,
+            feed,
         })
     }
 
@@ -377,6 +385,34 @@ impl Store {
         match self.backend {
             Backend::Sqlite(_) => BackendKind::Sqlite,
             Backend::Postgres(_) => BackendKind::Postgres,
+        }
+    }
+
+    /// The change feed: every node's store changes, as hints (see [`changes`]).
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.feed.subscribe()
+    }
+
+    /// Tells every node (this one included) that `change` happened; called
+    /// after the write committed. A failed NOTIFY is logged, not an error of
+    /// the write: the other nodes' subscribers re-read the store on their
+    /// own schedule as well.
+    pub(crate) async fn publish(&self, change: Change) {
+        match &self.backend {
+            Backend::Sqlite(_) => self.feed.local(change),
+            Backend::Postgres(p) => {
+                let payload = serde_json::to_string(&change).expect("a change serialises");
+                if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(changes::CHANNEL)
+                    .bind(payload)
+                    .execute(p)
+                    .await
+                {
+                    tracing::warn!(error = %e, "publishing a change failed");
+                    // At least this node's subscribers hear of it.
+                    self.feed.local(change);
+                }
+            }
         }
     }
 

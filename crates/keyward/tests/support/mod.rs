@@ -346,3 +346,32 @@ pub fn seed_piv_standard(server: &TestServer, serial: &str) {
         200
     );
 }
+
+/// A fresh database on the test PostgreSQL server (`KEYWARD_TEST_POSTGRES_URL`,
+/// set by `.ci/run`), named `PREFIX_…`; `None` (the test is skipped, and says
+/// so) when no server is configured outside CI.
+pub fn postgres_database(prefix: &str) -> Option<String> {
+    let url = match std::env::var("KEYWARD_TEST_POSTGRES_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but KEYWARD_TEST_POSTGRES_URL is not")
+        }
+        _ => {
+            eprintln!("SKIPPED: set KEYWARD_TEST_POSTGRES_URL to run against PostgreSQL");
+            return None;
+        }
+    };
+    let name = format!("{prefix}_{}", uuid_like());
+    let out = Command::new("psql")
+        .arg(&url)
+        .arg("-c")
+        .arg(format!("CREATE DATABASE {name}"))
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(format!("{}/{name}", url.rsplit_once('/').unwrap().0))
+}

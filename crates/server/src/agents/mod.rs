@@ -27,10 +27,6 @@ mod work;
 
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::http::Method;
-use axum::middleware::Next;
-use axum::response::Response;
 use keyward_store::Agent;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -123,16 +119,31 @@ impl Hub {
     }
 }
 
-/// Middleware: a successful state change of an issuance session (any POST
-/// whose path names issuance, API or portal) wakes the agents' long-polls,
-/// so a batch is delivered at once.
-pub async fn wake_on_issuance(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let relevant = req.method() == Method::POST && req.uri().path().contains("issuance");
-    let resp = next.run(req).await;
-    if relevant && resp.status().is_success() {
-        state.agents.work_changed();
-    }
-    resp
+/// Follows the store's change feed (every node's changes, see
+/// `keyward_store::changes`) and wakes the long-polls: the agents' work on
+/// any session change (started, relayed, retried, cancelled, recycled, a PIN
+/// change, bound to an agent: whatever the route), the device lists on any
+/// agent change. Ends with the state.
+pub fn follow_changes(state: &AppState) {
+    use keyward_store::Change;
+    use tokio::sync::broadcast::error::RecvError;
+    let mut rx = state.store.changes();
+    let weak = std::sync::Arc::downgrade(&state.0);
+    tokio::spawn(async move {
+        loop {
+            let change = rx.recv().await;
+            let Some(inner) = weak.upgrade() else { return };
+            match change {
+                Ok(Change::Session { .. }) => inner.agents.work_changed(),
+                // A device back in its reader may have a batch waiting.
+                Ok(Change::Agents | Change::Resync) | Err(RecvError::Lagged(_)) => {
+                    inner.agents.devices_changed();
+                    inner.agents.work_changed();
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
 }
 
 /// Whether the agent was heard from recently.

@@ -386,8 +386,6 @@ pub(super) async fn revoke(
         .revoke_agent(id, &draft)
         .await
         .map_err(|e| store_error("revoking the agent", e))?;
-    state.agents.devices_changed();
-    state.agents.work_changed();
     tracing::info!(agent = %id, name = %agent.name, "agent revoked");
     let agent = state
         .store

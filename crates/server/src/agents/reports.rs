@@ -118,9 +118,6 @@ pub(super) async fn report_devices(
         for s in &removed {
             tracing::info!(agent = %agent.id, serial = %s, "device removed from agent");
         }
-        state.agents.devices_changed();
-        // A device back in its reader may have a batch waiting.
-        state.agents.work_changed();
     }
     super::credential::touch(&state, &agent).await;
     Ok(Json(ReportAnswer { arrived, removed }))

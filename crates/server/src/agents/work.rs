@@ -221,7 +221,7 @@ pub async fn bind_session(state: &AppState, session_id: Uuid, agent_id: Uuid) ->
         .bind_agent_session(session_id, agent_id)
         .await
         .map_err(|e| store_error("binding the session to the agent", e))?;
+    // The store's change feed wakes the agent's long-poll.
     state.agents.remember_binding(session_id, agent_id);
-    state.agents.work_changed();
     Ok(())
 }
