@@ -181,6 +181,20 @@ pub struct StateChange {
 }
 
 impl Device {
+    /// Whether Recycle takes the device: one whose issuance failed, was
+    /// cancelled or abandoned (Produced, reason Failed), one assigned and
+    /// then unassigned (Produced, Unassigned), or an Available one. An
+    /// issued device is never recycled as it is: it must end first.
+    pub fn is_recyclable(&self) -> bool {
+        matches!(
+            (self.state, self.reason),
+            (
+                DeviceState::Produced,
+                Some(StateReason::Failed | StateReason::Unassigned)
+            ) | (DeviceState::Available, _)
+        )
+    }
+
     /// Checks `change` against the state machine and returns the device as it will be
     /// after the change (version not yet bumped: the store does that).
     pub fn apply(&self, change: &StateChange) -> ValidationResult<Device> {
@@ -350,6 +364,33 @@ mod tests {
         #[test]
         fn serial_rejects_non_digits(s in "[0-9]{0,5}[a-zA-Z_.,+-]+[0-9]{0,5}") {
             prop_assert_eq!(Serial::parse("rows[1].serial", &s).unwrap_err().field, "rows[1].serial");
+        }
+    }
+}
+
+#[cfg(test)]
+mod recyclable_tests {
+    use super::*;
+
+    #[test]
+    fn recycle_takes_failed_unassigned_and_available_devices_only() {
+        let mut d: Device = serde_json::from_value(serde_json::json!({
+            "id": "00000000-0000-0000-0000-000000000001", "device_type": "yubikey5",
+            "serial": "12345678", "state": "available", "version": 1,
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
+        }))
+        .expect("a device");
+        assert!(d.is_recyclable());
+        for (state, reason, yes) in [
+            (DeviceState::Produced, Some(StateReason::Failed), true),
+            (DeviceState::Produced, Some(StateReason::Unassigned), true),
+            (DeviceState::Produced, None, false),
+            (DeviceState::Issued, None, false),
+            (DeviceState::Terminated, None, false),
+        ] {
+            d.state = state;
+            d.reason = reason;
+            assert_eq!(d.is_recyclable(), yes, "{state:?} {reason:?}");
         }
     }
 }

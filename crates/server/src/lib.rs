@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod pki;
 pub mod secrets;
+pub mod sign_in;
 pub mod start;
 pub mod web;
 

@@ -7,17 +7,16 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use keyward_domain::{AuditDraft, AuditOutcome, Permission};
 use keyward_proto::{EnrollRequest, PasswordChangeRequest, SessionInfo, SignInRequest, WhoAmI};
-use keyward_store::Session;
 use rand::RngCore;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{audit, found, store_error};
+use super::{audit, store_error};
 use crate::app::AppState;
 use crate::auth::{Caller, Via, SESSION_COOKIE};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::json::ApiJson;
-use crate::secrets::{hash_password, verify_password};
+use crate::secrets::hash_password;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -29,11 +28,6 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Passwords shorter than this are refused.
 pub const MIN_PASSWORD_LEN: usize = 10;
-
-/// A hash to verify against when the login is unknown, so the time taken
-/// does not tell whether an account exists.
-static DUMMY_HASH: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| hash_password("keyward-dummy-password"));
 
 pub fn random_b64(len: usize) -> String {
     use base64::Engine;
@@ -59,15 +53,6 @@ pub fn check_new_password(password: &str, field: &str) -> ApiResult<()> {
     Ok(())
 }
 
-async fn verify_blocking(password: String, phc: Option<String>) -> bool {
-    tokio::task::spawn_blocking(move || {
-        let phc = phc.unwrap_or_else(|| DUMMY_HASH.clone());
-        verify_password(&password, &phc).unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false)
-}
-
 async fn hash_blocking(password: String) -> String {
     tokio::task::spawn_blocking(move || hash_password(&password))
         .await
@@ -82,89 +67,41 @@ async fn sign_in(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<SignInRequest>,
 ) -> ApiResult<Response> {
-    let account = found(state.store.get_account_by_login(&req.login).await)
-        .map_err(|e| store_error("signing in", e))?;
-    let phc = account.as_ref().and_then(|a| a.password_hash.clone());
-    let ok = verify_blocking(req.password, phc).await;
-    let account = match account {
-        Some(a) if ok && !a.disabled => a,
-        _ => {
-            state
-                .metrics
-                .sign_in_failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let draft = AuditDraft {
-                actor: format!("login:{}", shorten(&req.login)),
-                action: "auth.sign_in".into(),
-                target: format!("account:{}", shorten(&req.login)),
-                outcome: AuditOutcome::Failure,
-                details: serde_json::json!({}),
-            };
-            state
-                .store
-                .append_audit(&draft)
-                .await
-                .map_err(|e| store_error("recording a failed sign-in", e))?;
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "sign_in_failed",
-                "unknown login or wrong password",
-            ));
-        }
-    };
-    let session_id = random_b64(32);
-    let csrf_token = random_b64(32);
-    let expires_at = time::OffsetDateTime::now_utc()
-        + time::Duration::minutes(state.config.session_minutes as i64);
-    let draft = AuditDraft {
-        actor: format!("account:{}", account.login),
-        action: "auth.sign_in".into(),
-        target: format!("account:{}", account.login),
-        outcome: AuditOutcome::Success,
-        details: serde_json::json!({}),
-    };
-    state
-        .store
-        .create_session(
-            &Session {
-                id_hash: state.tokens.hash(&session_id),
-                account_id: account.id,
-                csrf_token: csrf_token.clone(),
-                created_at: time::OffsetDateTime::now_utc(),
-                expires_at,
-            },
-            &draft,
+    let signed_in = crate::sign_in::sign_in(
+        &state,
+        &req.login,
+        req.password,
+        crate::sign_in::Channel::Api,
+    )
+    .await
+    .map_err(|(context, e)| store_error(context, e))?
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "sign_in_failed",
+            "unknown login or wrong password",
         )
-        .await
-        .map_err(|e| store_error("creating the session", e))?;
-    let secure = if state.config.tls.is_some() {
-        "; Secure"
-    } else {
-        ""
-    };
-    let cookie = format!(
-        "{SESSION_COOKIE}={session_id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
-        state.config.session_minutes * 60
-    );
+    })?;
     let mut headers = HeaderMap::new();
     headers.insert(
         header::SET_COOKIE,
-        HeaderValue::from_str(&cookie).expect("cookie is ASCII"),
+        HeaderValue::from_str(&crate::sign_in::session_cookie(
+            &state,
+            &signed_in.session_id,
+        ))
+        .expect("cookie is ASCII"),
     );
+    let account = signed_in.account;
     Ok((
         headers,
         Json(SessionInfo {
             login: account.login,
             role: account.role.as_str().into(),
-            csrf_token,
+            csrf_token: signed_in.csrf_token,
             must_change_password: account.must_change_password,
         }),
     )
         .into_response())
-}
-
-fn shorten(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
 /// Sign out: ends the session and clears the cookie.
@@ -218,7 +155,8 @@ async fn change_password(
         .get_account(account_id)
         .await
         .map_err(|e| store_error("changing the password", e))?;
-    if !verify_blocking(req.current_password, account.password_hash.clone()).await {
+    if !crate::sign_in::password_matches(req.current_password, account.password_hash.clone()).await
+    {
         return Err(
             ApiError::bad_request("wrong_password", "the current password is wrong")
                 .field("current_password"),
@@ -254,9 +192,9 @@ async fn enroll(
     check_new_password(&req.password, "password")?;
     let phc = hash_blocking(req.password).await;
     let draft = AuditDraft {
-        actor: format!("account:{}", shorten(&req.login)),
+        actor: format!("account:{}", crate::sign_in::printable(&req.login)),
         action: "auth.enroll".into(),
-        target: format!("user:{}", shorten(&req.login)),
+        target: format!("user:{}", crate::sign_in::printable(&req.login)),
         outcome: AuditOutcome::Success,
         details: serde_json::json!({}),
     };

@@ -64,14 +64,7 @@ pub(super) async fn recycle(
             .ok_or_else(|| ApiError::not_found("device").field("serial"))
     };
     let device = read_device().await?;
-    let recyclable = matches!(
-        (device.state, device.reason),
-        (
-            DeviceState::Produced,
-            Some(StateReason::Failed | StateReason::Unassigned)
-        ) | (DeviceState::Available, _)
-    );
-    if !recyclable {
+    if !device.is_recyclable() {
         return Err(ApiError::conflict(
             "device_not_recyclable",
             format!(

@@ -107,7 +107,7 @@ async fn page(
             state_label: d.state.label().to_string(),
             reason: d.reason.map(|r| r.as_str().to_string()).unwrap_or_default(),
             // Available ones too, but the list offers it where it is needed.
-            recyclable: super::recycle::recyclable(&d) && d.state != DeviceState::Available,
+            recyclable: d.is_recyclable() && d.state != DeviceState::Available,
         })
         .collect();
     render(&DevicesPage {

@@ -11,24 +11,13 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use keyward_domain::{Device, DeviceState, Permission, Serial, StateReason};
+use keyward_domain::{Permission, Serial};
 
 use super::{error_page, internal, render, Nav, WebUser};
 use crate::app::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/devices/{serial}/recycle", get(page))
-}
-
-/// What the recycle API takes (see crates/server/src/issuance/recycle.rs).
-pub fn recyclable(d: &Device) -> bool {
-    matches!(
-        (d.state, d.reason),
-        (
-            DeviceState::Produced,
-            Some(StateReason::Failed | StateReason::Unassigned)
-        ) | (DeviceState::Available, _)
-    )
 }
 
 #[derive(Template)]
@@ -77,7 +66,7 @@ async fn page(
             .reason
             .map(|r| r.as_str().to_string())
             .unwrap_or_default(),
-        recyclable: recyclable(&device),
+        recyclable: device.is_recyclable(),
         server_url: super::server_url(&state, &headers),
     })
 }

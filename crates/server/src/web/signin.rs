@@ -9,15 +9,13 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
-use keyward_domain::{AuditDraft, AuditOutcome};
-use keyward_store::Session;
 use serde::Deserialize;
 
 use super::{csrf_matches, csrf_refused, internal, render, Nav, WebUser};
 use crate::api::session::{check_new_password, random_b64};
 use crate::app::AppState;
 use crate::auth::{Via, SESSION_COOKIE};
-use crate::secrets::{hash_password, verify_password};
+use crate::secrets::hash_password;
 
 /// The pre-session CSRF cookie of the sign-in form.
 const SIGNIN_CSRF_COOKIE: &str = "kw_signin_csrf";
@@ -37,13 +35,7 @@ struct SignInPage {
     login: String,
 }
 
-fn secure(state: &AppState) -> &'static str {
-    if state.config.tls.is_some() {
-        "; Secure"
-    } else {
-        ""
-    }
-}
+use crate::sign_in::secure_flag as secure;
 
 fn signin_form(state: &AppState, error: Option<String>, login: String) -> Response {
     let csrf = random_b64(32);
@@ -93,23 +85,7 @@ fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
-/// A hash to verify against when the login is unknown, so the time taken
-/// does not tell whether an account exists.
-static DUMMY_HASH: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| hash_password("keyward-dummy-password"));
-
-async fn verify(password: String, phc: Option<String>) -> bool {
-    tokio::task::spawn_blocking(move || {
-        let phc = phc.unwrap_or_else(|| DUMMY_HASH.clone());
-        verify_password(&password, &phc).unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false)
-}
-
-fn printable(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(64).collect()
-}
+use crate::sign_in::printable;
 
 async fn sign_in(
     State(state): State<AppState>,
@@ -120,60 +96,27 @@ async fn sign_in(
     if !csrf_matches(&form.csrf, &expected) {
         return csrf_refused();
     }
-    let account = match crate::api::found(state.store.get_account_by_login(&form.login).await) {
-        Ok(a) => a,
-        Err(e) => return internal("signing in", e),
-    };
-    let phc = account.as_ref().and_then(|a| a.password_hash.clone());
-    let ok = verify(form.password, phc).await;
-    let account = match account {
-        Some(a) if ok && !a.disabled => a,
-        _ => {
-            state
-                .metrics
-                .sign_in_failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let draft = AuditDraft {
-                actor: format!("login:{}", printable(&form.login)),
-                action: "auth.sign_in".into(),
-                target: format!("account:{}", printable(&form.login)),
-                outcome: AuditOutcome::Failure,
-                details: serde_json::json!({ "via": "portal" }),
-            };
-            if let Err(e) = state.store.append_audit(&draft).await {
-                return internal("recording a failed sign-in", e);
-            }
+    let login = form.login;
+    let signed_in = match crate::sign_in::sign_in(
+        &state,
+        &login,
+        form.password,
+        crate::sign_in::Channel::Portal,
+    )
+    .await
+    {
+        Ok(Some(s)) => s,
+        Ok(None) => {
             return signin_form(
                 &state,
                 Some("Unknown login or wrong password.".into()),
-                printable(&form.login),
-            );
+                printable(&login),
+            )
         }
+        Err((context, e)) => return internal(context, e),
     };
-    let session_id = random_b64(32);
-    let now = time::OffsetDateTime::now_utc();
-    let draft = AuditDraft {
-        actor: format!("account:{}", account.login),
-        action: "auth.sign_in".into(),
-        target: format!("account:{}", account.login),
-        outcome: AuditOutcome::Success,
-        details: serde_json::json!({ "via": "portal" }),
-    };
-    let session = Session {
-        id_hash: state.tokens.hash(&session_id),
-        account_id: account.id,
-        csrf_token: random_b64(32),
-        created_at: now,
-        expires_at: now + time::Duration::minutes(state.config.session_minutes as i64),
-    };
-    if let Err(e) = state.store.create_session(&session, &draft).await {
-        return internal("creating the session", e);
-    }
-    let session_cookie = format!(
-        "{SESSION_COOKIE}={session_id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
-        state.config.session_minutes * 60,
-        secure(&state)
-    );
+    let account = signed_in.account;
+    let session_cookie = crate::sign_in::session_cookie(&state, &signed_in.session_id);
     let clear =
         format!("{SIGNIN_CSRF_COOKIE}=; Path=/signin; HttpOnly; SameSite=Strict; Max-Age=0");
     let mut res = Redirect::to(if account.must_change_password {
@@ -298,7 +241,8 @@ async fn change_password(
         Ok(a) => a,
         Err(e) => return internal("changing the password", e),
     };
-    if !verify(form.current_password, account.password_hash.clone()).await {
+    if !crate::sign_in::password_matches(form.current_password, account.password_hash.clone()).await
+    {
         return again("The current password is wrong.".into());
     }
     let new = form.new_password;

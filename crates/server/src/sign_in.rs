@@ -1,0 +1,136 @@
+//! The one sign-in path of the API (`POST /api/v1/auth/session`) and the
+//! portal's form (`POST /signin`): the password checked against the
+//! account's hash (or a dummy hash for an unknown login, so the time taken
+//! does not tell whether an account exists), a refusal counted and audited,
+//! a success audited with the new browser session written, and the session
+//! cookie. The two routes differ only in how they answer.
+
+use keyward_domain::Account;
+use keyward_domain::{AuditDraft, AuditOutcome};
+use keyward_store::{Session, StoreError};
+
+use crate::api::session::random_b64;
+use crate::app::AppState;
+use crate::auth::SESSION_COOKIE;
+use crate::secrets::{hash_password, verify_password};
+
+/// A hash to verify against when the login is unknown.
+static DUMMY_HASH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| hash_password("keyward-dummy-password"));
+
+/// Where the sign-in came from (written in the audit record's details).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Api,
+    Portal,
+}
+
+/// A new browser session.
+pub struct SignedIn {
+    pub account: Account,
+    /// The session's secret, for the cookie only (stored as a hash).
+    pub session_id: String,
+    pub csrf_token: String,
+}
+
+/// Verifies `password` for `login` off the async workers (argon2 is slow on
+/// purpose).
+pub async fn password_matches(password: String, phc: Option<String>) -> bool {
+    tokio::task::spawn_blocking(move || {
+        let phc = phc.unwrap_or_else(|| DUMMY_HASH.clone());
+        verify_password(&password, &phc).unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// A login as it may be written in the audit trail (no control characters,
+/// at most 64 characters).
+pub fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(64).collect()
+}
+
+/// Signs `login` in: `Ok(None)` when refused (unknown login, wrong password
+/// or a disabled account: counted and audited, one answer for all).
+pub async fn sign_in(
+    state: &AppState,
+    login: &str,
+    password: String,
+    channel: Channel,
+) -> Result<Option<SignedIn>, (&'static str, StoreError)> {
+    let account = crate::api::found(state.store.get_account_by_login(login).await)
+        .map_err(|e| ("signing in", e))?;
+    let phc = account.as_ref().and_then(|a| a.password_hash.clone());
+    let ok = password_matches(password, phc).await;
+    let details = match channel {
+        Channel::Api => serde_json::json!({}),
+        Channel::Portal => serde_json::json!({ "via": "portal" }),
+    };
+    let account = match account {
+        Some(a) if ok && !a.disabled => a,
+        _ => {
+            state
+                .metrics
+                .sign_in_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let draft = AuditDraft {
+                actor: format!("login:{}", printable(login)),
+                action: "auth.sign_in".into(),
+                target: format!("account:{}", printable(login)),
+                outcome: AuditOutcome::Failure,
+                details,
+            };
+            state
+                .store
+                .append_audit(&draft)
+                .await
+                .map_err(|e| ("recording a failed sign-in", e))?;
+            return Ok(None);
+        }
+    };
+    let session_id = random_b64(32);
+    let csrf_token = random_b64(32);
+    let now = time::OffsetDateTime::now_utc();
+    let draft = AuditDraft {
+        actor: format!("account:{}", account.login),
+        action: "auth.sign_in".into(),
+        target: format!("account:{}", account.login),
+        outcome: AuditOutcome::Success,
+        details,
+    };
+    let session = Session {
+        id_hash: state.tokens.hash(&session_id),
+        account_id: account.id,
+        csrf_token: csrf_token.clone(),
+        created_at: now,
+        expires_at: now + time::Duration::minutes(state.config.session_minutes as i64),
+    };
+    state
+        .store
+        .create_session(&session, &draft)
+        .await
+        .map_err(|e| ("creating the session", e))?;
+    Ok(Some(SignedIn {
+        account,
+        session_id,
+        csrf_token,
+    }))
+}
+
+/// The `Set-Cookie` value of a new session (`Secure` when served over TLS).
+pub fn session_cookie(state: &AppState, session_id: &str) -> String {
+    format!(
+        "{SESSION_COOKIE}={session_id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        state.config.session_minutes * 60,
+        secure_flag(state)
+    )
+}
+
+/// `; Secure` when the server speaks TLS itself.
+pub fn secure_flag(state: &AppState) -> &'static str {
+    if state.config.tls.is_some() {
+        "; Secure"
+    } else {
+        ""
+    }
+}
