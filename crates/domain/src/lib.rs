@@ -27,8 +27,8 @@ pub use error::{ValidationError, ValidationResult};
 pub use firmware::FirmwareVersion;
 pub use names::{
     Applet, AuditOutcome, CharacterSet, DeviceState, DeviceType, DisplayMode, ExtendedKeyUsage,
-    KeyAlgorithm, KeyUsage, ManagementKeyMode, PivSlot, Role, SanSource, StateReason, Transport,
-    UserStatus, WhoCanBind,
+    KeyAlgorithm, KeyUsage, ManagementKeyMode, PivSlot, Role, SanSource, SessionAction,
+    SessionStatus, StateReason, Transport, UserStatus, WhoCanBind,
 };
 pub use passkey::{PasskeyService, PasskeyServiceView, SealedSecret};
 pub use pin::{PinApplication, PinRule, PinRuleCheck};

@@ -365,3 +365,35 @@ mod tests {
         assert_eq!(parse_bool("x", "maybe").unwrap_err().field, "x");
     }
 }
+
+canonical_enum! {
+    /// Where a device session stands (issuance, Recycle, Change PIN). The
+    /// names are the wire's (`status` of a session, `state` of a batch).
+    pub enum SessionStatus (field = "status") {
+        Running = "running", "Running";
+        Issued = "issued", "Issued";
+        Assigned = "assigned", "Assigned";
+        Failed = "failed", "Failed";
+        Cancelled = "cancelled", "Cancelled";
+        Recycled = "recycled", "Recycled";
+        PinChanged = "pin_changed", "PIN changed";
+        PinChangeFailed = "pin_change_failed", "PIN change failed";
+    }
+}
+
+impl SessionStatus {
+    /// Whether the session still goes on (it may be waiting for a person).
+    pub const fn is_running(self) -> bool {
+        matches!(self, SessionStatus::Running)
+    }
+}
+
+canonical_enum! {
+    /// What a device session does.
+    pub enum SessionAction (field = "action") {
+        Issue = "issue", "Issue Device";
+        Assign = "assign", "Assign Device";
+        Recycle = "recycle", "Recycle";
+        ChangePin = "change_pin", "Change PIN";
+    }
+}

@@ -195,8 +195,12 @@ fn main() -> anyhow::Result<()> {
         loop {
             let cycle = Instant::now();
             let batch: RelayBatch = serde_json::from_str(&text)?;
-            if batch.state != "running" {
-                anyhow::ensure!(batch.state == "issued", "session ended {}", batch.state);
+            if !batch.state.is_running() {
+                anyhow::ensure!(
+                    batch.state == keyward_domain::SessionStatus::Issued,
+                    "session ended {}",
+                    batch.state
+                );
                 break;
             }
             let started = Instant::now();

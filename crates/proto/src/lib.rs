@@ -338,8 +338,10 @@ pub struct RelayBatch {
     pub seq: u64,
     pub commands: Vec<RelayCommand>,
     pub prompts: Vec<RelayPrompt>,
-    /// `running`, `issued`, `assigned`, `failed`, `cancelled`.
-    pub state: String,
+    /// `running`, `issued`, `assigned`, `failed`, `cancelled` (a recycle
+    /// ends `recycled`, a PIN change `pin_changed` or `pin_change_failed`).
+    #[schema(value_type = String)]
+    pub state: keyward_domain::SessionStatus,
     /// The step the session is at (for progress).
     pub step: String,
 }

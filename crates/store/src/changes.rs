@@ -96,8 +96,9 @@ impl Feed {
     }
 }
 
-impl Drop for Feed {
-    fn drop(&mut self) {
+impl Feed {
+    /// Stops the PostgreSQL listener (its connection closes with it).
+    pub(crate) fn stop(&self) {
         if let Some(task) = self
             .listener
             .lock()
@@ -106,5 +107,11 @@ impl Drop for Feed {
         {
             task.abort();
         }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -13,10 +13,8 @@ pub struct IssuanceSession {
     pub device_id: Uuid,
     pub user_id: Uuid,
     pub policy_id: Uuid,
-    /// `issue`, `assign` or `recycle`.
-    pub action: String,
-    /// `running`, `issued`, `assigned`, `failed`, `cancelled`.
-    pub status: String,
+    pub action: keyward_domain::SessionAction,
+    pub status: keyward_domain::SessionStatus,
     pub step: String,
     pub seq: i64,
     #[serde(skip)]
@@ -57,7 +55,7 @@ impl std::fmt::Debug for IssuanceSession {
 /// What a step of a session changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuanceUpdate {
-    pub status: String,
+    pub status: keyward_domain::SessionStatus,
     pub step: String,
     pub seq: i64,
     pub sealed_state: Vec<u8>,

@@ -9,8 +9,8 @@ fn session_from_row(r: &DbRow) -> StoreResult<crate::issuance::IssuanceSession> 
         device_id: r.try_get("device_id")?,
         user_id: r.try_get("user_id")?,
         policy_id: r.try_get("policy_id")?,
-        action: r.try_get("action")?,
-        status: r.try_get("status")?,
+        action: enum_column(r, "action")?,
+        status: enum_column(r, "status")?,
         step: r.try_get("step")?,
         seq: r.try_get("seq")?,
         sealed_state: r.try_get("sealed_state")?,
@@ -19,6 +19,16 @@ fn session_from_row(r: &DbRow) -> StoreResult<crate::issuance::IssuanceSession> 
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
     })
+}
+
+/// A text column holding one of a canonical enum's names.
+fn enum_column<T: std::str::FromStr<Err = keyward_domain::ValidationError>>(
+    r: &DbRow,
+    column: &str,
+) -> StoreResult<T> {
+    let text: String = r.try_get(column)?;
+    text.parse()
+        .map_err(|e: keyward_domain::ValidationError| sqlx::Error::Decode(e.message.into()).into())
 }
 
 /// Applies `change` inside `tx` to the device as the caller read it
@@ -73,8 +83,8 @@ async fn insert_session(
     .bind(session.device_id)
     .bind(session.user_id)
     .bind(session.policy_id)
-    .bind(&session.action)
-    .bind(&session.status)
+    .bind(session.action.as_str())
+    .bind(session.status.as_str())
     .bind(&session.step)
     .bind(session.seq)
     .bind(&session.sealed_state)
@@ -253,7 +263,7 @@ pub async fn advance_issuance(
         "UPDATE issuance_sessions SET status = $1, step = $2, seq = $3, sealed_state = $4, error = $5, updated_at = $6 \
          WHERE id = $7 AND seq = $8",
     )
-    .bind(&update.status)
+    .bind(update.status.as_str())
     .bind(&update.step)
     .bind(update.seq)
     .bind(&update.sealed_state)

@@ -368,11 +368,19 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await?;
         pg_repo::migrate(&pool).await?;
+        // The listener keeps one connection for itself, out of the store's
+        // pool (closing the pool would otherwise wait for it for ever).
+        let listener_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_with(opts)
+            .await?;
         let feed = Arc::new(changes::Feed::new());
-        feed.listen_postgres(&pool).await?;
+        feed.listen_postgres(&listener_pool).await?;
         Ok(Store {
             backend: Backend::Postgres(pool),
             audit_key: Arc::new(RwLock::new(audit_key)),
@@ -426,8 +434,10 @@ impl Store {
         *self.audit_key.read().expect("audit key lock")
     }
 
-    /// Closes the pools (waits for connections to be returned).
+    /// Closes the pools (waits for connections to be returned) and stops
+    /// the change feed's listener.
     pub async fn close(&self) {
+        self.feed.stop();
         match &self.backend {
             Backend::Sqlite(p) => p.close().await,
             Backend::Postgres(p) => p.close().await,

@@ -485,7 +485,7 @@ fn report_once(
 /// with a reset only when the session is over.
 fn relay_session(server: &Server, shared: &Shared, serial: &str, mut batch: RelayBatch) {
     let id = batch.session_id.clone();
-    while batch.state == "running" && !batch.commands.is_empty() {
+    while batch.state.is_running() && !batch.commands.is_empty() {
         shared.in_hand.lock().unwrap().insert(id.clone(), batch.seq);
         let started = Instant::now();
         let run = match shared.hold(&id, serial) {
@@ -557,7 +557,7 @@ fn relay_session(server: &Server, shared: &Shared, serial: &str, mut batch: Rela
         }
         tracing::debug!(session = %id, ms = started.elapsed().as_millis() as u64, "batch relayed");
     }
-    if batch.state != "running" {
+    if !batch.state.is_running() {
         // Issued, assigned, failed or cancelled: no verified PIN or
         // authenticated management key may outlive the session.
         shared.release(&id, Disposition::Reset);

@@ -186,7 +186,7 @@ mod tests {
                 })
                 .collect(),
             prompts: vec![],
-            state: "running".into(),
+            state: keyward_domain::SessionStatus::Running,
             step: "x".into(),
         }
     }

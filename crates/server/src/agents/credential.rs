@@ -177,7 +177,7 @@ pub async fn check_relay_batch(
             "this agent does not report the session's device",
         ));
     }
-    if session.status == "running" && !batch_has_commands {
+    if session.status == keyward_domain::SessionStatus::Running && !batch_has_commands {
         return Err(refuse(
             "prompt_batch",
             "the batch out asks the person: their client answers it, not the agent",

@@ -27,7 +27,7 @@ use crate::app::AppState;
 use crate::auth::{perm, Allowed, Caller};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 
-const ACTION: &str = "change_pin";
+const ACTION: keyward_domain::SessionAction = keyward_domain::SessionAction::ChangePin;
 
 /// Change the PIN of my issued device through my agent: the first batch of
 /// the session (follow it with GET /issuance/{id}; answer its prompts
@@ -82,7 +82,7 @@ pub(super) async fn start(
                 "Keyward has no session with this device",
             )
         })?;
-    if last.status == "running" {
+    if last.status == keyward_domain::SessionStatus::Running {
         // Only a PIN change waiting for its answers is replaced; one whose
         // device commands are out (or any other session) is left to finish.
         if last.action != ACTION || !unseal(&state, &last)?.batch.awaits_answers() {
@@ -100,7 +100,7 @@ pub(super) async fn start(
             &caller,
             &last,
             unseal(&state, &last)?,
-            "pin_change_failed",
+            keyward_domain::SessionStatus::PinChangeFailed,
             Some(replaced(&last)),
         )
         .await?;
@@ -126,8 +126,8 @@ pub(super) async fn start(
         device_id: device.id,
         user_id,
         policy_id: last.policy_id,
-        action: ACTION.into(),
-        status: "running".into(),
+        action: ACTION,
+        status: keyward_domain::SessionStatus::Running,
         step: batch.step(),
         seq: 1,
         sealed_state: seal(&state, id, &data),
@@ -150,7 +150,12 @@ pub(super) async fn start(
     crate::agents::bind_session(&state, id, agent).await?;
     Ok((
         StatusCode::CREATED,
-        Json(relay_batch(id, 1, "running", &batch)),
+        Json(relay_batch(
+            id,
+            1,
+            keyward_domain::SessionStatus::Running,
+            &batch,
+        )),
     ))
 }
 
@@ -209,14 +214,14 @@ async fn end(
     caller: &Caller,
     s: &IssuanceSession,
     mut data: SessionData,
-    status: &str,
+    status: keyward_domain::SessionStatus,
     error: Option<serde_json::Value>,
 ) -> ApiResult<i64> {
     data.engine = Engine::Finished;
     data.batch = Batch::default();
     let next_seq = s.seq + 1;
     let update = IssuanceUpdate {
-        status: status.into(),
+        status,
         step: if error.is_some() {
             s.step.clone()
         } else {
@@ -287,7 +292,7 @@ pub(super) async fn on_result(
             data.batch = batch.clone();
             let next_seq = s.seq + 1;
             let update = IssuanceUpdate {
-                status: "running".into(),
+                status: keyward_domain::SessionStatus::Running,
                 step: batch.step(),
                 seq: next_seq,
                 sealed_state: seal(state, s.id, &data),
@@ -304,25 +309,46 @@ pub(super) async fn on_result(
                 .advance_issuance(s.id, s.seq, &update, None, &[], &[&draft])
                 .await
                 .map_err(|e| store_error("saving the session", e))?;
-            Ok(Json(relay_batch(s.id, next_seq, "running", &batch)))
+            Ok(Json(relay_batch(
+                s.id,
+                next_seq,
+                keyward_domain::SessionStatus::Running,
+                &batch,
+            )))
         }
         Ok(Next::Done) => {
-            let seq = end(state, caller, s, data, "pin_changed", None).await?;
+            let seq = end(
+                state,
+                caller,
+                s,
+                data,
+                keyward_domain::SessionStatus::PinChanged,
+                None,
+            )
+            .await?;
             Ok(Json(relay_batch(
                 s.id,
                 seq,
-                "pin_changed",
+                keyward_domain::SessionStatus::PinChanged,
                 &Batch::default(),
             )))
         }
         Err(f) => {
             let mut report = super::recycle::report(s, &f);
             report["tries_left"] = serde_json::json!(tries_left(&f));
-            let seq = end(state, caller, s, data, "pin_change_failed", Some(report)).await?;
+            let seq = end(
+                state,
+                caller,
+                s,
+                data,
+                keyward_domain::SessionStatus::PinChangeFailed,
+                Some(report),
+            )
+            .await?;
             Ok(Json(relay_batch(
                 s.id,
                 seq,
-                "pin_change_failed",
+                keyward_domain::SessionStatus::PinChangeFailed,
                 &Batch::default(),
             )))
         }

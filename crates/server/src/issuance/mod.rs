@@ -98,11 +98,13 @@ pub struct SessionStatus {
     pub policy: String,
     /// `running`, `issued`, `failed`, `cancelled`; a recycle ends `recycled`,
     /// a PIN change `pin_changed` or `pin_change_failed`.
-    pub status: String,
+    #[schema(value_type = String)]
+    pub status: keyward_domain::SessionStatus,
     pub step: String,
     pub seq: i64,
     /// `issue`, `assign`, `recycle` or `change_pin`.
-    pub action: String,
+    #[schema(value_type = String)]
+    pub action: keyward_domain::SessionAction,
     #[schema(value_type = Option<Object>)]
     pub error: Option<serde_json::Value>,
     #[schema(value_type = Vec<Object>)]
@@ -187,7 +189,12 @@ pub(super) struct Attempt {
     certificates: Vec<(u8, Vec<u8>)>,
 }
 
-pub(super) fn relay_batch(id: Uuid, seq: i64, status: &str, batch: &Batch) -> RelayBatch {
+pub(super) fn relay_batch(
+    id: Uuid,
+    seq: i64,
+    status: keyward_domain::SessionStatus,
+    batch: &Batch,
+) -> RelayBatch {
     RelayBatch {
         protocol: RELAY_PROTOCOL_VERSION,
         session_id: id.to_string(),
@@ -207,7 +214,7 @@ pub(super) fn relay_batch(id: Uuid, seq: i64, status: &str, batch: &Batch) -> Re
             })
             .collect(),
         prompts: relay_prompts(batch),
-        state: status.into(),
+        state: status,
         step: batch.step(),
     }
 }
@@ -262,11 +269,12 @@ pub(super) async fn status(
     let s = access::load_for(&state, &caller, &id).await?;
     access::may_see(&caller, &s)?;
     let data = unseal(&state, &s)?;
-    let prompts = if s.status == "running" && data.batch.awaits_answers() {
-        relay_prompts(&data.batch)
-    } else {
-        vec![]
-    };
+    let prompts =
+        if s.status == keyward_domain::SessionStatus::Running && data.batch.awaits_answers() {
+            relay_prompts(&data.batch)
+        } else {
+            vec![]
+        };
     let credentials = state
         .store
         .device_credentials(s.device_id)
@@ -304,5 +312,5 @@ pub(super) async fn current_batch(
     let s = access::load_for(&state, &caller, &id).await?;
     access::may_see(&caller, &s)?;
     let data = unseal(&state, &s)?;
-    Ok(Json(relay_batch(s.id, s.seq, &s.status, &data.batch)))
+    Ok(Json(relay_batch(s.id, s.seq, s.status, &data.batch)))
 }

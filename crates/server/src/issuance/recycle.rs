@@ -12,7 +12,9 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use keyward_domain::{AuditOutcome, DeviceState, Serial, StateChange, StateReason};
+use keyward_domain::{
+    AuditOutcome, DeviceState, Serial, SessionAction, SessionStatus, StateChange, StateReason,
+};
 use keyward_engine::knowledge::Known;
 use keyward_engine::piv::Secret;
 use keyward_engine::plan::{factory_management_algorithm, FACTORY_PUK};
@@ -94,9 +96,12 @@ pub(super) async fn recycle(
             )
             .field("serial")
         })?;
-    let last = match last.status.as_str() {
+    let last = match last.status {
         // A recycle left waiting at its prompts is ended and started over.
-        "running" if last.action == "recycle" && unseal(&state, &last)?.batch.awaits_answers() => {
+        SessionStatus::Running
+            if last.action == SessionAction::Recycle
+                && unseal(&state, &last)?.batch.awaits_answers() =>
+        {
             super::retry_cancel::end_failed(&state, &caller, &last, "recycle.end_waiting_session")
                 .await?;
             state
@@ -105,7 +110,7 @@ pub(super) async fn recycle(
                 .await
                 .map_err(|e| store_error("reading the session", e))?
         }
-        "running" => {
+        SessionStatus::Running => {
             return Err(ApiError::conflict(
                 "device_busy",
                 format!(
@@ -115,7 +120,7 @@ pub(super) async fn recycle(
             ))
         }
         // Recycle ends a failed session first, as Cancel does.
-        "failed" => {
+        SessionStatus::Failed => {
             super::retry_cancel::end_failed(&state, &caller, &last, "recycle.end_failed_session")
                 .await?;
             state
@@ -177,8 +182,8 @@ pub(super) async fn recycle(
         device_id: device.id,
         user_id: last.user_id,
         policy_id: last.policy_id,
-        action: "recycle".into(),
-        status: "running".into(),
+        action: SessionAction::Recycle,
+        status: SessionStatus::Running,
         step: batch.step(),
         seq: 1,
         sealed_state: seal(&state, id, &data),
@@ -203,7 +208,7 @@ pub(super) async fn recycle(
     }
     Ok((
         StatusCode::CREATED,
-        Json(relay_batch(id, 1, "running", &batch)),
+        Json(relay_batch(id, 1, SessionStatus::Running, &batch)),
     ))
 }
 
@@ -230,7 +235,7 @@ pub(super) async fn on_result(
             data.engine = Engine::Recycle(engine);
             data.batch = batch.clone();
             let update = IssuanceUpdate {
-                status: "running".into(),
+                status: SessionStatus::Running,
                 step: batch.step(),
                 seq: next_seq,
                 sealed_state: seal(state, s.id, &data),
@@ -247,7 +252,12 @@ pub(super) async fn on_result(
                 .advance_issuance(s.id, s.seq, &update, None, &[], &[&draft])
                 .await
                 .map_err(|e| store_error("saving the session", e))?;
-            Ok(Json(relay_batch(s.id, next_seq, "running", &batch)))
+            Ok(Json(relay_batch(
+                s.id,
+                next_seq,
+                SessionStatus::Running,
+                &batch,
+            )))
         }
         Ok(Next::Done(recycled)) => {
             let device = state
@@ -261,7 +271,7 @@ pub(super) async fn on_result(
                 management_key: Known::sure(recycled.management_key),
             });
             let update = IssuanceUpdate {
-                status: "recycled".into(),
+                status: SessionStatus::Recycled,
                 step: "done".into(),
                 seq: next_seq,
                 sealed_state: seal(state, s.id, &data),
@@ -301,7 +311,7 @@ pub(super) async fn on_result(
             Ok(Json(relay_batch(
                 s.id,
                 next_seq,
-                "recycled",
+                SessionStatus::Recycled,
                 &Batch::default(),
             )))
         }
@@ -322,7 +332,7 @@ pub(super) async fn on_result(
             data.kept = Some(kept);
             data.batch = Batch::default();
             let update = IssuanceUpdate {
-                status: "failed".into(),
+                status: SessionStatus::Failed,
                 step: f.step.clone(),
                 seq: next_seq,
                 sealed_state: seal(state, s.id, &data),
@@ -343,7 +353,7 @@ pub(super) async fn on_result(
             Ok(Json(relay_batch(
                 s.id,
                 next_seq,
-                "failed",
+                SessionStatus::Failed,
                 &Batch::default(),
             )))
         }

@@ -275,7 +275,7 @@ pub(super) async fn relay(
                 .field("session_id"),
         );
     }
-    if s.status != "running" {
+    if s.status != keyward_domain::SessionStatus::Running {
         return Err(ApiError::conflict(
             "session_not_running",
             format!("the session is {}", s.status),
@@ -414,7 +414,7 @@ pub(super) async fn relay(
                 kept: None,
             };
             let update = IssuanceUpdate {
-                status: "running".into(),
+                status: keyward_domain::SessionStatus::Running,
                 step,
                 seq: next_seq,
                 sealed_state: seal(&state, s.id, &data),
@@ -435,7 +435,12 @@ pub(super) async fn relay(
                 .advance_issuance(s.id, s.seq, &update, None, &[], &audits)
                 .await
                 .map_err(|e| store_error("saving the session", e))?;
-            Ok(Json(relay_batch(s.id, next_seq, "running", &batch)))
+            Ok(Json(relay_batch(
+                s.id,
+                next_seq,
+                keyward_domain::SessionStatus::Running,
+                &batch,
+            )))
         }
         Next::Done(creds) => {
             // A passkey registered in this step but not on record is deleted
@@ -459,7 +464,7 @@ pub(super) async fn relay(
                 serde_json::json!({ "session": s.id, "credentials": creds.len() }),
             );
             let ending = Ending {
-                status: "issued",
+                status: keyward_domain::SessionStatus::Issued,
                 step: "done".into(),
                 error: None,
                 device: StateChange {
@@ -514,7 +519,7 @@ pub(super) async fn relay(
                 revoked.push(super::fido_step::passkey_credential(&s, record, Some(now)));
             }
             let ending = Ending {
-                status: "failed",
+                status: keyward_domain::SessionStatus::Failed,
                 step: f.step.clone(),
                 error: Some(report.to_string()),
                 device: StateChange {

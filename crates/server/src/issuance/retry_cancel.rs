@@ -42,9 +42,10 @@ pub(super) async fn end_failed(
     let mut data = unseal(state, s)?;
     // A recycle left waiting for the person (prompts out) ends like a
     // failed one: nothing is in flight on the device.
-    let waiting_recycle =
-        s.status == "running" && s.action == "recycle" && data.batch.awaits_answers();
-    if s.status != "failed" && !waiting_recycle {
+    let waiting_recycle = s.status == keyward_domain::SessionStatus::Running
+        && s.action == keyward_domain::SessionAction::Recycle
+        && data.batch.awaits_answers();
+    if s.status != keyward_domain::SessionStatus::Failed && !waiting_recycle {
         return Err(ApiError::conflict(
             "session_not_failed",
             format!(
@@ -63,7 +64,7 @@ pub(super) async fn end_failed(
         data.kept = Some(Kept::from_known(&a.known));
     }
     let update = IssuanceUpdate {
-        status: "cancelled".into(),
+        status: keyward_domain::SessionStatus::Cancelled,
         step: s.step.clone(),
         seq: s.seq + 1,
         sealed_state: seal(state, s.id, &data),
@@ -82,7 +83,8 @@ pub(super) async fn end_failed(
         format!("device:{}", data.serial),
         serde_json::json!({ "session": s.id }),
     );
-    let device_change = (s.action != "recycle").then_some((&device, &change));
+    let device_change =
+        (s.action != keyward_domain::SessionAction::Recycle).then_some((&device, &change));
     state
         .store
         .advance_issuance(s.id, s.seq, &update, device_change, &[], &[&draft])
@@ -103,13 +105,13 @@ pub(super) async fn retry(
 ) -> ApiResult<Json<RelayBatch>> {
     let s = super::access::load_for(&state, &caller, &id).await?;
     super::access::may_retry(&state, &caller, &s).await?;
-    if s.action == "recycle" {
+    if s.action == keyward_domain::SessionAction::Recycle {
         return Err(ApiError::conflict(
             "retry_not_possible",
             "a failed recycle is not retried: recycle the device again (POST /devices/{serial}/recycle)",
         ));
     }
-    if s.status != "failed" {
+    if s.status != keyward_domain::SessionStatus::Failed {
         return Err(ApiError::conflict(
             "session_not_failed",
             format!(
@@ -141,7 +143,7 @@ pub(super) async fn retry(
         .map_err(|e| store_error("reading the device", e))?;
     let next_seq = s.seq + 1;
     let update = IssuanceUpdate {
-        status: "running".into(),
+        status: keyward_domain::SessionStatus::Running,
         step: batch.step(),
         seq: next_seq,
         sealed_state: seal(&state, s.id, &data),
@@ -172,5 +174,10 @@ pub(super) async fn retry(
         )
         .await
         .map_err(|e| store_error("retrying the issuance", e))?;
-    Ok(Json(relay_batch(s.id, next_seq, "running", &batch)))
+    Ok(Json(relay_batch(
+        s.id,
+        next_seq,
+        keyward_domain::SessionStatus::Running,
+        &batch,
+    )))
 }

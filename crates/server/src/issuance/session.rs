@@ -108,7 +108,7 @@ pub(super) fn certificate_credential(
 
 /// How a session ends: its status, the device's change and what to record.
 pub(super) struct Ending {
-    pub(super) status: &'static str,
+    pub(super) status: keyward_domain::SessionStatus,
     pub(super) step: String,
     pub(super) error: Option<String>,
     pub(super) device: StateChange,
@@ -145,7 +145,7 @@ pub(super) async fn end_session(
         kept,
     };
     let update = IssuanceUpdate {
-        status: ending.status.into(),
+        status: ending.status,
         step: ending.step,
         seq: s.seq + 1,
         sealed_state: seal(state, s.id, &data),

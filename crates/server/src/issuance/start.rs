@@ -185,8 +185,8 @@ pub(super) async fn start(
         device_id: device.id,
         user_id: user.id,
         policy_id: policy.id,
-        action: "issue".into(),
-        status: "running".into(),
+        action: keyward_domain::SessionAction::Issue,
+        status: keyward_domain::SessionStatus::Running,
         step: batch.step(),
         seq: 1,
         sealed_state: seal(&state, id, &data),
@@ -219,8 +219,13 @@ pub(super) async fn start(
     Ok((
         StatusCode::CREATED,
         Json(
-            serde_json::to_value(relay_batch(id, 1, "running", &batch))
-                .expect("a batch serialises"),
+            serde_json::to_value(relay_batch(
+                id,
+                1,
+                keyward_domain::SessionStatus::Running,
+                &batch,
+            ))
+            .expect("a batch serialises"),
         ),
     ))
 }

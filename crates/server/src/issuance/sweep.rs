@@ -43,7 +43,7 @@ pub async fn sweep_abandoned(state: &AppState) -> anyhow::Result<usize> {
         data.engine = Engine::Finished;
         data.batch = Batch::default();
         let update = IssuanceUpdate {
-            status: "cancelled".into(),
+            status: keyward_domain::SessionStatus::Cancelled,
             step: "abandoned".into(),
             seq: s.seq + 1,
             sealed_state: seal(state, s.id, &data),
@@ -70,7 +70,9 @@ pub async fn sweep_abandoned(state: &AppState) -> anyhow::Result<usize> {
                 s.seq,
                 &update,
                 // A recycle or PIN change never moved the device: nothing to undo.
-                (s.action != "recycle" && s.action != "change_pin").then_some((&device, &change)),
+                (s.action != keyward_domain::SessionAction::Recycle
+                    && s.action != keyward_domain::SessionAction::ChangePin)
+                    .then_some((&device, &change)),
                 &revoked,
                 &[&draft],
             )
