@@ -9,7 +9,6 @@
 mod agent;
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use agent::{call_with, paired_agent, wait_devices, wait_session_end};
@@ -17,17 +16,10 @@ use serde_json::{json, Value};
 use support::TestServer;
 
 fn issue(server: &TestServer, args: &[&str]) -> (std::process::Output, Value) {
-    let out = Command::new(support::BIN)
-        .arg("issue")
-        .args(["--server", &server.url, "--token", &server.token, "--json"])
+    // No local device can be found: no pcscd for this process.
+    let out = agent::cli_without_pcsc(server, "issue")
+        .arg("--json")
         .args(args)
-        .env_remove("KEYWARD_SERVER")
-        .env_remove("KEYWARD_TOKEN")
-        // No local device can be found: no pcscd for this process.
-        .env(
-            "PCSCLITE_CSOCK_NAME",
-            "/nonexistent/keyward-test-pcscd.comm",
-        )
         .output()
         .unwrap();
     let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);

@@ -27,28 +27,19 @@ mod pcsc;
 mod self_service;
 mod support;
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use agent::{paired_pcsc_agent, wait_session_end, Agent};
-use pcsc::{run, run_ok, Vcard, OPENSC_PKCS11};
+use pcsc::Vcard;
 use self_service::{call_as_user, sign_in_user};
 use serde_json::{json, Value};
 use support::TestServer;
 
-/// `keyward SUB --server … --token … ARGS` on a client with no PC/SC: the
-/// session can only run through the agent.
+/// `keyward SUB … ARGS` on a client with no PC/SC: through the agent only.
 fn keyward_remote(server: &TestServer, sub: &str, args: &[&str]) -> Output {
-    Command::new(support::BIN)
-        .arg(sub)
-        .args(["--server", &server.url, "--token", &server.token])
+    agent::cli_without_pcsc(server, sub)
         .args(args)
-        .env_remove("KEYWARD_SERVER")
-        .env_remove("KEYWARD_TOKEN")
-        .env(
-            "PCSCLITE_CSOCK_NAME",
-            "/nonexistent/keyward-test-pcscd.comm",
-        )
         .output()
         .unwrap()
 }
@@ -64,93 +55,6 @@ fn put_setting(server: &TestServer, key: &str, value: &str) {
         Some(json!({ "value": value })),
     );
     assert_eq!(s, 200, "{v}");
-}
-
-/// `pkcs11-tool --login --pin PIN --list-objects` (OpenSC's PIV driver).
-fn pkcs11_objects(pin: &str) -> Output {
-    run(
-        "pkcs11-tool",
-        &[
-            "--module",
-            OPENSC_PKCS11,
-            "--login",
-            "--pin",
-            pin,
-            "--list-objects",
-        ],
-    )
-}
-
-/// pkcs11-tool signs with the PIV Authentication key and `pin`; openssl
-/// verifies the signature with the certificate read from the card.
-fn assert_signs(card: &Vcard, pin: &str) {
-    let data = card.path("data.bin");
-    std::fs::write(&data, b"signed through an agent over PC/SC").unwrap();
-    let sig = card.path("data.sig");
-    run_ok(
-        "pkcs11-tool",
-        &[
-            "--module",
-            OPENSC_PKCS11,
-            "--login",
-            "--pin",
-            pin,
-            "--sign",
-            "--id",
-            "01",
-            "--mechanism",
-            "ECDSA-SHA256",
-            "--signature-format",
-            "openssl",
-            "--input-file",
-            data.to_str().unwrap(),
-            "--output-file",
-            sig.to_str().unwrap(),
-        ],
-    );
-    let der = card.path("cert.der");
-    run_ok(
-        "pkcs11-tool",
-        &[
-            "--module",
-            OPENSC_PKCS11,
-            "--read-object",
-            "--type",
-            "cert",
-            "--id",
-            "01",
-            "--output-file",
-            der.to_str().unwrap(),
-        ],
-    );
-    let pubkey = card.path("pub.pem");
-    let out = run(
-        "openssl",
-        &[
-            "x509",
-            "-inform",
-            "DER",
-            "-in",
-            der.to_str().unwrap(),
-            "-noout",
-            "-pubkey",
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    std::fs::write(&pubkey, &out.stdout).unwrap();
-    let verified = run_ok(
-        "openssl",
-        &[
-            "dgst",
-            "-sha256",
-            "-verify",
-            pubkey.to_str().unwrap(),
-            "-signature",
-            sig.to_str().unwrap(),
-            data.to_str().unwrap(),
-        ],
-    );
-    assert!(verified.contains("Verified OK"), "{verified}");
 }
 
 /// Waits until session `id` shows prompts; their kinds.
@@ -289,7 +193,7 @@ fn piv_life_through_the_agent(device_type: &str, serial: &str, vcard_args: &[&st
     assert!(out.status.success(), "{}", text(&out));
     // The session's first batches replaced the factory PIN.
     assert!(
-        !pkcs11_objects("123456").status.success(),
+        !pcsc::pkcs11_login("123456").status.success(),
         "the factory PIN still works"
     );
 
@@ -304,7 +208,7 @@ fn piv_life_through_the_agent(device_type: &str, serial: &str, vcard_args: &[&st
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["state"], "available", "{report}");
-    let factory = pkcs11_objects("123456");
+    let factory = pcsc::pkcs11_login("123456");
     assert!(factory.status.success(), "factory PIN: {}", text(&factory));
     assert!(
         !text(&factory).contains("Certificate Object"),
@@ -351,16 +255,16 @@ fn piv_life_through_the_agent(device_type: &str, serial: &str, vcard_args: &[&st
         &format!("session {issued_id}: device {serial} released (reset)"),
         Duration::from_secs(10),
     );
-    assert_signs(&card, "735194");
+    pcsc::pkcs11_signs_and_openssl_verifies(card.dir.path(), "735194");
 
     // 4. The person's Change PIN through their agent.
     change_pin(&server, &alice, serial, "735194", "24681357");
-    assert!(pkcs11_objects("24681357").status.success());
+    assert!(pcsc::pkcs11_login("24681357").status.success());
     assert!(
-        !pkcs11_objects("735194").status.success(),
+        !pcsc::pkcs11_login("735194").status.success(),
         "the old PIN is refused"
     );
-    assert_signs(&card, "24681357");
+    pcsc::pkcs11_signs_and_openssl_verifies(card.dir.path(), "24681357");
 
     // Nothing secret in the agent's output, and no APDU.
     let log = agent.output();

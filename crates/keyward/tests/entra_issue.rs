@@ -165,25 +165,11 @@ fn issue_via_agent(
     let agent = agent::paired_pcsc_agent(server, agent_args, &[], &[serial]);
     let file = card.path("answers.toml");
     std::fs::write(&file, answers).unwrap();
-    let out = std::process::Command::new(support::BIN)
-        .arg("issue")
-        .args(["--server", &server.url, "--token", &server.token])
+    // No PC/SC here: only the agent reaches the device.
+    let out = agent::cli_without_pcsc(server, "issue")
         .args(["--answers", file.to_str().unwrap(), "--json"])
-        .args([
-            "--user",
-            "alice",
-            "--policy",
-            "PIV + Passkey",
-            "--serial",
-            serial,
-        ])
-        .env_remove("KEYWARD_SERVER")
-        .env_remove("KEYWARD_TOKEN")
-        // No PC/SC here: only the agent reaches the device.
-        .env(
-            "PCSCLITE_CSOCK_NAME",
-            "/nonexistent/keyward-test-pcscd.comm",
-        )
+        .args(["--user", "alice", "--policy", "PIV + Passkey"])
+        .args(["--serial", serial])
         .output()
         .unwrap();
     (out, agent)
@@ -878,24 +864,33 @@ fn beta_api_and_users_matched_by_object_id() {
     assert!(v.to_string().contains("challenge_timeout_minutes"), "{v}");
 }
 
-/// Issue 11: the passkey flows through a workstation agent over real
-/// PC/SC (the agent holds the card across batches; a reset between them
-/// would lose the management key's witness and the FIDO PIN token).
-#[test]
-fn c4000_shared_pin_through_an_agent_over_pcsc() {
+/// Issue 11: a passkey issuance through a workstation agent over real
+/// PC/SC (the agent holds the card across batches: a reset between them
+/// would lose the management key's witness and the FIDO PIN token); then
+/// python-fido2 signs in with `pin`. `vcard_args` after the serial; a USB
+/// key's HID socket is given to the agent and to python-fido2.
+fn passkey_through_the_agent(
+    (device_type, serial, firmware): (&str, &str, &str),
+    vcard_args: &[&str],
+    shared: bool,
+    answers: &str,
+    pin: &str,
+) {
     let _lock = pcsc::lock();
-    let serial = "41000521";
-    let card = Vcard::spawn(&["--profile", "c4000", "--serial", serial]);
+    let mut args = vec!["--serial", serial];
+    args.extend_from_slice(vcard_args);
+    let card = Vcard::spawn(&args);
+    let hid = vcard_args
+        .contains(&"--hid-socket")
+        .then(|| card.path("hid.sock").to_str().unwrap().to_string());
+    let hid_args: Vec<&str> = hid
+        .as_deref()
+        .map(|h| vec!["--hid-socket", h])
+        .unwrap_or_default();
     let t = tenant(&card);
     let server = TestServer::start();
-    seed(&server, &t, "c4000", serial, "1.0.0", true);
-    let (out, agent) = issue_via_agent(
-        &server,
-        &card,
-        serial,
-        "pin = \"735194\"\ntouch = \"true\"\n",
-        &[],
-    );
+    seed(&server, &t, device_type, serial, firmware, shared);
+    let (out, agent) = issue_via_agent(&server, &card, serial, answers, &hid_args);
     let r = report(&out);
     assert_eq!(
         r["state"],
@@ -905,115 +900,72 @@ fn c4000_shared_pin_through_an_agent_over_pcsc() {
         agent.output()
     );
     assert_eq!(passkeys_on_record(&r).len(), 1, "{r}");
-    assert!(!agent.output().contains("735194"));
+    assert!(
+        !agent.output().contains(pin),
+        "no PIN in the agent's output"
+    );
     agent.wait_output("released (reset)", std::time::Duration::from_secs(10));
-    assert_passkey_signs_in(&t, "735194");
+    // The agent held the HID socket while the session ran; it let go.
+    drop(agent);
+    passkey_signs_in(&t, pin, &hid_args);
+}
+
+#[test]
+fn c4000_shared_pin_through_an_agent_over_pcsc() {
+    passkey_through_the_agent(
+        ("c4000", "41000521", "1.0.0"),
+        &["--profile", "c4000"],
+        true,
+        "pin = \"735194\"\ntouch = \"true\"\n",
+        "735194",
+    );
 }
 
 #[test]
 fn c4000_unshared_through_an_agent_over_pcsc() {
-    let _lock = pcsc::lock();
-    let serial = "41000522";
-    let card = Vcard::spawn(&["--profile", "c4000", "--serial", serial]);
-    let t = tenant(&card);
-    let server = TestServer::start();
-    seed(&server, &t, "c4000", serial, "1.0.0", false);
-    let (out, agent) = issue_via_agent(
-        &server,
-        &card,
-        serial,
+    passkey_through_the_agent(
+        ("c4000", "41000522", "1.0.0"),
+        &["--profile", "c4000"],
+        false,
         "pin = \"735194\"\nfido_pin = \"864213\"\ntouch = \"true\"\n",
-        &[],
+        "864213",
     );
-    let r = report(&out);
-    assert_eq!(
-        r["state"],
-        "issued",
-        "{r}\n{}\nagent:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        agent.output()
-    );
-    assert_eq!(passkeys_on_record(&r).len(), 1, "{r}");
-    agent.wait_output("released (reset)", std::time::Duration::from_secs(10));
-    assert_passkey_signs_in(&t, "864213");
 }
 
 #[test]
 fn usb_yubikey_unshared_through_an_agent_over_pcsc_and_its_hid_socket() {
-    let _lock = pcsc::lock();
-    let serial = "31000521";
-    let card = Vcard::spawn(&[
-        "--profile",
-        "yubikey5",
-        "--firmware",
-        "5.7.1",
-        "--serial",
-        serial,
-        "--hid-socket",
-        "{dir}/hid.sock",
-    ]);
-    let hid = card.path("hid.sock");
-    let hid = hid.to_str().unwrap();
-    let t = tenant(&card);
-    let server = TestServer::start();
-    seed(&server, &t, "yubikey5", serial, "5.7.1", false);
-    let (out, agent) = issue_via_agent(
-        &server,
-        &card,
-        serial,
+    passkey_through_the_agent(
+        ("yubikey5", "31000521", "5.7.1"),
+        &[
+            "--profile",
+            "yubikey5",
+            "--firmware",
+            "5.7.1",
+            "--hid-socket",
+            "{dir}/hid.sock",
+        ],
+        false,
         "pin = \"735194\"\nfido_pin = \"973152\"\ntouch = \"true\"\n",
-        &["--hid-socket", hid],
+        "973152",
     );
-    let r = report(&out);
-    assert_eq!(
-        r["state"],
-        "issued",
-        "{r}\n{}\nagent:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        agent.output()
-    );
-    assert_eq!(passkeys_on_record(&r).len(), 1, "{r}");
-    agent.wait_output("released (reset)", std::time::Duration::from_secs(10));
-    // The agent holds the HID socket while the session runs; it let go.
-    drop(agent);
-    passkey_signs_in(&t, "973152", &["--hid-socket", hid]);
 }
 
 #[test]
 fn nfc_yubikey_unshared_through_an_agent_over_pcsc() {
-    let _lock = pcsc::lock();
-    let serial = "31000522";
-    let card = Vcard::spawn(&[
-        "--profile",
-        "yubikey5",
-        "--firmware",
-        "5.7.1",
-        "--transport",
-        "nfc",
-        "--serial",
-        serial,
-    ]);
-    let t = tenant(&card);
-    let server = TestServer::start();
-    seed(&server, &t, "yubikey5", serial, "5.7.1", false);
-    let (out, agent) = issue_via_agent(
-        &server,
-        &card,
-        serial,
+    passkey_through_the_agent(
+        ("yubikey5", "31000522", "5.7.1"),
+        &[
+            "--profile",
+            "yubikey5",
+            "--firmware",
+            "5.7.1",
+            "--transport",
+            "nfc",
+        ],
+        false,
         "pin = \"735194\"\nfido_pin = \"973152\"\ntouch = \"true\"\n",
-        &[],
+        "973152",
     );
-    let r = report(&out);
-    assert_eq!(
-        r["state"],
-        "issued",
-        "{r}\n{}\nagent:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        agent.output()
-    );
-    assert_eq!(passkeys_on_record(&r).len(), 1, "{r}");
-    agent.wait_output("released (reset)", std::time::Duration::from_secs(10));
-    assert_passkey_signs_in(&t, "973152");
 }
 
 /// `clientPin` in the authenticator's getInfo, read by python-fido2 over
@@ -1092,8 +1044,7 @@ fn c4000_recycled_through_an_agent_over_pcsc_with_its_fido_reset() {
 
     let file = card.path("recycle.toml");
     std::fs::write(&file, "touch = true\n").unwrap();
-    let out = std::process::Command::new(support::BIN)
-        .args(["recycle", "--server", &server.url, "--token", &server.token])
+    let out = agent::cli_without_pcsc(&server, "recycle")
         .args([
             "--serial",
             serial,
@@ -1101,12 +1052,6 @@ fn c4000_recycled_through_an_agent_over_pcsc_with_its_fido_reset() {
             file.to_str().unwrap(),
             "--json",
         ])
-        .env_remove("KEYWARD_SERVER")
-        .env_remove("KEYWARD_TOKEN")
-        .env(
-            "PCSCLITE_CSOCK_NAME",
-            "/nonexistent/keyward-test-pcscd.comm",
-        )
         .output()
         .unwrap();
     let r = report(&out);

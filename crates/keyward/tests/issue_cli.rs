@@ -100,85 +100,9 @@ fn keyward_issue_personalises_a_yubikey_over_pcsc_that_third_party_tools_accept(
     assert_eq!(report["credentials"].as_array().unwrap().len(), 2);
     assert!(!stdout.contains("735194") && !String::from_utf8_lossy(&out.stderr).contains("735194"));
 
-    // pkcs11-tool signs with the PIV Authentication key and the new PIN …
-    let data = card.path("data.bin");
-    std::fs::write(&data, b"signed by a device Keyward issued").unwrap();
-    let sig = card.path("data.sig");
-    run_ok(
-        "pkcs11-tool",
-        &[
-            "--module",
-            OPENSC_PKCS11,
-            "--login",
-            "--pin",
-            "735194",
-            "--sign",
-            "--id",
-            "01",
-            "--mechanism",
-            "ECDSA-SHA256",
-            "--signature-format",
-            "openssl",
-            "-i",
-            data.to_str().unwrap(),
-            "-o",
-            sig.to_str().unwrap(),
-        ],
-    );
-    // … and openssl verifies it with the certificate read from the card.
-    let cert = card.path("cert.pem");
-    run_ok(
-        "pkcs11-tool",
-        &[
-            "--module",
-            OPENSC_PKCS11,
-            "--read-object",
-            "--type",
-            "cert",
-            "--id",
-            "01",
-            "-o",
-            card.path("cert.der").to_str().unwrap(),
-        ],
-    );
-    run_ok(
-        "openssl",
-        &[
-            "x509",
-            "-inform",
-            "DER",
-            "-in",
-            card.path("cert.der").to_str().unwrap(),
-            "-out",
-            cert.to_str().unwrap(),
-        ],
-    );
-    let pubkey = card.path("pub.pem");
-    run_ok(
-        "openssl",
-        &[
-            "x509",
-            "-in",
-            cert.to_str().unwrap(),
-            "-noout",
-            "-pubkey",
-            "-out",
-            pubkey.to_str().unwrap(),
-        ],
-    );
-    let verified = run_ok(
-        "openssl",
-        &[
-            "dgst",
-            "-sha256",
-            "-verify",
-            pubkey.to_str().unwrap(),
-            "-signature",
-            sig.to_str().unwrap(),
-            data.to_str().unwrap(),
-        ],
-    );
-    assert!(verified.contains("Verified OK"), "{verified}");
+    // pkcs11-tool signs with the PIV Authentication key and the new PIN,
+    // and openssl verifies it with the certificate read from the card.
+    let cert = pcsc::pkcs11_signs_and_openssl_verifies(card.dir.path(), "735194");
     // The certificate chains to the CA the server serves and names the user.
     let chain = card.path("chain.pem");
     std::fs::write(

@@ -45,15 +45,8 @@ fn a_failed_device_is_recycled_through_the_agent_that_reports_it() {
     );
 
     // `keyward recycle` where the device is not connected: through the agent.
-    let out = std::process::Command::new(support::BIN)
-        .args(["recycle", "--server", &server.url, "--token", &server.token])
+    let out = agent::cli_without_pcsc(&server, "recycle")
         .args(["--serial", "31000310", "--json"])
-        .env_remove("KEYWARD_SERVER")
-        .env_remove("KEYWARD_TOKEN")
-        .env(
-            "PCSCLITE_CSOCK_NAME",
-            "/nonexistent/keyward-test-pcscd.comm",
-        )
         .output()
         .unwrap();
     assert_eq!(

@@ -10,7 +10,7 @@
 mod pcsc;
 mod support;
 
-use pcsc::{run, run_ok, Vcard, OPENSC_PKCS11};
+use pcsc::{run_ok, Vcard};
 use serde_json::{json, Value};
 use support::TestServer;
 
@@ -107,20 +107,6 @@ fn relay_pcsc(
     batch
 }
 
-fn pkcs11_login(pin: &str) -> std::process::Output {
-    run(
-        "pkcs11-tool",
-        &[
-            "--module",
-            OPENSC_PKCS11,
-            "--login",
-            "--pin",
-            pin,
-            "--list-objects",
-        ],
-    )
-}
-
 #[test]
 fn keyward_issue_sets_the_persons_pin_at_the_end_from_answers() {
     let _lock = pcsc::lock();
@@ -197,11 +183,11 @@ fn keyward_issue_sets_the_persons_pin_at_the_end_from_answers() {
     let (_, st) = server.call("GET", &format!("/issuance/{session}"), None);
     assert_eq!(st["status"], "issued", "{st}");
     assert!(
-        pkcs11_login("735194").status.success(),
+        pcsc::pkcs11_login("735194").status.success(),
         "the person's PIN works"
     );
     assert!(
-        !pkcs11_login("123456").status.success(),
+        !pcsc::pkcs11_login("123456").status.success(),
         "the factory PIN does not"
     );
 
@@ -252,11 +238,11 @@ fn keyward_issue_sets_the_persons_pin_at_the_end_from_answers() {
     }
     assert!(!text(&out).contains("582039"));
     assert!(
-        pkcs11_login("582039").status.success(),
+        pcsc::pkcs11_login("582039").status.success(),
         "the person's PIN works"
     );
     assert!(
-        !pkcs11_login("123456").status.success(),
+        !pcsc::pkcs11_login("123456").status.success(),
         "the factory PIN does not"
     );
     drop(card);
@@ -313,7 +299,7 @@ fn keyward_recycle_wipes_a_failed_yubikey_which_is_then_issued_to_another_user()
     );
     assert!(status.contains("PIN tries left:\t3"), "{status}");
     // Factory PIN and factory management key (yubico-piv-tool's default).
-    assert!(pkcs11_login("123456").status.success());
+    assert!(pcsc::pkcs11_login("123456").status.success());
     run_ok(
         "yubico-piv-tool",
         &[
@@ -341,7 +327,7 @@ fn keyward_recycle_wipes_a_failed_yubikey_which_is_then_issued_to_another_user()
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(pkcs11_login("582039").status.success());
+    assert!(pcsc::pkcs11_login("582039").status.success());
     // Issued: recycle is refused before the device is touched (exit 3).
     let out = keyward(&server, "recycle", &["--serial", "31000113"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
@@ -373,16 +359,16 @@ fn keyward_recycle_returns_a_cancelled_c4000_to_factory_state() {
     assert_eq!(end["state"], "failed", "{end}");
     let out = keyward(&server, "issue", &["--cancel", &id]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let objects = text(&pkcs11_login("735194"));
+    let objects = text(&pcsc::pkcs11_login("735194"));
     assert!(objects.contains("Certificate Object"), "{objects}");
 
     let out = keyward(&server, "recycle", &["--serial", "31000114", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["state"], "available", "{report}");
-    let objects = text(&pkcs11_login("123456"));
+    let objects = text(&pcsc::pkcs11_login("123456"));
     assert!(
-        pkcs11_login("123456").status.success(),
+        pcsc::pkcs11_login("123456").status.success(),
         "factory PIN: {objects}"
     );
     assert!(
@@ -390,7 +376,7 @@ fn keyward_recycle_returns_a_cancelled_c4000_to_factory_state() {
         "no certificate: {objects}"
     );
     assert!(
-        !pkcs11_login("735194").status.success(),
+        !pcsc::pkcs11_login("735194").status.success(),
         "the user's PIN is gone"
     );
     // Factory PUK: CHANGE REFERENCE DATA from 12345678 accepted (opensc-tool).

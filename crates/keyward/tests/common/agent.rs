@@ -302,3 +302,19 @@ fn paired(
     wait_devices(&server.url, &server.token, serials, true);
     agent
 }
+
+/// `keyward SUB --server URL --token TOKEN` on a client that has no PC/SC
+/// of its own (pcsc-lite pointed at a socket that does not exist), so a
+/// device session can only run through an agent. Add arguments and run.
+pub fn cli_without_pcsc(server: &super::support::TestServer, sub: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyward"));
+    cmd.arg(sub)
+        .args(["--server", &server.url, "--token", &server.token])
+        .env_remove("KEYWARD_SERVER")
+        .env_remove("KEYWARD_TOKEN")
+        .env(
+            "PCSCLITE_CSOCK_NAME",
+            "/nonexistent/keyward-test-pcscd.comm",
+        );
+    cmd
+}

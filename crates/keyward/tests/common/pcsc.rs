@@ -235,3 +235,100 @@ impl Drop for Vcard {
         self.kill();
     }
 }
+
+/// `pkcs11-tool --login --pin PIN --list-objects` through OpenSC's PIV
+/// driver (not checked: a refused PIN is an answer too).
+pub fn pkcs11_login(pin: &str) -> Output {
+    run(
+        "pkcs11-tool",
+        &[
+            "--module",
+            OPENSC_PKCS11,
+            "--login",
+            "--pin",
+            pin,
+            "--list-objects",
+        ],
+    )
+}
+
+/// pkcs11-tool signs with the PIV Authentication key (id 01) and `pin`;
+/// openssl verifies the signature with the certificate read from the card.
+/// Files go to `dir`; returns the certificate (PEM) for further checks.
+pub fn pkcs11_signs_and_openssl_verifies(dir: &Path, pin: &str) -> PathBuf {
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    std::fs::write(dir.join("data.bin"), b"signed by a device Keyward issued").unwrap();
+    run_ok(
+        "pkcs11-tool",
+        &[
+            "--module",
+            OPENSC_PKCS11,
+            "--login",
+            "--pin",
+            pin,
+            "--sign",
+            "--id",
+            "01",
+            "--mechanism",
+            "ECDSA-SHA256",
+            "--signature-format",
+            "openssl",
+            "-i",
+            &path("data.bin"),
+            "-o",
+            &path("data.sig"),
+        ],
+    );
+    run_ok(
+        "pkcs11-tool",
+        &[
+            "--module",
+            OPENSC_PKCS11,
+            "--read-object",
+            "--type",
+            "cert",
+            "--id",
+            "01",
+            "-o",
+            &path("cert.der"),
+        ],
+    );
+    run_ok(
+        "openssl",
+        &[
+            "x509",
+            "-inform",
+            "DER",
+            "-in",
+            &path("cert.der"),
+            "-out",
+            &path("cert.pem"),
+        ],
+    );
+    run_ok(
+        "openssl",
+        &[
+            "x509",
+            "-in",
+            &path("cert.pem"),
+            "-noout",
+            "-pubkey",
+            "-out",
+            &path("pub.pem"),
+        ],
+    );
+    let verified = run_ok(
+        "openssl",
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            &path("pub.pem"),
+            "-signature",
+            &path("data.sig"),
+            &path("data.bin"),
+        ],
+    );
+    assert!(verified.contains("Verified OK"), "{verified}");
+    dir.join("cert.pem")
+}
