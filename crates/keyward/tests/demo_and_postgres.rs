@@ -58,43 +58,11 @@ fn demo_prints_sign_ins_and_seeds_users_policies_and_settings() {
     assert_eq!(resp.status().as_u16(), 200);
 }
 
-fn postgres_url() -> Option<String> {
-    match std::env::var("KEYWARD_TEST_POSTGRES_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("CI is set but KEYWARD_TEST_POSTGRES_URL is not: .ci/run must start PostgreSQL")
-        }
-        _ => None,
-    }
-}
-
-/// A fresh database on the test server, so runs never see each other's data.
-fn fresh_database(url: &str) -> String {
-    let name = format!("kw_e2e_{}", support::uuid_like());
-    let out = std::process::Command::new("psql")
-        .arg(url)
-        .arg("-v")
-        .arg("ON_ERROR_STOP=1")
-        .arg("-c")
-        .arg(format!("CREATE DATABASE {name}"))
-        .output()
-        .expect("psql");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let base = url.rsplit_once('/').unwrap().0;
-    format!("{base}/{name}")
-}
-
 #[test]
 fn the_server_runs_on_postgresql() {
-    let Some(url) = postgres_url() else {
-        eprintln!("SKIPPED: set KEYWARD_TEST_POSTGRES_URL to run against PostgreSQL");
+    let Some(db) = support::postgres_database("kw_e2e") else {
         return;
     };
-    let db = fresh_database(&url);
     let server = TestServer::start_with(ServerOptions {
         database_url: Some(db.clone()),
         ..Default::default()

@@ -254,29 +254,9 @@ fn a_swapped_device_fails_the_attempt_and_leaves_it_produced_failed() {
 /// killed; node B, on the same PostgreSQL with the same KEK, finishes it.
 #[test]
 fn a_second_server_node_on_the_same_postgresql_finishes_the_session() {
-    let url = match std::env::var("KEYWARD_TEST_POSTGRES_URL") {
-        Ok(u) if !u.is_empty() => u,
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("CI is set but KEYWARD_TEST_POSTGRES_URL is not")
-        }
-        _ => {
-            eprintln!("SKIPPED: set KEYWARD_TEST_POSTGRES_URL to run against PostgreSQL");
-            return;
-        }
+    let Some(db) = support::postgres_database("kw_durable") else {
+        return;
     };
-    let name = format!("kw_durable_{}", support::uuid_like());
-    let out = std::process::Command::new("psql")
-        .arg(&url)
-        .arg("-c")
-        .arg(format!("CREATE DATABASE {name}"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let db = format!("{}/{name}", url.rsplit_once('/').unwrap().0);
     let kek = "a2V5d2FyZC1zaGFyZWQta2VrLWZvci10d28tbm9kZXM="; // 32 bytes, both nodes
     let opts = || support::ServerOptions {
         database_url: Some(db.clone()),

@@ -188,29 +188,9 @@ fn no_pin_in_the_sqlite_files_or_the_output() {
 
 #[test]
 fn no_pin_in_a_pg_dump() {
-    let url = match std::env::var("KEYWARD_TEST_POSTGRES_URL") {
-        Ok(u) if !u.is_empty() => u,
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("CI is set but KEYWARD_TEST_POSTGRES_URL is not")
-        }
-        _ => {
-            eprintln!("SKIPPED: set KEYWARD_TEST_POSTGRES_URL to run against PostgreSQL");
-            return;
-        }
+    let Some(db) = support::postgres_database("kw_secrets") else {
+        return;
     };
-    let name = format!("kw_secrets_{}", support::uuid_like());
-    let out = std::process::Command::new("psql")
-        .arg(&url)
-        .arg("-c")
-        .arg(format!("CREATE DATABASE {name}"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let db = format!("{}/{name}", url.rsplit_once('/').unwrap().0);
     let server = TestServer::start_with(ServerOptions {
         database_url: Some(db.clone()),
         ..Default::default()
