@@ -22,6 +22,8 @@ pub struct TestServer {
 }
 
 pub struct ServerOptions {
+    /// The data folder (default: a new empty one).
+    pub data_dir: Option<tempfile::TempDir>,
     pub database_url: Option<String>,
     pub extra_env: Vec<(String, String)>,
     pub args: Vec<String>,
@@ -31,6 +33,7 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
+            data_dir: None,
             database_url: None,
             extra_env: vec![],
             args: vec![],
@@ -60,8 +63,11 @@ impl TestServer {
         Self::start_with(ServerOptions::default())
     }
 
-    pub fn start_with(opts: ServerOptions) -> TestServer {
-        let data_dir = tempfile::tempdir().unwrap();
+    pub fn start_with(mut opts: ServerOptions) -> TestServer {
+        let data_dir = opts
+            .data_dir
+            .take()
+            .unwrap_or_else(|| tempfile::tempdir().unwrap());
         let token = format!("kw_test_{}", uuid_like());
         let mut cmd = Command::new(BIN);
         cmd.arg(opts.subcommand)

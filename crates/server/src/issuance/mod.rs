@@ -140,6 +140,12 @@ pub(super) enum Engine {
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct SessionData {
+    /// The format of this sealed state ([`SEALED_FORMAT`]); states sealed
+    /// before the field existed are format 1. A release reads every format
+    /// before its own (a session started before an upgrade finishes after
+    /// it: `tests/sealed_session_upgrade.rs`) and refuses a newer one.
+    #[serde(default = "format_before_numbering")]
+    format: u32,
     engine: Engine,
     /// The batch out now (sent again on request after a dropped connection).
     batch: Batch,
@@ -160,6 +166,13 @@ pub(super) struct SessionData {
     /// the PUK (stored only sealed) and the management key, for Recycle.
     #[serde(default)]
     kept: Option<Kept>,
+}
+
+/// The format of the sealed session state this release writes.
+pub(super) const SEALED_FORMAT: u32 = 1;
+
+fn format_before_numbering() -> u32 {
+    1
 }
 
 /// The device secrets a later Recycle needs (never the PIN).

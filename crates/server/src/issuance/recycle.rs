@@ -167,6 +167,7 @@ pub(super) async fn recycle(
     let id = Uuid::new_v4();
     let now = time::OffsetDateTime::now_utc();
     let data = SessionData {
+        format: super::SEALED_FORMAT,
         engine: Engine::Recycle(engine),
         batch: batch.clone(),
         user_login: last_data.user_login,

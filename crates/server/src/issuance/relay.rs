@@ -403,6 +403,7 @@ pub(super) async fn relay(
             attempt.certificates.extend(issued);
             let step = batch.step();
             let data = SessionData {
+                format: super::SEALED_FORMAT,
                 engine,
                 batch: batch.clone(),
                 user_login,

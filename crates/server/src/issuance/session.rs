@@ -10,7 +10,7 @@ use keyward_store::{Credential, IssuanceSession, IssuanceUpdate};
 use rand::RngCore;
 use uuid::Uuid;
 
-use super::{relay_batch, Attempt, Engine, Kept, SessionData, MASTER_KEY_SECRET};
+use super::{relay_batch, Attempt, Engine, Kept, SessionData, MASTER_KEY_SECRET, SEALED_FORMAT};
 use crate::api::store_error;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -31,7 +31,18 @@ pub(super) fn unseal(state: &AppState, s: &IssuanceSession) -> ApiResult<Session
             .open(&seal_context(s.id), &s.sealed_state)
             .map_err(|e| ApiError::internal("opening the session state", e))?,
     );
-    serde_json::from_slice(&plain).map_err(|e| ApiError::internal("reading the session state", e))
+    let data: SessionData = serde_json::from_slice(&plain)
+        .map_err(|e| ApiError::internal("reading the session state", e))?;
+    if data.format > SEALED_FORMAT {
+        return Err(ApiError::conflict(
+            "session_from_newer_release",
+            format!(
+                "session {} was sealed by a newer release of Keyward (format {}, this one reads up to {SEALED_FORMAT}): finish or cancel it there",
+                s.id, data.format
+            ),
+        ));
+    }
+    Ok(data)
 }
 
 /// The master key for per-device management keys, created on first use.
@@ -134,6 +145,7 @@ pub(super) async fn end_session(
         None => (None, None, false),
     };
     let data = SessionData {
+        format: SEALED_FORMAT,
         engine: Engine::Finished,
         batch: Batch::default(),
         user_login,

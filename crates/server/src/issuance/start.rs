@@ -170,6 +170,7 @@ pub(super) async fn start(
     let id = Uuid::new_v4();
     let now = time::OffsetDateTime::now_utc();
     let data = SessionData {
+        format: super::SEALED_FORMAT,
         engine: Engine::AwaitWitness(engine),
         batch: batch.clone(),
         user_login: user.login.clone(),
