@@ -1202,3 +1202,151 @@ fn usb_yubikey_pulled_out_during_the_touch_wait_is_device_removed_then_retried()
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     toucher.join().unwrap();
 }
+
+/// Waits until session `id` waits for the person (its prompts) or ends.
+fn prompts_or_end(server: &TestServer, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, st) = server.call("GET", &format!("/issuance/{id}"), None);
+        if st["status"] != "running" || st["prompts"].as_array().is_some_and(|p| !p.is_empty()) {
+            return st;
+        }
+        assert!(std::time::Instant::now() < deadline, "stuck: {st}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Answers every open prompt of `st` from `answers` (kind, value).
+fn answer_prompts(server: &TestServer, id: &str, st: &Value, answers: &[(&str, &str)]) {
+    let mut given = serde_json::Map::new();
+    for p in st["prompts"].as_array().unwrap() {
+        let kind = p["kind"].as_str().unwrap();
+        // The initial PIN shown is typed back to authenticate the registration.
+        let value = match p["value"].as_str() {
+            Some(shown) if kind == "show_initial_pin" => shown,
+            _ => {
+                answers
+                    .iter()
+                    .find(|(k, _)| *k == kind)
+                    .unwrap_or_else(|| panic!("no answer for {kind}: {st}"))
+                    .1
+            }
+        };
+        given.insert(kind.to_string(), json!(value));
+    }
+    let (s, v) = server.call(
+        "POST",
+        &format!("/issuance/{id}/relay"),
+        Some(json!({ "protocol": 1, "session_id": id, "seq": st["seq"], "responses": [], "answers": given })),
+    );
+    assert_eq!(s, 200, "{v}");
+}
+
+/// Issue 12, item 8: a C4000 on pcscd, issued through an agent, is taken out
+/// and put back while the session waits for the person at the prompts
+/// `pause`. The next batch fails `device_removed` (the agent's connection
+/// is over), the device is seen again, Retry finishes the issuance through
+/// the agent, and the tenant holds one passkey that python-fido2 signs in
+/// with (`fido_pin`).
+fn pulled_out_while_waiting_for_the_person(
+    serial: &str,
+    shared: bool,
+    settings: &[(&str, &str)],
+    start: Value,
+    pause: &[&str],
+    answers: &[(&str, &str)],
+    fido_pin: &str,
+) {
+    let _lock = pcsc::lock();
+    let card = Vcard::spawn(&["--profile", "c4000", "--serial", serial]);
+    let t = tenant(&card);
+    let server = TestServer::start();
+    seed(&server, &t, "c4000", serial, "1.0.0", shared);
+    for (k, v) in settings {
+        put_setting(&server, k, v);
+    }
+    let agent = agent::paired_pcsc_agent(&server, &[], &[], &[serial]);
+    let mut body =
+        json!({ "user": "alice", "policy": "PIV + Passkey", "serial": serial, "via": "agent" });
+    body.as_object_mut()
+        .unwrap()
+        .extend(start.as_object().unwrap().clone());
+    let (s, first) = server.call("POST", "/issuance", Some(body));
+    assert_eq!(s, 201, "{first}");
+    let id = first["session_id"].as_str().unwrap().to_string();
+    // Answered until the pause the test is about.
+    let st = loop {
+        let st = prompts_or_end(&server, &id);
+        assert_eq!(st["status"], "running", "{st}\nagent:\n{}", agent.output());
+        let kinds: Vec<&str> = st["prompts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["kind"].as_str().unwrap())
+            .collect();
+        if kinds == pause {
+            break st;
+        }
+        answer_prompts(&server, &id, &st, answers);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(card.control("remove"), "ok");
+    agent::wait_devices(&server.url, &server.token, &[serial], false);
+    assert_eq!(card.control("insert"), "ok");
+    agent::wait_devices(&server.url, &server.token, &[serial], true);
+    answer_prompts(&server, &id, &st, answers);
+    let failed = prompts_or_end(&server, &id);
+    assert_eq!(
+        (failed["status"].as_str(), failed["error"]["code"].as_str()),
+        (Some("failed"), Some("device_removed")),
+        "{failed}\nagent:\n{}",
+        agent.output()
+    );
+    let (s, v) = server.call("POST", &format!("/issuance/{id}/retry"), Some(json!({})));
+    assert_eq!(s, 200, "{v}");
+    let end = loop {
+        let st = prompts_or_end(&server, &id);
+        if st["status"] != "running" {
+            break st;
+        }
+        answer_prompts(&server, &id, &st, answers);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(end["status"], "issued", "{end}\nagent:\n{}", agent.output());
+    agent.wait_output("released (reset)", std::time::Duration::from_secs(10));
+    drop(agent);
+    assert_passkey_signs_in(&t, fido_pin);
+}
+
+#[test]
+fn pulled_out_while_the_fido_pin_is_asked_then_retried() {
+    pulled_out_while_waiting_for_the_person(
+        "41000541",
+        false,
+        &[],
+        json!({ "pin": "735194" }),
+        &["set_fido_pin", "confirm_touch"],
+        &[
+            ("set_fido_pin", "864213"),
+            ("enter_fido_pin", "864213"),
+            ("confirm_touch", "true"),
+        ],
+        "864213",
+    );
+}
+
+#[test]
+fn pulled_out_after_the_graph_registration_then_retried() {
+    pulled_out_while_waiting_for_the_person(
+        "41000542",
+        true,
+        &[
+            ("initial_pin_display_mode", "not_displayed"),
+            ("change_pin_during_issuance", "yes"),
+        ],
+        json!({}),
+        &["set_new_pin"],
+        &[("set_new_pin", "735194"), ("confirm_touch", "true")],
+        "735194",
+    );
+}
