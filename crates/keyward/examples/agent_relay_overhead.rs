@@ -41,10 +41,10 @@ mod relay;
 
 use std::time::{Duration, Instant};
 
-use keyward_client::discover::{discover, DiscoveryOptions};
-use keyward_client::in_process::InProcessCard;
-use keyward_client::pcsc::{Disposition, Pcsc, PcscTransport};
 use keyward_proto::RelayBatch;
+use keyward_transport::discover::{discover, DiscoveryOptions};
+use keyward_transport::in_process::InProcessCard;
+use keyward_transport::pcsc::{Disposition, Pcsc, PcscTransport};
 use keyward_vcard::{ProfileKind, VcardConfig, VcardHandle, VirtualCard};
 use serde_json::{json, Value};
 

@@ -1,12 +1,12 @@
 //! `keyward devices`: the devices connected to this computer (PC/SC
 //! readers with a card, FIDO HID devices, the virtual HID sockets given
 //! with `--hid-socket`), identified, and with `--server` their inventory
-//! state. The work is in keyward-client (discovery and identification).
+//! state. The work is in keyward-transport (discovery and identification).
 
 use anyhow::{anyhow, Context};
 use clap::Args;
-use keyward_client::discover::{discover, DiscoveryOptions};
-use keyward_client::identify::DeviceEntry;
+use keyward_transport::discover::{discover, DiscoveryOptions};
+use keyward_transport::identify::DeviceEntry;
 use serde::Serialize;
 use serde_json::Value;
 use std::path::PathBuf;

@@ -23,9 +23,9 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
-use keyward_client::apdu::{transmit_one, ApduTransport};
-use keyward_client::discover::{discover, DiscoveryOptions};
-use keyward_client::pcsc::{Disposition, Pcsc};
+use keyward_transport::apdu::{transmit_one, ApduTransport};
+use keyward_transport::discover::{discover, DiscoveryOptions};
+use keyward_transport::pcsc::{Disposition, Pcsc};
 use serde_json::{json, Value};
 
 #[derive(Args, Debug, Clone)]
@@ -388,7 +388,7 @@ pub(crate) fn answers_key(kind: &str) -> Option<&'static str> {
 /// the reader; a CTAP answer's data is the CTAP response, its status 9000.
 fn run_batch_fido(
     card: &mut dyn ApduTransport,
-    mut fido: Option<&mut Box<dyn keyward_client::ctap::CtapTransport>>,
+    mut fido: Option<&mut Box<dyn keyward_transport::ctap::CtapTransport>>,
     batch: &Value,
     counters: &mut Counters,
     json: bool,
@@ -412,12 +412,13 @@ fn run_batch_fido(
             Some("ctap") => match fido.as_mut() {
                 Some(hid) => {
                     // A touch may be awaited: keep-alives restart the wait.
-                    let mut control = keyward_client::ctap::CtapControl {
+                    let mut control = keyward_transport::ctap::CtapControl {
                         idle_timeout: std::time::Duration::from_secs(30),
                         ..Default::default()
                     };
-                    hid.ctap(&bytes, &mut control)
-                        .map(|data| keyward_client::card::apdu::ResponseApdu { data, sw: 0x9000 })
+                    hid.ctap(&bytes, &mut control).map(|data| {
+                        keyward_transport::card::apdu::ResponseApdu { data, sw: 0x9000 }
+                    })
                 }
                 None => ctap_over_iso(card, &bytes),
             },
@@ -451,7 +452,7 @@ fn run_batch_fido(
 fn ctap_over_iso(
     card: &mut dyn ApduTransport,
     message: &[u8],
-) -> Result<keyward_client::card::apdu::ResponseApdu, keyward_client::TransportError> {
+) -> Result<keyward_transport::card::apdu::ResponseApdu, keyward_transport::TransportError> {
     const FIDO_AID: [u8; 8] = [0xA0, 0x00, 0x00, 0x06, 0x47, 0x2F, 0x00, 0x01];
     let mut select = vec![0x00, 0xA4, 0x04, 0x00, FIDO_AID.len() as u8];
     select.extend_from_slice(&FIDO_AID);
@@ -661,8 +662,8 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
 pub(crate) fn fido_hid(
     serial: &str,
     sockets: &[PathBuf],
-) -> Option<Box<dyn keyward_client::ctap::CtapTransport>> {
-    use keyward_client::ctaphid::{CtaphidDevice, HidReports};
+) -> Option<Box<dyn keyward_transport::ctap::CtapTransport>> {
+    use keyward_transport::ctaphid::{CtaphidDevice, HidReports};
     // With PC/SC too: the HID side may give no serial and is then joined to
     // its card by type and firmware (docs/devices.md). A HID socket named on
     // the command line is expected: a busy probe is tried again.
@@ -684,9 +685,9 @@ pub(crate) fn fido_hid(
     })?;
     let path = PathBuf::from(path);
     let dev: Box<dyn HidReports> = if sockets.contains(&path) {
-        Box::new(keyward_client::hid::HidSocketDevice::open(&path).ok()?)
+        Box::new(keyward_transport::hid::HidSocketDevice::open(&path).ok()?)
     } else {
-        Box::new(keyward_client::hid::HidrawDevice::open(&path).ok()?)
+        Box::new(keyward_transport::hid::HidrawDevice::open(&path).ok()?)
     };
     Some(Box::new(CtaphidDevice::open(dev).ok()?))
 }
@@ -699,7 +700,7 @@ pub(crate) fn fido_hid(
 pub(crate) fn drive_with_fido(
     relay: &Relay,
     reader: &str,
-    mut fido: Option<Box<dyn keyward_client::ctap::CtapTransport>>,
+    mut fido: Option<Box<dyn keyward_transport::ctap::CtapTransport>>,
     mut batch: Value,
     answers: &Answers,
     json_out: bool,
@@ -742,7 +743,7 @@ pub(crate) fn drive_with_fido(
                 .unwrap_or_else(|e| (Vec::new(), Some(e.code().to_string())));
             result["responses"] = json!(responses);
             if let Some(e) = &transport_error {
-                device_gone |= keyward_client::TransportError::code_means_device_gone(e);
+                device_gone |= keyward_transport::TransportError::code_means_device_gone(e);
                 result["transport_error"] = json!(e);
             }
             counters.round_trips += 1;
@@ -779,7 +780,10 @@ pub(crate) fn drive_with_fido(
 /// Relays a session to its end, then reports it (and the exit code).
 fn relay_session(
     relay: &Relay,
-    (reader, fido): (&str, Option<Box<dyn keyward_client::ctap::CtapTransport>>),
+    (reader, fido): (
+        &str,
+        Option<Box<dyn keyward_transport::ctap::CtapTransport>>,
+    ),
     serial: &str,
     batch: Value,
     answers: &Answers,

@@ -12,14 +12,14 @@ mod shared;
 #[path = "support/mod.rs"]
 mod support;
 
-use keyward_client::apdu::{self, BatchStop};
-use keyward_client::card::piv;
-use keyward_client::ctap::{get_info, CtapOverIso};
-use keyward_client::ctaphid::CtaphidDevice;
-use keyward_client::discover::{discover, DiscoveryOptions};
-use keyward_client::hid::HidSocketDevice;
-use keyward_client::pcsc::Pcsc;
-use keyward_client::TransportError;
+use keyward_transport::apdu::{self, BatchStop};
+use keyward_transport::card::piv;
+use keyward_transport::ctap::{get_info, CtapOverIso};
+use keyward_transport::ctaphid::CtaphidDevice;
+use keyward_transport::discover::{discover, DiscoveryOptions};
+use keyward_transport::hid::HidSocketDevice;
+use keyward_transport::pcsc::Pcsc;
+use keyward_transport::TransportError;
 use serde_json::Value;
 use shared::Vcard;
 use std::path::Path;

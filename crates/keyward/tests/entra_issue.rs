@@ -1151,7 +1151,7 @@ fn usb_yubikey_pulled_out_during_the_touch_wait_is_device_removed_then_retried()
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let found =
-            keyward_client::discover::discover(&keyward_client::discover::DiscoveryOptions {
+            keyward_transport::discover::discover(&keyward_transport::discover::DiscoveryOptions {
                 hidraw: false,
                 ..Default::default()
             });

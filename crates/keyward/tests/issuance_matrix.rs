@@ -29,8 +29,8 @@
 mod pcsc;
 mod support;
 
-use keyward_client::apdu::transmit_one;
-use keyward_client::pcsc::Pcsc;
+use keyward_transport::apdu::transmit_one;
+use keyward_transport::pcsc::Pcsc;
 use keyward_vcard::keys::ManagementKey;
 use pcsc::{run, run_ok, Vcard, OPENSC_PKCS11};
 use serde_json::{json, Value};
@@ -664,7 +664,7 @@ fn relay_then_remove(
 }
 
 /// The card's reader (the one vpcd slot with a card).
-fn connect() -> keyward_client::pcsc::PcscTransport {
+fn connect() -> keyward_transport::pcsc::PcscTransport {
     let ctx = Pcsc::establish().unwrap();
     let reader = ctx
         .readers()

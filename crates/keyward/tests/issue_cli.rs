@@ -186,7 +186,7 @@ fn keyward_issue_retry_finishes_a_failed_session() {
     assert_eq!(s, 201, "{batch}");
     let id = batch["session_id"].as_str().unwrap().to_string();
     // Relay only the first command over PC/SC, then report the device gone.
-    let pcsc_ctx = keyward_client::pcsc::Pcsc::establish().unwrap();
+    let pcsc_ctx = keyward_transport::pcsc::Pcsc::establish().unwrap();
     let reader = pcsc_ctx
         .readers()
         .unwrap()
@@ -196,7 +196,7 @@ fn keyward_issue_retry_finishes_a_failed_session() {
         .name;
     let mut t = pcsc_ctx.connect(&reader).unwrap();
     let first = hex::decode(batch["commands"][0]["bytes"].as_str().unwrap()).unwrap();
-    let r = keyward_client::apdu::transmit_one(&mut t, &first).unwrap();
+    let r = keyward_transport::apdu::transmit_one(&mut t, &first).unwrap();
     drop(t);
     let result = serde_json::json!({
         "protocol": 1, "session_id": id, "seq": batch["seq"],

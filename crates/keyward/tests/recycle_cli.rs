@@ -52,7 +52,7 @@ fn relay_pcsc(
     answers: &[(&str, &str)],
     cut_at: Option<(usize, usize)>,
 ) -> Value {
-    let ctx = keyward_client::pcsc::Pcsc::establish().unwrap();
+    let ctx = keyward_transport::pcsc::Pcsc::establish().unwrap();
     let reader = ctx
         .readers()
         .unwrap()
@@ -83,7 +83,7 @@ fn relay_pcsc(
             let mut responses = vec![];
             for c in &commands[..limit] {
                 let apdu = hex::decode(c["bytes"].as_str().unwrap()).unwrap();
-                let r = keyward_client::apdu::transmit_one(&mut card, &apdu).unwrap();
+                let r = keyward_transport::apdu::transmit_one(&mut card, &apdu).unwrap();
                 let sw = format!("{:04x}", r.sw);
                 let stop = !c["expect"]
                     .as_array()

@@ -1,4 +1,4 @@
-//! The devices an agent serves: the connected ones (keyward-client
+//! The devices an agent serves: the connected ones (keyward-transport
 //! discovery over PC/SC, hidraw and `--hid-socket`), and in-process virtual
 //! devices (`--virtual`, and `keyward demo`'s agent), which open nothing on
 //! the workstation.
@@ -13,14 +13,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail};
-use keyward_client::apdu::ApduTransport;
-use keyward_client::discover::{discover, identify_entry, DiscoveryOptions};
-use keyward_client::hid::{HidDeviceInfo, HidKind, HidUevent};
-use keyward_client::identify::DeviceEntry;
-use keyward_client::in_process::{InProcessCard, InProcessFido};
-use keyward_client::pcsc::Pcsc;
-use keyward_client::TransportError;
 use keyward_domain::Transport;
+use keyward_transport::apdu::ApduTransport;
+use keyward_transport::discover::{discover, identify_entry, DiscoveryOptions};
+use keyward_transport::hid::{HidDeviceInfo, HidKind, HidUevent};
+use keyward_transport::identify::DeviceEntry;
+use keyward_transport::in_process::{InProcessCard, InProcessFido};
+use keyward_transport::pcsc::Pcsc;
+use keyward_transport::TransportError;
 use keyward_vcard::{ProfileKind, VcardConfig, VcardHandle, VirtualCard};
 use serde::{Deserialize, Serialize};
 
@@ -297,7 +297,7 @@ impl Watcher {
             }
         }
         if self.sources.hidraw {
-            for h in keyward_client::hid::list_hidraw(
+            for h in keyward_transport::hid::list_hidraw(
                 std::path::Path::new("/sys"),
                 std::path::Path::new("/dev"),
             ) {

@@ -23,11 +23,11 @@
 
 use std::time::{Duration, Instant};
 
-use keyward_client::ctaphid::{CtaphidDevice, HidReports};
-use keyward_client::hid::HidDeviceInfo;
-use keyward_client::pcsc::{Disposition, Pcsc, PcscTransport};
-use keyward_client::TransportError;
 use keyward_proto::RelayBatch;
+use keyward_transport::ctaphid::{CtaphidDevice, HidReports};
+use keyward_transport::hid::HidDeviceInfo;
+use keyward_transport::pcsc::{Disposition, Pcsc, PcscTransport};
+use keyward_transport::TransportError;
 
 use super::devices::{Endpoint, VirtualDevice};
 use super::relay::{self, BatchRun, CardIo, DeviceIo, HidIo};
@@ -69,7 +69,7 @@ impl HidSide {
             return Ok(None);
         };
         if self.open.is_none() {
-            let dev = keyward_client::hid::open(info)?;
+            let dev = keyward_transport::hid::open(info)?;
             self.open = Some(HidIo(CtaphidDevice::open(dev)?));
         }
         Ok(self.open.as_mut())
@@ -78,12 +78,12 @@ impl HidSide {
 
 /// PIV over the card (inside the batch's transaction), CTAP over the HID
 /// side where there is one, else over ISO 7816 on the card.
-struct SplitIo<'a, T: keyward_client::ApduTransport> {
+struct SplitIo<'a, T: keyward_transport::ApduTransport> {
     card: CardIo<T>,
     hid: &'a mut HidSide,
 }
 
-impl<T: keyward_client::ApduTransport> DeviceIo for SplitIo<'_, T> {
+impl<T: keyward_transport::ApduTransport> DeviceIo for SplitIo<'_, T> {
     fn piv(&mut self, bytes: &[u8]) -> Result<(Vec<u8>, u16), TransportError> {
         self.card.piv(bytes)
     }

@@ -41,7 +41,7 @@ use serde_json::json;
 use devices::{Endpoint, Reported, Sources, Watcher};
 use held::Held;
 use http::{error_text, Server};
-use keyward_client::pcsc::Disposition;
+use keyward_transport::pcsc::Disposition;
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
@@ -235,7 +235,7 @@ impl Shared {
     /// connection. Another session's hold on the same device is ended first
     /// (the server starts a session on a device only once the last one on it
     /// is over).
-    fn hold(&self, id: &str, serial: &str) -> Result<Hold, keyward_client::TransportError> {
+    fn hold(&self, id: &str, serial: &str) -> Result<Hold, keyward_transport::TransportError> {
         let stale: Vec<String> = {
             let holds = self.holds.lock().unwrap();
             if let Some(h) = holds.get(id).filter(|h| h.serial == serial) {
@@ -251,7 +251,7 @@ impl Shared {
             self.release(&other, Disposition::Reset);
         }
         let endpoint = self.devices.lock().unwrap().get(serial).cloned();
-        let endpoint = endpoint.ok_or(keyward_client::TransportError::DeviceRemoved)?;
+        let endpoint = endpoint.ok_or(keyward_transport::TransportError::DeviceRemoved)?;
         let held = Held::open(&endpoint)?;
         let hold = Hold {
             serial: serial.to_string(),
@@ -498,7 +498,7 @@ fn relay_session(server: &Server, shared: &Shared, serial: &str, mut batch: Rela
                         .result
                         .transport_error
                         .as_deref()
-                        .is_some_and(keyward_client::TransportError::code_means_device_gone);
+                        .is_some_and(keyward_transport::TransportError::code_means_device_gone);
                 drop(held);
                 if lost {
                     // The card left (or was reset): the connection is over.

@@ -6,10 +6,10 @@
 
 use std::time::Instant;
 
-use keyward_client::apdu::{transmit_one, ApduTransport};
-use keyward_client::ctap::{CtapControl, CtapOverIso, CtapTransport};
-use keyward_client::TransportError;
 use keyward_proto::{RelayBatch, RelayResponse, RelayResult, RELAY_PROTOCOL_VERSION};
+use keyward_transport::apdu::{transmit_one, ApduTransport};
+use keyward_transport::ctap::{CtapControl, CtapOverIso, CtapTransport};
+use keyward_transport::TransportError;
 
 /// The two channels of a device.
 pub trait DeviceIo {

@@ -17,7 +17,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::json::ApiJson;
 
-/// One device as the agent identified it (keyward-client discovery).
+/// One device as the agent identified it (keyward-transport discovery).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportedDevice {

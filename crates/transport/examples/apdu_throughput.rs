@@ -3,7 +3,7 @@
 //! APDU on its command line), side by side. Not part of the test suite.
 //!
 //! ```text
-//! cargo run --release -p keyward-client --features vcard --example apdu_throughput -- [N] [PORT] [--quickack]
+//! cargo run --release -p keyward-transport --features vcard --example apdu_throughput -- [N] [PORT] [--quickack]
 //! ```
 //! N APDUs (default 5000); PORT is the vpcd slot (default 35964, reader
 //! "Virtual PCD 00 01"). Needs pcscd with vpcd running (`.ci/pcscd start`)
@@ -13,9 +13,9 @@
 //! `--quickack` attaches it with this example's vpcd client, which ACKs at
 //! once (see [`quickack_vpcd_client`]) instead of keyward_vcard's.
 
-use keyward_client::apdu::ApduTransport;
-use keyward_client::discover::{discover, DiscoveryOptions};
-use keyward_client::pcsc::Pcsc;
+use keyward_transport::apdu::ApduTransport;
+use keyward_transport::discover::{discover, DiscoveryOptions};
+use keyward_transport::pcsc::Pcsc;
 use keyward_vcard::{ProfileKind, VcardConfig, VcardHandle, VirtualCard};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -101,7 +101,7 @@ fn main() {
         .unwrap();
     let mut t = pcsc.connect(&reader).unwrap();
     // Select PIV once for both clients (opensc-tool's -c default selects nothing).
-    let select = keyward_client::card::piv::select_piv().to_bytes();
+    let select = keyward_transport::card::piv::select_piv().to_bytes();
     t.transmit_raw(&select).unwrap();
 
     // Warm up.

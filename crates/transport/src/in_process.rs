@@ -2,9 +2,9 @@
 //! ([`keyward_vcard::VcardHandle`]): APDUs straight into the card core and
 //! CTAP requests straight into its authenticator, no pcscd, no socket.
 //!
-//! Behind the cargo feature `vcard` so that keyward-client depends on
+//! Behind the cargo feature `vcard` so that keyward-transport depends on
 //! keyward-vcard only where wanted (the binary: `keyward demo`'s agent,
-//! tests); keyward-vcard never depends on keyward-client.
+//! tests); keyward-vcard never depends on keyward-transport.
 
 use crate::apdu::ApduTransport;
 use crate::ctap::{CtapControl, CtapTransport, KeepaliveStatus};
