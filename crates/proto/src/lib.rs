@@ -3,6 +3,7 @@
 //! (users, devices, device policies) travel as they are; this crate adds the
 //! envelopes around them. Every request body rejects unknown fields.
 
+pub mod agent;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

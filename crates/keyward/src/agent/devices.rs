@@ -22,20 +22,11 @@ use keyward_transport::in_process::{InProcessCard, InProcessFido};
 use keyward_transport::pcsc::Pcsc;
 use keyward_transport::TransportError;
 use keyward_vcard::{ProfileKind, VcardConfig, VcardHandle, VirtualCard};
-use serde::{Deserialize, Serialize};
 
 use super::relay::{CardIo, DeviceIo, HidIo};
 
 /// One device as reported to the server (`PUT /agents/me/devices`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reported {
-    pub serial: String,
-    pub device_type: String,
-    pub firmware: Option<String>,
-    pub applets: Vec<String>,
-    pub transports: Vec<String>,
-    pub reader: Option<String>,
-}
+pub use keyward_proto::agent::ReportedDevice as Reported;
 
 /// A virtual device living in the agent's process.
 #[derive(Clone)]

@@ -64,6 +64,18 @@ impl Server {
     }
 }
 
+/// The body of a successful answer as the protocol's type, or the error.
+pub fn body<T: serde::de::DeserializeOwned>(
+    (status, v): Answer,
+    ok: u16,
+    what: &str,
+) -> anyhow::Result<T> {
+    if status != ok {
+        anyhow::bail!("{what}: HTTP {status} {}", error_text(&v));
+    }
+    serde_json::from_value(v).with_context(|| format!("{what}: unreadable answer"))
+}
+
 /// `[code] message` of an API error body.
 pub fn error_text(v: &Value) -> String {
     format!(

@@ -36,11 +36,14 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail};
 use clap::Args;
 use keyward_proto::RelayBatch;
-use serde_json::json;
 
 use devices::{Endpoint, Reported, Sources, Watcher};
 use held::Held;
 use http::{error_text, Server};
+use keyward_proto::agent::{
+    BusyBatch, DeviceReport, PairRequest, PairingStarted, PollAnswer, PollRequest, ReportAnswer,
+    WorkAnswer, WorkRequest,
+};
 use keyward_transport::pcsc::Disposition;
 
 #[derive(Args, Debug)]
@@ -166,42 +169,49 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
 
 /// The device-code flow: ask, print the code, poll until approved.
 fn pair(server: &mut Server, name: &str) -> anyhow::Result<state::Credential> {
-    let (s, v) = server.post("/agents/pair", &json!({ "name": name }))?;
-    if s != 201 {
-        bail!("the server refused to pair (HTTP {s}): {}", error_text(&v));
-    }
-    let code = v["code"].as_str().unwrap_or_default().to_string();
-    let poll_secret = v["poll_secret"].as_str().unwrap_or_default().to_string();
-    let interval = Duration::from_secs(v["interval_seconds"].as_u64().unwrap_or(1).max(1));
-    let minutes = v["expires_in_seconds"].as_u64().unwrap_or(600) / 60;
+    let started: PairingStarted = http::body(
+        server.post(
+            "/agents/pair",
+            &PairRequest {
+                name: name.to_string(),
+            },
+        )?,
+        201,
+        "the server refused to pair",
+    )?;
+    let interval = Duration::from_secs(started.interval_seconds.max(1));
+    let minutes = started.expires_in_seconds / 60;
+    let code = started.code;
     println!("pairing code: {code}");
     let _ = std::io::stdout().flush();
     eprintln!(
         "approve it within {minutes} minutes in the portal (Agents), or: keyward admin agent approve {code}"
     );
+    let poll = PollRequest {
+        poll_secret: started.poll_secret,
+    };
     loop {
         std::thread::sleep(interval);
-        let (s, v) = match server.post("/agents/pair/poll", &json!({ "poll_secret": poll_secret }))
-        {
+        let answer = match server.post("/agents/pair/poll", &poll) {
             Ok(a) => a,
             Err(e) => {
                 eprintln!("{e:#}; trying again");
                 continue;
             }
         };
-        match s {
+        match answer.0 {
             202 => continue,
             200 => {
+                let paired: PollAnswer = http::body(answer, 200, "pairing")?;
                 return Ok(state::Credential {
                     server: server.base.clone(),
-                    agent_id: v["agent_id"].as_str().unwrap_or_default().to_string(),
-                    credential: v["credential"]
-                        .as_str()
-                        .ok_or_else(|| anyhow!("the server answered no credential"))?
-                        .to_string(),
-                })
+                    agent_id: paired.agent_id,
+                    credential: paired
+                        .credential
+                        .ok_or_else(|| anyhow!("the server answered no credential"))?,
+                });
             }
-            _ => bail!("pairing failed (HTTP {s}): {}", error_text(&v)),
+            s => bail!("pairing failed (HTTP {s}): {}", error_text(&answer.1)),
         }
     }
 }
@@ -367,18 +377,21 @@ fn serve(server: Server, sources: Sources, stop: Arc<AtomicBool>) -> anyhow::Res
     }
     let mut unreachable_since: Option<Instant> = None;
     while !shared.stop.load(Ordering::Relaxed) {
-        let busy: Vec<_> = shared
-            .in_hand
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(s, seq)| json!({ "session_id": s, "seq": seq }))
-            .collect();
-        let held: Vec<String> = shared.holds.lock().unwrap().keys().cloned().collect();
-        let answer = server.post(
-            "/agents/me/work",
-            &json!({ "busy": busy, "held": held, "wait_seconds": 25 }),
-        );
+        let request = WorkRequest {
+            busy: shared
+                .in_hand
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(s, seq)| BusyBatch {
+                    session_id: s.clone(),
+                    seq: *seq,
+                })
+                .collect(),
+            held: shared.holds.lock().unwrap().keys().cloned().collect(),
+            wait_seconds: Some(25),
+        };
+        let answer = server.post("/agents/me/work", &request);
         let (status, v) = match answer {
             Ok(a) => {
                 if unreachable_since.take().is_some() {
@@ -404,20 +417,23 @@ fn serve(server: Server, sources: Sources, stop: Arc<AtomicBool>) -> anyhow::Res
                 continue;
             }
         }
+        let work: WorkAnswer = match serde_json::from_value(v) {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("asking for work: unreadable answer: {e}");
+                std::thread::sleep(Duration::from_secs(2));
+                continue;
+            }
+        };
         // Sessions that ended without this agent (cancelled, abandoned):
         // their security state must not outlive them.
-        for id in v["released"].as_array().into_iter().flatten() {
-            if let Some(id) = id.as_str() {
-                if !shared.in_hand.lock().unwrap().contains_key(id) {
-                    shared.release(id, Disposition::Reset);
-                }
+        for id in &work.released {
+            if !shared.in_hand.lock().unwrap().contains_key(id) {
+                shared.release(id, Disposition::Reset);
             }
         }
-        for item in v["items"].as_array().into_iter().flatten() {
-            let Ok(batch) = serde_json::from_value::<RelayBatch>(item["batch"].clone()) else {
-                continue;
-            };
-            let serial = item["serial"].as_str().unwrap_or_default().to_string();
+        for item in work.items {
+            let (serial, batch) = (item.serial, item.batch);
             {
                 let mut hand = shared.in_hand.lock().unwrap();
                 if hand.contains_key(&batch.session_id) {
@@ -458,22 +474,25 @@ fn report_once(
     if last.as_ref() == Some(&now) {
         return Ok(());
     }
-    let (s, v) = server.put("/agents/me/devices", &json!({ "devices": now }))?;
-    if s != 200 {
-        bail!("HTTP {s} {}", error_text(&v));
-    }
-    for serial in v["arrived"].as_array().into_iter().flatten() {
-        let r = now
-            .iter()
-            .find(|r| Some(r.serial.as_str()) == serial.as_str());
+    let answer: ReportAnswer = http::body(
+        server.put(
+            "/agents/me/devices",
+            &DeviceReport {
+                devices: now.clone(),
+            },
+        )?,
+        200,
+        "reporting the devices",
+    )?;
+    for serial in &answer.arrived {
+        let r = now.iter().find(|r| &r.serial == serial);
         eprintln!(
-            "device arrived: {} {}",
-            r.map(|r| r.device_type.as_str()).unwrap_or(""),
-            serial.as_str().unwrap_or("")
+            "device arrived: {} {serial}",
+            r.map(|r| r.device_type.as_str()).unwrap_or("")
         );
     }
-    for serial in v["removed"].as_array().into_iter().flatten() {
-        eprintln!("device removed: {}", serial.as_str().unwrap_or(""));
+    for serial in &answer.removed {
+        eprintln!("device removed: {serial}");
     }
     *last = Some(now);
     Ok(())

@@ -28,7 +28,6 @@ mod work;
 use std::time::Duration;
 
 use keyward_store::Agent;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -39,6 +38,7 @@ use crate::auth::{Caller, Via};
 pub use credential::{
     agent_of_session, check_relay_batch, AgentAuth, RelayCaller, AGENT_CREDENTIAL_PREFIX,
 };
+pub use keyward_proto::agent::AgentView;
 pub use work::{bind_session, choose_for_start};
 
 /// An agent not heard from for this long is offline (its long-poll
@@ -190,42 +190,23 @@ fn rfc3339(t: Option<time::OffsetDateTime>) -> Option<String> {
     })
 }
 
-/// An agent as the API shows it (no secret, no hash).
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AgentView {
-    pub id: String,
-    pub name: String,
-    /// `pending`, `expired` (a pending code past its time), `paired`, `revoked`.
-    pub status: String,
-    /// `account:LOGIN` or `token:NAME` once paired.
-    pub owner: Option<String>,
-    pub online: bool,
-    pub created_at: String,
-    pub approved_at: Option<String>,
-    pub approved_by: Option<String>,
-    pub revoked_at: Option<String>,
-    pub last_seen_at: Option<String>,
-}
-
-impl AgentView {
-    pub fn of(a: &Agent) -> Self {
-        let status =
-            if a.status == "pending" && a.code_expires_at <= time::OffsetDateTime::now_utc() {
-                "expired".to_string()
-            } else {
-                a.status.clone()
-            };
-        AgentView {
-            id: a.id.to_string(),
-            name: a.name.clone(),
-            status,
-            owner: owner_label(a),
-            online: is_online(a),
-            created_at: rfc3339(Some(a.created_at)).unwrap_or_default(),
-            approved_at: rfc3339(a.approved_at),
-            approved_by: a.approved_by.clone(),
-            revoked_at: rfc3339(a.revoked_at),
-            last_seen_at: rfc3339(a.last_seen_at),
-        }
+/// An agent as the API shows it.
+pub fn agent_view(a: &Agent) -> AgentView {
+    let status = if a.status == "pending" && a.code_expires_at <= time::OffsetDateTime::now_utc() {
+        "expired".to_string()
+    } else {
+        a.status.clone()
+    };
+    AgentView {
+        id: a.id.to_string(),
+        name: a.name.clone(),
+        status,
+        owner: owner_label(a),
+        online: is_online(a),
+        created_at: rfc3339(Some(a.created_at)).unwrap_or_default(),
+        approved_at: rfc3339(a.approved_at),
+        approved_by: a.approved_by.clone(),
+        revoked_at: rfc3339(a.revoked_at),
+        last_seen_at: rfc3339(a.last_seen_at),
     }
 }

@@ -10,7 +10,6 @@ use axum::Json;
 use keyward_domain::{AuditDraft, AuditOutcome, Permission};
 use keyward_store::{Agent, AgentOwner};
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{AgentAuth, AgentView, PAIRING_TTL};
@@ -20,6 +19,7 @@ use crate::auth::{Caller, Via};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::json::ApiJson;
 use crate::secrets::generate_token;
+use keyward_proto::agent::{ApproveRequest, PairRequest, PairingStarted, PollAnswer, PollRequest};
 
 /// Letters and digits no one confuses when reading them aloud or off a
 /// screen: no 0/O, 1/I/L.
@@ -51,25 +51,6 @@ fn code_hmac(state: &AppState, canonical: &str) -> Vec<u8> {
     state
         .tokens
         .hash(&format!("agent-pairing-code:{canonical}"))
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PairRequest {
-    /// What the agent calls itself (its host name), shown to the approver.
-    pub name: String,
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PairingStarted {
-    pub agent_id: String,
-    /// Shown to the person, who approves it: `XXXX-XXXX`.
-    pub code: String,
-    /// Kept by the agent to poll with (never shown).
-    pub poll_secret: String,
-    pub expires_in_seconds: u64,
-    /// Poll no more often than this.
-    pub interval_seconds: u64,
 }
 
 /// A workstation agent asks to be paired (no credential needed): the answer
@@ -146,24 +127,6 @@ pub(super) async fn request_pairing(
             interval_seconds: 1,
         }),
     ))
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PollRequest {
-    pub poll_secret: String,
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PollAnswer {
-    /// `pending` (ask again) or `paired` (with the credential).
-    pub status: String,
-    pub agent_id: String,
-    /// The agent's bearer credential (`kwa_…`): answered once, stored by the
-    /// server as an HMAC only.
-    pub credential: Option<String>,
-    /// `account:LOGIN` or `token:NAME`.
-    pub owner: Option<String>,
 }
 
 /// The agent polls: 202 while pending, 200 with the credential once
@@ -245,17 +208,6 @@ pub(super) async fn poll_pairing(
     }
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ApproveRequest {
-    /// The pairing code the agent printed (`XXXX-XXXX`; case and dash do not matter).
-    pub code: String,
-    /// Pair the agent to this account (operator or user login) instead of
-    /// the caller: administrators only.
-    #[serde(default)]
-    pub account: Option<String>,
-}
-
 /// Approve a pairing code: the agent is paired to the signed-in account (or,
 /// for an API token, to that token; an administrator may name another
 /// account with `account`).
@@ -314,7 +266,7 @@ pub(super) async fn approve(
             other => store_error("approving the agent", other),
         })?;
     tracing::info!(agent = %agent.id, name = %agent.name, owner = %format!("{}:{}", owner.kind, owner.login), "agent approved");
-    Ok(Json(AgentView::of(&agent)))
+    Ok(Json(super::agent_view(&agent)))
 }
 
 /// The agents the caller may see: their own (paired to their account or
@@ -335,7 +287,7 @@ pub(super) async fn list(
         agents
             .iter()
             .filter(|a| admin || (a.owner_kind.is_some() && owns(&caller, a)))
-            .map(AgentView::of)
+            .map(super::agent_view)
             .collect(),
     ))
 }
@@ -392,14 +344,14 @@ pub(super) async fn revoke(
         .get_agent(id)
         .await
         .map_err(|e| store_error("reading the agent", e))?;
-    Ok(Json(AgentView::of(&agent)))
+    Ok(Json(super::agent_view(&agent)))
 }
 
 /// The calling agent itself (agents check their credential with it).
 #[utoipa::path(get, path = "/agents/me", operation_id = "getAgentSelf", tag = "agents",
     responses((status = 200, body = AgentView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(super) async fn me(AgentAuth(agent): AgentAuth) -> ApiResult<Json<AgentView>> {
-    Ok(Json(AgentView::of(&agent)))
+    Ok(Json(super::agent_view(&agent)))
 }
 
 #[cfg(test)]

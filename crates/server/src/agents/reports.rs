@@ -8,7 +8,7 @@ use axum::extract::{Query, State};
 use axum::Json;
 use keyward_domain::Serial;
 use keyward_store::AgentDevice;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{is_online, may_use, AgentAuth, MAX_WAIT};
 use crate::api::{found, store_error};
@@ -16,40 +16,9 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::json::ApiJson;
-
-/// One device as the agent identified it (keyward-transport discovery).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReportedDevice {
-    /// Decimal serial number.
-    pub serial: String,
-    /// Canonical device type (`yubikey5`, `c4000`, `piv`).
-    pub device_type: String,
-    #[serde(default)]
-    pub firmware: Option<String>,
-    #[serde(default)]
-    pub applets: Vec<String>,
-    #[serde(default)]
-    pub transports: Vec<String>,
-    /// The reader (or HID path) on the workstation.
-    #[serde(default)]
-    pub reader: Option<String>,
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DeviceReport {
-    /// Every supported device connected now (the whole set, each time).
-    pub devices: Vec<ReportedDevice>,
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ReportAnswer {
-    /// Serials that arrived since the previous report.
-    pub arrived: Vec<String>,
-    /// Serials that were removed since the previous report.
-    pub removed: Vec<String>,
-}
+use keyward_proto::agent::{
+    AgentDeviceView, AgentDevicesView, DeviceReport, ReportAnswer, ReportedDevice,
+};
 
 /// The agent reports the devices connected now (on start and on every
 /// arrival or removal).
@@ -131,28 +100,6 @@ pub struct DevicesQuery {
     pub wait: Option<u64>,
 }
 
-/// A device connected to one of the caller's agents.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AgentDeviceView {
-    pub agent_id: String,
-    pub agent_name: String,
-    pub agent_online: bool,
-    #[serde(flatten)]
-    pub device: ReportedDevice,
-    /// Inventory state (`available`, `issued`, …); null when the inventory
-    /// does not know the device.
-    pub state: Option<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AgentDevicesView {
-    /// Pass it back as `since` to wait for the next change.
-    pub version: u64,
-    /// The caller's paired agents.
-    pub agents: Vec<super::AgentView>,
-    pub devices: Vec<AgentDeviceView>,
-}
-
 /// The devices connected to the caller's paired agents (a signed-in
 /// account: its own agents; administrators and API tokens: every agent),
 /// with their inventory state. With `since` and `wait`, answers when they
@@ -210,7 +157,7 @@ pub(super) async fn list_devices(
     }
     Ok(Json(AgentDevicesView {
         version,
-        agents: agents.iter().map(super::AgentView::of).collect(),
+        agents: agents.iter().map(super::agent_view).collect(),
         devices,
     }))
 }

@@ -12,8 +12,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use keyward_domain::Serial;
-use keyward_proto::RelayBatch;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{is_online, may_use, AgentAuth, MAX_WAIT};
@@ -22,50 +20,11 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::json::ApiJson;
+use keyward_proto::agent::{BusyBatch, WorkAnswer, WorkItem, WorkRequest};
 
 /// The agent re-reads the store this often while waiting, in case a wake-up
 /// came from another node.
 const RECHECK: Duration = Duration::from_secs(5);
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BusyBatch {
-    pub session_id: String,
-    pub seq: u64,
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct WorkRequest {
-    /// Batches the agent is running now (not delivered again).
-    #[serde(default)]
-    pub busy: Vec<BusyBatch>,
-    /// Sessions whose device the agent holds on an open connection (from a
-    /// session's first batch to its end).
-    #[serde(default)]
-    pub held: Vec<String>,
-    /// Seconds to wait for work (at most 25; default 25).
-    #[serde(default)]
-    pub wait_seconds: Option<u64>,
-}
-
-/// A command batch and the device (serial) to run it on.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct WorkItem {
-    pub serial: String,
-    pub batch: RelayBatch,
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct WorkAnswer {
-    /// Command batches to run, one per session at most.
-    pub items: Vec<WorkItem>,
-    /// Of the sessions the agent says it holds, those no longer running
-    /// with it (ended, cancelled, abandoned): the agent ends their
-    /// connections (with a reset: no security state outlives a session).
-    #[serde(default)]
-    pub released: Vec<String>,
-}
 
 /// The agent's long-poll for command batches: answers as soon as there is
 /// one (a session bound to this agent moved on), or empty after the wait.
