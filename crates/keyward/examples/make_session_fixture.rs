@@ -17,7 +17,13 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use keyward_vcard::{ProfileKind, VcardConfig, VirtualCard};
+use keyward_transport::in_process::InProcessCard;
+use keyward_vcard::{ProfileKind, VcardConfig, VcardHandle, VirtualCard};
+
+// The agent's own batch runner (as examples/agent_relay_overhead.rs uses it).
+#[path = "../src/agent/relay.rs"]
+#[allow(dead_code)]
+mod relay;
 use serde_json::{json, Value};
 
 const TOKEN: &str = "kw_fixture_bootstrap_token_0000000000000000";
@@ -99,12 +105,12 @@ fn main() -> anyhow::Result<()> {
         )?;
     }
     let ca = out.join("vcard-ca");
-    let mut card = VirtualCard::new(
+    let card = VcardHandle::new(VirtualCard::new(
         VcardConfig::new(ProfileKind::Yubikey5)
             .with_serial(SERIAL)
             .with_ca_dir(&ca),
-    )?;
-    card.power_on();
+    )?);
+    let mut io = relay::CardIo::new(InProcessCard::new(card.clone(), "fixture"));
     let mut batch = call(
         Method::POST,
         "/issuance",
@@ -116,18 +122,19 @@ fn main() -> anyhow::Result<()> {
         .map(Vec::is_empty)
         .unwrap_or(true)
     {
-        let responses = relay(&mut card, &batch);
+        let typed: keyward_proto::RelayBatch = serde_json::from_value(batch.clone())?;
+        let run = relay::run_batch(&mut io, &typed);
         batch = call(
             Method::POST,
             &format!("/issuance/{id}/relay"),
-            json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": responses }),
+            serde_json::to_value(&run.result)?,
         )?;
     }
     anyhow::ensure!(
         batch["prompts"][0]["kind"] == "set_new_pin",
         "expected to wait for the new PIN: {batch}"
     );
-    card.save(&out.join("vcard-state.json"))?;
+    card.with_card(|c| c.save(&out.join("vcard-state.json")))?;
     std::fs::write(
         out.join("session.json"),
         serde_json::to_vec_pretty(
@@ -140,33 +147,6 @@ fn main() -> anyhow::Result<()> {
     server.wait()?;
     println!("fixture written to {}", out.display());
     Ok(())
-}
-
-/// Sends a batch's PIV commands to the card (GET RESPONSE for `61xx`).
-fn relay(card: &mut VirtualCard, batch: &Value) -> Vec<Value> {
-    let mut out = Vec::new();
-    for c in batch["commands"].as_array().into_iter().flatten() {
-        let apdu = hex::decode(c["bytes"].as_str().unwrap_or_default()).unwrap_or_default();
-        let mut resp = card.transmit(&apdu);
-        let mut data = resp[..resp.len() - 2].to_vec();
-        let mut sw = u16::from_be_bytes([resp[resp.len() - 2], resp[resp.len() - 1]]);
-        while sw >> 8 == 0x61 {
-            resp = card.transmit(&[0x00, 0xC0, 0x00, 0x00, (sw & 0xFF) as u8]);
-            data.extend_from_slice(&resp[..resp.len() - 2]);
-            sw = u16::from_be_bytes([resp[resp.len() - 2], resp[resp.len() - 1]]);
-        }
-        let sw_hex = format!("{sw:04x}");
-        let expected = c["expect"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|e| e == &json!(sw_hex));
-        out.push(json!({ "data": hex::encode(&data), "sw": sw_hex }));
-        if !expected {
-            break;
-        }
-    }
-    out
 }
 
 /// SIGTERM, as `kill` sends it.

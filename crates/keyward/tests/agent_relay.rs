@@ -14,32 +14,7 @@ use keyward_vcard::{ProfileKind, VcardConfig, VirtualCard};
 use serde_json::{json, Value};
 use support::TestServer;
 
-fn relay(card: &mut VirtualCard, batch: &Value) -> Vec<Value> {
-    let mut out = Vec::new();
-    for c in batch["commands"].as_array().unwrap() {
-        assert_eq!(c["channel"], "piv");
-        let apdu = hex::decode(c["bytes"].as_str().unwrap()).unwrap();
-        let mut resp = card.transmit(&apdu);
-        let mut data = resp[..resp.len() - 2].to_vec();
-        let mut sw = u16::from_be_bytes([resp[resp.len() - 2], resp[resp.len() - 1]]);
-        while sw >> 8 == 0x61 {
-            resp = card.transmit(&[0x00, 0xC0, 0x00, 0x00, (sw & 0xFF) as u8]);
-            data.extend_from_slice(&resp[..resp.len() - 2]);
-            sw = u16::from_be_bytes([resp[resp.len() - 2], resp[resp.len() - 1]]);
-        }
-        let sw_hex = format!("{sw:04x}");
-        let expected = c["expect"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e == &json!(sw_hex));
-        out.push(json!({ "data": hex::encode(&data), "sw": sw_hex }));
-        if !expected {
-            break;
-        }
-    }
-    out
-}
+use support::relay_in_process as relay;
 
 fn result(batch: &Value, responses: Vec<Value>) -> Value {
     json!({ "protocol": 1, "session_id": batch["session_id"], "seq": batch["seq"], "responses": responses })

@@ -25,32 +25,7 @@ fn run_to_end(server: &TestServer, card: &mut VirtualCard, id: &str, mut batch: 
     batch
 }
 
-fn relay(card: &mut VirtualCard, batch: &Value) -> Vec<Value> {
-    let mut out = Vec::new();
-    for c in batch["commands"].as_array().unwrap() {
-        assert_eq!(c["channel"], "piv");
-        let apdu = hex::decode(c["bytes"].as_str().unwrap()).unwrap();
-        let mut resp = card.transmit(&apdu);
-        let mut data = resp[..resp.len() - 2].to_vec();
-        let mut sw = u16::from_be_bytes([resp[resp.len() - 2], resp[resp.len() - 1]]);
-        while sw >> 8 == 0x61 {
-            resp = card.transmit(&[0x00, 0xC0, 0x00, 0x00, (sw & 0xFF) as u8]);
-            data.extend_from_slice(&resp[..resp.len() - 2]);
-            sw = u16::from_be_bytes([resp[resp.len() - 2], resp[resp.len() - 1]]);
-        }
-        let sw_hex = format!("{sw:04x}");
-        let expected = c["expect"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e == &json!(sw_hex));
-        out.push(json!({ "data": hex::encode(&data), "sw": sw_hex }));
-        if !expected {
-            break;
-        }
-    }
-    out
-}
+use support::relay_in_process as relay;
 
 #[test]
 fn a_yubikey_is_issued_through_the_relay_and_its_certificates_verify() {

@@ -30,32 +30,7 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// The batch's PIV commands on the card (GET RESPONSE for `61xx`).
-fn relay(card: &mut VirtualCard, batch: &Value) -> Vec<Value> {
-    let mut out = Vec::new();
-    for c in batch["commands"].as_array().unwrap() {
-        let apdu = hex::decode(c["bytes"].as_str().unwrap()).unwrap();
-        let mut resp = card.transmit(&apdu);
-        let mut data = resp[..resp.len() - 2].to_vec();
-        let mut sw = u16::from_be_bytes([resp[resp.len() - 2], resp[resp.len() - 1]]);
-        while sw >> 8 == 0x61 {
-            resp = card.transmit(&[0x00, 0xC0, 0x00, 0x00, (sw & 0xFF) as u8]);
-            data.extend_from_slice(&resp[..resp.len() - 2]);
-            sw = u16::from_be_bytes([resp[resp.len() - 2], resp[resp.len() - 1]]);
-        }
-        let sw_hex = format!("{sw:04x}");
-        let go_on = c["expect"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e == &json!(sw_hex));
-        out.push(json!({ "data": hex::encode(&data), "sw": sw_hex }));
-        if !go_on {
-            break;
-        }
-    }
-    out
-}
+use support::relay_in_process as relay;
 
 /// Relays batches until the session stops asking for the device.
 fn relay_to_end(server: &TestServer, card: &mut VirtualCard, id: &str, mut batch: Value) -> Value {

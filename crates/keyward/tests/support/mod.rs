@@ -381,3 +381,36 @@ pub fn postgres_database(prefix: &str) -> Option<String> {
     );
     Some(format!("{}/{name}", url.rsplit_once('/').unwrap().0))
 }
+
+/// Runs a relay batch's PIV commands on an in-process virtual card as a
+/// client would (`61xx` completed with GET RESPONSE, stop at the first
+/// status word the batch does not expect); the responses to post back.
+pub fn relay_in_process(
+    card: &mut keyward_vcard::VirtualCard,
+    batch: &serde_json::Value,
+) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for c in batch["commands"].as_array().unwrap() {
+        assert_eq!(c["channel"], "piv");
+        let apdu = hex::decode(c["bytes"].as_str().unwrap()).unwrap();
+        let mut resp = card.transmit(&apdu);
+        let mut data = resp[..resp.len() - 2].to_vec();
+        let mut sw = u16::from_be_bytes([resp[resp.len() - 2], resp[resp.len() - 1]]);
+        while sw >> 8 == 0x61 {
+            resp = card.transmit(&[0x00, 0xC0, 0x00, 0x00, (sw & 0xFF) as u8]);
+            data.extend_from_slice(&resp[..resp.len() - 2]);
+            sw = u16::from_be_bytes([resp[resp.len() - 2], resp[resp.len() - 1]]);
+        }
+        let sw_hex = format!("{sw:04x}");
+        let go_on = c["expect"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str() == Some(sw_hex.as_str()));
+        out.push(serde_json::json!({ "data": hex::encode(&data), "sw": sw_hex }));
+        if !go_on {
+            break;
+        }
+    }
+    out
+}
