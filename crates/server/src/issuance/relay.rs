@@ -29,22 +29,29 @@ pub(super) fn parse_responses(r: &RelayResult) -> ApiResult<Vec<Response>> {
         .enumerate()
         .map(|(i, x)| {
             let data = hex::decode(&x.data).map_err(|_| bad(i, "data is not hex"))?;
-            let sw = u16::from_str_radix(&x.sw, 16)
-                .map_err(|_| bad(i, "sw is not a 4-digit hex status word"))?;
-            if x.sw.len() != 4 {
-                return Err(bad(i, "sw is not a 4-digit hex status word"));
-            }
+            // Exactly four hex digits: `u16::from_str_radix` alone also
+            // takes a leading `+` ("+FFF" would be 0x0FFF).
+            let sw =
+                x.sw.bytes()
+                    .all(|b| b.is_ascii_hexdigit())
+                    .then(|| u16::from_str_radix(&x.sw, 16).ok())
+                    .flatten()
+                    .filter(|_| x.sw.len() == 4)
+                    .ok_or_else(|| bad(i, "sw is not a 4-digit hex status word"))?;
             Ok(Response { data, sw })
         })
         .collect()
 }
 
 /// A batch cut short by the transport fails with the transport's cause
-/// (`device_removed`, `reader_gone`, `timeout`, `sharing_violation`), which
-/// tells the person what to do, rather than `incomplete_batch`.
+/// (`device_removed`, `card_reset`, `reader_gone`, `timeout`,
+/// `sharing_violation`), which tells the person what to do, rather than
+/// `incomplete_batch`. (`card_reset`: another program reset the card between
+/// the session's batches; its security state is gone, Retry starts over.)
 fn with_transport_cause(mut f: Failure, transport_error: Option<&str>) -> Failure {
-    const CAUSES: [&str; 4] = [
+    const CAUSES: [&str; 5] = [
         "device_removed",
+        "card_reset",
         "reader_gone",
         "timeout",
         "sharing_violation",
@@ -549,5 +556,54 @@ pub(super) async fn relay(
             }
             answer
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyward_proto::RelayResponse;
+
+    fn result(sw: &str) -> RelayResult {
+        RelayResult {
+            protocol: RELAY_PROTOCOL_VERSION,
+            session_id: "s".into(),
+            seq: 1,
+            responses: vec![RelayResponse {
+                data: "01".into(),
+                sw: sw.into(),
+            }],
+            answers: Default::default(),
+            transport_error: None,
+        }
+    }
+
+    #[test]
+    fn a_status_word_is_exactly_four_hex_digits() {
+        assert_eq!(parse_responses(&result("9000")).unwrap()[0].sw, 0x9000);
+        assert_eq!(parse_responses(&result("6a82")).unwrap()[0].sw, 0x6A82);
+        for bad in ["+FFF", "-001", "900", "90000", "90 0", "", "9G00"] {
+            let e = parse_responses(&result(bad)).unwrap_err();
+            assert_eq!(e.detail.code, "bad_response", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_batch_cut_short_fails_with_the_transports_cause() {
+        let cut = || Failure::new("incomplete_batch", "x", "the batch stopped at command 2");
+        for cause in ["device_removed", "card_reset", "reader_gone", "timeout"] {
+            assert_eq!(with_transport_cause(cut(), Some(cause)).code, cause);
+        }
+        // Unknown words stay out of the failure code.
+        assert_eq!(
+            with_transport_cause(cut(), Some("nonsense")).code,
+            "incomplete_batch"
+        );
+        // A status-word failure keeps its own code.
+        let sw = Failure::new("unexpected_status", "x", "6982");
+        assert_eq!(
+            with_transport_cause(sw, Some("device_removed")).code,
+            "unexpected_status"
+        );
     }
 }
