@@ -107,14 +107,8 @@ fn a_recycle_wakes_the_agents_long_poll_at_once() {
 
 #[test]
 fn an_issuance_on_another_postgresql_node_wakes_the_agents_long_poll_at_once() {
-    let Some(db) = support::postgres_database("kw_wake") else {
+    let Some(opts) = support::shared_postgres_nodes("kw_wake") else {
         return;
-    };
-    let kek = "a2V5d2FyZC1zaGFyZWQta2VrLWZvci10d28tbm9kZXM="; // 32 bytes, both nodes
-    let opts = || support::ServerOptions {
-        database_url: Some(db.clone()),
-        extra_env: vec![("KEYWARD_KEK".into(), kek.into())],
-        ..Default::default()
     };
     let a = TestServer::start_with(opts());
     let b = TestServer::start_with(opts());

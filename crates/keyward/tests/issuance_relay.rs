@@ -229,14 +229,8 @@ fn a_swapped_device_fails_the_attempt_and_leaves_it_produced_failed() {
 /// killed; node B, on the same PostgreSQL with the same KEK, finishes it.
 #[test]
 fn a_second_server_node_on_the_same_postgresql_finishes_the_session() {
-    let Some(db) = support::postgres_database("kw_durable") else {
+    let Some(opts) = support::shared_postgres_nodes("kw_durable") else {
         return;
-    };
-    let kek = "a2V5d2FyZC1zaGFyZWQta2VrLWZvci10d28tbm9kZXM="; // 32 bytes, both nodes
-    let opts = || support::ServerOptions {
-        database_url: Some(db.clone()),
-        extra_env: vec![("KEYWARD_KEK".into(), kek.into())],
-        ..Default::default()
     };
     let mut a = TestServer::start_with(opts());
     support::seed_piv_standard(&a, "31000010");

@@ -21,7 +21,7 @@
 //! The agent's device watcher does not probe a held device (see
 //! `devices::Watcher::scan`). docs/protocol.md states these guarantees.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keyward_proto::RelayBatch;
 use keyward_transport::ctaphid::{CtaphidDevice, HidReports};
@@ -43,7 +43,6 @@ pub struct Held {
     /// The session asked the person to take the device out and put it back:
     /// the next batch begins on a new connection.
     reinsert_expected: bool,
-    pub last_used: Instant,
 }
 
 enum HeldIo {
@@ -118,7 +117,6 @@ impl Held {
         Ok(Held {
             io,
             reinsert_expected: false,
-            last_used: Instant::now(),
         })
     }
 
@@ -153,7 +151,6 @@ impl Held {
 
     /// Runs one batch on the held connection.
     pub fn run(&mut self, batch: &RelayBatch) -> BatchRun {
-        self.last_used = Instant::now();
         let reinserted = std::mem::take(&mut self.reinsert_expected);
         match &mut self.io {
             HeldIo::Pcsc { card, hid } => {
