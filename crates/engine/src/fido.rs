@@ -32,6 +32,7 @@ use keyward_card::ctap::{
     StatusCode, UserEntity,
 };
 use keyward_domain::PinApplication;
+use rand_core::{CryptoRngCore, RngCore};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -248,8 +249,8 @@ impl KeyAgreement {
         }
     }
 
-    fn new(protocol: u8, peer: &CoseEc2Key) -> Self {
-        let secret = p256::SecretKey::random(&mut rand_core::OsRng);
+    fn new(protocol: u8, peer: &CoseEc2Key, mut rng: &mut dyn CryptoRngCore) -> Self {
+        let secret = p256::SecretKey::random(&mut rng);
         KeyAgreement {
             protocol,
             peer: peer.to_sec1(),
@@ -282,7 +283,12 @@ impl KeyAgreement {
 }
 
 impl AwaitInfo {
-    pub fn on_responses(self, responses: &[Response]) -> Result<AwaitPin, Failure> {
+    /// `rng`: the PIN protocol's ephemeral key.
+    pub fn on_responses(
+        self,
+        responses: &[Response],
+        rng: &mut dyn CryptoRngCore,
+    ) -> Result<AwaitPin, Failure> {
         let responses = check(&self.sent, responses)?;
         let info_v = ctap_answer(&responses[0], STEP_PROBE)?
             .ok_or_else(|| Failure::new("bad_response", STEP_PROBE, "getInfo without data"))?;
@@ -319,7 +325,7 @@ impl AwaitInfo {
             if let Ok(Some(v)) = ctap_answer(&responses[idx], STEP_PROBE) {
                 if let Ok(r) = ClientPinResponse::from_value(&v) {
                     if let Some(k) = r.key_agreement {
-                        ka = Some(KeyAgreement::new(*p, &k));
+                        ka = Some(KeyAgreement::new(*p, &k, &mut *rng));
                         break;
                     }
                 }
@@ -431,10 +437,12 @@ impl AwaitPin {
     /// The person's answers (by prompt kind). Problems with a new PIN are
     /// `Err` with code `pin_rules` (the server checks them first with
     /// [`fido_pin_problems`] to answer 400 with each rule).
+    /// `rng`: the PIN protocol's initialisation vectors.
     pub fn on_answers(
         self,
         answers: &BTreeMap<String, String>,
         options: &CreationRequest,
+        rng: &mut dyn RngCore,
     ) -> Result<(AwaitToken, Batch), Failure> {
         check_options(options)?;
         let answer = |k: PromptKind| answers.get(k.as_str()).map(String::as_str);
@@ -485,7 +493,6 @@ impl AwaitPin {
         let protocol = self.ka.protocol();
         let shared = self.ka.shared()?;
         let platform_key = self.ka.platform_key()?;
-        let mut rng = rand_core::OsRng;
         let enc_err = |e: ctap::CtapError| Failure::new("internal", STEP_PIN, format!("{e:?}"));
         let base = |sub: u8| ClientPinRequest {
             pin_uv_auth_protocol: Some(protocol.number()),
@@ -496,9 +503,7 @@ impl AwaitPin {
         let mut b = Batch::default();
         if new_pin {
             let padded = Zeroizing::new(ctap::pad_pin(pin.as_bytes()).map_err(enc_err)?);
-            let new_pin_enc = protocol
-                .encrypt(&shared, &padded, &mut rng)
-                .map_err(enc_err)?;
+            let new_pin_enc = protocol.encrypt(&shared, &padded, rng).map_err(enc_err)?;
             let mut req = base(client_pin::SET_PIN);
             req.pin_uv_auth_param = Some(protocol.authenticate_shared(&shared, &new_pin_enc));
             req.new_pin_enc = Some(new_pin_enc);
@@ -510,7 +515,7 @@ impl AwaitPin {
             );
         }
         let pin_hash_enc = protocol
-            .encrypt(&shared, &ctap::pin_hash16(pin.as_bytes()), &mut rng)
+            .encrypt(&shared, &ctap::pin_hash16(pin.as_bytes()), rng)
             .map_err(enc_err)?;
         let mut req = if self.device.token_with_permissions {
             let mut r = base(client_pin::GET_PIN_UV_AUTH_TOKEN_USING_PIN_WITH_PERMISSIONS);

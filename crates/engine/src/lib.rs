@@ -13,6 +13,7 @@
 //! ends only where the next command depends on the device's answer: the
 //! number of batches is the number of client round trips.
 
+pub mod answers;
 pub mod b64;
 pub mod batch;
 pub mod change_pin;
@@ -23,7 +24,12 @@ pub mod piv;
 pub mod plan;
 pub mod prompt;
 pub mod recycle;
+pub mod session;
 
 pub use batch::{Batch, Channel, Command, Failure, Response};
 pub use mgmt_key::{ManagementKey, MgmtAlgorithm};
 pub use prompt::{Prompt, PromptKind};
+pub use session::{
+    Answers, Context, DeviceMove, DeviceSession, Effect, Ending, Input, PasskeyRecord, Refusal,
+    RegisteredMethod,
+};

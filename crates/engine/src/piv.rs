@@ -24,7 +24,7 @@ use der::Encode;
 use keyward_card::apdu::CommandApdu;
 use keyward_card::piv::{self, alg, dyn_auth, key_ref, object, PublicKeyTemplate};
 use keyward_domain::DeviceType;
-use rand_core::{OsRng, RngCore};
+use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -256,7 +256,12 @@ impl AwaitWitness {
         &self.plan
     }
 
-    pub fn on_responses(mut self, responses: &[Response]) -> Result<(AwaitKeys, Batch), Failure> {
+    /// `rng`: the mutual authentication's challenge.
+    pub fn on_responses(
+        mut self,
+        responses: &[Response],
+        rng: &mut dyn RngCore,
+    ) -> Result<(AwaitKeys, Batch), Failure> {
         let responses = check(&self.sent, responses)?;
         self.counters.count(&self.sent, responses);
         serial_from(&self.plan, responses)?;
@@ -281,7 +286,7 @@ impl AwaitWitness {
             )
         })?;
         let mut challenge = vec![0u8; m.algorithm.block_len()];
-        OsRng.fill_bytes(&mut challenge);
+        rng.fill_bytes(&mut challenge);
 
         let p = &self.plan;
         let mut b = Batch::default();

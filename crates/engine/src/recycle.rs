@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 
 use keyward_card::piv::{self, alg, dyn_auth, key_ref, object};
 use keyward_domain::DeviceType;
-use rand_core::{OsRng, RngCore};
+use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
@@ -141,10 +141,12 @@ impl Recycling {
     }
 
     /// The responses (or, for a prompt batch, the answers) to the batch out now.
+    /// `rng`: the mutual authentication's challenge.
     pub fn on_result(
         mut self,
         responses: &[Response],
         answers: &BTreeMap<String, String>,
+        rng: &mut dyn RngCore,
     ) -> Result<Next, Failure> {
         match self.stage.clone() {
             Stage::YubiKeyWipe { rounds } => {
@@ -194,7 +196,7 @@ impl Recycling {
                     )
                 })?;
                 let mut challenge = vec![0u8; m.algorithm.block_len()];
-                OsRng.fill_bytes(&mut challenge);
+                rng.fill_bytes(&mut challenge);
                 let b = self.wipe_batch(&witness, &challenge)?;
                 self.stage = Stage::Wipe { challenge };
                 self.sent = b.clone();
@@ -549,7 +551,10 @@ mod tests {
         loop {
             let responses = run(card, &batch);
             trips += 1;
-            match state.on_result(&responses, &BTreeMap::new()).unwrap() {
+            match state
+                .on_result(&responses, &BTreeMap::new(), &mut rand::rngs::OsRng)
+                .unwrap()
+            {
                 Next::Batch(s, b) => (state, batch) = (s, b),
                 Next::Done(r) => return (r, trips),
             }
@@ -603,7 +608,11 @@ mod tests {
         other.serial = 1;
         let (state, batch) = Recycling::start(other);
         let f = state
-            .on_result(&run(&mut card, &batch), &BTreeMap::new())
+            .on_result(
+                &run(&mut card, &batch),
+                &BTreeMap::new(),
+                &mut rand::rngs::OsRng,
+            )
             .err()
             .unwrap();
         assert_eq!(f.code, "device_mismatch");
@@ -726,10 +735,17 @@ mod tests {
         let mut answers = BTreeMap::new();
         answers.insert("reinsert_device".to_string(), "done".to_string());
         answers.insert("confirm_touch".to_string(), "false".to_string());
-        let f = state.clone().on_result(&[], &answers).err().unwrap();
+        let f = state
+            .clone()
+            .on_result(&[], &answers, &mut rand::rngs::OsRng)
+            .err()
+            .unwrap();
         assert_eq!(f.code, "declined_by_person");
         answers.insert("confirm_touch".to_string(), "true".to_string());
-        let Next::Batch(_, b) = state.on_result(&[], &answers).unwrap() else {
+        let Next::Batch(_, b) = state
+            .on_result(&[], &answers, &mut rand::rngs::OsRng)
+            .unwrap()
+        else {
             panic!("the reset batch")
         };
         assert_eq!(b.commands[0].bytes, vec![CTAP_RESET]);

@@ -79,8 +79,8 @@ fn register(
 ) -> Result<Registration, keyward_engine::Failure> {
     let (s, b) = FidoRegistration::start(plan);
     let r = relay(auth, &b, presence);
-    let s = s.on_responses(&r)?;
-    let (s, b) = s.on_answers(&answers(answer), &options())?;
+    let s = s.on_responses(&r, &mut rand::rngs::OsRng)?;
+    let (s, b) = s.on_answers(&answers(answer), &options(), &mut rand::rngs::OsRng)?;
     let r = relay(auth, &b, presence);
     let (s, b) = s.on_responses(&r)?;
     let r = relay(auth, &b, presence);
@@ -204,7 +204,10 @@ fn unshared_sets_a_new_fido_pin_on_a_yubikey_5_4() {
     let (s, b) = FidoRegistration::start(plan(PinSource::Unshared, true));
     assert_eq!(b.len(), 3);
     let s = s
-        .on_responses(&relay(&mut auth, &b, &mut AlwaysPresent))
+        .on_responses(
+            &relay(&mut auth, &b, &mut AlwaysPresent),
+            &mut rand::rngs::OsRng,
+        )
         .unwrap();
     let kinds: Vec<_> = s.prompts().iter().map(|p| p.kind).collect();
     assert_eq!(kinds, [PromptKind::SetFidoPin, PromptKind::ConfirmTouch]);
@@ -219,6 +222,7 @@ fn unshared_sets_a_new_fido_pin_on_a_yubikey_5_4() {
                 (PromptKind::ConfirmTouch, "true"),
             ]),
             &options(),
+            &mut rand::rngs::OsRng,
         )
         .unwrap();
     assert!(s.sets_pin());
@@ -255,7 +259,10 @@ fn unshared_enters_an_existing_pin_on_a_yubikey_5_7() {
     // uses a token with the mc permission.
     let (s, b) = FidoRegistration::start(plan(PinSource::Unshared, true));
     let s = s
-        .on_responses(&relay(&mut auth, &b, &mut AlwaysPresent))
+        .on_responses(
+            &relay(&mut auth, &b, &mut AlwaysPresent),
+            &mut rand::rngs::OsRng,
+        )
         .unwrap();
     assert!(s.device().token_with_permissions);
     assert_eq!(s.prompts()[0].kind, PromptKind::EnterFidoPin);
@@ -268,6 +275,7 @@ fn unshared_enters_an_existing_pin_on_a_yubikey_5_7() {
                 (PromptKind::ConfirmTouch, "true"),
             ]),
             &o,
+            &mut rand::rngs::OsRng,
         )
         .unwrap();
     assert!(!s.sets_pin());
@@ -313,11 +321,17 @@ fn shared_pins_on_a_c4000() {
     // PIN set at the start: no PIN prompt, only the confirmation.
     let (s, b) =
         FidoRegistration::start(plan(PinSource::SharedKnown(Secret::new("24681357")), false));
-    let s = s.on_responses(&relay(&mut auth, &b, &mut p)).unwrap();
+    let s = s
+        .on_responses(&relay(&mut auth, &b, &mut p), &mut rand::rngs::OsRng)
+        .unwrap();
     let kinds: Vec<_> = s.prompts().iter().map(|p| p.kind).collect();
     assert_eq!(kinds, [PromptKind::ConfirmTouch]);
     let (s, b) = s
-        .on_answers(&answers(&[(PromptKind::ConfirmTouch, "true")]), &options())
+        .on_answers(
+            &answers(&[(PromptKind::ConfirmTouch, "true")]),
+            &options(),
+            &mut rand::rngs::OsRng,
+        )
         .unwrap();
     let (s, b) = s.on_responses(&relay(&mut auth, &b, &mut p)).unwrap();
     assert!(b.prompts.is_empty(), "a card in a reader is present");
@@ -330,7 +344,9 @@ fn shared_pins_on_a_c4000() {
         PinSource::SharedInitial(Secret::new("24681357")),
         false,
     ));
-    let s = s.on_responses(&relay(&mut auth, &b, &mut p)).unwrap();
+    let s = s
+        .on_responses(&relay(&mut auth, &b, &mut p), &mut rand::rngs::OsRng)
+        .unwrap();
     let prompts = s.prompts();
     assert_eq!(prompts[0].kind, PromptKind::ShowInitialPin);
     assert_eq!(prompts[0].value.as_ref().unwrap().expose(), "24681357");
@@ -342,6 +358,7 @@ fn shared_pins_on_a_c4000() {
                 (PromptKind::ConfirmTouch, "true"),
             ]),
             &options(),
+            &mut rand::rngs::OsRng,
         )
         .err()
         .unwrap();
@@ -356,6 +373,7 @@ fn shared_pins_on_a_c4000() {
                 (PromptKind::ConfirmTouch, "true"),
             ]),
             &o,
+            &mut rand::rngs::OsRng,
         )
         .unwrap();
     let (s, b) = s.on_responses(&relay(&mut auth, &b, &mut p)).unwrap();
@@ -369,7 +387,10 @@ fn refusals_and_declines() {
     let (s, b) =
         FidoRegistration::start(plan(PinSource::SharedKnown(Secret::new("123456")), false));
     let e = s
-        .on_responses(&relay(&mut auth, &b, &mut AlwaysPresent))
+        .on_responses(
+            &relay(&mut auth, &b, &mut AlwaysPresent),
+            &mut rand::rngs::OsRng,
+        )
         .err()
         .unwrap();
     assert_eq!(e.code, "fido_device_unfit");
@@ -384,7 +405,10 @@ fn refusals_and_declines() {
         ..plan(PinSource::Unshared, true)
     });
     let s = s
-        .on_responses(&relay(&mut auth, &b, &mut AlwaysPresent))
+        .on_responses(
+            &relay(&mut auth, &b, &mut AlwaysPresent),
+            &mut rand::rngs::OsRng,
+        )
         .unwrap();
     for bad in ["123", "12345", &"x".repeat(64)] {
         let e = s
@@ -395,6 +419,7 @@ fn refusals_and_declines() {
                     (PromptKind::ConfirmTouch, "true"),
                 ]),
                 &options(),
+                &mut rand::rngs::OsRng,
             )
             .err()
             .unwrap();
@@ -410,6 +435,7 @@ fn refusals_and_declines() {
                 (PromptKind::ConfirmTouch, "false"),
             ]),
             &options(),
+            &mut rand::rngs::OsRng,
         )
         .err()
         .unwrap();
@@ -479,7 +505,10 @@ fn states_survive_sealing() {
     let s: keyward_engine::fido::AwaitInfo =
         serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
     let s = s
-        .on_responses(&relay(&mut auth, &b, &mut AlwaysPresent))
+        .on_responses(
+            &relay(&mut auth, &b, &mut AlwaysPresent),
+            &mut rand::rngs::OsRng,
+        )
         .unwrap();
     let s: keyward_engine::fido::AwaitPin =
         serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
@@ -490,6 +519,7 @@ fn states_survive_sealing() {
                 (PromptKind::ConfirmTouch, "true"),
             ]),
             &options(),
+            &mut rand::rngs::OsRng,
         )
         .unwrap();
     let s: keyward_engine::fido::AwaitToken =

@@ -162,7 +162,9 @@ fn personalise(profile: ProfileKind, firmware: Firmware, factory: MgmtAlgorithm,
 
     let (state, batch) = PivIssuance::start(plan);
     let responses = relay(&mut card, &batch);
-    let (state, batch) = state.on_responses(&responses).unwrap();
+    let (state, batch) = state
+        .on_responses(&responses, &mut rand::rngs::OsRng)
+        .unwrap();
     let responses = relay(&mut card, &batch);
     let state = state.on_responses(&responses).unwrap();
     assert_eq!(state.keys().len(), 2);
@@ -303,7 +305,9 @@ fn a_swapped_device_and_a_wrong_factory_pin_stop_with_clear_failures() {
         fido_pin_sharing: None,
     };
     let (state, batch) = PivIssuance::start(plan(6, "123456"));
-    let f = state.on_responses(&relay(&mut card, &batch)).unwrap_err();
+    let f = state
+        .on_responses(&relay(&mut card, &batch), &mut rand::rngs::OsRng)
+        .unwrap_err();
     assert_eq!(
         (f.code.as_str(), f.step.as_str()),
         ("device_mismatch", "identify device")
@@ -313,12 +317,16 @@ fn a_swapped_device_and_a_wrong_factory_pin_stop_with_clear_failures() {
     let mut wrong_fw = plan(5, "123456");
     wrong_fw.firmware = Some((5, 4, 3));
     let (state, batch) = PivIssuance::start(wrong_fw);
-    let f = state.on_responses(&relay(&mut card, &batch)).unwrap_err();
+    let f = state
+        .on_responses(&relay(&mut card, &batch), &mut rand::rngs::OsRng)
+        .unwrap_err();
     assert_eq!(f.code, "device_mismatch");
     assert!(f.message.contains("firmware 5.7.1"), "{}", f.message);
 
     let (state, batch) = PivIssuance::start(plan(5, "999999"));
-    let (state, batch) = state.on_responses(&relay(&mut card, &batch)).unwrap();
+    let (state, batch) = state
+        .on_responses(&relay(&mut card, &batch), &mut rand::rngs::OsRng)
+        .unwrap();
     let f = state.on_responses(&relay(&mut card, &batch)).unwrap_err();
     assert_eq!(
         (f.code.as_str(), f.step.as_str(), f.sw),

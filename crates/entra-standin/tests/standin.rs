@@ -119,14 +119,18 @@ fn keyward_registration(auth: &mut FidoAuthenticator, o: &CreationOptions) -> Ne
         touch_sensor: true,
     };
     let (s, b) = FidoRegistration::start(plan);
-    let s = s.on_responses(&relay(auth, &b)).unwrap();
+    let s = s
+        .on_responses(&relay(auth, &b), &mut rand::rngs::OsRng)
+        .unwrap();
     let pin_kind = s.prompts()[0].kind;
     let answers: BTreeMap<String, String> = [
         (pin_kind.as_str().to_string(), "standin-pin".to_string()),
         (PromptKind::ConfirmTouch.as_str().to_string(), "true".into()),
     ]
     .into();
-    let (s, b) = s.on_answers(&answers, &request(o)).unwrap();
+    let (s, b) = s
+        .on_answers(&answers, &request(o), &mut rand::rngs::OsRng)
+        .unwrap();
     let (s, b) = s.on_responses(&relay(auth, &b)).unwrap();
     let reg = s.on_responses(&relay(auth, &b)).unwrap();
     method(

@@ -42,7 +42,7 @@ pub struct Inner {
     /// One Graph client per Passkey-Enabled Service (with the fingerprint of
     /// the configuration it was built from), so its token cache lives until
     /// the token expires instead of one call.
-    pub graph_clients: crate::issuance::GraphClients,
+    pub graph_clients: crate::entra::GraphClients,
 }
 
 impl Deref for AppState {

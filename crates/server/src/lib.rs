@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod demo_passkeys;
 pub mod enrollment;
+pub mod entra;
 pub mod error;
 pub mod graph_probe;
 pub mod initial_pin;

@@ -17,5 +17,8 @@ pub(crate) async fn outstanding_batch(
     s: &IssuanceSession,
 ) -> ApiResult<(RelayBatch, u64)> {
     let data = unseal(state, s)?;
-    Ok((relay_batch(s.id, s.seq, s.status, &data.batch), data.serial))
+    Ok((
+        relay_batch(s.id, s.seq, s.status, data.batch()),
+        data.serial,
+    ))
 }

@@ -5,17 +5,17 @@
 //! configured roots (`attestation_roots`: Yubico's PIV root, or the virtual
 //! manufacturer CA of `keyward vcard`), with the device's serial. The
 //! outcome of each key (attested or unattested, and why) goes to the audit
-//! trail (`issuance.attestation`); under "Require device attestation" an
-//! unattested key fails the attempt before anything is certified. Devices
-//! that cannot attest (C4000, generic PIV) are not subject to it.
+//! trail (`issuance.attestation`); under "Require device attestation" the
+//! session's machine fails the attempt on an unattested key before anything
+//! is certified. Devices that cannot attest (C4000, generic PIV) are not
+//! asked.
 
 use base64::Engine as _;
-use keyward_domain::{AuditDraft, AuditOutcome, Device, DeviceType};
-use keyward_engine::{Failure, Response};
+use keyward_domain::{AuditDraft, AuditOutcome};
+use keyward_engine::piv::GeneratedKey;
 use keyward_pki::attestation::{certificate_from_object, verify_piv_attestations, AttestedKey};
-use keyward_store::IssuanceSession;
+use uuid::Uuid;
 
-use super::Engine;
 use crate::api::{audit, store_error};
 use crate::app::AppState;
 use crate::auth::Caller;
@@ -57,44 +57,31 @@ fn read_anchors(state: &AppState) -> Vec<Vec<u8>> {
     out
 }
 
-/// Verifies the attestations in batch 2's responses (before the keys are
-/// certified); answers the failure that ends the attempt when attestation is
-/// required and a key is unattested, and the audit record of each key's
-/// outcome, which the caller writes with the session's next move (one write).
-pub(super) async fn before_certify(
+/// Verifies each key's attestation (the `VerifyAttestation` effect):
+/// answers one outcome per key, whether attestation is required, and the
+/// audit record of the outcomes (written with the session's move).
+pub(super) async fn verify(
     state: &AppState,
     caller: &Caller,
-    s: &IssuanceSession,
-    device: &Device,
-    engine: &Engine,
-    responses: &[Response],
-) -> ApiResult<(Option<Failure>, Option<AuditDraft>)> {
-    let Engine::AwaitKeys(e) = engine else {
-        return Ok((None, None));
-    };
-    if device.device_type != DeviceType::YubiKey5 {
-        return Ok((None, None));
-    }
-    // A batch that failed is reported by the engine step itself.
-    let Ok(certs) = e.clone().on_responses(responses) else {
-        return Ok((None, None));
-    };
-    let settings = state
+    session: Uuid,
+    serial: u64,
+    device_certificate: Option<&[u8]>,
+    keys: &[GeneratedKey],
+) -> ApiResult<(Vec<Result<(), String>>, bool, AuditDraft)> {
+    let required = state
         .store
         .get_settings()
         .await
-        .map_err(|e| store_error("reading settings", e))?;
+        .map_err(|e| store_error("reading settings", e))?
+        .require_device_attestation;
     let anchors = anchors(state);
     let now = time::OffsetDateTime::now_utc();
-    let device_cert = certs
-        .device_attestation_certificate()
-        .map(certificate_from_object);
+    let device_cert = device_certificate.map(certificate_from_object);
     // The keys that came with an attestation, verified together: the device
     // certificate's chain is checked once per issuance, not once per key.
     let mut verified = match &device_cert {
         Some(Ok(dev)) => {
-            let keys: Vec<AttestedKey<'_>> = certs
-                .keys()
+            let attested: Vec<AttestedKey<'_>> = keys
                 .iter()
                 .filter_map(|k| {
                     k.attestation.as_ref().map(|a| AttestedKey {
@@ -103,14 +90,14 @@ pub(super) async fn before_certify(
                     })
                 })
                 .collect();
-            verify_piv_attestations(dev, &[], anchors, &keys, now)
+            verify_piv_attestations(dev, &[], anchors, &attested, now)
         }
         _ => Vec::new(),
     }
     .into_iter();
+    let mut outcomes = Vec::new();
     let mut records = Vec::new();
-    let mut failure = None;
-    for k in certs.keys() {
+    for k in keys {
         let result: Result<(), String> = match (&k.attestation, &device_cert) {
             (None, _) => Err("the device gave no attestation for the key".into()),
             (_, None) => Err("the device has no attestation certificate (5FFF01)".into()),
@@ -121,13 +108,12 @@ pub(super) async fn before_certify(
                 .unwrap_or_else(|| Err(keyward_pki::attestation::AttestationError::KeyMismatch))
                 .map_err(|e| e.to_string())
                 .and_then(|v| match v.serial {
-                    Some(n) if u64::from(n) == device.serial.0 => Ok(()),
+                    Some(n) if u64::from(n) == serial => Ok(()),
                     other => Err(format!(
-                        "the attestation names serial {}, not {}",
+                        "the attestation names serial {}, not {serial}",
                         other
                             .map(|n| n.to_string())
                             .unwrap_or_else(|| "none".into()),
-                        device.serial
                     )),
                 }),
         };
@@ -136,24 +122,16 @@ pub(super) async fn before_certify(
             "attested": result.is_ok(),
             "reason": result.as_ref().err(),
         }));
-        if let Err(why) = result {
-            if settings.require_device_attestation && failure.is_none() {
-                failure = Some(Failure::new(
-                    "attestation_failed",
-                    &format!("attest key {:02X}", k.slot),
-                    format!("the device did not prove it generated the key: {why}"),
-                ));
-            }
-        }
+        outcomes.push(result);
     }
     let mut draft = audit(
         caller,
         "issuance.attestation",
-        format!("device:{}", device.serial),
-        serde_json::json!({ "session": s.id, "slots": records, "required": settings.require_device_attestation }),
+        format!("device:{serial}"),
+        serde_json::json!({ "session": session, "slots": records, "required": required }),
     );
-    if records.iter().any(|r| r["attested"] == false) {
+    if outcomes.iter().any(Result::is_err) {
         draft.outcome = AuditOutcome::Failure;
     }
-    Ok((failure, Some(draft)))
+    Ok((outcomes, required, draft))
 }

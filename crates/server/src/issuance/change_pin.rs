@@ -13,18 +13,17 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use keyward_domain::{AuditOutcome, DeviceState, Serial};
-use keyward_engine::change_pin::{tries_left, Next, PinChange};
-use keyward_engine::{Batch, PromptKind, Response};
-use keyward_proto::{RelayBatch, RelayResult};
-use keyward_store::{IssuanceSession, IssuanceUpdate};
+use keyward_domain::{DeviceState, Serial};
+use keyward_engine::DeviceSession;
+use keyward_proto::RelayBatch;
+use keyward_store::IssuanceSession;
 use uuid::Uuid;
 
-use super::session::{seal, unseal};
-use super::{relay_batch, Engine, SessionData};
+use super::relay_batch;
+use super::session::{close, failure_audit, seal, unseal, Close};
 use crate::api::{audit, found, invalid, store_error};
 use crate::app::AppState;
-use crate::auth::{perm, Allowed, Caller};
+use crate::auth::{perm, Allowed};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 
 const ACTION: keyward_domain::SessionAction = keyward_domain::SessionAction::ChangePin;
@@ -85,7 +84,7 @@ pub(super) async fn start(
     if last.status == keyward_domain::SessionStatus::Running {
         // Only a PIN change waiting for its answers is replaced; one whose
         // device commands are out (or any other session) is left to finish.
-        if last.action != ACTION || !unseal(&state, &last)?.batch.awaits_answers() {
+        if last.action != ACTION || !unseal(&state, &last)?.batch().awaits_answers() {
             return Err(ApiError::conflict(
                 "device_busy",
                 format!(
@@ -95,33 +94,33 @@ pub(super) async fn start(
             ));
         }
         // An earlier PIN change left waiting: ended, this one replaces it.
-        end(
-            &state,
+        let mut waiting = unseal(&state, &last)?;
+        waiting.cancel();
+        let replaced = serde_json::json!({ "code": "replaced", "step": last.step, "message": "a new PIN change replaced this one", "session": last.id });
+        let draft = failure_audit(
             &caller,
+            "pin_change.fail",
+            device.serial.0,
+            serde_json::json!({ "session": last.id, "code": "replaced", "tries_left": null }),
+        );
+        let _ended = close(
+            &state,
             &last,
-            unseal(&state, &last)?,
-            keyward_domain::SessionStatus::PinChangeFailed,
-            Some(replaced(&last)),
+            &waiting,
+            Close {
+                status: keyward_domain::SessionStatus::PinChangeFailed,
+                step: last.step.clone(),
+                error: Some(replaced.to_string()),
+                device: None,
+                credentials: vec![],
+                audits: vec![draft],
+            },
         )
         .await?;
     }
-    let last_data = unseal(&state, &last)?;
-    let (engine, batch) = PinChange::start();
+    let (data, batch) = DeviceSession::change_pin(&unseal(&state, &last)?);
     let id = Uuid::new_v4();
     let now = time::OffsetDateTime::now_utc();
-    let data = SessionData {
-        format: super::SEALED_FORMAT,
-        engine: Engine::ChangePin(engine),
-        batch: batch.clone(),
-        user_login: last_data.user_login,
-        policy_name: last_data.policy_name,
-        serial: device.serial.0,
-        initial_pin: None,
-        attempt: None,
-        change_pin_at_end: false,
-        // What a later Recycle needs stays with the latest session.
-        kept: last_data.kept,
-    };
     let session = IssuanceSession {
         id,
         device_id: device.id,
@@ -202,156 +201,4 @@ pub(super) async fn pin_check(
         valid: checks.iter().all(|c| c.passed),
         rules: crate::api::policies::rule_views(checks, true),
     }))
-}
-
-fn replaced(s: &IssuanceSession) -> serde_json::Value {
-    serde_json::json!({ "code": "replaced", "step": s.step, "message": "a new PIN change replaced this one", "session": s.id })
-}
-
-/// Ends the session (`pin_changed` or `pin_change_failed`); the device
-/// record does not move.
-async fn end(
-    state: &AppState,
-    caller: &Caller,
-    s: &IssuanceSession,
-    mut data: SessionData,
-    status: keyward_domain::SessionStatus,
-    error: Option<serde_json::Value>,
-) -> ApiResult<i64> {
-    data.engine = Engine::Finished;
-    data.batch = Batch::default();
-    let next_seq = s.seq + 1;
-    let update = IssuanceUpdate {
-        status,
-        step: if error.is_some() {
-            s.step.clone()
-        } else {
-            "done".into()
-        },
-        seq: next_seq,
-        sealed_state: seal(state, s.id, &data),
-        error: error.as_ref().map(|e| e.to_string()),
-    };
-    let mut details = serde_json::json!({ "session": s.id });
-    if let Some(e) = &error {
-        details["code"] = e["code"].clone();
-        details["tries_left"] = e["tries_left"].clone();
-    }
-    let mut draft = audit(
-        caller,
-        if error.is_some() {
-            "pin_change.fail"
-        } else {
-            "device.change_pin"
-        },
-        format!("device:{}", data.serial),
-        details,
-    );
-    if error.is_some() {
-        draft.outcome = AuditOutcome::Failure;
-    }
-    state
-        .store
-        .advance_issuance(s.id, s.seq, &update, None, &[], &[&draft])
-        .await
-        .map_err(|e| store_error("ending the PIN change", e))?;
-    Ok(next_seq)
-}
-
-/// A relay result for a change_pin session.
-pub(super) async fn on_result(
-    state: &AppState,
-    caller: &Caller,
-    s: &IssuanceSession,
-    mut data: SessionData,
-    responses: &[Response],
-    result: &RelayResult,
-) -> ApiResult<Json<RelayBatch>> {
-    // The new PIN against the policy's rules: refused (400) before the
-    // device sees anything; the same prompts stay out.
-    super::answers::check_for_session(state, s, &data.batch, &result.answers).await?;
-    if data.batch.awaits_answers() {
-        let current = result
-            .answers
-            .get(PromptKind::EnterPin.as_str())
-            .map(String::as_str)
-            .unwrap_or("");
-        if current.is_empty() || current.len() > 8 {
-            return Err(ApiError::bad_request(
-                "pin_invalid",
-                "the current PIN has 1 to 8 characters",
-            )
-            .field("answers.enter_pin"));
-        }
-    }
-    let Engine::ChangePin(engine) = std::mem::replace(&mut data.engine, Engine::Finished) else {
-        return Err(ApiError::internal("relaying", "not a PIN change"));
-    };
-    match engine.on_result(responses, &result.answers) {
-        Ok(Next::Batch(engine, batch)) => {
-            data.engine = Engine::ChangePin(engine);
-            data.batch = batch.clone();
-            let next_seq = s.seq + 1;
-            let update = IssuanceUpdate {
-                status: keyward_domain::SessionStatus::Running,
-                step: batch.step(),
-                seq: next_seq,
-                sealed_state: seal(state, s.id, &data),
-                error: None,
-            };
-            let draft = audit(
-                caller,
-                "pin_change.step",
-                format!("device:{}", data.serial),
-                serde_json::json!({ "session": s.id, "batch": next_seq }),
-            );
-            state
-                .store
-                .advance_issuance(s.id, s.seq, &update, None, &[], &[&draft])
-                .await
-                .map_err(|e| store_error("saving the session", e))?;
-            Ok(Json(relay_batch(
-                s.id,
-                next_seq,
-                keyward_domain::SessionStatus::Running,
-                &batch,
-            )))
-        }
-        Ok(Next::Done) => {
-            let seq = end(
-                state,
-                caller,
-                s,
-                data,
-                keyward_domain::SessionStatus::PinChanged,
-                None,
-            )
-            .await?;
-            Ok(Json(relay_batch(
-                s.id,
-                seq,
-                keyward_domain::SessionStatus::PinChanged,
-                &Batch::default(),
-            )))
-        }
-        Err(f) => {
-            let mut report = super::recycle::report(s, &f);
-            report["tries_left"] = serde_json::json!(tries_left(&f));
-            let seq = end(
-                state,
-                caller,
-                s,
-                data,
-                keyward_domain::SessionStatus::PinChangeFailed,
-                Some(report),
-            )
-            .await?;
-            Ok(Json(relay_batch(
-                s.id,
-                seq,
-                keyward_domain::SessionStatus::PinChangeFailed,
-                &Batch::default(),
-            )))
-        }
-    }
 }

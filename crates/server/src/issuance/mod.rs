@@ -9,10 +9,8 @@
 
 mod access;
 mod agent_delivery;
-mod answers;
 mod attestation;
 mod change_pin;
-mod fido_step;
 mod recycle;
 mod relay;
 mod retry_cancel;
@@ -22,12 +20,7 @@ mod sweep;
 
 use axum::extract::{Path, State};
 use axum::Json;
-use keyward_engine::knowledge::{DeviceSecrets, Known};
-use keyward_engine::piv::{
-    AwaitCertificates, AwaitKeys, AwaitWitness, AwaitWrites, Certified, PivPlan, Secret,
-};
-use keyward_engine::recycle::Recycling;
-use keyward_engine::{Batch, Channel, ManagementKey};
+use keyward_engine::{Batch, Channel};
 use keyward_proto::{RelayBatch, RelayCommand, RelayPrompt, RELAY_PROTOCOL_VERSION};
 use keyward_store::{Credential, IssuanceSession};
 use serde::{Deserialize, Serialize};
@@ -42,7 +35,6 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 
 pub(crate) use access::may_relay_own_session;
 pub(crate) use agent_delivery::outstanding_batch;
-pub use fido_step::GraphClients;
 pub use sweep::sweep_abandoned;
 
 use session::unseal;
@@ -116,90 +108,6 @@ pub struct SessionStatus {
     /// commands, if it runs through one (`keyward issue --retry` follows it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
-}
-
-/// The engine's state between round trips, sealed in the session row.
-#[derive(Serialize, Deserialize)]
-pub(super) enum Engine {
-    AwaitWitness(AwaitWitness),
-    AwaitKeys(AwaitKeys),
-    AwaitWrites(AwaitWrites),
-    /// Keys certified; the person chooses their own PIN (prompt batch out).
-    AwaitNewPin(AwaitCertificates, Certified),
-    /// A recycle (its own state machine).
-    Recycle(Recycling),
-    /// A PIN change (User Portal, its own state machine).
-    ChangePin(keyward_engine::change_pin::PinChange),
-    /// The PIV writes with the FIDO step's probe appended (the number of
-    /// PIV commands first in the batch).
-    AwaitWritesAndFido(AwaitWrites, usize, Box<fido_step::FidoSession>),
-    /// The FIDO step after the PIV writes (passkey registration).
-    Fido(Box<fido_step::FidoSession>),
-    Finished,
-}
-
-#[derive(Serialize, Deserialize)]
-pub(super) struct SessionData {
-    /// The format of this sealed state ([`SEALED_FORMAT`]); states sealed
-    /// before the field existed are format 1. A release reads every format
-    /// before its own (a session started before an upgrade finishes after
-    /// it: `tests/sealed_session_upgrade.rs`) and refuses a newer one.
-    #[serde(default = "format_before_numbering")]
-    format: u32,
-    engine: Engine,
-    /// The batch out now (sent again on request after a dropped connection).
-    batch: Batch,
-    user_login: String,
-    policy_name: String,
-    serial: u64,
-    /// A PIN Keyward generated (Not Displayed): kept for Get Initial PIN.
-    #[serde(default)]
-    initial_pin: Option<Secret>,
-    /// The attempt under way or failed (for Retry); dropped when the session ends.
-    #[serde(default)]
-    attempt: Option<Attempt>,
-    /// Not Displayed with "Change PIN during issuance" = Yes: the person
-    /// sets their own PIN at the end (a `set_new_pin` prompt).
-    #[serde(default)]
-    change_pin_at_end: bool,
-    /// What the server keeps of the device's secrets after the session:
-    /// the PUK (stored only sealed) and the management key, for Recycle.
-    #[serde(default)]
-    kept: Option<Kept>,
-}
-
-/// The format of the sealed session state this release writes.
-pub(super) const SEALED_FORMAT: u32 = 1;
-
-fn format_before_numbering() -> u32 {
-    1
-}
-
-/// The device secrets a later Recycle needs (never the PIN).
-#[derive(Clone, Serialize, Deserialize)]
-pub(super) struct Kept {
-    puk: Known<Secret>,
-    management_key: Known<ManagementKey>,
-}
-
-impl Kept {
-    fn from_known(k: &DeviceSecrets) -> Kept {
-        Kept {
-            puk: k.puk.clone(),
-            management_key: k.management_key.clone(),
-        }
-    }
-}
-
-/// What a retry needs: the plan, what the device's secrets are now, and the
-/// certificates issued in this attempt that are not on record yet (revoked
-/// if the attempt fails).
-#[derive(Clone, Serialize, Deserialize)]
-pub(super) struct Attempt {
-    plan: PivPlan,
-    known: DeviceSecrets,
-    #[serde(default, with = "keyward_engine::b64::keyed")]
-    certificates: Vec<(u8, Vec<u8>)>,
 }
 
 pub(super) fn relay_batch(
@@ -283,8 +191,8 @@ pub(super) async fn status(
     access::may_see(&caller, &s)?;
     let data = unseal(&state, &s)?;
     let prompts =
-        if s.status == keyward_domain::SessionStatus::Running && data.batch.awaits_answers() {
-            relay_prompts(&data.batch)
+        if s.status == keyward_domain::SessionStatus::Running && data.batch().awaits_answers() {
+            relay_prompts(data.batch())
         } else {
             vec![]
         };
@@ -299,8 +207,8 @@ pub(super) async fn status(
     Ok(Json(SessionStatus {
         session_id: s.id.to_string(),
         serial: data.serial.to_string(),
-        user: data.user_login,
-        policy: data.policy_name,
+        user: data.user_login.clone(),
+        policy: data.policy_name.clone(),
         status: s.status,
         step: s.step,
         seq: s.seq,
@@ -325,5 +233,5 @@ pub(super) async fn current_batch(
     let s = access::load_for(&state, &caller, &id).await?;
     access::may_see(&caller, &s)?;
     let data = unseal(&state, &s)?;
-    Ok(Json(relay_batch(s.id, s.seq, s.status, &data.batch)))
+    Ok(Json(relay_batch(s.id, s.seq, s.status, data.batch())))
 }

@@ -1,37 +1,38 @@
-//! The sealed session state, the management-key master key, and how a
-//! session ends.
+//! The sealed session state, the management-key master key, and the one
+//! writer of a session's moves: its next batch, or its end.
 
 use axum::Json;
-use keyward_domain::{AuditDraft, AuditOutcome, StateChange};
-use keyward_engine::piv::Secret;
-use keyward_engine::Batch;
+use keyward_domain::{AuditDraft, AuditOutcome, SessionAction, SessionStatus, StateChange};
+use keyward_engine::session::SEALED_FORMAT;
+use keyward_engine::{Batch, DeviceSession, Failure, PasskeyRecord};
 use keyward_proto::RelayBatch;
 use keyward_store::{Credential, IssuanceSession, IssuanceUpdate};
 use rand::RngCore;
 use uuid::Uuid;
 
-use super::{relay_batch, Attempt, Engine, Kept, SessionData, MASTER_KEY_SECRET, SEALED_FORMAT};
-use crate::api::store_error;
+use super::{relay_batch, MASTER_KEY_SECRET};
+use crate::api::{audit, store_error};
 use crate::app::AppState;
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 
 pub(super) fn seal_context(id: Uuid) -> String {
     format!("issuance:{id}")
 }
 
-pub(super) fn seal(state: &AppState, id: Uuid, data: &SessionData) -> Vec<u8> {
+pub(super) fn seal(state: &AppState, id: Uuid, data: &DeviceSession) -> Vec<u8> {
     let plain = zeroize::Zeroizing::new(serde_json::to_vec(data).expect("session data serialises"));
     state.sealer.seal(&seal_context(id), &plain)
 }
 
-pub(super) fn unseal(state: &AppState, s: &IssuanceSession) -> ApiResult<SessionData> {
+pub(super) fn unseal(state: &AppState, s: &IssuanceSession) -> ApiResult<DeviceSession> {
     let plain = zeroize::Zeroizing::new(
         state
             .sealer
             .open(&seal_context(s.id), &s.sealed_state)
             .map_err(|e| ApiError::internal("opening the session state", e))?,
     );
-    let data: SessionData = serde_json::from_slice(&plain)
+    let data: DeviceSession = serde_json::from_slice(&plain)
         .map_err(|e| ApiError::internal("reading the session state", e))?;
     if data.format > SEALED_FORMAT {
         return Err(ApiError::conflict(
@@ -117,68 +118,139 @@ pub(super) fn certificate_credential(
     })
 }
 
-/// How a session ends: its status, the device's change and what to record.
-pub(super) struct Ending {
-    pub(super) status: keyward_domain::SessionStatus,
-    pub(super) step: String,
-    pub(super) error: Option<String>,
-    pub(super) device: StateChange,
-    pub(super) credentials: Vec<Credential>,
-    pub(super) audit: AuditDraft,
+/// The passkey credential on record (revoked at `revoked_at`, if given).
+pub(super) fn passkey_credential(
+    s: &IssuanceSession,
+    record: &PasskeyRecord,
+    revoked_at: Option<time::OffsetDateTime>,
+) -> Credential {
+    Credential {
+        id: Uuid::new_v4(),
+        device_id: s.device_id,
+        session_id: s.id,
+        kind: "passkey".into(),
+        slot: Some(format!("aaguid:{}", record.aaguid)),
+        serial: record.graph_id.clone(),
+        not_after: None,
+        der: Some(serde_json::to_vec(record).expect("a record serialises")),
+        created_at: time::OffsetDateTime::now_utc(),
+        revoked_at,
+    }
 }
 
-/// Writes the end of a session (its secrets dropped from the sealed state),
-/// the device's change and the credentials, in one transaction.
-pub(super) async fn end_session(
+/// The audit actions' prefix of a session's kind.
+pub(super) fn audit_prefix(action: SessionAction) -> &'static str {
+    match action {
+        SessionAction::Recycle => "recycle",
+        SessionAction::ChangePin => "pin_change",
+        _ => "issuance",
+    }
+}
+
+/// The error information a person can copy.
+pub(super) fn report(
+    s: &IssuanceSession,
+    f: &Failure,
+    at: time::OffsetDateTime,
+) -> serde_json::Value {
+    serde_json::json!({
+        "code": f.code, "step": f.step, "sw": f.sw.map(|sw| format!("{sw:04X}")), "message": f.message,
+        "session": s.id, "at": at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+    })
+}
+
+/// Writes the session's next batch (its sealed state, step and sequence
+/// number) with its audit records, in one write.
+pub(super) async fn write_batch(
+    state: &AppState,
+    caller: &Caller,
+    s: &IssuanceSession,
+    data: &DeviceSession,
+    mut audits: Vec<AuditDraft>,
+) -> ApiResult<Json<RelayBatch>> {
+    let next_seq = s.seq + 1;
+    let update = IssuanceUpdate {
+        status: SessionStatus::Running,
+        step: data.batch().step(),
+        seq: next_seq,
+        sealed_state: seal(state, s.id, data),
+        error: None,
+    };
+    audits.push(audit(
+        caller,
+        &format!("{}.step", audit_prefix(s.action)),
+        format!("device:{}", data.serial),
+        serde_json::json!({ "session": s.id, "batch": next_seq }),
+    ));
+    let audits: Vec<&AuditDraft> = audits.iter().collect();
+    state
+        .store
+        .advance_issuance(s.id, s.seq, &update, None, &[], &audits)
+        .await
+        .map_err(|e| store_error("saving the session", e))?;
+    Ok(Json(relay_batch(
+        s.id,
+        next_seq,
+        SessionStatus::Running,
+        data.batch(),
+    )))
+}
+
+/// How a session closes: what the store records in one write.
+pub(super) struct Close {
+    pub(super) status: SessionStatus,
+    pub(super) step: String,
+    pub(super) error: Option<String>,
+    /// The device record (as read) and its move, if it moves.
+    pub(super) device: Option<(keyward_domain::Device, StateChange)>,
+    pub(super) credentials: Vec<Credential>,
+    pub(super) audits: Vec<AuditDraft>,
+}
+
+/// Writes the end of a session (`data`, its secrets already dropped), the
+/// device's move and the credentials, in one transaction.
+pub(super) async fn close(
     state: &AppState,
     s: &IssuanceSession,
-    device: &keyward_domain::Device,
-    (user_login, policy_name, serial): (String, String, u64),
-    ending: Ending,
-    keep: Option<(Attempt, Option<Secret>, bool)>,
-    kept: Option<Kept>,
+    data: &DeviceSession,
+    close: Close,
 ) -> ApiResult<Json<RelayBatch>> {
-    // A failed attempt keeps what a retry needs; an ended session keeps only
-    // the PUK and management key a recycle needs (sealed), never the PIN.
-    let (attempt, initial_pin, change_pin_at_end) = match keep {
-        Some((a, pin, change)) => (Some(a), pin, change),
-        None => (None, None, false),
-    };
-    let data = SessionData {
-        format: SEALED_FORMAT,
-        engine: Engine::Finished,
-        batch: Batch::default(),
-        user_login,
-        policy_name,
-        serial,
-        initial_pin,
-        attempt,
-        change_pin_at_end,
-        kept,
-    };
     let update = IssuanceUpdate {
-        status: ending.status,
-        step: ending.step,
+        status: close.status,
+        step: close.step,
         seq: s.seq + 1,
-        sealed_state: seal(state, s.id, &data),
-        error: ending.error,
+        sealed_state: seal(state, s.id, data),
+        error: close.error,
     };
+    let audits: Vec<&AuditDraft> = close.audits.iter().collect();
     state
         .store
         .advance_issuance(
             s.id,
             s.seq,
             &update,
-            Some((device, &ending.device)),
-            &ending.credentials,
-            &[&ending.audit],
+            close.device.as_ref().map(|(d, c)| (d, c)),
+            &close.credentials,
+            &audits,
         )
         .await
-        .map_err(|e| store_error("ending the issuance session", e))?;
+        .map_err(|e| store_error("ending the session", e))?;
     Ok(Json(relay_batch(
         s.id,
         s.seq + 1,
-        ending.status,
+        close.status,
         &Batch::default(),
     )))
+}
+
+/// A failure's audit record.
+pub(super) fn failure_audit(
+    caller: &Caller,
+    action: &str,
+    serial: u64,
+    details: serde_json::Value,
+) -> AuditDraft {
+    let mut draft = audit(caller, action, format!("device:{serial}"), details);
+    draft.outcome = AuditOutcome::Failure;
+    draft
 }

@@ -5,15 +5,14 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use keyward_domain::{DeviceState, Serial, StateChange, UserStatus};
-use keyward_engine::knowledge::DeviceSecrets;
-use keyward_engine::piv::PivIssuance;
 use keyward_engine::plan::{initial_pin, piv_plan, random_puk, PlanSecrets};
+use keyward_engine::DeviceSession;
 use keyward_store::IssuanceSession;
 use rand::RngCore;
 use uuid::Uuid;
 
 use super::session::{master_key, seal};
-use super::{relay_batch, Attempt, Engine, SessionData, StartIssuance};
+use super::{relay_batch, StartIssuance};
 use crate::api::{audit, found, invalid, store_error};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -161,26 +160,15 @@ pub(super) async fn start(
         },
     )
     .map_err(invalid)?;
-    let attempt = Attempt {
-        known: DeviceSecrets::from_plan(&plan),
-        plan: plan.clone(),
-        certificates: vec![],
-    };
-    let (engine, batch) = PivIssuance::start(plan);
+    let (data, batch) = DeviceSession::issue(
+        plan,
+        &user.login,
+        &policy.name,
+        initial_pin,
+        change_pin_at_end,
+    );
     let id = Uuid::new_v4();
     let now = time::OffsetDateTime::now_utc();
-    let data = SessionData {
-        format: super::SEALED_FORMAT,
-        engine: Engine::AwaitWitness(engine),
-        batch: batch.clone(),
-        user_login: user.login.clone(),
-        policy_name: policy.name.clone(),
-        serial: device.serial.0,
-        initial_pin,
-        attempt: Some(attempt),
-        change_pin_at_end,
-        kept: None,
-    };
     let session = IssuanceSession {
         id,
         device_id: device.id,

@@ -1,0 +1,750 @@
+//! Whole device sessions through `keyward_engine::session`, with no server,
+//! HTTP or Graph: the in-process virtual device answers the batches, the
+//! embedded CA carries out Certify, a fixed creationOptions and Graph
+//! method stand for Entra ID, the clock is fixed and the random source
+//! seeded. Each test asserts the effects in the order the machine asked
+//! for them, and what the device holds at the end.
+
+use std::collections::BTreeMap;
+
+use keyward_card::piv::{self, key_ref};
+use keyward_domain::{
+    Device, DevicePolicy, DeviceState, DeviceType, DisplayMode, FirmwareVersion, Serial,
+    SessionStatus, User, UserStatus,
+};
+use keyward_engine::fido::CreationRequest;
+use keyward_engine::plan::{initial_pin, piv_plan, PlanSecrets};
+use keyward_engine::session::Answers;
+use keyward_engine::{
+    Batch, Channel, Context, DeviceMove, DeviceSession, Effect, Ending, Input, Prompt, PromptKind,
+    Refusal, RegisteredMethod, Response,
+};
+use keyward_pki::{CertificateAuthority, EmbeddedCa, LeafRequest};
+use keyward_vcard::config::{ProfileKind, VcardConfig};
+use keyward_vcard::fido::AlwaysPresent;
+use keyward_vcard::VirtualCard;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde_json::json;
+use time::macros::datetime;
+
+const NOW: time::OffsetDateTime = datetime!(2026-12-06 12:00 UTC);
+
+fn user() -> User {
+    User {
+        id: uuid::Uuid::from_u128(1),
+        login: "alice".into(),
+        upn: Some("alice@contoso.com".into()),
+        display_name: "Alice Archer".into(),
+        email: None,
+        attributes: Default::default(),
+        status: UserStatus::Active,
+    }
+}
+
+/// A policy with a 9A certificate, and a FIDO application when `fido` is
+/// `Some(shared)`.
+fn policy(fido: Option<bool>) -> DevicePolicy {
+    let mut p = json!({
+        "name": "Staff", "device_types": ["c4000", "yubikey5"], "management_key": "random",
+        "pin_application": { "min_length": 6, "max_length": 8, "character_set": "numeric" },
+        "pki_applications": [
+            { "name": "PIV Authentication", "slot": "9a", "algorithm": "eccp256", "certificate_authority": "Keyward Issuing CA",
+              "template": { "subject_dn": "CN={display_name}", "subject_alt_names": ["upn"], "validity_days": 365,
+                            "key_usage": ["digital_signature"], "extended_key_usage": ["client_auth"] } }
+        ],
+    });
+    if let Some(shared) = fido {
+        p["fido_application"] = json!({
+            "passkey_service_id": uuid::Uuid::from_u128(7), "share_device_pin": shared, "cred_protect": 1
+        });
+    }
+    serde_json::from_value(p).unwrap()
+}
+
+/// One device and what the session's effects are carried out with.
+struct Bench {
+    card: VirtualCard,
+    device: Device,
+    ca: EmbeddedCa,
+    rng: StdRng,
+    policy: DevicePolicy,
+    user: User,
+    /// The effects asked for, in order (`send <step>` for a batch).
+    effects: Vec<String>,
+    _ca_dir: tempfile::TempDir,
+}
+
+impl Bench {
+    fn new(profile: ProfileKind, fido: Option<bool>) -> Bench {
+        let ca_dir = tempfile::tempdir().unwrap();
+        let serial = 31_000_141;
+        let mut card = VirtualCard::new(
+            VcardConfig::new(profile)
+                .with_serial(serial)
+                .with_ca_dir(ca_dir.path()),
+        )
+        .unwrap();
+        card.power_on();
+        let device = Device {
+            id: uuid::Uuid::from_u128(2),
+            device_type: match profile {
+                ProfileKind::C4000 => DeviceType::C4000,
+                _ => DeviceType::YubiKey5,
+            },
+            serial: Serial(serial as u64),
+            firmware_version: (profile == ProfileKind::Yubikey5).then_some(FirmwareVersion {
+                major: 5,
+                minor: 7,
+                patch: 1,
+            }),
+            atr: None,
+            state: DeviceState::InProduction,
+            reason: None,
+            assigned_user: None,
+            device_policy: None,
+            version: 1,
+        };
+        Bench {
+            card,
+            device,
+            ca: EmbeddedCa::generate("Keyward Issuing CA", None, NOW).unwrap(),
+            rng: StdRng::seed_from_u64(12),
+            policy: policy(fido),
+            user: user(),
+            effects: Vec::new(),
+            _ca_dir: ca_dir,
+        }
+    }
+
+    /// An Issue session: `pin` Displayed, or Not Displayed (generated) with
+    /// or without "Change PIN during issuance".
+    fn issue(&mut self, pin: Option<&str>, change_pin_at_end: bool) -> (DeviceSession, Batch) {
+        let mode = match pin {
+            Some(_) => DisplayMode::Displayed,
+            None => DisplayMode::NotDisplayed,
+        };
+        let pin =
+            initial_pin(mode, &self.policy.pin_application, pin, None, &mut self.rng).unwrap();
+        let initial = (pin.generated && !change_pin_at_end).then(|| pin.pin.clone());
+        let plan = piv_plan(
+            &self.policy,
+            &self.device,
+            PlanSecrets {
+                pin: pin.pin,
+                puk: keyward_engine::piv::Secret::new("13572468"),
+                master_key: b"master key of the bench",
+                chuid_guid: [7; 16],
+                credential_number: 4711,
+                expiration: "20311206".into(),
+            },
+        )
+        .unwrap();
+        DeviceSession::issue(
+            plan,
+            "alice",
+            "Staff",
+            initial,
+            pin.generated && change_pin_at_end,
+        )
+    }
+
+    /// Relays a batch as a client does, stopping at the first unexpected
+    /// status word; `cut`: the device leaves after that many commands.
+    fn relay(&mut self, batch: &Batch, cut: Option<usize>) -> Vec<Response> {
+        let mut out = Vec::new();
+        for (i, c) in batch.commands.iter().enumerate() {
+            if cut == Some(i) {
+                break;
+            }
+            let r = match c.channel {
+                Channel::Ctap => Response {
+                    data: self.card.fido_request(&c.bytes, &mut AlwaysPresent),
+                    sw: 0x9000,
+                },
+                Channel::Piv => {
+                    let mut r = Response::from_apdu(&self.card.transmit(&c.bytes));
+                    while r.sw >> 8 == 0x61 {
+                        let get = [0x00, 0xC0, 0x00, 0x00, (r.sw & 0xFF) as u8];
+                        let more = Response::from_apdu(&self.card.transmit(&get));
+                        r.data.extend(more.data);
+                        r.sw = more.sw;
+                    }
+                    r
+                }
+            };
+            let stop = !c.expect.contains(&r.sw);
+            out.push(r);
+            if stop {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Carries out a server-side effect (attestation, CA, Graph); `None`
+    /// for a batch or the end.
+    fn carry_out(&mut self, effect: &Effect) -> Option<Input<'static>> {
+        Some(match effect {
+            Effect::VerifyAttestation { keys, .. } => {
+                self.effects.push("verify attestation".into());
+                Input::Attested {
+                    outcomes: keys.iter().map(|_| Ok(())).collect(),
+                    required: true,
+                }
+            }
+            Effect::Certify {
+                keys,
+                chuid_to_sign,
+            } => {
+                self.effects.push("certify".into());
+                let certificates = keys
+                    .iter()
+                    .map(|k| {
+                        let app = &self.policy.pki_applications[0];
+                        let req =
+                            LeafRequest::from_template(app, &self.user, None, &k.spki_der).unwrap();
+                        (k.slot, self.ca.issue(&req, NOW).unwrap().der)
+                    })
+                    .collect();
+                Input::Certified(Ok(keyward_engine::piv::Certified {
+                    certificates,
+                    chuid_signature: self.ca.sign_chuid(chuid_to_sign).unwrap(),
+                }))
+            }
+            Effect::FetchCreationOptions { .. } => {
+                self.effects.push("fetch creation options".into());
+                Input::CreationOptions(Ok(("alice@contoso.com".into(), creation_options())))
+            }
+            Effect::RegisterPasskey { display_name, .. } => {
+                self.effects.push("register passkey".into());
+                assert_eq!(display_name, "Crescendo C4000 31000141");
+                Input::Registered(Ok(RegisteredMethod {
+                    id: "graph-method-1".into(),
+                    aaguid: None,
+                }))
+            }
+            Effect::Send(_) | Effect::End(_) => return None,
+        })
+    }
+
+    /// Runs `session` from `batch` to its end: prompts answered by
+    /// `answer`, device batches relayed (`cut_at`: the device leaves in the
+    /// batch of that step, after its first command).
+    fn run(
+        &mut self,
+        session: &mut DeviceSession,
+        mut batch: Batch,
+        answer: &dyn Fn(&Prompt) -> Option<String>,
+        cut_at: Option<&str>,
+    ) -> Ending {
+        loop {
+            self.effects.push(format!("send {}", batch.step()));
+            let answers: Answers = batch
+                .prompts
+                .iter()
+                .filter(|_| batch.awaits_answers())
+                .filter_map(|p| answer(p).map(|a| (p.kind.as_str().to_string(), a)))
+                .collect();
+            let cut = (cut_at == Some(batch.step().as_str())).then_some(1);
+            let responses = self.relay(&batch, cut);
+            let mut effect = self.step(
+                session,
+                Input::Relayed {
+                    responses: &responses,
+                    answers: &answers,
+                    transport_error: cut.map(|_| "device_removed"),
+                },
+            );
+            while let Some(input) = self.carry_out(&effect) {
+                effect = self.step(session, input);
+            }
+            match effect {
+                Effect::Send(next) => batch = next,
+                Effect::End(ending) => {
+                    self.effects.push(format!("end {}", ending.status));
+                    return ending;
+                }
+                _ => unreachable!("carried out above"),
+            }
+        }
+    }
+
+    fn step(&mut self, session: &mut DeviceSession, input: Input<'_>) -> Effect {
+        let (policy, user) = (self.policy.clone(), self.user.clone());
+        let mut cx = Context {
+            policy: &policy,
+            user: &user,
+            now: NOW,
+            rng: &mut self.rng,
+        };
+        // Sealed and unsealed between steps, as the server keeps it.
+        let sealed = serde_json::to_vec(&*session).unwrap();
+        *session = serde_json::from_slice(&sealed).unwrap();
+        session.step(input, &mut cx).unwrap()
+    }
+
+    /// The PIN verifies on the device.
+    fn pin_verifies(&mut self, pin: &str) -> bool {
+        self.card.transmit(&piv::select_piv().to_bytes());
+        let verify = piv::verify(key_ref::PIN, Some(pin.as_bytes())).unwrap();
+        Response::from_apdu(&self.card.transmit(&verify.to_bytes())).sw == 0x9000
+    }
+
+    fn take_effects(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.effects)
+    }
+}
+
+fn creation_options() -> CreationRequest {
+    CreationRequest {
+        rp_id: "login.microsoft.com".into(),
+        rp_name: "Microsoft".into(),
+        user_id: b"object-id-of-alice".to_vec(),
+        user_name: "alice@contoso.com".into(),
+        user_display_name: "Alice Archer".into(),
+        challenge: (0u8..32).collect(),
+        algorithms: vec![-7],
+        exclude_credentials: vec![],
+    }
+}
+
+fn answers(pairs: &'static [(PromptKind, &'static str)]) -> impl Fn(&Prompt) -> Option<String> {
+    move |p| {
+        pairs
+            .iter()
+            .find(|(kind, _)| *kind == p.kind)
+            .map(|(_, a)| a.to_string())
+    }
+}
+
+fn none(_: &Prompt) -> Option<String> {
+    None
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// The PIV part of an issuance on a C4000, up to the writes.
+const C4000_PIV: [&str; 4] = [
+    "send identify device",
+    "send authenticate management key",
+    "certify",
+    "send write certificate 9A",
+];
+
+#[test]
+fn piv_only_on_a_c4000_certifies_without_a_round_trip_and_ends_issued() {
+    let mut b = Bench::new(ProfileKind::C4000, None);
+    let (mut s, batch) = b.issue(Some("24681357"), false);
+    let end = b.run(&mut s, batch, &none, None);
+    let mut want = strings(&C4000_PIV);
+    want.push("end issued".into());
+    assert_eq!(b.take_effects(), want);
+    assert_eq!(
+        (end.status, end.device, end.step.as_str()),
+        (SessionStatus::Issued, DeviceMove::Issued, "done")
+    );
+    assert_eq!(end.certificates.len(), 1);
+    assert!(!end.revoked && end.passkey.is_none() && end.initial_pin.is_none());
+    assert_eq!(end.at, NOW);
+    assert!(b.pin_verifies("24681357"));
+    // The session is over: nothing more moves it.
+    let mut cx = Context {
+        policy: &b.policy,
+        user: &b.user,
+        now: NOW,
+        rng: &mut b.rng,
+    };
+    let relayed = Input::Relayed {
+        responses: &[],
+        answers: &BTreeMap::new(),
+        transport_error: None,
+    };
+    assert_eq!(s.step(relayed, &mut cx).unwrap_err(), Refusal::Finished);
+}
+
+#[test]
+fn a_yubikey_has_its_keys_attested_before_they_are_certified() {
+    let mut b = Bench::new(ProfileKind::Yubikey5, None);
+    let (mut s, batch) = b.issue(Some("24681357"), false);
+    let end = b.run(&mut s, batch, &none, None);
+    assert_eq!(
+        b.take_effects(),
+        strings(&[
+            "send select PIV",
+            "send authenticate management key",
+            "verify attestation",
+            "certify",
+            "send write certificate 9A",
+            "end issued"
+        ])
+    );
+    assert_eq!(end.status, SessionStatus::Issued);
+    assert!(b.pin_verifies("24681357"));
+}
+
+#[test]
+fn an_unattested_key_under_required_attestation_fails_before_anything_is_certified() {
+    let mut b = Bench::new(ProfileKind::Yubikey5, None);
+    let (mut s, batch) = b.issue(Some("24681357"), false);
+    b.effects.push(format!("send {}", batch.step()));
+    let r = b.relay(&batch, None);
+    let relayed = |r| Input::Relayed {
+        responses: r,
+        answers: Box::leak(Box::new(BTreeMap::new())),
+        transport_error: None,
+    };
+    let Effect::Send(batch) = b.step(&mut s, relayed(&r)) else {
+        panic!("batch 2")
+    };
+    let r = b.relay(&batch, None);
+    assert!(matches!(
+        b.step(&mut s, relayed(&r)),
+        Effect::VerifyAttestation {
+            serial: 31_000_141,
+            ..
+        }
+    ));
+    let Effect::End(end) = b.step(
+        &mut s,
+        Input::Attested {
+            outcomes: vec![Err("the attestation names serial 1, not 31000141".into())],
+            required: true,
+        },
+    ) else {
+        panic!("the attempt ends")
+    };
+    let f = end.failure.unwrap();
+    assert_eq!(
+        (f.code.as_str(), f.step.as_str(), end.status, end.device),
+        (
+            "attestation_failed",
+            "attest key 9A",
+            SessionStatus::Failed,
+            DeviceMove::Failed
+        )
+    );
+    assert!(end.certificates.is_empty(), "nothing was certified");
+}
+
+#[test]
+fn fido_with_the_shared_device_pin_registers_the_passkey_in_three_round_trips() {
+    let mut b = Bench::new(ProfileKind::C4000, Some(true));
+    let (mut s, batch) = b.issue(Some("24681357"), false);
+    let end = b.run(
+        &mut s,
+        batch,
+        &answers(&[(PromptKind::ConfirmTouch, "true")]),
+        None,
+    );
+    let mut want = strings(&C4000_PIV);
+    want.extend(strings(&[
+        "send FIDO: register the passkey",
+        "fetch creation options",
+        "send FIDO: PIN",
+        "send FIDO: register the passkey",
+        "register passkey",
+        "end issued",
+    ]));
+    assert_eq!(b.take_effects(), want);
+    let passkey = end.passkey.expect("the passkey goes on record");
+    assert_eq!(
+        (
+            passkey.graph_id.as_str(),
+            passkey.entra_user.as_str(),
+            passkey.passkey_service_id
+        ),
+        (
+            "graph-method-1",
+            "alice@contoso.com",
+            uuid::Uuid::from_u128(7)
+        )
+    );
+    assert_eq!(end.certificates.len(), 1);
+    assert!(!end.revoked);
+}
+
+#[test]
+fn fido_with_its_own_pin_asks_the_person_to_set_it() {
+    let mut b = Bench::new(ProfileKind::C4000, Some(false));
+    let (mut s, batch) = b.issue(Some("24681357"), false);
+    let end = b.run(
+        &mut s,
+        batch,
+        &answers(&[
+            (PromptKind::SetFidoPin, "975318"),
+            (PromptKind::ConfirmTouch, "true"),
+        ]),
+        None,
+    );
+    let mut want = strings(&C4000_PIV);
+    want.extend(strings(&[
+        "send FIDO: PIN",
+        "fetch creation options",
+        "send FIDO: PIN",
+        "send FIDO: register the passkey",
+        "register passkey",
+        "end issued",
+    ]));
+    assert_eq!(b.take_effects(), want);
+    assert!(end.passkey.is_some());
+}
+
+#[test]
+fn not_displayed_without_change_keeps_the_generated_pin_for_get_initial_pin() {
+    let mut b = Bench::new(ProfileKind::C4000, None);
+    let (mut s, batch) = b.issue(None, false);
+    let end = b.run(&mut s, batch, &none, None);
+    let pin = end.initial_pin.expect("kept for Get Initial PIN");
+    assert!(b.pin_verifies(pin.expose()));
+    let mut want = strings(&C4000_PIV);
+    want.push("end issued".into());
+    assert_eq!(b.take_effects(), want);
+}
+
+#[test]
+fn not_displayed_with_change_asks_the_persons_pin_after_certifying() {
+    let mut b = Bench::new(ProfileKind::C4000, None);
+    let (mut s, batch) = b.issue(None, true);
+    let end = b.run(
+        &mut s,
+        batch,
+        &answers(&[(PromptKind::SetNewPin, "86420975")]),
+        None,
+    );
+    assert_eq!(
+        b.take_effects(),
+        strings(&[
+            "send identify device",
+            "send authenticate management key",
+            "certify",
+            "send set new PIN",
+            "send write certificate 9A",
+            "end issued"
+        ])
+    );
+    assert!(end.initial_pin.is_none(), "the person chose their own");
+    assert!(b.pin_verifies("86420975"));
+}
+
+#[test]
+fn not_displayed_with_change_and_a_shared_pin_changes_it_after_the_registration() {
+    let mut b = Bench::new(ProfileKind::C4000, Some(true));
+    let (mut s, batch) = b.issue(None, true);
+    // The registration shows the initial PIN; the person types it back,
+    // then chooses their own, which one last batch sets.
+    let end = b.run(
+        &mut s,
+        batch,
+        &|p| match p.kind {
+            PromptKind::ConfirmTouch => Some("true".into()),
+            PromptKind::SetNewPin => Some("86420975".into()),
+            PromptKind::ShowInitialPin => p.value.as_ref().map(|v| v.expose().to_string()),
+            _ => None,
+        },
+        None,
+    );
+    let mut want = strings(&C4000_PIV);
+    want.extend(strings(&[
+        "send FIDO: PIN",
+        "fetch creation options",
+        "send FIDO: PIN",
+        "send FIDO: register the passkey",
+        "register passkey",
+        "send set new PIN",
+        "send set new PIN",
+        "end issued",
+    ]));
+    assert_eq!(b.take_effects(), want);
+    assert!(end.passkey.is_some() && end.initial_pin.is_none());
+    assert!(b.pin_verifies("86420975"));
+}
+
+#[test]
+fn a_device_removed_in_the_writes_fails_the_attempt_and_retry_finishes_it() {
+    let mut b = Bench::new(ProfileKind::C4000, None);
+    let (mut s, batch) = b.issue(Some("24681357"), false);
+    let end = b.run(&mut s, batch, &none, Some("write certificate 9A"));
+    let f = end.failure.clone().unwrap();
+    assert_eq!(
+        (f.code.as_str(), end.status, end.device),
+        ("device_removed", SessionStatus::Failed, DeviceMove::Failed)
+    );
+    assert!(end.revoked, "the attempt's certificates are revoked");
+    assert_eq!(end.certificates.len(), 1);
+    let mut want = strings(&C4000_PIV);
+    want.push("end failed".into());
+    assert_eq!(b.take_effects(), want);
+
+    let batch = s.retry().expect("a failed attempt is retried");
+    let end = b.run(&mut s, batch, &none, None);
+    assert_eq!(end.status, SessionStatus::Issued);
+    let mut want = strings(&C4000_PIV);
+    want.push("end issued".into());
+    assert_eq!(b.take_effects(), want);
+    assert!(b.pin_verifies("24681357"));
+    assert!(
+        s.retry().is_none(),
+        "an issued session keeps nothing to retry"
+    );
+}
+
+#[test]
+fn cancel_after_a_failure_ends_the_session_for_good() {
+    let mut b = Bench::new(ProfileKind::C4000, Some(true));
+    let (mut s, batch) = b.issue(Some("24681357"), false);
+    // The person declines the registration: the attempt fails after its
+    // certificates were issued, and they are revoked.
+    let end = b.run(
+        &mut s,
+        batch,
+        &answers(&[(PromptKind::ConfirmTouch, "false")]),
+        None,
+    );
+    let f = end.failure.unwrap();
+    assert_eq!(f.code, "declined_by_person");
+    assert!(end.revoked && end.certificates.len() == 1);
+    let (certificates, passkey) = s.cancel();
+    assert!(certificates.is_empty() && passkey.is_none());
+    assert!(s.retry().is_none());
+}
+
+#[test]
+fn recycle_after_issuance_returns_the_device_to_factory_values() {
+    let mut b = Bench::new(ProfileKind::C4000, None);
+    let (mut s, batch) = b.issue(Some("24681357"), false);
+    b.run(&mut s, batch, &none, None);
+    b.take_effects();
+    let (mut r, batch) = DeviceSession::recycle(&s, DeviceType::C4000, None, false);
+    let end = b.run(&mut r, batch, &none, None);
+    assert_eq!(
+        (end.status, end.device, end.failure),
+        (SessionStatus::Recycled, DeviceMove::Recycled, None)
+    );
+    assert!(b.pin_verifies("123456"), "the factory PIN");
+    assert_eq!(b.effects.last().map(String::as_str), Some("end recycled"));
+}
+
+#[test]
+fn change_pin_takes_the_current_and_the_new_pin_and_counts_wrong_tries() {
+    let mut b = Bench::new(ProfileKind::C4000, None);
+    let (mut s, batch) = b.issue(Some("24681357"), false);
+    b.run(&mut s, batch, &none, None);
+    b.take_effects();
+
+    let (mut c, batch) = DeviceSession::change_pin(&s);
+    let wrong = answers(&[
+        (PromptKind::EnterPin, "11111111"),
+        (PromptKind::SetNewPin, "97531864"),
+    ]);
+    let end = b.run(&mut c, batch, &wrong, None);
+    assert_eq!(end.status, SessionStatus::PinChangeFailed);
+    assert_eq!(end.tries_left, Some(2));
+    assert_eq!(end.failure.unwrap().code, "wrong_pin");
+
+    let (mut c, batch) = DeviceSession::change_pin(&s);
+    let right = answers(&[
+        (PromptKind::EnterPin, "24681357"),
+        (PromptKind::SetNewPin, "97531864"),
+    ]);
+    let end = b.run(&mut c, batch, &right, None);
+    assert_eq!(end.status, SessionStatus::PinChanged);
+    assert_eq!(
+        b.take_effects()[4..],
+        strings(&[
+            "send select PIV",
+            "send enter the current and the new PIN",
+            "send select PIV",
+            "end pin_changed"
+        ])
+    );
+    assert!(b.pin_verifies("97531864"));
+}
+
+#[test]
+fn an_input_the_state_does_not_take_is_refused_and_changes_nothing() {
+    let mut b = Bench::new(ProfileKind::C4000, None);
+    let (mut s, batch) = b.issue(Some("24681357"), false);
+    let mut cx = Context {
+        policy: &b.policy,
+        user: &b.user,
+        now: NOW,
+        rng: &mut b.rng,
+    };
+    let early = Input::Certified(Err(keyward_engine::Failure::new("x", "y", "z")));
+    assert!(matches!(
+        s.step(early, &mut cx),
+        Err(Refusal::OutOfOrder(_))
+    ));
+    // The session goes on from where it was.
+    assert_eq!(s.batch(), &batch);
+    let end = b.run(&mut s, batch, &none, None);
+    assert_eq!(end.status, SessionStatus::Issued);
+}
+
+#[test]
+fn answers_that_break_the_pin_rules_are_refused_before_anything_moves() {
+    let mut b = Bench::new(ProfileKind::C4000, None);
+    let (mut s, batch) = b.issue(None, true);
+    // Up to the set_new_pin prompt.
+    let mut batch = batch;
+    loop {
+        let r = b.relay(&batch, None);
+        let mut effect = b.step(
+            &mut s,
+            Input::Relayed {
+                responses: &r,
+                answers: &BTreeMap::new(),
+                transport_error: None,
+            },
+        );
+        while let Some(input) = b.carry_out(&effect) {
+            effect = b.step(&mut s, input);
+        }
+        let Effect::Send(next) = effect else {
+            panic!("still running")
+        };
+        batch = next;
+        if batch.awaits_answers() {
+            break;
+        }
+    }
+    let short: Answers = [("set_new_pin".to_string(), "12".to_string())].into();
+    let refused = s.check_answers(&short, &b.policy).unwrap_err();
+    assert_eq!(refused.field, "answers.set_new_pin");
+    let missing = s.check_answers(&BTreeMap::new(), &b.policy).unwrap_err();
+    assert_eq!(missing.code, "answer_required");
+    let good: Answers = [("set_new_pin".to_string(), "86420975".to_string())].into();
+    assert!(s.check_answers(&good, &b.policy).is_ok());
+}
+
+#[test]
+fn a_failure_after_the_registration_deletes_the_passkey_again() {
+    let mut b = Bench::new(ProfileKind::C4000, Some(true));
+    let (mut s, batch) = b.issue(None, true);
+    // The device leaves during the PIN change that follows the registration.
+    let end = b.run(
+        &mut s,
+        batch,
+        &|p| match p.kind {
+            PromptKind::ConfirmTouch => Some("true".into()),
+            PromptKind::SetNewPin => Some("86420975".into()),
+            PromptKind::ShowInitialPin => p.value.as_ref().map(|v| v.expose().to_string()),
+            _ => None,
+        },
+        Some("set new PIN"),
+    );
+    let f = end.failure.unwrap();
+    assert_eq!(
+        (f.code.as_str(), end.status, end.revoked),
+        ("device_removed", SessionStatus::Failed, true)
+    );
+    assert_eq!(
+        end.passkey.map(|p| p.graph_id),
+        Some("graph-method-1".into()),
+        "recorded revoked and deleted at its service"
+    );
+    assert_eq!(end.certificates.len(), 1);
+}
