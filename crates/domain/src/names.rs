@@ -5,6 +5,8 @@ use crate::error::ValidationError;
 
 /// Declares a fieldless enum whose canonical names are used everywhere.
 /// `field` names the input field in the error for an unknown value.
+/// (Exported: the engine's failure codes are such names too.)
+#[macro_export]
 macro_rules! canonical_enum {
     (
         $(#[$meta:meta])*
@@ -79,7 +81,6 @@ macro_rules! canonical_enum {
         }
     };
 }
-pub(crate) use canonical_enum;
 
 canonical_enum! {
     /// The kinds of device Keyward manages.

@@ -1,7 +1,8 @@
 //! Roles, what each may do, and operator accounts.
 
+use crate::canonical_enum;
 use crate::error::ValidationResult;
-use crate::names::{canonical_enum, Role};
+use crate::names::Role;
 use crate::validate;
 use serde::{Deserialize, Serialize};
 use std::fmt;

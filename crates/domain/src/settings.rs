@@ -1,8 +1,9 @@
 //! Security Settings, User Portal configuration and Device parameters, as one set of
 //! key/value settings (`keyward admin settings set KEY VALUE`).
 
+use crate::canonical_enum;
 use crate::error::{ValidationError, ValidationResult};
-use crate::names::{canonical_enum, parse_bool, DisplayMode, WhoCanBind};
+use crate::names::{parse_bool, DisplayMode, WhoCanBind};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::failure::{Failure, FailureCode, Step};
+
 /// Which application of the device a command is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -22,7 +24,7 @@ pub struct Command {
     /// Status words that let the batch go on; any other stops it there.
     pub expect: Vec<u16>,
     /// The step this command belongs to, for progress and error reports.
-    pub step: String,
+    pub step: Step,
     /// The bytes carry a secret (PIN, PUK, key): clients must not log them.
     pub secret: bool,
 }
@@ -67,32 +69,34 @@ impl Batch {
         self.commands.is_empty() && !self.prompts.is_empty()
     }
 
-    /// The step shown for this batch: its first command's, else its first prompt's.
+    /// The step shown for this batch: its first command's, else its first
+    /// prompt's (empty for an empty batch).
     pub fn step(&self) -> String {
         self.commands
             .first()
-            .map(|c| c.step.clone())
-            .or_else(|| self.prompts.first().map(|p| p.step.clone()))
+            .map(|c| c.step)
+            .or_else(|| self.prompts.first().map(|p| p.step))
+            .map(|s| s.to_string())
             .unwrap_or_default()
     }
 
-    pub fn push(&mut self, step: &str, apdu: Vec<u8>, expect: &[u16], secret: bool) {
+    pub fn push(&mut self, step: Step, apdu: Vec<u8>, expect: &[u16], secret: bool) {
         self.commands.push(Command {
             channel: Channel::Piv,
             bytes: apdu,
             expect: expect.to_vec(),
-            step: step.to_string(),
+            step,
             secret,
         });
     }
 
     /// A CTAP message (command byte + CBOR) for the FIDO application.
-    pub fn push_ctap(&mut self, step: &str, message: Vec<u8>) {
+    pub fn push_ctap(&mut self, step: Step, message: Vec<u8>) {
         self.commands.push(Command {
             channel: Channel::Ctap,
             bytes: message,
             expect: vec![0x9000],
-            step: step.to_string(),
+            step,
             secret: false,
         });
     }
@@ -142,30 +146,6 @@ impl Response {
     }
 }
 
-/// Why an issuance attempt stopped: enough for a person to copy and for the
-/// server to decide on retry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("{step}: {message} ({code})")]
-pub struct Failure {
-    /// Stable code: `unexpected_status`, `device_mismatch`, `bad_response`, …
-    pub code: String,
-    pub step: String,
-    /// The device's status word, when a command failed.
-    pub sw: Option<u16>,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn new(code: &str, step: &str, message: impl Into<String>) -> Failure {
-        Failure {
-            code: code.into(),
-            step: step.into(),
-            sw: None,
-            message: message.into(),
-        }
-    }
-}
-
 /// Checks the responses of `batch`: one per command, each with an expected
 /// status word. Returns the responses, or the failure of the first command
 /// that did not answer as expected (a short list means the client stopped
@@ -174,8 +154,8 @@ pub fn check<'a>(batch: &Batch, responses: &'a [Response]) -> Result<&'a [Respon
     for (i, cmd) in batch.commands.iter().enumerate() {
         let Some(r) = responses.get(i) else {
             return Err(Failure::new(
-                "incomplete_batch",
-                &cmd.step,
+                FailureCode::IncompleteBatch,
+                cmd.step,
                 format!(
                     "the device answered {} of {} commands",
                     responses.len(),
@@ -184,15 +164,15 @@ pub fn check<'a>(batch: &Batch, responses: &'a [Response]) -> Result<&'a [Respon
             ));
         };
         if !cmd.expect.contains(&r.sw) {
-            let mut f = Failure::new("unexpected_status", &cmd.step, describe_sw(r.sw));
+            let mut f = Failure::new(FailureCode::UnexpectedStatus, cmd.step, describe_sw(r.sw));
             f.sw = Some(r.sw);
             return Err(f);
         }
     }
     if responses.len() > batch.len() {
         return Err(Failure::new(
-            "bad_response",
-            "relay",
+            FailureCode::BadResponse,
+            Step::Relay,
             "more responses than commands",
         ));
     }

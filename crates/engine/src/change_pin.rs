@@ -18,24 +18,39 @@ use keyward_card::piv::{self, key_ref};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{check, Batch, Failure, Response};
+use crate::failure::{FailureCode, Step};
 use crate::prompt::{Prompt, PromptKind};
 
-const STEP_SELECT: &str = "select PIV";
-const STEP_PROMPT: &str = "enter the current and the new PIN";
-const STEP_CHANGE: &str = "change PIN";
+const STEP_SELECT: Step = Step::SelectPiv;
+const STEP_PROMPT: Step = Step::EnterCurrentAndNewPin;
+const STEP_CHANGE: Step = Step::ChangePin;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-enum Stage {
-    Select,
-    Prompt,
-    Change,
+/// A PIN change between round trips, one type per state (holds no secret:
+/// the PINs only ride in the batch out, which the server seals with the
+/// session).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "Sealed", into = "Sealed")]
+pub enum PinChange {
+    /// SELECT PIV is out.
+    Select(AwaitSelect),
+    /// The prompts for the current and the new PIN are out.
+    Pins(AwaitPins),
+    /// CHANGE REFERENCE DATA is out.
+    Change(AwaitChange),
 }
 
-/// A PIN change between round trips (holds no secret: the PINs only ride
-/// in the batch out, which the server seals with the session).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PinChange {
-    stage: Stage,
+#[derive(Debug, Clone)]
+pub struct AwaitSelect {
+    sent: Batch,
+}
+
+#[derive(Debug, Clone)]
+pub struct AwaitPins {
+    sent: Batch,
+}
+
+#[derive(Debug, Clone)]
+pub struct AwaitChange {
     sent: Batch,
 }
 
@@ -56,13 +71,8 @@ impl PinChange {
     pub fn start() -> (PinChange, Batch) {
         let mut batch = Batch::default();
         batch.push(STEP_SELECT, piv::select_piv().to_bytes(), &[0x9000], false);
-        (
-            PinChange {
-                stage: Stage::Select,
-                sent: batch.clone(),
-            },
-            batch,
-        )
+        let sent = batch.clone();
+        (PinChange::Select(AwaitSelect { sent }), batch)
     }
 
     /// The responses (or, for the prompt batch, the answers, already
@@ -72,84 +82,133 @@ impl PinChange {
         responses: &[Response],
         answers: &BTreeMap<String, String>,
     ) -> Result<Next, Failure> {
-        match self.stage {
-            Stage::Select => {
-                check(&self.sent, responses)?;
-                let batch = Batch::prompts(vec![
-                    Prompt::new(
-                        PromptKind::EnterPin,
-                        STEP_PROMPT,
-                        "Enter the current PIN of the device",
-                    ),
-                    Prompt::new(
-                        PromptKind::SetNewPin,
-                        STEP_PROMPT,
-                        "Choose the new PIN of the device",
-                    ),
-                ]);
-                Ok(Next::Batch(
-                    PinChange {
-                        stage: Stage::Prompt,
-                        sent: batch.clone(),
-                    },
-                    batch,
-                ))
+        match self {
+            PinChange::Select(s) => {
+                let (next, batch) = s.on_responses(responses)?;
+                Ok(Next::Batch(PinChange::Pins(next), batch))
             }
-            Stage::Prompt => {
-                let answer = |kind: PromptKind| {
-                    answers.get(kind.as_str()).ok_or_else(|| {
-                        Failure::new(
-                            "answer_required",
-                            STEP_PROMPT,
-                            format!("the prompt {} needs an answer", kind.as_str()),
-                        )
-                    })
-                };
-                let current = answer(PromptKind::EnterPin)?;
-                let new = answer(PromptKind::SetNewPin)?;
-                let change =
-                    piv::change_reference_data(key_ref::PIN, current.as_bytes(), new.as_bytes())
-                        .ok_or_else(|| {
-                            Failure::new(
-                                "pin_invalid",
-                                STEP_PROMPT,
-                                "a PIV PIN has 1 to 8 characters",
-                            )
-                        })?;
-                let mut batch = Batch::default();
-                batch.push(STEP_SELECT, piv::select_piv().to_bytes(), &[0x9000], false);
-                batch.push(STEP_CHANGE, change.to_bytes(), &wrong_pin_statuses(), true);
-                Ok(Next::Batch(
-                    PinChange {
-                        stage: Stage::Change,
-                        sent: batch.clone(),
-                    },
-                    batch,
-                ))
+            PinChange::Pins(s) => {
+                let (next, batch) = s.on_answers(answers)?;
+                Ok(Next::Batch(PinChange::Change(next), batch))
             }
-            Stage::Change => {
-                let r = check(&self.sent, responses)?;
-                let sw = r[1].sw;
-                match sw {
-                    0x9000 => Ok(Next::Done),
-                    0x6983 | 0x63C0 => Err(Failure {
-                        code: "pin_blocked".into(),
-                        step: STEP_CHANGE.into(),
-                        sw: Some(sw),
-                        message: "the current PIN was wrong and the PIN is now blocked: ask an operator to unblock or recycle the device".into(),
-                    }),
-                    _ => Err(Failure {
-                        code: "wrong_pin".into(),
-                        step: STEP_CHANGE.into(),
-                        sw: Some(sw),
-                        message: format!(
-                            "the current PIN is wrong: {} tries left",
-                            sw & 0x000F
-                        ),
-                    }),
-                }
-            }
+            PinChange::Change(s) => s.on_responses(responses).map(|()| Next::Done),
         }
+    }
+}
+
+impl AwaitSelect {
+    /// The device is there and answers: the prompts.
+    pub fn on_responses(self, responses: &[Response]) -> Result<(AwaitPins, Batch), Failure> {
+        check(&self.sent, responses)?;
+        let batch = Batch::prompts(vec![
+            Prompt::new(
+                PromptKind::EnterPin,
+                STEP_PROMPT,
+                "Enter the current PIN of the device",
+            ),
+            Prompt::new(
+                PromptKind::SetNewPin,
+                STEP_PROMPT,
+                "Choose the new PIN of the device",
+            ),
+        ]);
+        let sent = batch.clone();
+        Ok((AwaitPins { sent }, batch))
+    }
+}
+
+impl AwaitPins {
+    /// The current and the new PIN: the change.
+    pub fn on_answers(
+        self,
+        answers: &BTreeMap<String, String>,
+    ) -> Result<(AwaitChange, Batch), Failure> {
+        let answer = |kind: PromptKind| {
+            answers.get(kind.as_str()).ok_or_else(|| {
+                Failure::new(
+                    FailureCode::AnswerRequired,
+                    STEP_PROMPT,
+                    format!("the prompt {} needs an answer", kind.as_str()),
+                )
+            })
+        };
+        let current = answer(PromptKind::EnterPin)?;
+        let new = answer(PromptKind::SetNewPin)?;
+        let change = piv::change_reference_data(key_ref::PIN, current.as_bytes(), new.as_bytes())
+            .ok_or_else(|| {
+            Failure::new(
+                FailureCode::PinInvalid,
+                STEP_PROMPT,
+                "a PIV PIN has 1 to 8 characters",
+            )
+        })?;
+        let mut batch = Batch::default();
+        batch.push(STEP_SELECT, piv::select_piv().to_bytes(), &[0x9000], false);
+        batch.push(STEP_CHANGE, change.to_bytes(), &wrong_pin_statuses(), true);
+        let sent = batch.clone();
+        Ok((AwaitChange { sent }, batch))
+    }
+}
+
+impl AwaitChange {
+    /// The device's answer: changed, or the current PIN was wrong.
+    pub fn on_responses(self, responses: &[Response]) -> Result<(), Failure> {
+        let r = check(&self.sent, responses)?;
+        let sw = r[1].sw;
+        let failure = |code, message: String| Failure {
+            code,
+            step: STEP_CHANGE,
+            sw: Some(sw),
+            message,
+        };
+        match sw {
+            0x9000 => Ok(()),
+            0x6983 | 0x63C0 => Err(failure(
+                FailureCode::PinBlocked,
+                "the current PIN was wrong and the PIN is now blocked: ask an operator to unblock or recycle the device".into(),
+            )),
+            _ => Err(failure(
+                FailureCode::WrongPin,
+                format!("the current PIN is wrong: {} tries left", sw & 0x000F),
+            )),
+        }
+    }
+}
+
+/// The sealed form of a PIN change (as sessions sealed before the states
+/// were types carry it).
+#[derive(Serialize, Deserialize)]
+struct Sealed {
+    stage: SealedStage,
+    sent: Batch,
+}
+
+#[derive(Serialize, Deserialize)]
+enum SealedStage {
+    Select,
+    Prompt,
+    Change,
+}
+
+impl From<Sealed> for PinChange {
+    fn from(s: Sealed) -> PinChange {
+        let sent = s.sent;
+        match s.stage {
+            SealedStage::Select => PinChange::Select(AwaitSelect { sent }),
+            SealedStage::Prompt => PinChange::Pins(AwaitPins { sent }),
+            SealedStage::Change => PinChange::Change(AwaitChange { sent }),
+        }
+    }
+}
+
+impl From<PinChange> for Sealed {
+    fn from(p: PinChange) -> Sealed {
+        let (stage, sent) = match p {
+            PinChange::Select(s) => (SealedStage::Select, s.sent),
+            PinChange::Pins(s) => (SealedStage::Prompt, s.sent),
+            PinChange::Change(s) => (SealedStage::Change, s.sent),
+        };
+        Sealed { stage, sent }
     }
 }
 
@@ -216,5 +275,17 @@ mod tests {
         };
         assert_eq!((f.code.as_str(), tries_left(&f)), ("wrong_pin", Some(2)));
         assert!(!f.message.contains("111111"));
+    }
+
+    #[test]
+    fn a_pin_change_seals_as_before_its_states_were_types() {
+        let (e, _) = PinChange::start();
+        let Ok(Next::Batch(e, _)) = e.on_result(&[ok()], &BTreeMap::new()) else {
+            panic!("prompts expected")
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["stage"], "Prompt", "{v}");
+        let back: PinChange = serde_json::from_value(v).unwrap();
+        assert!(matches!(back, PinChange::Pins(_)));
     }
 }

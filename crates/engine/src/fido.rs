@@ -38,12 +38,13 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::batch::{check, Batch, Channel, Command, Failure, Response};
+use crate::failure::{FailureCode, Step};
 use crate::piv::Secret;
 use crate::prompt::{touch_confirmed, Prompt, PromptKind};
 
-pub const STEP_PROBE: &str = "FIDO: read the authenticator";
-pub const STEP_PIN: &str = "FIDO: PIN";
-pub const STEP_REGISTER: &str = "FIDO: register the passkey";
+pub const STEP_PROBE: Step = Step::FidoProbe;
+pub const STEP_PIN: Step = Step::FidoPin;
+pub const STEP_REGISTER: Step = Step::FidoRegister;
 
 /// Where the FIDO PIN comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,70 +142,85 @@ impl FidoRegistration {
     }
 }
 
-fn push(b: &mut Batch, step: &str, message: Vec<u8>, secret: bool) {
+fn push(b: &mut Batch, step: Step, message: Vec<u8>, secret: bool) {
     b.commands.push(Command {
         channel: Channel::Ctap,
         bytes: message,
         expect: vec![0x9000],
-        step: step.into(),
+        step,
         secret,
     });
 }
 
 /// Splits a CTAP response (status byte + CBOR).
-fn ctap_answer(r: &Response, step: &str) -> Result<Option<Value>, Failure> {
+fn ctap_answer(r: &Response, step: Step) -> Result<Option<Value>, Failure> {
     match r.data.first() {
-        None => Err(Failure::new("bad_response", step, "empty CTAP response")),
-        Some(0) => ctap::split_response(&r.data)
-            .map_err(|e| Failure::new("bad_response", step, format!("CTAP response: {e:?}"))),
+        None => Err(Failure::new(
+            FailureCode::BadResponse,
+            step,
+            "empty CTAP response",
+        )),
+        Some(0) => ctap::split_response(&r.data).map_err(|e| {
+            Failure::new(
+                FailureCode::BadResponse,
+                step,
+                format!("CTAP response: {e:?}"),
+            )
+        }),
         Some(&s) => Err(ctap_failure(StatusCode(s), step)),
     }
 }
 
 /// A CTAP status as a failure a person can act on.
-pub fn ctap_failure(s: StatusCode, step: &str) -> Failure {
+pub fn ctap_failure(s: StatusCode, step: Step) -> Failure {
     let (code, what) = match s {
         StatusCode::ERR_OPERATION_DENIED => (
-            "declined_by_person",
+            FailureCode::DeclinedByPerson,
             "the registration was declined at the device".to_string(),
         ),
         // A cancel sent by the workstation (CTAPHID CANCEL), not the
         // person's refusal: worth a Retry. (A device pulled out answers
         // nothing: that is a transport error, `device_removed`.)
         StatusCode::ERR_KEEPALIVE_CANCEL => (
-            "touch_cancelled",
+            FailureCode::TouchCancelled,
             "the wait for a touch was cancelled at the workstation".to_string(),
         ),
         StatusCode::ERR_USER_ACTION_TIMEOUT => (
-            "touch_timeout",
+            FailureCode::TouchTimeout,
             "nobody touched the device in time".to_string(),
         ),
-        StatusCode::ERR_PIN_INVALID => ("fido_pin_wrong", "the FIDO PIN is wrong".to_string()),
+        StatusCode::ERR_PIN_INVALID => (
+            FailureCode::FidoPinWrong,
+            "the FIDO PIN is wrong".to_string(),
+        ),
         StatusCode::ERR_PIN_BLOCKED => (
-            "fido_pin_blocked",
+            FailureCode::FidoPinBlocked,
             "the FIDO PIN is blocked: the FIDO application must be reset".to_string(),
         ),
         StatusCode::ERR_PIN_AUTH_BLOCKED => (
-            "fido_pin_auth_blocked",
+            FailureCode::FidoPinAuthBlocked,
             "too many wrong FIDO PINs: remove and reinsert the device".to_string(),
         ),
         StatusCode::ERR_PIN_NOT_SET => (
-            "fido_pin_not_set",
+            FailureCode::FidoPinNotSet,
             "the FIDO application has no PIN".to_string(),
         ),
         StatusCode::ERR_PIN_POLICY_VIOLATION => (
-            "fido_pin_policy",
+            FailureCode::FidoPinPolicy,
             "the device refused the FIDO PIN (its PIN policy)".to_string(),
         ),
         StatusCode::ERR_CREDENTIAL_EXCLUDED => (
-            "passkey_exists",
+            FailureCode::PasskeyExists,
             "the device already holds a passkey of this user for this service".to_string(),
         ),
         StatusCode::ERR_KEY_STORE_FULL => (
-            "fido_storage_full",
+            FailureCode::FidoStorageFull,
             "the device has no room for another passkey".to_string(),
         ),
-        _ => ("ctap_error", "the authenticator refused".to_string()),
+        _ => (
+            FailureCode::CtapError,
+            "the authenticator refused".to_string(),
+        ),
     };
     let mut f = Failure::new(code, step, format!("{what} (CTAP {s})"));
     f.sw = Some(s.0 as u16);
@@ -260,7 +276,7 @@ impl KeyAgreement {
 
     fn platform_key(&self) -> Result<CoseEc2Key, Failure> {
         let s = p256::SecretKey::from_slice(&self.secret)
-            .map_err(|_| Failure::new("internal", STEP_PIN, "bad ephemeral key"))?;
+            .map_err(|_| Failure::new(FailureCode::Internal, STEP_PIN, "bad ephemeral key"))?;
         Ok(CoseEc2Key::from_public_key(
             &s.public_key(),
             ctap::cose::ECDH_ES_HKDF_256,
@@ -270,7 +286,7 @@ impl KeyAgreement {
     fn shared(&self) -> Result<ctap::SharedSecret, Failure> {
         let bad = || {
             Failure::new(
-                "bad_response",
+                FailureCode::BadResponse,
                 STEP_PIN,
                 "the authenticator's key agreement key is invalid",
             )
@@ -290,11 +306,18 @@ impl AwaitInfo {
         rng: &mut dyn CryptoRngCore,
     ) -> Result<AwaitPin, Failure> {
         let responses = check(&self.sent, responses)?;
-        let info_v = ctap_answer(&responses[0], STEP_PROBE)?
-            .ok_or_else(|| Failure::new("bad_response", STEP_PROBE, "getInfo without data"))?;
-        let info = GetInfoResponse::from_value(&info_v)
-            .map_err(|e| Failure::new("bad_response", STEP_PROBE, format!("getInfo: {e:?}")))?;
-        let unfit = |why: &str| Failure::new("fido_device_unfit", STEP_PROBE, why.to_string());
+        let info_v = ctap_answer(&responses[0], STEP_PROBE)?.ok_or_else(|| {
+            Failure::new(FailureCode::BadResponse, STEP_PROBE, "getInfo without data")
+        })?;
+        let info = GetInfoResponse::from_value(&info_v).map_err(|e| {
+            Failure::new(
+                FailureCode::BadResponse,
+                STEP_PROBE,
+                format!("getInfo: {e:?}"),
+            )
+        })?;
+        let unfit =
+            |why: &str| Failure::new(FailureCode::FidoDeviceUnfit, STEP_PROBE, why.to_string());
         if !info.versions.iter().any(|v| v.starts_with("FIDO_2")) {
             return Err(unfit("the device's FIDO application is not FIDO2 (CTAP 2)"));
         }
@@ -452,7 +475,7 @@ impl AwaitPin {
         )?;
         let missing = |k: PromptKind| {
             Failure::new(
-                "answer_missing",
+                FailureCode::AnswerMissing,
                 STEP_PIN,
                 format!("the {} prompt was not answered", k.as_str()),
             )
@@ -464,7 +487,7 @@ impl AwaitPin {
                     .ok_or_else(|| missing(PromptKind::ShowInitialPin))?;
                 if typed != p.expose() {
                     return Err(Failure::new(
-                        "initial_pin_mismatch",
+                        FailureCode::InitialPinMismatch,
                         STEP_PIN,
                         "the PIN entered is not the initial PIN shown",
                     ));
@@ -485,7 +508,11 @@ impl AwaitPin {
                 let problems =
                     fido_pin_problems(p, self.device.min_pin_length, self.plan.pin_rules.as_ref());
                 if !problems.is_empty() {
-                    return Err(Failure::new("pin_rules", STEP_PIN, problems.join("; ")));
+                    return Err(Failure::new(
+                        FailureCode::PinRules,
+                        STEP_PIN,
+                        problems.join("; "),
+                    ));
                 }
                 (Zeroizing::new(p.to_string()), true)
             }
@@ -493,7 +520,8 @@ impl AwaitPin {
         let protocol = self.ka.protocol();
         let shared = self.ka.shared()?;
         let platform_key = self.ka.platform_key()?;
-        let enc_err = |e: ctap::CtapError| Failure::new("internal", STEP_PIN, format!("{e:?}"));
+        let enc_err =
+            |e: ctap::CtapError| Failure::new(FailureCode::Internal, STEP_PIN, format!("{e:?}"));
         let base = |sub: u8| ClientPinRequest {
             pin_uv_auth_protocol: Some(protocol.number()),
             sub_command: sub,
@@ -568,22 +596,26 @@ impl AwaitToken {
             ctap_answer(r, STEP_PIN)?;
         }
         let v = ctap_answer(&responses[responses.len() - 1], STEP_PIN)?
-            .ok_or_else(|| Failure::new("bad_response", STEP_PIN, "no pinUvAuthToken"))?;
+            .ok_or_else(|| Failure::new(FailureCode::BadResponse, STEP_PIN, "no pinUvAuthToken"))?;
         let r = ClientPinResponse::from_value(&v)
-            .map_err(|e| Failure::new("bad_response", STEP_PIN, format!("{e:?}")))?;
+            .map_err(|e| Failure::new(FailureCode::BadResponse, STEP_PIN, format!("{e:?}")))?;
         let enc = r
             .pin_uv_auth_token
-            .ok_or_else(|| Failure::new("bad_response", STEP_PIN, "no pinUvAuthToken"))?;
+            .ok_or_else(|| Failure::new(FailureCode::BadResponse, STEP_PIN, "no pinUvAuthToken"))?;
         let token = self
             .ka
             .protocol()
             .decrypt(&self.ka.shared()?, &enc)
             .map_err(|e| {
-                Failure::new("bad_response", STEP_PIN, format!("pinUvAuthToken: {e:?}"))
+                Failure::new(
+                    FailureCode::BadResponse,
+                    STEP_PIN,
+                    format!("pinUvAuthToken: {e:?}"),
+                )
             })?;
         if token.len() != 16 && token.len() != 32 {
             return Err(Failure::new(
-                "bad_response",
+                FailureCode::BadResponse,
                 STEP_PIN,
                 "pinUvAuthToken is not 16 or 32 bytes",
             ));
@@ -642,7 +674,7 @@ pub fn b64url(b: &[u8]) -> String {
 fn check_options(options: &CreationRequest) -> Result<(), Failure> {
     if !options.algorithms.is_empty() && !options.algorithms.contains(&ctap::cose::ES256) {
         return Err(Failure::new(
-            "passkey_service_unfit",
+            FailureCode::PasskeyServiceUnfit,
             STEP_REGISTER,
             "the service does not accept ES256 keys",
         ));
@@ -654,7 +686,7 @@ fn check_options(options: &CreationRequest) -> Result<(), Failure> {
             .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
     {
         return Err(Failure::new(
-            "bad_response",
+            FailureCode::BadResponse,
             STEP_REGISTER,
             "creationOptions: rp.id is not a domain name",
         ));
@@ -742,9 +774,13 @@ impl AwaitCredential {
     pub fn on_responses(self, responses: &[Response]) -> Result<Registration, Failure> {
         let responses = check(&self.sent, responses)?;
         let v = ctap_answer(&responses[0], STEP_REGISTER)?.ok_or_else(|| {
-            Failure::new("bad_response", STEP_REGISTER, "makeCredential without data")
+            Failure::new(
+                FailureCode::BadResponse,
+                STEP_REGISTER,
+                "makeCredential without data",
+            )
         })?;
-        let bad = |what: String| Failure::new("bad_response", STEP_REGISTER, what);
+        let bad = |what: String| Failure::new(FailureCode::BadResponse, STEP_REGISTER, what);
         let mc = MakeCredentialResponse::from_value(&v)
             .map_err(|e| bad(format!("makeCredential: {e:?}")))?;
         let auth = AuthenticatorData::parse(&mc.auth_data)
@@ -842,7 +878,7 @@ mod tests {
 /// The step of the device PIN change after the registration (its name is
 /// the one the PIV plan uses, so the server's knowledge of the device PIN
 /// follows it).
-pub const STEP_SET_NEW_PIN: &str = "set new PIN";
+pub const STEP_SET_NEW_PIN: Step = Step::SetNewPin;
 
 /// Shared PIN, Not Displayed, "Change PIN during issuance" = Yes: after the
 /// passkey registration the person's own PIN replaces the initial one.
@@ -856,7 +892,7 @@ pub fn change_shared_pin(initial: &Secret, new_pin: &str) -> Result<Batch, Failu
     )
     .ok_or_else(|| {
         Failure::new(
-            "pin_invalid",
+            FailureCode::PinInvalid,
             STEP_SET_NEW_PIN,
             "a PIV PIN has 1 to 8 characters",
         )

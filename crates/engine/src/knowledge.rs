@@ -13,6 +13,7 @@ use keyward_domain::DeviceType;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{Batch, Failure, Response};
+use crate::failure::Step;
 use crate::mgmt_key::ManagementKey;
 use crate::piv::{PivPlan, Secret, YUBIKEY_DEFAULT_PIN, YUBIKEY_DEFAULT_PUK};
 
@@ -87,20 +88,20 @@ impl DeviceSecrets {
                 None if i == responses.len() && transport_error => None,
                 None => Some(false),
             };
-            match cmd.step.as_str() {
-                "set retry counts" if plan.device_type == DeviceType::YubiKey5 => {
+            match cmd.step {
+                Step::SetRetryCounts if plan.device_type == DeviceType::YubiKey5 => {
                     // SET PIN RETRIES resets PIN and PUK to their defaults.
                     self.pin.update(Secret::new(YUBIKEY_DEFAULT_PIN), ran);
                     self.puk.update(Secret::new(YUBIKEY_DEFAULT_PUK), ran);
                 }
-                "change PUK" => self.puk.update(plan.new_puk.clone(), ran),
-                "change PIN" => self.pin.update(plan.new_pin.clone(), ran),
-                "set new PIN" => {
+                Step::ChangePuk => self.puk.update(plan.new_puk.clone(), ran),
+                Step::ChangePin => self.pin.update(plan.new_pin.clone(), ran),
+                Step::SetNewPin => {
                     if let Some(p) = &plan.final_pin {
                         self.pin.update(p.clone(), ran)
                     }
                 }
-                "replace management key" => {
+                Step::ReplaceManagementKey => {
                     if let Some(k) = &plan.new_management_key {
                         self.management_key.update(k.clone(), ran)
                     }
@@ -116,18 +117,18 @@ impl DeviceSecrets {
     /// After a failed attempt: if it failed on a secret that has an
     /// alternative, the alternative is tried next.
     pub fn learn_from_failure(&mut self, failure: &Failure) {
-        match (failure.step.as_str(), failure.sw) {
-            ("authenticate management key", Some(0x6982))
-            | ("authenticate management key", Some(0x6A80)) => {
+        match (failure.step, failure.sw) {
+            (Step::AuthenticateManagementKey, Some(0x6982))
+            | (Step::AuthenticateManagementKey, Some(0x6A80)) => {
                 self.management_key.swap();
             }
-            ("verify PIN", Some(sw)) if sw & 0xFFF0 == 0x63C0 => {
+            (Step::VerifyPin, Some(sw)) if sw & 0xFFF0 == 0x63C0 => {
                 self.pin.swap();
             }
-            ("change PUK", Some(sw)) if sw & 0xFFF0 == 0x63C0 => {
+            (Step::ChangePuk, Some(sw)) if sw & 0xFFF0 == 0x63C0 => {
                 self.puk.swap();
             }
-            ("change PIN", Some(sw)) | ("set new PIN", Some(sw)) if sw & 0xFFF0 == 0x63C0 => {
+            (Step::ChangePin, Some(sw)) | (Step::SetNewPin, Some(sw)) if sw & 0xFFF0 == 0x63C0 => {
                 self.pin.swap();
             }
             _ => {}
@@ -149,6 +150,7 @@ impl DeviceSecrets {
 mod tests {
     use super::*;
     use crate::batch::Batch;
+    use crate::failure::FailureCode;
     use crate::mgmt_key::MgmtAlgorithm;
     use crate::piv::{ChuidPlan, KeySpec};
 
@@ -178,10 +180,10 @@ mod tests {
         }
     }
 
-    fn batch(steps: &[&str]) -> Batch {
+    fn batch(steps: &[Step]) -> Batch {
         let mut b = Batch::default();
         for s in steps {
-            b.push(s, vec![0], &[0x9000], false);
+            b.push(*s, vec![0], &[0x9000], false);
         }
         b
     }
@@ -200,12 +202,12 @@ mod tests {
         let p = plan();
         let mut k = DeviceSecrets::from_plan(&p);
         let b = batch(&[
-            "authenticate management key",
-            "verify PIN",
-            "set retry counts",
-            "change PUK",
-            "change PIN",
-            "generate key 9A",
+            Step::AuthenticateManagementKey,
+            Step::VerifyPin,
+            Step::SetRetryCounts,
+            Step::ChangePuk,
+            Step::ChangePin,
+            Step::GenerateKey(0x9A),
         ]);
         // The card went away while CHANGE PIN was in flight.
         k.after_batch(&p, &b, &ok(4), true);
@@ -220,7 +222,7 @@ mod tests {
         assert_eq!(r.current_puk, p.new_puk);
         assert_eq!(r.current_management_key, p.current_management_key);
         // The retry fails at VERIFY: the other PIN is tried next.
-        let mut f = Failure::new("unexpected_status", "verify PIN", "");
+        let mut f = Failure::new(FailureCode::UnexpectedStatus, Step::VerifyPin, "");
         f.sw = Some(0x63C2);
         k.learn_from_failure(&f);
         assert_eq!(k.pin.value.expose(), "735194");
@@ -230,7 +232,7 @@ mod tests {
     fn a_refused_command_and_those_after_it_change_nothing() {
         let p = plan();
         let mut k = DeviceSecrets::from_plan(&p);
-        let b = batch(&["verify PIN", "change PUK", "change PIN"]);
+        let b = batch(&[Step::VerifyPin, Step::ChangePuk, Step::ChangePin]);
         let mut rs = ok(1);
         rs.push(Response {
             data: vec![],
@@ -244,7 +246,7 @@ mod tests {
     fn the_new_management_key_once_replaced() {
         let p = plan();
         let mut k = DeviceSecrets::from_plan(&p);
-        let b = batch(&["write CHUID", "replace management key", "read back"]);
+        let b = batch(&[Step::WriteChuid, Step::ReplaceManagementKey, Step::ReadBack]);
         k.after_batch(&p, &b, &ok(2), true);
         assert_eq!(
             k.management_key,

@@ -17,6 +17,7 @@ pub mod answers;
 pub mod b64;
 pub mod batch;
 pub mod change_pin;
+pub mod failure;
 pub mod fido;
 pub mod knowledge;
 pub mod mgmt_key;
@@ -26,10 +27,11 @@ pub mod prompt;
 pub mod recycle;
 pub mod session;
 
-pub use batch::{Batch, Channel, Command, Failure, Response};
+pub use batch::{Batch, Channel, Command, Response};
+pub use failure::{Failure, FailureCode, Step};
 pub use mgmt_key::{ManagementKey, MgmtAlgorithm};
 pub use prompt::{Prompt, PromptKind};
 pub use session::{
-    Answers, Context, DeviceMove, DeviceSession, Effect, Ending, Input, PasskeyRecord, Refusal,
-    RegisteredMethod,
+    Answers, Context, DeviceMove, DeviceSession, Effect, Ending, Input, NewIssuance, PasskeyRecord,
+    Refusal, RegisteredMethod,
 };

@@ -30,11 +30,12 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::batch::{check, Batch, Failure, Response};
+use crate::failure::{FailureCode, Step};
 use crate::mgmt_key::ManagementKey;
 
 const OK: &[u16] = &[0x9000];
 /// The step reading the device attestation certificate (5FFF01).
-const READ_ATTESTATION_CERT: &str = "read attestation certificate";
+const READ_ATTESTATION_CERT: Step = Step::ReadAttestationCertificate;
 /// YubiKey factory PIN and PUK: what SET PIN RETRIES resets them to.
 pub const YUBIKEY_DEFAULT_PIN: &str = "123456";
 pub const YUBIKEY_DEFAULT_PUK: &str = "12345678";
@@ -150,9 +151,14 @@ fn apdu(c: CommandApdu) -> Vec<u8> {
     c.to_bytes()
 }
 
-fn pin_cmd(c: Option<CommandApdu>, step: &str) -> Result<Vec<u8>, Failure> {
-    c.map(apdu)
-        .ok_or_else(|| Failure::new("pin_too_long", step, "PINs and PUKs are at most 8 bytes"))
+fn pin_cmd(c: Option<CommandApdu>, step: Step) -> Result<Vec<u8>, Failure> {
+    c.map(apdu).ok_or_else(|| {
+        Failure::new(
+            FailureCode::PinTooLong,
+            step,
+            "PINs and PUKs are at most 8 bytes",
+        )
+    })
 }
 
 /// The first state: nothing sent yet.
@@ -164,20 +170,20 @@ impl PivIssuance {
         if plan.device_type == DeviceType::C4000 {
             // GlobalPlatform CPLC: the IC serial number is the device serial.
             b.push(
-                "identify device",
+                Step::IdentifyDevice,
                 vec![0x80, 0xCA, 0x9F, 0x7F, 0x00],
                 OK,
                 false,
             );
         }
-        b.push("select PIV", apdu(piv::select_piv()), OK, false);
+        b.push(Step::SelectPiv, apdu(piv::select_piv()), OK, false);
         if plan.device_type == DeviceType::YubiKey5 {
-            b.push("identify device", apdu(piv::yk_get_serial()), OK, false);
-            b.push("identify device", apdu(piv::yk_get_version()), OK, false);
+            b.push(Step::IdentifyDevice, apdu(piv::yk_get_serial()), OK, false);
+            b.push(Step::IdentifyDevice, apdu(piv::yk_get_version()), OK, false);
         }
         let m = &plan.current_management_key;
         b.push(
-            "authenticate management key",
+            Step::AuthenticateManagementKey,
             apdu(piv::general_authenticate(
                 m.algorithm.id(),
                 key_ref::MANAGEMENT,
@@ -223,9 +229,8 @@ fn serial_from(plan: &PivPlan, responses: &[Response]) -> Result<(), Failure> {
             .and_then(|r| r.data.get(..3))
             .map(|v| (v[0], v[1], v[2]));
         if let Some(have) = have.filter(|h| *h != want) {
-            return Err(Failure::new(
-                "device_mismatch",
-                "identify device",
+            return Err(Failure::new(FailureCode::DeviceMismatch,
+                Step::IdentifyDevice,
                 format!(
                     "the device runs firmware {}.{}.{}, the inventory records {}.{}.{}: correct the inventory record",
                     have.0, have.1, have.2, want.0, want.1, want.2
@@ -236,16 +241,16 @@ fn serial_from(plan: &PivPlan, responses: &[Response]) -> Result<(), Failure> {
     match got {
         Some(s) if s == plan.serial => Ok(()),
         Some(s) => Err(Failure::new(
-            "device_mismatch",
-            "identify device",
+            FailureCode::DeviceMismatch,
+            Step::IdentifyDevice,
             format!(
                 "the device in the reader has serial {s}, not {}: was it swapped?",
                 plan.serial
             ),
         )),
         None => Err(Failure::new(
-            "bad_response",
-            "identify device",
+            FailureCode::BadResponse,
+            Step::IdentifyDevice,
             "the device did not return its serial number",
         )),
     }
@@ -265,7 +270,7 @@ impl AwaitWitness {
         let responses = check(&self.sent, responses)?;
         self.counters.count(&self.sent, responses);
         serial_from(&self.plan, responses)?;
-        let step = "authenticate management key";
+        let step = Step::AuthenticateManagementKey;
         let m = &self.plan.current_management_key;
         let witness_enc = piv::parse_general_authenticate_response(
             &responses[responses.len() - 1].data,
@@ -273,14 +278,14 @@ impl AwaitWitness {
         )
         .ok_or_else(|| {
             Failure::new(
-                "bad_response",
+                FailureCode::BadResponse,
                 step,
                 "no witness in the GENERAL AUTHENTICATE response",
             )
         })?;
         let witness = m.decrypt_block(witness_enc).ok_or_else(|| {
             Failure::new(
-                "bad_response",
+                FailureCode::BadResponse,
                 step,
                 "witness length does not match the management key algorithm",
             )
@@ -305,10 +310,10 @@ impl AwaitWitness {
             true,
         );
         b.push(
-            "verify PIN",
+            Step::VerifyPin,
             pin_cmd(
                 piv::verify(key_ref::PIN, Some(p.current_pin.expose().as_bytes())),
-                "verify PIN",
+                Step::VerifyPin,
             )?,
             OK,
             true,
@@ -319,7 +324,7 @@ impl AwaitWitness {
             match p.device_type {
                 DeviceType::YubiKey5 => {
                     b.push(
-                        "set retry counts",
+                        Step::SetRetryCounts,
                         apdu(piv::yk_set_pin_retries(pin_tries, puk_tries)),
                         OK,
                         false,
@@ -330,7 +335,7 @@ impl AwaitWitness {
                 DeviceType::C4000 => {
                     // Stand-in for HID's proprietary command (docs/vcard.md).
                     b.push(
-                        "set retry counts",
+                        Step::SetRetryCounts,
                         vec![0x80, 0xE2, pin_tries, puk_tries],
                         OK,
                         false,
@@ -340,34 +345,34 @@ impl AwaitWitness {
             }
         }
         b.push(
-            "change PUK",
+            Step::ChangePuk,
             pin_cmd(
                 piv::change_reference_data(
                     key_ref::PUK,
                     puk_now.expose().as_bytes(),
                     p.new_puk.expose().as_bytes(),
                 ),
-                "change PUK",
+                Step::ChangePuk,
             )?,
             OK,
             true,
         );
         b.push(
-            "change PIN",
+            Step::ChangePin,
             pin_cmd(
                 piv::change_reference_data(
                     key_ref::PIN,
                     pin_now.expose().as_bytes(),
                     p.new_pin.expose().as_bytes(),
                 ),
-                "change PIN",
+                Step::ChangePin,
             )?,
             OK,
             true,
         );
         for k in &p.keys {
             b.push(
-                &format!("generate key {:02X}", k.slot),
+                Step::GenerateKey(k.slot),
                 apdu(piv::generate(
                     k.algorithm,
                     k.slot,
@@ -384,7 +389,7 @@ impl AwaitWitness {
             // cannot attest answers an error the batch goes past.
             for k in &p.keys {
                 b.push(
-                    &format!("attest key {:02X}", k.slot),
+                    Step::AttestKey(k.slot),
                     apdu(piv::yk_attest(k.slot)),
                     &[0x9000, 0x6A80, 0x6A88, 0x6D00],
                     false,
@@ -424,27 +429,31 @@ impl AwaitKeys {
     pub fn on_responses(mut self, responses: &[Response]) -> Result<AwaitCertificates, Failure> {
         let responses = check(&self.sent, responses)?;
         self.counters.count(&self.sent, responses);
-        let step = "authenticate management key";
+        let step = Step::AuthenticateManagementKey;
         let m = &self.plan.current_management_key;
         // Mutual authentication: the card proves it knows the key too.
         let card_answer =
             piv::parse_general_authenticate_response(&responses[0].data, dyn_auth::RESPONSE)
                 .ok_or_else(|| {
-                    Failure::new("bad_response", step, "no response to the challenge")
+                    Failure::new(
+                        FailureCode::BadResponse,
+                        step,
+                        "no response to the challenge",
+                    )
                 })?;
         let expected = m
             .encrypt_block(&self.challenge)
-            .ok_or_else(|| Failure::new("bad_response", step, "challenge length"))?;
+            .ok_or_else(|| Failure::new(FailureCode::BadResponse, step, "challenge length"))?;
         if !bool::from(expected.ct_eq(card_answer)) {
             return Err(Failure::new(
-                "device_not_authentic",
+                FailureCode::DeviceNotAuthentic,
                 step,
                 "the device failed mutual authentication",
             ));
         }
         // Responses by the step of their command: keys, attestations, and
         // the device attestation certificate.
-        let by_step = |step: &str| {
+        let by_step = |step: Step| {
             self.sent
                 .commands
                 .iter()
@@ -454,14 +463,15 @@ impl AwaitKeys {
         };
         let mut keys = Vec::with_capacity(self.plan.keys.len());
         for spec in &self.plan.keys {
-            let step = format!("generate key {:02X}", spec.slot);
-            let r = by_step(&step)
-                .ok_or_else(|| Failure::new("bad_response", &step, "no public key"))?;
-            let template = PublicKeyTemplate::parse(&r.data)
-                .map_err(|e| Failure::new("bad_response", &step, format!("public key: {e:?}")))?;
+            let step = Step::GenerateKey(spec.slot);
+            let r = by_step(step)
+                .ok_or_else(|| Failure::new(FailureCode::BadResponse, step, "no public key"))?;
+            let template = PublicKeyTemplate::parse(&r.data).map_err(|e| {
+                Failure::new(FailureCode::BadResponse, step, format!("public key: {e:?}"))
+            })?;
             let spki_der = spki_der(spec.algorithm, &template)
-                .map_err(|m| Failure::new("bad_response", &step, m))?;
-            let attestation = by_step(&format!("attest key {:02X}", spec.slot))
+                .map_err(|m| Failure::new(FailureCode::BadResponse, step, m))?;
+            let attestation = by_step(Step::AttestKey(spec.slot))
                 .filter(|r| r.sw == 0x9000 && !r.data.is_empty())
                 .map(|r| r.data.clone());
             keys.push(GeneratedKey {
@@ -579,8 +589,8 @@ impl AwaitCertificates {
             .filter(|e: &[u8; 8]| e.iter().all(u8::is_ascii_digit))
             .ok_or_else(|| {
                 Failure::new(
-                    "bad_plan",
-                    "write CHUID",
+                    FailureCode::BadPlan,
+                    Step::WriteChuid,
                     "CHUID expiration must be YYYYMMDD",
                 )
             })?;
@@ -602,21 +612,21 @@ impl AwaitCertificates {
                 .find(|(slot, _)| *slot == k.slot)
             else {
                 return Err(Failure::new(
-                    "certificate_missing",
-                    "write certificates",
+                    FailureCode::CertificateMissing,
+                    Step::WriteCertificates,
                     format!("no certificate for slot {:02X}", k.slot),
                 ));
             };
             let tag = object::cert_for_slot(k.slot).ok_or_else(|| {
                 Failure::new(
-                    "bad_slot",
-                    "write certificates",
+                    FailureCode::BadSlot,
+                    Step::WriteCertificates,
                     format!("slot {:02X} has no certificate object", k.slot),
                 )
             })?;
             let container = piv::cert_container(der, false);
             b.push(
-                &format!("write certificate {:02X}", k.slot),
+                Step::WriteCertificate(k.slot),
                 apdu(piv::put_data(tag, &container).extended(container.len() > 255)),
                 OK,
                 false,
@@ -625,7 +635,7 @@ impl AwaitCertificates {
         }
         let chuid = self.chuid(certified.chuid_signature)?.encode();
         b.push(
-            "write CHUID",
+            Step::WriteChuid,
             apdu(piv::put_data(object::CHUID, &chuid).extended(chuid.len() > 255)),
             OK,
             false,
@@ -635,7 +645,7 @@ impl AwaitCertificates {
         card_id[..16].copy_from_slice(&self.plan.chuid.guid);
         let ccc = piv::ccc(&card_id);
         b.push(
-            "write CCC",
+            Step::WriteCcc,
             apdu(piv::put_data(object::CCC, &ccc)),
             OK,
             false,
@@ -645,14 +655,14 @@ impl AwaitCertificates {
             (self.plan.device_type, self.plan.fido_pin_sharing)
         {
             b.push(
-                "set FIDO PIN sharing",
+                Step::SetFidoPinSharing,
                 apdu(CommandApdu::new(0x80, 0xE3, u8::from(shared), 0)),
                 OK,
                 false,
             );
         }
         if let Some(new) = &self.plan.new_management_key {
-            let step = "replace management key";
+            let step = Step::ReplaceManagementKey;
             match self.plan.device_type {
                 DeviceType::YubiKey5 => b.push(
                     step,
@@ -680,7 +690,7 @@ impl AwaitCertificates {
                 }
                 DeviceType::Piv => {
                     return Err(Failure::new(
-                        "not_supported",
+                        FailureCode::NotSupported,
                         step,
                         "a generic PIV card keeps its management key",
                     ))
@@ -691,14 +701,14 @@ impl AwaitCertificates {
             // The person's own PIN replaces the generated one, last of all
             // the changes (the read-back needs no PIN).
             b.push(
-                "set new PIN",
+                Step::SetNewPin,
                 pin_cmd(
                     piv::change_reference_data(
                         key_ref::PIN,
                         self.plan.new_pin.expose().as_bytes(),
                         final_pin.expose().as_bytes(),
                     ),
-                    "set new PIN",
+                    Step::SetNewPin,
                 )?,
                 OK,
                 true,
@@ -706,7 +716,7 @@ impl AwaitCertificates {
         }
         for (tag, _) in &written {
             b.push(
-                "read back",
+                Step::ReadBack,
                 apdu(piv::get_data(*tag).extended(true).with_le(65536)),
                 OK,
                 false,
@@ -765,8 +775,8 @@ impl AwaitWrites {
             let got = keyward_card::tlv::find(&r.data, 0x53).unwrap_or(&[]);
             if got != value.as_slice() {
                 return Err(Failure::new(
-                    "read_back_mismatch",
-                    "read back",
+                    FailureCode::ReadBackMismatch,
+                    Step::ReadBack,
                     format!("object {tag:06X} reads back different from what was written"),
                 ));
             }

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::batch::Failure;
+use crate::failure::{FailureCode, Step};
 use crate::piv::Secret;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,7 +95,7 @@ impl PromptKind {
 pub struct Prompt {
     pub kind: PromptKind,
     /// The step of the session the prompt belongs to.
-    pub step: String,
+    pub step: Step,
     pub message: String,
     /// `show_initial_pin`: the PIN to show.
     #[serde(default)]
@@ -102,10 +103,10 @@ pub struct Prompt {
 }
 
 impl Prompt {
-    pub fn new(kind: PromptKind, step: &str, message: impl Into<String>) -> Prompt {
+    pub fn new(kind: PromptKind, step: Step, message: impl Into<String>) -> Prompt {
         Prompt {
             kind,
-            step: step.into(),
+            step,
             message: message.into(),
             value: None,
         }
@@ -114,11 +115,11 @@ impl Prompt {
 
 /// The answer to a `confirm_touch` prompt: `true` goes on, `false` is the
 /// person declining, which fails the attempt with `declined_by_person`.
-pub fn touch_confirmed(answer: &str, step: &str) -> Result<(), Failure> {
+pub fn touch_confirmed(answer: &str, step: Step) -> Result<(), Failure> {
     match answer.trim() {
         "true" | "yes" => Ok(()),
         _ => Err(Failure::new(
-            "declined_by_person",
+            FailureCode::DeclinedByPerson,
             step,
             "the person declined to confirm and touch the device",
         )),
@@ -148,11 +149,11 @@ mod tests {
 
     #[test]
     fn a_declined_touch_is_declined_by_person() {
-        assert!(touch_confirmed("true", "reset FIDO").is_ok());
-        let f = touch_confirmed("false", "reset FIDO").unwrap_err();
+        assert!(touch_confirmed("true", Step::ResetFido).is_ok());
+        let f = touch_confirmed("false", Step::ResetFido).unwrap_err();
         assert_eq!(
-            (f.code.as_str(), f.step.as_str()),
-            ("declined_by_person", "reset FIDO")
+            (f.code.as_str(), f.step),
+            ("declined_by_person", Step::ResetFido)
         );
     }
 }

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::batch::{check, Batch, Failure, Response};
+use crate::failure::{FailureCode, Step};
 use crate::knowledge::Known;
 use crate::mgmt_key::ManagementKey;
 use crate::piv::Secret;
@@ -76,28 +77,58 @@ pub struct Recycled {
     pub puk: Secret,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-enum Stage {
-    /// YubiKey: blocks, reset, check.
-    YubiKeyWipe { rounds: u8 },
+/// A recycle between round trips, one type per state (sealed by the
+/// server: it holds keys).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "Sealed", into = "Sealed")]
+pub enum Recycling {
+    /// YubiKey: the PIN and PUK blocked, the reset, the check.
+    YubiKeyWipe(YubiKeyWipe),
     /// C4000 and PIV: the witness is requested.
-    Witness,
+    Witness(AwaitWitness),
     /// C4000 and PIV: the wipe under the management key.
-    Wipe { challenge: Vec<u8> },
+    Wipe(AwaitWipe),
     /// The person is asked to reinsert and touch the device.
-    FidoPrompt,
+    FidoPrompt(AwaitTouch),
     /// authenticatorReset is out.
-    FidoReset,
+    FidoReset(AwaitReset),
 }
 
-/// A recycle between round trips (sealed by the server: it holds keys).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Recycling {
+/// What every state carries: the plan, the batch out, and how often the
+/// recycle started over with an alternative secret (at most once each).
+#[derive(Debug, Clone)]
+struct Carry {
     plan: RecyclePlan,
-    stage: Stage,
     sent: Batch,
-    /// Starts over with an alternative secret (at most once each).
     restarts: u8,
+}
+
+#[derive(Debug, Clone)]
+pub struct YubiKeyWipe {
+    carry: Carry,
+    /// Rounds of blocking sent so far.
+    rounds: u8,
+}
+
+#[derive(Debug, Clone)]
+pub struct AwaitWitness {
+    carry: Carry,
+}
+
+#[derive(Debug, Clone)]
+pub struct AwaitWipe {
+    carry: Carry,
+    challenge: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AwaitTouch {
+    carry: Carry,
+}
+
+#[derive(Debug, Clone)]
+pub struct AwaitReset {
+    carry: Carry,
 }
 
 /// Where a result leads.
@@ -121,159 +152,199 @@ const WRONG: [u8; 8] = [0; 8];
 
 impl Recycling {
     pub fn start(plan: RecyclePlan) -> (Recycling, Batch) {
-        let (stage, batch) = match plan.device_type {
-            DeviceType::YubiKey5 => (Stage::YubiKeyWipe { rounds: 1 }, yubikey_wipe(true)),
-            _ => (Stage::Witness, witness_batch(&plan)),
+        let carry = |sent: &Batch| Carry {
+            plan: plan.clone(),
+            sent: sent.clone(),
+            restarts: 0,
         };
-        (
-            Recycling {
-                sent: batch.clone(),
-                plan,
-                stage,
-                restarts: 0,
-            },
-            batch,
-        )
+        match plan.device_type {
+            DeviceType::YubiKey5 => {
+                let b = yubikey_wipe(true);
+                let carry = carry(&b);
+                (Recycling::YubiKeyWipe(YubiKeyWipe { carry, rounds: 1 }), b)
+            }
+            _ => {
+                let b = witness_batch(&plan);
+                let carry = carry(&b);
+                (Recycling::Witness(AwaitWitness { carry }), b)
+            }
+        }
     }
 
     pub fn plan(&self) -> &RecyclePlan {
-        &self.plan
+        let carry = match self {
+            Recycling::YubiKeyWipe(s) => &s.carry,
+            Recycling::Witness(s) => &s.carry,
+            Recycling::Wipe(s) => &s.carry,
+            Recycling::FidoPrompt(s) => &s.carry,
+            Recycling::FidoReset(s) => &s.carry,
+        };
+        &carry.plan
     }
 
     /// The responses (or, for a prompt batch, the answers) to the batch out now.
     /// `rng`: the mutual authentication's challenge.
     pub fn on_result(
-        mut self,
+        self,
         responses: &[Response],
         answers: &BTreeMap<String, String>,
         rng: &mut dyn RngCore,
     ) -> Result<Next, Failure> {
-        match self.stage.clone() {
-            Stage::YubiKeyWipe { rounds } => {
-                let checked = check(&self.sent, responses);
-                if rounds == 1 {
-                    identify_yubikey(&self.plan, responses)?;
-                }
-                match checked {
-                    Ok(_) => self.piv_done(),
-                    // More tries left than were sent: block on.
-                    Err(f) if f.step == "reset PIV" && f.sw == Some(0x6985) => {
-                        if rounds >= MAX_BLOCK_ROUNDS {
-                            return Err(Failure::new(
-                                "device_not_blocked",
-                                "reset PIV",
-                                "the PIN and PUK did not block: the device refuses the reset",
-                            ));
-                        }
-                        let b = yubikey_wipe(false);
-                        self.stage = Stage::YubiKeyWipe { rounds: rounds + 1 };
-                        self.sent = b.clone();
-                        Ok(Next::Batch(self, b))
-                    }
-                    Err(f) => Err(f),
-                }
-            }
-            Stage::Witness => {
-                let responses = match check(&self.sent, responses) {
-                    Ok(r) => r,
-                    Err(f) => return self.start_over_or(f),
-                };
-                if self.plan.device_type == DeviceType::C4000 {
-                    identify_c4000(&self.plan, &responses[0].data)?;
-                }
-                let m = &self.plan.management_key.value;
-                let step = "authenticate management key";
-                let witness_enc = piv::parse_general_authenticate_response(
-                    &responses[responses.len() - 1].data,
-                    dyn_auth::WITNESS,
-                )
-                .ok_or_else(|| Failure::new("bad_response", step, "no witness"))?;
-                let witness = m.decrypt_block(witness_enc).ok_or_else(|| {
-                    Failure::new(
-                        "bad_response",
-                        step,
-                        "witness length does not match the key",
-                    )
-                })?;
-                let mut challenge = vec![0u8; m.algorithm.block_len()];
-                rng.fill_bytes(&mut challenge);
-                let b = self.wipe_batch(&witness, &challenge)?;
-                self.stage = Stage::Wipe { challenge };
-                self.sent = b.clone();
-                Ok(Next::Batch(self, b))
-            }
-            Stage::Wipe { challenge } => match check(&self.sent, responses) {
-                Ok(responses) => {
-                    let m = &self.plan.management_key.value;
-                    let step = "authenticate management key";
-                    let answer = piv::parse_general_authenticate_response(
-                        &responses[0].data,
-                        dyn_auth::RESPONSE,
-                    )
-                    .ok_or_else(|| Failure::new("bad_response", step, "no response"))?;
-                    let expected = m
-                        .encrypt_block(&challenge)
-                        .ok_or_else(|| Failure::new("bad_response", step, "challenge length"))?;
-                    if !bool::from(expected.ct_eq(answer)) {
-                        return Err(Failure::new(
-                            "device_not_authentic",
-                            step,
-                            "the device failed mutual authentication",
-                        ));
-                    }
-                    self.piv_done()
-                }
-                Err(f) => self.start_over_or(f),
-            },
-            Stage::FidoPrompt => {
-                let touch = answers
-                    .get(PromptKind::ConfirmTouch.as_str())
-                    .map(String::as_str)
-                    .unwrap_or("");
-                touch_confirmed(touch, "reset FIDO")?;
-                let mut b = Batch::default();
-                b.push_ctap("reset FIDO", vec![CTAP_RESET]);
-                b.prompts.push(Prompt::new(
-                    PromptKind::TouchDevice,
-                    "reset FIDO",
-                    "Touch the device now",
-                ));
-                self.stage = Stage::FidoReset;
-                self.sent = b.clone();
-                Ok(Next::Batch(self, b))
-            }
-            Stage::FidoReset => {
-                let responses = check(&self.sent, responses)?;
-                match responses[0].data.first() {
-                    Some(0x00) => Ok(Next::Done(self.recycled())),
-                    Some(&s) => Err(Failure::new(
-                        if s == 0x27 {
-                            "declined_by_person"
-                        } else {
-                            "fido_reset_failed"
-                        },
-                        "reset FIDO",
-                        format!("authenticatorReset answered CTAP status {s:02X} (the reset must come within seconds of reinserting the device, with a touch)"),
-                    )),
-                    None => Err(Failure::new(
-                        "bad_response",
-                        "reset FIDO",
-                        "no CTAP status",
-                    )),
-                }
-            }
+        match self {
+            Recycling::YubiKeyWipe(s) => s.on_responses(responses),
+            Recycling::Witness(s) => s.on_responses(responses, rng),
+            Recycling::Wipe(s) => s.on_responses(responses),
+            Recycling::FidoPrompt(s) => s.on_answers(answers),
+            Recycling::FidoReset(s) => s.on_responses(responses),
         }
+    }
+}
+
+impl YubiKeyWipe {
+    fn on_responses(self, responses: &[Response]) -> Result<Next, Failure> {
+        let checked = check(&self.carry.sent, responses);
+        if self.rounds == 1 {
+            identify_yubikey(&self.carry.plan, responses)?;
+        }
+        match checked {
+            Ok(_) => self.carry.piv_done(),
+            // More tries left than were sent: block on.
+            Err(f) if f.step == Step::ResetPiv && f.sw == Some(0x6985) => {
+                if self.rounds >= MAX_BLOCK_ROUNDS {
+                    return Err(Failure::new(
+                        FailureCode::DeviceNotBlocked,
+                        Step::ResetPiv,
+                        "the PIN and PUK did not block: the device refuses the reset",
+                    ));
+                }
+                let rounds = self.rounds + 1;
+                self.carry.send(yubikey_wipe(false), |carry| {
+                    Recycling::YubiKeyWipe(YubiKeyWipe { carry, rounds })
+                })
+            }
+            Err(f) => Err(f),
+        }
+    }
+}
+
+impl AwaitWitness {
+    fn on_responses(self, responses: &[Response], rng: &mut dyn RngCore) -> Result<Next, Failure> {
+        let carry = self.carry;
+        let responses = match check(&carry.sent, responses) {
+            Ok(r) => r,
+            Err(f) => return carry.start_over_or(f),
+        };
+        if carry.plan.device_type == DeviceType::C4000 {
+            identify_c4000(&carry.plan, &responses[0].data)?;
+        }
+        let m = &carry.plan.management_key.value;
+        let step = Step::AuthenticateManagementKey;
+        let witness_enc = piv::parse_general_authenticate_response(
+            &responses[responses.len() - 1].data,
+            dyn_auth::WITNESS,
+        )
+        .ok_or_else(|| Failure::new(FailureCode::BadResponse, step, "no witness"))?;
+        let witness = m.decrypt_block(witness_enc).ok_or_else(|| {
+            Failure::new(
+                FailureCode::BadResponse,
+                step,
+                "witness length does not match the key",
+            )
+        })?;
+        let mut challenge = vec![0u8; m.algorithm.block_len()];
+        rng.fill_bytes(&mut challenge);
+        let b = carry.wipe_batch(&witness, &challenge)?;
+        carry.send(b, |carry| Recycling::Wipe(AwaitWipe { carry, challenge }))
+    }
+}
+
+impl AwaitWipe {
+    fn on_responses(self, responses: &[Response]) -> Result<Next, Failure> {
+        let responses = match check(&self.carry.sent, responses) {
+            Ok(r) => r,
+            Err(f) => return self.carry.start_over_or(f),
+        };
+        let m = &self.carry.plan.management_key.value;
+        let step = Step::AuthenticateManagementKey;
+        let answer =
+            piv::parse_general_authenticate_response(&responses[0].data, dyn_auth::RESPONSE)
+                .ok_or_else(|| Failure::new(FailureCode::BadResponse, step, "no response"))?;
+        let expected = m
+            .encrypt_block(&self.challenge)
+            .ok_or_else(|| Failure::new(FailureCode::BadResponse, step, "challenge length"))?;
+        if !bool::from(expected.ct_eq(answer)) {
+            return Err(Failure::new(
+                FailureCode::DeviceNotAuthentic,
+                step,
+                "the device failed mutual authentication",
+            ));
+        }
+        self.carry.piv_done()
+    }
+}
+
+impl AwaitTouch {
+    fn on_answers(self, answers: &BTreeMap<String, String>) -> Result<Next, Failure> {
+        let touch = answers
+            .get(PromptKind::ConfirmTouch.as_str())
+            .map(String::as_str)
+            .unwrap_or("");
+        touch_confirmed(touch, Step::ResetFido)?;
+        let mut b = Batch::default();
+        b.push_ctap(Step::ResetFido, vec![CTAP_RESET]);
+        b.prompts.push(Prompt::new(
+            PromptKind::TouchDevice,
+            Step::ResetFido,
+            "Touch the device now",
+        ));
+        self.carry
+            .send(b, |carry| Recycling::FidoReset(AwaitReset { carry }))
+    }
+}
+
+impl AwaitReset {
+    fn on_responses(self, responses: &[Response]) -> Result<Next, Failure> {
+        let responses = check(&self.carry.sent, responses)?;
+        match responses[0].data.first() {
+            Some(0x00) => Ok(Next::Done(self.carry.recycled())),
+            Some(&s) => Err(Failure::new(
+                if s == 0x27 {
+                    FailureCode::DeclinedByPerson
+                } else {
+                    FailureCode::FidoResetFailed
+                },
+                Step::ResetFido,
+                format!("authenticatorReset answered CTAP status {s:02X} (the reset must come within seconds of reinserting the device, with a touch)"),
+            )),
+            None => Err(Failure::new(
+                FailureCode::BadResponse,
+                Step::ResetFido,
+                "no CTAP status",
+            )),
+        }
+    }
+}
+
+impl Carry {
+    /// The next state, with `batch` out.
+    fn send(
+        mut self,
+        batch: Batch,
+        state: impl FnOnce(Carry) -> Recycling,
+    ) -> Result<Next, Failure> {
+        self.sent = batch.clone();
+        Ok(Next::Batch(state(self), batch))
     }
 
     /// A refused secret with an alternative: start over once with it;
     /// otherwise the failure stands.
     fn start_over_or(mut self, f: Failure) -> Result<Next, Failure> {
-        let swapped = match (f.step.as_str(), f.sw) {
+        let swapped = match (f.step, f.sw) {
             // A wrong key, or a key of another algorithm than the device's.
-            ("authenticate management key", Some(0x6982 | 0x6A80 | 0x6A86)) => {
+            (Step::AuthenticateManagementKey, Some(0x6982 | 0x6A80 | 0x6A86)) => {
                 self.plan.management_key.swap()
             }
-            ("reset PIN", Some(sw)) if sw & 0xFFF0 == 0x63C0 => self.plan.puk.swap(),
+            (Step::ResetPin, Some(sw)) if sw & 0xFFF0 == 0x63C0 => self.plan.puk.swap(),
             _ => false,
         };
         if !swapped || self.restarts >= 2 {
@@ -281,31 +352,27 @@ impl Recycling {
         }
         self.restarts += 1;
         let b = witness_batch(&self.plan);
-        self.stage = Stage::Witness;
-        self.sent = b.clone();
-        Ok(Next::Batch(self, b))
+        self.send(b, |carry| Recycling::Witness(AwaitWitness { carry }))
     }
 
     /// The PIV application is wiped: the FIDO reset next, or the end.
-    fn piv_done(mut self) -> Result<Next, Failure> {
+    fn piv_done(self) -> Result<Next, Failure> {
         if !self.plan.fido_reset {
             return Ok(Next::Done(self.recycled()));
         }
         let b = Batch::prompts(vec![
             Prompt::new(
                 PromptKind::ReinsertDevice,
-                "reset FIDO",
+                Step::ResetFido,
                 "Remove the device and insert it again",
             ),
             Prompt::new(
                 PromptKind::ConfirmTouch,
-                "reset FIDO",
+                Step::ResetFido,
                 "Confirm, then touch the device when it blinks: its passkeys will be erased",
             ),
         ]);
-        self.stage = Stage::FidoPrompt;
-        self.sent = b.clone();
-        Ok(Next::Batch(self, b))
+        self.send(b, |carry| Recycling::FidoPrompt(AwaitTouch { carry }))
     }
 
     fn recycled(&self) -> Recycled {
@@ -326,7 +393,7 @@ impl Recycling {
         let m = &p.management_key.value;
         let mut b = Batch::default();
         b.push(
-            "authenticate management key",
+            Step::AuthenticateManagementKey,
             apdu(piv::general_authenticate(
                 m.algorithm.id(),
                 key_ref::MANAGEMENT,
@@ -342,7 +409,7 @@ impl Recycling {
         // A new key over each slot: the user's keys are gone for good.
         for slot in KEY_SLOTS {
             b.push(
-                &format!("replace key {slot:02X}"),
+                Step::ReplaceKey(slot),
                 apdu(piv::generate(
                     alg::ECC_P256,
                     slot,
@@ -356,18 +423,27 @@ impl Recycling {
         for slot in KEY_SLOTS {
             let tag = object::cert_for_slot(slot).expect("a standard slot");
             b.push(
-                &format!("delete certificate {slot:02X}"),
+                Step::DeleteCertificate(slot),
                 apdu(piv::put_data(tag, &[])),
                 OK,
                 false,
             );
         }
-        for (tag, step) in [(object::CHUID, "delete CHUID"), (object::CCC, "delete CCC")] {
+        for (tag, step) in [
+            (object::CHUID, Step::DeleteChuid),
+            (object::CCC, Step::DeleteCcc),
+        ] {
             b.push(step, apdu(piv::put_data(tag, &[])), OK, false);
         }
-        let bad = || Failure::new("bad_plan", "reset PIN", "PINs and PUKs are at most 8 bytes");
+        let bad = || {
+            Failure::new(
+                FailureCode::BadPlan,
+                Step::ResetPin,
+                "PINs and PUKs are at most 8 bytes",
+            )
+        };
         b.push(
-            "reset PIN",
+            Step::ResetPin,
             apdu(
                 piv::reset_retry_counter(p.puk.value.expose().as_bytes(), FACTORY_PIN.as_bytes())
                     .ok_or_else(bad)?,
@@ -376,7 +452,7 @@ impl Recycling {
             true,
         );
         b.push(
-            "reset PUK",
+            Step::ResetPuk,
             apdu(
                 piv::change_reference_data(
                     key_ref::PUK,
@@ -391,20 +467,20 @@ impl Recycling {
         if p.device_type == DeviceType::C4000 {
             // The vendor commands of the C4000 profile (docs/vcard.md V1-V3):
             // factory retry counts, PIN not shared with FIDO, factory key last.
-            b.push("reset retry counts", vec![0x80, 0xE2, 3, 3], OK, false);
-            b.push("reset PIN sharing", vec![0x80, 0xE3, 0, 0], OK, false);
+            b.push(Step::ResetRetryCounts, vec![0x80, 0xE2, 3, 3], OK, false);
+            b.push(Step::ResetPinSharing, vec![0x80, 0xE3, 0, 0], OK, false);
             let f = &p.factory_management_key;
             let mut data = vec![f.algorithm.id(), key_ref::MANAGEMENT, f.bytes().len() as u8];
             data.extend_from_slice(f.bytes());
             b.push(
-                "restore management key",
+                Step::RestoreManagementKey,
                 apdu(keyward_card::apdu::CommandApdu::new(0x80, 0xE1, 0, 0).with_data(data)),
                 OK,
                 true,
             );
         }
         b.push(
-            "check factory PIN",
+            Step::CheckFactoryPin,
             apdu(piv::verify(key_ref::PIN, Some(FACTORY_PIN.as_bytes())).expect("6 digits")),
             OK,
             true,
@@ -413,19 +489,80 @@ impl Recycling {
     }
 }
 
+/// The sealed form of a recycle (as sessions sealed before the states were
+/// types carry it).
+#[derive(Serialize, Deserialize)]
+struct Sealed {
+    plan: RecyclePlan,
+    stage: SealedStage,
+    sent: Batch,
+    restarts: u8,
+}
+
+#[derive(Serialize, Deserialize)]
+enum SealedStage {
+    YubiKeyWipe { rounds: u8 },
+    Witness,
+    Wipe { challenge: Vec<u8> },
+    FidoPrompt,
+    FidoReset,
+}
+
+impl From<Sealed> for Recycling {
+    fn from(s: Sealed) -> Recycling {
+        let carry = Carry {
+            plan: s.plan,
+            sent: s.sent,
+            restarts: s.restarts,
+        };
+        match s.stage {
+            SealedStage::YubiKeyWipe { rounds } => {
+                Recycling::YubiKeyWipe(YubiKeyWipe { carry, rounds })
+            }
+            SealedStage::Witness => Recycling::Witness(AwaitWitness { carry }),
+            SealedStage::Wipe { challenge } => Recycling::Wipe(AwaitWipe { carry, challenge }),
+            SealedStage::FidoPrompt => Recycling::FidoPrompt(AwaitTouch { carry }),
+            SealedStage::FidoReset => Recycling::FidoReset(AwaitReset { carry }),
+        }
+    }
+}
+
+impl From<Recycling> for Sealed {
+    fn from(r: Recycling) -> Sealed {
+        let (carry, stage) = match r {
+            Recycling::YubiKeyWipe(s) => (s.carry, SealedStage::YubiKeyWipe { rounds: s.rounds }),
+            Recycling::Witness(s) => (s.carry, SealedStage::Witness),
+            Recycling::Wipe(s) => (
+                s.carry,
+                SealedStage::Wipe {
+                    challenge: s.challenge,
+                },
+            ),
+            Recycling::FidoPrompt(s) => (s.carry, SealedStage::FidoPrompt),
+            Recycling::FidoReset(s) => (s.carry, SealedStage::FidoReset),
+        };
+        Sealed {
+            plan: carry.plan,
+            stage,
+            sent: carry.sent,
+            restarts: carry.restarts,
+        }
+    }
+}
+
 fn witness_batch(plan: &RecyclePlan) -> Batch {
     let mut b = Batch::default();
     if plan.device_type == DeviceType::C4000 {
         b.push(
-            "identify device",
+            Step::IdentifyDevice,
             vec![0x80, 0xCA, 0x9F, 0x7F, 0x00],
             OK,
             false,
         );
     }
-    b.push("select PIV", apdu(piv::select_piv()), OK, false);
+    b.push(Step::SelectPiv, apdu(piv::select_piv()), OK, false);
     b.push(
-        "authenticate management key",
+        Step::AuthenticateManagementKey,
         apdu(piv::general_authenticate(
             plan.management_key.value.algorithm.id(),
             key_ref::MANAGEMENT,
@@ -442,15 +579,15 @@ fn witness_batch(plan: &RecyclePlan) -> Batch {
 /// also selects PIV and reads the serial and firmware.
 fn yubikey_wipe(identify: bool) -> Batch {
     let mut b = Batch::default();
-    b.push("select PIV", apdu(piv::select_piv()), OK, false);
+    b.push(Step::SelectPiv, apdu(piv::select_piv()), OK, false);
     if identify {
-        b.push("identify device", apdu(piv::yk_get_serial()), OK, false);
-        b.push("identify device", apdu(piv::yk_get_version()), OK, false);
+        b.push(Step::IdentifyDevice, apdu(piv::yk_get_serial()), OK, false);
+        b.push(Step::IdentifyDevice, apdu(piv::yk_get_version()), OK, false);
     }
     let wrong = wrong_tries();
     for _ in 0..BLOCK_TRIES {
         b.push(
-            "block PIN",
+            Step::BlockPin,
             apdu(piv::verify(key_ref::PIN, Some(&WRONG)).expect("8 bytes")),
             &wrong,
             false,
@@ -458,15 +595,15 @@ fn yubikey_wipe(identify: bool) -> Batch {
     }
     for _ in 0..BLOCK_TRIES {
         b.push(
-            "block PUK",
+            Step::BlockPuk,
             apdu(piv::reset_retry_counter(&WRONG, FACTORY_PIN.as_bytes()).expect("8 bytes")),
             &wrong,
             false,
         );
     }
-    b.push("reset PIV", apdu(piv::yk_reset()), OK, false);
+    b.push(Step::ResetPiv, apdu(piv::yk_reset()), OK, false);
     b.push(
-        "check factory PIN",
+        Step::CheckFactoryPin,
         apdu(piv::verify(key_ref::PIN, Some(FACTORY_PIN.as_bytes())).expect("6 digits")),
         OK,
         true,
@@ -483,16 +620,16 @@ fn identify_yubikey(plan: &RecyclePlan, responses: &[Response]) -> Result<(), Fa
     match serial {
         Some(s) if s == plan.serial => Ok(()),
         Some(s) => Err(Failure::new(
-            "device_mismatch",
-            "identify device",
+            FailureCode::DeviceMismatch,
+            Step::IdentifyDevice,
             format!(
                 "the device in the reader has serial {s}, not {}: was it swapped?",
                 plan.serial
             ),
         )),
         None => Err(Failure::new(
-            "bad_response",
-            "identify device",
+            FailureCode::BadResponse,
+            Step::IdentifyDevice,
             "the device did not return its serial number",
         )),
     }
@@ -506,16 +643,16 @@ fn identify_c4000(plan: &RecyclePlan, cplc: &[u8]) -> Result<(), Failure> {
     {
         Some(s) if s == plan.serial => Ok(()),
         Some(s) => Err(Failure::new(
-            "device_mismatch",
-            "identify device",
+            FailureCode::DeviceMismatch,
+            Step::IdentifyDevice,
             format!(
                 "the device in the reader has serial {s}, not {}: was it swapped?",
                 plan.serial
             ),
         )),
         None => Err(Failure::new(
-            "bad_response",
-            "identify device",
+            FailureCode::BadResponse,
+            Step::IdentifyDevice,
             "the device did not return its CPLC data",
         )),
     }
@@ -615,7 +752,7 @@ mod tests {
             )
             .err()
             .unwrap();
-        assert_eq!(f.code, "device_mismatch");
+        assert_eq!(f.code.as_str(), "device_mismatch");
     }
 
     #[test]
@@ -709,7 +846,7 @@ mod tests {
     #[test]
     fn a_declined_touch_fails_the_fido_reset() {
         let tdes = ManagementKey::factory_default(MgmtAlgorithm::Tdes);
-        let state = Recycling {
+        let carry = Carry {
             plan: RecyclePlan {
                 device_type: DeviceType::C4000,
                 serial: 1,
@@ -719,11 +856,10 @@ mod tests {
                 factory_management_key: tdes,
                 fido_reset: true,
             },
-            stage: Stage::Witness,
             sent: Batch::default(),
             restarts: 0,
         };
-        let Next::Batch(state, b) = state.piv_done().unwrap() else {
+        let Next::Batch(state, b) = carry.piv_done().unwrap() else {
             panic!("a prompt batch")
         };
         assert!(b.awaits_answers());
@@ -740,7 +876,7 @@ mod tests {
             .on_result(&[], &answers, &mut rand::rngs::OsRng)
             .err()
             .unwrap();
-        assert_eq!(f.code, "declined_by_person");
+        assert_eq!(f.code.as_str(), "declined_by_person");
         answers.insert("confirm_touch".to_string(), "true".to_string());
         let Next::Batch(_, b) = state
             .on_result(&[], &answers, &mut rand::rngs::OsRng)
@@ -750,5 +886,24 @@ mod tests {
         };
         assert_eq!(b.commands[0].bytes, vec![CTAP_RESET]);
         assert_eq!(b.prompts[0].kind, PromptKind::TouchDevice);
+    }
+
+    #[test]
+    fn a_recycle_seals_as_before_its_states_were_types() {
+        let tdes = ManagementKey::factory_default(MgmtAlgorithm::Tdes);
+        let (state, _) = Recycling::start(RecyclePlan {
+            device_type: DeviceType::C4000,
+            serial: 1,
+            firmware: None,
+            management_key: Known::sure(tdes.clone()),
+            puk: Known::sure(Secret::new(FACTORY_PUK)),
+            factory_management_key: tdes,
+            fido_reset: false,
+        });
+        let v = serde_json::to_value(&state).unwrap();
+        assert_eq!(v["stage"], "Witness", "{v}");
+        assert_eq!(v["restarts"], 0);
+        let back: Recycling = serde_json::from_value(v).unwrap();
+        assert!(matches!(back, Recycling::Witness(_)));
     }
 }

@@ -33,14 +33,18 @@
 
 use std::collections::BTreeMap;
 
-use keyward_domain::{DevicePolicy, DeviceType, FirmwareVersion, SessionStatus, User};
-use rand_core::CryptoRngCore;
+use keyward_domain::{
+    Device, DevicePolicy, DeviceType, DisplayMode, FirmwareVersion, SessionStatus, User,
+    ValidationError,
+};
+use rand_core::{CryptoRngCore, RngCore};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::batch::{Batch, Failure, Response};
 use crate::change_pin::{self, PinChange};
+use crate::failure::{FailureCode, Step};
 use crate::fido::{
     self, AwaitCredential, AwaitInfo, AwaitPin, AwaitToken, CreationRequest, FidoPlan,
     FidoRegistration, PinSource, Registration,
@@ -50,7 +54,9 @@ use crate::piv::{
     AwaitCertificates, AwaitKeys, AwaitWitness, AwaitWrites, Certified, GeneratedKey, PivIssuance,
     PivPlan, Secret,
 };
-use crate::plan::{factory_management_algorithm, FACTORY_PUK};
+use crate::plan::{
+    factory_management_algorithm, initial_pin, piv_plan, random_puk, PlanSecrets, FACTORY_PUK,
+};
 use crate::prompt::{Prompt, PromptKind};
 use crate::recycle::{self, RecyclePlan, Recycling};
 use crate::ManagementKey;
@@ -332,8 +338,73 @@ fn send(state: State, batch: Batch) -> Next {
     Next::To(state, Effect::Send(batch))
 }
 
+/// What Add Device asks of a new issuance (checked by the server before:
+/// the device is available, the policy fits it).
+pub struct NewIssuance<'a> {
+    pub policy: &'a DevicePolicy,
+    pub device: &'a Device,
+    pub user_login: &'a str,
+    /// "Device initial PIN display mode".
+    pub display_mode: DisplayMode,
+    /// "Change PIN during issuance".
+    pub change_pin_during_issuance: bool,
+    /// The PIN entered (Displayed, Disguised) and again (Disguised).
+    pub pin: Option<&'a str>,
+    pub confirm_pin: Option<&'a str>,
+    /// The master key per-device management keys are derived from.
+    pub master_key: &'a [u8],
+}
+
 impl DeviceSession {
     // ── Starting ─────────────────────────────────────────────────────────
+
+    /// Add Device: decides the plan (the PIN by display mode, a random PUK,
+    /// a CHUID valid five years from `now`), then the first batch. Not
+    /// Displayed: with "Change PIN during issuance" the person sets their
+    /// own PIN at the end (a prompt); without, the generated PIN is kept for
+    /// Get Initial PIN.
+    pub fn start_issue(
+        req: NewIssuance<'_>,
+        now: OffsetDateTime,
+        rng: &mut dyn RngCore,
+    ) -> Result<(DeviceSession, Batch), ValidationError> {
+        let pin = initial_pin(
+            req.display_mode,
+            &req.policy.pin_application,
+            req.pin,
+            req.confirm_pin,
+            rng,
+        )?;
+        let change_pin_at_end = pin.generated && req.change_pin_during_issuance;
+        let kept_pin = (pin.generated && !change_pin_at_end).then(|| pin.pin.clone());
+        let mut guid = [0u8; 16];
+        rng.fill_bytes(&mut guid);
+        let expiration = (now + time::Duration::days(5 * 365)).date();
+        let plan = piv_plan(
+            req.policy,
+            req.device,
+            PlanSecrets {
+                pin: pin.pin,
+                puk: random_puk(rng),
+                master_key: req.master_key,
+                chuid_guid: guid,
+                credential_number: rng.next_u32() % 1_000_000,
+                expiration: format!(
+                    "{:04}{:02}{:02}",
+                    expiration.year(),
+                    expiration.month() as u8,
+                    expiration.day()
+                ),
+            },
+        )?;
+        Ok(DeviceSession::issue(
+            plan,
+            req.user_login,
+            &req.policy.name,
+            kept_pin,
+            change_pin_at_end,
+        ))
+    }
 
     /// Issue: the PIV personalisation of `plan`, then the FIDO step if the
     /// policy has a FIDO application.
@@ -511,8 +582,8 @@ impl DeviceSession {
                 match unattested {
                     Some((slot, why)) if required => Next::Failed(
                         Failure::new(
-                            "attestation_failed",
-                            &format!("attest key {slot:02X}"),
+                            FailureCode::AttestationFailed,
+                            Step::AttestKey(slot),
                             format!("the device did not prove it generated the key: {why}"),
                         ),
                         None,
@@ -527,7 +598,7 @@ impl DeviceSession {
             // The person chose their PIN: the writes set it.
             (State::AwaitNewPin(mut keys, certified), Input::Relayed { answers, .. }) => {
                 match answers.get(PromptKind::SetNewPin.as_str()) {
-                    None => Next::Failed(no_answer(PromptKind::SetNewPin, "set new PIN"), None),
+                    None => Next::Failed(no_answer(PromptKind::SetNewPin, Step::SetNewPin), None),
                     Some(pin) => {
                         keys.set_final_pin(Secret::new(pin.as_str()));
                         self.writes(keys, certified, cx)
@@ -709,7 +780,7 @@ impl DeviceSession {
         if self.change_pin_at_end && keys.plan().final_pin.is_none() && !shares_pin {
             let prompt = Batch::prompts(vec![Prompt::new(
                 PromptKind::SetNewPin,
-                "set new PIN",
+                Step::SetNewPin,
                 "Choose the PIN of your device",
             )]);
             return send(State::AwaitNewPin(keys, certified), prompt);
@@ -828,7 +899,7 @@ impl DeviceSession {
                 {
                     return Ok(Next::Failed(
                         Failure::new(
-                            "declined_by_person",
+                            FailureCode::DeclinedByPerson,
                             fido::STEP_REGISTER,
                             "the person declined the passkey registration",
                         ),
@@ -1003,7 +1074,7 @@ impl DeviceSession {
             status,
             step: failure
                 .as_ref()
-                .map(|f| f.step.clone())
+                .map(|f| f.step.to_string())
                 .unwrap_or_else(|| "done".into()),
             failure,
             device,
@@ -1066,9 +1137,9 @@ fn certify(keys: AwaitCertificates) -> Next {
     }
 }
 
-fn no_answer(kind: PromptKind, step: &str) -> Failure {
+fn no_answer(kind: PromptKind, step: Step) -> Failure {
     Failure::new(
-        "answer_required",
+        FailureCode::AnswerRequired,
         step,
         format!("the prompt {} needs an answer", kind.as_str()),
     )
@@ -1080,17 +1151,10 @@ fn no_answer(kind: PromptKind, step: &str) -> Failure {
 /// `incomplete_batch`. (`card_reset`: another program reset the card between
 /// the session's batches; its security state is gone, Retry starts over.)
 pub fn with_transport_cause(mut f: Failure, transport_error: Option<&str>) -> Failure {
-    const CAUSES: [&str; 5] = [
-        "device_removed",
-        "card_reset",
-        "reader_gone",
-        "timeout",
-        "sharing_violation",
-    ];
-    if let Some(cause) = transport_error.filter(|c| CAUSES.contains(c)) {
-        if f.code == "incomplete_batch" {
+    if let Some(cause) = transport_error.and_then(FailureCode::transport_cause) {
+        if f.code == FailureCode::IncompleteBatch {
             f.message = format!("{} ({cause})", f.message);
-            f.code = cause.to_string();
+            f.code = cause;
         }
     }
     f

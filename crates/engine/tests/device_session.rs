@@ -16,8 +16,8 @@ use keyward_engine::fido::CreationRequest;
 use keyward_engine::plan::{initial_pin, piv_plan, PlanSecrets};
 use keyward_engine::session::Answers;
 use keyward_engine::{
-    Batch, Channel, Context, DeviceMove, DeviceSession, Effect, Ending, Input, Prompt, PromptKind,
-    Refusal, RegisteredMethod, Response,
+    Batch, Channel, Context, DeviceMove, DeviceSession, Effect, Ending, FailureCode, Input, Prompt,
+    PromptKind, Refusal, RegisteredMethod, Response, Step,
 };
 use keyward_pki::{CertificateAuthority, EmbeddedCa, LeafRequest};
 use keyward_vcard::config::{ProfileKind, VcardConfig};
@@ -318,6 +318,17 @@ fn answers(pairs: &'static [(PromptKind, &'static str)]) -> impl Fn(&Prompt) -> 
     }
 }
 
+/// Shared PIN, Not Displayed, with Change PIN: the person confirms, types
+/// the PIN shown back and chooses their own.
+fn shown_pin_typed_back(p: &Prompt) -> Option<String> {
+    match p.kind {
+        PromptKind::ConfirmTouch => Some("true".into()),
+        PromptKind::SetNewPin => Some("86420975".into()),
+        PromptKind::ShowInitialPin => p.value.as_ref().map(|v| v.expose().to_string()),
+        _ => None,
+    }
+}
+
 fn none(_: &Prompt) -> Option<String> {
     None
 }
@@ -418,10 +429,10 @@ fn an_unattested_key_under_required_attestation_fails_before_anything_is_certifi
     };
     let f = end.failure.unwrap();
     assert_eq!(
-        (f.code.as_str(), f.step.as_str(), end.status, end.device),
+        (f.code, f.step, end.status, end.device),
         (
-            "attestation_failed",
-            "attest key 9A",
+            FailureCode::AttestationFailed,
+            Step::AttestKey(0x9A),
             SessionStatus::Failed,
             DeviceMove::Failed
         )
@@ -535,17 +546,7 @@ fn not_displayed_with_change_and_a_shared_pin_changes_it_after_the_registration(
     let (mut s, batch) = b.issue(None, true);
     // The registration shows the initial PIN; the person types it back,
     // then chooses their own, which one last batch sets.
-    let end = b.run(
-        &mut s,
-        batch,
-        &|p| match p.kind {
-            PromptKind::ConfirmTouch => Some("true".into()),
-            PromptKind::SetNewPin => Some("86420975".into()),
-            PromptKind::ShowInitialPin => p.value.as_ref().map(|v| v.expose().to_string()),
-            _ => None,
-        },
-        None,
-    );
+    let end = b.run(&mut s, batch, &shown_pin_typed_back, None);
     let mut want = strings(&C4000_PIV);
     want.extend(strings(&[
         "send FIDO: PIN",
@@ -569,8 +570,12 @@ fn a_device_removed_in_the_writes_fails_the_attempt_and_retry_finishes_it() {
     let end = b.run(&mut s, batch, &none, Some("write certificate 9A"));
     let f = end.failure.clone().unwrap();
     assert_eq!(
-        (f.code.as_str(), end.status, end.device),
-        ("device_removed", SessionStatus::Failed, DeviceMove::Failed)
+        (f.code, end.status, end.device),
+        (
+            FailureCode::DeviceRemoved,
+            SessionStatus::Failed,
+            DeviceMove::Failed
+        )
     );
     assert!(end.revoked, "the attempt's certificates are revoked");
     assert_eq!(end.certificates.len(), 1);
@@ -604,7 +609,7 @@ fn cancel_after_a_failure_ends_the_session_for_good() {
         None,
     );
     let f = end.failure.unwrap();
-    assert_eq!(f.code, "declined_by_person");
+    assert_eq!(f.code, FailureCode::DeclinedByPerson);
     assert!(end.revoked && end.certificates.len() == 1);
     let (certificates, passkey) = s.cancel();
     assert!(certificates.is_empty() && passkey.is_none());
@@ -642,7 +647,7 @@ fn change_pin_takes_the_current_and_the_new_pin_and_counts_wrong_tries() {
     let end = b.run(&mut c, batch, &wrong, None);
     assert_eq!(end.status, SessionStatus::PinChangeFailed);
     assert_eq!(end.tries_left, Some(2));
-    assert_eq!(end.failure.unwrap().code, "wrong_pin");
+    assert_eq!(end.failure.unwrap().code, FailureCode::WrongPin);
 
     let (mut c, batch) = DeviceSession::change_pin(&s);
     let right = answers(&[
@@ -673,7 +678,11 @@ fn an_input_the_state_does_not_take_is_refused_and_changes_nothing() {
         now: NOW,
         rng: &mut b.rng,
     };
-    let early = Input::Certified(Err(keyward_engine::Failure::new("x", "y", "z")));
+    let early = Input::Certified(Err(keyward_engine::Failure::new(
+        FailureCode::Internal,
+        Step::CertifyKeys,
+        "early",
+    )));
     assert!(matches!(
         s.step(early, &mut cx),
         Err(Refusal::OutOfOrder(_))
@@ -725,21 +734,11 @@ fn a_failure_after_the_registration_deletes_the_passkey_again() {
     let mut b = Bench::new(ProfileKind::C4000, Some(true));
     let (mut s, batch) = b.issue(None, true);
     // The device leaves during the PIN change that follows the registration.
-    let end = b.run(
-        &mut s,
-        batch,
-        &|p| match p.kind {
-            PromptKind::ConfirmTouch => Some("true".into()),
-            PromptKind::SetNewPin => Some("86420975".into()),
-            PromptKind::ShowInitialPin => p.value.as_ref().map(|v| v.expose().to_string()),
-            _ => None,
-        },
-        Some("set new PIN"),
-    );
+    let end = b.run(&mut s, batch, &shown_pin_typed_back, Some("set new PIN"));
     let f = end.failure.unwrap();
     assert_eq!(
-        (f.code.as_str(), end.status, end.revoked),
-        ("device_removed", SessionStatus::Failed, true)
+        (f.code, end.status, end.revoked),
+        (FailureCode::DeviceRemoved, SessionStatus::Failed, true)
     );
     assert_eq!(
         end.passkey.map(|p| p.graph_id),

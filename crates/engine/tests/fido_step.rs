@@ -362,7 +362,7 @@ fn shared_pins_on_a_c4000() {
         )
         .err()
         .unwrap();
-    assert_eq!(wrong.code, "initial_pin_mismatch");
+    assert_eq!(wrong.code.as_str(), "initial_pin_mismatch");
     assert!(!format!("{wrong:?}").contains("24681357"));
     let mut o = options();
     o.user_id = b"bob".to_vec();
@@ -393,7 +393,7 @@ fn refusals_and_declines() {
         )
         .err()
         .unwrap();
-    assert_eq!(e.code, "fido_device_unfit");
+    assert_eq!(e.code.as_str(), "fido_device_unfit");
 
     // A new PIN below the device's minimum or over 63 bytes, or against the
     // policy: refused before any command.
@@ -423,7 +423,7 @@ fn refusals_and_declines() {
             )
             .err()
             .unwrap();
-        assert_eq!(e.code, "pin_rules", "{bad}");
+        assert_eq!(e.code.as_str(), "pin_rules", "{bad}");
         assert_eq!(e.step, STEP_PIN);
     }
     // The person declines in the client.
@@ -439,7 +439,7 @@ fn refusals_and_declines() {
         )
         .err()
         .unwrap();
-    assert_eq!(e.code, "declined_by_person");
+    assert_eq!(e.code.as_str(), "declined_by_person");
 
     // A USB key whose touch is declined, cancelled by the workstation, or
     // times out.
@@ -466,7 +466,7 @@ fn refusals_and_declines() {
         )
         .err()
         .unwrap();
-        assert_eq!(e.code, code);
+        assert_eq!(e.code.as_str(), code);
         assert!(auth.state().credentials.is_empty());
     }
 
@@ -493,7 +493,7 @@ fn refusals_and_declines() {
     )
     .err()
     .unwrap();
-    assert_eq!(e.code, "fido_pin_wrong");
+    assert_eq!(e.code.as_str(), "fido_pin_wrong");
     assert_eq!(e.sw, Some(StatusCode::ERR_PIN_INVALID.0 as u16));
 }
 

@@ -309,7 +309,7 @@ fn a_swapped_device_and_a_wrong_factory_pin_stop_with_clear_failures() {
         .on_responses(&relay(&mut card, &batch), &mut rand::rngs::OsRng)
         .unwrap_err();
     assert_eq!(
-        (f.code.as_str(), f.step.as_str()),
+        (f.code.as_str(), f.step.to_string().as_str()),
         ("device_mismatch", "identify device")
     );
 
@@ -320,7 +320,7 @@ fn a_swapped_device_and_a_wrong_factory_pin_stop_with_clear_failures() {
     let f = state
         .on_responses(&relay(&mut card, &batch), &mut rand::rngs::OsRng)
         .unwrap_err();
-    assert_eq!(f.code, "device_mismatch");
+    assert_eq!(f.code.as_str(), "device_mismatch");
     assert!(f.message.contains("firmware 5.7.1"), "{}", f.message);
 
     let (state, batch) = PivIssuance::start(plan(5, "999999"));
@@ -329,7 +329,7 @@ fn a_swapped_device_and_a_wrong_factory_pin_stop_with_clear_failures() {
         .unwrap();
     let f = state.on_responses(&relay(&mut card, &batch)).unwrap_err();
     assert_eq!(
-        (f.code.as_str(), f.step.as_str(), f.sw),
+        (f.code.as_str(), f.step.to_string().as_str(), f.sw),
         ("unexpected_status", "verify PIN", Some(0x63C2))
     );
     assert!(

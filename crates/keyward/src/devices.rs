@@ -3,12 +3,12 @@
 //! with `--hid-socket`), identified, and with `--server` their inventory
 //! state. The work is in keyward-transport (discovery and identification).
 
-use anyhow::{anyhow, Context};
+use crate::api::ApiClient;
+use anyhow::anyhow;
 use clap::Args;
 use keyward_transport::discover::{discover, DiscoveryOptions};
 use keyward_transport::identify::DeviceEntry;
 use serde::Serialize;
-use serde_json::Value;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -71,33 +71,12 @@ impl DeviceRow {
 
 /// `GET /api/v1/devices/{serial}`: the state, or `None` when the server
 /// does not know the device.
-fn inventory_state(
-    http: &reqwest::blocking::Client,
-    server: &str,
-    token: &str,
-    serial: &str,
-) -> anyhow::Result<Option<String>> {
-    let url = format!("{}/api/v1/devices/{serial}", server.trim_end_matches('/'));
-    let resp = http
-        .get(&url)
-        .bearer_auth(token)
-        .send()
-        .with_context(|| format!("cannot reach the Keyward server at {server}"))?;
-    let status = resp.status();
-    if status == reqwest::StatusCode::NOT_FOUND {
-        return Ok(None);
+fn inventory_state(client: &ApiClient, serial: &str) -> anyhow::Result<Option<String>> {
+    match client.device(serial)? {
+        Ok(d) => Ok(Some(d.device.state.to_string())),
+        Err(e) if e.status == 404 => Ok(None),
+        Err(e) => Err(anyhow!("the server answered for device {serial}: {e}")),
     }
-    let body: Value = resp.json().unwrap_or(Value::Null);
-    if !status.is_success() {
-        let message = body["error"]["message"]
-            .as_str()
-            .unwrap_or("request failed");
-        return Err(anyhow!(
-            "the server answered {} for device {serial}: {message}",
-            status.as_u16()
-        ));
-    }
-    Ok(body["state"].as_str().map(str::to_string))
 }
 
 pub fn run(args: DevicesArgs) -> anyhow::Result<ExitCode> {
@@ -118,12 +97,10 @@ pub fn run(args: DevicesArgs) -> anyhow::Result<ExitCode> {
             .ok_or_else(|| {
                 anyhow!("--server needs an API token: pass --token or set KEYWARD_TOKEN")
             })?;
-        let http = reqwest::blocking::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()?;
+        let client = ApiClient::new(server, Some(token), std::time::Duration::from_secs(30))?;
         for row in rows.iter_mut() {
             if let Some(serial) = &row.serial {
-                row.state = inventory_state(&http, server, token, serial)?;
+                row.state = inventory_state(&client, serial)?;
             }
         }
     }

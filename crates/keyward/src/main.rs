@@ -3,10 +3,12 @@
 
 mod admin;
 mod agent;
+mod api;
 mod demo;
 mod devices;
 mod issue;
 mod recycle;
+mod relaying;
 mod serve;
 
 use std::process::ExitCode;

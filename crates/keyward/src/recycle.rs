@@ -11,14 +11,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::bail;
+use std::time::Duration;
+
 use clap::Args;
+use keyward_proto::RecycleRequest;
 use serde_json::json;
 
-use crate::issue::{
-    choose_reader, drive_with_fido, failure_exit, fido_hid, read_answers, server_error, Answers,
-    Counters, IssueArgs, Relay, EXIT_REFUSED,
-};
+use crate::api::ApiClient;
+use crate::issue::{choose_reader, fido_hid, IssueArgs};
+use crate::relaying::{drive, error_line, failure_exit, follow, read_answers, Answers, Counters};
 
 #[derive(Args, Debug, Clone)]
 pub struct RecycleArgs {
@@ -53,7 +54,7 @@ pub struct RecycleArgs {
 
 pub fn run(args: RecycleArgs) -> anyhow::Result<ExitCode> {
     let total = Instant::now();
-    let relay = Relay::new(&args.server, &args.token)?;
+    let client = ApiClient::with_token(&args.server, &args.token, Duration::from_secs(120))?;
     let answers = Answers::new(read_answers(&args.answers)?);
     let local = choose_reader(&IssueArgs {
         server: args.server.clone(),
@@ -71,41 +72,20 @@ pub fn run(args: RecycleArgs) -> anyhow::Result<ExitCode> {
     });
     // Not connected here: a device a paired workstation agent reports is
     // recycled through that agent (this client answers the prompts).
-    let (reader, serial, body) = match local {
-        Ok((reader, serial)) => (Some(reader), serial, json!({})),
+    let (reader, serial, request) = match local {
+        Ok((reader, serial)) => (Some(reader), serial, RecycleRequest::default()),
         Err(local) => {
-            let Some(d) = crate::agent::via_agent::agent_devices(&args.server, &args.token)?
-                .into_iter()
-                .find(|d| d.serial == args.serial)
-            else {
+            let Some(d) = crate::agent::via_agent::agent_device(&client, &args.serial)? else {
                 return Err(local);
             };
-            (None, d.serial, json!({ "via": d.agent_id }))
+            let via = Some(d.agent_id);
+            (None, d.device.serial, RecycleRequest { via })
         }
     };
-    let (status, batch) = relay.post(&format!("/devices/{serial}/recycle"), &body)?;
-    match status {
-        201 => {}
-        401 | 403 => bail!("the server refused the token: {}", server_error(&batch)),
-        400 | 404 | 409 => {
-            if args.json {
-                println!(
-                    "{}",
-                    json!({ "serial": serial, "state": "refused", "error": batch["error"] })
-                );
-            } else {
-                eprintln!(
-                    "refused before the device was touched: {}",
-                    server_error(&batch)
-                );
-            }
-            return Ok(ExitCode::from(EXIT_REFUSED));
-        }
-        _ => bail!(
-            "the server answered HTTP {status}: {}",
-            server_error(&batch)
-        ),
-    }
+    let batch = match client.recycle(&serial, &request)? {
+        Ok(batch) => batch,
+        Err(e) => return crate::issue::refused(e, &serial, args.json),
+    };
     let (id, counters) = match &reader {
         Some(reader) => {
             if !args.json {
@@ -113,83 +93,43 @@ pub fn run(args: RecycleArgs) -> anyhow::Result<ExitCode> {
             }
             // A FIDO reset of a USB YubiKey goes over CTAPHID; others over ISO 7816.
             let fido = fido_hid(&serial, &args.hid_sockets);
-            drive_with_fido(&relay, reader, fido, batch, &answers, args.json)?
+            drive(&client, reader, fido, batch, &answers, args.json)?
         }
         None => {
             if !args.json {
                 eprintln!("recycling device {serial} through its workstation agent");
             }
-            follow(&relay, &batch, &answers, args.json)?
+            let id = batch.session_id;
+            follow(&client, &id, &answers, args.json)?;
+            (id, Counters::default())
         }
     };
-    let session = relay.get(&format!("/issuance/{id}"))?;
-    let device = relay.get(&format!("/devices/{serial}"))?;
-    let state = device["state"].as_str().unwrap_or("unknown").to_string();
-    let recycled = session["status"] == "recycled" && state == "available";
-    let report = json!({
-        "session_id": id,
-        "serial": serial,
-        "state": state,
-        "reason": device["reason"],
-        "session_state": session["status"],
-        "error": session["error"],
-        "counters": counters.json(total),
-    });
+    let session = client.session(&id)??;
+    let device = client.device(&serial)??;
+    let recycled = session.status == keyward_domain::SessionStatus::Recycled
+        && device.device.state == keyward_domain::DeviceState::Available;
     if args.json {
+        let report = json!({
+            "session_id": id,
+            "serial": serial,
+            "state": device.device.state,
+            "reason": device.device.reason,
+            "session_state": session.status,
+            "error": session.error,
+            "counters": counters.json(total),
+        });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if recycled {
         eprintln!("recycled: device {serial} is available");
     } else {
-        let e = &session["error"];
         eprintln!(
-            "recycle failed at '{}': {} [{}]; the device can be recycled again",
-            e["step"].as_str().unwrap_or(""),
-            e["message"].as_str().unwrap_or(""),
-            e["code"].as_str().unwrap_or("")
+            "recycle failed at {}; the device can be recycled again",
+            error_line(session.error.as_ref())
         );
     }
     Ok(if recycled {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(failure_exit(&session["error"]))
+        ExitCode::from(failure_exit(session.error.as_ref()))
     })
-}
-
-/// Follows a recycle relayed by a workstation agent: progress, the prompts
-/// (answered here), the end.
-fn follow(
-    relay: &Relay,
-    first: &serde_json::Value,
-    answers: &Answers,
-    json_out: bool,
-) -> anyhow::Result<(String, Counters)> {
-    let id = first["session_id"].as_str().unwrap_or_default().to_string();
-    let deadline = Instant::now() + std::time::Duration::from_secs(600);
-    let mut answered = None;
-    let mut last_step = String::new();
-    loop {
-        let s = relay.get(&format!("/issuance/{id}"))?;
-        let step = s["step"].as_str().unwrap_or_default().to_string();
-        if !json_out && step != last_step {
-            eprintln!("  {step}");
-            last_step = step;
-        }
-        if s["status"] != "running" {
-            return Ok((id, Counters::default()));
-        }
-        let prompts = s["prompts"].as_array().cloned().unwrap_or_default();
-        if !prompts.is_empty() && answered != s["seq"].as_i64() {
-            let given = answers.answer(&prompts)?;
-            let result = json!({ "protocol": 1, "session_id": id, "seq": s["seq"], "responses": [], "answers": given });
-            let (status, v) = relay.post(&format!("/issuance/{id}/relay"), &result)?;
-            if status != 200 {
-                bail!("the server refused the answers: {}", server_error(&v));
-            }
-            answered = s["seq"].as_i64();
-        }
-        if Instant::now() > deadline {
-            bail!("session {id} did not end within 10 minutes");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
 }

@@ -4,6 +4,12 @@
 //! envelopes around them. Every request body rejects unknown fields.
 
 pub mod agent;
+pub mod issuance;
+pub mod views;
+
+pub use issuance::{
+    Assigned, CredentialView, RecycleRequest, SessionError, SessionView, StartIssuance,
+};
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -207,25 +213,6 @@ pub struct PasskeyServiceCreate {
     /// (default: by UPN).
     #[serde(default)]
     pub user_id_attribute: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct PasskeyServiceView {
-    pub id: String,
-    pub name: String,
-    pub tenant_id: String,
-    pub client_id: String,
-    pub authority_url: String,
-    pub graph_url: String,
-    pub scope: String,
-    /// A client secret is stored (its value is never returned).
-    pub has_client_secret: bool,
-    /// `secret` or `certificate`.
-    #[serde(default)]
-    pub credential_kind: Option<String>,
-    /// The certificate credential's SHA-256 thumbprint (hex).
-    #[serde(default)]
-    pub certificate_thumbprint_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

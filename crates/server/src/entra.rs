@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use keyward_domain::{PasskeyService, User};
 use keyward_engine::fido::{self, CreationRequest, Registration};
-use keyward_engine::{Failure, PasskeyRecord, RegisteredMethod};
+use keyward_engine::{Failure, FailureCode, PasskeyRecord, RegisteredMethod, Step};
 use keyward_graph::{GraphClient, GraphConfig, GraphError, NewFido2Method};
 use keyward_store::Credential;
 use uuid::Uuid;
@@ -113,8 +113,10 @@ async fn graph_client_and_service(
     Ok((client, service))
 }
 
-fn graph_failure(step: &str, e: &GraphError) -> Failure {
-    Failure::new(e.code(), step, e.to_string())
+/// A Graph error ends the attempt with its code (`graph_throttled`, …).
+fn graph_failure(step: Step, e: &GraphError) -> Failure {
+    let code = e.code().parse().unwrap_or(FailureCode::GraphError);
+    Failure::new(code, step, e.to_string())
 }
 
 /// The creationOptions for the session's user, as the service matches
@@ -129,7 +131,7 @@ pub(crate) async fn creation_options(
     let (graph, service) = graph_client_and_service(state, service_id).await?;
     let Some(entra_user) = service.entra_user(user) else {
         return Ok(Err(Failure::new(
-            "entra_user_unknown",
+            FailureCode::EntraUserUnknown,
             fido::STEP_REGISTER,
             format!(
                 "user {} has no value for the attribute {} that holds their Entra object ID",
@@ -193,7 +195,7 @@ fn creation_request(o: &keyward_graph::CreationOptions) -> Result<CreationReques
     let pk = &o.public_key;
     let bad = |what: &str| {
         Failure::new(
-            "graph_bad_answer",
+            FailureCode::GraphBadAnswer,
             fido::STEP_REGISTER,
             format!("creationOptions: {what} is not base64url"),
         )

@@ -9,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 use keyward_domain::{Device, Serial};
 use keyward_engine::piv::Secret;
+use keyward_proto::views::{InitialPin, MyDevice};
 use keyward_store::DeviceFilter;
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
@@ -70,17 +71,6 @@ pub async fn keep(
         .map_err(|e| store_error("keeping the initial PIN", e))
 }
 
-/// One of my devices, as the User Portal shows it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct MyDevice {
-    pub serial: String,
-    pub device_type: String,
-    pub state: String,
-    pub state_label: String,
-    /// Get Initial PIN can reveal this device's initial PIN (once).
-    pub initial_pin_available: bool,
-}
-
 fn user_of(caller: &Caller) -> ApiResult<Uuid> {
     caller
         .user_id
@@ -131,13 +121,6 @@ async fn my_devices(
 fn open(state: &AppState, device: Uuid, sealed: &[u8]) -> Option<Kept> {
     let plain = Zeroizing::new(state.sealer.open(&secret_name(device), sealed).ok()?);
     serde_json::from_slice(&plain).ok()
-}
-
-/// The revealed PIN: shown once.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct InitialPin {
-    pub serial: String,
-    pub pin: String,
 }
 
 /// Get Initial PIN: reveals the initial PIN of one of my devices, once. The

@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod api;
 pub mod app;
+pub mod attestation;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;

@@ -19,7 +19,13 @@ use keyward_store::Store;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
+use keyward_domain::{DevicePolicy, User};
+use keyward_engine::piv::{Certified, GeneratedKey};
+use keyward_engine::{Failure, FailureCode, Step};
+use keyward_pki::{CertificateAuthority, LeafRequest};
+
 use crate::app::AppState;
+use crate::error::{ApiError, ApiResult};
 use crate::secrets::Sealed;
 
 /// The store secret holding the sealed CA material.
@@ -210,4 +216,50 @@ async fn crl_file(State(state): State<AppState>, Path(file): Path<String>) -> Re
         Ok(der) => ([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response(),
         Err(e) => crate::error::ApiError::internal("signing the CRL", e).into_response(),
     }
+}
+
+/// The CA's certificate for each key (its PKI application's template) and
+/// its signature of the CHUID. A template the user cannot fill fails the
+/// attempt; a CA that cannot sign is the server's error.
+pub fn certify_keys(
+    state: &AppState,
+    policy: &DevicePolicy,
+    user: &User,
+    keys: &[GeneratedKey],
+    chuid_to_sign: &[u8],
+) -> ApiResult<Result<Certified, Failure>> {
+    let now = time::OffsetDateTime::now_utc();
+    let mut certificates = Vec::new();
+    for k in keys {
+        let app = policy
+            .pki_applications
+            .iter()
+            .find(|a| keyward_engine::plan::piv_slot(a.slot) == k.slot)
+            .ok_or_else(|| ApiError::internal("certifying", "no PKI application for the slot"))?;
+        let req = match LeafRequest::from_template(app, user, None, &k.spki_der) {
+            Ok(r) => r,
+            Err(e) => {
+                return Ok(Err(Failure::new(
+                    FailureCode::CertificateTemplate,
+                    Step::CertifyKeys,
+                    e.to_string(),
+                )))
+            }
+        };
+        let issued = state
+            .pki
+            .ca
+            .issue(&req, now)
+            .map_err(|e| ApiError::internal("issuing a certificate", e))?;
+        certificates.push((k.slot, issued.der));
+    }
+    let chuid_signature = state
+        .pki
+        .ca
+        .sign_chuid(chuid_to_sign)
+        .map_err(|e| ApiError::internal("signing the CHUID", e))?;
+    Ok(Ok(Certified {
+        certificates,
+        chuid_signature,
+    }))
 }

@@ -8,10 +8,10 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use serde_json::json;
 
-use super::client::{enc, ApiClient};
 use super::output::{print_list, print_object};
+use crate::api::{enc, ApiClient, NoBody};
+use keyward_proto::agent::{AgentView, ApproveRequest};
 
 #[derive(Subcommand, Debug)]
 pub enum AgentCommand {
@@ -33,19 +33,15 @@ pub enum AgentCommand {
 pub fn run(c: &ApiClient, json_out: bool, cmd: AgentCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         AgentCommand::Approve { code, account } => {
-            let mut body = json!({ "code": code });
-            if let Some(a) = account {
-                body["account"] = json!(a);
-            }
-            let v = c.post("/agents/approve", body)?;
+            let v: AgentView = c.post("/agents/approve", &ApproveRequest { code, account })?;
             if json_out {
-                print_object(true, &v);
+                print_object(true, &serde_json::to_value(&v)?);
             } else {
                 println!(
                     "approved agent {} ({}), paired to {}",
-                    v["name"].as_str().unwrap_or(""),
-                    v["id"].as_str().unwrap_or(""),
-                    v["owner"].as_str().unwrap_or("")
+                    v.name,
+                    v.id,
+                    v.owner.as_deref().unwrap_or("")
                 );
             }
         }
@@ -62,7 +58,8 @@ pub fn run(c: &ApiClient, json_out: bool, cmd: AgentCommand) -> anyhow::Result<E
             ],
         ),
         AgentCommand::Revoke { id } => {
-            let v = c.post(&format!("/agents/{}/revoke", enc(&id)), json!({}))?;
+            let v: serde_json::Value =
+                c.post(&format!("/agents/{}/revoke", enc(&id)), &NoBody {})?;
             if json_out {
                 print_object(true, &v);
             } else {

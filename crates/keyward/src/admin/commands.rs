@@ -8,8 +8,12 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use super::client::{enc, ApiClient, RequestBody};
 use super::output::{print_list, print_object};
+use crate::api::{enc, ApiClient, Body};
+use keyward_proto::views::DeviceDetails;
+use keyward_proto::{
+    AuditVerifyReport, ImportReport, OperatorCreated, Page, PasskeyServiceTestReport, TokenCreated,
+};
 
 #[derive(Subcommand, Debug)]
 pub enum UserCommand {
@@ -228,15 +232,16 @@ fn user(c: &ApiClient, json: bool, cmd: UserCommand) -> anyhow::Result<ExitCode>
                     .with_context(|| format!("--attr {a}: expected NAME=VALUE"))?;
                 attrs.insert(k.to_string(), Value::String(v.to_string()));
             }
-            let mut body =
-                json!({ "login": login, "display_name": display_name, "attributes": attrs });
-            if let Some(u) = upn {
-                body["upn"] = json!(u);
+            let mut body = serde_json::Map::new();
+            body.insert("login".into(), json!(login));
+            body.insert("display_name".into(), json!(display_name));
+            body.insert("attributes".into(), Value::Object(attrs));
+            for (k, v) in [("upn", upn), ("email", email)] {
+                if let Some(v) = v {
+                    body.insert(k.into(), json!(v));
+                }
             }
-            if let Some(e) = email {
-                body["email"] = json!(e);
-            }
-            print_object(json, &c.post("/users", body)?);
+            print_object(json, &c.post("/users", &body)?);
         }
         UserCommand::Import { file, partial } => {
             import_csv(c, json, "/users/import", &file, partial)?
@@ -253,10 +258,10 @@ fn user(c: &ApiClient, json: bool, cmd: UserCommand) -> anyhow::Result<ExitCode>
             if let Some(a) = after {
                 q.push_str(&format!("&after={}", enc(&a)));
             }
-            let page = c.get(&q)?;
-            print_list(json, &page, USER_COLUMNS);
+            let page: Page<Value> = c.get(&q)?;
+            print_list(json, &serde_json::to_value(&page)?, USER_COLUMNS);
             if !json {
-                if let Some(next) = page["next"].as_str() {
+                if let Some(next) = &page.next {
                     eprintln!("more: --after {next}");
                 }
             }
@@ -267,7 +272,7 @@ fn user(c: &ApiClient, json: bool, cmd: UserCommand) -> anyhow::Result<ExitCode>
         UserCommand::EnrollmentCode { login } => {
             let v = c.post(
                 &format!("/users/{}/enrollment-code", enc(&login)),
-                json!({}),
+                &json!({}),
             )?;
             print_object(json, &v);
         }
@@ -295,21 +300,15 @@ fn import_csv(
     } else {
         path.to_string()
     };
-    let report = c.send(reqwest::Method::POST, &q, Some(RequestBody::Csv(text)))?;
+    let report: ImportReport = c.call(reqwest::Method::POST, &q, Body::<()>::Csv(text))??;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
-            "imported {} row(s)",
-            report["imported"].as_u64().unwrap_or(0)
-        );
-        for r in report["rejected"].as_array().into_iter().flatten() {
+        println!("imported {} row(s)", report.imported);
+        for r in &report.rejected {
             println!(
                 "rejected row {}: {} [{}] {}",
-                r["row"],
-                r["field"].as_str().unwrap_or(""),
-                r["code"].as_str().unwrap_or(""),
-                r["message"].as_str().unwrap_or("")
+                r.row, r.field, r.code, r.message
             );
         }
     }
@@ -321,20 +320,14 @@ fn operator(c: &ApiClient, json: bool, cmd: OperatorCommand) -> anyhow::Result<E
         OperatorCommand::Add { login, role, user } => {
             let v = c.post(
                 "/operators",
-                json!({ "login": login, "role": role, "user_login": user }),
+                &json!({ "login": login, "role": role, "user_login": user }),
             )?;
+            let v: OperatorCreated = v;
             if json {
-                print_object(true, &v);
+                print_object(true, &serde_json::to_value(&v)?);
             } else {
-                println!(
-                    "created {} ({})",
-                    v["operator"]["login"].as_str().unwrap_or(""),
-                    v["operator"]["role"].as_str().unwrap_or("")
-                );
-                println!(
-                    "one-time password: {}",
-                    v["one_time_password"].as_str().unwrap_or("")
-                );
+                println!("created {} ({})", v.operator.login, v.operator.role);
+                println!("one-time password: {}", v.one_time_password);
                 println!("(shown once; it must be changed at first sign-in)");
             }
         }
@@ -377,11 +370,15 @@ fn device(c: &ApiClient, json: bool, cmd: DeviceCommand) -> anyhow::Result<ExitC
             print_list(json, &c.get(&q)?, DEVICE_COLUMNS);
         }
         DeviceCommand::Show { serial } => {
-            let v = c.get(&format!("/devices/{}", enc(&serial)))?;
+            let v: DeviceDetails = c.get(&format!("/devices/{}", enc(&serial)))?;
             if json {
-                print_object(true, &v);
+                print_object(true, &serde_json::to_value(&v)?);
             } else {
-                let mut shown = v.clone();
+                let shown = DeviceDetails {
+                    history: Vec::new(),
+                    ..v.clone()
+                };
+                let mut shown = serde_json::to_value(&shown)?;
                 if let Some(o) = shown.as_object_mut() {
                     o.remove("history");
                 }
@@ -389,7 +386,7 @@ fn device(c: &ApiClient, json: bool, cmd: DeviceCommand) -> anyhow::Result<ExitC
                 println!();
                 print_list(
                     false,
-                    &v["history"],
+                    &serde_json::to_value(&v.history)?,
                     &[
                         ("at", "AT"),
                         ("actor", "BY"),
@@ -445,8 +442,8 @@ fn policy(c: &ApiClient, json: bool, cmd: PolicyCommand) -> anyhow::Result<ExitC
     match cmd {
         PolicyCommand::Import { file } => {
             let policies = read_policies(&file)?;
-            let services = c.get("/passkey-services")?;
-            let existing = c.get("/policies")?;
+            let services: Vec<keyward_domain::PasskeyServiceView> = c.get("/passkey-services")?;
+            let existing: Vec<keyward_domain::DevicePolicy> = c.get("/policies")?;
             for mut p in policies {
                 // A policy file may name its Passkey-Enabled Service instead of giving its id.
                 if let Some(fido) = p.get_mut("fido_application").and_then(Value::as_object_mut) {
@@ -457,11 +454,9 @@ fn policy(c: &ApiClient, json: bool, cmd: PolicyCommand) -> anyhow::Result<ExitC
                             .unwrap_or("")
                             .to_string();
                         let id = services
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .find(|s| s["name"] == name.as_str())
-                            .and_then(|s| s["id"].as_str())
+                            .iter()
+                            .find(|s| s.name == name)
+                            .map(|s| s.id.to_string())
                             .with_context(|| {
                                 format!(
                                     "fido_application: no Passkey-Enabled Service named '{name}'"
@@ -470,19 +465,16 @@ fn policy(c: &ApiClient, json: bool, cmd: PolicyCommand) -> anyhow::Result<ExitC
                         fido.insert("passkey_service_id".into(), json!(id));
                     }
                 }
-                let name = p["name"]
-                    .as_str()
+                let name = p
+                    .get("name")
+                    .and_then(Value::as_str)
                     .context("a policy needs a name")?
                     .to_string();
-                let exists = existing
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|e| e["name"] == name.as_str());
-                let saved = if exists {
-                    c.put(&format!("/policies/{}", enc(&name)), p)?
+                let exists = existing.iter().any(|e| e.name == name);
+                let saved: Value = if exists {
+                    c.put(&format!("/policies/{}", enc(&name)), &p)?
                 } else {
-                    c.post("/policies", p)?
+                    c.post("/policies", &p)?
                 };
                 if json {
                     print_object(true, &saved);
@@ -518,7 +510,7 @@ fn settings(c: &ApiClient, json: bool, cmd: SettingsCommand) -> anyhow::Result<E
             json,
             &c.put(
                 &format!("/settings/{}", enc(&key)),
-                json!({ "value": value }),
+                &json!({ "value": value }),
             )?,
         ),
     }
@@ -548,7 +540,7 @@ fn passkey_service(
                 };
                 let v = c.post(
                     "/passkey-services",
-                    json!({
+                    &json!({
                         "name": name, "tenant_id": tenant_id, "client_id": client_id,
                         "client_certificate_pem": read(&cert)?,
                         "client_private_key_pem": read(&key)?,
@@ -568,7 +560,7 @@ fn passkey_service(
             }
             let v = c.post(
                 "/passkey-services",
-                json!({
+                &json!({
                     "name": name, "tenant_id": tenant_id, "client_id": client_id, "client_secret": secret,
                     "authority_url": authority_url, "graph_url": graph_url, "scope": scope,
                 }),
@@ -589,10 +581,11 @@ fn passkey_service(
         PasskeyServiceCommand::Test { name, user } => {
             let v = c.post(
                 &format!("/passkey-services/{}/test", enc(&name)),
-                json!({ "user": user }),
+                &json!({ "user": user }),
             )?;
-            print_object(json, &v);
-            if v["verdict"] != "ok" {
+            let v: PasskeyServiceTestReport = v;
+            print_object(json, &serde_json::to_value(&v)?);
+            if v.verdict != "ok" {
                 return Ok(ExitCode::from(1));
             }
         }
@@ -603,11 +596,11 @@ fn passkey_service(
 fn token(c: &ApiClient, json: bool, cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TokenCommand::Create { role, name } => {
-            let v = c.post("/tokens", json!({ "name": name, "role": role }))?;
+            let v: TokenCreated = c.post("/tokens", &json!({ "name": name, "role": role }))?;
             if json {
-                print_object(true, &v);
+                print_object(true, &serde_json::to_value(&v)?);
             } else {
-                println!("{}", v["token"].as_str().unwrap_or(""));
+                println!("{}", v.token);
                 eprintln!("(token '{}' with role {}: shown once)", name, role);
             }
         }
@@ -623,11 +616,11 @@ fn token(c: &ApiClient, json: bool, cmd: TokenCommand) -> anyhow::Result<ExitCod
             ],
         ),
         TokenCommand::Revoke { id } => {
-            c.send(
+            c.call::<Value, ()>(
                 reqwest::Method::DELETE,
                 &format!("/tokens/{}", enc(&id)),
-                None,
-            )?;
+                Body::None,
+            )??;
             if !json {
                 println!("revoked {id}");
             }
@@ -639,18 +632,18 @@ fn token(c: &ApiClient, json: bool, cmd: TokenCommand) -> anyhow::Result<ExitCod
 fn audit(c: &ApiClient, json: bool, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         AuditCommand::Verify => {
-            let v = c.get("/audit/verify")?;
+            let v: AuditVerifyReport = c.get("/audit/verify")?;
             if json {
-                print_object(true, &v);
-            } else if v["ok"] == true {
-                println!("audit trail intact: {} record(s)", v["records"]);
+                print_object(true, &serde_json::to_value(&v)?);
+            } else if v.ok {
+                println!("audit trail intact: {} record(s)", v.records);
             } else {
-                println!("audit trail BROKEN ({} record(s) read):", v["records"]);
-                for p in v["problems"].as_array().into_iter().flatten() {
-                    println!("  {}", p.as_str().unwrap_or(""));
+                println!("audit trail BROKEN ({} record(s) read):", v.records);
+                for p in &v.problems {
+                    println!("  {p}");
                 }
             }
-            Ok(if v["ok"] == true {
+            Ok(if v.ok {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

@@ -1,7 +1,6 @@
 //! `keyward admin …`: administration over the REST API.
 
 mod agent;
-mod client;
 mod commands;
 mod output;
 
@@ -9,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-pub use client::ApiClient;
+use crate::api::ApiClient;
 
 #[derive(Args, Debug)]
 pub struct AdminArgs {
@@ -69,6 +68,10 @@ pub enum AdminCommand {
 }
 
 pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
-    let client = ApiClient::new(&args.server, &args.token)?;
+    let client = ApiClient::with_token(
+        &args.server,
+        &args.token,
+        std::time::Duration::from_secs(600),
+    )?;
     commands::dispatch(&client, args.json, args.command)
 }

@@ -37,9 +37,9 @@ use anyhow::{anyhow, bail};
 use clap::Args;
 use keyward_proto::RelayBatch;
 
+use crate::api::ApiClient as Server;
 use devices::{Endpoint, Reported, Sources, Watcher};
 use held::Held;
-use http::{error_text, Server};
 use keyward_proto::agent::{
     BusyBatch, DeviceReport, PairRequest, PairingStarted, PollAnswer, PollRequest, ReportAnswer,
     WorkAnswer, WorkRequest,
@@ -114,28 +114,25 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     };
     let path = state::credential_path(&state_dir, &args.server);
     let name = args.name.clone().unwrap_or_else(host_name);
-    let mut server = Server::new(&args.server, None)?;
+    let mut server = http::client(&args.server, None)?;
     let credential = match state::load(&path)? {
-        Some(c) if c.server.trim_end_matches('/') == server.base => {
+        Some(c) if c.server.trim_end_matches('/') == server.base() => {
             server.set_credential(c.credential.clone());
-            match server.get("/agents/me")? {
-                (200, _) => Some(c),
-                (401, _) => {
+            match server.try_get::<serde::de::IgnoredAny>("/agents/me")? {
+                Ok(_) => Some(c),
+                Err(e) if e.status == 401 => {
                     eprintln!(
                         "the server does not know this agent's credential any more: pairing again"
                     );
                     state::forget(&path);
                     None
                 }
-                (403, v) => {
-                    eprintln!("this agent was revoked ({}): pairing again", error_text(&v));
+                Err(e) if e.status == 403 => {
+                    eprintln!("this agent was revoked ({e}): pairing again");
                     state::forget(&path);
                     None
                 }
-                (s, v) => bail!(
-                    "checking the agent's credential: HTTP {s} {}",
-                    error_text(&v)
-                ),
+                Err(e) => bail!("checking the agent's credential: {e}"),
             }
         }
         _ => None,
@@ -143,7 +140,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let credential = match credential {
         Some(c) => c,
         None => {
-            let mut unpaired = Server::new(&args.server, None)?;
+            let mut unpaired = http::client(&args.server, None)?;
             let c = pair(&mut unpaired, &name)?;
             state::save(&path, &c)?;
             eprintln!("paired; credential kept in {}", path.display());
@@ -153,7 +150,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     server.set_credential(credential.credential.clone());
     eprintln!(
         "agent {} relaying for {} (no listening port; Ctrl-C to stop)",
-        credential.agent_id, server.base
+        credential.agent_id,
+        server.base()
     );
     let stop = Arc::new(AtomicBool::new(false));
     match serve(server, sources, stop) {
@@ -169,16 +167,14 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
 
 /// The device-code flow: ask, print the code, poll until approved.
 fn pair(server: &mut Server, name: &str) -> anyhow::Result<state::Credential> {
-    let started: PairingStarted = http::body(
-        server.post(
+    let started: PairingStarted = server
+        .try_post(
             "/agents/pair",
             &PairRequest {
                 name: name.to_string(),
             },
-        )?,
-        201,
-        "the server refused to pair",
-    )?;
+        )?
+        .map_err(|e| anyhow!("the server refused to pair: {e}"))?;
     let interval = Duration::from_secs(started.interval_seconds.max(1));
     let minutes = started.expires_in_seconds / 60;
     let code = started.code;
@@ -192,26 +188,26 @@ fn pair(server: &mut Server, name: &str) -> anyhow::Result<state::Credential> {
     };
     loop {
         std::thread::sleep(interval);
-        let answer = match server.post("/agents/pair/poll", &poll) {
+        let answer = match server.try_post::<PollAnswer, _>("/agents/pair/poll", &poll) {
             Ok(a) => a,
             Err(e) => {
                 eprintln!("{e:#}; trying again");
                 continue;
             }
         };
-        match answer.0 {
-            202 => continue,
-            200 => {
-                let paired: PollAnswer = http::body(answer, 200, "pairing")?;
+        match answer {
+            // 202: not approved yet.
+            Ok(p) if p.status == "pending" => continue,
+            Ok(paired) => {
                 return Ok(state::Credential {
-                    server: server.base.clone(),
+                    server: server.base().to_string(),
                     agent_id: paired.agent_id,
                     credential: paired
                         .credential
                         .ok_or_else(|| anyhow!("the server answered no credential"))?,
                 });
             }
-            s => bail!("pairing failed (HTTP {s}): {}", error_text(&answer.1)),
+            Err(e) => bail!("pairing failed: {e}"),
         }
     }
 }
@@ -326,8 +322,8 @@ pub fn run_paired(
         .spawn(move || {
             // The blocking HTTP client is made on this thread, outside the
             // caller's async runtime.
-            let served =
-                Server::new(&url, Some(credential)).and_then(|server| serve(server, sources, stop));
+            let served = http::client(&url, Some(&credential))
+                .and_then(|server| serve(server, sources, stop));
             if let Err(e) = served {
                 eprintln!("demo agent stopped: {e:#}");
             }
@@ -391,8 +387,8 @@ fn serve(server: Server, sources: Sources, stop: Arc<AtomicBool>) -> anyhow::Res
             held: shared.holds.lock().unwrap().keys().cloned().collect(),
             wait_seconds: Some(25),
         };
-        let answer = server.post("/agents/me/work", &request);
-        let (status, v) = match answer {
+        let answer = server.try_post::<WorkAnswer, _>("/agents/me/work", &request);
+        let work = match answer {
             Ok(a) => {
                 if unreachable_since.take().is_some() {
                     eprintln!("server reachable again");
@@ -408,19 +404,13 @@ fn serve(server: Server, sources: Sources, stop: Arc<AtomicBool>) -> anyhow::Res
                 continue;
             }
         };
-        match status {
-            200 => {}
-            401 | 403 => bail!("the server refuses this agent: {}", error_text(&v)),
-            _ => {
-                eprintln!("asking for work: HTTP {status} {}", error_text(&v));
-                std::thread::sleep(Duration::from_secs(2));
-                continue;
-            }
-        }
-        let work: WorkAnswer = match serde_json::from_value(v) {
+        let work = match work {
             Ok(w) => w,
+            Err(e) if matches!(e.status, 401 | 403) => {
+                bail!("the server refuses this agent: {e}")
+            }
             Err(e) => {
-                eprintln!("asking for work: unreadable answer: {e}");
+                eprintln!("asking for work: {e}");
                 std::thread::sleep(Duration::from_secs(2));
                 continue;
             }
@@ -474,16 +464,14 @@ fn report_once(
     if last.as_ref() == Some(&now) {
         return Ok(());
     }
-    let answer: ReportAnswer = http::body(
-        server.put(
+    let answer: ReportAnswer = server
+        .try_put(
             "/agents/me/devices",
             &DeviceReport {
                 devices: now.clone(),
             },
-        )?,
-        200,
-        "reporting the devices",
-    )?;
+        )?
+        .map_err(|e| anyhow!("reporting the devices: {e}"))?;
     for serial in &answer.arrived {
         let r = now.iter().find(|r| &r.serial == serial);
         eprintln!(
@@ -539,11 +527,10 @@ fn relay_session(server: &Server, shared: &Shared, serial: &str, mut batch: Rela
                 .map(|e| format!(", stopped: {e}"))
                 .unwrap_or_default()
         );
-        let path = format!("/issuance/{id}/relay");
         let mut attempt = 0;
         let answer = loop {
             // Resending the identical result is safe (idempotent).
-            match server.post(&path, &run.result) {
+            match server.relay(&run.result) {
                 Ok(a) => break Some(a),
                 Err(e) if attempt < 5 => {
                     attempt += 1;
@@ -558,19 +545,14 @@ fn relay_session(server: &Server, shared: &Shared, serial: &str, mut batch: Rela
         };
         // The hold stays: the server tells in the long-poll's answer when
         // the session is over.
-        let Some((status, next)) = answer else { return };
-        if status != 200 {
-            eprintln!(
-                "session {id}: the server refused the result of batch {}: HTTP {status} {}",
-                batch.seq,
-                error_text(&next)
-            );
-            return;
-        }
-        match serde_json::from_value::<RelayBatch>(next) {
+        let Some(answer) = answer else { return };
+        match answer {
             Ok(b) => batch = b,
             Err(e) => {
-                eprintln!("session {id}: unreadable answer: {e}");
+                eprintln!(
+                    "session {id}: the server refused the result of batch {}: {e}",
+                    batch.seq
+                );
                 return;
             }
         }

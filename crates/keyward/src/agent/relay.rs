@@ -68,6 +68,33 @@ impl<C: CtapTransport> DeviceIo for HidIo<C> {
     }
 }
 
+/// PIV on a card, CTAP on the device's HID side when it has one (a USB
+/// YubiKey), else over ISO 7816 on the card. A touch may be awaited on the
+/// HID side: its keep-alives restart the wait.
+pub struct CardWithHid<'a, T: ApduTransport> {
+    pub card: CardIo<T>,
+    pub hid: Option<&'a mut dyn CtapTransport>,
+}
+
+impl<T: ApduTransport> DeviceIo for CardWithHid<'_, T> {
+    fn piv(&mut self, bytes: &[u8]) -> Result<(Vec<u8>, u16), TransportError> {
+        self.card.piv(bytes)
+    }
+
+    fn ctap(&mut self, request: &[u8]) -> Result<Vec<u8>, TransportError> {
+        match self.hid.as_mut() {
+            Some(hid) => hid.ctap(
+                request,
+                &mut CtapControl {
+                    idle_timeout: std::time::Duration::from_secs(30),
+                    ..Default::default()
+                },
+            ),
+            None => self.card.ctap(request),
+        }
+    }
+}
+
 /// What running a batch gave.
 pub struct BatchRun {
     pub result: RelayResult,
@@ -76,6 +103,16 @@ pub struct BatchRun {
     pub apdus: u64,
     pub bytes_out: u64,
     pub bytes_in: u64,
+    /// Each command run: its step, bytes out, bytes in, milliseconds.
+    pub commands: Vec<CommandCost>,
+}
+
+/// What one command cost on the device.
+pub struct CommandCost {
+    pub step: String,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub ms: f64,
 }
 
 /// The relay protocol's names of transport errors.
@@ -101,6 +138,7 @@ pub fn run_batch(io: &mut dyn DeviceIo, batch: &RelayBatch) -> BatchRun {
         apdus: 0,
         bytes_out: 0,
         bytes_in: 0,
+        commands: Vec::new(),
     };
     for c in &batch.commands {
         let Ok(bytes) = hex::decode(&c.bytes) else {
@@ -116,9 +154,19 @@ pub fn run_batch(io: &mut dyn DeviceIo, batch: &RelayBatch) -> BatchRun {
                 c.channel
             ))),
         };
-        run.device_ms += started.elapsed().as_secs_f64() * 1e3;
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        run.device_ms += ms;
         run.apdus += 1;
         run.bytes_out += bytes.len() as u64;
+        run.commands.push(CommandCost {
+            step: c.step.clone(),
+            bytes_out: bytes.len() as u64,
+            bytes_in: answer
+                .as_ref()
+                .map(|(d, _)| d.len() as u64 + 2)
+                .unwrap_or(0),
+            ms,
+        });
         match answer {
             Ok((data, sw)) => {
                 run.bytes_in += data.len() as u64 + 2;

@@ -1,6 +1,7 @@
 //! The devices each agent reports connected, and the portal's view of its
 //! account's agents' devices (with their inventory state).
 
+use keyward_proto::views::AgentDevicesQuery;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -8,7 +9,6 @@ use axum::extract::{Query, State};
 use axum::Json;
 use keyward_domain::Serial;
 use keyward_store::AgentDevice;
-use serde::Deserialize;
 
 use super::{is_online, may_use, AgentAuth, MAX_WAIT};
 use crate::api::{found, store_error};
@@ -92,24 +92,16 @@ pub(super) async fn report_devices(
     Ok(Json(ReportAnswer { arrived, removed }))
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct DevicesQuery {
-    /// The `version` of the previous answer: wait until the devices change.
-    pub since: Option<u64>,
-    /// Seconds to wait for a change (at most 25; default 0).
-    pub wait: Option<u64>,
-}
-
 /// The devices connected to the caller's paired agents (a signed-in
 /// account: its own agents; administrators and API tokens: every agent),
 /// with their inventory state. With `since` and `wait`, answers when they
 /// change (device inserted or removed, agent paired or revoked).
-#[utoipa::path(get, path = "/agents/devices", operation_id = "listAgentDevices", tag = "agents", params(DevicesQuery),
+#[utoipa::path(get, path = "/agents/devices", operation_id = "listAgentDevices", tag = "agents", params(AgentDevicesQuery),
     responses((status = 200, body = AgentDevicesView), (status = 401, body = ErrorBody)))]
 pub(super) async fn list_devices(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<DevicesQuery>,
+    Query(q): Query<AgentDevicesQuery>,
 ) -> ApiResult<Json<AgentDevicesView>> {
     let mut rx = state.agents.watch_devices();
     let version = *rx.borrow_and_update();

@@ -3,6 +3,7 @@
 use axum::extract::State;
 use axum::Json;
 use keyward_domain::AuditEvent;
+use keyward_proto::views::AuditQuery;
 use keyward_proto::{AuditVerifyReport, Page};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -17,15 +18,6 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list))
         .routes(routes!(verify))
-}
-
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct AuditQuery {
-    /// Return records after this sequence number.
-    pub after: Option<i64>,
-    /// 1 to 1000 (default 100).
-    pub limit: Option<u32>,
 }
 
 /// Audit records in order.

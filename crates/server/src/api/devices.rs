@@ -6,16 +6,16 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use keyward_domain::{
-    Atr, Device, DeviceHistoryEntry, DeviceState, DeviceType, FirmwareVersion, NewDevice, Serial,
-    StateChange, StateReason,
+    Atr, Device, DeviceState, DeviceType, FirmwareVersion, NewDevice, Serial, StateChange,
+    StateReason,
 };
+use keyward_proto::views::{DeviceDetails, DeviceQuery, ImportQuery};
 use keyward_proto::{DeviceStateRequest, ImportReport, Page, RowError};
 use keyward_store::DeviceFilter;
-use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::import::{read_rows, row_error, run_import, ImportQuery};
+use super::import::{read_rows, row_error, run_import};
 use super::{audit, invalid, store_error};
 use crate::app::AppState;
 use crate::auth::{perm, Allowed};
@@ -33,21 +33,6 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The import route, apart: it gets the larger body limit.
 pub fn import_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(import))
-}
-
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct DeviceQuery {
-    /// Serial number prefix (decimal).
-    pub prefix: Option<String>,
-    /// Canonical state name.
-    pub state: Option<String>,
-    /// Canonical device type.
-    pub device_type: Option<String>,
-    /// Cursor from the previous page.
-    pub after: Option<String>,
-    /// 1 to 500 (default 50).
-    pub limit: Option<u32>,
 }
 
 /// Search the inventory.
@@ -118,17 +103,6 @@ async fn create(
         .await
         .map_err(|e| store_error("registering the device", e))?;
     Ok((StatusCode::CREATED, Json(device)))
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct DeviceDetails {
-    #[serde(flatten)]
-    #[schema(value_type = Object)]
-    pub device: Device,
-    /// UI wording of the state ("In Production").
-    pub state_label: String,
-    #[schema(value_type = Vec<Object>)]
-    pub history: Vec<DeviceHistoryEntry>,
 }
 
 /// One device with its history.

@@ -4,6 +4,7 @@
 
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
+use keyward_proto::views::ImportQuery;
 use keyward_proto::{ImportReport, RowError};
 use keyward_store::ImportMode;
 use serde::de::DeserializeOwned;
@@ -12,14 +13,6 @@ use super::{audit, store_error};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::json::parse_json;
-
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct ImportQuery {
-    /// `true`: write the good rows and report the bad ones. Default: any bad
-    /// row rejects the whole import and nothing is written.
-    pub partial: Option<bool>,
-}
 
 /// The rows of an import body: CSV through `csv`, or a JSON array.
 pub fn read_rows<T: DeserializeOwned>(

@@ -3,6 +3,7 @@
 //! appends its audit event in the same store transaction as its change.
 
 use keyward_domain::{AuditDraft, AuditOutcome, ValidationError};
+use keyward_proto::views::ListQuery;
 use keyward_store::{StoreError, StoreResult};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -95,23 +96,10 @@ pub fn audit(
     }
 }
 
-/// Query parameters of list endpoints.
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    /// Prefix of the login / serial / name to search for.
-    pub prefix: Option<String>,
-    /// Users: search by `login` (default) or `display_name`.
-    pub by: Option<String>,
-    /// Cursor from the previous page's `next`.
-    pub after: Option<String>,
-    /// Page size, 1 to 500 (default 50).
-    pub limit: Option<u32>,
-}
-
-impl ListQuery {
-    pub fn limit(&self) -> Result<u32, ApiError> {
-        match self.limit {
+/// The page size a list query asks for (default 50).
+pub fn page_limit(q: &ListQuery) -> Result<u32, ApiError> {
+    {
+        match q.limit {
             None => Ok(50),
             Some(n) if (1..=500).contains(&n) => Ok(n),
             Some(_) => Err(
@@ -119,5 +107,20 @@ impl ListQuery {
                     .field("limit"),
             ),
         }
+    }
+}
+
+/// A credential on record as the API shows it (never its DER).
+pub fn credential_view(c: keyward_store::Credential) -> keyward_proto::CredentialView {
+    keyward_proto::CredentialView {
+        id: c.id,
+        device_id: c.device_id,
+        session_id: c.session_id,
+        kind: c.kind,
+        slot: c.slot,
+        serial: c.serial,
+        not_after: c.not_after,
+        created_at: c.created_at,
+        revoked_at: c.revoked_at,
     }
 }

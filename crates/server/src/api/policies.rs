@@ -4,7 +4,9 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use keyward_domain::Serial;
 use keyward_domain::{DevicePolicy, DeviceType, EntraPasskeySupport};
+use keyward_proto::views::{PinCandidate, PinCheckResult, PinRuleView};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -22,6 +24,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(device_types))
         .routes(routes!(pin_rules))
         .routes(routes!(pin_check))
+        .routes(routes!(my_device_pin_check))
 }
 
 /// Every device policy.
@@ -199,20 +202,6 @@ async fn device_types(
     Ok(Json(serde_json::Value::Array(types)))
 }
 
-/// A PIN rule as a UI shows it.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct PinRuleView {
-    /// `min_length`, `max_length`, `character_set`, `max_repeated`, `max_sequential`.
-    pub rule: String,
-    /// The error code when the rule fails (`pin_too_short`, …).
-    pub code: String,
-    /// The rule in words.
-    pub description: String,
-    /// With `pin-check`: whether the candidate PIN passes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub passed: Option<bool>,
-}
-
 pub(crate) fn rule_views(
     checks: Vec<keyward_domain::PinRuleCheck>,
     with_result: bool,
@@ -243,20 +232,6 @@ async fn pin_rules(
     Ok(Json(rule_views(policy.pin_application.check(""), false)))
 }
 
-/// A candidate PIN, sent in the body (never in a URL).
-#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PinCandidate {
-    pub pin: String,
-}
-
-/// The answer of a PIN check: each rule with pass or fail.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct PinCheckResult {
-    pub valid: bool,
-    pub rules: Vec<PinRuleView>,
-}
-
 /// Checks a candidate PIN against the policy's rules, rule by rule, as a UI
 /// does while the person types. The server's check at issuance is the
 /// authority; this one stores and logs nothing.
@@ -270,6 +245,50 @@ async fn pin_check(
     ApiJson(candidate): ApiJson<PinCandidate>,
 ) -> ApiResult<Json<PinCheckResult>> {
     let policy = load(&state, &name).await?;
+    let checks = policy.pin_application.check(&candidate.pin);
+    Ok(Json(PinCheckResult {
+        valid: checks.iter().all(|c| c.passed),
+        rules: rule_views(checks, true),
+    }))
+}
+
+/// Checks a candidate new PIN against the PIN rules of my device's policy,
+/// rule by rule, as the User Portal does while the person types (an empty
+/// PIN lists the rules). Stores and logs nothing; the check at the prompt
+/// is the authority.
+#[utoipa::path(post, path = "/me/devices/{serial}/pin-check", operation_id = "checkMyDevicePin", tag = "self-service", params(("serial" = String, Path)),
+    request_body = PinCandidate,
+    responses((status = 200, body = PinCheckResult),
+        (status = 403, body = ErrorBody, description = "not a device of the caller's user (device_not_yours)")))]
+async fn my_device_pin_check(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::SelfService>,
+    Path(serial): Path<String>,
+    ApiJson(candidate): ApiJson<PinCandidate>,
+) -> ApiResult<Json<PinCheckResult>> {
+    let not_yours = || {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "device_not_yours",
+            "the device is not a device of yours",
+        )
+        .field("serial")
+    };
+    let serial = Serial::parse("serial", &serial).map_err(invalid)?;
+    let device = found(state.store.get_device_by_serial(serial).await)
+        .map_err(|e| store_error("reading the device", e))?
+        .ok_or_else(not_yours)?;
+    let (Some(policy_id), true) = (
+        device.device_policy,
+        caller.user_id.is_some() && device.assigned_user == caller.user_id,
+    ) else {
+        return Err(not_yours());
+    };
+    let policy = state
+        .store
+        .get_policy(policy_id)
+        .await
+        .map_err(|e| store_error("reading the policy", e))?;
     let checks = policy.pin_application.check(&candidate.pin);
     Ok(Json(PinCheckResult {
         valid: checks.iter().all(|c| c.passed),

@@ -6,13 +6,14 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use keyward_domain::{NewUser, User, UserStatus};
+use keyward_proto::views::{ImportQuery, ListQuery};
 use keyward_proto::{EnrollmentCode, ImportReport, Page, RowError, UserUpdate};
 use keyward_store::{UserSearch, UserSearchField};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::import::{read_rows, row_error, run_import, ImportQuery};
-use super::{audit, invalid, store_error, ListQuery};
+use super::import::{read_rows, row_error, run_import};
+use super::{audit, invalid, store_error};
 use crate::app::AppState;
 use crate::auth::{perm, Allowed};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -38,7 +39,7 @@ async fn list(
     Allowed(_caller, _): Allowed<perm::UsersRead>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Page<User>>> {
-    let limit = q.limit()?;
+    let limit = crate::api::page_limit(&q)?;
     let by = match q.by.as_deref() {
         None | Some("login") => UserSearchField::Login,
         Some("display_name") => UserSearchField::DisplayName,

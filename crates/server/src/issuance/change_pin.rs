@@ -16,12 +16,9 @@ use axum::Json;
 use keyward_domain::{DeviceState, Serial};
 use keyward_engine::DeviceSession;
 use keyward_proto::RelayBatch;
-use keyward_store::IssuanceSession;
-use uuid::Uuid;
 
-use super::relay_batch;
-use super::session::{close, failure_audit, seal, unseal, Close};
-use crate::api::{audit, found, invalid, store_error};
+use super::session::{close, failure_audit, open_follow_up, unseal, Close};
+use crate::api::{found, invalid, store_error};
 use crate::app::AppState;
 use crate::auth::{perm, Allowed};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -118,87 +115,18 @@ pub(super) async fn start(
         )
         .await?;
     }
-    let (data, batch) = DeviceSession::change_pin(&unseal(&state, &last)?);
-    let id = Uuid::new_v4();
-    let now = time::OffsetDateTime::now_utc();
-    let session = IssuanceSession {
-        id,
-        device_id: device.id,
-        user_id,
-        policy_id: last.policy_id,
-        action: ACTION,
-        status: keyward_domain::SessionStatus::Running,
-        step: batch.step(),
-        seq: 1,
-        sealed_state: seal(&state, id, &data),
-        error: None,
-        created_by: caller.actor(),
-        created_at: now,
-        updated_at: now,
-    };
-    let draft = audit(
+    let (data, _) = DeviceSession::change_pin(&unseal(&state, &last)?);
+    let mut details = serde_json::Map::new();
+    details.insert("agent".into(), serde_json::json!(agent));
+    open_follow_up(
+        &state,
         &caller,
-        "pin_change.start",
-        format!("device:{}", device.serial),
-        serde_json::json!({ "session": id, "agent": agent }),
-    );
-    state
-        .store
-        .open_device_session(&session, &draft)
-        .await
-        .map_err(|e| store_error("starting the PIN change", e))?;
-    crate::agents::bind_session(&state, id, agent).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(relay_batch(
-            id,
-            1,
-            keyward_domain::SessionStatus::Running,
-            &batch,
-        )),
-    ))
-}
-
-/// Checks a candidate new PIN against the PIN rules of my device's policy,
-/// rule by rule, as the User Portal does while the person types (an empty
-/// PIN lists the rules). Stores and logs nothing; the check at the prompt
-/// is the authority.
-#[utoipa::path(post, path = "/me/devices/{serial}/pin-check", operation_id = "checkMyDevicePin", tag = "self-service", params(("serial" = String, Path)),
-    request_body = crate::api::policies::PinCandidate,
-    responses((status = 200, body = crate::api::policies::PinCheckResult),
-        (status = 403, body = ErrorBody, description = "not a device of the caller's user (device_not_yours)")))]
-pub(super) async fn pin_check(
-    State(state): State<AppState>,
-    Allowed(caller, _): Allowed<perm::SelfService>,
-    Path(serial): Path<String>,
-    crate::json::ApiJson(candidate): crate::json::ApiJson<crate::api::policies::PinCandidate>,
-) -> ApiResult<Json<crate::api::policies::PinCheckResult>> {
-    let not_yours = || {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "device_not_yours",
-            "the device is not a device of yours",
-        )
-        .field("serial")
-    };
-    let serial = Serial::parse("serial", &serial).map_err(invalid)?;
-    let device = found(state.store.get_device_by_serial(serial).await)
-        .map_err(|e| store_error("reading the device", e))?
-        .ok_or_else(not_yours)?;
-    let (Some(policy_id), true) = (
-        device.device_policy,
-        caller.user_id.is_some() && device.assigned_user == caller.user_id,
-    ) else {
-        return Err(not_yours());
-    };
-    let policy = state
-        .store
-        .get_policy(policy_id)
-        .await
-        .map_err(|e| store_error("reading the policy", e))?;
-    let checks = policy.pin_application.check(&candidate.pin);
-    Ok(Json(crate::api::policies::PinCheckResult {
-        valid: checks.iter().all(|c| c.passed),
-        rules: crate::api::policies::rule_views(checks, true),
-    }))
+        &last,
+        user_id,
+        &data,
+        Some(agent),
+        details,
+        ACTION,
+    )
+    .await
 }

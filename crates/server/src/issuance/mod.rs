@@ -7,9 +7,7 @@
 //! session's sequence number, so a restarted server, or another node on the
 //! same PostgreSQL, continues it; a replayed or out-of-order result is refused.
 
-mod access;
 mod agent_delivery;
-mod attestation;
 mod change_pin;
 mod recycle;
 mod relay;
@@ -21,9 +19,11 @@ mod sweep;
 use axum::extract::{Path, State};
 use axum::Json;
 use keyward_engine::{Batch, Channel};
-use keyward_proto::{RelayBatch, RelayCommand, RelayPrompt, RELAY_PROTOCOL_VERSION};
-use keyward_store::{Credential, IssuanceSession};
-use serde::{Deserialize, Serialize};
+use keyward_proto::{
+    RelayBatch, RelayCommand, RelayPrompt, SessionError, SessionView as SessionStatus,
+    StartIssuance, RELAY_PROTOCOL_VERSION,
+};
+use keyward_store::IssuanceSession;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -33,7 +33,7 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 
-pub(crate) use access::may_relay_own_session;
+pub(crate) use crate::auth::sessions::may_relay_own_session;
 pub(crate) use agent_delivery::outstanding_batch;
 pub use sweep::sweep_abandoned;
 
@@ -49,65 +49,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(retry_cancel::retry))
         .routes(routes!(recycle::recycle))
         .routes(routes!(change_pin::start))
-        .routes(routes!(change_pin::pin_check))
-}
-
-/// The secret from which per-device management keys are derived.
-pub(super) const MASTER_KEY_SECRET: &str = "piv:management-key-master";
-
-/// Add Device for a user: the request.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StartIssuance {
-    /// The user's login.
-    pub user: String,
-    /// The device policy's name.
-    pub policy: String,
-    /// The device's serial number (decimal).
-    pub serial: String,
-    /// The PIN (display modes Displayed and Disguised).
-    pub pin: Option<String>,
-    /// The PIN again (Disguised).
-    pub confirm_pin: Option<String>,
-    /// "Action Type": `issue` (the default: issue now) or `assign` (bind the
-    /// device to the user with the policy; issuance completes later).
-    #[serde(default)]
-    pub action: Option<String>,
-    /// Who relays the device commands: `local` (the default: the caller's
-    /// client), `agent` (the online workstation agent that reports the
-    /// device) or an agent's id. Prompts are answered by the caller's client
-    /// either way.
-    #[serde(default)]
-    pub via: Option<String>,
-}
-
-/// A session as the API shows it (no secret).
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct SessionStatus {
-    pub session_id: String,
-    pub serial: String,
-    pub user: String,
-    pub policy: String,
-    /// `running`, `issued`, `failed`, `cancelled`; a recycle ends `recycled`,
-    /// a PIN change `pin_changed` or `pin_change_failed`.
-    #[schema(value_type = String)]
-    pub status: keyward_domain::SessionStatus,
-    pub step: String,
-    pub seq: i64,
-    /// `issue`, `assign`, `recycle` or `change_pin`.
-    #[schema(value_type = String)]
-    pub action: keyward_domain::SessionAction,
-    #[schema(value_type = Option<Object>)]
-    pub error: Option<serde_json::Value>,
-    #[schema(value_type = Vec<Object>)]
-    pub credentials: Vec<Credential>,
-    /// The prompts the person must answer now (the batch out carries no
-    /// device command); the person's client posts the answers to the relay.
-    pub prompts: Vec<RelayPrompt>,
-    /// The workstation agent (id) that relays this session's device
-    /// commands, if it runs through one (`keyward issue --retry` follows it).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub agent: Option<String>,
 }
 
 pub(super) fn relay_batch(
@@ -130,7 +71,7 @@ pub(super) fn relay_batch(
                 },
                 bytes: hex::encode(&c.bytes),
                 expect: c.expect.iter().map(|sw| format!("{sw:04x}")).collect(),
-                step: c.step.clone(),
+                step: c.step.to_string(),
                 secret: c.secret,
             })
             .collect(),
@@ -154,7 +95,7 @@ pub(super) fn relay_prompts(batch: &Batch) -> Vec<RelayPrompt> {
         .collect()
 }
 
-pub(super) async fn load(state: &AppState, id: &str) -> ApiResult<IssuanceSession> {
+pub(crate) async fn load(state: &AppState, id: &str) -> ApiResult<IssuanceSession> {
     state
         .store
         .get_issuance(session_id(id)?)
@@ -187,8 +128,8 @@ pub(super) async fn status(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<SessionStatus>> {
-    let s = access::load_for(&state, &caller, &id).await?;
-    access::may_see(&caller, &s)?;
+    let s = crate::auth::sessions::load_for(&state, &caller, &id).await?;
+    crate::auth::sessions::may_see(&caller, &s)?;
     let data = unseal(&state, &s)?;
     let prompts =
         if s.status == keyward_domain::SessionStatus::Running && data.batch().awaits_answers() {
@@ -203,6 +144,7 @@ pub(super) async fn status(
         .map_err(|e| store_error("reading credentials", e))?
         .into_iter()
         .filter(|c| c.session_id == s.id)
+        .map(crate::api::credential_view)
         .collect();
     Ok(Json(SessionStatus {
         session_id: s.id.to_string(),
@@ -213,7 +155,9 @@ pub(super) async fn status(
         step: s.step,
         seq: s.seq,
         action: s.action,
-        error: s.error.and_then(|e| serde_json::from_str(&e).ok()),
+        error: s
+            .error
+            .and_then(|e| serde_json::from_str::<SessionError>(&e).ok()),
         credentials,
         prompts,
         agent: crate::agents::agent_of_session(&state, s.id)
@@ -230,8 +174,8 @@ pub(super) async fn current_batch(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RelayBatch>> {
-    let s = access::load_for(&state, &caller, &id).await?;
-    access::may_see(&caller, &s)?;
+    let s = crate::auth::sessions::load_for(&state, &caller, &id).await?;
+    crate::auth::sessions::may_see(&caller, &s)?;
     let data = unseal(&state, &s)?;
     Ok(Json(relay_batch(s.id, s.seq, s.status, data.batch())))
 }

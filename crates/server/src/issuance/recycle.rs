@@ -14,27 +14,13 @@ use axum::http::StatusCode;
 use axum::Json;
 use keyward_domain::{Serial, SessionAction, SessionStatus};
 use keyward_engine::DeviceSession;
-use keyward_proto::RelayBatch;
-use keyward_store::IssuanceSession;
-use uuid::Uuid;
+use keyward_proto::{RecycleRequest, RelayBatch};
 
-use super::relay_batch;
-use super::session::{seal, unseal};
-use crate::api::{audit, found, invalid, store_error};
+use super::session::{open_follow_up, unseal};
+use crate::api::{found, invalid, store_error};
 use crate::app::AppState;
 use crate::auth::{perm, Allowed};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-
-/// Recycle: the request (the body is optional).
-#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RecycleRequest {
-    /// Who relays the device commands: `local` (the default: the caller's
-    /// client), `agent` (the online workstation agent that reports the
-    /// device) or an agent's id. Prompts are answered by the caller's client.
-    #[serde(default)]
-    pub via: Option<String>,
-}
 
 /// Recycle a device: answers the first batch of its recycle session.
 #[utoipa::path(post, path = "/devices/{serial}/recycle", operation_id = "recycleDevice", tag = "issuance", params(("serial" = String, Path)),
@@ -138,45 +124,25 @@ pub(super) async fn recycle(
             keyward_domain::DeviceType::C4000 | keyward_domain::DeviceType::YubiKey5
         );
     // What the device holds: what the last session left, else factory values.
-    let (data, batch) = DeviceSession::recycle(
+    let (data, _) = DeviceSession::recycle(
         &last_data,
         device.device_type,
         device.firmware_version,
         fido_reset,
     );
-    let id = Uuid::new_v4();
-    let now = time::OffsetDateTime::now_utc();
-    let session = IssuanceSession {
-        id,
-        device_id: device.id,
-        user_id: last.user_id,
-        policy_id: last.policy_id,
-        action: SessionAction::Recycle,
-        status: SessionStatus::Running,
-        step: batch.step(),
-        seq: 1,
-        sealed_state: seal(&state, id, &data),
-        error: None,
-        created_by: caller.actor(),
-        created_at: now,
-        updated_at: now,
+    let details = serde_json::json!({ "after_session": last.id, "fido_reset": fido_reset });
+    let serde_json::Value::Object(details) = details else {
+        unreachable!("an object")
     };
-    let draft = audit(
+    open_follow_up(
+        &state,
         &caller,
-        "recycle.start",
-        format!("device:{}", device.serial),
-        serde_json::json!({ "session": id, "after_session": last.id, "fido_reset": fido_reset }),
-    );
-    state
-        .store
-        .open_device_session(&session, &draft)
-        .await
-        .map_err(|e| store_error("starting the recycle", e))?;
-    if let Some(agent) = agent {
-        crate::agents::bind_session(&state, id, agent).await?;
-    }
-    Ok((
-        StatusCode::CREATED,
-        Json(relay_batch(id, 1, SessionStatus::Running, &batch)),
-    ))
+        &last,
+        last.user_id,
+        &data,
+        agent,
+        details,
+        SessionAction::Recycle,
+    )
+    .await
 }

@@ -7,15 +7,12 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use keyward_domain::{
-    AuditDraft, DevicePolicy, DeviceState, SessionAction, SessionStatus, StateChange, StateReason,
-    User,
+    AuditDraft, DeviceState, SessionAction, SessionStatus, StateChange, StateReason,
 };
 use keyward_engine::answers::RefusedRules;
-use keyward_engine::piv::{Certified, GeneratedKey};
 use keyward_engine::{
-    Context, DeviceMove, DeviceSession, Effect, Ending, Failure, Input, Refusal, Response,
+    Context, DeviceMove, DeviceSession, Effect, Ending, Input, Refusal, Response,
 };
-use keyward_pki::{CertificateAuthority, LeafRequest};
 use keyward_proto::{RelayBatch, RelayResult, RELAY_PROTOCOL_VERSION};
 use keyward_store::IssuanceSession;
 
@@ -149,7 +146,7 @@ pub(super) async fn relay(
                 device_certificate,
                 keys,
             } => {
-                let (outcomes, required, draft) = super::attestation::verify(
+                let (outcomes, required, draft) = crate::attestation::verify(
                     &state,
                     &caller,
                     s.id,
@@ -171,7 +168,7 @@ pub(super) async fn relay(
             } => {
                 let (st, policy, user) = (state.clone(), policy.clone(), user.clone());
                 let certified = tokio::task::spawn_blocking(move || {
-                    certify(&st, &policy, &user, &keys, &chuid_to_sign)
+                    crate::pki::certify_keys(&st, &policy, &user, &keys, &chuid_to_sign)
                 })
                 .await
                 .map_err(|e| ApiError::internal("certifying the keys", e))??;
@@ -199,52 +196,6 @@ pub(super) async fn relay(
         };
     };
     record_ending(&state, &caller, &s, device, &data, ending, audits).await
-}
-
-/// The CA's certificate for each key (its PKI application's template) and
-/// its signature of the CHUID. A template the user cannot fill fails the
-/// attempt; a CA that cannot sign is the server's error.
-fn certify(
-    state: &AppState,
-    policy: &DevicePolicy,
-    user: &User,
-    keys: &[GeneratedKey],
-    chuid_to_sign: &[u8],
-) -> ApiResult<Result<Certified, Failure>> {
-    let now = time::OffsetDateTime::now_utc();
-    let mut certificates = Vec::new();
-    for k in keys {
-        let app = policy
-            .pki_applications
-            .iter()
-            .find(|a| keyward_engine::plan::piv_slot(a.slot) == k.slot)
-            .ok_or_else(|| ApiError::internal("certifying", "no PKI application for the slot"))?;
-        let req = match LeafRequest::from_template(app, user, None, &k.spki_der) {
-            Ok(r) => r,
-            Err(e) => {
-                return Ok(Err(Failure::new(
-                    "certificate_template",
-                    "certify keys",
-                    e.to_string(),
-                )))
-            }
-        };
-        let issued = state
-            .pki
-            .ca
-            .issue(&req, now)
-            .map_err(|e| ApiError::internal("issuing a certificate", e))?;
-        certificates.push((k.slot, issued.der));
-    }
-    let chuid_signature = state
-        .pki
-        .ca
-        .sign_chuid(chuid_to_sign)
-        .map_err(|e| ApiError::internal("signing the CHUID", e))?;
-    Ok(Ok(Certified {
-        certificates,
-        chuid_signature,
-    }))
 }
 
 /// Records a session's end as the machine decided it: the device's move,
@@ -406,6 +357,7 @@ fn refused(r: Refusal) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyward_engine::{Failure, FailureCode, Step};
     use keyward_proto::RelayResponse;
 
     fn result(sw: &str) -> RelayResult {
@@ -435,20 +387,29 @@ mod tests {
     #[test]
     fn a_batch_cut_short_fails_with_the_transports_cause() {
         use keyward_engine::session::with_transport_cause;
-        let cut = || Failure::new("incomplete_batch", "x", "the batch stopped at command 2");
+        let cut = || {
+            Failure::new(
+                FailureCode::IncompleteBatch,
+                Step::WriteChuid,
+                "the batch stopped at command 2",
+            )
+        };
         for cause in ["device_removed", "card_reset", "reader_gone", "timeout"] {
-            assert_eq!(with_transport_cause(cut(), Some(cause)).code, cause);
+            assert_eq!(
+                with_transport_cause(cut(), Some(cause)).code.as_str(),
+                cause
+            );
         }
         // Unknown words stay out of the failure code.
         assert_eq!(
             with_transport_cause(cut(), Some("nonsense")).code,
-            "incomplete_batch"
+            FailureCode::IncompleteBatch
         );
         // A status-word failure keeps its own code.
-        let sw = Failure::new("unexpected_status", "x", "6982");
+        let sw = Failure::new(FailureCode::UnexpectedStatus, Step::VerifyPin, "6982");
         assert_eq!(
             with_transport_cause(sw, Some("device_removed")).code,
-            "unexpected_status"
+            FailureCode::UnexpectedStatus
         );
     }
 }

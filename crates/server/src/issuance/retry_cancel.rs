@@ -109,8 +109,8 @@ pub(super) async fn retry(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RelayBatch>> {
-    let s = super::access::load_for(&state, &caller, &id).await?;
-    super::access::may_retry(&state, &caller, &s).await?;
+    let s = crate::auth::sessions::load_for(&state, &caller, &id).await?;
+    crate::auth::sessions::may_retry(&state, &caller, &s).await?;
     if s.action == SessionAction::Recycle {
         return Err(ApiError::conflict(
             "retry_not_possible",

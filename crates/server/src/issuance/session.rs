@@ -7,10 +7,9 @@ use keyward_engine::session::SEALED_FORMAT;
 use keyward_engine::{Batch, DeviceSession, Failure, PasskeyRecord};
 use keyward_proto::RelayBatch;
 use keyward_store::{Credential, IssuanceSession, IssuanceUpdate};
-use rand::RngCore;
 use uuid::Uuid;
 
-use super::{relay_batch, MASTER_KEY_SECRET};
+use super::relay_batch;
 use crate::api::{audit, store_error};
 use crate::app::AppState;
 use crate::auth::Caller;
@@ -44,51 +43,6 @@ pub(super) fn unseal(state: &AppState, s: &IssuanceSession) -> ApiResult<DeviceS
         ));
     }
     Ok(data)
-}
-
-/// The master key for per-device management keys, created on first use.
-pub(super) async fn master_key(state: &AppState) -> ApiResult<zeroize::Zeroizing<Vec<u8>>> {
-    let open = |sealed: Vec<u8>| {
-        state
-            .sealer
-            .open(MASTER_KEY_SECRET, &sealed)
-            .map(zeroize::Zeroizing::new)
-            .map_err(|e| ApiError::internal("opening the management-key master key", e))
-    };
-    if let Some(sealed) = state
-        .store
-        .get_secret(MASTER_KEY_SECRET)
-        .await
-        .map_err(|e| store_error("reading the master key", e))?
-    {
-        return open(sealed);
-    }
-    let mut key = zeroize::Zeroizing::new(vec![0u8; 32]);
-    rand::rngs::OsRng.fill_bytes(&mut key);
-    let draft = AuditDraft {
-        actor: "system".into(),
-        action: "pki.master_key_created".into(),
-        target: "secret:piv-management-key-master".into(),
-        outcome: AuditOutcome::Success,
-        details: serde_json::json!({}),
-    };
-    state
-        .store
-        .put_secret(
-            MASTER_KEY_SECRET,
-            &state.sealer.seal(MASTER_KEY_SECRET, &key),
-            &draft,
-        )
-        .await
-        .map_err(|e| store_error("storing the master key", e))?;
-    // Several nodes may race: use what the store holds.
-    let sealed = state
-        .store
-        .get_secret(MASTER_KEY_SECRET)
-        .await
-        .map_err(|e| store_error("reading the master key", e))?
-        .ok_or_else(|| ApiError::internal("reading the master key", "vanished"))?;
-    open(sealed)
 }
 
 /// A certificate put on (or, for `revoked_at`, taken back from) the device.
@@ -253,4 +207,57 @@ pub(super) fn failure_audit(
     let mut draft = audit(caller, action, format!("device:{serial}"), details);
     draft.outcome = AuditOutcome::Failure;
     draft
+}
+
+/// Opens a follow-up session (Recycle, Change PIN) of the device whose
+/// latest session is `last`: the session row and its audit record
+/// (`<action>.start` with `details` and the session's id) in one write,
+/// then the agent that relays it. Answers its first batch.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn open_follow_up(
+    state: &AppState,
+    caller: &Caller,
+    last: &IssuanceSession,
+    user_id: Uuid,
+    data: &DeviceSession,
+    agent: Option<Uuid>,
+    mut details: serde_json::Map<String, serde_json::Value>,
+    action: SessionAction,
+) -> ApiResult<(axum::http::StatusCode, Json<RelayBatch>)> {
+    let id = Uuid::new_v4();
+    let now = time::OffsetDateTime::now_utc();
+    let session = IssuanceSession {
+        id,
+        device_id: last.device_id,
+        user_id,
+        policy_id: last.policy_id,
+        action,
+        status: SessionStatus::Running,
+        step: data.batch().step(),
+        seq: 1,
+        sealed_state: seal(state, id, data),
+        error: None,
+        created_by: caller.actor(),
+        created_at: now,
+        updated_at: now,
+    };
+    details.insert("session".into(), serde_json::json!(id));
+    let draft = audit(
+        caller,
+        &format!("{}.start", audit_prefix(action)),
+        format!("device:{}", data.serial),
+        serde_json::Value::Object(details),
+    );
+    state
+        .store
+        .open_device_session(&session, &draft)
+        .await
+        .map_err(|e| store_error("starting the session", e))?;
+    if let Some(agent) = agent {
+        crate::agents::bind_session(state, id, agent).await?;
+    }
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(relay_batch(id, 1, SessionStatus::Running, data.batch())),
+    ))
 }

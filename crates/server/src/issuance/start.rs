@@ -5,13 +5,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use keyward_domain::{DeviceState, Serial, StateChange, UserStatus};
-use keyward_engine::plan::{initial_pin, piv_plan, random_puk, PlanSecrets};
-use keyward_engine::DeviceSession;
+use keyward_engine::{DeviceSession, NewIssuance};
 use keyward_store::IssuanceSession;
-use rand::RngCore;
 use uuid::Uuid;
 
-use super::session::{master_key, seal};
+use super::session::seal;
 use super::{relay_batch, StartIssuance};
 use crate::api::{audit, found, invalid, store_error};
 use crate::app::AppState;
@@ -27,12 +25,12 @@ use keyward_proto::RelayBatch;
     responses((status = 201, body = RelayBatch, description = "Issue Device: the first batch; Assign Device: {serial, state: assigned, user, policy}"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody, description = "without devices.issue; a self-service account (role user) may only complete its own Assigned device, with its policy, via its own agent, when who_can_bind = user: codes binding_not_allowed_for_users, assign_not_allowed_for_users, agent_required_for_users, device_not_assigned_to_you"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn start(
     State(state): State<AppState>,
-    super::access::MayStart(caller): super::access::MayStart,
+    crate::auth::sessions::MayStart(caller): crate::auth::sessions::MayStart,
     ApiJson(req): ApiJson<StartIssuance>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     // Operators with "devices.issue"; a self-service account only for the
     // device assigned to its own user (under who_can_bind = user).
-    super::access::may_start(&state, &caller, &req).await?;
+    crate::auth::sessions::may_start(&state, &caller, &req).await?;
     let serial = Serial::parse("serial", &req.serial).map_err(invalid)?;
     let device = found(state.store.get_device_by_serial(serial).await)
         .map_err(|e| store_error("reading the device", e))?
@@ -119,54 +117,22 @@ pub(super) async fn start(
         .get_settings()
         .await
         .map_err(|e| store_error("reading settings", e))?;
-    let mut rng = rand::rngs::OsRng;
-    let pin = initial_pin(
-        settings.initial_pin_display_mode,
-        &policy.pin_application,
-        req.pin.as_deref(),
-        req.confirm_pin.as_deref(),
-        &mut rng,
-    )
-    .map_err(invalid)?;
-    // Not Displayed: with "Change PIN during issuance" = Yes the person sets
-    // their own PIN at the end (a prompt); with No the generated PIN is kept
-    // sealed for Get Initial PIN.
-    let change_pin_at_end = pin.generated && settings.change_pin_during_issuance;
-    let initial_pin = (pin.generated && !change_pin_at_end).then(|| pin.pin.clone());
-    // Read and unsealed once per server, not per issuance.
-    let master = state
-        .master_key
-        .get_or_try_init(|| master_key(&state))
-        .await?
-        .clone();
-    let mut guid = [0u8; 16];
-    rng.fill_bytes(&mut guid);
-    let expiration = (time::OffsetDateTime::now_utc() + time::Duration::days(5 * 365)).date();
-    let plan = piv_plan(
-        &policy,
-        &device,
-        PlanSecrets {
-            pin: pin.pin,
-            puk: random_puk(&mut rng),
+    let master = crate::secrets::management_key::master_key(&state).await?;
+    let (data, batch) = DeviceSession::start_issue(
+        NewIssuance {
+            policy: &policy,
+            device: &device,
+            user_login: &user.login,
+            display_mode: settings.initial_pin_display_mode,
+            change_pin_during_issuance: settings.change_pin_during_issuance,
+            pin: req.pin.as_deref(),
+            confirm_pin: req.confirm_pin.as_deref(),
             master_key: &master,
-            chuid_guid: guid,
-            credential_number: rng.next_u32() % 1_000_000,
-            expiration: format!(
-                "{:04}{:02}{:02}",
-                expiration.year(),
-                expiration.month() as u8,
-                expiration.day()
-            ),
         },
+        time::OffsetDateTime::now_utc(),
+        &mut rand::rngs::OsRng,
     )
     .map_err(invalid)?;
-    let (data, batch) = DeviceSession::issue(
-        plan,
-        &user.login,
-        &policy.name,
-        initial_pin,
-        change_pin_at_end,
-    );
     let id = Uuid::new_v4();
     let now = time::OffsetDateTime::now_utc();
     let session = IssuanceSession {

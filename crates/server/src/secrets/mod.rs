@@ -7,6 +7,7 @@
 //! checking one costs a single HMAC, cheap enough for every request.
 
 mod kek;
+pub mod management_key;
 mod password;
 mod seal;
 mod token;

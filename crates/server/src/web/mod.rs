@@ -22,7 +22,7 @@ use keyward_domain::{Permission, Role};
 use subtle::ConstantTimeEq;
 
 use crate::app::AppState;
-use crate::auth::{Caller, Via, SESSION_COOKIE};
+use crate::auth::Caller;
 
 pub mod add_device;
 pub mod admin_policies;
@@ -206,36 +206,18 @@ impl FromRequestParts<AppState> for WebUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         let to_signin = || Redirect::to("/signin").into_response();
-        let Some(session_id) = crate::auth::cookie(parts, SESSION_COOKIE) else {
-            return Err(to_signin());
-        };
-        let hash = state.tokens.hash(&session_id);
-        let now = time::OffsetDateTime::now_utc();
-        let session = match state.store.get_session(&hash, now).await {
+        let session = match crate::auth::cookie_session(state, &parts.headers).await {
             Ok(Some(s)) => s,
             Ok(None) => return Err(to_signin()),
-            Err(e) => return Err(internal("checking the session", e)),
+            Err(e) => return Err(e.into_response()),
         };
-        let account = match crate::api::found(state.store.get_account(session.account_id).await) {
-            Ok(Some(a)) if !a.disabled => a,
-            Ok(_) => return Err(to_signin()),
-            Err(e) => return Err(internal("checking the session", e)),
-        };
-        if account.must_change_password && !BEFORE_PASSWORD_CHANGE.contains(&parts.uri.path()) {
+        if session.must_change_password && !BEFORE_PASSWORD_CHANGE.contains(&parts.uri.path()) {
             return Err(Redirect::to("/password").into_response());
         }
         Ok(WebUser {
-            caller: Caller {
-                login: account.login.clone(),
-                role: account.role,
-                user_id: account.user_id,
-                via: Via::Session {
-                    account_id: account.id,
-                    session_hash: hash,
-                },
-            },
+            caller: session.caller,
             csrf: session.csrf_token,
-            must_change_password: account.must_change_password,
+            must_change_password: session.must_change_password,
         })
     }
 }

@@ -74,17 +74,6 @@ struct SignInForm {
     password: String,
 }
 
-fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
-}
-
 use crate::sign_in::printable;
 
 async fn sign_in(
@@ -92,7 +81,7 @@ async fn sign_in(
     headers: HeaderMap,
     Form(form): Form<SignInForm>,
 ) -> Response {
-    let expected = cookie_value(&headers, SIGNIN_CSRF_COOKIE).unwrap_or_default();
+    let expected = crate::auth::cookie(&headers, SIGNIN_CSRF_COOKIE).unwrap_or_default();
     if !csrf_matches(&form.csrf, &expected) {
         return csrf_refused();
     }

@@ -7,6 +7,7 @@
 //! every state-changing request; a session whose password is a one-time one
 //! may only change it (or sign out).
 
+pub mod sessions;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, Method, StatusCode};
@@ -97,23 +98,9 @@ impl FromRequestParts<AppState> for Caller {
                 .trim();
             return caller_from_token(state, token).await;
         }
-        let Some(session_id) = cookie(parts, SESSION_COOKIE) else {
+        let Some(session) = cookie_session(state, &parts.headers).await? else {
             return Err(ApiError::unauthenticated());
         };
-        let hash = state.tokens.hash(&session_id);
-        let now = time::OffsetDateTime::now_utc();
-        let session = state
-            .store
-            .get_session(&hash, now)
-            .await
-            .map_err(|e| ApiError::internal("checking the session", e))?
-            .ok_or_else(ApiError::unauthenticated)?;
-        let account = crate::api::found(state.store.get_account(session.account_id).await)
-            .map_err(|e| ApiError::internal("checking the session", e))?
-            .ok_or_else(ApiError::unauthenticated)?;
-        if account.disabled {
-            return Err(ApiError::unauthenticated());
-        }
         if is_state_changing(&parts.method) {
             let sent = parts
                 .headers
@@ -135,7 +122,7 @@ impl FromRequestParts<AppState> for Caller {
             .get::<axum::extract::OriginalUri>()
             .map(|u| u.0.path().to_string())
             .unwrap_or_else(|| parts.uri.path().to_string());
-        if account.must_change_password && !ALLOWED_BEFORE_PASSWORD_CHANGE.contains(&path.as_str())
+        if session.must_change_password && !ALLOWED_BEFORE_PASSWORD_CHANGE.contains(&path.as_str())
         {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -143,15 +130,7 @@ impl FromRequestParts<AppState> for Caller {
                 "change the one-time password first (POST /api/v1/auth/password)",
             ));
         }
-        Ok(Caller {
-            login: account.login.clone(),
-            role: account.role,
-            user_id: account.user_id,
-            via: Via::Session {
-                account_id: account.id,
-                session_hash: hash,
-            },
-        })
+        Ok(session.caller)
     }
 }
 
@@ -184,10 +163,59 @@ fn is_state_changing(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
+/// A signed-in session, as the cookie of a request names it.
+pub struct CookieSession {
+    pub caller: Caller,
+    /// State-changing requests of the session carry it (`X-CSRF-Token`).
+    pub csrf_token: String,
+    pub must_change_password: bool,
+}
+
+/// The session the request's session cookie names, with its account (not
+/// disabled); `None` when there is none. The API and the portal both read
+/// sessions through it.
+pub async fn cookie_session(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<CookieSession>, ApiError> {
+    let Some(session_id) = cookie(headers, SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    let hash = state.tokens.hash(&session_id);
+    let now = time::OffsetDateTime::now_utc();
+    let internal = |e| ApiError::internal("checking the session", e);
+    let Some(session) = state
+        .store
+        .get_session(&hash, now)
+        .await
+        .map_err(internal)?
+    else {
+        return Ok(None);
+    };
+    let account = match crate::api::found(state.store.get_account(session.account_id).await)
+        .map_err(internal)?
+    {
+        Some(a) if !a.disabled => a,
+        _ => return Ok(None),
+    };
+    Ok(Some(CookieSession {
+        caller: Caller {
+            login: account.login.clone(),
+            role: account.role,
+            user_id: account.user_id,
+            via: Via::Session {
+                account_id: account.id,
+                session_hash: hash,
+            },
+        },
+        csrf_token: session.csrf_token,
+        must_change_password: account.must_change_password,
+    }))
+}
+
 /// The value of one cookie.
-pub fn cookie(parts: &Parts, name: &str) -> Option<String> {
-    parts
-        .headers
+pub fn cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())

@@ -19,12 +19,12 @@ fn is_own(caller: &Caller, s: &IssuanceSession) -> bool {
 /// The session `id` for `caller`: to anyone without "devices.issue" a
 /// session that is not there is refused as a foreign one would be (403),
 /// so ids cannot be probed.
-pub(super) async fn load_for(
+pub(crate) async fn load_for(
     state: &AppState,
     caller: &Caller,
     id: &str,
 ) -> ApiResult<IssuanceSession> {
-    match super::load(state, id).await {
+    match crate::issuance::load(state, id).await {
         Ok(s) => Ok(s),
         Err(_) if !caller.role.allows(Permission::DevicesIssue) => Err(caller
             .require(Permission::DevicesIssue)
@@ -35,7 +35,7 @@ pub(super) async fn load_for(
 }
 
 /// Read the session (status, the batch out).
-pub(super) fn may_see(caller: &Caller, s: &IssuanceSession) -> ApiResult<()> {
+pub(crate) fn may_see(caller: &Caller, s: &IssuanceSession) -> ApiResult<()> {
     if caller.role.allows(Permission::DevicesIssue) || is_own(caller, s) {
         return Ok(());
     }
@@ -44,7 +44,7 @@ pub(super) fn may_see(caller: &Caller, s: &IssuanceSession) -> ApiResult<()> {
 
 /// Retry a failed attempt: operators always; the session's own user only
 /// under "Enable issuance retry for user".
-pub(super) async fn may_retry(
+pub(crate) async fn may_retry(
     state: &AppState,
     caller: &Caller,
     s: &IssuanceSession,
@@ -115,10 +115,10 @@ impl axum::extract::FromRequestParts<AppState> for MayStart {
 /// its own user, with the policy it was assigned with, through one of its
 /// own paired agents (`via`). Everything else is refused with 403, before
 /// anything else is looked at, so devices cannot be probed.
-pub(super) async fn may_start(
+pub(crate) async fn may_start(
     state: &AppState,
     caller: &Caller,
-    req: &super::StartIssuance,
+    req: &keyward_proto::StartIssuance,
 ) -> ApiResult<()> {
     if caller.role.allows(Permission::DevicesIssue) {
         return Ok(());

@@ -1,0 +1,128 @@
+//! Device sessions as the API shows them: starting an issuance or a
+//! recycle, and a session's status (the relay protocol's batches are in the
+//! crate root).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::RelayPrompt;
+
+/// Add Device for a user: the request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartIssuance {
+    /// The user's login.
+    pub user: String,
+    /// The device policy's name.
+    pub policy: String,
+    /// The device's serial number (decimal).
+    pub serial: String,
+    /// The PIN (display modes Displayed and Disguised).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
+    /// The PIN again (Disguised).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_pin: Option<String>,
+    /// "Action Type": `issue` (the default: issue now) or `assign` (bind the
+    /// device to the user with the policy; issuance completes later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Who relays the device commands: `local` (the default: the caller's
+    /// client), `agent` (the online workstation agent that reports the
+    /// device) or an agent's id. Prompts are answered by the caller's client
+    /// either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+}
+
+/// Add Device with action `assign`: the device is bound to the user.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Assigned {
+    pub serial: String,
+    /// `assigned`.
+    pub state: String,
+    pub user: String,
+    pub policy: String,
+}
+
+/// Recycle: the request (the body is optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecycleRequest {
+    /// Who relays the device commands: `local` (the default: the caller's
+    /// client), `agent` (the online workstation agent that reports the
+    /// device) or an agent's id. Prompts are answered by the caller's client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+}
+
+/// A session as the API shows it (no secret).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = SessionStatus)]
+pub struct SessionView {
+    pub session_id: String,
+    pub serial: String,
+    pub user: String,
+    pub policy: String,
+    /// `running`, `issued`, `failed`, `cancelled`; a recycle ends `recycled`,
+    /// a PIN change `pin_changed` or `pin_change_failed`.
+    #[schema(value_type = String)]
+    pub status: keyward_domain::SessionStatus,
+    pub step: String,
+    pub seq: i64,
+    /// `issue`, `assign`, `recycle` or `change_pin`.
+    #[schema(value_type = String)]
+    pub action: keyward_domain::SessionAction,
+    pub error: Option<SessionError>,
+    pub credentials: Vec<CredentialView>,
+    /// The prompts the person must answer now (the batch out carries no
+    /// device command); the person's client posts the answers to the relay.
+    pub prompts: Vec<RelayPrompt>,
+    /// The workstation agent (id) that relays this session's device
+    /// commands, if it runs through one (`keyward issue --retry` follows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+}
+
+/// Why a session stopped: the information a person can copy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SessionError {
+    /// `device_removed`, `wrong_pin`, `declined_by_person`, `abandoned`, …
+    pub code: String,
+    pub step: String,
+    pub message: String,
+    /// The device's status word (hex), when a command failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sw: Option<String>,
+    /// A failed PIN change: the tries the device has left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tries_left: Option<u8>,
+    /// The session and the time (RFC 3339), for a support request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+}
+
+/// A credential a session put on a device (a certificate, a passkey).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CredentialView {
+    pub id: uuid::Uuid,
+    pub device_id: uuid::Uuid,
+    pub session_id: uuid::Uuid,
+    /// `certificate` or `passkey`.
+    pub kind: String,
+    /// The PIV slot (`9a`) of a certificate; `aaguid:…` of a passkey.
+    pub slot: Option<String>,
+    /// The certificate's serial number (hex); the passkey's Graph id.
+    pub serial: String,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>)]
+    pub not_after: Option<time::OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String)]
+    pub created_at: time::OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>)]
+    pub revoked_at: Option<time::OffsetDateTime>,
+}
