@@ -10,6 +10,7 @@ pub mod device;
 pub mod device_type;
 pub mod error;
 pub mod firmware;
+pub mod lifecycle;
 pub mod names;
 pub mod passkey;
 pub mod pin;
@@ -25,6 +26,7 @@ pub use device::{Atr, Device, DeviceHistoryEntry, NewDevice, Serial, StateChange
 pub use device_type::{DeviceCapabilities, EntraPasskeySupport};
 pub use error::{ValidationError, ValidationResult};
 pub use firmware::FirmwareVersion;
+pub use lifecycle::{CertificateAction, CredentialEffects, RevocationReason};
 pub use names::{
     Applet, AuditOutcome, CharacterSet, DeviceState, DeviceType, DisplayMode, ExtendedKeyUsage,
     KeyAlgorithm, KeyUsage, ManagementKeyMode, PivSlot, Role, SanSource, SessionAction,

@@ -30,6 +30,8 @@ canonical_enum! {
         OperatorsManage = "operators.manage", "Manage operators and roles";
         TokensManage = "tokens.manage", "Create and revoke API tokens";
         AuditRead = "audit.read", "Read and verify the audit trail";
+        /// Close a job that keeps failing (a passkey deletion Entra ID refuses).
+        JobsManage = "jobs.manage", "Close stuck jobs";
         /// A user acting on their own devices in the portal.
         SelfService = "self_service", "Manage one's own devices";
     }

@@ -127,3 +127,32 @@ impl std::fmt::Debug for InitialPin {
             .finish_non_exhaustive()
     }
 }
+
+/// Which jobs to list.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct JobQuery {
+    /// `pending` (the default), `done` or `closed`.
+    pub state: Option<String>,
+    /// One device's jobs (its serial).
+    pub device: Option<String>,
+}
+
+/// A durable job (a passkey deletion at Entra ID, …).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobView {
+    pub id: String,
+    /// `delete_passkey`, …
+    pub kind: String,
+    /// What it is about (`device:SERIAL`).
+    pub target: String,
+    /// `pending`, `done` or `closed`.
+    pub state: String,
+    pub attempts: u32,
+    /// RFC 3339: not tried again before.
+    pub next_at: String,
+    /// Why the last try failed.
+    pub last_error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}

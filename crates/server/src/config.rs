@@ -41,6 +41,9 @@ pub struct Config {
     /// Trusted roots for YubiKey PIV attestation (PEM or DER files): Yubico's
     /// PIV root for real devices, `keyward vcard ca-cert` for virtual ones.
     pub attestation_roots: Vec<PathBuf>,
+    /// Hours between a CRL's thisUpdate and nextUpdate; it is signed again
+    /// at half-life, and at once after a revocation.
+    pub crl_validity_hours: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -65,6 +68,7 @@ impl Default for Config {
             public_url: None,
             initial_pin_days: 30,
             abandon_after_seconds: 1800,
+            crl_validity_hours: 24,
             attestation_roots: Vec::new(),
         }
     }

@@ -212,32 +212,6 @@ fn creation_request(o: &keyward_graph::CreationOptions) -> Result<CreationReques
     })
 }
 
-/// Deletes at Graph every passkey on record for a device and not revoked
-/// (a recycled device). A failure is logged: the credential is revoked on
-/// record anyway, and an operator can delete the passkey in Entra ID.
-pub(crate) async fn forget_passkeys(state: &AppState, device_id: Uuid) {
-    let credentials = match state.store.device_credentials(device_id).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "reading the device's passkeys to delete them");
-            return;
-        }
-    };
-    for c in credentials.iter().filter(|c| c.revoked_at.is_none()) {
-        let Some(record) = passkey_record(c) else {
-            continue;
-        };
-        match delete_passkey(state, &record).await {
-            Ok(()) => {
-                tracing::info!(graph_id = %record.graph_id, "passkey deleted at the Passkey-Enabled Service")
-            }
-            Err(e) => {
-                tracing::warn!(graph_id = %record.graph_id, error = %e, "the passkey could not be deleted at the Passkey-Enabled Service")
-            }
-        }
-    }
-}
-
 /// Deletes passkeys registered in a step whose end could not be recorded.
 pub(crate) async fn compensate(state: &AppState, records: &[PasskeyRecord]) {
     for r in records {

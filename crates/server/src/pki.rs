@@ -19,7 +19,7 @@ use keyward_store::Store;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use keyward_domain::{DevicePolicy, User};
+use keyward_domain::{DevicePolicy, RevocationReason, User};
 use keyward_engine::piv::{Certified, GeneratedKey};
 use keyward_engine::{Failure, FailureCode, Step};
 use keyward_pki::{CertificateAuthority, LeafRequest};
@@ -30,8 +30,6 @@ use crate::secrets::Sealed;
 
 /// The store secret holding the sealed CA material.
 const SECRET_NAME: &str = "pki:embedded-ca";
-/// A CRL is re-signed when older than this, and valid twice as long.
-const CRL_REFRESH: time::Duration = time::Duration::days(1);
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Stored {
@@ -126,40 +124,69 @@ impl Pki {
         }))
     }
 
-    /// The issuing CA's CRL: every certificate revoked in the store,
-    /// re-signed when older than a day or after a revocation.
-    pub async fn crl(&self, store: &Store) -> anyhow::Result<Vec<u8>> {
+    /// The issuing CA's CRL, from the store: every revoked or held
+    /// certificate with its RFC 5280 reason; valid `validity` from its
+    /// thisUpdate, signed again at half-life and after each revocation (the
+    /// change feed tells every node). Its number comes from the store: the
+    /// same increasing sequence for every node, above the time-based
+    /// numbers published before.
+    pub async fn crl(&self, store: &Store, validity: time::Duration) -> anyhow::Result<Vec<u8>> {
         let now = OffsetDateTime::now_utc();
         if let Some((at, der)) = self.crl.read().expect("CRL lock").as_ref() {
-            if now - *at < CRL_REFRESH {
+            if now - *at < validity / 2 {
                 return Ok(der.clone());
             }
         }
         let revoked = store
-            .revoked_certificates()
+            .revocations()
             .await?
             .into_iter()
-            .map(|(serial, at)| {
+            .map(|r| {
                 Ok(keyward_pki::Revoked {
-                    serial: hex::decode(&serial)
+                    serial: hex::decode(&r.serial)
                         .map_err(|e| anyhow::anyhow!("stored certificate serial: {e}"))?,
-                    at,
-                    // cessationOfOperation: the attempt that used the key ended.
-                    reason: Some(5),
+                    at: r.at,
+                    // Revoked before reasons were stored: the attempt
+                    // that used the key ended (cessationOfOperation).
+                    reason: Some(
+                        r.reason
+                            .unwrap_or(RevocationReason::CessationOfOperation)
+                            .code(),
+                    ),
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        // CRL numbers must grow: seconds since the epoch do, across restarts and nodes.
-        let number = now.unix_timestamp().max(1) as u64;
-        let der = self.ca.crl(&revoked, now, now + CRL_REFRESH * 7, number)?;
+        let number = store
+            .next_crl_number("issuing", now.unix_timestamp().max(1))
+            .await? as u64;
+        let der = self.ca.crl(&revoked, now, now + validity, number)?;
         *self.crl.write().expect("CRL lock") = Some((now, der.clone()));
         Ok(der)
     }
 
-    /// A certificate was revoked: the next CRL request signs a new list.
+    /// A certificate was revoked, held or released: the next CRL request
+    /// signs a new list.
     pub fn invalidate_crl(&self) {
         *self.crl.write().expect("CRL lock") = None;
     }
+}
+
+/// Keeps this node's CRL in step with the store: every node hears of a
+/// revocation made on any node through the change feed.
+pub fn spawn_crl_follower(state: AppState) {
+    let mut changes = state.store.changes();
+    tokio::spawn(async move {
+        loop {
+            match changes.recv().await {
+                Ok(keyward_store::Change::Revocations | keyward_store::Change::Resync)
+                | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    state.pki.invalidate_crl()
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
 }
 
 pub fn routes() -> Router<AppState> {
@@ -212,7 +239,8 @@ async fn crl_file(State(state): State<AppState>, Path(file): Path<String>) -> Re
     if file != "issuing.crl" {
         return (StatusCode::NOT_FOUND, "no such CRL; try issuing.crl\n").into_response();
     }
-    match state.pki.crl(&state.store).await {
+    let validity = time::Duration::hours(state.config.crl_validity_hours.max(1) as i64);
+    match state.pki.crl(&state.store, validity).await {
         Ok(der) => ([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response(),
         Err(e) => crate::error::ApiError::internal("signing the CRL", e).into_response(),
     }

@@ -62,6 +62,8 @@ impl Server {
         }
         spawn_audit_checkpoints(state.clone(), config.audit_checkpoint_seconds);
         spawn_abandoned_sweeper(state.clone(), config.abandon_after_seconds);
+        crate::pki::spawn_crl_follower(state.clone());
+        crate::jobs::spawn_worker(state.clone());
 
         let app = router(state.clone());
         let handle = axum_server::Handle::new();

@@ -34,6 +34,10 @@ pub enum Change {
     Session { id: Uuid },
     /// An agent was paired or revoked, or reported its devices.
     Agents,
+    /// A certificate was revoked, held or released: CRLs and OCSP answers change.
+    Revocations,
+    /// Jobs were written: the job runners look for due work.
+    Jobs,
     /// Changes may have been missed (the listener reconnected): re-read.
     Resync,
 }

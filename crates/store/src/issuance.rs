@@ -176,7 +176,7 @@ impl Store {
         audits: &[&AuditDraft],
     ) -> StoreResult<()> {
         let key = self.key();
-        on_writer!(
+        let done = on_writer!(
             self,
             advance_issuance(
                 &key,
@@ -189,7 +189,12 @@ impl Store {
             )
         )?;
         self.publish(Change::Session { id }).await;
+        self.revocations_changed(&done).await;
         Ok(())
+    }
+
+    pub async fn get_credential(&self, id: Uuid) -> StoreResult<Credential> {
+        on_backend!(self, get_credential(id))
     }
 
     pub async fn device_credentials(&self, device_id: Uuid) -> StoreResult<Vec<Credential>> {

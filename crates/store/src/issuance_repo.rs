@@ -35,15 +35,19 @@ fn enum_column<T: std::str::FromStr<Err = keyward_domain::ValidationError>>(
 /// (`current`). Every change of a device row moves its version, so the
 /// update's version check proves the row is still `current`: no read of it
 /// inside the transaction (a round trip while holding the write lock).
+/// A device's move inside `tx`, from `current` as the caller read it (the
+/// version check in the UPDATE proves it current), with its history row
+/// and what it does to the device's credentials.
 async fn device_change_tx(
     tx: &mut Tx,
     current: &Device,
     change: &StateChange,
     actor: &str,
-) -> StoreResult<Device> {
+) -> StoreResult<(Device, crate::lifecycle::EffectsDone)> {
     let (id, expected_version) = (current.id, current.version);
     let mut next = current.apply(change)?;
     next.version = expected_version + 1;
+    let at = now();
     let res = sqlx::query(
         "UPDATE devices SET state = $1, reason = $2, assigned_user = $3, device_policy = $4, version = $5, updated_at = $6 \
          WHERE id = $7 AND version = $8",
@@ -53,11 +57,22 @@ async fn device_change_tx(
     .bind(next.assigned_user)
     .bind(next.device_policy)
     .bind(next.version)
-    .bind(now())
+    .bind(at)
     .bind(id)
     .bind(expected_version)
     .execute(&mut **tx)
-    .await?;
+    .await
+    .map_err(|e| {
+        if is_foreign_key_violation(&e) {
+            StoreError::Validation(ValidationError::new(
+                "reference_not_found",
+                "assigned_user",
+                "the user or device policy does not exist",
+            ))
+        } else {
+            e.into()
+        }
+    })?;
     if res.rows_affected() == 0 {
         return Err(conflict(
             "version_conflict",
@@ -66,7 +81,9 @@ async fn device_change_tx(
         ));
     }
     insert_history(tx, id, actor, Some(current), &next, change.note.as_deref()).await?;
-    Ok(next)
+    let effects = keyward_domain::lifecycle::effects(current.state, next.state, next.reason);
+    let done = apply_effects(tx, &next, &effects, at).await?;
+    Ok((next, done))
 }
 
 /// Inserts a session row inside `tx`; a second active session for the same
@@ -124,7 +141,7 @@ pub async fn start_issuance(
         )));
     }
     let mut tx = dialect::begin_write(pool).await?;
-    let device = device_change_tx(&mut tx, device, change, &audit.actor).await?;
+    let (device, _) = device_change_tx(&mut tx, device, change, &audit.actor).await?;
     insert_session(&mut tx, session, "the device is in another active issuance session").await?;
     finish(tx, key, audit).await?;
     Ok(device)
@@ -159,6 +176,19 @@ pub async fn revoke_device_credentials(
     .execute(pool)
     .await?;
     Ok(res.rows_affected())
+}
+
+/// One credential by id.
+pub async fn get_credential(pool: &Pool<DB>, id: Uuid) -> StoreResult<crate::issuance::Credential> {
+    let row = sqlx::query(
+        "SELECT id, device_id, session_id, kind, slot, serial, not_after, der, created_at, revoked_at \
+         FROM credentials WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| StoreError::not_found("credential", id))?;
+    credential_from_row(&row)
 }
 
 /// The device's most recent session, if it ever had one.
@@ -250,7 +280,7 @@ pub async fn advance_issuance(
     device_change: Option<(&Device, &StateChange)>,
     credentials: &[crate::issuance::Credential],
     audits: &[&AuditDraft],
-) -> StoreResult<()> {
+) -> StoreResult<crate::lifecycle::EffectsDone> {
     let Some((last, earlier)) = audits.split_last() else {
         return Err(StoreError::Validation(ValidationError::new(
             "audit_missing",
@@ -280,16 +310,44 @@ pub async fn advance_issuance(
             "the session moved on: fetch the current batch",
         ));
     }
-    if let Some((device, change)) = device_change {
-        device_change_tx(&mut tx, device, change, &last.actor).await?;
-    }
+    // The credentials first: a device's move (a Recycle's) then acts on
+    // every credential it has.
     if !credentials.is_empty() {
         insert_credentials(&mut tx, credentials).await?;
+    }
+    let mut done = crate::lifecycle::EffectsDone::default();
+    if let Some((device, change)) = device_change {
+        done = device_change_tx(&mut tx, device, change, &last.actor).await?.1;
+    }
+    if credentials.iter().any(|c| c.revoked_at.is_some()) {
+        // A failed attempt's certificates, revoked as they are recorded.
+        done.revoked += 1;
+    }
+    // A passkey recorded revoked (registered by a failed or abandoned
+    // attempt) is deleted at its service by a job written here.
+    for c in credentials
+        .iter()
+        .filter(|c| c.kind == "passkey" && c.revoked_at.is_some())
+    {
+        let serial: String = sqlx::query("SELECT serial FROM devices WHERE id = $1")
+            .bind(c.device_id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("serial")?;
+        let job = crate::lifecycle::NewJob {
+            kind: crate::lifecycle::JOB_DELETE_PASSKEY.into(),
+            payload: serde_json::json!({ "credential": c.id }).to_string(),
+            target: format!("device:{serial}"),
+            not_before: now(),
+        };
+        insert_job(&mut tx, &job).await?;
+        done.jobs += 1;
     }
     for audit in earlier {
         append_audit_tx(&mut tx, key, audit).await?;
     }
-    finish(tx, key, last).await
+    finish(tx, key, last).await?;
+    Ok(done)
 }
 
 /// The credentials as one multi-row INSERT (one round trip while the
@@ -333,22 +391,22 @@ pub async fn device_credentials(
     .bind(device_id)
     .fetch_all(pool)
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(crate::issuance::Credential {
-                id: r.try_get("id")?,
-                device_id: r.try_get("device_id")?,
-                session_id: r.try_get("session_id")?,
-                kind: r.try_get("kind")?,
-                slot: r.try_get("slot")?,
-                serial: r.try_get("serial")?,
-                not_after: r.try_get("not_after")?,
-                der: r.try_get("der")?,
-                created_at: r.try_get("created_at")?,
-                revoked_at: r.try_get("revoked_at")?,
-            })
-        })
-        .collect()
+    rows.iter().map(credential_from_row).collect()
+}
+
+fn credential_from_row(r: &DbRow) -> StoreResult<crate::issuance::Credential> {
+    Ok(crate::issuance::Credential {
+        id: r.try_get("id")?,
+        device_id: r.try_get("device_id")?,
+        session_id: r.try_get("session_id")?,
+        kind: r.try_get("kind")?,
+        slot: r.try_get("slot")?,
+        serial: r.try_get("serial")?,
+        not_after: r.try_get("not_after")?,
+        der: r.try_get("der")?,
+        created_at: r.try_get("created_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+    })
 }
 
 /// Serial numbers (hex) and revocation times of every revoked certificate,

@@ -14,6 +14,7 @@
 pub mod changes;
 mod error;
 mod issuance;
+pub mod lifecycle;
 mod types;
 mod write_tx;
 
@@ -21,6 +22,7 @@ pub use changes::Change;
 pub use error::{StoreError, StoreResult};
 pub use issuance::{Credential, IssuanceContext, IssuanceSession, IssuanceUpdate};
 pub use keyward_domain::AuditDraft;
+pub use lifecycle::{EffectsDone, Job, JobState, NewJob, Revocation};
 pub use types::*;
 
 use hmac::{Hmac, Mac};
@@ -123,6 +125,8 @@ mod sqlite_dialect {
     /// SQLite locks by transaction: IMMEDIATE takes the write lock up front, so two
     /// writers never both read then fail to upgrade, and audit appends are serialised.
     pub const FOR_UPDATE: &str = "";
+    /// The writer is alone: nothing to skip.
+    pub const SKIP_LOCKED: &str = "";
     /// Rows per multi-row INSERT (SQLite allows 32766 parameters).
     pub const BULK_ROWS: usize = 500;
     pub const ANONYMOUS_PLACEHOLDERS: bool = true;
@@ -198,6 +202,8 @@ mod pg_dialect {
     pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
     /// The head row is locked so writers on several nodes append one after the other.
     pub const FOR_UPDATE: &str = " FOR UPDATE";
+    /// Job runners on several nodes claim different jobs.
+    pub const SKIP_LOCKED: &str = " FOR UPDATE SKIP LOCKED";
     /// Rows per multi-row INSERT (PostgreSQL allows 65535 parameters).
     pub const BULK_ROWS: usize = 1000;
     pub const ANONYMOUS_PLACEHOLDERS: bool = false;
@@ -244,6 +250,7 @@ mod sqlite_repo {
     include!("repo.rs");
     include!("issuance_repo.rs");
     include!("agents_repo.rs");
+    include!("lifecycle_repo.rs");
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -253,6 +260,7 @@ mod pg_repo {
     include!("repo.rs");
     include!("issuance_repo.rs");
     include!("agents_repo.rs");
+    include!("lifecycle_repo.rs");
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -556,18 +564,23 @@ impl Store {
 
     /// Applies a state change checked by the domain state machine, if the device is
     /// still at `expected_version`; otherwise `Conflict { code: "version_conflict" }`.
-    /// Writes a history row and the audit event (actor = `audit.actor`).
+    /// Writes a history row, what the move does to the device's credentials
+    /// (`keyward_domain::lifecycle::effects`: revocations, holds, passkey
+    /// deletions as jobs) and the audit event (actor = `audit.actor`), in one
+    /// transaction.
     pub async fn change_device_state(
         &self,
         id: Uuid,
         expected_version: i64,
         change: &StateChange,
         audit: &AuditDraft,
-    ) -> StoreResult<Device> {
-        dispatch_audited!(
+    ) -> StoreResult<(Device, EffectsDone)> {
+        let done = dispatch_audited!(
             self,
             change_device_state(id, expected_version, change, audit)
-        )
+        )?;
+        self.revocations_changed(&done.1).await;
+        Ok(done)
     }
 
     pub async fn device_history(&self, id: Uuid) -> StoreResult<Vec<DeviceHistoryEntry>> {

@@ -998,7 +998,7 @@ pub async fn change_device_state(
     expected_version: i64,
     change: &StateChange,
     audit: &AuditDraft,
-) -> StoreResult<Device> {
+) -> StoreResult<(Device, crate::lifecycle::EffectsDone)> {
     let mut tx = dialect::begin_write(pool).await?;
     let sql = format!("SELECT {DEVICE_COLS} FROM devices WHERE id = $1");
     let current = match sqlx::query(&sql).bind(id).fetch_optional(&mut *tx).await? {
@@ -1018,54 +1018,20 @@ pub async fn change_device_state(
     if current.version != expected_version {
         return Err(version_conflict(current.version));
     }
-    let mut next = current.apply(change)?;
-    next.version = expected_version + 1;
-    let res = sqlx::query(
-        "UPDATE devices SET state = $1, reason = $2, assigned_user = $3, device_policy = $4, version = $5, updated_at = $6 \
-         WHERE id = $7 AND version = $8",
-    )
-    .bind(next.state.as_str())
-    .bind(next.reason.map(|r| r.as_str()))
-    .bind(next.assigned_user)
-    .bind(next.device_policy)
-    .bind(next.version)
-    .bind(now())
-    .bind(id)
-    .bind(expected_version)
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| {
-        if is_foreign_key_violation(&e) {
-            StoreError::Validation(ValidationError::new(
-                "reference_not_found",
-                "assigned_user",
-                "the user or device policy does not exist",
-            ))
-        } else {
-            e.into()
-        }
-    })?;
-    if res.rows_affected() == 0 {
-        return Err(version_conflict(expected_version + 1));
-    }
-    insert_history(
-        &mut tx,
-        id,
-        &audit.actor,
-        Some(&current),
-        &next,
-        change.note.as_deref(),
-    )
-    .await?;
+    let (next, done) = device_change_tx(&mut tx, &current, change, &audit.actor).await?;
     let audit = audit
         .clone()
         .detail("serial", current.serial.to_string())
         .detail("from_state", current.state.as_str())
         .detail("to_state", next.state.as_str())
         .detail("reason", next.reason.map(|r| r.as_str()))
-        .detail("version", next.version);
+        .detail("version", next.version)
+        .detail("certificates_revoked", done.revoked)
+        .detail("certificates_held", done.held)
+        .detail("certificates_released", done.released)
+        .detail("passkey_deletions", done.jobs);
     finish(tx, key, &audit).await?;
-    Ok(next)
+    Ok((next, done))
 }
 
 pub async fn device_history(pool: &Pool<DB>, id: Uuid) -> StoreResult<Vec<DeviceHistoryEntry>> {

@@ -140,6 +140,7 @@ pub fn follow_changes(state: &AppState) {
                     inner.agents.devices_changed();
                     inner.agents.work_changed();
                 }
+                Ok(Change::Revocations | Change::Jobs) => {}
                 Err(RecvError::Closed) => return,
             }
         }

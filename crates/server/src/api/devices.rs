@@ -135,9 +135,11 @@ pub async fn load(state: &AppState, serial: &str) -> ApiResult<Device> {
         .map_err(|e| store_error("reading the device", e))
 }
 
-/// Change a device's state (the state machine decides what is allowed);
-/// refused with 409 `version_conflict` if the device changed since
-/// `expected_version` was read.
+/// Change a device's state by hand: a person's moves only (unassign,
+/// terminate, declare incident, restore), not under an active session; the
+/// certificates are revoked, held or released with the move, and passkey
+/// deletions queued (the lifecycle service). Refused with 409
+/// `version_conflict` if the device changed since `expected_version` was read.
 #[utoipa::path(post, path = "/devices/{serial}/state", operation_id = "changeDeviceState", tag = "devices", params(("serial" = String, Path)),
     request_body = DeviceStateRequest,
     responses((status = 200, body = Object, description = "The device"), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -163,18 +165,9 @@ async fn change_state(
         device_policy: None,
         note: req.note.clone(),
     };
-    device.apply(&change).map_err(invalid)?;
-    let draft = audit(
-        &caller,
-        "device.state",
-        format!("device:{}", device.serial),
-        serde_json::json!({ "from": device.state, "to": change.to, "reason": change.reason }),
-    );
-    let updated = state
-        .store
-        .change_device_state(device.id, req.expected_version, &change, &draft)
-        .await
-        .map_err(|e| store_error("changing the device state", e))?;
+    let (updated, _) =
+        crate::lifecycle::change_state(&state, &caller, &device, req.expected_version, &change)
+            .await?;
     Ok(Json(updated))
 }
 

@@ -14,6 +14,7 @@ use crate::error::ApiError;
 pub mod audit;
 pub mod devices;
 pub mod import;
+pub mod jobs;
 pub mod operators;
 pub mod passkey_services;
 pub mod policies;
@@ -41,6 +42,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(operators::router())
         .merge(tokens::router())
         .merge(audit::router())
+        .merge(jobs::router())
         .merge(crate::issuance::router())
         .merge(crate::agents::router())
         .merge(crate::initial_pin::router())

@@ -277,6 +277,7 @@ pub mod perm {
         OperatorsManage,
         TokensManage,
         AuditRead,
+        JobsManage,
         SelfService,
     );
 }

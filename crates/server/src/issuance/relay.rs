@@ -216,7 +216,6 @@ async fn record_ending(
         .into_iter()
         .map(|(slot, der)| certificate_credential(s, slot, der, revoked_at))
         .collect::<ApiResult<Vec<_>>>()?;
-    let any_certificate_revoked = ending.revoked && !credentials.is_empty();
     let passkeys: Vec<_> = ending.passkey.into_iter().collect();
     credentials.extend(
         passkeys
@@ -310,25 +309,11 @@ async fn record_ending(
         },
     )
     .await;
-    // A passkey registered by a failed attempt, or one whose session's end
-    // could not be recorded, is deleted at its service again.
-    if ending.revoked || answer.is_err() {
+    // A passkey registered by a failed attempt is deleted at its service by
+    // a job written with the end (the store's outbox); one whose session's
+    // end could not be recorded has no record and no job: deleted now.
+    if answer.is_err() {
         crate::entra::compensate(state, &passkeys).await;
-    }
-    if answer.is_ok() && ending.device == DeviceMove::Recycled {
-        // The device's passkeys are deleted at their Passkey-Enabled Service.
-        crate::entra::forget_passkeys(state, s.device_id).await;
-        let revoked = state
-            .store
-            .revoke_device_credentials(s.device_id, ending.at)
-            .await
-            .map_err(|e| store_error("revoking the device's credentials", e))?;
-        if revoked > 0 {
-            state.pki.invalidate_crl();
-        }
-    }
-    if any_certificate_revoked {
-        state.pki.invalidate_crl();
     }
     answer
 }

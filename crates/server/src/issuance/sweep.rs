@@ -11,7 +11,8 @@ use crate::app::AppState;
 /// closed, operator signed out, client gone): the server cancels them on its
 /// own, as Cancel would: the device is no longer assigned to the user
 /// (Produced, Unassigned) and can be recycled; certificates of the attempt
-/// are revoked, and a passkey it registered is deleted at its service.
+/// are revoked, and a passkey it registered is deleted at its service (a
+/// job written with the end).
 /// Returns how many sessions it ended.
 pub async fn sweep_abandoned(state: &AppState) -> anyhow::Result<usize> {
     let before = time::OffsetDateTime::now_utc()
@@ -36,7 +37,6 @@ pub async fn sweep_abandoned(state: &AppState) -> anyhow::Result<usize> {
             outcome: AuditOutcome::Failure,
             details: serde_json::json!({ "session": s.id, "status": s.status }),
         };
-        let any_revoked = !revoked.is_empty();
         let closed = close(
             state,
             &s,
@@ -54,11 +54,8 @@ pub async fn sweep_abandoned(state: &AppState) -> anyhow::Result<usize> {
         .await;
         match closed {
             Ok(_) => {
+                // The passkey's deletion is a job written with the end.
                 ended += 1;
-                crate::entra::compensate(state, &passkey.into_iter().collect::<Vec<_>>()).await;
-                if any_revoked {
-                    state.pki.invalidate_crl();
-                }
                 tracing::info!(session = %s.id, serial = data.serial, "abandoned issuance session cancelled");
             }
             // Someone (a client, another node) moved it on meanwhile: not abandoned.

@@ -1,0 +1,320 @@
+// Repository bodies of the device lifecycle (included into `sqlite_repo` and
+// `pg_repo` like `repo.rs`): what a device's move does to its credentials,
+// in the move's own transaction; the durable jobs that carry out what needs
+// another service (a passkey deleted at Entra ID); the issuing CA's CRL
+// numbers and the revoked certificates a CRL or OCSP answer lists.
+
+use keyward_domain::{CertificateAction, CredentialEffects, RevocationReason};
+
+/// Carries out `effects` of the move of `device` (inside its transaction):
+/// certificates revoked, held or released; passkeys marked revoked and a
+/// `delete_passkey` job written for each.
+async fn apply_effects(
+    tx: &mut Tx,
+    device: &Device,
+    effects: &CredentialEffects,
+    at: OffsetDateTime,
+) -> StoreResult<crate::lifecycle::EffectsDone> {
+    let mut done = crate::lifecycle::EffectsDone::default();
+    let id = device.id;
+    let hold = i64::from(RevocationReason::CertificateHold.code());
+    match effects.certificates {
+        None => {}
+        Some(CertificateAction::Revoke {
+            reason,
+            only_unexpired,
+        }) => {
+            // Held ones get their final reason too.
+            let unexpired = if only_unexpired {
+                " AND (not_after IS NULL OR not_after > $1)"
+            } else {
+                ""
+            };
+            let sql = format!(
+                "UPDATE credentials SET revoked_at = $1, revocation_reason = $2 \
+                 WHERE device_id = $3 AND kind = 'certificate' AND (revoked_at IS NULL OR revocation_reason = $4){unexpired}"
+            );
+            done.revoked = sqlx::query(&sql)
+                .bind(at)
+                .bind(i64::from(reason.code()))
+                .bind(id)
+                .bind(hold)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+        }
+        Some(CertificateAction::Hold) => {
+            done.held = sqlx::query(
+                "UPDATE credentials SET revoked_at = $1, revocation_reason = $2 \
+                 WHERE device_id = $3 AND kind = 'certificate' AND revoked_at IS NULL",
+            )
+            .bind(at)
+            .bind(hold)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+        }
+        Some(CertificateAction::Release) => {
+            done.released = sqlx::query(
+                "UPDATE credentials SET revoked_at = NULL, revocation_reason = NULL \
+                 WHERE device_id = $1 AND kind = 'certificate' AND revocation_reason = $2",
+            )
+            .bind(id)
+            .bind(hold)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+        }
+    }
+    if effects.delete_passkeys {
+        let rows = sqlx::query(
+            "SELECT id FROM credentials WHERE device_id = $1 AND kind = 'passkey' AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .fetch_all(&mut **tx)
+        .await?;
+        for r in &rows {
+            let credential: Uuid = r.try_get("id")?;
+            sqlx::query("UPDATE credentials SET revoked_at = $1 WHERE id = $2")
+                .bind(at)
+                .bind(credential)
+                .execute(&mut **tx)
+                .await?;
+            let job = crate::lifecycle::NewJob {
+                kind: crate::lifecycle::JOB_DELETE_PASSKEY.into(),
+                payload: serde_json::json!({ "credential": credential }).to_string(),
+                target: format!("device:{}", device.serial),
+                not_before: at,
+            };
+            insert_job(tx, &job).await?;
+            done.jobs += 1;
+        }
+    }
+    Ok(done)
+}
+
+async fn insert_job(tx: &mut Tx, job: &crate::lifecycle::NewJob) -> StoreResult<Uuid> {
+    let id = Uuid::new_v4();
+    let at = now();
+    sqlx::query(
+        "INSERT INTO jobs (id, kind, payload, target, state, attempts, next_at, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, 'pending', 0, $5, $6, $6)",
+    )
+    .bind(id)
+    .bind(&job.kind)
+    .bind(&job.payload)
+    .bind(&job.target)
+    .bind(job.not_before)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(id)
+}
+
+const JOB_COLS: &str =
+    "id, kind, payload, target, state, attempts, next_at, lease_until, leased_by, last_error, created_at, updated_at";
+
+fn job_from_row(r: &DbRow) -> StoreResult<crate::lifecycle::Job> {
+    let state: String = r.try_get("state")?;
+    Ok(crate::lifecycle::Job {
+        id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
+        payload: r.try_get("payload")?,
+        target: r.try_get("target")?,
+        state: state
+            .parse()
+            .map_err(|_| StoreError::corrupt("job", format!("state {state}")))?,
+        attempts: r.try_get::<i64, _>("attempts")? as u32,
+        next_at: r.try_get("next_at")?,
+        lease_until: r.try_get("lease_until")?,
+        leased_by: r.try_get("leased_by")?,
+        last_error: r.try_get("last_error")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+/// Claims the oldest due job no live lease holds, for `lease` from now: on
+/// PostgreSQL with `FOR UPDATE SKIP LOCKED` (workers on several nodes take
+/// different jobs), on SQLite on the file's one writer.
+pub async fn claim_job(
+    pool: &Pool<DB>,
+    worker: &str,
+    lease: time::Duration,
+) -> StoreResult<Option<crate::lifecycle::Job>> {
+    let mut tx = dialect::begin_write(pool).await?;
+    let at = now();
+    let sql = format!(
+        "SELECT {JOB_COLS} FROM jobs WHERE state = 'pending' AND next_at <= $1 \
+         AND (lease_until IS NULL OR lease_until < $1) ORDER BY next_at LIMIT 1{}",
+        dialect::SKIP_LOCKED
+    );
+    let Some(row) = sqlx::query(&sql).bind(at).fetch_optional(&mut *tx).await? else {
+        tx.commit().await?;
+        return Ok(None);
+    };
+    let mut job = job_from_row(&row)?;
+    job.lease_until = Some(at + lease);
+    job.leased_by = Some(worker.to_string());
+    job.attempts += 1;
+    sqlx::query(
+        "UPDATE jobs SET lease_until = $1, leased_by = $2, attempts = $3, updated_at = $4 WHERE id = $5",
+    )
+    .bind(job.lease_until)
+    .bind(worker)
+    .bind(i64::from(job.attempts))
+    .bind(at)
+    .bind(job.id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(job))
+}
+
+/// A claimed job is done (`error` None) or failed and is tried again at
+/// `retry_at` (its lease ends). Only the worker holding the lease may.
+pub async fn finish_job(
+    pool: &Pool<DB>,
+    id: Uuid,
+    worker: &str,
+    error: Option<&str>,
+    retry_at: OffsetDateTime,
+) -> StoreResult<()> {
+    let mut tx = dialect::begin_write(pool).await?;
+    let sql = match error {
+        None => "UPDATE jobs SET state = 'done', lease_until = NULL, last_error = NULL, updated_at = $1 \
+                 WHERE id = $2 AND leased_by = $3 AND state = 'pending'",
+        Some(_) => "UPDATE jobs SET next_at = $4, lease_until = NULL, last_error = $5, updated_at = $1 \
+                    WHERE id = $2 AND leased_by = $3 AND state = 'pending'",
+    };
+    let mut q = sqlx::query(sql).bind(now()).bind(id).bind(worker);
+    if let Some(e) = error {
+        q = q.bind(retry_at).bind(e);
+    }
+    q.execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Jobs not done: pending (waiting, retrying) and closed by hand are listed
+/// with `state`; `target` narrows to one device.
+pub async fn list_jobs(
+    pool: &Pool<DB>,
+    state: Option<crate::lifecycle::JobState>,
+    target: Option<&str>,
+) -> StoreResult<Vec<crate::lifecycle::Job>> {
+    let sql = format!(
+        "SELECT {JOB_COLS} FROM jobs WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR target = $2) \
+         ORDER BY created_at LIMIT 1000"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(state.map(|s| s.as_str()))
+        .bind(target)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(job_from_row).collect()
+}
+
+pub async fn get_job(pool: &Pool<DB>, id: Uuid) -> StoreResult<crate::lifecycle::Job> {
+    let sql = format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1");
+    match sqlx::query(&sql).bind(id).fetch_optional(pool).await? {
+        Some(r) => job_from_row(&r),
+        None => Err(StoreError::not_found("job", id)),
+    }
+}
+
+/// An administrator closes a pending job by hand (it will not run again),
+/// with its audit record.
+pub async fn close_job(
+    pool: &Pool<DB>,
+    key: &AuditKey,
+    id: Uuid,
+    audit: &AuditDraft,
+) -> StoreResult<()> {
+    let mut tx = dialect::begin_write(pool).await?;
+    let res = sqlx::query(
+        "UPDATE jobs SET state = 'closed', lease_until = NULL, updated_at = $1 WHERE id = $2 AND state = 'pending'",
+    )
+    .bind(now())
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    if res.rows_affected() == 0 {
+        return Err(conflict(
+            "job_not_pending",
+            "id",
+            "only a pending job can be closed (it is done, closed, or unknown)",
+        ));
+    }
+    finish(tx, key, audit).await
+}
+
+/// The next CRL number of `issuer`: above the last one signed and at least
+/// `floor` (numbers published before were seconds since the epoch).
+pub async fn next_crl_number(pool: &Pool<DB>, issuer: &str, floor: i64) -> StoreResult<i64> {
+    let mut tx = dialect::begin_write(pool).await?;
+    let last: Option<i64> = sqlx::query(&format!(
+        "SELECT number FROM crl_numbers WHERE issuer = $1{}",
+        dialect::FOR_UPDATE
+    ))
+    .bind(issuer)
+    .fetch_optional(&mut *tx)
+    .await?
+    .map(|r| r.try_get("number"))
+    .transpose()?;
+    let next = last.map(|n| n + 1).unwrap_or(0).max(floor);
+    sqlx::query(
+        "INSERT INTO crl_numbers (issuer, number) VALUES ($1, $2) \
+         ON CONFLICT (issuer) DO UPDATE SET number = excluded.number",
+    )
+    .bind(issuer)
+    .bind(next)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(next)
+}
+
+/// Every revoked or held certificate: serial (hex), time and reason
+/// (`None`: revoked before reasons were stored, cessationOfOperation).
+pub async fn revocations(pool: &Pool<DB>) -> StoreResult<Vec<crate::lifecycle::Revocation>> {
+    let rows = sqlx::query(
+        "SELECT serial, revoked_at, revocation_reason FROM credentials \
+         WHERE kind = 'certificate' AND revoked_at IS NOT NULL ORDER BY revoked_at, serial",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let reason: Option<i64> = r.try_get("revocation_reason")?;
+            Ok(crate::lifecycle::Revocation {
+                serial: r.try_get("serial")?,
+                at: r.try_get("revoked_at")?,
+                reason: reason.and_then(|c| RevocationReason::from_code(c as u8)),
+            })
+        })
+        .collect()
+}
+
+/// One certificate's revocation state, by serial (hex): `None` when no
+/// certificate with that serial is on record.
+pub async fn certificate_status(
+    pool: &Pool<DB>,
+    serial: &str,
+) -> StoreResult<Option<Option<crate::lifecycle::Revocation>>> {
+    let row = sqlx::query(
+        "SELECT serial, revoked_at, revocation_reason FROM credentials WHERE kind = 'certificate' AND serial = $1",
+    )
+    .bind(serial)
+    .fetch_optional(pool)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let at: Option<OffsetDateTime> = r.try_get("revoked_at")?;
+    let reason: Option<i64> = r.try_get("revocation_reason")?;
+    Ok(Some(at.map(|at| crate::lifecycle::Revocation {
+        serial: serial.to_string(),
+        at,
+        reason: reason.and_then(|c| RevocationReason::from_code(c as u8)),
+    })))
+}
