@@ -109,6 +109,15 @@ macro_rules! on_writer {
 }
 
 impl Store {
+    /// Writes a job on its own (with its audit record); the job runners
+    /// hear of it.
+    pub async fn enqueue_job(&self, job: &NewJob, audit: &AuditDraft) -> StoreResult<Uuid> {
+        let key = self.key();
+        let id = on_writer!(self, enqueue_job(&key, job, audit))?;
+        self.publish(Change::Jobs).await;
+        Ok(id)
+    }
+
     /// Claims a due job for `lease` (none: nothing is due).
     pub async fn claim_job(&self, worker: &str, lease: time::Duration) -> StoreResult<Option<Job>> {
         on_writer!(self, claim_job(worker, lease))

@@ -112,6 +112,20 @@ async fn insert_job(tx: &mut Tx, job: &crate::lifecycle::NewJob) -> StoreResult<
     Ok(id)
 }
 
+/// A job written on its own (with its audit record): work scheduled by
+/// something other than a device's move.
+pub async fn enqueue_job(
+    pool: &Pool<DB>,
+    key: &AuditKey,
+    job: &crate::lifecycle::NewJob,
+    audit: &AuditDraft,
+) -> StoreResult<Uuid> {
+    let mut tx = dialect::begin_write(pool).await?;
+    let id = insert_job(&mut tx, job).await?;
+    finish(tx, key, audit).await?;
+    Ok(id)
+}
+
 const JOB_COLS: &str =
     "id, kind, payload, target, state, attempts, next_at, lease_until, leased_by, last_error, created_at, updated_at";
 

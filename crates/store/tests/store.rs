@@ -573,7 +573,7 @@ both!(devices_inventory_and_state_changes, |t| {
             &audit("device.assign", "device:12345678"),
         )
         .await
-        .unwrap();
+        .unwrap().0;
     assert_eq!(
         (d2.state, d2.version, d2.assigned_user),
         (DeviceState::Assigned, 2, Some(u.id))
@@ -622,7 +622,7 @@ both!(devices_inventory_and_state_changes, |t| {
             &audit("device.issue", "d"),
         )
         .await
-        .unwrap();
+        .unwrap().0;
     let d4 = s
         .change_device_state(
             d.id,
@@ -631,7 +631,7 @@ both!(devices_inventory_and_state_changes, |t| {
             &audit("device.issue", "d"),
         )
         .await
-        .unwrap();
+        .unwrap().0;
     assert_eq!(
         (d3.version, d4.state, d4.version),
         (3, DeviceState::Issued, 4)
@@ -710,7 +710,7 @@ both!(two_operators_race_for_one_device, |t| {
         let mut wins = 0;
         for task in tasks {
             match task.await.unwrap() {
-                Ok(dev) => {
+                Ok((dev, _)) => {
                     wins += 1;
                     assert_eq!(dev.version, version + 1);
                 }
