@@ -116,6 +116,57 @@ fn listed_reason(crl: &str, serial: &str) -> Option<String> {
     )
 }
 
+/// The CA files an OCSP client needs: the issuing CA (PEM) and the chain.
+fn ca_files(server: &TestServer, dir: &std::path::Path) {
+    for f in ["issuing.pem", "chain.pem", "root.pem"] {
+        let body = server
+            .client()
+            .get(format!("{}/pki/ca/{f}", server.url))
+            .send()
+            .unwrap()
+            .bytes()
+            .unwrap();
+        std::fs::write(dir.join(f), &body).unwrap();
+    }
+}
+
+/// `openssl ocsp` asks the server about `serial` (hex) with a nonce and
+/// verifies the answer against the chain; answers its report (stdout and
+/// stderr).
+fn ocsp(server: &TestServer, serial: &str, issuer: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    ca_files(server, dir.path());
+    let out = Command::new("openssl")
+        .args(["ocsp", "-issuer"])
+        .arg(dir.path().join(issuer))
+        .args(["-serial", &format!("0x{serial}"), "-url"])
+        .arg(format!("{}/pki/ocsp", server.url))
+        .arg("-CAfile")
+        .arg(dir.path().join("chain.pem"))
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn ocsp_says(server: &TestServer, serial: &str) -> String {
+    let report = ocsp(server, serial, "issuing.pem");
+    assert!(report.contains("Response verify OK"), "{report}");
+    assert!(!report.contains("WARNING"), "the nonce is echoed: {report}");
+    let line = report
+        .lines()
+        .find(|l| l.to_uppercase().starts_with(&format!("0X{serial}:")))
+        .unwrap_or_else(|| panic!("{report}"));
+    let status = line.split(':').nth(1).unwrap().trim().to_string();
+    match report.lines().find(|l| l.trim().starts_with("Reason:")) {
+        Some(r) => format!("{status} {}", r.trim().trim_start_matches("Reason:").trim()),
+        None => status,
+    }
+}
+
 fn crl_number(crl: &str) -> u64 {
     let at = crl.find("X509v3 CRL Number:").expect("a CRL number");
     crl[at..].lines().nth(1).unwrap().trim().parse().unwrap()
@@ -143,6 +194,7 @@ fn lifecycle(server: &TestServer) {
         );
     }
     assert!(crl_number(&crl) > crl_number(&before), "CRL numbers grow");
+    assert_eq!(ocsp_says(server, &stolen[0]), "revoked keyCompromise");
 
     // Forgotten: on hold; found again: released (absent from the next CRL).
     let forgotten = issue(server, "31000102");
@@ -179,6 +231,14 @@ fn lifecycle(server: &TestServer) {
             "{crl}"
         );
     }
+    assert_eq!(
+        ocsp_says(server, &forgotten[1]),
+        "revoked cessationOfOperation"
+    );
+    // A serial the CA never issued; a CertID of another issuer.
+    assert_eq!(ocsp_says(server, "0BADC0DE"), "unknown");
+    let report = ocsp(server, &stolen[0], "root.pem");
+    assert!(report.contains("unauthorized"), "{report}");
     // The stolen device's entries stay as they were.
     assert_eq!(
         listed_reason(&crl, &stolen[0]).as_deref(),
@@ -248,4 +308,103 @@ fn the_state_route_takes_only_a_person_s_moves() {
     assert_eq!(s, 400, "in production: only the session moves it: {v}");
     let (_, d) = server.call("GET", "/devices/31000104", None);
     assert_eq!(d["state"], "in_production");
+}
+
+#[test]
+fn a_revocation_on_one_node_is_in_the_other_node_s_crl_and_ocsp_within_a_second() {
+    let Some(node) = support::shared_postgres_nodes("revocation_nodes") else {
+        eprintln!("KEYWARD_TEST_POSTGRES_URL not set: skipped");
+        return;
+    };
+    let a = TestServer::start_with(node());
+    let b = TestServer::start_with(node());
+    support::seed_piv_standard(&a, "31000111");
+    let certs = issue(&a, "31000111");
+    // Node B has signed its CRL (and cached it) before the revocation.
+    assert!(listed_reason(&crl_text(&b), &certs[0]).is_none());
+    assert_eq!(ocsp_says(&b, &certs[0]), "good");
+    let (s, v) = move_device(&a, "31000111", "invalid", Some("lost"));
+    assert_eq!(s, 200, "{v}");
+    let revoked = std::time::Instant::now();
+    let seen = loop {
+        let crl = crl_text(&b);
+        if listed_reason(&crl, &certs[0]).as_deref() == Some("Key Compromise") {
+            break revoked.elapsed();
+        }
+        assert!(
+            revoked.elapsed() < std::time::Duration::from_secs(1),
+            "node B's CRL still lacks the revocation after 1 s: {crl}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    eprintln!("revocation on node A seen in node B's CRL after {seen:?}");
+    assert_eq!(ocsp_says(&b, &certs[0]), "revoked keyCompromise");
+}
+
+#[test]
+fn ocsp_answers_get_requests_and_refuses_garbage() {
+    let server = TestServer::start();
+    support::seed_piv_standard(&server, "31000121");
+    let certs = issue(&server, "31000121");
+    let dir = tempfile::tempdir().unwrap();
+    ca_files(&server, dir.path());
+    // A request made by openssl, sent base64 in the URL (RFC 6960 A.1).
+    let req = dir.path().join("req.der");
+    let out = Command::new("openssl")
+        .args(["ocsp", "-no_nonce", "-issuer"])
+        .arg(dir.path().join("issuing.pem"))
+        .args(["-serial", &format!("0x{}", certs[0]), "-reqout"])
+        .arg(&req)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&req).unwrap());
+    let url_safe: String = b64
+        .chars()
+        .map(|c| match c {
+            '+' => "%2B".to_string(),
+            '/' => "%2F".to_string(),
+            '=' => "%3D".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
+    let resp = server
+        .client()
+        .get(format!("{}/pki/ocsp/{url_safe}", server.url))
+        .send()
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/ocsp-response");
+    let respin = dir.path().join("resp.der");
+    std::fs::write(&respin, resp.bytes().unwrap()).unwrap();
+    let out = Command::new("openssl")
+        .args(["ocsp", "-respin"])
+        .arg(&respin)
+        .arg("-issuer")
+        .arg(dir.path().join("issuing.pem"))
+        .args(["-serial", &format!("0x{}", certs[0]), "-CAfile"])
+        .arg(dir.path().join("chain.pem"))
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("Response verify OK"), "{report}");
+    assert!(report.contains(": good"), "{report}");
+    // Not an OCSP request: malformedRequest, unsigned.
+    let garbage = server
+        .client()
+        .post(format!("{}/pki/ocsp", server.url))
+        .body(vec![1u8, 2, 3])
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert_eq!(garbage.as_ref(), &[0x30, 0x03, 0x0A, 0x01, 0x01]);
 }

@@ -84,7 +84,7 @@ impl std::fmt::Debug for EmbeddedCa {
     }
 }
 
-fn random_serial() -> SerialNumber {
+pub(crate) fn random_serial() -> SerialNumber {
     // 128 random bits, positive, never starting with a zero byte.
     let mut bytes = [0u8; 16];
     OsRng.fill_bytes(&mut bytes);
@@ -96,7 +96,7 @@ pub(crate) fn x509_time(t: OffsetDateTime) -> Result<Time, PkiError> {
     Time::try_from(std::time::SystemTime::from(t)).map_err(build_err)
 }
 
-fn validity_from(now: OffsetDateTime, days: u64) -> Result<Validity, PkiError> {
+pub(crate) fn validity_from(now: OffsetDateTime, days: u64) -> Result<Validity, PkiError> {
     // A minute back: clocks of the relying parties drift.
     let start = now - time::Duration::minutes(1);
     let end = now + time::Duration::days(days as i64);

@@ -19,6 +19,7 @@ pub mod chuid;
 pub mod crl;
 pub mod embedded;
 pub mod ext;
+pub mod ocsp;
 pub mod template;
 
 pub use crl::Revoked;

@@ -22,6 +22,7 @@ use zeroize::Zeroizing;
 use keyward_domain::{DevicePolicy, RevocationReason, User};
 use keyward_engine::piv::{Certified, GeneratedKey};
 use keyward_engine::{Failure, FailureCode, Step};
+use keyward_pki::ocsp::{CertificateStatus, OcspQuery, Responder};
 use keyward_pki::{CertificateAuthority, LeafRequest};
 
 use crate::app::AppState;
@@ -74,7 +75,17 @@ impl Stored {
 pub struct Pki {
     pub ca: EmbeddedCa,
     crl: RwLock<Option<(OffsetDateTime, Vec<u8>)>>,
+    /// This node's delegated OCSP responder (its key never leaves memory;
+    /// a new one is certified before the current one expires).
+    responder: RwLock<Option<Arc<Responder>>>,
 }
+
+/// How long an OCSP responder certificate is valid, and how long before its
+/// end a new one takes over.
+const RESPONDER_DAYS: u32 = 30;
+const RESPONDER_ROTATE: time::Duration = time::Duration::days(7);
+/// An OCSP answer's nextUpdate: a relying party asks again within the hour.
+const OCSP_VALIDITY: time::Duration = time::Duration::hours(1);
 
 impl Pki {
     /// Loads the CA from the store, or creates it (first start).
@@ -121,6 +132,7 @@ impl Pki {
         Ok(Arc::new(Pki {
             ca,
             crl: RwLock::new(None),
+            responder: RwLock::new(None),
         }))
     }
 
@@ -164,6 +176,47 @@ impl Pki {
         Ok(der)
     }
 
+    /// The OCSP responder, certified anew when none is there or the current
+    /// one ends within a week.
+    fn responder(&self, now: OffsetDateTime) -> anyhow::Result<Arc<Responder>> {
+        if let Some(r) = self.responder.read().expect("responder lock").as_ref() {
+            if r.not_after() - now > RESPONDER_ROTATE {
+                return Ok(r.clone());
+            }
+        }
+        let r = Arc::new(self.ca.ocsp_responder(now, RESPONDER_DAYS)?);
+        *self.responder.write().expect("responder lock") = Some(r.clone());
+        Ok(r)
+    }
+
+    /// The answer to a DER OCSP request: each certificate's status read from
+    /// the store (the same on every node).
+    pub async fn ocsp(&self, store: &Store, request: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let query = match OcspQuery::parse(request, &self.ca) {
+            Ok(q) => q,
+            Err(refused) => return Ok(refused.response()),
+        };
+        let mut statuses = Vec::new();
+        for serial in query.serials() {
+            let status = match store.certificate_status(&hex::encode(&serial)).await? {
+                None => CertificateStatus::Unknown,
+                Some(None) => CertificateStatus::Good,
+                Some(Some(r)) => CertificateStatus::Revoked {
+                    at: r.at,
+                    reason: r
+                        .reason
+                        .unwrap_or(RevocationReason::CessationOfOperation)
+                        .code(),
+                },
+            };
+            statuses.push(status);
+        }
+        let now = OffsetDateTime::now_utc();
+        Ok(self
+            .responder(now)?
+            .respond(&query, &statuses, now, now + OCSP_VALIDITY)?)
+    }
+
     /// A certificate was revoked, held or released: the next CRL request
     /// signs a new list.
     pub fn invalidate_crl(&self) {
@@ -193,6 +246,37 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/pki/ca/{file}", get(ca_file))
         .route("/pki/crl/{file}", get(crl_file))
+        .route("/pki/ocsp", axum::routing::post(ocsp_post))
+        .route("/pki/ocsp/{*request}", get(ocsp_get))
+}
+
+/// OCSP over POST (RFC 6960 A.1): the DER request is the body.
+async fn ocsp_post(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+    ocsp_answer(&state, &body).await
+}
+
+/// OCSP over GET: the DER request, base64 and URL-encoded, is the path.
+async fn ocsp_get(State(state): State<AppState>, Path(request): Path<String>) -> Response {
+    let text: String = request.chars().filter(|c| !c.is_whitespace()).collect();
+    match B64.decode(text.as_bytes()) {
+        Ok(der) => ocsp_answer(&state, &der).await,
+        Err(_) => ocsp_response(keyward_pki::ocsp::Refused::Malformed.response()),
+    }
+}
+
+async fn ocsp_answer(state: &AppState, request: &[u8]) -> Response {
+    match state.pki.ocsp(&state.store, request).await {
+        Ok(der) => ocsp_response(der),
+        Err(e) => {
+            tracing::warn!(error = %e, "answering an OCSP request");
+            // internalError (RFC 6960 4.2.1), unsigned.
+            ocsp_response(vec![0x30, 0x03, 0x0A, 0x01, 0x02])
+        }
+    }
+}
+
+fn ocsp_response(der: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/ocsp-response")], der).into_response()
 }
 
 async fn ca_file(State(state): State<AppState>, Path(file): Path<String>) -> Response {

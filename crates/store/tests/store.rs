@@ -573,7 +573,8 @@ both!(devices_inventory_and_state_changes, |t| {
             &audit("device.assign", "device:12345678"),
         )
         .await
-        .unwrap().0;
+        .unwrap()
+        .0;
     assert_eq!(
         (d2.state, d2.version, d2.assigned_user),
         (DeviceState::Assigned, 2, Some(u.id))
@@ -622,7 +623,8 @@ both!(devices_inventory_and_state_changes, |t| {
             &audit("device.issue", "d"),
         )
         .await
-        .unwrap().0;
+        .unwrap()
+        .0;
     let d4 = s
         .change_device_state(
             d.id,
@@ -631,7 +633,8 @@ both!(devices_inventory_and_state_changes, |t| {
             &audit("device.issue", "d"),
         )
         .await
-        .unwrap().0;
+        .unwrap()
+        .0;
     assert_eq!(
         (d3.version, d4.state, d4.version),
         (3, DeviceState::Issued, 4)
