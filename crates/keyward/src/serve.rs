@@ -27,6 +27,11 @@ pub struct ServerFlags {
     /// TLS private key (PEM); with --tls-cert.
     #[arg(long, env = "KEYWARD_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// The URL relying parties reach this server at (written into
+    /// certificates: CRL, OCSP, caIssuers). Needed when listening on
+    /// anything but loopback.
+    #[arg(long, env = "KEYWARD_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
 
 impl ServerFlags {
@@ -40,6 +45,7 @@ impl ServerFlags {
             kek: std::env::var("KEYWARD_KEK").ok(),
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
+            public_url: self.public_url.clone(),
         }
     }
 }

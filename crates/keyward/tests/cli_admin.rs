@@ -380,3 +380,35 @@ fn keyward_issue_action_assign() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("device_assigned"), "{}", stderr(&out));
 }
+
+/// Certificates carry the server's address: listening on anything but
+/// loopback needs `public_url` (issue 13), and `serve` says so at once.
+#[test]
+fn serve_on_a_non_loopback_address_needs_a_public_url() {
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(support::BIN)
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(data.path())
+        .env_remove("KEYWARD_PUBLIC_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("public_url") && err.contains("0.0.0.0"),
+        "{err}"
+    );
+    let out = Command::new(support::BIN)
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--public-url",
+            "https://cms.example.com",
+            "--print-config",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("public_url = \"https://cms.example.com\""));
+}

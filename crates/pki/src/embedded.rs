@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 use x509_cert::builder::{Builder, CertificateBuilder, Profile};
 use x509_cert::ext::pkix::crl::dp::DistributionPoint;
 use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
+use x509_cert::ext::pkix::{AccessDescription, AuthorityInfoAccessSyntax};
 use x509_cert::ext::pkix::{
     AuthorityKeyIdentifier, BasicConstraints, CrlDistributionPoints, ExtendedKeyUsage, KeyUsage,
     SubjectAltName, SubjectKeyIdentifier,
@@ -74,6 +75,9 @@ pub struct EmbeddedCa {
     content_signer_key_pkcs8: Zeroizing<Vec<u8>>,
     content_signer_cert: Certificate,
     crl_url: Option<String>,
+    /// Authority Information Access of issued certificates: the OCSP
+    /// responder and the issuing CA certificate (caIssuers).
+    authority_info: Option<(String, String)>,
 }
 
 impl std::fmt::Debug for EmbeddedCa {
@@ -208,6 +212,7 @@ impl EmbeddedCa {
             content_signer_key_pkcs8,
             content_signer_cert,
             crl_url,
+            authority_info: None,
         })
     }
 
@@ -245,6 +250,7 @@ impl EmbeddedCa {
             content_signer_key_pkcs8: p.content_signer_key_pkcs8.clone(),
             content_signer_cert: cert("CHUID signer certificate", &p.content_signer_cert)?,
             crl_url: p.crl_url.clone(),
+            authority_info: None,
         };
         // Each key must be the one its certificate certifies.
         for (what, signer, cert) in [
@@ -267,6 +273,12 @@ impl EmbeddedCa {
 
     pub fn set_crl_url(&mut self, url: Option<String>) {
         self.crl_url = url;
+    }
+
+    /// The OCSP responder's URL and the issuing CA certificate's URL,
+    /// written into issued certificates (Authority Information Access).
+    pub fn set_authority_info(&mut self, ocsp_url: String, ca_issuers_url: String) {
+        self.authority_info = Some((ocsp_url, ca_issuers_url));
     }
 
     pub fn root_cert(&self) -> &Certificate {
@@ -374,6 +386,25 @@ impl CertificateAuthority for EmbeddedCa {
                     reasons: None,
                     crl_issuer: None,
                 }]),
+            )?);
+        }
+        if let Some((ocsp, ca_issuers)) = &self.authority_info {
+            let access = |method: &str, url: &str| -> Result<AccessDescription, PkiError> {
+                Ok(AccessDescription {
+                    access_method: const_oid::ObjectIdentifier::new_unwrap(method),
+                    access_location: GeneralName::UniformResourceIdentifier(
+                        Ia5String::new(url).map_err(build_err)?,
+                    ),
+                })
+            };
+            extensions.push(ext(
+                AuthorityInfoAccessSyntax::OID,
+                false,
+                &AuthorityInfoAccessSyntax(vec![
+                    // id-ad-ocsp, id-ad-caIssuers
+                    access("1.3.6.1.5.5.7.48.1", ocsp)?,
+                    access("1.3.6.1.5.5.7.48.2", ca_issuers)?,
+                ]),
             )?);
         }
         let algorithm = self.issuing.curve().signature_algorithm();

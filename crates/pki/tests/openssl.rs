@@ -87,7 +87,11 @@ fn openssl_verifies_chain_shows_upn_and_sid_and_honours_the_crl() {
     )
     .unwrap();
     // Round trip through the storage form.
-    let ca = EmbeddedCa::from_parts(&ca.to_parts().unwrap()).unwrap();
+    let mut ca = EmbeddedCa::from_parts(&ca.to_parts().unwrap()).unwrap();
+    ca.set_authority_info(
+        "http://127.0.0.1:8080/pki/ocsp".into(),
+        "http://127.0.0.1:8080/pki/ca/issuing.crt".into(),
+    );
 
     let device_key = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
     let spki = device_key.verifying_key().to_public_key_der().unwrap();
@@ -145,6 +149,19 @@ fn openssl_verifies_chain_shows_upn_and_sid_and_honours_the_crl() {
     assert!(
         text.contains("1.3.6.1.4.1.311.25.2"),
         "SID extension missing:\n{text}"
+    );
+    // Where relying parties check revocation and find the issuer.
+    assert!(
+        text.contains("URI:http://127.0.0.1:8080/pki/crl/issuing.crl"),
+        "{text}"
+    );
+    assert!(
+        text.contains("OCSP - URI:http://127.0.0.1:8080/pki/ocsp"),
+        "{text}"
+    );
+    assert!(
+        text.contains("CA Issuers - URI:http://127.0.0.1:8080/pki/ca/issuing.crt"),
+        "{text}"
     );
     assert!(
         text.contains("S-1-5-21-1004336348-1177238915-682003330-1001"),

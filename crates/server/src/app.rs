@@ -56,12 +56,7 @@ impl AppState {
     /// Opens (or at first start creates) the CA, then the state.
     pub async fn new(store: Store, kek: &Kek, config: Config) -> anyhow::Result<Self> {
         let sealer = Sealed::new(kek);
-        let pki = crate::pki::Pki::load_or_create(
-            &store,
-            &sealer,
-            Some(format!("{}/pki/crl/issuing.crl", config.public_url())),
-        )
-        .await?;
+        let pki = crate::pki::Pki::load_or_create(&store, &sealer, &config.public_url()).await?;
         let state = AppState(Arc::new(Inner {
             pki,
             agents: Default::default(),

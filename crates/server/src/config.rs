@@ -84,6 +84,7 @@ pub struct Overrides {
     pub kek: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub public_url: Option<String>,
 }
 
 impl Config {
@@ -103,6 +104,9 @@ impl Config {
         }
         if let Some(v) = overrides.listen {
             config.listen = v;
+        }
+        if let Some(v) = overrides.public_url {
+            config.public_url = Some(v);
         }
         if let Some(v) = overrides.database_url {
             config.database_url = Some(v);
@@ -140,6 +144,20 @@ impl Config {
         }
         if !matches!(self.log_format.as_str(), "json" | "text") {
             anyhow::bail!("log_format: must be json or text");
+        }
+        // Certificates carry this server's address (CRL distribution point,
+        // OCSP, caIssuers): an unspecified or otherwise unreachable listen
+        // address must not end up in them.
+        if self.public_url.is_none() && !self.listen.ip().is_loopback() {
+            anyhow::bail!(
+                "public_url: this server listens on {}, which relying parties cannot use to reach its CRL and OCSP responder; set the URL they reach it at (--public-url, KEYWARD_PUBLIC_URL or public_url = \"https://cms.example.com\")",
+                self.listen
+            );
+        }
+        if let Some(u) = &self.public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                anyhow::bail!("public_url: {u} is not an http:// or https:// URL");
+            }
         }
         Ok(())
     }

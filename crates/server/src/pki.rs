@@ -92,8 +92,11 @@ impl Pki {
     pub async fn load_or_create(
         store: &Store,
         sealer: &Sealed,
-        crl_url: Option<String>,
+        public_url: &str,
     ) -> anyhow::Result<Arc<Pki>> {
+        // Where relying parties find the CRL, the OCSP responder and the
+        // issuing CA certificate, written into every certificate issued.
+        let crl_url = Some(format!("{public_url}/pki/crl/issuing.crl"));
         let open = |sealed: Vec<u8>| -> anyhow::Result<EmbeddedCa> {
             let plain = Zeroizing::new(sealer.open(SECRET_NAME, &sealed).map_err(|e| {
                 anyhow::anyhow!("CA keys: {e} (is this the KEK the CA was created with?)")
@@ -129,6 +132,11 @@ impl Pki {
                 open(stored)?
             }
         };
+        let mut ca = ca;
+        ca.set_authority_info(
+            format!("{public_url}/pki/ocsp"),
+            format!("{public_url}/pki/ca/issuing.crt"),
+        );
         Ok(Arc::new(Pki {
             ca,
             crl: RwLock::new(None),
