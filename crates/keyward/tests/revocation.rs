@@ -408,3 +408,64 @@ fn ocsp_answers_get_requests_and_refuses_garbage() {
         .unwrap();
     assert_eq!(garbage.as_ref(), &[0x30, 0x03, 0x0A, 0x01, 0x01]);
 }
+
+#[test]
+fn the_root_crl_covers_the_issuing_ca_whose_certificate_names_it() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    ca_files(&server, dir.path());
+    let root_crl = server
+        .client()
+        .get(format!("{}/pki/crl/root.crl", server.url))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    std::fs::write(dir.path().join("root.crl"), &root_crl).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    // Signed by the root.
+    let (ok, text) = run(&[
+        "crl", "-inform", "DER", "-in", "root.crl", "-CAfile", "root.pem", "-noout",
+    ]);
+    assert!(ok && text.contains("verify OK"), "{text}");
+    // The issuing CA's certificate names it, and checks out against it.
+    let (_, text) = run(&["x509", "-in", "issuing.pem", "-noout", "-text"]);
+    assert!(
+        text.contains(&format!("URI:{}/pki/crl/root.crl", server.url)),
+        "{text}"
+    );
+    let (ok, _) = run(&[
+        "crl",
+        "-inform",
+        "DER",
+        "-in",
+        "root.crl",
+        "-out",
+        "root-crl.pem",
+    ]);
+    assert!(ok);
+    let (ok, text) = run(&[
+        "verify",
+        "-crl_check",
+        "-CAfile",
+        "root.pem",
+        "-CRLfile",
+        "root-crl.pem",
+        "issuing.pem",
+    ]);
+    assert!(ok && text.contains("issuing.pem: OK"), "{text}");
+}

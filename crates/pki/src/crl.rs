@@ -47,7 +47,7 @@ fn der_integer(n: u64) -> Vec<u8> {
 }
 
 impl EmbeddedCa {
-    /// A signed CRL (DER) listing `revoked`, numbered `crl_number`.
+    /// The issuing CA's signed CRL (DER) listing `revoked`, numbered `crl_number`.
     pub fn crl(
         &self,
         revoked: &[Revoked],
@@ -55,66 +55,101 @@ impl EmbeddedCa {
         next_update: OffsetDateTime,
         crl_number: u64,
     ) -> Result<Vec<u8>, PkiError> {
-        let algorithm = self.issuing_signer().curve().signature_algorithm();
-        let mut entries = Vec::with_capacity(revoked.len());
-        for r in revoked {
-            let extensions = match r.reason {
-                Some(code) => Some(vec![Extension {
-                    extn_id: OID_CRL_REASON,
-                    critical: false,
-                    // ENUMERATED code
-                    extn_value: OctetString::new(vec![0x0A, 0x01, code]).map_err(build_err)?,
-                }]),
-                None => None,
-            };
-            entries.push(RevokedCert {
-                serial_number: SerialNumber::new(&r.serial).map_err(build_err)?,
-                revocation_date: x509_time(r.at)?,
-                crl_entry_extensions: extensions,
-            });
-        }
-        let aki = AuthorityKeyIdentifier {
-            key_identifier: Some(OctetString::new(self.issuing_key_id()).map_err(build_err)?),
-            authority_cert_issuer: None,
-            authority_cert_serial_number: None,
-        };
-        let tbs = TbsCertList {
-            version: Version::V2,
-            signature: algorithm.clone(),
-            issuer: self.issuing_cert().tbs_certificate.subject.clone(),
-            this_update: x509_time(this_update)?,
-            next_update: Some(x509_time(next_update)?),
-            revoked_certificates: if entries.is_empty() {
-                None
-            } else {
-                Some(entries)
-            },
-            crl_extensions: Some(vec![
-                Extension {
-                    extn_id: OID_AKI,
-                    critical: false,
-                    extn_value: OctetString::new(aki.to_der().map_err(build_err)?)
-                        .map_err(build_err)?,
-                },
-                Extension {
-                    extn_id: OID_CRL_NUMBER,
-                    critical: false,
-                    extn_value: OctetString::new(der_integer(crl_number)).map_err(build_err)?,
-                },
-            ]),
-        };
-        let tbs_der = tbs.to_der().map_err(build_err)?;
-        let signature = self
-            .issuing_signer()
-            .sign_der(&tbs_der)
-            .map_err(build_err)?;
-        let crl = CertificateList {
-            tbs_cert_list: tbs,
-            signature_algorithm: algorithm,
-            signature: BitString::from_bytes(&signature).map_err(build_err)?,
-        };
-        crl.to_der().map_err(build_err)
+        sign_crl(
+            self.issuing_cert(),
+            self.issuing_signer(),
+            self.issuing_key_id(),
+            revoked,
+            (this_update, next_update),
+            crl_number,
+        )
     }
+
+    /// The root's signed CRL: the CA certificates it revoked (none: the
+    /// issuing CA is replaced, not revoked, today). Windows checks it for the
+    /// issuing CA certificate, whose CRL distribution point names it.
+    pub fn root_crl(
+        &self,
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+        crl_number: u64,
+    ) -> Result<Vec<u8>, PkiError> {
+        sign_crl(
+            self.root_cert(),
+            &self.root_signer()?,
+            self.root_key_id(),
+            &[],
+            (this_update, next_update),
+            crl_number,
+        )
+    }
+}
+
+/// A CRL of the CA with certificate `issuer` and key `signer`.
+fn sign_crl(
+    issuer: &x509_cert::Certificate,
+    signer: &keyward_signer::EcdsaSigner,
+    key_id: Vec<u8>,
+    revoked: &[Revoked],
+    (this_update, next_update): (OffsetDateTime, OffsetDateTime),
+    crl_number: u64,
+) -> Result<Vec<u8>, PkiError> {
+    let algorithm = signer.curve().signature_algorithm();
+    let mut entries = Vec::with_capacity(revoked.len());
+    for r in revoked {
+        let extensions = match r.reason {
+            Some(code) => Some(vec![Extension {
+                extn_id: OID_CRL_REASON,
+                critical: false,
+                // ENUMERATED code
+                extn_value: OctetString::new(vec![0x0A, 0x01, code]).map_err(build_err)?,
+            }]),
+            None => None,
+        };
+        entries.push(RevokedCert {
+            serial_number: SerialNumber::new(&r.serial).map_err(build_err)?,
+            revocation_date: x509_time(r.at)?,
+            crl_entry_extensions: extensions,
+        });
+    }
+    let aki = AuthorityKeyIdentifier {
+        key_identifier: Some(OctetString::new(key_id).map_err(build_err)?),
+        authority_cert_issuer: None,
+        authority_cert_serial_number: None,
+    };
+    let tbs = TbsCertList {
+        version: Version::V2,
+        signature: algorithm.clone(),
+        issuer: issuer.tbs_certificate.subject.clone(),
+        this_update: x509_time(this_update)?,
+        next_update: Some(x509_time(next_update)?),
+        revoked_certificates: if entries.is_empty() {
+            None
+        } else {
+            Some(entries)
+        },
+        crl_extensions: Some(vec![
+            Extension {
+                extn_id: OID_AKI,
+                critical: false,
+                extn_value: OctetString::new(aki.to_der().map_err(build_err)?)
+                    .map_err(build_err)?,
+            },
+            Extension {
+                extn_id: OID_CRL_NUMBER,
+                critical: false,
+                extn_value: OctetString::new(der_integer(crl_number)).map_err(build_err)?,
+            },
+        ]),
+    };
+    let tbs_der = tbs.to_der().map_err(build_err)?;
+    let signature = signer.sign_der(&tbs_der).map_err(build_err)?;
+    let crl = CertificateList {
+        tbs_cert_list: tbs,
+        signature_algorithm: algorithm,
+        signature: BitString::from_bytes(&signature).map_err(build_err)?,
+    };
+    crl.to_der().map_err(build_err)
 }
 
 #[cfg(test)]

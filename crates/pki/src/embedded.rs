@@ -302,6 +302,80 @@ impl EmbeddedCa {
     pub(crate) fn issuing_key_id(&self) -> Vec<u8> {
         key_id(&self.issuing_cert.tbs_certificate.subject_public_key_info)
     }
+
+    pub(crate) fn root_key_id(&self) -> Vec<u8> {
+        key_id(&self.root_cert.tbs_certificate.subject_public_key_info)
+    }
+
+    /// The root's signer (it signs the root CRL and re-certifies the
+    /// issuing CA; nothing else).
+    pub(crate) fn root_signer(&self) -> Result<EcdsaSigner, PkiError> {
+        EcdsaSigner::from_pkcs8(&self.root_key_pkcs8).map_err(build_err)
+    }
+
+    /// The CRL distribution point the issuing CA's certificate names, if any.
+    pub fn issuing_crl_url(&self) -> Option<String> {
+        use const_oid::AssociatedOid;
+        let ext = self
+            .issuing_cert
+            .tbs_certificate
+            .extensions
+            .as_ref()?
+            .iter()
+            .find(|e| e.extn_id == CrlDistributionPoints::OID)?;
+        let cdp = CrlDistributionPoints::from_der(ext.extn_value.as_bytes()).ok()?;
+        cdp.0.iter().find_map(|dp| match &dp.distribution_point {
+            Some(DistributionPointName::FullName(names)) => names.iter().find_map(|n| match n {
+                GeneralName::UniformResourceIdentifier(u) => Some(u.to_string()),
+                _ => None,
+            }),
+            _ => None,
+        })
+    }
+
+    /// Certifies the issuing CA's key again (same subject, key and
+    /// validity, a new serial) with a CRL distribution point at the root's
+    /// CRL, `root_crl_url`: Windows checks the revocation of every
+    /// certificate in the chain below the root.
+    pub fn reissue_issuing_cert(&mut self, root_crl_url: &str) -> Result<(), PkiError> {
+        use const_oid::AssociatedOid;
+        let root = self.root_signer()?;
+        let mut tbs = self.issuing_cert.tbs_certificate.clone();
+        tbs.serial_number = random_serial();
+        let algorithm = root.curve().signature_algorithm();
+        tbs.signature = algorithm.clone();
+        let cdp = CrlDistributionPoints(vec![DistributionPoint {
+            distribution_point: Some(DistributionPointName::FullName(vec![
+                GeneralName::UniformResourceIdentifier(
+                    Ia5String::new(root_crl_url).map_err(build_err)?,
+                ),
+            ])),
+            reasons: None,
+            crl_issuer: None,
+        }]);
+        let mut extensions: Vec<Extension> = tbs
+            .extensions
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.extn_id != CrlDistributionPoints::OID)
+            .collect();
+        extensions.push(Extension {
+            extn_id: CrlDistributionPoints::OID,
+            critical: false,
+            extn_value: OctetString::new(cdp.to_der().map_err(build_err)?).map_err(build_err)?,
+        });
+        tbs.extensions = Some(extensions);
+        let signature = root
+            .sign_der(&tbs.to_der().map_err(build_err)?)
+            .map_err(build_err)?;
+        self.issuing_cert = Certificate {
+            tbs_certificate: tbs,
+            signature_algorithm: algorithm,
+            signature: BitString::from_bytes(&signature).map_err(build_err)?,
+        };
+        Ok(())
+    }
 }
 
 impl CertificateAuthority for EmbeddedCa {

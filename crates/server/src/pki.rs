@@ -75,6 +75,7 @@ impl Stored {
 pub struct Pki {
     pub ca: EmbeddedCa,
     crl: RwLock<Option<(OffsetDateTime, Vec<u8>)>>,
+    root_crl: RwLock<Option<(OffsetDateTime, Vec<u8>)>>,
     /// This node's delegated OCSP responder (its key never leaves memory;
     /// a new one is certified before the current one expires).
     responder: RwLock<Option<Arc<Responder>>>,
@@ -106,25 +107,26 @@ impl Pki {
                 &stored.into_parts(crl_url.clone())?,
             )?)
         };
-        let ca = match store.get_secret(SECRET_NAME).await? {
+        // Stores the CA as it is now; another node may have stored its own at
+        // the same moment: everyone uses what the store holds then.
+        let save = |ca: &EmbeddedCa, action: &str| -> anyhow::Result<_> {
+            let plain = Zeroizing::new(serde_json::to_vec(&Stored::from_parts(&ca.to_parts()?))?);
+            let audit = AuditDraft {
+                actor: "system".into(),
+                action: action.into(),
+                target: "ca:Keyward Issuing CA".into(),
+                outcome: AuditOutcome::Success,
+                details: serde_json::json!({}),
+            };
+            Ok((sealer.seal(SECRET_NAME, &plain), audit))
+        };
+        let mut ca = match store.get_secret(SECRET_NAME).await? {
             Some(sealed) => open(sealed)?,
             None => {
                 let ca =
                     EmbeddedCa::generate("Keyward", crl_url.clone(), OffsetDateTime::now_utc())?;
-                let plain =
-                    Zeroizing::new(serde_json::to_vec(&Stored::from_parts(&ca.to_parts()?))?);
-                let audit = AuditDraft {
-                    actor: "system".into(),
-                    action: "pki.ca_created".into(),
-                    target: "ca:Keyward Issuing CA".into(),
-                    outcome: AuditOutcome::Success,
-                    details: serde_json::json!({}),
-                };
-                store
-                    .put_secret(SECRET_NAME, &sealer.seal(SECRET_NAME, &plain), &audit)
-                    .await?;
-                // Another node may have stored its own CA at the same moment:
-                // everyone uses what the store holds now.
+                let (sealed, audit) = save(&ca, "pki.ca_created")?;
+                store.put_secret(SECRET_NAME, &sealed, &audit).await?;
                 let stored = store
                     .get_secret(SECRET_NAME)
                     .await?
@@ -132,7 +134,20 @@ impl Pki {
                 open(stored)?
             }
         };
-        let mut ca = ca;
+        // The issuing CA's certificate names the root's CRL (Windows checks
+        // every certificate below the root): certified again, same key,
+        // when it names none or another address.
+        let root_crl_url = format!("{public_url}/pki/crl/root.crl");
+        if ca.issuing_crl_url().as_deref() != Some(root_crl_url.as_str()) {
+            ca.reissue_issuing_cert(&root_crl_url)?;
+            let (sealed, audit) = save(&ca, "pki.issuing_ca_recertified")?;
+            store.put_secret(SECRET_NAME, &sealed, &audit).await?;
+            let stored = store
+                .get_secret(SECRET_NAME)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("CA vanished from the store"))?;
+            ca = open(stored)?;
+        }
         ca.set_authority_info(
             format!("{public_url}/pki/ocsp"),
             format!("{public_url}/pki/ca/issuing.crt"),
@@ -140,6 +155,7 @@ impl Pki {
         Ok(Arc::new(Pki {
             ca,
             crl: RwLock::new(None),
+            root_crl: RwLock::new(None),
             responder: RwLock::new(None),
         }))
     }
@@ -181,6 +197,27 @@ impl Pki {
             .await? as u64;
         let der = self.ca.crl(&revoked, now, now + validity, number)?;
         *self.crl.write().expect("CRL lock") = Some((now, der.clone()));
+        Ok(der)
+    }
+
+    /// The root's CRL (it lists no certificate: the issuing CA is
+    /// replaced, not revoked), signed again at half-life.
+    pub async fn root_crl(
+        &self,
+        store: &Store,
+        validity: time::Duration,
+    ) -> anyhow::Result<Vec<u8>> {
+        let now = OffsetDateTime::now_utc();
+        if let Some((at, der)) = self.root_crl.read().expect("CRL lock").as_ref() {
+            if now - *at < validity / 2 {
+                return Ok(der.clone());
+            }
+        }
+        let number = store
+            .next_crl_number("root", now.unix_timestamp().max(1))
+            .await? as u64;
+        let der = self.ca.root_crl(now, now + validity, number)?;
+        *self.root_crl.write().expect("CRL lock") = Some((now, der.clone()));
         Ok(der)
     }
 
@@ -328,11 +365,19 @@ async fn ca_file(State(state): State<AppState>, Path(file): Path<String>) -> Res
 }
 
 async fn crl_file(State(state): State<AppState>, Path(file): Path<String>) -> Response {
-    if file != "issuing.crl" {
-        return (StatusCode::NOT_FOUND, "no such CRL; try issuing.crl\n").into_response();
-    }
     let validity = time::Duration::hours(state.config.crl_validity_hours.max(1) as i64);
-    match state.pki.crl(&state.store, validity).await {
+    let crl = match file.as_str() {
+        "issuing.crl" => state.pki.crl(&state.store, validity).await,
+        "root.crl" => state.pki.root_crl(&state.store, validity).await,
+        _ => {
+            return (
+                StatusCode::NOT_FOUND,
+                "no such CRL; try issuing.crl or root.crl\n",
+            )
+                .into_response()
+        }
+    };
+    match crl {
         Ok(der) => ([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response(),
         Err(e) => crate::error::ApiError::internal("signing the CRL", e).into_response(),
     }

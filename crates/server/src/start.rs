@@ -35,7 +35,13 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Server> {
+    pub async fn start(mut config: Config, opts: StartOptions) -> anyhow::Result<Server> {
+        // Bound first: with port 0 the address certificates carry (CRL,
+        // OCSP, caIssuers, without public_url) is the port actually bound.
+        let listener = std::net::TcpListener::bind(config.listen)
+            .map_err(|e| anyhow::anyhow!("listen {}: {e}", config.listen))?;
+        listener.set_nonblocking(true)?;
+        config.listen = listener.local_addr()?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| anyhow::anyhow!("data folder {}: {e}", config.data_dir.display()))?;
         let kek = match &config.kek {
@@ -67,10 +73,7 @@ impl Server {
 
         let app = router(state.clone());
         let handle = axum_server::Handle::new();
-        let listener = std::net::TcpListener::bind(config.listen)
-            .map_err(|e| anyhow::anyhow!("listen {}: {e}", config.listen))?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
+        let addr = config.listen;
         let service = app.into_make_service();
         let (scheme, task) = match &config.tls {
             Some(tls) => {
