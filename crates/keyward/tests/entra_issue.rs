@@ -1350,3 +1350,80 @@ fn pulled_out_after_the_graph_registration_then_retried() {
         "735194",
     );
 }
+
+/// Issue 13: a stolen device's passkey is deleted at Entra ID by a durable
+/// job. Graph is down when the device is reported stolen: the device is
+/// Invalid at once and the job waits, failing with back-off; the server
+/// restarts meanwhile; once Graph answers again the job deletes the passkey.
+#[test]
+fn a_stolen_device_s_passkey_is_deleted_once_graph_is_back_across_a_restart() {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let serial = "41000091";
+    let card = Vcard::spawn(&["--profile", "c4000", "--serial", serial]);
+    let t = tenant(&card);
+    let mut server = TestServer::start();
+    seed(&server, &t, "c4000", serial, "1.0.0", true);
+    let out = issue(
+        &server,
+        &card,
+        serial,
+        "pin = \"735194\"\ntouch = \"true\"\n",
+        &[],
+    );
+    assert_eq!(passkeys_on_record(&issued(&out)).len(), 1);
+    assert_eq!(t.handle.passkeys(UPN).len(), 1);
+
+    // Graph down: every call answers 503 for now.
+    for _ in 0..200 {
+        t.handle.push_fault(Fault::unavailable());
+    }
+    let (_, d) = server.call("GET", &format!("/devices/{serial}"), None);
+    let (s, d) = server.call(
+        "POST",
+        &format!("/devices/{serial}/state"),
+        Some(json!({ "to": "invalid", "reason": "stolen", "expected_version": d["version"] })),
+    );
+    assert_eq!((s, d["state"].as_str()), (200, Some("invalid")), "{d}");
+    // The job is pending, tried and failing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let job = loop {
+        let (s, jobs) = server.call("GET", &format!("/jobs?device={serial}"), None);
+        assert_eq!(s, 200, "{jobs}");
+        let jobs = jobs.as_array().unwrap().clone();
+        assert_eq!(jobs.len(), 1, "{jobs:?}");
+        if jobs[0]["attempts"].as_u64() >= Some(1) && jobs[0]["last_error"].is_string() {
+            break jobs[0].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "{jobs:?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(job["kind"], "delete_passkey", "{job}");
+    assert_eq!(
+        t.handle.passkeys(UPN).len(),
+        1,
+        "still there while Graph is down"
+    );
+
+    // The server restarts; Graph comes back.
+    server.stop();
+    let data = std::mem::replace(&mut server.data_dir, tempfile::tempdir().unwrap());
+    drop(server);
+    let server = TestServer::start_with(support::ServerOptions {
+        data_dir: Some(data),
+        ..Default::default()
+    });
+    t.handle.clear_faults();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !t.handle.passkeys(UPN).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the passkey was not deleted after Graph came back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (_, done) = server.call("GET", &format!("/jobs?device={serial}&state=done"), None);
+    assert_eq!(done.as_array().unwrap().len(), 1, "{done}");
+    let (_, pending) = server.call("GET", &format!("/jobs?device={serial}"), None);
+    assert!(pending.as_array().unwrap().is_empty(), "{pending}");
+}
