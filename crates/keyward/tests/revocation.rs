@@ -469,3 +469,30 @@ fn the_root_crl_covers_the_issuing_ca_whose_certificate_names_it() {
     ]);
     assert!(ok && text.contains("issuing.pem: OK"), "{text}");
 }
+
+#[test]
+fn bad_urls_lists_certificates_that_relying_parties_cannot_check() {
+    let server = TestServer::start();
+    support::seed_piv_standard(&server, "31000131");
+    let certs = issue(&server, "31000131");
+    // This test server's public address is loopback: no other machine can
+    // reach its CRL or OCSP responder.
+    let out = server.admin(&["report", "bad-urls", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", support::stderr(&out));
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    // Per certificate: the CRL distribution point, OCSP and caIssuers.
+    assert_eq!(rows.len(), 3 * certs.len(), "{rows:?}");
+    assert!(rows.iter().all(|r| r["problem"] == "loopback"), "{rows:?}");
+    assert!(rows
+        .iter()
+        .any(|r| r["url"].as_str().unwrap().ends_with("/pki/ocsp")));
+    assert!(rows.iter().all(|r| r["device"] == "31000131"));
+    // Jobs from the CLI: none pending here.
+    let out = server.admin(&["job", "list", "--json"]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        json!([])
+    );
+}

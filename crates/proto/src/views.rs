@@ -156,3 +156,19 @@ pub struct JobView {
     pub created_at: String,
     pub updated_at: String,
 }
+
+/// A certificate issued with an address relying parties cannot use in its
+/// CRL distribution point or Authority Information Access.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BadUrl {
+    /// The device's serial.
+    pub device: String,
+    /// The PIV slot (`9a`).
+    pub slot: Option<String>,
+    /// The certificate's serial (hex).
+    pub certificate: String,
+    pub revoked: bool,
+    pub url: String,
+    /// What is wrong with it (`unspecified address`, `loopback`, `port 0`, …).
+    pub problem: String,
+}

@@ -173,6 +173,13 @@ impl Store {
         on_backend!(self, certificate_status(serial))
     }
 
+    /// Every certificate on record with its device's serial.
+    pub async fn certificates_with_devices(
+        &self,
+    ) -> StoreResult<Vec<(crate::Credential, keyward_domain::Serial)>> {
+        on_backend!(self, certificates_with_devices())
+    }
+
     /// Tells every node that revocations changed (their CRLs and OCSP).
     pub(crate) async fn revocations_changed(&self, done: &EffectsDone) {
         if done.changes_revocation() {

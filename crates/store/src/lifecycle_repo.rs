@@ -332,3 +332,25 @@ pub async fn certificate_status(
         reason: reason.and_then(|c| RevocationReason::from_code(c as u8)),
     })))
 }
+
+/// Every certificate on record with its device's serial (for reports over
+/// what was issued).
+pub async fn certificates_with_devices(
+    pool: &Pool<DB>,
+) -> StoreResult<Vec<(crate::issuance::Credential, Serial)>> {
+    let rows = sqlx::query(
+        "SELECT c.id, c.device_id, c.session_id, c.kind, c.slot, c.serial, c.not_after, c.der, c.created_at, c.revoked_at, d.serial AS device_serial \
+         FROM credentials c JOIN devices d ON d.id = c.device_id WHERE c.kind = 'certificate' ORDER BY c.created_at",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let device: String = r.try_get("device_serial")?;
+            Ok((
+                credential_from_row(r)?,
+                Serial(device.parse().map_err(|_| StoreError::corrupt("device", format!("serial {device}")))?),
+            ))
+        })
+        .collect()
+}

@@ -196,6 +196,8 @@ pub fn dispatch(
         A::Token(cmd) => token(c, json, cmd),
         A::Audit(cmd) => audit(c, json, cmd),
         A::Agent(cmd) => super::agent::run(c, json, cmd),
+        A::Job(cmd) => super::lifecycle::job(c, json, cmd),
+        A::Report(cmd) => super::lifecycle::report(c, json, cmd),
     }
 }
 

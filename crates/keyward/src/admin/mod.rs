@@ -2,6 +2,7 @@
 
 mod agent;
 mod commands;
+mod lifecycle;
 mod output;
 
 use std::process::ExitCode;
@@ -65,6 +66,12 @@ pub enum AdminCommand {
     /// Workstation agents: approve a pairing code, list, revoke.
     #[command(subcommand)]
     Agent(agent::AgentCommand),
+    /// Durable jobs (pending revocations): list, close.
+    #[command(subcommand)]
+    Job(lifecycle::JobCommand),
+    /// Reports: bad-urls.
+    #[command(subcommand)]
+    Report(lifecycle::ReportCommand),
 }
 
 pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {

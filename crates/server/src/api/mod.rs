@@ -18,6 +18,7 @@ pub mod jobs;
 pub mod operators;
 pub mod passkey_services;
 pub mod policies;
+pub mod reports;
 pub mod session;
 pub mod settings;
 pub mod tokens;
@@ -43,6 +44,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(tokens::router())
         .merge(audit::router())
         .merge(jobs::router())
+        .merge(reports::router())
         .merge(crate::issuance::router())
         .merge(crate::agents::router())
         .merge(crate::initial_pin::router())

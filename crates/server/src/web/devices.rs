@@ -38,6 +38,17 @@ pub struct Row {
     pub recyclable: bool,
 }
 
+/// Work a device's move left to another service (a passkey to delete at
+/// Entra ID) that has not succeeded yet.
+pub struct PendingJob {
+    pub id: String,
+    pub what: &'static str,
+    pub serial: String,
+    pub attempts: u32,
+    pub last_error: String,
+    pub next_at: String,
+}
+
 pub struct Choice {
     pub value: &'static str,
     pub label: &'static str,
@@ -56,6 +67,10 @@ struct DevicesPage {
     next_query: String,
     can_import: bool,
     can_recycle: bool,
+    /// Pending revocations (passkey deletions): shown until they succeed or
+    /// an administrator closes them.
+    pending: Vec<PendingJob>,
+    can_close_jobs: bool,
     error: Option<String>,
 }
 
@@ -110,7 +125,37 @@ async fn page(
             recyclable: d.is_recyclable() && d.state != DeviceState::Available,
         })
         .collect();
+    let pending = match state
+        .store
+        .list_jobs(Some(keyward_store::JobState::Pending), None)
+        .await
+    {
+        Ok(jobs) => jobs
+            .into_iter()
+            .map(|j| PendingJob {
+                id: j.id.to_string(),
+                what: match j.kind.as_str() {
+                    keyward_store::lifecycle::JOB_DELETE_PASSKEY => "Delete passkey at Entra ID",
+                    _ => "Other",
+                },
+                serial: j
+                    .target
+                    .strip_prefix("device:")
+                    .unwrap_or(&j.target)
+                    .to_string(),
+                attempts: j.attempts,
+                last_error: j.last_error.unwrap_or_default(),
+                next_at: j
+                    .next_at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+            })
+            .collect(),
+        Err(e) => return internal("reading the pending jobs", e),
+    };
     render(&DevicesPage {
+        pending,
+        can_close_jobs: user.can(Permission::JobsManage),
         nav: user.nav("/devices"),
         next_query: format!(
             "q={}&state={}&device_type={}",
