@@ -134,10 +134,16 @@ fn ca_files(server: &TestServer, dir: &std::path::Path) {
 /// verifies the answer against the chain; answers its report (stdout and
 /// stderr).
 fn ocsp(server: &TestServer, serial: &str, issuer: &str) -> String {
+    ocsp_with(server, serial, issuer, &[])
+}
+
+fn ocsp_with(server: &TestServer, serial: &str, issuer: &str, extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     ca_files(server, dir.path());
     let out = Command::new("openssl")
-        .args(["ocsp", "-issuer"])
+        .arg("ocsp")
+        .args(extra)
+        .arg("-issuer")
         .arg(dir.path().join(issuer))
         .args(["-serial", &format!("0x{serial}"), "-url"])
         .arg(format!("{}/pki/ocsp", server.url))
@@ -195,6 +201,12 @@ fn lifecycle(server: &TestServer) {
     }
     assert!(crl_number(&crl) > crl_number(&before), "CRL numbers grow");
     assert_eq!(ocsp_says(server, &stolen[0]), "revoked keyCompromise");
+    // A CertID hashed with SHA-256 is answered too.
+    let report = ocsp_with(server, &stolen[1], "issuing.pem", &["-sha256"]);
+    assert!(
+        report.contains("Response verify OK") && report.contains(": revoked"),
+        "{report}"
+    );
 
     // Forgotten: on hold; found again: released (absent from the next CRL).
     let forgotten = issue(server, "31000102");
