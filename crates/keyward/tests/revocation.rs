@@ -6,11 +6,9 @@
 
 mod support;
 
-use std::process::Command;
-
 use keyward_vcard::{Firmware, ProfileKind, VcardConfig, VirtualCard};
 use serde_json::{json, Value};
-use support::{ServerOptions, TestServer};
+use support::{openssl, ServerOptions, TestServer};
 
 /// Issues a YubiKey to alice with the seeded PIV Standard policy (the
 /// device is added to the inventory unless it is there); answers the
@@ -74,27 +72,26 @@ fn move_device(server: &TestServer, serial: &str, to: &str, reason: Option<&str>
 
 /// The issuing CA's CRL as `openssl crl -text` prints it.
 fn crl_text(server: &TestServer) -> String {
-    let der = server
-        .client()
-        .get(format!("{}/pki/crl/issuing.crl", server.url))
-        .send()
-        .unwrap()
-        .bytes()
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("issuing.crl");
-    std::fs::write(&path, &der).unwrap();
-    let out = Command::new("openssl")
-        .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    std::fs::write(
+        dir.path().join("issuing.crl"),
+        server.fetch("/pki/crl/issuing.crl"),
+    )
+    .unwrap();
+    let (ok, text) = openssl(
+        dir.path(),
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-noout",
+            "-text",
+            "-in",
+            "issuing.crl",
+        ],
     );
-    String::from_utf8(out.stdout).unwrap()
+    assert!(ok, "{text}");
+    text
 }
 
 /// The reason the CRL gives for `serial` (None: not listed).
@@ -116,23 +113,16 @@ fn listed_reason(crl: &str, serial: &str) -> Option<String> {
     )
 }
 
-/// The CA files an OCSP client needs: the issuing CA (PEM) and the chain.
+/// The CA files an OCSP client needs: the issuing CA and root (PEM) and
+/// the chain.
 fn ca_files(server: &TestServer, dir: &std::path::Path) {
     for f in ["issuing.pem", "chain.pem", "root.pem"] {
-        let body = server
-            .client()
-            .get(format!("{}/pki/ca/{f}", server.url))
-            .send()
-            .unwrap()
-            .bytes()
-            .unwrap();
-        std::fs::write(dir.join(f), &body).unwrap();
+        std::fs::write(dir.join(f), server.fetch(&format!("/pki/ca/{f}"))).unwrap();
     }
 }
 
 /// `openssl ocsp` asks the server about `serial` (hex) with a nonce and
-/// verifies the answer against the chain; answers its report (stdout and
-/// stderr).
+/// verifies the answer against the chain; answers its report.
 fn ocsp(server: &TestServer, serial: &str, issuer: &str) -> String {
     ocsp_with(server, serial, issuer, &[])
 }
@@ -140,22 +130,21 @@ fn ocsp(server: &TestServer, serial: &str, issuer: &str) -> String {
 fn ocsp_with(server: &TestServer, serial: &str, issuer: &str, extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     ca_files(server, dir.path());
-    let out = Command::new("openssl")
-        .arg("ocsp")
-        .args(extra)
-        .arg("-issuer")
-        .arg(dir.path().join(issuer))
-        .args(["-serial", &format!("0x{serial}"), "-url"])
-        .arg(format!("{}/pki/ocsp", server.url))
-        .arg("-CAfile")
-        .arg(dir.path().join("chain.pem"))
-        .output()
-        .unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    let serial = format!("0x{serial}");
+    let url = format!("{}/pki/ocsp", server.url);
+    let mut args = vec!["ocsp"];
+    args.extend(extra);
+    args.extend([
+        "-issuer",
+        issuer,
+        "-serial",
+        &serial,
+        "-url",
+        &url,
+        "-CAfile",
+        "chain.pem",
+    ]);
+    openssl(dir.path(), &args).1
 }
 
 fn ocsp_says(server: &TestServer, serial: &str) -> String {
@@ -361,21 +350,24 @@ fn ocsp_answers_get_requests_and_refuses_garbage() {
     let dir = tempfile::tempdir().unwrap();
     ca_files(&server, dir.path());
     // A request made by openssl, sent base64 in the URL (RFC 6960 A.1).
-    let req = dir.path().join("req.der");
-    let out = Command::new("openssl")
-        .args(["ocsp", "-no_nonce", "-issuer"])
-        .arg(dir.path().join("issuing.pem"))
-        .args(["-serial", &format!("0x{}", certs[0]), "-reqout"])
-        .arg(&req)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let serial = format!("0x{}", certs[0]);
+    let (ok, text) = openssl(
+        dir.path(),
+        &[
+            "ocsp",
+            "-no_nonce",
+            "-issuer",
+            "issuing.pem",
+            "-serial",
+            &serial,
+            "-reqout",
+            "req.der",
+        ],
     );
+    assert!(ok, "{text}");
     use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&req).unwrap());
+    let b64 = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(dir.path().join("req.der")).unwrap());
     let url_safe: String = b64
         .chars()
         .map(|c| match c {
@@ -391,21 +383,20 @@ fn ocsp_answers_get_requests_and_refuses_garbage() {
         .send()
         .unwrap();
     assert_eq!(resp.headers()["content-type"], "application/ocsp-response");
-    let respin = dir.path().join("resp.der");
-    std::fs::write(&respin, resp.bytes().unwrap()).unwrap();
-    let out = Command::new("openssl")
-        .args(["ocsp", "-respin"])
-        .arg(&respin)
-        .arg("-issuer")
-        .arg(dir.path().join("issuing.pem"))
-        .args(["-serial", &format!("0x{}", certs[0]), "-CAfile"])
-        .arg(dir.path().join("chain.pem"))
-        .output()
-        .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    std::fs::write(dir.path().join("resp.der"), resp.bytes().unwrap()).unwrap();
+    let (_, report) = openssl(
+        dir.path(),
+        &[
+            "ocsp",
+            "-respin",
+            "resp.der",
+            "-issuer",
+            "issuing.pem",
+            "-serial",
+            &serial,
+            "-CAfile",
+            "chain.pem",
+        ],
     );
     assert!(report.contains("Response verify OK"), "{report}");
     assert!(report.contains(": good"), "{report}");
@@ -426,29 +417,12 @@ fn the_root_crl_covers_the_issuing_ca_whose_certificate_names_it() {
     let server = TestServer::start();
     let dir = tempfile::tempdir().unwrap();
     ca_files(&server, dir.path());
-    let root_crl = server
-        .client()
-        .get(format!("{}/pki/crl/root.crl", server.url))
-        .send()
-        .unwrap()
-        .bytes()
-        .unwrap();
-    std::fs::write(dir.path().join("root.crl"), &root_crl).unwrap();
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    };
+    std::fs::write(
+        dir.path().join("root.crl"),
+        server.fetch("/pki/crl/root.crl"),
+    )
+    .unwrap();
+    let run = |args: &[&str]| openssl(dir.path(), args);
     // Signed by the root.
     let (ok, text) = run(&[
         "crl", "-inform", "DER", "-in", "root.crl", "-CAfile", "root.pem", "-noout",

@@ -76,15 +76,6 @@ pub struct AgentDevice {
     pub updated_at: OffsetDateTime,
 }
 
-macro_rules! on_backend {
-    ($self:ident, $f:ident ( $($arg:expr),* )) => {
-        match &$self.backend {
-            Backend::Sqlite(p) => sqlite_repo::$f(p, $($arg),*).await,
-            Backend::Postgres(p) => pg_repo::$f(p, $($arg),*).await,
-        }
-    };
-}
-
 macro_rules! on_backend_audited {
     ($self:ident, $f:ident ( $($arg:expr),* )) => {{
         let key = $self.key();

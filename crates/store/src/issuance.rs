@@ -85,27 +85,6 @@ pub struct Credential {
 use crate::{AuditDraft, Backend, Store, StoreResult};
 use keyward_domain::{Device, StateChange};
 
-macro_rules! on_backend {
-    ($self:ident, $f:ident ( $($arg:expr),* )) => {
-        match &$self.backend {
-            Backend::Sqlite(p) => crate::sqlite_repo::$f(p, $($arg),*).await,
-            Backend::Postgres(p) => crate::pg_repo::$f(p, $($arg),*).await,
-        }
-    };
-}
-
-/// A write: on SQLite driven on the file's writer (see `write_tx::with_writer`).
-macro_rules! on_writer {
-    ($self:ident, $f:ident ( $($arg:expr),* )) => {
-        match &$self.backend {
-            Backend::Sqlite(p) => {
-                crate::write_tx::with_writer(p, crate::sqlite_repo::$f(p, $($arg),*)).await
-            }
-            Backend::Postgres(p) => crate::pg_repo::$f(p, $($arg),*).await,
-        }
-    };
-}
-
 impl Store {
     /// Starts an issuance session: the device, as the caller read it, moves
     /// by `change` and the session is written, atomically. Conflicts:

@@ -11,6 +11,28 @@
 //!
 //! The repository code is written once (`repo.rs`) and compiled for each backend.
 
+/// A read on the store's backend (repository function `$f`).
+macro_rules! on_backend {
+    ($self:ident, $f:ident ( $($arg:expr),* )) => {
+        match &$self.backend {
+            Backend::Sqlite(p) => crate::sqlite_repo::$f(p, $($arg),*).await,
+            Backend::Postgres(p) => crate::pg_repo::$f(p, $($arg),*).await,
+        }
+    };
+}
+
+/// A write: on SQLite driven on the file's writer (see `write_tx::with_writer`).
+macro_rules! on_writer {
+    ($self:ident, $f:ident ( $($arg:expr),* )) => {
+        match &$self.backend {
+            Backend::Sqlite(p) => {
+                crate::write_tx::with_writer(p, crate::sqlite_repo::$f(p, $($arg),*)).await
+            }
+            Backend::Postgres(p) => crate::pg_repo::$f(p, $($arg),*).await,
+        }
+    };
+}
+
 pub mod changes;
 mod error;
 mod issuance;

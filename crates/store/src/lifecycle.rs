@@ -87,27 +87,6 @@ pub struct Revocation {
     pub reason: Option<RevocationReason>,
 }
 
-macro_rules! on_backend {
-    ($self:ident, $f:ident ( $($arg:expr),* )) => {
-        match &$self.backend {
-            Backend::Sqlite(p) => crate::sqlite_repo::$f(p, $($arg),*).await,
-            Backend::Postgres(p) => crate::pg_repo::$f(p, $($arg),*).await,
-        }
-    };
-}
-
-/// A write: on SQLite driven on the file's writer.
-macro_rules! on_writer {
-    ($self:ident, $f:ident ( $($arg:expr),* )) => {
-        match &$self.backend {
-            Backend::Sqlite(p) => {
-                crate::write_tx::with_writer(p, crate::sqlite_repo::$f(p, $($arg),*)).await
-            }
-            Backend::Postgres(p) => crate::pg_repo::$f(p, $($arg),*).await,
-        }
-    };
-}
-
 impl Store {
     /// Writes a job on its own (with its audit record); the job runners
     /// hear of it.

@@ -4,54 +4,12 @@
 //! a pending one (audited); two nodes on PostgreSQL claim different jobs;
 //! CRL numbers only grow, from a floor.
 
-use std::str::FromStr;
+mod common;
 
+use common::cleanup;
 use keyward_store::*;
-use sqlx::Connection;
-use uuid::Uuid;
 
 const KEY: AuditKey = [7u8; 32];
-
-async fn stores(test: &str) -> Vec<(Store, Option<(String, String)>, Option<tempfile::TempDir>)> {
-    let mut out = Vec::new();
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("j.db").display());
-    out.push((Store::open(&url, KEY).await.unwrap(), None, Some(dir)));
-    match std::env::var("KEYWARD_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => {
-            let schema = format!("t_{}_{}", test, Uuid::new_v4().simple());
-            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
-            sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
-                .execute(&mut c)
-                .await
-                .unwrap();
-            let opts = sqlx::postgres::PgConnectOptions::from_str(&url)
-                .unwrap()
-                .options([("search_path", schema.as_str())]);
-            out.push((
-                Store::open_postgres(opts, KEY).await.unwrap(),
-                Some((url, schema)),
-                None,
-            ));
-        }
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("CI is set but KEYWARD_TEST_POSTGRES_URL is not (run .ci/postgres)")
-        }
-        _ => eprintln!("NOTICE: KEYWARD_TEST_POSTGRES_URL is not set; {test} ran on SQLite only"),
-    }
-    out
-}
-
-async fn cleanup(store: Store, pg: Option<(String, String)>) {
-    store.close().await;
-    if let Some((url, schema)) = pg {
-        let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
-        sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&mut c)
-            .await
-            .unwrap();
-    }
-}
 
 fn job(target: &str) -> NewJob {
     NewJob {
@@ -68,7 +26,7 @@ fn draft(action: &str) -> AuditDraft {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_is_leased_retried_after_its_back_off_done_once_or_closed_by_hand() {
-    for (store, pg, _dir) in stores("jobs_life").await {
+    for (store, pg, _dir) in common::stores("jobs_life", KEY).await {
         let lease = time::Duration::minutes(2);
         let id = store
             .enqueue_job(&job("device:1"), &draft("job.enqueue"))
@@ -129,7 +87,7 @@ async fn a_job_is_leased_retried_after_its_back_off_done_once_or_closed_by_hand(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crl_numbers_only_grow_from_their_floor() {
-    for (store, pg, _dir) in stores("crl_numbers").await {
+    for (store, pg, _dir) in common::stores("crl_numbers", KEY).await {
         let a = store
             .next_crl_number("issuing", 1_700_000_000)
             .await

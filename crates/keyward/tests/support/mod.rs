@@ -276,6 +276,37 @@ impl Drop for TestServer {
     }
 }
 
+/// Runs `openssl ARGS` in `dir`: whether it succeeded, and what it wrote
+/// (stdout, then stderr).
+pub fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl must be installed (.ci/deps)");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+impl TestServer {
+    /// GET of a path outside the API (`/pki/…`): the body.
+    pub fn fetch(&self, path: &str) -> Vec<u8> {
+        self.client()
+            .get(format!("{}{path}", self.url))
+            .send()
+            .unwrap()
+            .bytes()
+            .unwrap()
+            .to_vec()
+    }
+}
+
 pub fn uuid_like() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
     let n = SystemTime::now()
