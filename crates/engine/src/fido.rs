@@ -633,41 +633,29 @@ impl AwaitToken {
 /// The clientDataJSON of a registration (WebAuthn 5.8.1: type, challenge
 /// base64url, origin, crossOrigin), serialised as browsers do.
 pub fn client_data_json(challenge: &[u8], rp_id: &str) -> Vec<u8> {
-    format!(
-        r#"{{"type":"webauthn.create","challenge":"{}","origin":"https://{}","crossOrigin":false}}"#,
-        b64url(challenge),
-        json_escape(rp_id)
-    )
-    .into_bytes()
-}
-
-fn json_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
+    // Fields in the order browsers write them.
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ClientData<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        challenge: String,
+        origin: String,
+        cross_origin: bool,
     }
-    out
+    serde_json::to_vec(&ClientData {
+        kind: "webauthn.create",
+        challenge: b64url(challenge),
+        origin: format!("https://{rp_id}"),
+        cross_origin: false,
+    })
+    .expect("client data serialises")
 }
 
 /// base64url without padding (RFC 4648 section 5).
 pub fn b64url(b: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
-    for chunk in b.chunks(3) {
-        let n = chunk.len();
-        let v = (chunk[0] as u32) << 16
-            | (*chunk.get(1).unwrap_or(&0) as u32) << 8
-            | *chunk.get(2).unwrap_or(&0) as u32;
-        for i in 0..=n {
-            out.push(A[(v >> (18 - 6 * i)) as usize & 63] as char);
-        }
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
 /// The creationOptions must be usable: ES256 offered, rp.id a domain name.

@@ -135,13 +135,8 @@ pub(crate) fn base64_url(b: &[u8]) -> String {
 }
 
 fn pem_to_der(pem: &str) -> anyhow::Result<Vec<u8>> {
-    use base64::Engine;
-    let body: String = pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .map(str::trim)
-        .collect();
-    Ok(base64::engine::general_purpose::STANDARD.decode(body)?)
+    use x509_cert::der::{DecodePem, Encode};
+    Ok(x509_cert::Certificate::from_pem(pem.trim())?.to_der()?)
 }
 
 impl Tenant {

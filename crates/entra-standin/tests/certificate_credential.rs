@@ -48,12 +48,12 @@ fn rsa_certificate(tag: &str) -> (String, String) {
 }
 
 fn trust_root() -> String {
+    use x509_cert::der::{Decode, EncodePem};
     let (_, _, root) = keyward_vcard::fido::attestation::test_ca().unwrap();
-    use base64::Engine;
-    format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        base64::engine::general_purpose::STANDARD.encode(root)
-    )
+    x509_cert::Certificate::from_der(&root)
+        .unwrap()
+        .to_pem(x509_cert::der::pem::LineEnding::LF)
+        .unwrap()
 }
 
 async fn standin(cert_pem: &str) -> StandinHandle {

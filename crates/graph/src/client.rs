@@ -142,16 +142,17 @@ impl std::fmt::Debug for GraphClient {
     }
 }
 
-/// Percent-encodes one path segment (a UPN or object ID).
+/// Percent-encodes one path segment (a UPN or object ID): RFC 3986's
+/// unreserved characters and `@` stay as they are.
 fn segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'@' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+    const SEGMENT: &percent_encoding::AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~')
+        .remove(b'@');
+    utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 fn network(what: &str, e: reqwest::Error) -> GraphError {

@@ -363,51 +363,21 @@ pub fn certificate_from_object(object: &[u8]) -> Result<Vec<u8>, AttestationErro
     if data.first() == Some(&0x30) {
         return Ok(data.to_vec());
     }
+    let bad = |e: keyward_card::tlv::TlvError| malformed(what, e);
     if data.first() == Some(&0x53) {
-        data = tlv(data, what)?.1;
+        data = keyward_card::tlv::parse_one(data).map_err(bad)?.0.value;
     }
     let mut cert = None;
-    let mut rest = data;
-    while !rest.is_empty() {
-        let (tag, value, tail) = tlv_tail(rest, what)?;
-        match tag {
-            0x70 => cert = Some(value.to_vec()),
-            0x71 if value.first().is_some_and(|b| *b & 0x01 != 0) => {
+    for t in keyward_card::tlv::parse_all(data).map_err(bad)? {
+        match t.tag {
+            0x70 => cert = Some(t.value.to_vec()),
+            0x71 if t.value.first().is_some_and(|b| *b & 0x01 != 0) => {
                 return Err(malformed(what, "compressed certificate"))
             }
             _ => {}
         }
-        rest = tail;
     }
     cert.ok_or_else(|| malformed(what, "no certificate (tag 70)"))
-}
-
-/// One BER-TLV with a one-byte tag: (tag, value).
-fn tlv<'a>(data: &'a [u8], what: &'static str) -> Result<(u8, &'a [u8]), AttestationError> {
-    let (t, v, _) = tlv_tail(data, what)?;
-    Ok((t, v))
-}
-
-fn tlv_tail<'a>(
-    data: &'a [u8],
-    what: &'static str,
-) -> Result<(u8, &'a [u8], &'a [u8]), AttestationError> {
-    let short = || malformed(what, "truncated TLV");
-    let (&tag, rest) = data.split_first().ok_or_else(short)?;
-    let (&first, rest) = rest.split_first().ok_or_else(short)?;
-    let (len, rest) = match first {
-        n if n < 0x80 => (usize::from(n), rest),
-        0x81 => (usize::from(*rest.first().ok_or_else(short)?), &rest[1..]),
-        0x82 if rest.len() >= 2 => (
-            usize::from(u16::from_be_bytes([rest[0], rest[1]])),
-            &rest[2..],
-        ),
-        _ => return Err(malformed(what, "unsupported TLV length")),
-    };
-    if rest.len() < len {
-        return Err(short());
-    }
-    Ok((tag, &rest[..len], &rest[len..]))
 }
 
 /// Verify a YubiKey PIV attestation; see the module documentation.

@@ -504,7 +504,7 @@ impl CertificateAuthority for EmbeddedCa {
         let tbs = &cert.tbs_certificate;
         Ok(IssuedCertificate {
             der: cert.to_der().map_err(build_err)?,
-            serial_hex: hex_lower(tbs.serial_number.as_bytes()),
+            serial_hex: hex::encode(tbs.serial_number.as_bytes()),
             not_before: time_of(&tbs.validity.not_before),
             not_after: time_of(&tbs.validity.not_after),
             subject: tbs.subject.to_string(),
@@ -517,10 +517,6 @@ impl CertificateAuthority for EmbeddedCa {
             self.root_cert.to_der().unwrap_or_default(),
         ]
     }
-}
-
-pub(crate) fn hex_lower(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(test)]

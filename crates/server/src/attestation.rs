@@ -10,7 +10,6 @@
 //! is certified. Devices that cannot attest (C4000, generic PIV) are not
 //! asked.
 
-use base64::Engine as _;
 use keyward_domain::{AuditDraft, AuditOutcome};
 use keyward_engine::piv::GeneratedKey;
 use keyward_pki::attestation::{certificate_from_object, verify_piv_attestations, AttestedKey};
@@ -36,20 +35,10 @@ fn read_anchors(state: &AppState) -> Vec<Vec<u8>> {
             tracing::warn!(path = %path.display(), "attestation root unreadable");
             continue;
         };
-        match std::str::from_utf8(&bytes) {
-            Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => {
-                for block in text.split("-----BEGIN CERTIFICATE-----").skip(1) {
-                    let body: String = block
-                        .split("-----END CERTIFICATE-----")
-                        .next()
-                        .unwrap_or("")
-                        .chars()
-                        .filter(|c| !c.is_whitespace())
-                        .collect();
-                    if let Ok(der) = base64::engine::general_purpose::STANDARD.decode(body) {
-                        out.push(der);
-                    }
-                }
+        // PEM (one or more certificates), else one DER certificate.
+        match x509_cert::Certificate::load_pem_chain(&bytes) {
+            Ok(chain) if !chain.is_empty() => {
+                out.extend(chain.iter().filter_map(|c| der::Encode::to_der(c).ok()))
             }
             _ => out.push(bytes),
         }
