@@ -9,6 +9,8 @@
 //! * [`encode_canonical`] / [`decode`]: CTAP2-canonical CBOR (map keys sorted
 //!   by major type, then encoded length, then bytes; python-fido2 checks this)
 //!   and a decoder that turns every malformed input into a CTAP status code.
+//!   Kept here over ciborium's values: ciborium writes maps in the order
+//!   given and has no canonical mode.
 //! * Typed requests and responses (`*Request`, `*Response`) with `to_value` /
 //!   `from_value` on both sides.
 //! * [`PinProtocol`]: PIN/UV auth protocols 1 and 2 (ECDH P-256 key agreement,

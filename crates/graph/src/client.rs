@@ -36,7 +36,10 @@ impl ApiVersion {
     }
 }
 
-/// How throttling (429) and unavailability (503) are retried.
+/// How throttling (429) and unavailability (503) are retried. Written here
+/// rather than taken from a retry middleware: Graph's Retry-After decides
+/// the wait, a registration's challenge must not outlive its retries, and
+/// each retry is logged with the call it belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Retries after the first attempt.

@@ -1351,18 +1351,13 @@ fn pulled_out_after_the_graph_registration_then_retried() {
     );
 }
 
-/// Issue 13: a stolen device's passkey is deleted at Entra ID by a durable
-/// job. Graph is down when the device is reported stolen: the device is
-/// Invalid at once and the job waits, failing with back-off; the server
-/// restarts meanwhile; once Graph answers again the job deletes the passkey.
-#[test]
-fn a_stolen_device_s_passkey_is_deleted_once_graph_is_back_across_a_restart() {
-    let _lock = pcsc::lock();
-    pcsc::ensure_pcscd();
-    let serial = "41000091";
+/// A C4000 issued with a passkey, then reported stolen while Graph is down
+/// (every call answers 503): the device is Invalid at once; answers once its
+/// passkey-deletion job has been tried and failed.
+fn stolen_while_graph_is_down(serial: &str) -> (Vcard, Tenant, TestServer, Value) {
     let card = Vcard::spawn(&["--profile", "c4000", "--serial", serial]);
     let t = tenant(&card);
-    let mut server = TestServer::start();
+    let server = TestServer::start();
     seed(&server, &t, "c4000", serial, "1.0.0", true);
     let out = issue(
         &server,
@@ -1373,8 +1368,6 @@ fn a_stolen_device_s_passkey_is_deleted_once_graph_is_back_across_a_restart() {
     );
     assert_eq!(passkeys_on_record(&issued(&out)).len(), 1);
     assert_eq!(t.handle.passkeys(UPN).len(), 1);
-
-    // Graph down: every call answers 503 for now.
     for _ in 0..200 {
         t.handle.push_fault(Fault::unavailable());
     }
@@ -1385,7 +1378,6 @@ fn a_stolen_device_s_passkey_is_deleted_once_graph_is_back_across_a_restart() {
         Some(json!({ "to": "invalid", "reason": "stolen", "expected_version": d["version"] })),
     );
     assert_eq!((s, d["state"].as_str()), (200, Some("invalid")), "{d}");
-    // The job is pending, tried and failing.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let job = loop {
         let (s, jobs) = server.call("GET", &format!("/jobs?device={serial}"), None);
@@ -1399,12 +1391,20 @@ fn a_stolen_device_s_passkey_is_deleted_once_graph_is_back_across_a_restart() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
     assert_eq!(job["kind"], "delete_passkey", "{job}");
-    assert_eq!(
-        t.handle.passkeys(UPN).len(),
-        1,
-        "still there while Graph is down"
-    );
+    assert_eq!(t.handle.passkeys(UPN).len(), 1, "still there while Graph is down");
+    (card, t, server, job)
+}
 
+/// Issue 13: a stolen device's passkey is deleted at Entra ID by a durable
+/// job. Graph is down when the device is reported stolen: the job waits,
+/// failing with back-off; the server restarts meanwhile; once Graph answers
+/// again the job deletes the passkey.
+#[test]
+fn a_stolen_device_s_passkey_is_deleted_once_graph_is_back_across_a_restart() {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let serial = "41000091";
+    let (_card, t, mut server, _job) = stolen_while_graph_is_down(serial);
     // The server restarts; Graph comes back.
     server.stop();
     let data = std::mem::replace(&mut server.data_dir, tempfile::tempdir().unwrap());
@@ -1426,4 +1426,46 @@ fn a_stolen_device_s_passkey_is_deleted_once_graph_is_back_across_a_restart() {
     assert_eq!(done.as_array().unwrap().len(), 1, "{done}");
     let (_, pending) = server.call("GET", &format!("/jobs?device={serial}"), None);
     assert!(pending.as_array().unwrap().is_empty(), "{pending}");
+}
+
+/// A job that keeps failing is closed by an administrator (the passkey was
+/// deleted in Entra ID some other way): audited, and never tried again.
+#[test]
+fn a_stuck_job_is_closed_by_hand_and_not_tried_again() {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let serial = "41000092";
+    let (_card, t, server, job) = stolen_while_graph_is_down(serial);
+    let id = job["id"].as_str().unwrap();
+    let out = server.admin(&["job", "close", id, "--json"]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let closed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(closed["state"], "closed", "{closed}");
+    // Not pending any more; closing again is refused.
+    let (_, pending) = server.call("GET", &format!("/jobs?device={serial}"), None);
+    assert!(pending.as_array().unwrap().is_empty(), "{pending}");
+    let (s, v) = server.call("POST", &format!("/jobs/{id}/close"), None);
+    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("job_not_pending")), "{v}");
+    // Graph back: past the time it would have been tried again (and the
+    // worker's idle look), the closed job has not run.
+    t.handle.clear_faults();
+    let next_at = time::OffsetDateTime::parse(
+        job["next_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let wait = next_at - time::OffsetDateTime::now_utc() + time::Duration::seconds(6);
+    if wait.is_positive() {
+        std::thread::sleep(std::time::Duration::try_from(wait).unwrap());
+    }
+    assert_eq!(t.handle.passkeys(UPN).len(), 1);
+    let (_, audit) = server.call("GET", "/audit?limit=1000", None);
+    assert!(
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "job.close" && e["target"] == format!("device:{serial}")),
+        "{audit}"
+    );
 }
