@@ -345,6 +345,22 @@ const C4000_PIV: [&str; 4] = [
     "send write certificate 9A",
 ];
 
+/// A C4000 issuance with a passkey: the PIV part, then the FIDO step whose
+/// prompt batch begins at `prompts_step`, then `before_end` and the end.
+fn c4000_with_passkey(prompts_step: &str, before_end: &[&str]) -> Vec<String> {
+    let mut want = strings(&C4000_PIV);
+    want.push(format!("send {prompts_step}"));
+    want.extend(strings(&[
+        "fetch creation options",
+        "send FIDO: PIN",
+        "send FIDO: register the passkey",
+        "register passkey",
+    ]));
+    want.extend(strings(before_end));
+    want.push("end issued".into());
+    want
+}
+
 #[test]
 fn piv_only_on_a_c4000_certifies_without_a_round_trip_and_ends_issued() {
     let mut b = Bench::new(ProfileKind::C4000, None);
@@ -450,16 +466,10 @@ fn fido_with_the_shared_device_pin_registers_the_passkey_in_three_round_trips() 
         &answers(&[(PromptKind::ConfirmTouch, "true")]),
         None,
     );
-    let mut want = strings(&C4000_PIV);
-    want.extend(strings(&[
-        "send FIDO: register the passkey",
-        "fetch creation options",
-        "send FIDO: PIN",
-        "send FIDO: register the passkey",
-        "register passkey",
-        "end issued",
-    ]));
-    assert_eq!(b.take_effects(), want);
+    assert_eq!(
+        b.take_effects(),
+        c4000_with_passkey("FIDO: register the passkey", &[])
+    );
     let passkey = end.passkey.expect("the passkey goes on record");
     assert_eq!(
         (
@@ -490,16 +500,7 @@ fn fido_with_its_own_pin_asks_the_person_to_set_it() {
         ]),
         None,
     );
-    let mut want = strings(&C4000_PIV);
-    want.extend(strings(&[
-        "send FIDO: PIN",
-        "fetch creation options",
-        "send FIDO: PIN",
-        "send FIDO: register the passkey",
-        "register passkey",
-        "end issued",
-    ]));
-    assert_eq!(b.take_effects(), want);
+    assert_eq!(b.take_effects(), c4000_with_passkey("FIDO: PIN", &[]));
     assert!(end.passkey.is_some());
 }
 
@@ -547,18 +548,10 @@ fn not_displayed_with_change_and_a_shared_pin_changes_it_after_the_registration(
     // The registration shows the initial PIN; the person types it back,
     // then chooses their own, which one last batch sets.
     let end = b.run(&mut s, batch, &shown_pin_typed_back, None);
-    let mut want = strings(&C4000_PIV);
-    want.extend(strings(&[
-        "send FIDO: PIN",
-        "fetch creation options",
-        "send FIDO: PIN",
-        "send FIDO: register the passkey",
-        "register passkey",
-        "send set new PIN",
-        "send set new PIN",
-        "end issued",
-    ]));
-    assert_eq!(b.take_effects(), want);
+    assert_eq!(
+        b.take_effects(),
+        c4000_with_passkey("FIDO: PIN", &["send set new PIN", "send set new PIN"])
+    );
     assert!(end.passkey.is_some() && end.initial_pin.is_none());
     assert!(b.pin_verifies("86420975"));
 }

@@ -1391,7 +1391,11 @@ fn stolen_while_graph_is_down(serial: &str) -> (Vcard, Tenant, TestServer, Value
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
     assert_eq!(job["kind"], "delete_passkey", "{job}");
-    assert_eq!(t.handle.passkeys(UPN).len(), 1, "still there while Graph is down");
+    assert_eq!(
+        t.handle.passkeys(UPN).len(),
+        1,
+        "still there while Graph is down"
+    );
     (card, t, server, job)
 }
 
@@ -1445,7 +1449,11 @@ fn a_stuck_job_is_closed_by_hand_and_not_tried_again() {
     let (_, pending) = server.call("GET", &format!("/jobs?device={serial}"), None);
     assert!(pending.as_array().unwrap().is_empty(), "{pending}");
     let (s, v) = server.call("POST", &format!("/jobs/{id}/close"), None);
-    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("job_not_pending")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("job_not_pending")),
+        "{v}"
+    );
     // Graph back: past the time it would have been tried again (and the
     // worker's idle look), the closed job has not run.
     t.handle.clear_faults();
