@@ -311,7 +311,29 @@ fn main() {
             if contains(&crl, &hex::decode(&cert_serial).unwrap()) {
                 break;
             }
-            assert!(t.elapsed() < Duration::from_secs(5), "not seen after 5 s");
+            if t.elapsed() > Duration::from_secs(5) {
+                let on_a = http
+                    .get(format!("{}/pki/crl/issuing.crl", a.url))
+                    .send()
+                    .unwrap()
+                    .bytes()
+                    .unwrap();
+                let row = rt.block_on(async {
+                    use sqlx::Connection;
+                    let mut c = sqlx::PgConnection::connect(&pg).await.unwrap();
+                    sqlx::query_as::<_, (Option<time::OffsetDateTime>, Option<i64>)>(
+                        "SELECT revoked_at, revocation_reason FROM credentials WHERE serial = $1",
+                    )
+                    .bind(&cert_serial)
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap()
+                });
+                panic!(
+                    "not seen after 5 s: serial {cert_serial}, in A's CRL: {}, row: {row:?}, device move: {v}",
+                    contains(&on_a, &hex::decode(&cert_serial).unwrap())
+                );
+            }
             std::thread::sleep(Duration::from_millis(2));
         }
         seen.push(t.elapsed().as_secs_f64() * 1e3);
@@ -367,7 +389,8 @@ async fn issue_in_store(pg: &str, serial: &str) -> String {
         .execute(&mut c)
         .await
         .unwrap();
-    let cert = format!("{:032x}", uuid::Uuid::new_v4().as_u128() >> 1);
+    // A positive serial whose first byte is not zero (as DER writes it).
+    let cert = format!("{:032x}", (uuid::Uuid::new_v4().as_u128() >> 2) | (1u128 << 124));
     sqlx::query(
         "INSERT INTO credentials (id, device_id, session_id, kind, slot, serial, created_at) VALUES ($1, $2, $3, 'certificate', '9a', $4, $5)",
     )
