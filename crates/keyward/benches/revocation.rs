@@ -390,7 +390,10 @@ async fn issue_in_store(pg: &str, serial: &str) -> String {
         .await
         .unwrap();
     // A positive serial whose first byte is not zero (as DER writes it).
-    let cert = format!("{:032x}", (uuid::Uuid::new_v4().as_u128() >> 2) | (1u128 << 124));
+    let cert = format!(
+        "{:032x}",
+        (uuid::Uuid::new_v4().as_u128() >> 2) | (1u128 << 124)
+    );
     sqlx::query(
         "INSERT INTO credentials (id, device_id, session_id, kind, slot, serial, created_at) VALUES ($1, $2, $3, 'certificate', '9a', $4, $5)",
     )
