@@ -482,3 +482,72 @@ fn bad_urls_lists_certificates_that_relying_parties_cannot_check() {
         json!([])
     );
 }
+
+#[test]
+fn incident_restore_and_terminate_are_actions_of_their_own() {
+    let server = TestServer::start();
+    support::seed_piv_standard(&server, "31000141");
+    let certs = issue(&server, "31000141");
+    // From the CLI: forgotten (on hold), restored (released), lost (revoked).
+    let out = server.admin(&[
+        "device",
+        "incident",
+        "31000141",
+        "--reason",
+        "forgotten",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert_eq!(ocsp_says(&server, &certs[0]), "revoked certificateHold");
+    let out = server.admin(&[
+        "device",
+        "restore",
+        "31000141",
+        "--note",
+        "found at reception",
+    ]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert_eq!(ocsp_says(&server, &certs[0]), "good");
+    // Not an incident reason; a stale version: refused, nothing moves.
+    let v = version(&server, "31000141");
+    let (s, e) = server.call(
+        "POST",
+        "/devices/31000141/incident",
+        Some(json!({ "reason": "recycled", "expected_version": v })),
+    );
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (400, Some("reason_not_allowed")),
+        "{e}"
+    );
+    let (s, e) = server.call(
+        "POST",
+        "/devices/31000141/incident",
+        Some(json!({ "reason": "lost", "expected_version": v - 1 })),
+    );
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (409, Some("version_conflict")),
+        "{e}"
+    );
+    // Restore takes a forgotten device only.
+    let (s, e) = server.call(
+        "POST",
+        "/devices/31000141/restore",
+        Some(json!({ "expected_version": v })),
+    );
+    assert_eq!(s, 400, "{e}");
+    let (s, d) = server.call(
+        "POST",
+        "/devices/31000141/incident",
+        Some(json!({ "reason": "lost", "note": "left on the train", "expected_version": v })),
+    );
+    assert_eq!((s, d["reason"].as_str()), (200, Some("lost")), "{d}");
+    assert_eq!(ocsp_says(&server, &certs[0]), "revoked keyCompromise");
+    let out = server.admin(&["device", "terminate", "31000141"]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let (_, d) = server.call("GET", "/devices/31000141", None);
+    assert_eq!(d["state"], "terminated");
+    // Revoked for good before: the reason stays keyCompromise.
+    assert_eq!(ocsp_says(&server, &certs[0]), "revoked keyCompromise");
+}

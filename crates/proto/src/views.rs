@@ -172,3 +172,25 @@ pub struct BadUrl {
     /// What is wrong with it (`unspecified address`, `loopback`, `port 0`, …).
     pub problem: String,
 }
+
+/// Declare incident: why the device is gone.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentRequest {
+    /// `lost`, `stolen`, `damaged`, `forgotten` or `expired`.
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// The `version` you read: refused with 409 if the device changed since.
+    pub expected_version: i64,
+}
+
+/// Restore or terminate: a person's action on one device.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceActionRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// The `version` you read: refused with 409 if the device changed since.
+    pub expected_version: i64,
+}

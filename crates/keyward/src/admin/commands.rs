@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::output::{print_list, print_object};
 use crate::api::{enc, ApiClient, Body};
-use keyward_proto::views::DeviceDetails;
+use keyward_proto::views::{DeviceActionRequest, DeviceDetails, IncidentRequest};
 use keyward_proto::{
     AuditVerifyReport, ImportReport, OperatorCreated, Page, PasskeyServiceTestReport, TokenCreated,
 };
@@ -90,6 +90,28 @@ pub enum DeviceCommand {
     },
     /// Show one device with its history.
     Show { serial: String },
+    /// Declare an incident on an issued device (its certificates are revoked
+    /// or, when forgotten, put on hold; its passkeys deleted unless forgotten).
+    Incident {
+        serial: String,
+        /// lost, stolen, damaged, forgotten or expired.
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Restore a forgotten device that turned up again (the hold is released).
+    Restore {
+        serial: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Terminate a device for good (its certificates revoked, passkeys deleted).
+    Terminate {
+        serial: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -348,6 +370,26 @@ fn operator(c: &ApiClient, json: bool, cmd: OperatorCommand) -> anyhow::Result<E
     Ok(ExitCode::SUCCESS)
 }
 
+/// The device's version now (an action names the version it acts on).
+fn device_version(c: &ApiClient, serial: &str) -> anyhow::Result<i64> {
+    let d: DeviceDetails = c.get(&format!("/devices/{}", enc(serial)))?;
+    Ok(d.device.version)
+}
+
+/// Restore or terminate one device.
+fn device_action(
+    c: &ApiClient,
+    serial: &str,
+    action: &str,
+    note: Option<String>,
+) -> anyhow::Result<Value> {
+    let body = DeviceActionRequest {
+        note,
+        expected_version: device_version(c, serial)?,
+    };
+    c.post(&format!("/devices/{}/{action}", enc(serial)), &body)
+}
+
 fn device(c: &ApiClient, json: bool, cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         DeviceCommand::Import { file, partial } => {
@@ -370,6 +412,26 @@ fn device(c: &ApiClient, json: bool, cmd: DeviceCommand) -> anyhow::Result<ExitC
                 }
             }
             print_list(json, &c.get(&q)?, DEVICE_COLUMNS);
+        }
+        DeviceCommand::Incident {
+            serial,
+            reason,
+            note,
+        } => {
+            let expected_version = device_version(c, &serial)?;
+            let body = IncidentRequest {
+                reason,
+                note,
+                expected_version,
+            };
+            let v: Value = c.post(&format!("/devices/{}/incident", enc(&serial)), &body)?;
+            print_object(json, &v);
+        }
+        DeviceCommand::Restore { serial, note } => {
+            print_object(json, &device_action(c, &serial, "restore", note)?)
+        }
+        DeviceCommand::Terminate { serial, note } => {
+            print_object(json, &device_action(c, &serial, "terminate", note)?)
         }
         DeviceCommand::Show { serial } => {
             let v: DeviceDetails = c.get(&format!("/devices/{}", enc(&serial)))?;

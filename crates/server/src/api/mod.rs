@@ -12,6 +12,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 
 pub mod audit;
+pub mod device_actions;
 pub mod devices;
 pub mod import;
 pub mod jobs;
@@ -44,6 +45,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(tokens::router())
         .merge(audit::router())
         .merge(jobs::router())
+        .merge(device_actions::router())
         .merge(reports::router())
         .merge(crate::issuance::router())
         .merge(crate::agents::router())
