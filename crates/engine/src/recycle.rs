@@ -843,19 +843,24 @@ mod tests {
         );
     }
 
+    /// A C4000 at factory values.
+    fn factory_c4000(fido_reset: bool) -> RecyclePlan {
+        let tdes = ManagementKey::factory_default(MgmtAlgorithm::Tdes);
+        RecyclePlan {
+            device_type: DeviceType::C4000,
+            serial: 1,
+            firmware: None,
+            management_key: Known::sure(tdes.clone()),
+            puk: Known::sure(Secret::new(FACTORY_PUK)),
+            factory_management_key: tdes,
+            fido_reset,
+        }
+    }
+
     #[test]
     fn a_declined_touch_fails_the_fido_reset() {
-        let tdes = ManagementKey::factory_default(MgmtAlgorithm::Tdes);
         let carry = Carry {
-            plan: RecyclePlan {
-                device_type: DeviceType::C4000,
-                serial: 1,
-                firmware: None,
-                management_key: Known::sure(tdes.clone()),
-                puk: Known::sure(Secret::new(FACTORY_PUK)),
-                factory_management_key: tdes,
-                fido_reset: true,
-            },
+            plan: factory_c4000(true),
             sent: Batch::default(),
             restarts: 0,
         };
@@ -890,16 +895,7 @@ mod tests {
 
     #[test]
     fn a_recycle_seals_as_before_its_states_were_types() {
-        let tdes = ManagementKey::factory_default(MgmtAlgorithm::Tdes);
-        let (state, _) = Recycling::start(RecyclePlan {
-            device_type: DeviceType::C4000,
-            serial: 1,
-            firmware: None,
-            management_key: Known::sure(tdes.clone()),
-            puk: Known::sure(Secret::new(FACTORY_PUK)),
-            factory_management_key: tdes,
-            fido_reset: false,
-        });
+        let (state, _) = Recycling::start(factory_c4000(false));
         let v = serde_json::to_value(&state).unwrap();
         assert_eq!(v["stage"], "Witness", "{v}");
         assert_eq!(v["restarts"], 0);
