@@ -142,7 +142,63 @@ impl NewDevice {
             assigned_user: None,
             device_policy: None,
             version: 1,
+            suspended: false,
+            passkey_reregistration: false,
+            replacement: None,
         }
+    }
+}
+
+/// What a device issued in place of another replaces (Replace Device):
+/// permanent for a lost, stolen, damaged or expired original (which is
+/// terminated when this device is issued), temporary for a forgotten one
+/// (this device ends at `until`, or when the original is found).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replacement {
+    /// The device replaced.
+    pub original: Uuid,
+    /// The original's incident.
+    pub reason: StateReason,
+    /// A temporary device's end (its certificates expire then too).
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub until: Option<OffsetDateTime>,
+}
+
+impl Replacement {
+    /// The replacement of `original` for `reason`: temporary (ending after
+    /// `temporary_days` from `now`) for a forgotten device, else permanent.
+    pub fn new(
+        original: Uuid,
+        reason: StateReason,
+        now: OffsetDateTime,
+        temporary_days: u32,
+    ) -> ValidationResult<Replacement> {
+        let until = match reason {
+            StateReason::Forgotten => {
+                Some(now + time::Duration::days(i64::from(temporary_days)))
+            }
+            StateReason::Lost | StateReason::Stolen | StateReason::Damaged | StateReason::Expired => {
+                None
+            }
+            other => {
+                return Err(ValidationError::new(
+                    "reason_not_allowed",
+                    "reason",
+                    format!(
+                        "a device is replaced because it is lost, stolen, damaged, expired (permanent) or forgotten (temporary), not {other}"
+                    ),
+                ))
+            }
+        };
+        Ok(Replacement {
+            original,
+            reason,
+            until,
+        })
+    }
+
+    pub fn is_temporary(&self) -> bool {
+        self.until.is_some()
     }
 }
 
@@ -160,6 +216,17 @@ pub struct Device {
     pub assigned_user: Option<Uuid>,
     pub device_policy: Option<Uuid>,
     pub version: i64,
+    /// Issued but suspended: its certificates on hold, its passkeys deleted
+    /// (Suspend); Resume releases the hold.
+    #[serde(default)]
+    pub suspended: bool,
+    /// Its passkey was deleted while the device stays in use (Suspend):
+    /// the next update registers one again.
+    #[serde(default)]
+    pub passkey_reregistration: bool,
+    /// Issued in place of another device.
+    #[serde(default)]
+    pub replacement: Option<Replacement>,
 }
 
 /// A requested state change.
@@ -192,7 +259,46 @@ impl Device {
                 DeviceState::Produced,
                 Some(StateReason::Failed | StateReason::Unassigned)
             ) | (DeviceState::Available, _)
+                | (DeviceState::Terminated, _)
         )
+    }
+
+    /// Suspend: an issued device stays issued but is marked suspended (its
+    /// certificates go on hold and its passkeys are deleted: Graph has no
+    /// "disable", so the passkey must be registered again later).
+    pub fn suspend(&self) -> ValidationResult<Device> {
+        if self.state != DeviceState::Issued {
+            return Err(ValidationError::new(
+                "transition_not_allowed",
+                "state",
+                format!("only an issued device is suspended; device {} is {}", self.serial, self.state),
+            ));
+        }
+        if self.suspended {
+            return Err(ValidationError::new(
+                "already_suspended",
+                "state",
+                format!("device {} is already suspended", self.serial),
+            ));
+        }
+        let mut next = self.clone();
+        next.suspended = true;
+        Ok(next)
+    }
+
+    /// Resume a suspended device: its certificates' hold is released; its
+    /// passkey stays to be registered again (by an update).
+    pub fn resume(&self) -> ValidationResult<Device> {
+        if self.state != DeviceState::Issued || !self.suspended {
+            return Err(ValidationError::new(
+                "not_suspended",
+                "state",
+                format!("device {} is not suspended", self.serial),
+            ));
+        }
+        let mut next = self.clone();
+        next.suspended = false;
+        Ok(next)
     }
 
     /// Checks `change` against the state machine and returns the device as it will be
@@ -202,13 +308,32 @@ impl Device {
         if let Some(n) = &change.note {
             validate::description("note", n)?;
         }
+        // A suspended device's certificates are on hold already: "forgotten"
+        // (a hold that Original found releases) would undo the suspension.
+        if self.suspended && change.reason == Some(StateReason::Forgotten) {
+            return Err(ValidationError::new(
+                "device_suspended",
+                "reason",
+                format!(
+                    "device {} is suspended: resume it first, or declare it lost, stolen, damaged or expired",
+                    self.serial
+                ),
+            ));
+        }
         let mut next = self.clone();
         next.state = change.to;
         next.reason = change.reason;
+        // Suspension is a mark on an issued device only.
+        if change.to != DeviceState::Issued {
+            next.suspended = false;
+        }
         match change.to {
             DeviceState::Available | DeviceState::Terminated => {
                 next.assigned_user = None;
                 next.device_policy = None;
+                next.passkey_reregistration = false;
+                // A temporary device keeps naming its original until it ends.
+                next.replacement = None;
             }
             DeviceState::Assigned | DeviceState::InProduction => {
                 if let Some(u) = change.assigned_user {
@@ -236,6 +361,7 @@ impl Device {
             _ if change.reason == Some(StateReason::Unassigned) => {
                 next.assigned_user = None;
                 next.device_policy = None;
+                next.replacement = None;
             }
             _ => {
                 if change

@@ -22,7 +22,7 @@ pub mod user;
 pub mod validate;
 
 pub use audit::{AuditDraft, AuditEvent};
-pub use device::{Atr, Device, DeviceHistoryEntry, NewDevice, Serial, StateChange};
+pub use device::{Atr, Device, DeviceHistoryEntry, NewDevice, Replacement, Serial, StateChange};
 pub use device_type::{DeviceCapabilities, EntraPasskeySupport};
 pub use error::{ValidationError, ValidationResult};
 pub use firmware::FirmwareVersion;

@@ -106,6 +106,23 @@ pub fn effects(
     }
 }
 
+/// The effects of Suspend (`true`: certificates on hold, passkeys deleted)
+/// and Resume (`false`: the hold released; the passkey is registered again
+/// by an update, not here).
+pub fn suspension_effects(suspend: bool) -> CredentialEffects {
+    if suspend {
+        CredentialEffects {
+            certificates: Some(CertificateAction::Hold),
+            delete_passkeys: true,
+        }
+    } else {
+        CredentialEffects {
+            certificates: Some(CertificateAction::Release),
+            delete_passkeys: false,
+        }
+    }
+}
+
 /// The moves a person makes on the device state route; the others (issue,
 /// complete, produce, retry, cancel, deliver, recycle) are made by device
 /// sessions, so that no device is marked Issued without one and no session

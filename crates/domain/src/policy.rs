@@ -35,6 +35,18 @@ pub struct DevicePolicy {
     /// "Require device attestation"
     #[serde(default)]
     pub require_device_attestation: bool,
+    /// How long a temporary device (issued while the original is
+    /// forgotten) lasts, in days: its certificates expire then and the job
+    /// runner terminates it.
+    #[serde(default = "default_temporary_days")]
+    pub temporary_validity_days: u32,
+}
+
+/// The longest a temporary device may last.
+pub const MAX_TEMPORARY_DAYS: u32 = 90;
+
+fn default_temporary_days() -> u32 {
+    7
 }
 
 fn keep() -> ManagementKeyMode {
@@ -293,6 +305,13 @@ impl DevicePolicy {
         if let Some(f) = &self.fido_application {
             f.validate().map_err(|e| e.within("fido_application"))?;
         }
+        if !(1..=MAX_TEMPORARY_DAYS).contains(&self.temporary_validity_days) {
+            return Err(ValidationError::new(
+                "temporary_validity_days_invalid",
+                "temporary_validity_days",
+                format!("a temporary device lasts 1 to {MAX_TEMPORARY_DAYS} days"),
+            ));
+        }
         if let Some(e) = self.device_type_problems().into_iter().next() {
             return Err(e);
         }
@@ -517,6 +536,7 @@ mod tests {
                 display_name_template: "{device_type} {serial}".into(),
             }),
             require_device_attestation: false,
+        temporary_validity_days: 7,
         }
     }
 

@@ -19,6 +19,10 @@ canonical_enum! {
         DevicesIssue = "devices.issue", "Assign and issue devices";
         /// Terminate, declare incidents (Help Desk scope).
         DevicesLifecycle = "devices.lifecycle", "Terminate devices and declare incidents";
+        /// Suspend and resume issued devices (Help Desk scope).
+        DevicesSuspend = "devices.suspend", "Suspend and resume devices";
+        /// Replace a device (which declares the old device's incident).
+        DevicesReplace = "devices.replace", "Replace devices";
         DevicesRecycle = "devices.recycle", "Recycle devices";
         DevicesUnlock = "devices.unlock", "Unlock device PINs";
         PoliciesRead = "policies.read", "View device policies";
@@ -51,6 +55,7 @@ impl Role {
                     | DevicesRead
                     | DevicesImport
                     | DevicesIssue
+                    | DevicesReplace
                     | DevicesRecycle
                     | PoliciesRead
                     | SettingsRead
@@ -61,6 +66,8 @@ impl Role {
                 UsersRead
                     | DevicesRead
                     | DevicesLifecycle
+                    | DevicesSuspend
+                    | DevicesReplace
                     | DevicesRecycle
                     | DevicesUnlock
                     | PoliciesRead
@@ -142,6 +149,11 @@ mod tests {
         }
         assert!(Role::IssuanceOperator.allows(DevicesIssue));
         assert!(!Role::IssuanceOperator.allows(DevicesLifecycle));
+        assert!(!Role::IssuanceOperator.allows(DevicesSuspend));
+        assert!(Role::IssuanceOperator.allows(DevicesReplace));
+        assert!(Role::HelpDesk.allows(DevicesSuspend));
+        assert!(Role::HelpDesk.allows(DevicesReplace));
+        assert!(Role::HelpDesk.allows(DevicesLifecycle));
         assert!(!Role::IssuanceOperator.allows(SettingsWrite));
         assert!(Role::HelpDesk.allows(DevicesUnlock));
         assert!(Role::HelpDesk.allows(DevicesRecycle));

@@ -104,6 +104,9 @@ impl Bench {
             assigned_user: None,
             device_policy: None,
             version: 1,
+            suspended: false,
+            passkey_reregistration: false,
+            replacement: None,
         };
         Bench {
             card,

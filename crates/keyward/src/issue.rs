@@ -46,9 +46,20 @@ pub struct IssueArgs {
     /// The user's login.
     #[arg(long, required_unless_present_any = ["cancel", "retry"])]
     pub user: Option<String>,
-    /// The device policy's name.
-    #[arg(long, required_unless_present_any = ["cancel", "retry"])]
+    /// The device policy's name (with `--replaces`: the replaced device's
+    /// policy unless given).
+    #[arg(long, required_unless_present_any = ["cancel", "retry", "replaces"])]
     pub policy: Option<String>,
+    /// Replace Device: the serial of the user's device this one replaces.
+    /// Lost, stolen, damaged or expired: permanent (the incident is
+    /// declared on the old device now, and it is terminated when this one
+    /// is issued); forgotten: temporary (this device lasts the policy's
+    /// temporary_validity_days, or until the original is found).
+    #[arg(long, value_name = "OLD_SERIAL", requires = "reason", conflicts_with_all = ["cancel", "retry"])]
+    pub replaces: Option<String>,
+    /// Why the old device is replaced: lost, stolen, damaged, expired or forgotten.
+    #[arg(long, requires = "replaces", value_parser = ["lost", "stolen", "damaged", "expired", "forgotten"])]
+    pub reason: Option<String>,
     /// Cancel a failed session instead: the device is no longer assigned to the user.
     #[arg(long, value_name = "SESSION_ID", conflicts_with_all = ["user", "policy", "serial", "reader", "answers"])]
     pub cancel: Option<String>,
@@ -202,6 +213,18 @@ pub(crate) fn refused(
     }
 }
 
+/// The policy and what the device replaces, for the progress line.
+fn what(start: &StartIssuance) -> String {
+    let policy = match start.policy.as_str() {
+        "" => "with the replaced device's policy".to_string(),
+        p => format!("with policy \"{p}\""),
+    };
+    match (&start.replaces, &start.replace_reason) {
+        (Some(old), Some(reason)) => format!("{policy}, replacing device {old} ({reason})"),
+        _ => policy,
+    }
+}
+
 /// `--action assign`: binds the device to the user with the policy.
 fn assign(client: &ApiClient, args: &IssueArgs, start: StartIssuance) -> anyhow::Result<ExitCode> {
     let serial = args
@@ -289,6 +312,8 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
         confirm_pin: text("confirm_pin"),
         action: None,
         via: None,
+        replaces: args.replaces.clone(),
+        replace_reason: args.reason.clone(),
     };
     if args.action == "assign" {
         return assign(&client, &args, start);
@@ -307,8 +332,11 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
             };
             if !args.json {
                 eprintln!(
-                    "issuing device {} through the agent \"{}\" to {} with policy \"{}\"",
-                    d.device.serial, d.agent_name, start.user, start.policy
+                    "issuing device {} through the agent \"{}\" to {} {}",
+                    d.device.serial,
+                    d.agent_name,
+                    start.user,
+                    what(&start)
                 );
             }
             let start = StartIssuance {
@@ -327,8 +355,9 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
     };
     if !args.json {
         eprintln!(
-            "issuing device {serial} in \"{reader}\" to {} with policy \"{}\"",
-            start.user, start.policy
+            "issuing device {serial} in \"{reader}\" to {} {}",
+            start.user,
+            what(&start)
         );
     }
     let start = StartIssuance {

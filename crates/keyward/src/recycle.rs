@@ -61,6 +61,8 @@ pub fn run(args: RecycleArgs) -> anyhow::Result<ExitCode> {
         token: String::new(),
         user: None,
         policy: None,
+        replaces: None,
+        reason: None,
         cancel: None,
         retry: None,
         serial: Some(args.serial.clone()),

@@ -13,7 +13,9 @@ use crate::RelayPrompt;
 pub struct StartIssuance {
     /// The user's login.
     pub user: String,
-    /// The device policy's name.
+    /// The device policy's name (with `replaces`, empty: the replaced
+    /// device's policy).
+    #[serde(default)]
     pub policy: String,
     /// The device's serial number (decimal).
     pub serial: String,
@@ -33,6 +35,15 @@ pub struct StartIssuance {
     /// either way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+    /// Replace Device: the serial of the user's device this one replaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
+    /// Why it is replaced: `lost`, `stolen`, `damaged`, `expired`
+    /// (permanent: the original is terminated when this device is issued)
+    /// or `forgotten` (temporary: this device lasts the policy's
+    /// `temporary_validity_days`, or until the original is found).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_reason: Option<String>,
 }
 
 /// Add Device with action `assign`: the device is bound to the user.

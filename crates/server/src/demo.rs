@@ -117,6 +117,7 @@ pub fn piv_standard() -> DevicePolicy {
         ],
         fido_application: None,
         require_device_attestation: false,
+        temporary_validity_days: 7,
     }
 }
 

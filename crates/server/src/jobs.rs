@@ -71,6 +71,7 @@ pub fn spawn_worker(state: AppState) {
 async fn carry_out(state: &AppState, worker: &str, job: Job) {
     let outcome = match job.kind.as_str() {
         keyward_store::lifecycle::JOB_DELETE_PASSKEY => delete_passkey(state, &job).await,
+        keyward_store::lifecycle::JOB_EXPIRE_TEMPORARY => expire_temporary(state, &job).await,
         other => Err(JobFailed(format!("no worker knows jobs of kind {other}"))),
     };
     let now = time::OffsetDateTime::now_utc();
@@ -114,6 +115,32 @@ async fn delete_passkey(state: &AppState, job: &Job) -> Result<(), JobFailed> {
     crate::entra::delete_passkey(state, &record)
         .await
         .map_err(JobFailed)
+}
+
+#[derive(Deserialize)]
+struct DeviceRef {
+    device: Uuid,
+}
+
+/// Terminates a temporary device whose time is up (its certificates
+/// revoked, its passkeys deleted); one that ended otherwise is done.
+async fn expire_temporary(state: &AppState, job: &Job) -> Result<(), JobFailed> {
+    let r: DeviceRef = serde_json::from_str(&job.payload)
+        .map_err(|e| JobFailed(format!("unreadable job: {e}")))?;
+    let draft = keyward_domain::AuditDraft::new("system", "device.temporary_expired", &job.target)
+        .detail("job", job.id.to_string());
+    match state
+        .store
+        .expire_temporary_device(r.device, time::OffsetDateTime::now_utc(), &draft)
+        .await
+    {
+        Ok(Some(d)) => {
+            tracing::info!(serial = %d.serial, "temporary device expired: terminated");
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(e) => Err(JobFailed(e.to_string())),
+    }
 }
 
 #[cfg(test)]

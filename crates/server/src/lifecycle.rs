@@ -43,6 +43,23 @@ pub async fn change_state(
         .field("to"));
     }
     device.apply(change).map_err(invalid)?;
+    refuse_in_session(state, device).await?;
+    let draft = audit(
+        caller,
+        "device.state",
+        format!("device:{}", device.serial),
+        serde_json::json!({ "from": device.state, "to": change.to, "reason": change.reason }),
+    );
+    state
+        .store
+        .change_device_state(device.id, expected_version, change, &draft)
+        .await
+        .map_err(|e| store_error("changing the device state", e))
+}
+
+/// A device under a running or failed session is the session's: no person
+/// moves it until the session ends.
+pub async fn refuse_in_session(state: &AppState, device: &Device) -> ApiResult<()> {
     let last = state
         .store
         .latest_device_session(device.id)
@@ -60,15 +77,5 @@ pub async fn change_state(
         )
         .field("serial"));
     }
-    let draft = audit(
-        caller,
-        "device.state",
-        format!("device:{}", device.serial),
-        serde_json::json!({ "from": device.state, "to": change.to, "reason": change.reason }),
-    );
-    state
-        .store
-        .change_device_state(device.id, expected_version, change, &draft)
-        .await
-        .map_err(|e| store_error("changing the device state", e))
+    Ok(())
 }

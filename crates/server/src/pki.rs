@@ -392,8 +392,14 @@ pub fn certify_keys(
     user: &User,
     keys: &[GeneratedKey],
     chuid_to_sign: &[u8],
+    until: Option<time::OffsetDateTime>,
 ) -> ApiResult<Result<Certified, Failure>> {
     let now = time::OffsetDateTime::now_utc();
+    // A temporary device's end, in whole days from now (at least one).
+    let days_left = until.map(|u| {
+        let secs = (u - now).whole_seconds().max(1);
+        u32::try_from((secs + 86_399) / 86_400).unwrap_or(u32::MAX)
+    });
     let mut certificates = Vec::new();
     for k in keys {
         let app = policy
@@ -402,7 +408,12 @@ pub fn certify_keys(
             .find(|a| keyward_engine::plan::piv_slot(a.slot) == k.slot)
             .ok_or_else(|| ApiError::internal("certifying", "no PKI application for the slot"))?;
         let req = match LeafRequest::from_template(app, user, None, &k.spki_der) {
-            Ok(r) => r,
+            Ok(mut r) => {
+                if let Some(d) = days_left {
+                    r.validity_days = r.validity_days.min(d);
+                }
+                r
+            }
             Err(e) => {
                 return Ok(Err(Failure::new(
                     FailureCode::CertificateTemplate,

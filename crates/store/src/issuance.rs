@@ -52,6 +52,16 @@ impl std::fmt::Debug for IssuanceSession {
     }
 }
 
+/// The device an issuance replaces (Replace Device): the original as the
+/// caller read it, its incident to declare as the session starts (`None`:
+/// declared already), and what the new device records.
+#[derive(Debug, Clone)]
+pub struct Replacing {
+    pub original: keyward_domain::Device,
+    pub incident: Option<keyward_domain::StateChange>,
+    pub replacement: keyward_domain::Replacement,
+}
+
 /// What a step of a session changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuanceUpdate {
@@ -95,11 +105,16 @@ impl Store {
         session: &IssuanceSession,
         device: &Device,
         change: &StateChange,
+        replacing: Option<&Replacing>,
         audit: &AuditDraft,
     ) -> StoreResult<Device> {
         let key = self.key();
-        let device = on_writer!(self, start_issuance(&key, session, device, change, audit))?;
+        let (device, done) = on_writer!(
+            self,
+            start_issuance(&key, session, device, change, replacing, audit)
+        )?;
         self.publish(Change::Session { id: session.id }).await;
+        self.revocations_changed(&done).await;
         Ok(device)
     }
 

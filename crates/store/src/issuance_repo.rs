@@ -38,7 +38,22 @@ fn enum_column<T: std::str::FromStr<Err = keyward_domain::ValidationError>>(
 /// A device's move inside `tx`, from `current` as the caller read it (the
 /// version check in the UPDATE proves it current), with its history row
 /// and what it does to the device's credentials.
+/// What must follow (another device terminated, a temporary device's end
+/// scheduled) is written with it: `replacement_follow_ups`.
 async fn device_change_tx(
+    tx: &mut Tx,
+    current: &Device,
+    change: &StateChange,
+    actor: &str,
+) -> StoreResult<(Device, crate::lifecycle::EffectsDone)> {
+    let (next, mut done) = move_device_tx(tx, current, change, actor).await?;
+    let more = replacement_follow_ups(tx, current, &next, actor).await?;
+    done.add(&more);
+    Ok((next, done))
+}
+
+/// The move itself and its effects on the device's own credentials.
+async fn move_device_tx(
     tx: &mut Tx,
     current: &Device,
     change: &StateChange,
@@ -48,19 +63,7 @@ async fn device_change_tx(
     let mut next = current.apply(change)?;
     next.version = expected_version + 1;
     let at = now();
-    let res = sqlx::query(
-        "UPDATE devices SET state = $1, reason = $2, assigned_user = $3, device_policy = $4, version = $5, updated_at = $6 \
-         WHERE id = $7 AND version = $8",
-    )
-    .bind(next.state.as_str())
-    .bind(next.reason.map(|r| r.as_str()))
-    .bind(next.assigned_user)
-    .bind(next.device_policy)
-    .bind(next.version)
-    .bind(at)
-    .bind(id)
-    .bind(expected_version)
-    .execute(&mut **tx)
+    let res = write_device_row(tx, &next, expected_version, at)
     .await
     .map_err(|e| {
         if is_foreign_key_violation(&e) {
@@ -84,6 +87,37 @@ async fn device_change_tx(
     let effects = keyward_domain::lifecycle::effects(current.state, next.state, next.reason);
     let done = apply_effects(tx, &next, &effects, at).await?;
     Ok((next, done))
+}
+
+/// Writes every changeable column of `next` if the row is still at
+/// `expected_version`.
+async fn write_device_row(
+    tx: &mut Tx,
+    next: &Device,
+    expected_version: i64,
+    at: OffsetDateTime,
+) -> Result<<DB as sqlx::Database>::QueryResult, sqlx::Error> {
+    let r = next.replacement;
+    sqlx::query(
+        "UPDATE devices SET state = $1, reason = $2, assigned_user = $3, device_policy = $4, version = $5, updated_at = $6, \
+         suspended = $7, passkey_reregistration = $8, replaces = $9, replace_reason = $10, temporary_until = $11 \
+         WHERE id = $12 AND version = $13",
+    )
+    .bind(next.state.as_str())
+    .bind(next.reason.map(|r| r.as_str()))
+    .bind(next.assigned_user)
+    .bind(next.device_policy)
+    .bind(next.version)
+    .bind(at)
+    .bind(next.suspended)
+    .bind(next.passkey_reregistration)
+    .bind(r.map(|r| r.original))
+    .bind(r.map(|r| r.reason.as_str()))
+    .bind(r.and_then(|r| r.until))
+    .bind(next.id)
+    .bind(expected_version)
+    .execute(&mut **tx)
+    .await
 }
 
 /// Inserts a session row inside `tx`; a second active session for the same
@@ -125,14 +159,17 @@ async fn insert_session(
 /// the session row is written, in one transaction. A device changed since it
 /// was read is a `version_conflict`; one with an active session already is a
 /// conflict (`device_busy`).
+/// A replacement starts with the original's incident declared (unless it
+/// was already) and the new device marked as its replacement.
 pub async fn start_issuance(
     pool: &Pool<DB>,
     key: &AuditKey,
     session: &crate::issuance::IssuanceSession,
     device: &Device,
     change: &StateChange,
+    replacing: Option<&crate::issuance::Replacing>,
     audit: &AuditDraft,
-) -> StoreResult<Device> {
+) -> StoreResult<(Device, crate::lifecycle::EffectsDone)> {
     if device.id != session.device_id {
         return Err(StoreError::Validation(ValidationError::new(
             "device_mismatch",
@@ -141,10 +178,26 @@ pub async fn start_issuance(
         )));
     }
     let mut tx = dialect::begin_write(pool).await?;
-    let (device, _) = device_change_tx(&mut tx, device, change, &audit.actor).await?;
+    let (mut device, mut done) = device_change_tx(&mut tx, device, change, &audit.actor).await?;
+    if let Some(r) = replacing {
+        if let Some(incident) = &r.incident {
+            let (_, d) = device_change_tx(&mut tx, &r.original, incident, &audit.actor).await?;
+            done.add(&d);
+        }
+        sqlx::query(
+            "UPDATE devices SET replaces = $1, replace_reason = $2, temporary_until = $3 WHERE id = $4",
+        )
+        .bind(r.replacement.original)
+        .bind(r.replacement.reason.as_str())
+        .bind(r.replacement.until)
+        .bind(device.id)
+        .execute(&mut *tx)
+        .await?;
+        device.replacement = Some(r.replacement);
+    }
     insert_session(&mut tx, session, "the device is in another active issuance session").await?;
     finish(tx, key, audit).await?;
-    Ok(device)
+    Ok((device, done))
 }
 
 /// Opens a session that changes no device state when it starts (Recycle:

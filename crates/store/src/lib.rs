@@ -42,7 +42,7 @@ mod write_tx;
 
 pub use changes::Change;
 pub use error::{StoreError, StoreResult};
-pub use issuance::{Credential, IssuanceContext, IssuanceSession, IssuanceUpdate};
+pub use issuance::{Credential, IssuanceContext, IssuanceSession, IssuanceUpdate, Replacing};
 pub use keyward_domain::AuditDraft;
 pub use lifecycle::{EffectsDone, Job, JobState, NewJob, Revocation};
 pub use types::*;

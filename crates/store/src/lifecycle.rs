@@ -15,6 +15,10 @@ use keyward_domain::{AuditDraft, RevocationReason};
 /// payload names the credential (`{"credential": id}`).
 pub const JOB_DELETE_PASSKEY: &str = "delete_passkey";
 
+/// The job that ends a temporary device when its time is up; its payload
+/// names the device (`{"device": id}`), due at the device's end.
+pub const JOB_EXPIRE_TEMPORARY: &str = "expire_temporary_device";
+
 /// What the effects of a device's move did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct EffectsDone {
@@ -27,6 +31,13 @@ pub struct EffectsDone {
 }
 
 impl EffectsDone {
+    pub fn add(&mut self, other: &EffectsDone) {
+        self.revoked += other.revoked;
+        self.held += other.held;
+        self.released += other.released;
+        self.jobs += other.jobs;
+    }
+
     /// Something a CRL or OCSP answer shows changed.
     pub fn changes_revocation(&self) -> bool {
         self.revoked + self.held + self.released > 0
@@ -167,5 +178,43 @@ impl Store {
         if done.jobs > 0 {
             self.publish(Change::Jobs).await;
         }
+    }
+}
+
+impl Store {
+    /// Suspends or resumes an issued device (see `lifecycle_repo::set_suspended`).
+    pub async fn set_device_suspended(
+        &self,
+        id: Uuid,
+        expected_version: i64,
+        suspend: bool,
+        note: Option<&str>,
+        audit: &AuditDraft,
+    ) -> StoreResult<(keyward_domain::Device, EffectsDone)> {
+        let key = self.key();
+        let out = on_writer!(
+            self,
+            set_suspended(&key, id, expected_version, suspend, note, audit)
+        )?;
+        self.revocations_changed(&out.1).await;
+        Ok(out)
+    }
+
+    /// The devices issued in place of `original` and not ended.
+    pub async fn replacements_of(&self, original: Uuid) -> StoreResult<Vec<keyward_domain::Device>> {
+        on_backend!(self, replacements_of(original))
+    }
+
+    /// Ends a temporary device whose time is up at `at`.
+    pub async fn expire_temporary_device(
+        &self,
+        id: Uuid,
+        at: OffsetDateTime,
+        audit: &AuditDraft,
+    ) -> StoreResult<Option<keyward_domain::Device>> {
+        let key = self.key();
+        let (device, done) = on_writer!(self, expire_temporary_device(&key, id, at, audit))?;
+        self.revocations_changed(&done).await;
+        Ok(device)
     }
 }

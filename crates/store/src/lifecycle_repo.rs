@@ -354,3 +354,263 @@ pub async fn certificates_with_devices(
         })
         .collect()
 }
+
+// ---------------------------------------------------------------- replacement
+
+/// The devices matching `filter` (SQL on `devices`, one `$1` bound to `id`).
+async fn devices_where(tx: &mut Tx, filter: &str, id: Uuid) -> StoreResult<Vec<Device>> {
+    let sql = format!("SELECT {DEVICE_COLS} FROM devices WHERE {filter} ORDER BY serial");
+    sqlx::query(&sql)
+        .bind(id)
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(device_from_row)
+        .collect()
+}
+
+/// Ends `d` as part of another device's move (its own effects included).
+async fn terminate_follower(
+    tx: &mut Tx,
+    d: &Device,
+    actor: &str,
+    note: String,
+) -> StoreResult<crate::lifecycle::EffectsDone> {
+    let change = StateChange {
+        to: DeviceState::Terminated,
+        reason: None,
+        assigned_user: None,
+        device_policy: None,
+        note: Some(note),
+    };
+    Ok(move_device_tx(tx, d, &change, actor).await?.1)
+}
+
+/// Whether a session holds `d` (it cannot end under the session).
+fn in_session(d: &Device) -> bool {
+    matches!(
+        (d.state, d.reason),
+        (DeviceState::InProduction, _)
+            | (
+                DeviceState::Produced,
+                Some(keyward_domain::StateReason::Failed)
+            )
+    )
+}
+
+/// What a device's move makes happen to the devices it replaces or that
+/// replace it, in the same transaction:
+/// - a permanent replacement just issued terminates the original and any
+///   temporary device still out for it;
+/// - a temporary replacement just issued gets its end scheduled (a job due
+///   at `until`, which terminates it);
+/// - an original found again (Restore) terminates its temporary devices; a
+///   temporary device still in its issuance session holds the restore back.
+async fn replacement_follow_ups(
+    tx: &mut Tx,
+    current: &Device,
+    next: &Device,
+    actor: &str,
+) -> StoreResult<crate::lifecycle::EffectsDone> {
+    let mut done = crate::lifecycle::EffectsDone::default();
+    if next.state != DeviceState::Issued {
+        return Ok(done);
+    }
+    let issued_now = matches!(current.state, DeviceState::InProduction | DeviceState::Produced);
+    match (issued_now, current.state, next.replacement) {
+        (true, _, Some(r)) if r.is_temporary() => {
+            let job = crate::lifecycle::NewJob {
+                kind: crate::lifecycle::JOB_EXPIRE_TEMPORARY.into(),
+                payload: serde_json::json!({ "device": next.id }).to_string(),
+                target: format!("device:{}", next.serial),
+                not_before: r.until.unwrap_or_else(now),
+            };
+            insert_job(tx, &job).await?;
+            done.jobs += 1;
+        }
+        (true, _, Some(r)) => {
+            let mut ends = devices_where(tx, "id = $1", r.original).await?;
+            ends.extend(
+                devices_where(tx, "replaces = $1 AND temporary_until IS NOT NULL", r.original)
+                    .await?
+                    .into_iter()
+                    .filter(|d| d.id != next.id),
+            );
+            for d in ends {
+                if matches!(d.state, DeviceState::Issued | DeviceState::Invalid) {
+                    let note = format!("replaced by device {}", next.serial);
+                    done.add(&terminate_follower(tx, &d, actor, note).await?);
+                }
+            }
+        }
+        (false, DeviceState::Invalid, _) => {
+            let temporaries =
+                devices_where(tx, "replaces = $1 AND temporary_until IS NOT NULL", current.id)
+                    .await?;
+            for t in temporaries {
+                if in_session(&t) {
+                    return Err(conflict(
+                        "temporary_in_session",
+                        "serial",
+                        format!(
+                            "temporary device {} is still in its issuance session: finish or cancel it, then restore",
+                            t.serial
+                        ),
+                    ));
+                }
+                if matches!(
+                    t.state,
+                    DeviceState::Issued | DeviceState::Invalid | DeviceState::Produced
+                ) {
+                    let note = format!("original device {} found", current.serial);
+                    done.add(&terminate_follower(tx, &t, actor, note).await?);
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(done)
+}
+
+/// Suspends (`suspend`) or resumes the device as the caller read it at
+/// `expected_version`: the mark, its history line, and the credentials'
+/// hold (and on suspend the passkeys' deletion, flagging the device for a
+/// passkey registered again) in one transaction.
+pub async fn set_suspended(
+    pool: &Pool<DB>,
+    key: &AuditKey,
+    id: Uuid,
+    expected_version: i64,
+    suspend: bool,
+    note: Option<&str>,
+    audit: &AuditDraft,
+) -> StoreResult<(Device, crate::lifecycle::EffectsDone)> {
+    let mut tx = dialect::begin_write(pool).await?;
+    let current = devices_where(&mut tx, "id = $1", id)
+        .await?
+        .pop()
+        .ok_or_else(|| StoreError::not_found("device", id))?;
+    if current.version != expected_version {
+        return Err(conflict(
+            "version_conflict",
+            "version",
+            format!(
+                "device {} was changed by someone else (version {}, expected {expected_version})",
+                current.serial, current.version
+            ),
+        ));
+    }
+    let mut next = if suspend {
+        current.suspend()?
+    } else {
+        current.resume()?
+    };
+    next.version = current.version + 1;
+    let at = now();
+    let effects = keyward_domain::lifecycle::suspension_effects(suspend);
+    let done = apply_effects(&mut tx, &next, &effects, at).await?;
+    if suspend && done.jobs > 0 {
+        next.passkey_reregistration = true;
+    }
+    if write_device_row(&mut tx, &next, expected_version, at)
+        .await?
+        .rows_affected()
+        == 0
+    {
+        return Err(conflict(
+            "version_conflict",
+            "version",
+            format!("device {} was changed by someone else", current.serial),
+        ));
+    }
+    let what = if suspend { "suspended" } else { "resumed" };
+    let line = match note {
+        Some(n) => format!("{what}: {n}"),
+        None => what.to_string(),
+    };
+    insert_history(&mut tx, id, &audit.actor, Some(&current), &next, Some(&line)).await?;
+    let audit = audit
+        .clone()
+        .detail("serial", current.serial.to_string())
+        .detail("suspended", suspend)
+        .detail("version", next.version)
+        .detail("certificates_held", done.held)
+        .detail("certificates_released", done.released)
+        .detail("passkey_deletions", done.jobs);
+    finish(tx, key, &audit).await?;
+    Ok((next, done))
+}
+
+/// Ends a temporary device whose time is up at `at` (the job runner's
+/// `expire_temporary_device`): `None` when there is nothing to end (it
+/// ended already, or is no longer a temporary device). A device not due
+/// yet, or still in a session, is a conflict (the job is tried again).
+pub async fn expire_temporary_device(
+    pool: &Pool<DB>,
+    key: &AuditKey,
+    id: Uuid,
+    at: OffsetDateTime,
+    audit: &AuditDraft,
+) -> StoreResult<(Option<Device>, crate::lifecycle::EffectsDone)> {
+    let mut tx = dialect::begin_write(pool).await?;
+    let Some(current) = devices_where(&mut tx, "id = $1", id).await?.pop() else {
+        tx.commit().await?;
+        return Ok((None, Default::default()));
+    };
+    let Some(until) = current.replacement.and_then(|r| r.until) else {
+        tx.commit().await?;
+        return Ok((None, Default::default()));
+    };
+    if until > at {
+        return Err(conflict(
+            "not_due",
+            "temporary_until",
+            format!("temporary device {} lasts until {until}", current.serial),
+        ));
+    }
+    if in_session(&current) {
+        return Err(conflict(
+            "device_in_session",
+            "serial",
+            format!("temporary device {} is in a session", current.serial),
+        ));
+    }
+    if !matches!(
+        current.state,
+        DeviceState::Issued | DeviceState::Invalid | DeviceState::Produced
+    ) {
+        tx.commit().await?;
+        return Ok((None, Default::default()));
+    }
+    let note = format!("temporary device expired ({until})");
+    let change = StateChange {
+        to: DeviceState::Terminated,
+        reason: None,
+        assigned_user: None,
+        device_policy: None,
+        note: Some(note),
+    };
+    let (next, done) = device_change_tx(&mut tx, &current, &change, &audit.actor).await?;
+    let audit = audit
+        .clone()
+        .detail("serial", current.serial.to_string())
+        .detail("from_state", current.state.as_str())
+        .detail("temporary_until", until.to_string())
+        .detail("certificates_revoked", done.revoked)
+        .detail("passkey_deletions", done.jobs);
+    finish(tx, key, &audit).await?;
+    Ok((Some(next), done))
+}
+
+/// The devices issued in place of `original` (permanent or temporary), in
+/// any state but ended ones (their mark is cleared when they end).
+pub async fn replacements_of(pool: &Pool<DB>, original: Uuid) -> StoreResult<Vec<Device>> {
+    let sql = format!("SELECT {DEVICE_COLS} FROM devices WHERE replaces = $1 ORDER BY serial");
+    sqlx::query(&sql)
+        .bind(original)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(device_from_row)
+        .collect()
+}

@@ -749,7 +749,8 @@ async fn finish_import(
 
 // ---------------------------------------------------------------- devices
 
-const DEVICE_COLS: &str = "id, device_type, serial, firmware_version, atr, state, reason, assigned_user, device_policy, version";
+const DEVICE_COLS: &str = "id, device_type, serial, firmware_version, atr, state, reason, assigned_user, device_policy, version, \
+     suspended, passkey_reregistration, replaces, replace_reason, temporary_until";
 
 fn device_from_row(r: &DbRow) -> StoreResult<Device> {
     device_from_row_as(r, "")
@@ -772,6 +773,16 @@ fn device_from_row_as(r: &DbRow, p: &str) -> StoreResult<Device> {
         assigned_user: r.try_get(col(p, "assigned_user").as_ref())?,
         device_policy: r.try_get(col(p, "device_policy").as_ref())?,
         version: r.try_get(col(p, "version").as_ref())?,
+        suspended: r.try_get(col(p, "suspended").as_ref())?,
+        passkey_reregistration: r.try_get(col(p, "passkey_reregistration").as_ref())?,
+        replacement: match r.try_get::<Option<Uuid>, _>(col(p, "replaces").as_ref())? {
+            None => None,
+            Some(original) => Some(keyward_domain::Replacement {
+                original,
+                reason: parse("device", &r.try_get::<String, _>(col(p, "replace_reason").as_ref())?)?,
+                until: r.try_get(col(p, "temporary_until").as_ref())?,
+            }),
+        },
     })
 }
 

@@ -1280,6 +1280,7 @@ both!(issuance_context_is_the_session_with_its_parties, |t| {
             &session,
             &d,
             &change(DeviceState::InProduction, None, Some(u.id), Some(p.id)),
+            None,
             &audit("issuance.start", "device:12345678"),
         )
         .await
@@ -1310,6 +1311,7 @@ both!(issuance_context_is_the_session_with_its_parties, |t| {
             &second,
             &d,
             &change(DeviceState::InProduction, None, Some(u.id), Some(p.id)),
+            None,
             &audit("issuance.start", "device:12345678"),
         )
         .await

@@ -112,6 +112,19 @@ pub enum DeviceCommand {
         #[arg(long)]
         note: Option<String>,
     },
+    /// Suspend an issued device: its certificates go on hold, its passkeys
+    /// are deleted (and flagged to be registered again).
+    Suspend {
+        serial: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Resume a suspended device: the hold is released.
+    Resume {
+        serial: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -376,7 +389,7 @@ fn device_version(c: &ApiClient, serial: &str) -> anyhow::Result<i64> {
     Ok(d.device.version)
 }
 
-/// Restore or terminate one device.
+/// Restore, terminate, suspend or resume one device.
 fn device_action(
     c: &ApiClient,
     serial: &str,
@@ -432,6 +445,12 @@ fn device(c: &ApiClient, json: bool, cmd: DeviceCommand) -> anyhow::Result<ExitC
         }
         DeviceCommand::Terminate { serial, note } => {
             print_object(json, &device_action(c, &serial, "terminate", note)?)
+        }
+        DeviceCommand::Suspend { serial, note } => {
+            print_object(json, &device_action(c, &serial, "suspend", note)?)
+        }
+        DeviceCommand::Resume { serial, note } => {
+            print_object(json, &device_action(c, &serial, "resume", note)?)
         }
         DeviceCommand::Show { serial } => {
             let v: DeviceDetails = c.get(&format!("/devices/{}", enc(&serial)))?;

@@ -2,7 +2,12 @@
 //! lifecycle service (which revokes, holds or releases its certificates and
 //! queues its passkeys' deletion in the same transaction): Declare incident
 //! (lost, stolen, damaged, forgotten, expired), Restore ("Original found",
-//! a forgotten device), Terminate.
+//! a forgotten device), Terminate; and Suspend / Resume, which keep the
+//! device issued (certificates on hold, passkeys deleted) and are written
+//! the same way by the store.
+//!
+//! A person (a self-service account) may declare their own device lost or
+//! stolen, nothing else: anything more is the help desk's.
 
 use axum::extract::{Path, State};
 use axum::Json;
@@ -15,6 +20,7 @@ use super::devices::{load, version_conflict};
 use super::invalid;
 use crate::app::AppState;
 use crate::auth::{perm, Allowed, Caller};
+use keyward_domain::Permission;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::json::ApiJson;
 
@@ -23,6 +29,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(incident))
         .routes(routes!(restore))
         .routes(routes!(terminate))
+        .routes(routes!(suspend))
+        .routes(routes!(resume))
 }
 
 /// Declare an incident on an issued device: lost or stolen (certificates
@@ -34,10 +42,13 @@ pub fn router() -> OpenApiRouter<AppState> {
     responses((status = 200, body = Object, description = "The device"), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn incident(
     State(state): State<AppState>,
-    Allowed(caller, _): Allowed<perm::DevicesLifecycle>,
+    caller: Caller,
     Path(serial): Path<String>,
     ApiJson(req): ApiJson<IncidentRequest>,
 ) -> ApiResult<Json<Device>> {
+    if !caller.role.allows(Permission::DevicesLifecycle) {
+        own_loss(&state, &caller, &serial, &req.reason).await?;
+    }
     let reason = StateReason::parse_field(&req.reason, "reason").map_err(invalid)?;
     if !matches!(
         reason,
@@ -109,6 +120,100 @@ async fn terminate(
         req.note,
     )
     .await
+}
+
+/// A person reporting their own device lost or stolen (the User Portal):
+/// any other reason, another person's device, or a serial that does not
+/// exist is the same 403, so devices cannot be probed.
+async fn own_loss(state: &AppState, caller: &Caller, serial: &str, reason: &str) -> ApiResult<()> {
+    let (Some(user_id), true) = (caller.user_id, caller.role.allows(Permission::SelfService))
+    else {
+        return caller.require(Permission::DevicesLifecycle);
+    };
+    let refuse = |code: &str, message: &str| {
+        ApiError::new(axum::http::StatusCode::FORBIDDEN, code, message.to_string())
+    };
+    if !matches!(reason, "lost" | "stolen") {
+        return Err(refuse(
+            "reason_not_allowed_for_users",
+            "you may report your own device lost or stolen; for anything else ask the help desk",
+        )
+        .field("reason"));
+    }
+    let mine = match keyward_domain::Serial::parse("serial", serial) {
+        Ok(s) => crate::api::found(state.store.get_device_by_serial(s).await)
+            .map_err(|e| crate::api::store_error("reading the device", e))?
+            .is_some_and(|d| d.assigned_user == Some(user_id)),
+        Err(_) => false,
+    };
+    if !mine {
+        return Err(refuse("device_not_yours", "this device is not assigned to you").field("serial"));
+    }
+    Ok(())
+}
+
+/// Suspend an issued device: it stays issued, its certificates go on hold
+/// (certificateHold) and its passkeys are deleted (Graph has no "disable");
+/// the device is flagged for a passkey registered again by its next update.
+#[utoipa::path(post, path = "/devices/{serial}/suspend", operation_id = "suspendDevice", tag = "devices", params(("serial" = String, Path)),
+    request_body = DeviceActionRequest,
+    responses((status = 200, body = Object, description = "The device"), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn suspend(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::DevicesSuspend>,
+    Path(serial): Path<String>,
+    ApiJson(req): ApiJson<DeviceActionRequest>,
+) -> ApiResult<Json<Device>> {
+    suspension(&state, &caller, &serial, req, true).await
+}
+
+/// Resume a suspended device: its certificates' hold is released; its
+/// passkey stays flagged to be registered again (Request Update).
+#[utoipa::path(post, path = "/devices/{serial}/resume", operation_id = "resumeDevice", tag = "devices", params(("serial" = String, Path)),
+    request_body = DeviceActionRequest,
+    responses((status = 200, body = Object, description = "The device"), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn resume(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::DevicesSuspend>,
+    Path(serial): Path<String>,
+    ApiJson(req): ApiJson<DeviceActionRequest>,
+) -> ApiResult<Json<Device>> {
+    suspension(&state, &caller, &serial, req, false).await
+}
+
+async fn suspension(
+    state: &AppState,
+    caller: &Caller,
+    serial: &str,
+    req: DeviceActionRequest,
+    suspend: bool,
+) -> ApiResult<Json<Device>> {
+    let device = load(state, serial).await?;
+    if device.version != req.expected_version {
+        return Err(version_conflict(&device));
+    }
+    if let Some(n) = &req.note {
+        keyward_domain::validate::description("note", n).map_err(invalid)?;
+    }
+    // Checked here for a clear answer; the store checks again in its write.
+    if suspend {
+        device.suspend().map_err(invalid)?;
+    } else {
+        device.resume().map_err(invalid)?;
+    }
+    crate::lifecycle::refuse_in_session(state, &device).await?;
+    let draft = crate::api::audit(
+        caller,
+        if suspend { "device.suspend" } else { "device.resume" },
+        format!("device:{}", device.serial),
+        serde_json::json!({ "note": req.note }),
+    );
+    let (device, _) = state
+        .store
+        .set_device_suspended(device.id, req.expected_version, suspend, req.note.as_deref(), &draft)
+        .await
+        .map_err(|e| crate::api::store_error("suspending or resuming the device", e))?;
+    Ok(Json(device))
 }
 
 async fn act(

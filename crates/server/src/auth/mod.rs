@@ -266,6 +266,8 @@ pub mod perm {
         DevicesImport,
         DevicesIssue,
         DevicesLifecycle,
+        DevicesSuspend,
+        DevicesReplace,
         DevicesRecycle,
         DevicesUnlock,
         PoliciesRead,

@@ -102,7 +102,9 @@ impl axum::extract::FromRequestParts<AppState> for MayStart {
     ) -> Result<Self, ApiError> {
         let caller = Caller::from_request_parts(parts, state).await?;
         let self_service = caller.role.allows(Permission::SelfService) && caller.user_id.is_some();
-        if !self_service {
+        // Replace Device is an issuance the help desk may start too
+        // (`may_start` checks it against the request).
+        if !self_service && !caller.role.allows(Permission::DevicesReplace) {
             caller.require(Permission::DevicesIssue)?;
         }
         Ok(MayStart(caller))
@@ -120,6 +122,9 @@ pub(crate) async fn may_start(
     caller: &Caller,
     req: &keyward_proto::StartIssuance,
 ) -> ApiResult<()> {
+    if req.replaces.is_some() {
+        return caller.require(Permission::DevicesReplace);
+    }
     if caller.role.allows(Permission::DevicesIssue) {
         return Ok(());
     }

@@ -11,6 +11,7 @@ mod agent_delivery;
 mod change_pin;
 mod recycle;
 mod relay;
+mod replace;
 mod retry_cancel;
 mod session;
 mod start;

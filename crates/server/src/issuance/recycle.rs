@@ -2,7 +2,8 @@
 //! relay machinery as an issuance and returns it to Available (reason
 //! Recycled). Allowed at once on a device whose issuance failed (the failed
 //! session is ended first, as Cancel ends it), was cancelled or abandoned,
-//! and on an available device Keyward has had a session with.
+//! on a terminated device that is at hand, and on an available device
+//! Keyward has had a session with. An issued device is terminated first.
 //!
 //! The device record does not move while the wipe runs (the one active
 //! session per device keeps anyone else off it); the session's user and
@@ -47,10 +48,17 @@ pub(super) async fn recycle(
     };
     let device = read_device().await?;
     if !device.is_recyclable() {
+        // An issued (or invalid) device is someone's: it ends first.
+        let hint = match device.state {
+            keyward_domain::DeviceState::Issued | keyward_domain::DeviceState::Invalid => {
+                "terminate it first (Terminate: its certificates are revoked and its passkeys deleted), then recycle it"
+            }
+            _ => "recycle takes a terminated device, one whose issuance failed, was cancelled or abandoned, or an available one",
+        };
         return Err(ApiError::conflict(
             "device_not_recyclable",
             format!(
-                "device {} is {} ({}): recycle takes a device whose issuance failed, was cancelled or abandoned, or an available one",
+                "device {} is {} ({}): {hint}",
                 device.serial,
                 device.state.label(),
                 device.reason.map(|r| r.as_str()).unwrap_or("-")

@@ -167,8 +167,10 @@ pub(super) async fn relay(
                 chuid_to_sign,
             } => {
                 let (st, policy, user) = (state.clone(), policy.clone(), user.clone());
+                // A temporary device's certificates end with it.
+                let until = device.replacement.and_then(|r| r.until);
                 let certified = tokio::task::spawn_blocking(move || {
-                    crate::pki::certify_keys(&st, &policy, &user, &keys, &chuid_to_sign)
+                    crate::pki::certify_keys(&st, &policy, &user, &keys, &chuid_to_sign, until)
                 })
                 .await
                 .map_err(|e| ApiError::internal("certifying the keys", e))??;

@@ -50,7 +50,49 @@ pub(super) async fn start(
     if user.status != UserStatus::Active {
         return Err(ApiError::bad_request("user_not_active", "the user is disabled").field("user"));
     }
-    let policy = crate::api::policies::load(&state, &req.policy).await?;
+    // Replace Device: checked before anything is touched; the policy is
+    // the original's unless another is named.
+    let replace = match &req.replaces {
+        None => None,
+        Some(old) => {
+            if assign {
+                return Err(ApiError::bad_request(
+                    "assign_not_allowed",
+                    "a replacement is issued at once (Action Type issue)",
+                )
+                .field("action"));
+            }
+            Some(
+                super::replace::check(&state, &user, &device, old, req.replace_reason.as_deref())
+                    .await?,
+            )
+        }
+    };
+    let policy = match (&replace, req.policy.trim()) {
+        (Some(r), "") => {
+            let id = r.original.device_policy.ok_or_else(|| {
+                ApiError::bad_request(
+                    "policy_required",
+                    format!("device {} has no policy on record: name one", r.original.serial),
+                )
+                .field("policy")
+            })?;
+            state
+                .store
+                .get_policy(id)
+                .await
+                .map_err(|e| store_error("reading the policy", e))?
+        }
+        (None, "") => {
+            return Err(ApiError::bad_request("policy_required", "name the device policy")
+                .field("policy"))
+        }
+        (_, name) => crate::api::policies::load(&state, name).await?,
+    };
+    let replacing = match replace {
+        Some(r) => Some(r.replacing(&policy)?),
+        None => None,
+    };
     match device.state {
         DeviceState::Available => {}
         // Assigned earlier ("Assign Device"): issuance completes it, for that
@@ -161,11 +203,18 @@ pub(super) async fn start(
         &caller,
         "issuance.start",
         format!("device:{}", device.serial),
-        serde_json::json!({ "session": id, "user": user.login, "policy": policy.name }),
+        serde_json::json!({
+            "session": id,
+            "user": user.login,
+            "policy": policy.name,
+            "replaces": replacing.as_ref().map(|r| r.original.serial.to_string()),
+            "replace_reason": replacing.as_ref().map(|r| r.replacement.reason.as_str()),
+            "temporary_until": replacing.as_ref().and_then(|r| r.replacement.until).map(|t| t.to_string()),
+        }),
     );
     state
         .store
-        .start_issuance(&session, &device, &change, &draft)
+        .start_issuance(&session, &device, &change, replacing.as_ref(), &draft)
         .await
         .map_err(|e| store_error("starting the issuance", e))?;
     if let Some(agent) = agent {
