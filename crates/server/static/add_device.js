@@ -13,6 +13,13 @@ document.addEventListener('DOMContentLoaded', () => {
   const user = root.dataset.user;
   const mode = root.dataset.displayMode; // displayed | disguised | not_displayed
   const userPage = `/users/${encodeURIComponent(user)}`;
+  // Replace Device: the device replaced and why (the server declares the
+  // incident and ends the original); its policy is chosen by default.
+  const replaces = root.dataset.replaces || null;
+  const replaceReason = root.dataset.replaceReason || null;
+  const replacePolicy = root.dataset.replacePolicy || '';
+  // Inventory states a device can be issued from (or not in the inventory).
+  const SELECTABLE = ['available', 'assigned', 'not in the inventory'];
   const tbody = $('device-list').querySelector('tbody');
   const policySel = $('policy');
   const actionSel = $('action-type');
@@ -145,7 +152,18 @@ document.addEventListener('DOMContentLoaded', () => {
       radio.value = d.serial;
       radio.id = `device-${d.serial}`;
       radio.setAttribute('aria-label', `${d.type} ${d.serial}`);
-      if (d.serial === selected) {
+      // An issued (or otherwise used) device cannot be picked: it would
+      // only be refused after a policy and a PIN were chosen.
+      const selectable = SELECTABLE.includes(d.state) && d.serial !== replaces;
+      if (!selectable) {
+        radio.disabled = true;
+        tr.classList.add('unselectable');
+        tr.setAttribute('aria-disabled', 'true');
+        tr.title = d.serial === replaces
+          ? 'This is the device being replaced'
+          : `This device is ${d.state}: terminate and recycle it before issuing it again`;
+      }
+      if (d.serial === selected && selectable) {
         radio.checked = true;
         stillThere = true;
       }
@@ -158,6 +176,7 @@ document.addEventListener('DOMContentLoaded', () => {
         tr.append(td);
       }
       tr.addEventListener('click', (ev) => {
+        if (!selectable) return;
         if (ev.target !== radio) {
           radio.checked = true;
           chooseDevice(d.serial);
@@ -195,7 +214,10 @@ document.addEventListener('DOMContentLoaded', () => {
       policySel.replaceChildren(new Option('Choose a device policy', ''));
       for (const p of policies) policySel.append(new Option(p.name, p.name));
       policySel.disabled = false;
-      if (policies.length === 1) {
+      if (replacePolicy && policies.some((p) => p.name === replacePolicy)) {
+        policySel.value = replacePolicy;
+        await loadRules();
+      } else if (policies.length === 1) {
         policySel.value = policies[0].name;
         await loadRules();
       }
@@ -305,6 +327,10 @@ document.addEventListener('DOMContentLoaded', () => {
     showError(null);
     const action = actionSel.value;
     const body = { user, policy: policySel.value, serial: selected, action };
+    if (replaces) {
+      body.replaces = replaces;
+      body.replace_reason = replaceReason;
+    }
     // The agent that reports the device relays its commands; the answers to
     // prompts come from this page.
     if (action === 'issue') body.via = agentOf[selected] || 'agent';

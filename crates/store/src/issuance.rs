@@ -90,6 +90,19 @@ pub struct Credential {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
+    /// Why it was revoked (read only: the lifecycle writes it); `None` on a
+    /// revoked row from before reasons were stored, or one revoked as it
+    /// was recorded (a failed attempt's). `CertificateHold`: on hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_reason: Option<keyward_domain::RevocationReason>,
+}
+
+impl Credential {
+    /// On hold (certificateHold): valid again when the hold is released.
+    pub fn on_hold(&self) -> bool {
+        self.revoked_at.is_some()
+            && self.revocation_reason == Some(keyward_domain::RevocationReason::CertificateHold)
+    }
 }
 
 use crate::{AuditDraft, Backend, Store, StoreResult};

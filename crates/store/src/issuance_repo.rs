@@ -234,7 +234,7 @@ pub async fn revoke_device_credentials(
 /// One credential by id.
 pub async fn get_credential(pool: &Pool<DB>, id: Uuid) -> StoreResult<crate::issuance::Credential> {
     let row = sqlx::query(
-        "SELECT id, device_id, session_id, kind, slot, serial, not_after, der, created_at, revoked_at \
+        "SELECT id, device_id, session_id, kind, slot, serial, not_after, der, created_at, revoked_at, revocation_reason \
          FROM credentials WHERE id = $1",
     )
     .bind(id)
@@ -438,7 +438,7 @@ pub async fn device_credentials(
     device_id: Uuid,
 ) -> StoreResult<Vec<crate::issuance::Credential>> {
     let rows = sqlx::query(
-        "SELECT id, device_id, session_id, kind, slot, serial, not_after, der, created_at, revoked_at \
+        "SELECT id, device_id, session_id, kind, slot, serial, not_after, der, created_at, revoked_at, revocation_reason \
          FROM credentials WHERE device_id = $1 ORDER BY created_at, serial",
     )
     .bind(device_id)
@@ -459,6 +459,10 @@ fn credential_from_row(r: &DbRow) -> StoreResult<crate::issuance::Credential> {
         der: r.try_get("der")?,
         created_at: r.try_get("created_at")?,
         revoked_at: r.try_get("revoked_at")?,
+        revocation_reason: r
+            .try_get::<Option<i64>, _>("revocation_reason")?
+            .and_then(|c| u8::try_from(c).ok())
+            .and_then(keyward_domain::RevocationReason::from_code),
     })
 }
 

@@ -201,9 +201,10 @@ test('a Help Desk operator declares an incident for an issued device on the User
   await hd.goto(`${server.url}/users/alice`);
   assert.equal(await hd.locator('#add-device').count(), 0);
   const device = hd.locator('article.device[data-serial="34000001"]');
-  await device.locator('select[name="reason"]').selectOption('lost');
-  hd.once('dialog', (d) => d.accept());
-  await Promise.all([hd.waitForNavigation(), device.locator('button.declare-incident').click()]);
+  await device.locator('button.action-incident').click();
+  await hd.waitForSelector('#device-action-dialog[open]');
+  await hd.selectOption('#device-action-reason', 'lost');
+  await Promise.all([hd.waitForNavigation(), hd.click('#device-action-confirm')]);
   const after = hd.locator('article.device[data-serial="34000001"]');
   assert.match(await after.textContent(), /Invalid \(lost\)/);
   await h.shot(hd, '04-helpdesk-incident');

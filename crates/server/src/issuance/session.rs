@@ -69,6 +69,7 @@ pub(super) fn certificate_credential(
         der: Some(der),
         created_at: time::OffsetDateTime::now_utc(),
         revoked_at,
+        revocation_reason: None,
     })
 }
 
@@ -89,6 +90,7 @@ pub(super) fn passkey_credential(
         der: Some(serde_json::to_vec(record).expect("a record serialises")),
         created_at: time::OffsetDateTime::now_utc(),
         revoked_at,
+        revocation_reason: None,
     }
 }
 

@@ -5,7 +5,7 @@
 //! The browser never talks to an agent and never holds device commands.
 
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
@@ -29,6 +29,23 @@ struct AddDevicePage {
     display_mode_label: &'static str,
     change_pin_during_issuance: bool,
     server_url: String,
+    /// Replace Device: the device replaced, why, and its policy (chosen
+    /// for the new device unless the operator picks another).
+    replacing: Option<Replacing>,
+}
+
+struct Replacing {
+    serial: String,
+    reason: String,
+    temporary: bool,
+    policy: String,
+    temporary_days: u32,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct PageQuery {
+    replaces: Option<String>,
+    reason: Option<String>,
 }
 
 async fn page(
@@ -36,8 +53,13 @@ async fn page(
     user: WebUser,
     headers: axum::http::HeaderMap,
     Path(login): Path<String>,
+    Query(q): Query<PageQuery>,
 ) -> Response {
-    if let Err(r) = user.require(Permission::DevicesIssue) {
+    let needs = match q.replaces {
+        Some(_) => Permission::DevicesReplace,
+        None => Permission::DevicesIssue,
+    };
+    if let Err(r) = user.require(needs) {
         return r;
     }
     let subject = match crate::api::found(state.store.get_user_by_login(&login).await) {
@@ -57,6 +79,39 @@ async fn page(
         Err(e) => return internal("reading settings", e),
     };
     let mode: DisplayMode = settings.initial_pin_display_mode;
+    let replacing = match (q.replaces, q.reason) {
+        (Some(serial), reason) => {
+            let reason = reason.unwrap_or_else(|| "lost".into());
+            let original = match keyward_domain::Serial::parse("replaces", &serial) {
+                Ok(s) => crate::api::found(state.store.get_device_by_serial(s).await),
+                Err(_) => Ok(None),
+            };
+            let original = match original {
+                Ok(Some(d)) if d.assigned_user == Some(subject.id) => d,
+                Ok(_) => {
+                    return error_page(
+                        &user,
+                        StatusCode::NOT_FOUND,
+                        "No such device",
+                        "The device to replace is not one of this user's devices.",
+                    )
+                }
+                Err(e) => return internal("reading the device", e),
+            };
+            let policy = match original.device_policy {
+                Some(id) => state.store.get_policy(id).await.ok(),
+                None => None,
+            };
+            Some(Replacing {
+                serial,
+                temporary: reason == "forgotten",
+                reason,
+                temporary_days: policy.as_ref().map(|p| p.temporary_validity_days).unwrap_or(7),
+                policy: policy.map(|p| p.name).unwrap_or_default(),
+            })
+        }
+        (None, _) => None,
+    };
     render(&AddDevicePage {
         nav: user.nav("/users"),
         user: subject,
@@ -64,5 +119,6 @@ async fn page(
         display_mode_label: mode.label(),
         change_pin_during_issuance: settings.change_pin_during_issuance,
         server_url: super::server_url(&state, &headers),
+        replacing,
     })
 }

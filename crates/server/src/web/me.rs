@@ -1,15 +1,17 @@
 //! The User Portal (self-service): my devices with state, policy and
 //! credentials, and Get Initial PIN (revealed once, after confirmation,
-//! audited by the API; the page drops the PIN when the person hides it).
+//! audited by the API; the page drops the PIN when the person hides it),
+//! Change PIN, and Report Lost or Stolen (after a warning that it cannot be
+//! undone).
 
 use askama::Template;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use keyward_domain::Permission;
 
-use super::user::{device_rows, DeviceRow};
+use super::user::{acted_notice, device_rows, DeviceRow, Grants};
 use super::{render, Nav, WebUser};
 use crate::app::AppState;
 
@@ -29,9 +31,20 @@ struct MePage {
     user_login: String,
     /// The initial PIN display mode: which PIN fields the person fills in.
     display_mode: &'static str,
+    notice: Option<String>,
 }
 
-async fn page(State(state): State<AppState>, user: WebUser) -> Response {
+#[derive(serde::Deserialize, Default)]
+struct PageQuery {
+    acted: Option<String>,
+    done: Option<String>,
+}
+
+async fn page(
+    State(state): State<AppState>,
+    user: WebUser,
+    Query(q): Query<PageQuery>,
+) -> Response {
     if let Err(r) = user.require(Permission::SelfService) {
         return r;
     }
@@ -43,7 +56,13 @@ async fn page(State(state): State<AppState>, user: WebUser) -> Response {
             "This account is not linked to a user.",
         );
     };
-    let devices = match device_rows(&state, user_id, None).await {
+    let grants = Grants {
+        lifecycle: false,
+        suspend: false,
+        replace: false,
+        own_loss: true,
+    };
+    let devices = match device_rows(&state, user_id, q.acted.as_deref(), grants).await {
         Ok(d) => d,
         Err(r) => return r,
     };
@@ -61,5 +80,9 @@ async fn page(State(state): State<AppState>, user: WebUser) -> Response {
         can_complete: settings.who_can_bind == keyward_domain::WhoCanBind::User,
         user_login,
         display_mode: settings.initial_pin_display_mode.as_str(),
+        notice: match (&q.acted, &q.done) {
+            (Some(s), Some(d)) => Some(acted_notice(s, d)),
+            _ => None,
+        },
     })
 }

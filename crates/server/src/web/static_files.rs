@@ -41,6 +41,11 @@ const FILES: &[(&str, &str, &str)] = &[
         include_str!("../../static/recycle.js"),
     ),
     (
+        "device_actions.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/device_actions.js"),
+    ),
+    (
         "agents.js",
         "text/javascript; charset=utf-8",
         include_str!("../../static/agents.js"),

@@ -1,6 +1,8 @@
 //! The User page: the user's details, their devices with state, policy and
-//! credentials (certificates with expiry, passkeys), and the actions the
-//! signed-in role may take (Add Device).
+//! credentials (certificates with expiry, on hold or revoked; passkeys),
+//! and the actions the signed-in role may take on each device in its
+//! state (Add Device; Declare Incident, Suspend / Resume, Restore, Replace
+//! Device, Terminate: `device_actions`), each confirmed in a dialog.
 
 use std::collections::HashMap;
 
@@ -10,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use keyward_domain::{DeviceState, Permission, User};
+use keyward_domain::{Device, DeviceState, Permission, StateReason, User};
 use keyward_store::DeviceFilter;
 use serde::Deserialize;
 
@@ -36,6 +38,18 @@ pub struct DeviceRow {
     pub highlighted: bool,
     /// The version the lifecycle actions send back (optimistic concurrency).
     pub version: i64,
+    pub suspended: bool,
+    /// Certificates on hold (suspended or forgotten).
+    pub on_hold: usize,
+    /// Passkey deletions not yet done at the Passkey-Enabled Service.
+    pub pending_revocations: usize,
+    pub passkey_reregistration: bool,
+    /// "Temporary replacement of device N until …" / "Replaces device N (lost)".
+    pub replacement: String,
+    /// The devices out in this one's place.
+    pub replaced_by: String,
+    /// What the signed-in person may do with it now.
+    pub actions: Vec<DeviceAction>,
 }
 
 pub struct CredentialRow {
@@ -44,6 +58,136 @@ pub struct CredentialRow {
     pub serial: String,
     pub expires: String,
     pub revoked: bool,
+    pub on_hold: bool,
+}
+
+/// One action of a device's menu, confirmed in the page's action dialog.
+pub struct DeviceAction {
+    /// The route's last segment (`incident`, `suspend`, …) or `replace`.
+    pub action: &'static str,
+    pub label: &'static str,
+    /// The reasons to choose from (value, label); none: no choice.
+    pub reasons: Vec<(&'static str, &'static str)>,
+    /// What the confirmation says will happen.
+    pub warning: String,
+    /// Destructive (shown as such).
+    pub danger: bool,
+}
+
+/// What the signed-in person may do to a device: only what its state allows
+/// and their role grants (the API checks both again).
+#[derive(Clone, Copy)]
+pub struct Grants {
+    pub lifecycle: bool,
+    pub suspend: bool,
+    pub replace: bool,
+    /// A person on their own device: report it lost or stolen.
+    pub own_loss: bool,
+}
+
+const INCIDENTS: [(&str, &str); 5] = [
+    ("lost", "Lost"),
+    ("stolen", "Stolen"),
+    ("damaged", "Damaged"),
+    ("forgotten", "Forgotten (temporary: certificates on hold)"),
+    ("expired", "Expired"),
+];
+const REPLACEMENTS: [(&str, &str); 5] = [
+    ("lost", "Lost (permanent)"),
+    ("stolen", "Stolen (permanent)"),
+    ("damaged", "Damaged (permanent)"),
+    ("expired", "Expired (permanent)"),
+    ("forgotten", "Forgotten (temporary device)"),
+];
+
+pub fn device_actions(d: &Device, g: Grants) -> Vec<DeviceAction> {
+    let mut out = Vec::new();
+    let s = d.serial;
+    let forgotten_ok = !d.suspended;
+    let pick = |list: &[(&'static str, &'static str)], keep: &dyn Fn(&str) -> bool| {
+        list.iter().copied().filter(|(v, _)| keep(v)).collect::<Vec<_>>()
+    };
+    match (d.state, d.reason) {
+        (DeviceState::Issued, _) => {
+            if g.lifecycle {
+                out.push(DeviceAction {
+                    action: "incident",
+                    label: "Declare Incident",
+                    reasons: pick(&INCIDENTS, &|v| v != "forgotten" || forgotten_ok),
+                    warning: format!("Device {s} can no longer be used. Lost, stolen, damaged and expired revoke its certificates and delete its passkeys for good; forgotten puts its certificates on hold until the device is found."),
+                    danger: true,
+                });
+            } else if g.own_loss {
+                out.push(DeviceAction {
+                    action: "incident",
+                    label: "Report Lost or Stolen",
+                    reasons: vec![("lost", "Lost"), ("stolen", "Stolen")],
+                    warning: format!("This cannot be undone. Device {s}'s certificates are revoked and its passkeys deleted at once: nobody can use it any more, you included, even if you find it again. Ask your help desk for a new device."),
+                    danger: true,
+                });
+            }
+            if g.suspend && !d.suspended {
+                out.push(DeviceAction {
+                    action: "suspend",
+                    label: "Suspend",
+                    reasons: Vec::new(),
+                    warning: format!("Device {s}'s certificates go on hold and its passkeys are deleted (Entra ID cannot disable a passkey). Resume releases the hold; the passkey is registered again by an update."),
+                    danger: false,
+                });
+            }
+            if g.suspend && d.suspended {
+                out.push(DeviceAction {
+                    action: "resume",
+                    label: "Resume",
+                    reasons: Vec::new(),
+                    warning: format!("Device {s}'s certificates are valid again. Its passkey stays to be registered again by an update."),
+                    danger: false,
+                });
+            }
+        }
+        (DeviceState::Invalid, Some(StateReason::Forgotten)) if g.lifecycle => {
+            out.push(DeviceAction {
+                action: "restore",
+                label: "Original Found",
+                reasons: Vec::new(),
+                warning: format!("Device {s} is in use again: its certificates' hold is released. A temporary device out in its place is terminated (its certificates revoked)."),
+                danger: false,
+            });
+        }
+        _ => {}
+    }
+    if g.replace {
+        let reasons = match (d.state, d.reason) {
+            (DeviceState::Issued, _) => pick(&REPLACEMENTS, &|v| v != "forgotten" || forgotten_ok),
+            (DeviceState::Invalid, Some(StateReason::Forgotten)) => REPLACEMENTS.to_vec(),
+            (DeviceState::Invalid, Some(r)) => pick(&REPLACEMENTS, &|v| v == r.as_str()),
+            _ => Vec::new(),
+        };
+        if !reasons.is_empty() {
+            out.push(DeviceAction {
+                action: "replace",
+                label: "Replace Device",
+                reasons,
+                warning: format!("Choose why device {s} is replaced, then the new device at your agent. Permanent: the incident is declared on {s} now and it is terminated when the new device is issued. Forgotten: {s} is put on hold and the new device is temporary."),
+                danger: false,
+            });
+        }
+    }
+    if g.lifecycle
+        && matches!(
+            d.state,
+            DeviceState::Issued | DeviceState::Invalid | DeviceState::Produced
+        )
+    {
+        out.push(DeviceAction {
+            action: "terminate",
+            label: "Terminate",
+            reasons: Vec::new(),
+            warning: format!("Device {s} ends for good: every certificate not yet revoked is revoked (cessationOfOperation), its passkeys deleted. It can then only be recycled."),
+            danger: true,
+        });
+    }
+    out
 }
 
 #[derive(Template)]
@@ -54,8 +198,6 @@ struct UserPage {
     attributes: Vec<(String, String)>,
     devices: Vec<DeviceRow>,
     can_issue: bool,
-    /// Help Desk scope: declare incidents, terminate.
-    can_lifecycle: bool,
     notice: Option<String>,
 }
 
@@ -67,6 +209,9 @@ struct PageQuery {
     assigned: Option<String>,
     /// Set by the failure dialog's Cancel.
     cancelled: Option<String>,
+    /// Set by a device action: the device and what was done.
+    acted: Option<String>,
+    done: Option<String>,
 }
 
 /// The devices of a user as the User page and the User Portal show them.
@@ -74,6 +219,7 @@ pub async fn device_rows(
     state: &AppState,
     user_id: uuid::Uuid,
     highlight: Option<&str>,
+    grants: Grants,
 ) -> Result<Vec<DeviceRow>, Response> {
     let page = state
         .store
@@ -93,7 +239,7 @@ pub async fn device_rows(
         .map(|p| (p.id, p.name))
         .collect();
     let mut rows = Vec::with_capacity(page.items.len());
-    for d in page.items {
+    for d in page.items.iter().cloned() {
         let history = state
             .store
             .device_history(d.id)
@@ -110,7 +256,10 @@ pub async fn device_rows(
             (DeviceState::Issued, Some(s)) => s.actor.clone(),
             _ => last.map(|h| h.actor.clone()).unwrap_or_default(),
         };
-        let credentials = if matches!(d.state, DeviceState::Issued | DeviceState::InProduction) {
+        let credentials: Vec<CredentialRow> = if matches!(
+            d.state,
+            DeviceState::Issued | DeviceState::InProduction | DeviceState::Invalid
+        ) {
             state
                 .store
                 .device_credentials(d.id)
@@ -118,6 +267,7 @@ pub async fn device_rows(
                 .map_err(|e| internal("reading credentials", e))?
                 .into_iter()
                 .map(|c| CredentialRow {
+                    on_hold: c.on_hold(),
                     kind: c.kind,
                     slot: c.slot.unwrap_or_default(),
                     serial: c.serial,
@@ -129,7 +279,48 @@ pub async fn device_rows(
             Vec::new()
         };
         let serial = d.serial.to_string();
+        let pending_revocations = state
+            .store
+            .list_jobs(
+                Some(keyward_store::JobState::Pending),
+                Some(&format!("device:{serial}")),
+            )
+            .await
+            .map_err(|e| internal("reading the pending jobs", e))?
+            .iter()
+            .filter(|j| j.kind == keyward_store::lifecycle::JOB_DELETE_PASSKEY)
+            .count();
+        let serial_of = |id: uuid::Uuid| {
+            page.items
+                .iter()
+                .find(|o| o.id == id)
+                .map(|o| o.serial.to_string())
+                .unwrap_or_else(|| "another device".into())
+        };
+        let replacement = match d.replacement {
+            Some(r) if r.is_temporary() => format!(
+                "Temporary device in place of {} (forgotten), until {}",
+                serial_of(r.original),
+                r.until.map(when).unwrap_or_default()
+            ),
+            Some(r) => format!("Replaces device {} ({})", serial_of(r.original), r.reason),
+            None => String::new(),
+        };
+        let replaced_by = page
+            .items
+            .iter()
+            .filter(|o| o.replacement.is_some_and(|r| r.original == d.id))
+            .map(|o| format!("{} ({})", o.serial, o.state.label()))
+            .collect::<Vec<_>>()
+            .join(", ");
         rows.push(DeviceRow {
+            suspended: d.suspended,
+            on_hold: credentials.iter().filter(|c| c.on_hold).count(),
+            pending_revocations,
+            passkey_reregistration: d.passkey_reregistration,
+            replacement,
+            replaced_by,
+            actions: device_actions(&d, grants),
             version: d.version,
             highlighted: highlight == Some(serial.as_str()),
             serial,
@@ -175,7 +366,14 @@ async fn page(
         Err(e) => return internal("reading the user", e),
     };
     let highlight = query.issued.as_deref().or(query.assigned.as_deref());
-    let devices = match device_rows(&state, subject.id, highlight).await {
+    let grants = Grants {
+        lifecycle: user.can(Permission::DevicesLifecycle),
+        suspend: user.can(Permission::DevicesSuspend),
+        replace: user.can(Permission::DevicesReplace),
+        own_loss: false,
+    };
+    let highlight = highlight.or(query.acted.as_deref());
+    let devices = match device_rows(&state, subject.id, highlight, grants).await {
         Ok(d) => d,
         Err(r) => return r,
     };
@@ -189,6 +387,8 @@ async fn page(
             "Device {s} is assigned to {}: issuance completes later.",
             subject.display_name
         ))
+    } else if let (Some(s), Some(done)) = (&query.acted, &query.done) {
+        Some(acted_notice(s, done))
     } else {
         query.cancelled.as_ref().map(|s| {
             format!("The issuance of device {s} was cancelled: the device is no longer assigned to the user.")
@@ -204,7 +404,22 @@ async fn page(
         user: subject,
         devices,
         can_issue: user.can(Permission::DevicesIssue),
-        can_lifecycle: user.can(Permission::DevicesLifecycle),
         notice,
     })
+}
+
+/// The notice after a device action (the page's own words, never the query's).
+pub fn acted_notice(serial: &str, done: &str) -> String {
+    let serial: String = serial.chars().filter(char::is_ascii_digit).take(20).collect();
+    let what = match done {
+        "lost" | "stolen" => "declared lost or stolen: its certificates are revoked and its passkeys deleted",
+        "damaged" | "expired" => "declared invalid: its certificates are revoked and its passkeys deleted",
+        "forgotten" => "declared forgotten: its certificates are on hold",
+        "suspend" => "suspended: its certificates are on hold and its passkeys deleted",
+        "resume" => "resumed: its certificates are valid again",
+        "restore" => "found again: its certificates are valid again",
+        "terminate" => "terminated",
+        _ => "changed",
+    };
+    format!("Device {serial} was {what}.")
 }
