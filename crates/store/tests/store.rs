@@ -1320,3 +1320,266 @@ both!(issuance_context_is_the_session_with_its_parties, |t| {
     assert!(s.get_issuance(second.id).await.is_err());
     assert_eq!(s.get_device(d.id).await.unwrap(), moved);
 });
+
+/// Takes `device` through an issuance session to Issued (optionally as a
+/// replacement); answers it as issued.
+async fn issue_in_store(
+    s: &Store,
+    u: &User,
+    p: &DevicePolicy,
+    device: &Device,
+    replacing: Option<&Replacing>,
+) -> Device {
+    let at = now();
+    let session = IssuanceSession {
+        id: Uuid::new_v4(),
+        device_id: device.id,
+        user_id: u.id,
+        policy_id: p.id,
+        action: keyward_domain::SessionAction::Issue,
+        status: keyward_domain::SessionStatus::Running,
+        step: "personalise".into(),
+        seq: 1,
+        sealed_state: vec![1],
+        error: None,
+        created_by: "operator:admin".into(),
+        created_at: at,
+        updated_at: at,
+    };
+    let started = s
+        .start_issuance(
+            &session,
+            device,
+            &change(DeviceState::InProduction, None, Some(u.id), Some(p.id)),
+            replacing,
+            &audit("issuance.start", "device"),
+        )
+        .await
+        .unwrap();
+    let update = IssuanceUpdate {
+        status: keyward_domain::SessionStatus::Issued,
+        step: "done".into(),
+        seq: 2,
+        sealed_state: vec![2],
+        error: None,
+    };
+    s.advance_issuance(
+        session.id,
+        1,
+        &update,
+        Some((&started, &change(DeviceState::Issued, None, None, None))),
+        &[],
+        &[&audit("issuance.complete", "device")],
+    )
+    .await
+    .unwrap();
+    s.get_device(device.id).await.unwrap()
+}
+
+// Issue 14: a temporary device (issued while the original is forgotten)
+// gets its end written as a job due at its end, and ends by itself then:
+// the time is passed in, nothing sleeps. Before its end it is refused
+// (not_due); after it ended, nothing more happens.
+both!(a_temporary_device_expires_by_itself_at_its_end, |t| {
+    let s = &t.store;
+    let (u, p, d) = setup_issuable(s).await;
+    let original = issue_in_store(s, &u, &p, &d, None).await;
+    let temp = s
+        .insert_device(
+            &NewDevice {
+                device_type: DeviceType::YubiKey5,
+                serial: Serial(12345679),
+                firmware_version: Some("5.4.3".parse().unwrap()),
+                atr: None,
+            },
+            &audit("device.import", "device:12345679"),
+        )
+        .await
+        .unwrap();
+    let replacement = Replacement::new(original.id, StateReason::Forgotten, now(), 7).unwrap();
+    let until = replacement.until.unwrap();
+    let replacing = Replacing {
+        original: original.clone(),
+        incident: Some(change(
+            DeviceState::Invalid,
+            Some(StateReason::Forgotten),
+            None,
+            None,
+        )),
+        replacement,
+    };
+    let temp = issue_in_store(s, &u, &p, &temp, Some(&replacing)).await;
+    assert_eq!(temp.state, DeviceState::Issued);
+    assert_eq!(temp.replacement, Some(replacement));
+    let original = s.get_device(original.id).await.unwrap();
+    assert_eq!(
+        (original.state, original.reason),
+        (DeviceState::Invalid, Some(StateReason::Forgotten))
+    );
+    // The job that ends it, due at its end.
+    let jobs = s
+        .list_jobs(Some(JobState::Pending), Some("device:12345679"))
+        .await
+        .unwrap();
+    let job = jobs
+        .iter()
+        .find(|j| j.kind == keyward_store::lifecycle::JOB_EXPIRE_TEMPORARY)
+        .expect("the expiry job");
+    assert_eq!(job.next_at, until);
+    assert!(s.claim_job("w", time::Duration::minutes(1)).await.unwrap().is_none(), "not due today");
+    // Not yet: refused, nothing changes.
+    let e = s
+        .expire_temporary_device(temp.id, until - time::Duration::minutes(1), &audit("x", "y"))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict_code(&e).0, "not_due", "{e}");
+    assert_eq!(s.get_device(temp.id).await.unwrap().state, DeviceState::Issued);
+    // Its time comes.
+    let ended = s
+        .expire_temporary_device(temp.id, until + time::Duration::seconds(1), &audit("device.temporary_expired", "device:12345679"))
+        .await
+        .unwrap()
+        .expect("terminated");
+    assert_eq!(ended.state, DeviceState::Terminated);
+    assert_eq!(ended.replacement, None);
+    // The original is untouched: still forgotten, found or replaced later.
+    assert_eq!(
+        s.get_device(original.id).await.unwrap().reason,
+        Some(StateReason::Forgotten)
+    );
+    // Once ended, the job finds nothing to do.
+    assert!(s
+        .expire_temporary_device(temp.id, until + time::Duration::days(1), &audit("x", "y"))
+        .await
+        .unwrap()
+        .is_none());
+});
+
+// Issue 14: an original found again terminates its temporary device in the
+// same transaction; a permanent replacement issued terminates the original.
+both!(restore_ends_the_temporary_device_and_a_permanent_replacement_ends_the_original, |t| {
+    let s = &t.store;
+    let (u, p, d) = setup_issuable(s).await;
+    let original = issue_in_store(s, &u, &p, &d, None).await;
+    let mut more = Vec::new();
+    for serial in [12345679u64, 12345680] {
+        more.push(
+            s.insert_device(
+                &NewDevice {
+                    device_type: DeviceType::YubiKey5,
+                    serial: Serial(serial),
+                    firmware_version: Some("5.4.3".parse().unwrap()),
+                    atr: None,
+                },
+                &audit("device.import", "device"),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let temp = issue_in_store(
+        s,
+        &u,
+        &p,
+        &more[0],
+        Some(&Replacing {
+            original: original.clone(),
+            incident: Some(change(DeviceState::Invalid, Some(StateReason::Forgotten), None, None)),
+            replacement: Replacement::new(original.id, StateReason::Forgotten, now(), 7).unwrap(),
+        }),
+    )
+    .await;
+    let original = s.get_device(original.id).await.unwrap();
+    let (found, _) = s
+        .change_device_state(
+            original.id,
+            original.version,
+            &change(DeviceState::Issued, None, None, None),
+            &audit("device.state", "device:12345678"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(found.state, DeviceState::Issued);
+    let temp = s.get_device(temp.id).await.unwrap();
+    assert_eq!(temp.state, DeviceState::Terminated);
+    let history = s.device_history(temp.id).await.unwrap();
+    assert_eq!(
+        history.last().unwrap().note.as_deref(),
+        Some("original device 12345678 found")
+    );
+    // Lost for good: the replacement's start declares it, its issuance ends it.
+    let permanent = issue_in_store(
+        s,
+        &u,
+        &p,
+        &more[1],
+        Some(&Replacing {
+            original: found.clone(),
+            incident: Some(change(DeviceState::Invalid, Some(StateReason::Lost), None, None)),
+            replacement: Replacement::new(found.id, StateReason::Lost, now(), 7).unwrap(),
+        }),
+    )
+    .await;
+    assert_eq!(permanent.state, DeviceState::Issued);
+    let original = s.get_device(found.id).await.unwrap();
+    assert_eq!(original.state, DeviceState::Terminated);
+    let states: Vec<_> = s
+        .device_history(found.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| (h.to_state, h.to_reason))
+        .collect();
+    assert!(
+        states.ends_with(&[
+            (DeviceState::Invalid, Some(StateReason::Lost)),
+            (DeviceState::Terminated, None)
+        ]),
+        "{states:?}"
+    );
+});
+
+// Issue 14: Suspend and Resume keep the device issued, bump its version
+// (a stale one is refused), and refuse the wrong state.
+both!(suspend_and_resume_keep_the_device_issued, |t| {
+    let s = &t.store;
+    let (u, p, d) = setup_issuable(s).await;
+    let d = issue_in_store(s, &u, &p, &d, None).await;
+    let (sus, _) = s
+        .set_device_suspended(d.id, d.version, true, Some("on leave"), &audit("device.suspend", "device"))
+        .await
+        .unwrap();
+    assert!(sus.suspended);
+    assert_eq!((sus.state, sus.version), (DeviceState::Issued, d.version + 1));
+    assert_eq!(s.get_device(d.id).await.unwrap(), sus);
+    let e = s
+        .set_device_suspended(d.id, d.version, false, None, &audit("device.resume", "device"))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict_code(&e).0, "version_conflict", "{e}");
+    let e = s
+        .set_device_suspended(d.id, sus.version, true, None, &audit("device.suspend", "device"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("already suspended"), "{e}");
+    // Forgotten is refused on a suspended device; lost is not.
+    let e = s
+        .change_device_state(
+            d.id,
+            sus.version,
+            &change(DeviceState::Invalid, Some(StateReason::Forgotten), None, None),
+            &audit("device.state", "device"),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("suspended"), "{e}");
+    let (res, _) = s
+        .set_device_suspended(d.id, sus.version, false, None, &audit("device.resume", "device"))
+        .await
+        .unwrap();
+    assert!(!res.suspended);
+    let history = s.device_history(d.id).await.unwrap();
+    let notes: Vec<_> = history.iter().filter_map(|h| h.note.clone()).collect();
+    assert!(notes.contains(&"suspended: on leave".to_string()), "{notes:?}");
+    assert!(notes.contains(&"resumed".to_string()), "{notes:?}");
+});
