@@ -271,7 +271,10 @@ impl Device {
             return Err(ValidationError::new(
                 "transition_not_allowed",
                 "state",
-                format!("only an issued device is suspended; device {} is {}", self.serial, self.state),
+                format!(
+                    "only an issued device is suspended; device {} is {}",
+                    self.serial, self.state
+                ),
             ));
         }
         if self.suspended {

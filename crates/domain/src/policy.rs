@@ -536,7 +536,7 @@ mod tests {
                 display_name_template: "{device_type} {serial}".into(),
             }),
             require_device_attestation: false,
-        temporary_validity_days: 7,
+            temporary_validity_days: 7,
         }
     }
 

@@ -3,7 +3,15 @@
 //! or released in the same transaction, with the RFC 5280 reason, and the
 //! issuing CA's CRL (read with `openssl crl`) shows it at once, on SQLite
 //! and on PostgreSQL. The engine's own moves are refused on the state route.
+//!
+//! After issuance, part 1 (issue 14): Declare incident, Suspend / Resume,
+//! Restore, Terminate and Replace Device (permanent and temporary) as
+//! actions of their own, each proven by `openssl ocsp` against the served
+//! responder, with every refusal (wrong state, wrong role, version
+//! conflict, someone else's device) changing nothing.
 
+#[path = "common/self_service.rs"]
+mod self_service;
 mod support;
 
 use keyward_vcard::{Firmware, ProfileKind, VcardConfig, VirtualCard};
@@ -14,6 +22,23 @@ use support::{openssl, ServerOptions, TestServer};
 /// device is added to the inventory unless it is there); answers the
 /// certificates' serials (hex, as the CRL lists them).
 fn issue(server: &TestServer, serial: &str) -> Vec<String> {
+    serials(&issue_with(
+        server,
+        serial,
+        json!({ "policy": "PIV Standard" }),
+    ))
+}
+
+fn serials(certificates: &[Value]) -> Vec<String> {
+    certificates
+        .iter()
+        .map(|c| c["serial"].as_str().unwrap().to_uppercase())
+        .collect()
+}
+
+/// [`issue`] with more of the start request (`replaces`, …); answers the
+/// certificates as the session lists them.
+fn issue_with(server: &TestServer, serial: &str, extra: Value) -> Vec<Value> {
     let (s, v) = server.call(
         "POST",
         "/devices",
@@ -29,13 +54,11 @@ fn issue(server: &TestServer, serial: &str) -> Vec<String> {
     )
     .unwrap();
     card.power_on();
-    let (s, mut batch) = server.call(
-        "POST",
-        "/issuance",
-        Some(
-            json!({ "user": "alice", "policy": "PIV Standard", "serial": serial, "pin": "735194" }),
-        ),
-    );
+    let mut start = json!({ "user": "alice", "serial": serial, "pin": "735194" });
+    for (k, v) in extra.as_object().unwrap() {
+        start[k] = v.clone();
+    }
+    let (s, mut batch) = server.call("POST", "/issuance", Some(start));
     assert_eq!(s, 201, "{batch}");
     let id = batch["session_id"].as_str().unwrap().to_string();
     while batch["state"] == "running" {
@@ -53,7 +76,7 @@ fn issue(server: &TestServer, serial: &str) -> Vec<String> {
         .unwrap()
         .iter()
         .filter(|c| c["kind"] == "certificate")
-        .map(|c| c["serial"].as_str().unwrap().to_uppercase())
+        .cloned()
         .collect()
 }
 
@@ -550,4 +573,407 @@ fn incident_restore_and_terminate_are_actions_of_their_own() {
     assert_eq!(d["state"], "terminated");
     // Revoked for good before: the reason stays keyCompromise.
     assert_eq!(ocsp_says(&server, &certs[0]), "revoked keyCompromise");
+}
+
+fn device(server: &TestServer, serial: &str) -> Value {
+    let (s, d) = server.call("GET", &format!("/devices/{serial}"), None);
+    assert_eq!(s, 200, "{d}");
+    d
+}
+
+fn act(server: &TestServer, serial: &str, action: &str, extra: Value) -> (u16, Value) {
+    let mut body = json!({ "expected_version": version(server, serial) });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    server.call("POST", &format!("/devices/{serial}/{action}"), Some(body))
+}
+
+fn code(r: &(u16, Value)) -> (u16, String) {
+    (r.0, r.1["error"]["code"].as_str().unwrap_or("").to_string())
+}
+
+/// Suspend / Resume, a temporary replacement then Original found, a
+/// permanent replacement, and a permanent one while a temporary device is
+/// out: each step checked with `openssl ocsp`, each refusal changing nothing.
+fn after_issuance(server: &TestServer) {
+    support::seed_piv_standard(server, "31000301");
+    let a = issue(server, "31000301");
+
+    // Suspend (the CLI): on hold; the device stays issued, marked suspended.
+    let out = server.admin(&[
+        "device", "suspend", "31000301", "--note", "on leave", "--json",
+    ]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let d = device(server, "31000301");
+    assert_eq!(
+        (d["state"].as_str(), d["suspended"].as_bool()),
+        (Some("issued"), Some(true)),
+        "{d}"
+    );
+    assert_eq!(ocsp_says(server, &a[0]), "revoked certificateHold");
+    assert_eq!(ocsp_says(server, &a[1]), "revoked certificateHold");
+    // Refused, nothing changes: again; forgotten on a suspended device; a stale version.
+    let v = version(server, "31000301");
+    assert_eq!(
+        code(&act(server, "31000301", "suspend", json!({}))),
+        (400, "already_suspended".into())
+    );
+    assert_eq!(
+        code(&act(
+            server,
+            "31000301",
+            "incident",
+            json!({ "reason": "forgotten" })
+        )),
+        (400, "device_suspended".into())
+    );
+    let stale = server.call(
+        "POST",
+        "/devices/31000301/resume",
+        Some(json!({ "expected_version": v - 1 })),
+    );
+    assert_eq!(code(&stale), (409, "version_conflict".into()));
+    assert_eq!(version(server, "31000301"), v);
+    assert_eq!(ocsp_says(server, &a[0]), "revoked certificateHold");
+    // Resume (the API): valid again.
+    let (s, d) = act(server, "31000301", "resume", json!({ "note": "back" }));
+    assert_eq!(s, 200, "{d}");
+    assert_eq!(d["suspended"], false);
+    assert_eq!(ocsp_says(server, &a[0]), "good");
+    assert_eq!(
+        code(&act(server, "31000301", "resume", json!({}))),
+        (400, "not_suspended".into())
+    );
+
+    // Replace, temporary: the original is declared forgotten (on hold), the
+    // new device lasts the policy's temporary_validity_days (7).
+    let (s, v) = server.call(
+        "POST",
+        "/devices",
+        Some(
+            json!({ "device_type": "yubikey5", "serial": "31000302", "firmware_version": "5.7.1" }),
+        ),
+    );
+    assert_eq!(s, 201, "{v}");
+    let t_certs = issue_with(
+        server,
+        "31000302",
+        json!({ "replaces": "31000301", "replace_reason": "forgotten" }),
+    );
+    let t = serials(&t_certs);
+    let orig = device(server, "31000301");
+    assert_eq!(
+        (orig["state"].as_str(), orig["reason"].as_str()),
+        (Some("invalid"), Some("forgotten"))
+    );
+    assert_eq!(ocsp_says(server, &a[0]), "revoked certificateHold");
+    assert_eq!(ocsp_says(server, &t[0]), "good");
+    let temp = device(server, "31000302");
+    assert_eq!(temp["replacement"]["reason"], "forgotten", "{temp}");
+    let until = time::OffsetDateTime::parse(
+        temp["replacement"]["until"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let days = (until - time::OffsetDateTime::now_utc()).whole_hours();
+    assert!((7 * 24 - 1..=7 * 24).contains(&days), "{days} hours");
+    // Its certificates end with it.
+    assert_eq!(t_certs.len(), 2);
+    for c in &t_certs {
+        let na = time::OffsetDateTime::parse(
+            c["not_after"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        assert!(
+            (na - until).abs() < time::Duration::hours(1),
+            "{na} vs {until}"
+        );
+    }
+    // Its end is a job, due then.
+    let (_, jobs) = server.call("GET", "/jobs?device=31000302", None);
+    assert!(
+        jobs.to_string().contains("expire_temporary_device"),
+        "{jobs}"
+    );
+    // A second temporary device for the same original: refused.
+    let (s, v) = server.call(
+        "POST",
+        "/devices",
+        Some(
+            json!({ "device_type": "yubikey5", "serial": "31000303", "firmware_version": "5.7.1" }),
+        ),
+    );
+    assert_eq!(s, 201, "{v}");
+    let r = server.call(
+        "POST",
+        "/issuance",
+        Some(json!({ "user": "alice", "serial": "31000303", "pin": "735194", "replaces": "31000301", "replace_reason": "forgotten" })),
+    );
+    assert_eq!(code(&r), (409, "temporary_already_out".into()), "{}", r.1);
+    assert_eq!(device(server, "31000303")["state"], "available");
+    // Original found: released; the temporary device is terminated, its
+    // certificates revoked.
+    let out = server.admin(&["device", "restore", "31000301"]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert_eq!(ocsp_says(server, &a[0]), "good");
+    assert_eq!(device(server, "31000302")["state"], "terminated");
+    assert_eq!(ocsp_says(server, &t[0]), "revoked cessationOfOperation");
+
+    // Replace, permanent (the CLI of the issue is `keyward issue --replaces`,
+    // tested on pcscd; here the API): lost is declared as the session
+    // starts, and the original is terminated when the new device is issued.
+    let p = serials(&issue_with(
+        server,
+        "31000303",
+        json!({ "replaces": "31000301", "replace_reason": "lost" }),
+    ));
+    let orig = device(server, "31000301");
+    assert_eq!(orig["state"], "terminated", "{orig}");
+    assert_eq!(ocsp_says(server, &a[0]), "revoked keyCompromise");
+    assert_eq!(ocsp_says(server, &p[0]), "good");
+    let notes: Vec<&str> = orig["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["note"].as_str())
+        .collect();
+    assert!(notes.contains(&"replaced by device 31000303"), "{notes:?}");
+
+    // A permanent replacement while a temporary device is out ends both.
+    for serial in ["31000304", "31000305"] {
+        let (s, v) = server.call(
+            "POST",
+            "/devices",
+            Some(
+                json!({ "device_type": "yubikey5", "serial": serial, "firmware_version": "5.7.1" }),
+            ),
+        );
+        assert_eq!(s, 201, "{v}");
+    }
+    let t2 = serials(&issue_with(
+        server,
+        "31000304",
+        json!({ "replaces": "31000303", "replace_reason": "forgotten" }),
+    ));
+    let p2 = serials(&issue_with(
+        server,
+        "31000305",
+        json!({ "replaces": "31000303", "replace_reason": "stolen" }),
+    ));
+    assert_eq!(device(server, "31000303")["state"], "terminated");
+    assert_eq!(device(server, "31000304")["state"], "terminated");
+    assert_eq!(ocsp_says(server, &p[0]), "revoked cessationOfOperation");
+    assert_eq!(ocsp_says(server, &t2[0]), "revoked cessationOfOperation");
+    assert_eq!(ocsp_says(server, &p2[0]), "good");
+
+    // Refusals of Replace, nothing changes: a reason that is no incident,
+    // none, the device itself, someone else's device.
+    let r = server.call(
+        "POST",
+        "/issuance",
+        Some(json!({ "user": "alice", "serial": "31000305", "replaces": "31000305", "replace_reason": "lost" })),
+    );
+    assert_eq!(code(&r), (400, "replaces_itself".into()), "{}", r.1);
+    let (s, _) = server.call(
+        "POST",
+        "/devices",
+        Some(
+            json!({ "device_type": "yubikey5", "serial": "31000306", "firmware_version": "5.7.1" }),
+        ),
+    );
+    assert_eq!(s, 201);
+    for (body, want) in [
+        (
+            json!({ "replaces": "31000305", "replace_reason": "recycled" }),
+            (400, "reason_not_allowed"),
+        ),
+        (json!({ "replaces": "31000305" }), (400, "reason_required")),
+        (
+            json!({ "replaces": "31000301", "replace_reason": "lost" }),
+            (409, "device_not_users"),
+        ),
+    ] {
+        let mut start = json!({ "user": "alice", "serial": "31000306", "pin": "735194" });
+        for (k, v) in body.as_object().unwrap() {
+            start[k] = v.clone();
+        }
+        let r = server.call("POST", "/issuance", Some(start));
+        assert_eq!(code(&r), (want.0, want.1.to_string()), "{}", r.1);
+    }
+    assert_eq!(device(server, "31000306")["state"], "available");
+    assert_eq!(device(server, "31000305")["state"], "issued");
+    assert_eq!(ocsp_says(server, &p2[0]), "good");
+
+    // Recycle of an issued device is refused and names Terminate.
+    let r = server.call("POST", "/devices/31000305/recycle", None);
+    assert_eq!(code(&r), (409, "device_not_recyclable".into()));
+    assert!(
+        r.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("terminate it first"),
+        "{}",
+        r.1
+    );
+}
+
+#[test]
+fn suspend_resume_replace_and_restore_on_sqlite() {
+    let server = TestServer::start();
+    after_issuance(&server);
+}
+
+#[test]
+fn suspend_resume_replace_and_restore_on_postgres() {
+    let Some(db) = support::postgres_database("after_issuance") else {
+        return;
+    };
+    let server = TestServer::start_with(ServerOptions {
+        database_url: Some(db),
+        ..Default::default()
+    });
+    after_issuance(&server);
+}
+
+/// Who may do what: the help desk suspends, declares and replaces; an
+/// issuance operator replaces but neither suspends nor declares; a person
+/// reports only their own device, lost or stolen only.
+#[test]
+fn roles_and_a_person_s_own_device() {
+    let server = TestServer::start();
+    support::seed_piv_standard(&server, "31000401");
+    let mine = issue(&server, "31000401");
+    let help_desk = server.token_with_role("help_desk");
+    let operator = server.token_with_role("issuance_operator");
+    let v = version(&server, "31000401");
+    let body = json!({ "expected_version": v });
+    for (token, action, want) in [
+        (&operator, "suspend", 403),
+        (&operator, "terminate", 403),
+        (&operator, "restore", 403),
+    ] {
+        let (s, e) = server.call_as(
+            token,
+            "POST",
+            &format!("/devices/31000401/{action}"),
+            Some(body.clone()),
+        );
+        assert_eq!(s, want, "issuance_operator {action}: {e}");
+        assert_eq!(
+            e["error"]["details"]["required_permission"]
+                .as_str()
+                .map(|p| p.starts_with("devices.")),
+            Some(true),
+            "{e}"
+        );
+    }
+    let (s, e) = server.call_as(
+        &operator,
+        "POST",
+        "/devices/31000401/incident",
+        Some(json!({ "reason": "lost", "expected_version": v })),
+    );
+    assert_eq!(s, 403, "{e}");
+    assert_eq!(version(&server, "31000401"), v, "nothing changed");
+    // The help desk suspends and resumes.
+    let (s, e) = server.call_as(
+        &help_desk,
+        "POST",
+        "/devices/31000401/suspend",
+        Some(body.clone()),
+    );
+    assert_eq!(s, 200, "{e}");
+    let (s, e) = server.call_as(
+        &help_desk,
+        "POST",
+        "/devices/31000401/resume",
+        Some(json!({ "expected_version": v + 1 })),
+    );
+    assert_eq!(s, 200, "{e}");
+    // Replace needs devices.replace: a person's account has not.
+    let user_token = server.token_with_role("user");
+    let (s, e) = server.call_as(
+        &user_token,
+        "POST",
+        "/issuance",
+        Some(json!({ "user": "alice", "serial": "31000402", "replaces": "31000401", "replace_reason": "lost", "via": "agent" })),
+    );
+    assert_eq!(s, 403, "{e}");
+
+    // Bob's device, and alice's own account.
+    assert_eq!(
+        server
+            .call(
+                "POST",
+                "/users",
+                Some(json!({ "login": "bob", "display_name": "Bob", "upn": "bob@example.com" }))
+            )
+            .0,
+        201
+    );
+    let (s, _) = server.call(
+        "POST",
+        "/devices",
+        Some(
+            json!({ "device_type": "yubikey5", "serial": "31000403", "firmware_version": "5.7.1" }),
+        ),
+    );
+    assert_eq!(s, 201);
+    let alice = self_service::sign_in_user(&server, "alice");
+    let v = version(&server, "31000401");
+    for (serial, reason, want) in [
+        ("31000401", "damaged", "reason_not_allowed_for_users"),
+        ("31000401", "forgotten", "reason_not_allowed_for_users"),
+        ("31000403", "lost", "device_not_yours"),
+        ("99999999", "lost", "device_not_yours"),
+    ] {
+        let r = self_service::call_as_user(
+            &server,
+            &alice,
+            "POST",
+            &format!("/devices/{serial}/incident"),
+            Some(json!({ "reason": reason, "expected_version": v })),
+        );
+        assert_eq!(
+            code(&r),
+            (403, want.to_string()),
+            "{serial} {reason}: {}",
+            r.1
+        );
+    }
+    for action in ["suspend", "terminate", "restore"] {
+        let r = self_service::call_as_user(
+            &server,
+            &alice,
+            "POST",
+            &format!("/devices/31000401/{action}"),
+            Some(json!({ "expected_version": v })),
+        );
+        assert_eq!(r.0, 403, "{action}: {}", r.1);
+    }
+    assert_eq!(version(&server, "31000401"), v, "nothing changed");
+    assert_eq!(ocsp_says(&server, &mine[0]), "good");
+    // Her own device, lost: revoked for good.
+    let r = self_service::call_as_user(
+        &server,
+        &alice,
+        "POST",
+        "/devices/31000401/incident",
+        Some(json!({ "reason": "lost", "note": "left on the bus", "expected_version": v })),
+    );
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert_eq!(ocsp_says(&server, &mine[0]), "revoked keyCompromise");
+    let (_, audit) = server.call("GET", "/audit?limit=1000", None);
+    assert!(
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "device.state"
+                && e["target"] == "device:31000401"
+                && e["actor"].as_str().unwrap_or("").contains("alice")),
+        "the person is the actor"
+    );
 }

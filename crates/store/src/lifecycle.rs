@@ -201,7 +201,10 @@ impl Store {
     }
 
     /// The devices issued in place of `original` and not ended.
-    pub async fn replacements_of(&self, original: Uuid) -> StoreResult<Vec<keyward_domain::Device>> {
+    pub async fn replacements_of(
+        &self,
+        original: Uuid,
+    ) -> StoreResult<Vec<keyward_domain::Device>> {
         on_backend!(self, replacements_of(original))
     }
 

@@ -1426,17 +1426,34 @@ both!(a_temporary_device_expires_by_itself_at_its_end, |t| {
         .find(|j| j.kind == keyward_store::lifecycle::JOB_EXPIRE_TEMPORARY)
         .expect("the expiry job");
     assert_eq!(job.next_at, until);
-    assert!(s.claim_job("w", time::Duration::minutes(1)).await.unwrap().is_none(), "not due today");
+    assert!(
+        s.claim_job("w", time::Duration::minutes(1))
+            .await
+            .unwrap()
+            .is_none(),
+        "not due today"
+    );
     // Not yet: refused, nothing changes.
     let e = s
-        .expire_temporary_device(temp.id, until - time::Duration::minutes(1), &audit("x", "y"))
+        .expire_temporary_device(
+            temp.id,
+            until - time::Duration::minutes(1),
+            &audit("x", "y"),
+        )
         .await
         .unwrap_err();
     assert_eq!(conflict_code(&e).0, "not_due", "{e}");
-    assert_eq!(s.get_device(temp.id).await.unwrap().state, DeviceState::Issued);
+    assert_eq!(
+        s.get_device(temp.id).await.unwrap().state,
+        DeviceState::Issued
+    );
     // Its time comes.
     let ended = s
-        .expire_temporary_device(temp.id, until + time::Duration::seconds(1), &audit("device.temporary_expired", "device:12345679"))
+        .expire_temporary_device(
+            temp.id,
+            until + time::Duration::seconds(1),
+            &audit("device.temporary_expired", "device:12345679"),
+        )
         .await
         .unwrap()
         .expect("terminated");
@@ -1457,87 +1474,101 @@ both!(a_temporary_device_expires_by_itself_at_its_end, |t| {
 
 // Issue 14: an original found again terminates its temporary device in the
 // same transaction; a permanent replacement issued terminates the original.
-both!(restore_ends_the_temporary_device_and_a_permanent_replacement_ends_the_original, |t| {
-    let s = &t.store;
-    let (u, p, d) = setup_issuable(s).await;
-    let original = issue_in_store(s, &u, &p, &d, None).await;
-    let mut more = Vec::new();
-    for serial in [12345679u64, 12345680] {
-        more.push(
-            s.insert_device(
-                &NewDevice {
-                    device_type: DeviceType::YubiKey5,
-                    serial: Serial(serial),
-                    firmware_version: Some("5.4.3".parse().unwrap()),
-                    atr: None,
-                },
-                &audit("device.import", "device"),
+both!(
+    restore_ends_the_temporary_device_and_a_permanent_replacement_ends_the_original,
+    |t| {
+        let s = &t.store;
+        let (u, p, d) = setup_issuable(s).await;
+        let original = issue_in_store(s, &u, &p, &d, None).await;
+        let mut more = Vec::new();
+        for serial in [12345679u64, 12345680] {
+            more.push(
+                s.insert_device(
+                    &NewDevice {
+                        device_type: DeviceType::YubiKey5,
+                        serial: Serial(serial),
+                        firmware_version: Some("5.4.3".parse().unwrap()),
+                        atr: None,
+                    },
+                    &audit("device.import", "device"),
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        let temp = issue_in_store(
+            s,
+            &u,
+            &p,
+            &more[0],
+            Some(&Replacing {
+                original: original.clone(),
+                incident: Some(change(
+                    DeviceState::Invalid,
+                    Some(StateReason::Forgotten),
+                    None,
+                    None,
+                )),
+                replacement: Replacement::new(original.id, StateReason::Forgotten, now(), 7)
+                    .unwrap(),
+            }),
+        )
+        .await;
+        let original = s.get_device(original.id).await.unwrap();
+        let (found, _) = s
+            .change_device_state(
+                original.id,
+                original.version,
+                &change(DeviceState::Issued, None, None, None),
+                &audit("device.state", "device:12345678"),
             )
             .await
-            .unwrap(),
+            .unwrap();
+        assert_eq!(found.state, DeviceState::Issued);
+        let temp = s.get_device(temp.id).await.unwrap();
+        assert_eq!(temp.state, DeviceState::Terminated);
+        let history = s.device_history(temp.id).await.unwrap();
+        assert_eq!(
+            history.last().unwrap().note.as_deref(),
+            Some("original device 12345678 found")
+        );
+        // Lost for good: the replacement's start declares it, its issuance ends it.
+        let permanent = issue_in_store(
+            s,
+            &u,
+            &p,
+            &more[1],
+            Some(&Replacing {
+                original: found.clone(),
+                incident: Some(change(
+                    DeviceState::Invalid,
+                    Some(StateReason::Lost),
+                    None,
+                    None,
+                )),
+                replacement: Replacement::new(found.id, StateReason::Lost, now(), 7).unwrap(),
+            }),
+        )
+        .await;
+        assert_eq!(permanent.state, DeviceState::Issued);
+        let original = s.get_device(found.id).await.unwrap();
+        assert_eq!(original.state, DeviceState::Terminated);
+        let states: Vec<_> = s
+            .device_history(found.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|h| (h.to_state, h.to_reason))
+            .collect();
+        assert!(
+            states.ends_with(&[
+                (DeviceState::Invalid, Some(StateReason::Lost)),
+                (DeviceState::Terminated, None)
+            ]),
+            "{states:?}"
         );
     }
-    let temp = issue_in_store(
-        s,
-        &u,
-        &p,
-        &more[0],
-        Some(&Replacing {
-            original: original.clone(),
-            incident: Some(change(DeviceState::Invalid, Some(StateReason::Forgotten), None, None)),
-            replacement: Replacement::new(original.id, StateReason::Forgotten, now(), 7).unwrap(),
-        }),
-    )
-    .await;
-    let original = s.get_device(original.id).await.unwrap();
-    let (found, _) = s
-        .change_device_state(
-            original.id,
-            original.version,
-            &change(DeviceState::Issued, None, None, None),
-            &audit("device.state", "device:12345678"),
-        )
-        .await
-        .unwrap();
-    assert_eq!(found.state, DeviceState::Issued);
-    let temp = s.get_device(temp.id).await.unwrap();
-    assert_eq!(temp.state, DeviceState::Terminated);
-    let history = s.device_history(temp.id).await.unwrap();
-    assert_eq!(
-        history.last().unwrap().note.as_deref(),
-        Some("original device 12345678 found")
-    );
-    // Lost for good: the replacement's start declares it, its issuance ends it.
-    let permanent = issue_in_store(
-        s,
-        &u,
-        &p,
-        &more[1],
-        Some(&Replacing {
-            original: found.clone(),
-            incident: Some(change(DeviceState::Invalid, Some(StateReason::Lost), None, None)),
-            replacement: Replacement::new(found.id, StateReason::Lost, now(), 7).unwrap(),
-        }),
-    )
-    .await;
-    assert_eq!(permanent.state, DeviceState::Issued);
-    let original = s.get_device(found.id).await.unwrap();
-    assert_eq!(original.state, DeviceState::Terminated);
-    let states: Vec<_> = s
-        .device_history(found.id)
-        .await
-        .unwrap()
-        .iter()
-        .map(|h| (h.to_state, h.to_reason))
-        .collect();
-    assert!(
-        states.ends_with(&[
-            (DeviceState::Invalid, Some(StateReason::Lost)),
-            (DeviceState::Terminated, None)
-        ]),
-        "{states:?}"
-    );
-});
+);
 
 // Issue 14: Suspend and Resume keep the device issued, bump its version
 // (a stale one is refused), and refuse the wrong state.
@@ -1546,19 +1577,40 @@ both!(suspend_and_resume_keep_the_device_issued, |t| {
     let (u, p, d) = setup_issuable(s).await;
     let d = issue_in_store(s, &u, &p, &d, None).await;
     let (sus, _) = s
-        .set_device_suspended(d.id, d.version, true, Some("on leave"), &audit("device.suspend", "device"))
+        .set_device_suspended(
+            d.id,
+            d.version,
+            true,
+            Some("on leave"),
+            &audit("device.suspend", "device"),
+        )
         .await
         .unwrap();
     assert!(sus.suspended);
-    assert_eq!((sus.state, sus.version), (DeviceState::Issued, d.version + 1));
+    assert_eq!(
+        (sus.state, sus.version),
+        (DeviceState::Issued, d.version + 1)
+    );
     assert_eq!(s.get_device(d.id).await.unwrap(), sus);
     let e = s
-        .set_device_suspended(d.id, d.version, false, None, &audit("device.resume", "device"))
+        .set_device_suspended(
+            d.id,
+            d.version,
+            false,
+            None,
+            &audit("device.resume", "device"),
+        )
         .await
         .unwrap_err();
     assert_eq!(conflict_code(&e).0, "version_conflict", "{e}");
     let e = s
-        .set_device_suspended(d.id, sus.version, true, None, &audit("device.suspend", "device"))
+        .set_device_suspended(
+            d.id,
+            sus.version,
+            true,
+            None,
+            &audit("device.suspend", "device"),
+        )
         .await
         .unwrap_err();
     assert!(e.to_string().contains("already suspended"), "{e}");
@@ -1567,19 +1619,33 @@ both!(suspend_and_resume_keep_the_device_issued, |t| {
         .change_device_state(
             d.id,
             sus.version,
-            &change(DeviceState::Invalid, Some(StateReason::Forgotten), None, None),
+            &change(
+                DeviceState::Invalid,
+                Some(StateReason::Forgotten),
+                None,
+                None,
+            ),
             &audit("device.state", "device"),
         )
         .await
         .unwrap_err();
     assert!(e.to_string().contains("suspended"), "{e}");
     let (res, _) = s
-        .set_device_suspended(d.id, sus.version, false, None, &audit("device.resume", "device"))
+        .set_device_suspended(
+            d.id,
+            sus.version,
+            false,
+            None,
+            &audit("device.resume", "device"),
+        )
         .await
         .unwrap();
     assert!(!res.suspended);
     let history = s.device_history(d.id).await.unwrap();
     let notes: Vec<_> = history.iter().filter_map(|h| h.note.clone()).collect();
-    assert!(notes.contains(&"suspended: on leave".to_string()), "{notes:?}");
+    assert!(
+        notes.contains(&"suspended: on leave".to_string()),
+        "{notes:?}"
+    );
     assert!(notes.contains(&"resumed".to_string()), "{notes:?}");
 });

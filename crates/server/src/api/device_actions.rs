@@ -20,9 +20,9 @@ use super::devices::{load, version_conflict};
 use super::invalid;
 use crate::app::AppState;
 use crate::auth::{perm, Allowed, Caller};
-use keyward_domain::Permission;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::json::ApiJson;
+use keyward_domain::Permission;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -147,7 +147,9 @@ async fn own_loss(state: &AppState, caller: &Caller, serial: &str, reason: &str)
         Err(_) => false,
     };
     if !mine {
-        return Err(refuse("device_not_yours", "this device is not assigned to you").field("serial"));
+        return Err(
+            refuse("device_not_yours", "this device is not assigned to you").field("serial"),
+        );
     }
     Ok(())
 }
@@ -204,13 +206,23 @@ async fn suspension(
     crate::lifecycle::refuse_in_session(state, &device).await?;
     let draft = crate::api::audit(
         caller,
-        if suspend { "device.suspend" } else { "device.resume" },
+        if suspend {
+            "device.suspend"
+        } else {
+            "device.resume"
+        },
         format!("device:{}", device.serial),
         serde_json::json!({ "note": req.note }),
     );
     let (device, _) = state
         .store
-        .set_device_suspended(device.id, req.expected_version, suspend, req.note.as_deref(), &draft)
+        .set_device_suspended(
+            device.id,
+            req.expected_version,
+            suspend,
+            req.note.as_deref(),
+            &draft,
+        )
         .await
         .map_err(|e| crate::api::store_error("suspending or resuming the device", e))?;
     Ok(Json(device))

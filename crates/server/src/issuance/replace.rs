@@ -95,7 +95,9 @@ pub(super) async fn check(
         }
     };
     if let Some(change) = &incident {
-        original.apply(change).map_err(|e| invalid(e).field("replace_reason"))?;
+        original
+            .apply(change)
+            .map_err(|e| invalid(e).field("replace_reason"))?;
     }
     let busy = state
         .store
@@ -119,7 +121,10 @@ pub(super) async fn check(
             .replacements_of(original.id)
             .await
             .map_err(|e| store_error("reading the device's replacements", e))?;
-        if let Some(t) = out.iter().find(|d| d.replacement.is_some_and(|r| r.is_temporary())) {
+        if let Some(t) = out
+            .iter()
+            .find(|d| d.replacement.is_some_and(|r| r.is_temporary()))
+        {
             return Err(ApiError::conflict(
                 "temporary_already_out",
                 format!(

@@ -73,7 +73,10 @@ pub(super) async fn start(
             let id = r.original.device_policy.ok_or_else(|| {
                 ApiError::bad_request(
                     "policy_required",
-                    format!("device {} has no policy on record: name one", r.original.serial),
+                    format!(
+                        "device {} has no policy on record: name one",
+                        r.original.serial
+                    ),
                 )
                 .field("policy")
             })?;
@@ -84,8 +87,9 @@ pub(super) async fn start(
                 .map_err(|e| store_error("reading the policy", e))?
         }
         (None, "") => {
-            return Err(ApiError::bad_request("policy_required", "name the device policy")
-                .field("policy"))
+            return Err(
+                ApiError::bad_request("policy_required", "name the device policy").field("policy"),
+            )
         }
         (_, name) => crate::api::policies::load(&state, name).await?,
     };

@@ -106,7 +106,10 @@ async fn page(
                 serial,
                 temporary: reason == "forgotten",
                 reason,
-                temporary_days: policy.as_ref().map(|p| p.temporary_validity_days).unwrap_or(7),
+                temporary_days: policy
+                    .as_ref()
+                    .map(|p| p.temporary_validity_days)
+                    .unwrap_or(7),
                 policy: policy.map(|p| p.name).unwrap_or_default(),
             })
         }

@@ -105,7 +105,10 @@ pub fn device_actions(d: &Device, g: Grants) -> Vec<DeviceAction> {
     let s = d.serial;
     let forgotten_ok = !d.suspended;
     let pick = |list: &[(&'static str, &'static str)], keep: &dyn Fn(&str) -> bool| {
-        list.iter().copied().filter(|(v, _)| keep(v)).collect::<Vec<_>>()
+        list.iter()
+            .copied()
+            .filter(|(v, _)| keep(v))
+            .collect::<Vec<_>>()
     };
     match (d.state, d.reason) {
         (DeviceState::Issued, _) => {
@@ -410,10 +413,18 @@ async fn page(
 
 /// The notice after a device action (the page's own words, never the query's).
 pub fn acted_notice(serial: &str, done: &str) -> String {
-    let serial: String = serial.chars().filter(char::is_ascii_digit).take(20).collect();
+    let serial: String = serial
+        .chars()
+        .filter(char::is_ascii_digit)
+        .take(20)
+        .collect();
     let what = match done {
-        "lost" | "stolen" => "declared lost or stolen: its certificates are revoked and its passkeys deleted",
-        "damaged" | "expired" => "declared invalid: its certificates are revoked and its passkeys deleted",
+        "lost" | "stolen" => {
+            "declared lost or stolen: its certificates are revoked and its passkeys deleted"
+        }
+        "damaged" | "expired" => {
+            "declared invalid: its certificates are revoked and its passkeys deleted"
+        }
         "forgotten" => "declared forgotten: its certificates are on hold",
         "suspend" => "suspended: its certificates are on hold and its passkeys deleted",
         "resume" => "resumed: its certificates are valid again",
