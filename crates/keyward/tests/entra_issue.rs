@@ -1477,3 +1477,59 @@ fn a_stuck_job_is_closed_by_hand_and_not_tried_again() {
         "{audit}"
     );
 }
+
+/// Issue 14: Suspend deletes the device's passkey at Entra ID (Graph has no
+/// "disable") and flags the device for a passkey registered again; Resume
+/// releases the certificates' hold and leaves the flag for the update.
+#[test]
+fn suspend_deletes_the_passkey_and_flags_the_device_and_resume_keeps_the_flag() {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let serial = "41000095";
+    let card = Vcard::spawn(&["--profile", "c4000", "--serial", serial]);
+    let t = tenant(&card);
+    let server = TestServer::start();
+    seed(&server, &t, "c4000", serial, "1.0.0", true);
+    let out = issue(
+        &server,
+        &card,
+        serial,
+        "pin = \"735194\"\ntouch = \"true\"\n",
+        &[],
+    );
+    issued(&out);
+    assert_eq!(t.handle.passkeys(UPN).len(), 1);
+    let out = server.admin(&["device", "suspend", serial, "--note", "on leave"]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !t.handle.passkeys(UPN).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the passkey was not deleted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (_, d) = server.call("GET", &format!("/devices/{serial}"), None);
+    assert_eq!(
+        (
+            d["state"].as_str(),
+            d["suspended"].as_bool(),
+            d["passkey_reregistration"].as_bool()
+        ),
+        (Some("issued"), Some(true), Some(true)),
+        "{d}"
+    );
+    let out = server.admin(&["device", "resume", serial]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let (_, d) = server.call("GET", &format!("/devices/{serial}"), None);
+    assert_eq!(
+        (
+            d["suspended"].as_bool(),
+            d["passkey_reregistration"].as_bool()
+        ),
+        (Some(false), Some(true)),
+        "{d}"
+    );
+    let (_, done) = server.call("GET", &format!("/jobs?device={serial}&state=done"), None);
+    assert_eq!(done.as_array().unwrap().len(), 1, "{done}");
+}

@@ -234,3 +234,129 @@ fn keyward_issue_retry_finishes_a_failed_session() {
     assert!(ok.contains("Certificate Object"), "{ok}");
     drop(card);
 }
+
+/// Issue 14: `keyward issue --replaces OLD --reason damaged` on pcscd: the
+/// old device's incident is declared as the session starts, the new device
+/// gets the old one's policy (no `--policy`), and the old device is
+/// terminated when the new one is issued.
+#[test]
+fn keyward_issue_replaces_a_damaged_device_with_its_policy() {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let server = TestServer::start();
+    support::seed_piv_standard(&server, "31000013");
+    let (s, v) = server.call(
+        "POST",
+        "/devices",
+        Some(serde_json::json!({ "device_type": "yubikey5", "serial": "31000014", "firmware_version": "5.7.1" })),
+    );
+    assert_eq!(s, 201, "{v}");
+    let old = Vcard::spawn(&[
+        "--profile",
+        "yubikey5",
+        "--firmware",
+        "5.7.1",
+        "--serial",
+        "31000013",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let answers = dir.path().join("answers.toml");
+    std::fs::write(&answers, "pin = \"735194\"\n").unwrap();
+    let answers = answers.to_str().unwrap().to_string();
+    let out = issue(
+        &server,
+        &[
+            "--user",
+            "alice",
+            "--policy",
+            "PIV Standard",
+            "--serial",
+            "31000013",
+            "--answers",
+            &answers,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
+    drop(old);
+    let new = Vcard::spawn(&[
+        "--profile",
+        "yubikey5",
+        "--firmware",
+        "5.7.1",
+        "--serial",
+        "31000014",
+    ]);
+    // --reason goes with --replaces only, and names an incident.
+    let out = issue(
+        &server,
+        &[
+            "--user", "alice", "--serial", "31000014", "--reason", "damaged",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", support::stderr(&out));
+    let out = issue(
+        &server,
+        &[
+            "--user",
+            "alice",
+            "--serial",
+            "31000014",
+            "--replaces",
+            "31000013",
+            "--reason",
+            "broken",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", support::stderr(&out));
+    let out = issue(
+        &server,
+        &[
+            "--user",
+            "alice",
+            "--serial",
+            "31000014",
+            "--replaces",
+            "31000013",
+            "--reason",
+            "damaged",
+            "--answers",
+            &answers,
+            "--json",
+        ],
+    );
+    let stdout = support::stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        support::stderr(&out)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["state"], "issued", "{report}");
+    let (_, d) = server.call("GET", "/devices/31000013", None);
+    assert_eq!(d["state"], "terminated", "{d}");
+    let moves: Vec<(String, String)> = d["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["to_state"].as_str().unwrap().to_string(),
+                h["to_reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        moves.ends_with(&[
+            ("invalid".into(), "damaged".into()),
+            ("terminated".into(), String::new())
+        ]),
+        "{moves:?}"
+    );
+    let (_, d) = server.call("GET", "/devices/31000014", None);
+    assert_eq!(d["state"], "issued");
+    assert_eq!(d["replacement"]["reason"], "damaged", "{d}");
+    let (_, policy) = server.call("GET", "/policies/PIV%20Standard", None);
+    assert_eq!(d["device_policy"], policy["id"], "the old device's policy");
+    drop(new);
+}
