@@ -250,8 +250,9 @@ pub struct StateChange {
 impl Device {
     /// Whether Recycle takes the device: one whose issuance failed, was
     /// cancelled or abandoned (Produced, reason Failed), one assigned and
-    /// then unassigned (Produced, Unassigned), or an Available one. An
-    /// issued device is never recycled as it is: it must end first.
+    /// then unassigned (Produced, Unassigned), a Terminated one (at hand
+    /// again), or an Available one. An issued or invalid device is never
+    /// recycled as it is: it is terminated first.
     pub fn is_recyclable(&self) -> bool {
         matches!(
             (self.state, self.reason),
@@ -502,7 +503,7 @@ mod recyclable_tests {
     use super::*;
 
     #[test]
-    fn recycle_takes_failed_unassigned_and_available_devices_only() {
+    fn recycle_takes_failed_unassigned_terminated_and_available_devices_only() {
         let mut d: Device = serde_json::from_value(serde_json::json!({
             "id": "00000000-0000-0000-0000-000000000001", "device_type": "yubikey5",
             "serial": "12345678", "state": "available", "version": 1,
@@ -515,7 +516,9 @@ mod recyclable_tests {
             (DeviceState::Produced, Some(StateReason::Unassigned), true),
             (DeviceState::Produced, None, false),
             (DeviceState::Issued, None, false),
-            (DeviceState::Terminated, None, false),
+            (DeviceState::Invalid, Some(StateReason::Lost), false),
+            // Terminated, and the device at hand: it is wiped and back in stock.
+            (DeviceState::Terminated, None, true),
         ] {
             d.state = state;
             d.reason = reason;

@@ -42,7 +42,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     responses((status = 200, body = Object, description = "The device"), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn incident(
     State(state): State<AppState>,
-    caller: Caller,
+    MayDeclare(caller): MayDeclare,
     Path(serial): Path<String>,
     ApiJson(req): ApiJson<IncidentRequest>,
 ) -> ApiResult<Json<Device>> {
@@ -120,6 +120,27 @@ async fn terminate(
         req.note,
     )
     .await
+}
+
+/// Who may call the incident route at all, checked before the body is
+/// read: the help desk (`devices.lifecycle`), or a self-service account
+/// linked to a user (for its own devices: `own_loss`).
+struct MayDeclare(Caller);
+
+impl axum::extract::FromRequestParts<AppState> for MayDeclare {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let person = caller.role.allows(Permission::SelfService) && caller.user_id.is_some();
+        if !person {
+            caller.require(Permission::DevicesLifecycle)?;
+        }
+        Ok(MayDeclare(caller))
+    }
 }
 
 /// A person reporting their own device lost or stolen (the User Portal):
