@@ -332,9 +332,20 @@ fn keyward_recycle_wipes_a_failed_yubikey_which_is_then_issued_to_another_user()
     let out = keyward(&server, "recycle", &["--serial", "31000113"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(
-        text(&out).contains("device_not_recyclable"),
+        text(&out).contains("device_not_recyclable") && text(&out).contains("terminate it first"),
         "{}",
         text(&out)
+    );
+    // Issue 14: terminated, and at hand: recycle takes it back to stock.
+    let out = keyward(&server, "admin", &["device", "terminate", "31000113"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = keyward(&server, "recycle", &["--serial", "31000113"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (_, d) = server.call("GET", "/devices/31000113", None);
+    assert_eq!(
+        (d["state"].as_str(), d["reason"].as_str()),
+        (Some("available"), Some("recycled")),
+        "{d}"
     );
     drop(card);
 }
