@@ -1,7 +1,8 @@
-//! Who may act on a session: operators with "devices.issue" on any; a
-//! user's self-service account on the sessions of its own user (to follow
-//! progress and answer prompts), and Retry only when "Enable issuance retry
-//! for user" is on.
+//! Who may act on a session: operators with "devices.issue" on any; an
+//! operator on the sessions it started itself (the help desk's Replace
+//! Device and Recycle); a user's self-service account on the sessions of
+//! its own user (to follow progress and answer prompts), and Retry only
+//! when "Enable issuance retry for user" is on.
 
 use keyward_domain::Permission;
 use keyward_store::IssuanceSession;
@@ -14,6 +15,16 @@ use crate::error::{ApiError, ApiResult};
 
 fn is_own(caller: &Caller, s: &IssuanceSession) -> bool {
     caller.role.allows(Permission::SelfService) && caller.user_id == Some(s.user_id)
+}
+
+/// An operator's own session: it started it (its role allowed the start).
+pub(crate) fn is_started_by(caller: &Caller, s: &IssuanceSession) -> bool {
+    caller.role.is_operator() && s.created_by == caller.actor()
+}
+
+/// Follows a session and answers its prompts without "devices.issue".
+pub(crate) fn may_follow(caller: &Caller, s: &IssuanceSession) -> bool {
+    is_own(caller, s) || is_started_by(caller, s)
 }
 
 /// The session `id` for `caller`: to anyone without "devices.issue" a
@@ -36,7 +47,7 @@ pub(crate) async fn load_for(
 
 /// Read the session (status, the batch out).
 pub(crate) fn may_see(caller: &Caller, s: &IssuanceSession) -> ApiResult<()> {
-    if caller.role.allows(Permission::DevicesIssue) || is_own(caller, s) {
+    if caller.role.allows(Permission::DevicesIssue) || may_follow(caller, s) {
         return Ok(());
     }
     caller.require(Permission::DevicesIssue)
@@ -49,7 +60,7 @@ pub(crate) async fn may_retry(
     caller: &Caller,
     s: &IssuanceSession,
 ) -> ApiResult<()> {
-    if caller.role.allows(Permission::DevicesIssue) {
+    if caller.role.allows(Permission::DevicesIssue) || is_started_by(caller, s) {
         return Ok(());
     }
     if !is_own(caller, s) {
@@ -81,7 +92,7 @@ pub(crate) async fn may_relay_own_session(
 ) -> ApiResult<bool> {
     // No such session: not theirs (the permission check answers 403).
     match state.store.get_issuance(session_id).await {
-        Ok(s) => Ok(is_own(caller, &s)),
+        Ok(s) => Ok(may_follow(caller, &s)),
         Err(keyward_store::StoreError::NotFound { .. }) => Ok(false),
         Err(e) => Err(store_error("reading the session", e)),
     }

@@ -30,7 +30,8 @@ async fn page(
     user: WebUser,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    if !user.can(Permission::SelfService) {
+    // Operators who issue, replace or recycle, and people for their own agents.
+    if !user.can(Permission::SelfService) && !user.works_with_agents() {
         if let Err(r) = user.require(Permission::DevicesIssue) {
             return r;
         }

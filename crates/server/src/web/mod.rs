@@ -131,7 +131,20 @@ impl WebUser {
         }
     }
 
+    /// Operators who work with devices at a workstation agent: they issue,
+    /// replace or recycle devices.
+    pub fn works_with_agents(&self) -> bool {
+        [
+            Permission::DevicesIssue,
+            Permission::DevicesReplace,
+            Permission::DevicesRecycle,
+        ]
+        .into_iter()
+        .any(|p| self.can(p))
+    }
+
     pub fn nav(&self, active: &str) -> Nav {
+        let agents = self.works_with_agents();
         let mut items = Vec::new();
         let mut add = |href: &'static str, label: &'static str, p: Permission| {
             if self.can(p) {
@@ -144,7 +157,11 @@ impl WebUser {
         };
         add("/users", "Users", Permission::UsersRead);
         add("/devices", "Devices", Permission::DevicesRead);
-        add("/agents", "Agents", Permission::DevicesIssue);
+        // Agents: operators who issue, replace or recycle (DevicesRead
+        // stands for "an operator" here; the check is `agents`).
+        if agents && self.caller.role.is_operator() {
+            add("/agents", "Agents", Permission::DevicesRead);
+        }
         add("/me", "My devices", Permission::SelfService);
         add("/agents", "My agents", Permission::SelfService);
         // Administration pages: only roles that may change the configuration.
