@@ -506,11 +506,26 @@ fn bad_urls_lists_certificates_that_relying_parties_cannot_check() {
     );
 }
 
+/// The server on SQLite, and on a fresh PostgreSQL database when one is
+/// configured (`KEYWARD_TEST_POSTGRES_URL`).
+fn on_both(prefix: &str, test: impl Fn(&TestServer)) {
+    test(&TestServer::start());
+    if let Some(db) = support::postgres_database(prefix) {
+        test(&TestServer::start_with(ServerOptions {
+            database_url: Some(db),
+            ..Default::default()
+        }));
+    }
+}
+
 #[test]
 fn incident_restore_and_terminate_are_actions_of_their_own() {
-    let server = TestServer::start();
-    support::seed_piv_standard(&server, "31000141");
-    let certs = issue(&server, "31000141");
+    on_both("incident_actions", incident_restore_and_terminate);
+}
+
+fn incident_restore_and_terminate(server: &TestServer) {
+    support::seed_piv_standard(server, "31000141");
+    let certs = issue(server, "31000141");
     // From the CLI: forgotten (on hold), restored (released), lost (revoked).
     let out = server.admin(&[
         "device",
@@ -521,7 +536,7 @@ fn incident_restore_and_terminate_are_actions_of_their_own() {
         "--json",
     ]);
     assert!(out.status.success(), "{}", support::stderr(&out));
-    assert_eq!(ocsp_says(&server, &certs[0]), "revoked certificateHold");
+    assert_eq!(ocsp_says(server, &certs[0]), "revoked certificateHold");
     let out = server.admin(&[
         "device",
         "restore",
@@ -530,9 +545,9 @@ fn incident_restore_and_terminate_are_actions_of_their_own() {
         "found at reception",
     ]);
     assert!(out.status.success(), "{}", support::stderr(&out));
-    assert_eq!(ocsp_says(&server, &certs[0]), "good");
+    assert_eq!(ocsp_says(server, &certs[0]), "good");
     // Not an incident reason; a stale version: refused, nothing moves.
-    let v = version(&server, "31000141");
+    let v = version(server, "31000141");
     let (s, e) = server.call(
         "POST",
         "/devices/31000141/incident",
@@ -566,13 +581,13 @@ fn incident_restore_and_terminate_are_actions_of_their_own() {
         Some(json!({ "reason": "lost", "note": "left on the train", "expected_version": v })),
     );
     assert_eq!((s, d["reason"].as_str()), (200, Some("lost")), "{d}");
-    assert_eq!(ocsp_says(&server, &certs[0]), "revoked keyCompromise");
+    assert_eq!(ocsp_says(server, &certs[0]), "revoked keyCompromise");
     let out = server.admin(&["device", "terminate", "31000141"]);
     assert!(out.status.success(), "{}", support::stderr(&out));
     let (_, d) = server.call("GET", "/devices/31000141", None);
     assert_eq!(d["state"], "terminated");
     // Revoked for good before: the reason stays keyCompromise.
-    assert_eq!(ocsp_says(&server, &certs[0]), "revoked keyCompromise");
+    assert_eq!(ocsp_says(server, &certs[0]), "revoked keyCompromise");
 }
 
 fn device(server: &TestServer, serial: &str) -> Value {
@@ -842,12 +857,15 @@ fn suspend_resume_replace_and_restore_on_postgres() {
 /// reports only their own device, lost or stolen only.
 #[test]
 fn roles_and_a_person_s_own_device() {
-    let server = TestServer::start();
-    support::seed_piv_standard(&server, "31000401");
-    let mine = issue(&server, "31000401");
+    on_both("lifecycle_roles", roles_and_own_device);
+}
+
+fn roles_and_own_device(server: &TestServer) {
+    support::seed_piv_standard(server, "31000401");
+    let mine = issue(server, "31000401");
     let help_desk = server.token_with_role("help_desk");
     let operator = server.token_with_role("issuance_operator");
-    let v = version(&server, "31000401");
+    let v = version(server, "31000401");
     let body = json!({ "expected_version": v });
     for (token, action, want) in [
         (&operator, "suspend", 403),
@@ -876,7 +894,7 @@ fn roles_and_a_person_s_own_device() {
         Some(json!({ "reason": "lost", "expected_version": v })),
     );
     assert_eq!(s, 403, "{e}");
-    assert_eq!(version(&server, "31000401"), v, "nothing changed");
+    assert_eq!(version(server, "31000401"), v, "nothing changed");
     // The help desk suspends and resumes.
     let (s, e) = server.call_as(
         &help_desk,
@@ -921,8 +939,8 @@ fn roles_and_a_person_s_own_device() {
         ),
     );
     assert_eq!(s, 201);
-    let alice = self_service::sign_in_user(&server, "alice");
-    let v = version(&server, "31000401");
+    let alice = self_service::sign_in_user(server, "alice");
+    let v = version(server, "31000401");
     for (serial, reason, want) in [
         ("31000401", "damaged", "reason_not_allowed_for_users"),
         ("31000401", "forgotten", "reason_not_allowed_for_users"),
@@ -953,8 +971,8 @@ fn roles_and_a_person_s_own_device() {
         );
         assert_eq!(r.0, 403, "{action}: {}", r.1);
     }
-    assert_eq!(version(&server, "31000401"), v, "nothing changed");
-    assert_eq!(ocsp_says(&server, &mine[0]), "good");
+    assert_eq!(version(server, "31000401"), v, "nothing changed");
+    assert_eq!(ocsp_says(server, &mine[0]), "good");
     // Her own device, lost: revoked for good.
     let r = self_service::call_as_user(
         &server,
@@ -964,7 +982,7 @@ fn roles_and_a_person_s_own_device() {
         Some(json!({ "reason": "lost", "note": "left on the bus", "expected_version": v })),
     );
     assert_eq!(r.0, 200, "{}", r.1);
-    assert_eq!(ocsp_says(&server, &mine[0]), "revoked keyCompromise");
+    assert_eq!(ocsp_says(server, &mine[0]), "revoked keyCompromise");
     let (_, audit) = server.call("GET", "/audit?limit=1000", None);
     assert!(
         audit["items"]
