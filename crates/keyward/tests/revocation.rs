@@ -948,7 +948,7 @@ fn roles_and_own_device(server: &TestServer) {
         ("99999999", "lost", "device_not_yours"),
     ] {
         let r = self_service::call_as_user(
-            &server,
+            server,
             &alice,
             "POST",
             &format!("/devices/{serial}/incident"),
@@ -963,7 +963,7 @@ fn roles_and_own_device(server: &TestServer) {
     }
     for action in ["suspend", "terminate", "restore"] {
         let r = self_service::call_as_user(
-            &server,
+            server,
             &alice,
             "POST",
             &format!("/devices/31000401/{action}"),
@@ -975,7 +975,7 @@ fn roles_and_own_device(server: &TestServer) {
     assert_eq!(ocsp_says(server, &mine[0]), "good");
     // Her own device, lost: revoked for good.
     let r = self_service::call_as_user(
-        &server,
+        server,
         &alice,
         "POST",
         "/devices/31000401/incident",
