@@ -159,7 +159,7 @@ mod tests {
             device_type: DeviceType::YubiKey5,
             serial: 1,
             current_management_key: ManagementKey::factory_default(MgmtAlgorithm::Aes192),
-            new_management_key: Some(ManagementKey::derive(b"m", 1, MgmtAlgorithm::Aes192)),
+            new_management_key: Some(ManagementKey::derive(b"m", 1, MgmtAlgorithm::Aes192, 1)),
             current_pin: Secret::new("123456"),
             current_puk: Secret::new("12345678"),
             new_pin: Secret::new("735194"),

@@ -94,6 +94,7 @@ pub fn piv_plan(
             secrets.master_key,
             device.serial.0,
             new_management_algorithm(device.device_type, fw),
+            crate::mgmt_key::KEY_GENERATION,
         )),
     };
     let p = &policy.pin_application;
@@ -330,7 +331,7 @@ mod tests {
         assert_eq!(plan.current_management_key.algorithm, MgmtAlgorithm::Aes192);
         assert_eq!(
             plan.new_management_key.as_ref().unwrap(),
-            &ManagementKey::derive(b"master", 31000001, MgmtAlgorithm::Aes192)
+            &ManagementKey::derive(b"master", 31000001, MgmtAlgorithm::Aes192, 1)
         );
         // A policy that does not fit the device is refused before anything is planned.
         policy.device_types = vec![DeviceType::C4000];

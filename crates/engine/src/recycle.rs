@@ -766,7 +766,7 @@ mod tests {
         .unwrap();
         card.power_on();
         let tdes = ManagementKey::factory_default(MgmtAlgorithm::Tdes);
-        let derived = ManagementKey::derive(b"m", 4343, MgmtAlgorithm::Aes192);
+        let derived = ManagementKey::derive(b"m", 4343, MgmtAlgorithm::Aes192, 1);
         // Personalise by hand: management key, PUK, PIN, a certificate object.
         ok(&mut card, piv::select_piv());
         let w = card.transmit(

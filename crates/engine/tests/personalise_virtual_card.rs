@@ -127,7 +127,7 @@ fn personalise(profile: ProfileKind, firmware: Firmware, factory: MgmtAlgorithm,
     } else {
         MgmtAlgorithm::Aes192
     };
-    let new_key = ManagementKey::derive(b"test master key", serial as u64, new_key_alg);
+    let new_key = ManagementKey::derive(b"test master key", serial as u64, new_key_alg, 1);
     let plan = PivPlan {
         device_type,
         serial: serial as u64,

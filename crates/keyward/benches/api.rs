@@ -26,12 +26,16 @@ impl Drop for Server {
     }
 }
 
+/// `/metrics` on the main address answers this token only.
+const METRICS_TOKEN: &str = "bench-metrics-token-0123456789";
+
 fn start(token: &str) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .env("KEYWARD_BOOTSTRAP_TOKEN", token)
+        .env("KEYWARD_METRICS_TOKEN", METRICS_TOKEN)
         .env("KEYWARD_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -94,6 +98,7 @@ fn main() {
     }
     let before = http
         .get(format!("{}/metrics", server.url))
+        .bearer_auth(METRICS_TOKEN)
         .send()
         .unwrap()
         .text()
@@ -109,6 +114,7 @@ fn main() {
     }
     let after = http
         .get(format!("{}/metrics", server.url))
+        .bearer_auth(METRICS_TOKEN)
         .send()
         .unwrap()
         .text()

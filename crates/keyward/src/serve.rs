@@ -32,6 +32,10 @@ pub struct ServerFlags {
     /// anything but loopback.
     #[arg(long, env = "KEYWARD_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// An address of its own for Prometheus' `/metrics` (e.g. an internal
+    /// interface). Without it, or KEYWARD_METRICS_TOKEN, no metrics are served.
+    #[arg(long, env = "KEYWARD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServerFlags {
@@ -46,6 +50,9 @@ impl ServerFlags {
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
             public_url: self.public_url.clone(),
+            metrics_listen: self.metrics_listen,
+            // Like the KEK: the environment only, never a flag.
+            metrics_token: std::env::var("KEYWARD_METRICS_TOKEN").ok(),
         }
     }
 }

@@ -29,6 +29,13 @@ const SELF_SERVICE: &[(&str, &str)] = &[
     ("post", "/api/v1/me/devices/{serial}/change-pin"),
     ("post", "/api/v1/me/devices/{serial}/pin-check"),
 ];
+/// A device session's own routes: its creator, its bound agent and the
+/// person it is for; to anyone else the session does not exist (404), so a
+/// session's id tells nothing (issue 15).
+const SESSION_OWNED: &[(&str, &str)] = &[
+    ("get", "/api/v1/issuance/{id}"),
+    ("get", "/api/v1/issuance/{id}/batch"),
+];
 /// Routes every signed-in caller may use, whatever the role.
 const ANY_ROLE: &[(&str, &str)] = &[
     ("get", "/api/v1/me"),
@@ -122,6 +129,13 @@ fn every_route_refuses_a_role_without_its_permission_with_403() {
                 status, 401,
                 "user role on an agent route: {method} {path}: {body}"
             );
+            continue;
+        }
+        if SESSION_OWNED.contains(&key) {
+            let (status, body) = send(&server, &user_token, &method, &path);
+            assert_eq!(status, 404, "user role: {method} {path}: {body}");
+            let (status, body) = send(&server, &help_desk, &method, &path);
+            assert_eq!(status, 404, "help_desk: {method} {path}: {body}");
             continue;
         }
         if SELF_SERVICE.contains(&key) {

@@ -1018,7 +1018,8 @@ fn users_retry_their_own_failed_issuance_only_when_the_setting_is_on() {
         "alice sees her session: {st}"
     );
     let (s, _) = call_as_user(&server, &alice, "GET", &format!("/issuance/{bobs}"), None);
-    assert_eq!(s, 403, "not bob's");
+    // Not hers: the same 404 as a session that does not exist (issue 15).
+    assert_eq!(s, 404, "not bob's");
     // Off (the default): refused, and nothing changes.
     let (s, v) = call_as_user(
         &server,
@@ -1055,11 +1056,24 @@ fn users_retry_their_own_failed_issuance_only_when_the_setting_is_on() {
         (200, Some("running")),
         "{batch}"
     );
-    // Her client relays the first batch itself; an operator's client the rest.
+    // A person never posts device responses (issue 15): the client that
+    // relays the device does, here the creator's (the operator's).
     let responses = relay(&mut card, &batch);
-    let (s, next) = call_as_user(
+    let (s, refused) = call_as_user(
         &server,
         &alice,
+        "POST",
+        &format!("/issuance/{id}/relay"),
+        Some(
+            json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": responses }),
+        ),
+    );
+    assert_eq!(
+        (s, refused["error"]["code"].as_str()),
+        (403, Some("answers_only")),
+        "{refused}"
+    );
+    let (s, next) = server.call(
         "POST",
         &format!("/issuance/{id}/relay"),
         Some(

@@ -15,7 +15,7 @@ pub struct PairRequest {
     pub name: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct PairingStarted {
     pub agent_id: String,
     /// Shown to the person, who approves it: `XXXX-XXXX`.
@@ -27,7 +27,7 @@ pub struct PairingStarted {
     pub interval_seconds: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PollRequest {
     pub poll_secret: String,
@@ -45,7 +45,7 @@ pub struct PollAnswer {
     pub owner: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApproveRequest {
     /// The pairing code the agent printed (`XXXX-XXXX`; case and dash do not matter).
@@ -168,3 +168,9 @@ pub struct AgentView {
     pub revoked_at: Option<String>,
     pub last_seen_at: Option<String>,
 }
+
+crate::redacted_debug!(PairingStarted { agent_id, expires_in_seconds, interval_seconds } hides { code, poll_secret });
+
+crate::redacted_debug!(PollRequest {  } hides { poll_secret });
+
+crate::redacted_debug!(ApproveRequest { account } hides { code });

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use crate::RelayPrompt;
 
 /// Add Device for a user: the request.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartIssuance {
     /// The user's login.
@@ -137,3 +137,5 @@ pub struct CredentialView {
     #[schema(value_type = Option<String>)]
     pub revoked_at: Option<time::OffsetDateTime>,
 }
+
+crate::redacted_debug!(StartIssuance { user, policy, serial, action, via, replaces, replace_reason } hides { pin, confirm_pin });

@@ -10,6 +10,25 @@ pub mod views;
 pub use issuance::{
     Assigned, CredentialView, RecycleRequest, SessionError, SessionView, StartIssuance,
 };
+
+/// `Debug` for a wire type that holds secrets: the named fields are shown,
+/// the hidden ones print `<redacted>` (a PIN, a password, a token must
+/// never reach a log through `{:?}`).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! redacted_debug {
+    ($t:ident { $($shown:ident),* $(,)? } hides { $($secret:ident),* $(,)? }) => {
+        impl ::std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.debug_struct(stringify!($t))
+                    $(.field(stringify!($shown), &self.$shown))*
+                    $(.field(stringify!($secret), &"<redacted>"))*
+                    .finish()
+            }
+        }
+    };
+}
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -47,14 +66,14 @@ pub struct Page<T> {
 
 // ---------------------------------------------------------------- sign-in
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignInRequest {
     pub login: String,
     pub password: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct SessionInfo {
     pub login: String,
     /// `administrator`, `issuance_operator`, `help_desk` or `user`.
@@ -66,14 +85,14 @@ pub struct SessionInfo {
     pub must_change_password: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChangeRequest {
     pub current_password: String,
     pub new_password: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     pub login: String,
@@ -82,7 +101,7 @@ pub struct EnrollRequest {
     pub password: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct EnrollmentCode {
     /// Shown once; only its keyed hash is stored.
     pub code: String,
@@ -178,7 +197,7 @@ pub struct SettingValue {
 
 // ---------------------------------------------------------------- Passkey-Enabled Services
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasskeyServiceCreate {
     pub name: String,
@@ -252,7 +271,7 @@ pub struct OperatorView {
     pub disabled: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct OperatorCreated {
     pub operator: OperatorView,
     /// One-time password, shown once; must be changed at first sign-in.
@@ -284,7 +303,7 @@ pub struct TokenView {
     pub revoked: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenCreated {
     pub token_info: TokenView,
     /// The token itself: shown once, never stored in clear.
@@ -307,7 +326,7 @@ pub struct AuditVerifyReport {
 pub const RELAY_PROTOCOL_VERSION: u32 = 1;
 
 /// One device command of a batch. Binary values are lower-case hex.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RelayCommand {
     /// `piv` (a command APDU) or `ctap` (a CTAP message: command byte + CBOR).
@@ -366,7 +385,7 @@ pub struct RelayResponse {
 }
 
 /// Client → server: the responses to batch `seq`, and the person's answers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RelayResult {
     pub protocol: u32,
@@ -380,4 +399,117 @@ pub struct RelayResult {
     /// `reader_gone`, `timeout`, `sharing_violation`, `protocol`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport_error: Option<String>,
+}
+
+crate::redacted_debug!(SignInRequest { login } hides { password });
+
+crate::redacted_debug!(SessionInfo { login, role, must_change_password } hides { csrf_token });
+
+crate::redacted_debug!(PasswordChangeRequest {  } hides { current_password, new_password });
+
+crate::redacted_debug!(EnrollRequest { login } hides { code, password });
+
+crate::redacted_debug!(EnrollmentCode { expires_at } hides { code });
+
+crate::redacted_debug!(PasskeyServiceCreate { name, tenant_id, client_id, client_certificate_pem, authority_url, graph_url, scope, api_version, challenge_timeout_minutes, user_id_attribute } hides { client_secret, client_private_key_pem });
+
+crate::redacted_debug!(OperatorCreated { operator } hides { one_time_password });
+
+crate::redacted_debug!(TokenCreated { token_info } hides { token });
+
+crate::redacted_debug!(RelayResult { protocol, session_id, seq, responses, transport_error } hides { answers });
+
+/// A command that carries a secret (a PIN, a PUK, a management key) shows
+/// its length only.
+impl std::fmt::Debug for RelayCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("RelayCommand");
+        d.field("channel", &self.channel);
+        if self.secret {
+            d.field(
+                "bytes",
+                &format_args!("<secret, {} hex digits>", self.bytes.len()),
+            );
+        } else {
+            d.field("bytes", &self.bytes);
+        }
+        d.field("expect", &self.expect)
+            .field("step", &self.step)
+            .field("secret", &self.secret)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    /// Issue 15, item 7: formatting a wire type with `{:?}` shows no secret.
+    #[test]
+    fn debug_shows_no_secret() {
+        const S: &str = "s3cr3t-VALUE";
+        let shown = [
+            format!(
+                "{:?}",
+                SignInRequest {
+                    login: "a".into(),
+                    password: S.into()
+                }
+            ),
+            format!(
+                "{:?}",
+                PasswordChangeRequest {
+                    current_password: S.into(),
+                    new_password: S.into()
+                }
+            ),
+            format!(
+                "{:?}",
+                EnrollRequest {
+                    login: "a".into(),
+                    code: S.into(),
+                    password: S.into()
+                }
+            ),
+            format!(
+                "{:?}",
+                StartIssuance {
+                    pin: Some(S.into()),
+                    confirm_pin: Some(S.into()),
+                    ..Default::default()
+                }
+            ),
+            format!("{:?}", views::PinCandidate { pin: S.into() }),
+            format!(
+                "{:?}",
+                agent::PollRequest {
+                    poll_secret: S.into()
+                }
+            ),
+            format!(
+                "{:?}",
+                RelayCommand {
+                    channel: "piv".into(),
+                    bytes: S.into(),
+                    expect: vec![],
+                    step: "x".into(),
+                    secret: true
+                }
+            ),
+            format!(
+                "{:?}",
+                RelayResult {
+                    protocol: 1,
+                    session_id: "x".into(),
+                    seq: 1,
+                    responses: vec![],
+                    answers: [("pin".to_string(), S.to_string())].into(),
+                    transport_error: None
+                }
+            ),
+        ];
+        for s in &shown {
+            assert!(!s.contains(S), "{s}");
+        }
+    }
 }

@@ -89,7 +89,7 @@ pub struct PinRuleView {
 }
 
 /// A candidate PIN, sent in the body (never in a URL).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PinCandidate {
     pub pin: String,
@@ -194,3 +194,5 @@ pub struct DeviceActionRequest {
     /// The `version` you read: refused with 409 if the device changed since.
     pub expected_version: i64,
 }
+
+crate::redacted_debug!(PinCandidate {  } hides { pin });

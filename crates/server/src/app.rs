@@ -27,6 +27,8 @@ pub struct Inner {
     pub sealer: Sealed,
     pub tokens: TokenHasher,
     pub metrics: Arc<Metrics>,
+    /// Sign-in, enrollment and pairing limits, password hashes at once.
+    pub limits: crate::limits::Limits,
     pub config: Config,
     /// The OpenAPI document, rendered once at start-up.
     pub openapi_json: String,
@@ -67,6 +69,7 @@ impl AppState {
             sealer,
             tokens: TokenHasher::new(kek),
             metrics: Arc::new(Metrics::default()),
+            limits: Default::default(),
             config,
             openapi_json: crate::openapi::document()
                 .to_pretty_json()
@@ -112,13 +115,49 @@ async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) ->
     }
 }
 
+/// `/metrics` on the main address: only with the configured token (the
+/// metrics listener of its own serves them without one). Anyone else gets
+/// the same 404 as for a route that does not exist.
 async fn metrics_text(
     axum::extract::State(state): axum::extract::State<AppState>,
-) -> impl IntoResponse {
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    let sent = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let allowed = match (&state.config.metrics_token, sent) {
+        (Some(want), Some(sent)) => {
+            use subtle::ConstantTimeEq;
+            bool::from(want.as_bytes().ct_eq(sent.as_bytes()))
+        }
+        _ => false,
+    };
+    if !allowed {
+        return not_found().await.into_response();
+    }
+    metrics_body(&state).into_response()
+}
+
+fn metrics_body(state: &AppState) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
     )
+}
+
+/// The router of the metrics listener: `/metrics` and nothing else.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(
+                |axum::extract::State(state): axum::extract::State<AppState>| async move {
+                    metrics_body(&state)
+                },
+            ),
+        )
+        .with_state(state)
 }
 
 async fn not_found() -> ApiError {

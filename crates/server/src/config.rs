@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_DATA_DIR: &str = "./keyward-data";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Folder for the SQLite database, the KEK file and the CA.
@@ -44,6 +44,16 @@ pub struct Config {
     /// Hours between a CRL's thisUpdate and nextUpdate; it is signed again
     /// at half-life, and at once after a revocation.
     pub crl_validity_hours: u64,
+    /// An address of its own where `/metrics` is served (plain HTTP,
+    /// nothing else there), for a scraper on an internal network.
+    pub metrics_listen: Option<SocketAddr>,
+    /// With a token, `/metrics` is served on the main address too, to
+    /// `Authorization: Bearer TOKEN` only. Without either, nobody gets the
+    /// metrics: the default exposes nothing.
+    pub metrics_token: Option<String>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (for the
+    /// sign-in and pairing limits); anyone else's is ignored.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -70,13 +80,16 @@ impl Default for Config {
             abandon_after_seconds: 1800,
             crl_validity_hours: 24,
             attestation_roots: Vec::new(),
+            metrics_listen: None,
+            metrics_token: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
 
 /// Values given on the command line or in the environment (clap merges the
 /// two); `None` leaves the file's value.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
@@ -85,6 +98,8 @@ pub struct Overrides {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub public_url: Option<String>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub metrics_token: Option<String>,
 }
 
 impl Config {
@@ -113,6 +128,12 @@ impl Config {
         }
         if let Some(v) = overrides.kek {
             config.kek = Some(v);
+        }
+        if let Some(v) = overrides.metrics_listen {
+            config.metrics_listen = Some(v);
+        }
+        if let Some(v) = overrides.metrics_token {
+            config.metrics_token = Some(v);
         }
         match (overrides.tls_cert, overrides.tls_key) {
             (Some(cert_file), Some(key_file)) => {
@@ -159,6 +180,9 @@ impl Config {
                 anyhow::bail!("public_url: {u} is not an http:// or https:// URL");
             }
         }
+        if self.metrics_token.as_ref().is_some_and(|t| t.len() < 24) {
+            anyhow::bail!("metrics_token: use at least 24 characters");
+        }
         Ok(())
     }
 
@@ -190,6 +214,9 @@ impl Config {
         if shown.kek.is_some() {
             shown.kek = Some("<redacted>".into());
         }
+        if shown.metrics_token.is_some() {
+            shown.metrics_token = Some("<redacted>".into());
+        }
         shown.database_url = Some(redact_url_password(&self.effective_database_url()));
         toml::to_string_pretty(&shown).expect("config serialises")
     }
@@ -217,6 +244,33 @@ pub fn redact_url_password(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 15, item 7: `{:?}` of the configuration shows neither the KEK
+    /// nor a database password (nor the bootstrap token of the start options).
+    #[test]
+    fn debug_shows_no_secret() {
+        let c = Config {
+            kek: Some("S0VLLXNlY3JldC1iYXNlNjQ=".into()),
+            database_url: Some("postgres://keyward:pg-pass-42@db.example:5432/keyward".into()),
+            ..Config::default()
+        };
+        let shown = format!(
+            "{c:?} {:?}",
+            Overrides {
+                kek: c.kek.clone(),
+                database_url: c.database_url.clone(),
+                ..Default::default()
+            }
+        );
+        for secret in ["S0VLLXNlY3JldC1iYXNlNjQ=", "pg-pass-42"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("db.example"), "{shown}");
+        let start = crate::start::StartOptions {
+            bootstrap_token: Some("kw_bootstrap-token-value".into()),
+        };
+        assert!(!format!("{start:?}").contains("bootstrap-token-value"));
+    }
 
     #[test]
     fn file_then_overrides() {
@@ -263,5 +317,58 @@ mod tests {
             "postgres://kw:<redacted>@db:5432/kw"
         );
         assert_eq!(redact_url_password("sqlite://x.db"), "sqlite://x.db");
+    }
+}
+
+// The KEK and a database password never reach a log through `{:?}`.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url_password),
+            )
+            .field("kek", &self.kek.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("session_minutes", &self.session_minutes)
+            .field("log_format", &self.log_format)
+            .field("audit_checkpoint_seconds", &self.audit_checkpoint_seconds)
+            .field("public_url", &self.public_url)
+            .field("initial_pin_days", &self.initial_pin_days)
+            .field("abandon_after_seconds", &self.abandon_after_seconds)
+            .field("attestation_roots", &self.attestation_roots)
+            .field("crl_validity_hours", &self.crl_validity_hours)
+            .field("metrics_listen", &self.metrics_listen)
+            .field(
+                "metrics_token",
+                &self.metrics_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("trusted_proxies", &self.trusted_proxies)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overrides")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url_password),
+            )
+            .field("kek", &self.kek.as_ref().map(|_| "<redacted>"))
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("public_url", &self.public_url)
+            .field("metrics_listen", &self.metrics_listen)
+            .field(
+                "metrics_token",
+                &self.metrics_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
     }
 }

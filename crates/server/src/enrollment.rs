@@ -70,13 +70,14 @@ pub async fn issue(
     Ok((code, expires_at))
 }
 
-/// Sets the user's password if `code` is their current, unexpired code.
-/// Returns false for any mismatch (unknown login included), without saying which.
+/// Sets the user's password if `code` is their current, unexpired code
+/// (checked before the password is hashed). Returns false for any mismatch
+/// (unknown login included), without saying which.
 pub async fn redeem(
     state: &AppState,
     login: &str,
     code: &str,
-    password_hash: &str,
+    password: String,
     audit: &AuditDraft,
 ) -> keyward_store::StoreResult<bool> {
     let Some(user) = found(state.store.get_user_by_login(login).await)? else {
@@ -98,6 +99,8 @@ pub async fn redeem(
     {
         return Ok(false);
     }
+    let phc = crate::secrets::hash_bounded(state, password).await;
+    let password_hash = phc.as_str();
     // Delete first: only one redeemer wins.
     if !state.store.delete_secret(&name, audit).await? {
         return Ok(false);

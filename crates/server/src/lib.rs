@@ -20,6 +20,7 @@ pub mod issuance;
 pub mod jobs;
 pub mod json;
 pub mod lifecycle;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod openapi;

@@ -12,7 +12,7 @@ use keyward_store::{Session, StoreError};
 use crate::api::session::random_b64;
 use crate::app::AppState;
 use crate::auth::SESSION_COOKIE;
-use crate::secrets::{hash_password, verify_password};
+use crate::secrets::hash_password;
 
 /// A hash to verify against when the login is unknown.
 static DUMMY_HASH: std::sync::LazyLock<String> =
@@ -34,14 +34,60 @@ pub struct SignedIn {
 }
 
 /// Verifies `password` for `login` off the async workers (argon2 is slow on
-/// purpose).
-pub async fn password_matches(password: String, phc: Option<String>) -> bool {
-    tokio::task::spawn_blocking(move || {
-        let phc = phc.unwrap_or_else(|| DUMMY_HASH.clone());
-        verify_password(&password, &phc).unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false)
+/// purpose), a bounded number at once.
+pub async fn password_matches(state: &AppState, password: String, phc: Option<String>) -> bool {
+    let phc = phc.unwrap_or_else(|| DUMMY_HASH.clone());
+    crate::secrets::verify_bounded(state, password, phc).await
+}
+
+/// How a sign-in ended.
+pub enum Outcome {
+    SignedIn(SignedIn),
+    /// Unknown login, wrong password or a disabled account: one answer.
+    Refused,
+    /// Too many attempts for this login or from this address: try again
+    /// after the wait (nothing was checked).
+    Limited(std::time::Duration),
+}
+
+/// Whether a sign-in (or enrollment) from `ip` for `login` may be tried
+/// now; spends one of the address's attempts. A refusal is audited once a
+/// minute per login and address (a flood must not flood the trail).
+pub async fn brake(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    login: &str,
+    action: &str,
+) -> Result<Option<std::time::Duration>, (&'static str, StoreError)> {
+    let now = std::time::Instant::now();
+    let login_key = login.trim().to_lowercase();
+    let wait = match state.limits.sign_in_address.take(&ip.to_string(), now) {
+        Err(wait) => Some(wait),
+        Ok(()) => state.limits.sign_in_login.check(&login_key, now),
+    };
+    let Some(wait) = wait else {
+        return Ok(None);
+    };
+    let key = format!("{login_key}|{ip}");
+    if state.limits.limited_audit.take(&key, now).is_ok() {
+        let draft = AuditDraft {
+            actor: format!("login:{}", printable(login)),
+            action: "auth.rate_limited".into(),
+            target: format!("account:{}", printable(login)),
+            outcome: AuditOutcome::Failure,
+            details: serde_json::json!({
+                "address": ip.to_string(),
+                "attempt": action,
+                "retry_after_seconds": wait.as_secs() + 1,
+            }),
+        };
+        state
+            .store
+            .append_audit(&draft)
+            .await
+            .map_err(|e| ("recording a limited sign-in", e))?;
+    }
+    Ok(Some(wait))
 }
 
 /// A login as it may be written in the audit trail (no control characters,
@@ -57,11 +103,15 @@ pub async fn sign_in(
     login: &str,
     password: String,
     channel: Channel,
-) -> Result<Option<SignedIn>, (&'static str, StoreError)> {
+    ip: std::net::IpAddr,
+) -> Result<Outcome, (&'static str, StoreError)> {
+    if let Some(wait) = brake(state, ip, login, "sign_in").await? {
+        return Ok(Outcome::Limited(wait));
+    }
     let account = crate::api::found(state.store.get_account_by_login(login).await)
         .map_err(|e| ("signing in", e))?;
     let phc = account.as_ref().and_then(|a| a.password_hash.clone());
-    let ok = password_matches(password, phc).await;
+    let ok = password_matches(state, password, phc).await;
     let details = match channel {
         Channel::Api => serde_json::json!({}),
         Channel::Portal => serde_json::json!({ "via": "portal" }),
@@ -73,6 +123,11 @@ pub async fn sign_in(
                 .metrics
                 .sign_in_failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // A failure spends one of the login's attempts.
+            let _ = state
+                .limits
+                .sign_in_login
+                .take(&login.trim().to_lowercase(), std::time::Instant::now());
             let draft = AuditDraft {
                 actor: format!("login:{}", printable(login)),
                 action: "auth.sign_in".into(),
@@ -85,7 +140,7 @@ pub async fn sign_in(
                 .append_audit(&draft)
                 .await
                 .map_err(|e| ("recording a failed sign-in", e))?;
-            return Ok(None);
+            return Ok(Outcome::Refused);
         }
     };
     let session_id = random_b64(32);
@@ -110,7 +165,7 @@ pub async fn sign_in(
         .create_session(&session, &draft)
         .await
         .map_err(|e| ("creating the session", e))?;
-    Ok(Some(SignedIn {
+    Ok(Outcome::SignedIn(SignedIn {
         account,
         session_id,
         csrf_token,

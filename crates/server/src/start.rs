@@ -11,10 +11,21 @@ use crate::app::{router, AppState};
 use crate::config::Config;
 use crate::secrets::Kek;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct StartOptions {
     /// `KEYWARD_BOOTSTRAP_TOKEN`: an administrator API token with this value.
     pub bootstrap_token: Option<String>,
+}
+
+impl std::fmt::Debug for StartOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartOptions")
+            .field(
+                "bootstrap_token",
+                &self.bootstrap_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 impl StartOptions {
@@ -30,6 +41,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The scheme and address to reach the server at.
     pub url: String,
+    /// Where `/metrics` is served on its own (`metrics_listen`).
+    pub metrics_addr: Option<SocketAddr>,
     task: JoinHandle<std::io::Result<()>>,
     handle: axum_server::Handle,
 }
@@ -74,7 +87,8 @@ impl Server {
         let app = router(state.clone());
         let handle = axum_server::Handle::new();
         let addr = config.listen;
-        let service = app.into_make_service();
+        // The peer's address for the sign-in and pairing limits.
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
         let (scheme, task) = match &config.tls {
             Some(tls) => {
                 let _ = rustls::crypto::ring::default_provider().install_default();
@@ -99,12 +113,28 @@ impl Server {
                 )
             }
         };
+        // Metrics on an address of their own, when configured.
+        let metrics_addr = match config.metrics_listen {
+            Some(at) => {
+                let listener = std::net::TcpListener::bind(at)
+                    .map_err(|e| anyhow::anyhow!("metrics_listen {at}: {e}"))?;
+                listener.set_nonblocking(true)?;
+                let bound = listener.local_addr()?;
+                let server = axum_server::from_tcp(listener).handle(handle.clone());
+                let service = crate::app::metrics_router(state.clone()).into_make_service();
+                tokio::spawn(async move { server.serve(service).await });
+                tracing::info!(address = %bound, "metrics listening");
+                Some(bound)
+            }
+            None => None,
+        };
         let url = format!("{scheme}://{addr}");
         tracing::info!(%url, "keyward listening");
         Ok(Server {
             state,
             addr,
             url,
+            metrics_addr,
             task,
             handle,
         })

@@ -133,6 +133,16 @@ impl Store {
         on_backend!(self, get_agent(id))
     }
 
+    /// Pending pairings whose code is still valid at `now`, counted in SQL.
+    pub async fn count_pending_pairings(&self, now: OffsetDateTime) -> StoreResult<u64> {
+        on_backend!(self, count_pending_pairings(now))
+    }
+
+    /// Deletes pending pairings whose code expired before `before`.
+    pub async fn purge_expired_pairings(&self, before: OffsetDateTime) -> StoreResult<u64> {
+        on_writer!(self, purge_expired_pairings(before))
+    }
+
     pub async fn list_agents(&self) -> StoreResult<Vec<Agent>> {
         on_backend!(self, list_agents())
     }

@@ -324,3 +324,23 @@ pub async fn agent_reports_device(
             .is_some(),
     )
 }
+
+/// Pending pairings whose code is still valid at `now`.
+pub async fn count_pending_pairings(pool: &Pool<DB>, now: OffsetDateTime) -> StoreResult<u64> {
+    let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM agents WHERE status = 'pending' AND code_expires_at > $1")
+        .bind(now)
+        .fetch_one(pool)
+        .await?
+        .try_get("n")?;
+    Ok(n.max(0) as u64)
+}
+
+/// Deletes pending pairings whose code expired before `before` (nobody
+/// approved them: they never had a credential, devices or sessions).
+pub async fn purge_expired_pairings(pool: &Pool<DB>, before: OffsetDateTime) -> StoreResult<u64> {
+    Ok(sqlx::query("DELETE FROM agents WHERE status = 'pending' AND code_expires_at < $1")
+        .bind(before)
+        .execute(pool)
+        .await?
+        .rows_affected())
+}

@@ -167,3 +167,44 @@ async fn pairing_codes_are_single_use_expire_and_credentials_are_given_once() {
         cleanup(store, pg).await;
     }
 }
+
+/// Issue 15, item 11: pending pairings are counted in SQL, and those whose
+/// code expired are purged (approved agents are never touched).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_pairings_are_purged_and_pending_ones_counted() {
+    for (store, pg, _dir) in stores("agents_purge").await {
+        let now = keyward_store::now();
+        for (i, ttl) in [-120i64, -1, 600, 600].iter().enumerate() {
+            let a = pending(
+                format!("code-{i}").as_bytes(),
+                format!("poll-{i}").as_bytes(),
+                time::Duration::seconds(*ttl),
+            );
+            store
+                .create_agent(&a, &draft("agent.pair_request"))
+                .await
+                .unwrap();
+        }
+        let owner = AgentOwner {
+            kind: "account".into(),
+            id: Uuid::new_v4(),
+            login: "opal".into(),
+        };
+        store
+            .approve_agent(b"code-3", &owner, "account:opal", &draft("agent.approve"))
+            .await
+            .unwrap();
+        assert_eq!(store.count_pending_pairings(now).await.unwrap(), 1);
+        assert_eq!(store.purge_expired_pairings(now).await.unwrap(), 2);
+        let left: Vec<String> = store
+            .list_agents()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.status)
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(left.contains(&"paired".to_string()));
+        cleanup(store, pg).await;
+    }
+}

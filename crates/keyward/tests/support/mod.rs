@@ -203,7 +203,7 @@ impl TestServer {
         let (s, v) = self.call(
             "POST",
             "/tokens",
-            Some(serde_json::json!({ "name": format!("t-{role}"), "role": role })),
+            Some(serde_json::json!({ "name": format!("t-{role}-{}", uuid_like()), "role": role })),
         );
         assert_eq!(s, 201, "{v}");
         v["token"].as_str().unwrap().to_string()

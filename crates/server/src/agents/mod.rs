@@ -31,6 +31,7 @@ use keyward_store::Agent;
 use tokio::sync::watch;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::auth::{Caller, Via};
@@ -156,24 +157,28 @@ pub fn is_online(agent: &Agent) -> bool {
         })
 }
 
-/// Whether `caller` may see and use `agent`: its owner (the account, or the
-/// API token, it was paired to), and administrators. API tokens used for
-/// automation (`keyward issue`) may use any paired agent: the token's role
-/// still decides what it may do with a device.
-pub fn may_use(caller: &Caller, agent: &Agent) -> bool {
-    if caller
-        .role
-        .allows(keyward_domain::Permission::OperatorsManage)
-    {
-        return true;
-    }
+/// Whether `agent` is `caller`'s own: paired to the signed-in account, or
+/// to the API token itself. A token has no account behind it, so it acts
+/// only through agents paired to it.
+pub fn owns(caller: &Caller, agent: &Agent) -> bool {
+    let owner = |kind: &str, id: Uuid| {
+        agent.owner_kind.as_deref() == Some(kind) && agent.owner_id == Some(id)
+    };
     match &caller.via {
-        Via::Session { account_id, .. } => {
-            agent.owner_kind.as_deref() == Some("account") && agent.owner_id == Some(*account_id)
-        }
-        Via::Token { .. } => true,
+        Via::Session { account_id, .. } => owner("account", *account_id),
+        Via::Token { id, .. } => owner("token", *id),
         Via::Agent { .. } => false,
     }
+}
+
+/// Whether `caller` may see and use `agent`: its owner, and administrators
+/// (who may use any; their use of another's agent is audited where a
+/// session is bound to it).
+pub fn may_use(caller: &Caller, agent: &Agent) -> bool {
+    owns(caller, agent)
+        || caller
+            .role
+            .allows(keyward_domain::Permission::OperatorsManage)
 }
 
 /// How owners are shown: `account:alice`, `token:ci`.

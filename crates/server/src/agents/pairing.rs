@@ -25,7 +25,7 @@ use keyward_proto::agent::{ApproveRequest, PairRequest, PairingStarted, PollAnsw
 /// screen: no 0/O, 1/I/L.
 pub const CODE_ALPHABET: &[u8] = b"23456789ABCDEFGHJKMNPQRSTUVWXYZ";
 /// Pending pairings at most (unauthenticated requests cannot fill the store).
-const MAX_PENDING: usize = 1000;
+const MAX_PENDING: u64 = 1000;
 
 /// A new pairing code `XXXX-XXXX` (31^8, about 2^39.6 codes).
 pub fn new_code() -> String {
@@ -59,8 +59,17 @@ fn code_hmac(state: &AppState, canonical: &str) -> Vec<u8> {
     responses((status = 201, body = PairingStarted), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub(super) async fn request_pairing(
     State(state): State<AppState>,
+    crate::limits::ClientIp(ip): crate::limits::ClientIp,
     ApiJson(req): ApiJson<PairRequest>,
 ) -> ApiResult<(StatusCode, Json<PairingStarted>)> {
+    // Unauthenticated: a few requests a minute per address.
+    if let Err(wait) = state
+        .limits
+        .pairing_address
+        .take(&ip.to_string(), std::time::Instant::now())
+    {
+        return Err(crate::limits::too_many(wait, "pairing requests"));
+    }
     let name = req.name.trim();
     if name.is_empty() || name.len() > 100 || name.chars().any(|c| c.is_control()) {
         return Err(
@@ -69,14 +78,18 @@ pub(super) async fn request_pairing(
         );
     }
     let now = time::OffsetDateTime::now_utc();
+    // Pairings nobody approved in time are gone for good (their rows would
+    // otherwise pile up from unauthenticated requests).
+    state
+        .store
+        .purge_expired_pairings(now)
+        .await
+        .map_err(|e| store_error("purging expired pairings", e))?;
     let pending = state
         .store
-        .list_agents()
+        .count_pending_pairings(now)
         .await
-        .map_err(|e| store_error("counting pending agents", e))?
-        .into_iter()
-        .filter(|a| a.status == "pending" && a.code_expires_at > now)
-        .count();
+        .map_err(|e| store_error("counting pending agents", e))?;
     if pending >= MAX_PENDING {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

@@ -160,8 +160,27 @@ pub async fn choose_for_start(
                 && wanted.is_none_or(|w| w == a.id)
         })
         .collect();
-    candidates.sort_by_key(|a| std::cmp::Reverse(a.last_seen_at));
+    // The caller's own agents first; an administrator's use of another's
+    // agent is audited.
+    candidates.sort_by_key(|a| (!super::owns(caller, a), std::cmp::Reverse(a.last_seen_at)));
     match candidates.first() {
+        Some(a) if !super::owns(caller, a) => {
+            let draft = crate::api::audit(
+                caller,
+                "agent.use_other",
+                format!("agent:{}", a.id),
+                serde_json::json!({
+                    "serial": serial,
+                    "owner": super::owner_label(a),
+                }),
+            );
+            state
+                .store
+                .append_audit(&draft)
+                .await
+                .map_err(|e| store_error("auditing the use of another's agent", e))?;
+            Ok(Some(a.id))
+        }
         Some(a) => Ok(Some(a.id)),
         None => Err(ApiError::conflict(
             "no_agent_for_device",

@@ -16,7 +16,6 @@ use crate::app::AppState;
 use crate::auth::{Caller, Via, SESSION_COOKIE};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::json::ApiJson;
-use crate::secrets::hash_password;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -53,35 +52,37 @@ pub fn check_new_password(password: &str, field: &str) -> ApiResult<()> {
     Ok(())
 }
 
-async fn hash_blocking(password: String) -> String {
-    tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .expect("hashing task does not panic")
-}
-
 /// Sign in with login and password; sets the `kw_session` cookie.
 #[utoipa::path(post, path = "/auth/session", operation_id = "signIn", tag = "auth", security(()),
     request_body = SignInRequest,
     responses((status = 200, body = SessionInfo), (status = 401, body = ErrorBody)))]
 async fn sign_in(
     State(state): State<AppState>,
+    crate::limits::ClientIp(ip): crate::limits::ClientIp,
     ApiJson(req): ApiJson<SignInRequest>,
 ) -> ApiResult<Response> {
-    let signed_in = crate::sign_in::sign_in(
+    let outcome = crate::sign_in::sign_in(
         &state,
         &req.login,
         req.password,
         crate::sign_in::Channel::Api,
+        ip,
     )
     .await
-    .map_err(|(context, e)| store_error(context, e))?
-    .ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "sign_in_failed",
-            "unknown login or wrong password",
-        )
-    })?;
+    .map_err(|(context, e)| store_error(context, e))?;
+    let signed_in = match outcome {
+        crate::sign_in::Outcome::SignedIn(s) => s,
+        crate::sign_in::Outcome::Refused => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "sign_in_failed",
+                "unknown login or wrong password",
+            ))
+        }
+        crate::sign_in::Outcome::Limited(wait) => {
+            return Err(crate::limits::too_many(wait, "sign-in attempts"))
+        }
+    };
     let mut headers = HeaderMap::new();
     headers.insert(
         header::SET_COOKIE,
@@ -155,14 +156,19 @@ async fn change_password(
         .get_account(account_id)
         .await
         .map_err(|e| store_error("changing the password", e))?;
-    if !crate::sign_in::password_matches(req.current_password, account.password_hash.clone()).await
+    if !crate::sign_in::password_matches(
+        &state,
+        req.current_password,
+        account.password_hash.clone(),
+    )
+    .await
     {
         return Err(
             ApiError::bad_request("wrong_password", "the current password is wrong")
                 .field("current_password"),
         );
     }
-    let phc = hash_blocking(req.new_password).await;
+    let phc = crate::secrets::hash_bounded(&state, req.new_password).await;
     state
         .store
         .set_password(
@@ -187,10 +193,16 @@ async fn change_password(
     responses((status = 204), (status = 400, body = ErrorBody)))]
 async fn enroll(
     State(state): State<AppState>,
+    crate::limits::ClientIp(ip): crate::limits::ClientIp,
     ApiJson(req): ApiJson<EnrollRequest>,
 ) -> ApiResult<StatusCode> {
     check_new_password(&req.password, "password")?;
-    let phc = hash_blocking(req.password).await;
+    if let Some(wait) = crate::sign_in::brake(&state, ip, &req.login, "enroll")
+        .await
+        .map_err(|(context, e)| store_error(context, e))?
+    {
+        return Err(crate::limits::too_many(wait, "enrollment attempts"));
+    }
     let draft = AuditDraft {
         actor: format!("account:{}", crate::sign_in::printable(&req.login)),
         action: "auth.enroll".into(),
@@ -198,10 +210,16 @@ async fn enroll(
         outcome: AuditOutcome::Success,
         details: serde_json::json!({}),
     };
-    let done = crate::enrollment::redeem(&state, &req.login, &req.code, &phc, &draft)
+    // The code is checked before the password is hashed (argon2 is the
+    // expensive part: a wrong code costs nothing).
+    let done = crate::enrollment::redeem(&state, &req.login, &req.code, req.password, &draft)
         .await
         .map_err(|e| store_error("enrolling", e))?;
     if !done {
+        let _ = state
+            .limits
+            .sign_in_login
+            .take(&req.login.trim().to_lowercase(), std::time::Instant::now());
         return Err(ApiError::bad_request(
             "enrollment_code_invalid",
             "unknown login, or the code is wrong, used or expired",

@@ -59,6 +59,25 @@ async fn create(
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
     let role = Role::parse_field(&req.role, "role").map_err(invalid)?;
     keyward_domain::validate::name("name", &req.name).map_err(invalid)?;
+    // The name is how the audit trail and a session's creator name the
+    // token: two live tokens of one name would be one party.
+    let taken = state
+        .store
+        .list_api_tokens()
+        .await
+        .map_err(|e| store_error("reading the tokens", e))?
+        .iter()
+        .any(|t| t.revoked_at.is_none() && t.name == req.name);
+    if taken {
+        return Err(ApiError::conflict(
+            "duplicate_name",
+            format!(
+                "a token named {} exists: revoke it or choose another name",
+                req.name
+            ),
+        )
+        .field("name"));
+    }
     let token = generate_token();
     let record = ApiToken {
         id: Uuid::new_v4(),

@@ -22,11 +22,6 @@ pub(crate) fn is_started_by(caller: &Caller, s: &IssuanceSession) -> bool {
     caller.role.is_operator() && s.created_by == caller.actor()
 }
 
-/// Follows a session and answers its prompts without "devices.issue".
-pub(crate) fn may_follow(caller: &Caller, s: &IssuanceSession) -> bool {
-    is_own(caller, s) || is_started_by(caller, s)
-}
-
 /// The session `id` for `caller`: to anyone without "devices.issue" a
 /// session that is not there is refused as a foreign one would be (403),
 /// so ids cannot be probed.
@@ -45,12 +40,46 @@ pub(crate) async fn load_for(
     }
 }
 
-/// Read the session (status, the batch out).
-pub(crate) fn may_see(caller: &Caller, s: &IssuanceSession) -> ApiResult<()> {
-    if caller.role.allows(Permission::DevicesIssue) || may_follow(caller, s) {
-        return Ok(());
+/// What a caller is to a session it may see. Its bound agent relays
+/// through its own credential (`agents::RelayCaller`), not as one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Party {
+    /// Started it: follows it, answers its prompts, and relays its device
+    /// commands when no agent is bound.
+    Creator,
+    /// The person it is for (their self-service account): follows it and
+    /// answers its prompts, never posts device responses.
+    Person,
+    /// An administrator: reads its status, nothing more.
+    Auditor,
+}
+
+pub(crate) fn party(caller: &Caller, s: &IssuanceSession) -> Option<Party> {
+    if !matches!(caller.via, crate::auth::Via::Agent { .. }) && s.created_by == caller.actor() {
+        Some(Party::Creator)
+    } else if is_own(caller, s) {
+        Some(Party::Person)
+    } else if caller.role.allows(Permission::OperatorsManage) {
+        Some(Party::Auditor)
+    } else {
+        None
     }
-    caller.require(Permission::DevicesIssue)
+}
+
+/// The session `id` and what `caller` is to it. A session belongs to its
+/// creator, its bound agent and the person it is for: anyone else gets the
+/// same 404 as for a session that does not exist (its batches carry the
+/// PIN, the PUK and the management key inside device commands).
+pub(crate) async fn load_visible(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> ApiResult<(IssuanceSession, Party)> {
+    let s = crate::issuance::load(state, id).await?;
+    match party(caller, &s) {
+        Some(p) => Ok((s, p)),
+        None => Err(ApiError::not_found("issuance session").field("id")),
+    }
 }
 
 /// Retry a failed attempt: operators always; the session's own user only
@@ -92,7 +121,7 @@ pub(crate) async fn may_relay_own_session(
 ) -> ApiResult<bool> {
     // No such session: not theirs (the permission check answers 403).
     match state.store.get_issuance(session_id).await {
-        Ok(s) => Ok(may_follow(caller, &s)),
+        Ok(s) => Ok(party(caller, &s).is_some_and(|p| p != Party::Auditor)),
         Err(keyward_store::StoreError::NotFound { .. }) => Ok(false),
         Err(e) => Err(store_error("reading the session", e)),
     }

@@ -129,8 +129,7 @@ pub(super) async fn status(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<SessionStatus>> {
-    let s = crate::auth::sessions::load_for(&state, &caller, &id).await?;
-    crate::auth::sessions::may_see(&caller, &s)?;
+    let (s, _) = crate::auth::sessions::load_visible(&state, &caller, &id).await?;
     let data = unseal(&state, &s)?;
     let prompts =
         if s.status == keyward_domain::SessionStatus::Running && data.batch().awaits_answers() {
@@ -175,8 +174,15 @@ pub(super) async fn current_batch(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RelayBatch>> {
-    let s = crate::auth::sessions::load_for(&state, &caller, &id).await?;
-    crate::auth::sessions::may_see(&caller, &s)?;
+    // The device commands go to whoever relays them: the creator's own
+    // client when no agent is bound, else only the agent (its work poll).
+    let (s, party) = crate::auth::sessions::load_visible(&state, &caller, &id).await?;
+    let bound = crate::agents::agent_of_session(&state, s.id)
+        .await?
+        .is_some();
+    if party != crate::auth::sessions::Party::Creator || bound {
+        return Err(ApiError::not_found("issuance session").field("id"));
+    }
     let data = unseal(&state, &s)?;
     Ok(Json(relay_batch(s.id, s.seq, s.status, data.batch())))
 }

@@ -50,6 +50,46 @@ pub(super) fn parse_responses(r: &RelayResult) -> ApiResult<Vec<Response>> {
         .collect()
 }
 
+/// Who may post this result: the bound agent (checked by `RelayCaller` and
+/// `check_relay_batch`); else the session's creator, or the person it is
+/// for. Device responses come from the agent when one is bound, else from
+/// the creator's client; the person posts prompt answers only. Anyone else
+/// gets the 404 of a session that does not exist.
+async fn may_post(
+    state: &AppState,
+    caller: &Caller,
+    s: &keyward_store::IssuanceSession,
+    result: &RelayResult,
+    batch_has_commands: bool,
+) -> ApiResult<()> {
+    use crate::auth::sessions::{party, Party};
+    if matches!(caller.via, crate::auth::Via::Agent { .. }) {
+        return Ok(());
+    }
+    let device_output = !result.responses.is_empty() || result.transport_error.is_some();
+    let answers_only = || {
+        Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "answers_only",
+            "a person answers the session's prompts; device responses come from the client that relays the device".to_string(),
+        ))
+    };
+    match party(caller, s) {
+        None | Some(Party::Auditor) => Err(ApiError::not_found("issuance session").field("id")),
+        Some(Party::Person) if device_output || batch_has_commands => answers_only(),
+        Some(Party::Creator)
+            if (device_output || batch_has_commands)
+                && crate::agents::agent_of_session(state, s.id).await?.is_some() =>
+        {
+            Err(ApiError::conflict(
+                "relayed_by_agent",
+                "the workstation agent bound to this session relays its device commands; post the prompts' answers only",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The client's responses to batch `seq`; answers with the next batch, or
 /// the end of the session (`issued`, `failed`, `recycled`, …).
 #[utoipa::path(post, path = "/issuance/{id}/relay", operation_id = "relayIssuance", tag = "issuance", params(("id" = String, Path)),
@@ -74,6 +114,14 @@ pub(super) async fn relay(
     let ctx = super::load_context(&state, &id).await?;
     let s = ctx.session;
     let mut data = unseal(&state, &s)?;
+    may_post(
+        &state,
+        &caller,
+        &s,
+        &result,
+        !data.batch().commands.is_empty(),
+    )
+    .await?;
     // An agent also needs the device reported and a command batch out (its
     // binding was checked by RelayCaller); on the session already open.
     crate::agents::check_relay_batch(

@@ -13,6 +13,6 @@ mod seal;
 mod token;
 
 pub use kek::{Kek, KekSource};
-pub use password::{hash_password, verify_password, PasswordError};
+pub use password::{hash_bounded, hash_password, verify_bounded, verify_password, PasswordError};
 pub use seal::{SealError, Sealed};
 pub use token::{generate_token, TokenHasher};

@@ -38,3 +38,30 @@ mod tests {
         assert!(verify_password("x", "garbage").is_err());
     }
 }
+
+/// [`hash_password`] off the async workers, at most
+/// [`crate::limits::CONCURRENT_HASHES`] at once (each takes 19 MiB).
+pub async fn hash_bounded(state: &crate::app::AppState, password: String) -> String {
+    let _permit = state
+        .limits
+        .hashing
+        .acquire()
+        .await
+        .expect("the hashing semaphore is never closed");
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .expect("hashing does not panic")
+}
+
+/// [`verify_password`] off the async workers, bounded like [`hash_bounded`].
+pub async fn verify_bounded(state: &crate::app::AppState, password: String, phc: String) -> bool {
+    let _permit = state
+        .limits
+        .hashing
+        .acquire()
+        .await
+        .expect("the hashing semaphore is never closed");
+    tokio::task::spawn_blocking(move || verify_password(&password, &phc).unwrap_or(false))
+        .await
+        .unwrap_or(false)
+}

@@ -15,7 +15,6 @@ use super::{csrf_matches, csrf_refused, internal, render, Nav, WebUser};
 use crate::api::session::{check_new_password, random_b64};
 use crate::app::AppState;
 use crate::auth::{Via, SESSION_COOKIE};
-use crate::secrets::hash_password;
 
 /// The pre-session CSRF cookie of the sign-in form.
 const SIGNIN_CSRF_COOKIE: &str = "kw_signin_csrf";
@@ -38,6 +37,17 @@ struct SignInPage {
 use crate::sign_in::secure_flag as secure;
 
 fn signin_form(state: &AppState, error: Option<String>, login: String) -> Response {
+    signin_form_status(state, error, login, None)
+}
+
+/// The sign-in form; `limited`: too many attempts, answered 429 with
+/// `Retry-After`.
+fn signin_form_status(
+    state: &AppState,
+    error: Option<String>,
+    login: String,
+    limited: Option<std::time::Duration>,
+) -> Response {
     let csrf = random_b64(32);
     let cookie = format!(
         "{SIGNIN_CSRF_COOKIE}={csrf}; Path=/signin; HttpOnly; SameSite=Strict; Max-Age=3600{}",
@@ -50,6 +60,11 @@ fn signin_form(state: &AppState, error: Option<String>, login: String) -> Respon
     };
     let mut res = render(&SignInPage { csrf, error, login });
     *res.status_mut() = status;
+    if let Some(wait) = limited {
+        *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs() + 1));
+    }
     res.headers_mut().insert(
         header::SET_COOKIE,
         HeaderValue::from_str(&cookie).expect("cookie is ASCII"),
@@ -78,6 +93,7 @@ use crate::sign_in::printable;
 
 async fn sign_in(
     State(state): State<AppState>,
+    crate::limits::ClientIp(ip): crate::limits::ClientIp,
     headers: HeaderMap,
     Form(form): Form<SignInForm>,
 ) -> Response {
@@ -91,15 +107,27 @@ async fn sign_in(
         &login,
         form.password,
         crate::sign_in::Channel::Portal,
+        ip,
     )
     .await
     {
-        Ok(Some(s)) => s,
-        Ok(None) => {
+        Ok(crate::sign_in::Outcome::SignedIn(s)) => s,
+        Ok(crate::sign_in::Outcome::Refused) => {
             return signin_form(
                 &state,
                 Some("Unknown login or wrong password.".into()),
                 printable(&login),
+            )
+        }
+        Ok(crate::sign_in::Outcome::Limited(wait)) => {
+            return signin_form_status(
+                &state,
+                Some(format!(
+                    "Too many sign-in attempts. Try again in {} seconds.",
+                    wait.as_secs() + 1
+                )),
+                printable(&login),
+                Some(wait),
             )
         }
         Err((context, e)) => return internal(context, e),
@@ -230,15 +258,16 @@ async fn change_password(
         Ok(a) => a,
         Err(e) => return internal("changing the password", e),
     };
-    if !crate::sign_in::password_matches(form.current_password, account.password_hash.clone()).await
+    if !crate::sign_in::password_matches(
+        &state,
+        form.current_password,
+        account.password_hash.clone(),
+    )
+    .await
     {
         return again("The current password is wrong.".into());
     }
-    let new = form.new_password;
-    let phc = match tokio::task::spawn_blocking(move || hash_password(&new)).await {
-        Ok(p) => p,
-        Err(e) => return internal("changing the password", e),
-    };
+    let phc = crate::secrets::hash_bounded(&state, form.new_password).await;
     let draft = crate::api::audit(
         &user.caller,
         "auth.password_change",
