@@ -461,6 +461,7 @@ fn in_process(ca: &ManufacturerCa, ca_pem: &std::path::Path, n: usize, workers: 
             config,
             keyward_server::StartOptions {
                 bootstrap_token: Some(TOKEN.into()),
+                allow_weak_bootstrap_token: false,
             },
         ))
         .unwrap();

@@ -52,6 +52,7 @@ fn start(
             config,
             keyward_server::StartOptions {
                 bootstrap_token: Some(TOKEN.into()),
+                allow_weak_bootstrap_token: false,
             },
         )
         .await

@@ -114,6 +114,7 @@ fn main() -> anyhow::Result<()> {
             config,
             keyward_server::StartOptions {
                 bootstrap_token: Some(TOKEN.into()),
+                allow_weak_bootstrap_token: false,
             },
         )
         .await?;

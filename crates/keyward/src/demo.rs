@@ -43,7 +43,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let server =
-            keyward_server::Server::start(config, keyward_server::StartOptions::from_env()).await?;
+            keyward_server::Server::start(
+                config,
+                keyward_server::StartOptions {
+                    allow_weak_bootstrap_token: true,
+                    ..keyward_server::StartOptions::from_env()
+                },
+            )
+            .await?;
         keyward_server::demo::seed(&server.state).await?;
         let tenant = start_simulated_tenant(&server, &args.data_dir).await?;
         let agents = if args.no_virtual_devices {

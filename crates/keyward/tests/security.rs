@@ -314,3 +314,208 @@ fn two_live_tokens_cannot_share_a_name() {
     assert_eq!(server.call("DELETE", &format!("/tokens/{id}"), None).0, 204);
     assert_eq!(server.call("POST", "/tokens", Some(body)).0, 201);
 }
+
+fn session_of(server: &TestServer, login: &str, password: &str) -> Option<(String, String)> {
+    let r = reqwest::blocking::Client::new()
+        .post(server.api("/auth/session"))
+        .json(&json!({ "login": login, "password": password }))
+        .send()
+        .unwrap();
+    if r.status().as_u16() != 200 {
+        return None;
+    }
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let csrf = r.json::<Value>().unwrap()["csrf_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    Some((cookie, csrf))
+}
+
+/// Item 4: operators could not be locked out. Now an administrator
+/// disables and enables an account, changes its role, resets its password
+/// and ends its sessions (API and CLI); one's own password change ends
+/// one's other sessions; nobody removes the last administrator.
+#[test]
+fn an_operator_is_locked_out_and_let_back_in() {
+    let server = TestServer::start();
+    let (s, created) = server.call(
+        "POST",
+        "/operators",
+        Some(json!({ "login": "olga", "role": "help_desk" })),
+    );
+    assert_eq!(s, 201, "{created}");
+    let otp = created["one_time_password"].as_str().unwrap().to_string();
+    let first = session_of(&server, "olga", &otp).unwrap();
+    let me =
+        |sess: &(String, String)| self_service::call_as_user(&server, sess, "GET", "/me", None);
+    assert_eq!(me(&first).0, 200);
+    // Her own password change ends her other sessions, not this one.
+    let second = session_of(&server, "olga", &otp).unwrap();
+    let r = self_service::call_as_user(
+        &server,
+        &first,
+        "POST",
+        "/auth/password",
+        Some(json!({ "current_password": otp, "new_password": "olga-new-passphrase-1" })),
+    );
+    assert_eq!(r.0, 204, "{}", r.1);
+    assert_eq!(me(&first).0, 200);
+    assert_eq!(me(&second).0, 401, "the other session ended");
+
+    // Disabled (the CLI): her session ends at once, she cannot sign in.
+    let out = server.admin(&["operator", "disable", "olga", "--json"]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let v: Value = serde_json::from_str(&support::stdout(&out)).unwrap();
+    assert_eq!(v["sessions_ended"], 1, "{v}");
+    assert_eq!(me(&first).0, 401);
+    assert!(session_of(&server, "olga", "olga-new-passphrase-1").is_none());
+    let out = server.admin(&["operator", "enable", "olga"]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let third = session_of(&server, "olga", "olga-new-passphrase-1").unwrap();
+    // A new role applies to her next request.
+    let out = server.admin(&["operator", "set-role", "olga", "issuance_operator"]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert_eq!(me(&third).1["role"], "issuance_operator");
+    let r = server.call(
+        "PUT",
+        "/operators/olga/role",
+        Some(json!({ "role": "user" })),
+    );
+    assert_eq!(code(&r), (400, "role_not_allowed".into()));
+    // Reset: a one-time password, her sessions end, she must change it.
+    let out = server.admin(&["operator", "reset-password", "olga", "--json"]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let v: Value = serde_json::from_str(&support::stdout(&out)).unwrap();
+    let otp2 = v["one_time_password"].as_str().unwrap().to_string();
+    // (The sink holds the CLI's own output too: only log lines count.)
+    let leaked: Vec<String> = server
+        .output()
+        .lines()
+        .filter(|l| {
+            ["INFO", "WARN", "ERROR", "DEBUG"]
+                .iter()
+                .any(|lvl| l.contains(lvl))
+        })
+        .filter(|l| l.contains(&otp2))
+        .map(String::from)
+        .collect();
+    assert!(leaked.is_empty(), "never in the log: {leaked:?}");
+    assert_eq!(me(&third).0, 401);
+    assert!(session_of(&server, "olga", "olga-new-passphrase-1").is_none());
+    let fourth = session_of(&server, "olga", &otp2).unwrap();
+    let r = self_service::call_as_user(&server, &fourth, "GET", "/users", None);
+    assert_eq!(code(&r), (403, "password_change_required".into()));
+    // Sign out: every session ends.
+    let out = server.admin(&["operator", "sign-out", "olga"]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert_eq!(me(&fourth).0, 401);
+    // The last enabled administrator stays.
+    let r = server.call("POST", "/operators/admin/disable", None);
+    assert_eq!(code(&r), (409, "last_administrator".into()), "{}", r.1);
+    let r = server.call(
+        "PUT",
+        "/operators/admin/role",
+        Some(json!({ "role": "help_desk" })),
+    );
+    assert_eq!(code(&r), (409, "last_administrator".into()), "{}", r.1);
+    let (_, audit) = server.call("GET", "/audit?limit=1000", None);
+    for action in [
+        "operator.disable",
+        "operator.enable",
+        "operator.set_role",
+        "operator.reset_password",
+        "operator.sign_out",
+        "auth.password_change",
+    ] {
+        assert!(audit.to_string().contains(action), "{action}");
+    }
+}
+
+/// Item 4: API tokens never expired and `last_used_at` was never written.
+#[test]
+fn tokens_expire_and_record_their_last_use() {
+    let server = TestServer::start();
+    let (s, v) = server.call(
+        "POST",
+        "/tokens",
+        Some(json!({ "name": "short-lived", "role": "help_desk", "days": 1 })),
+    );
+    assert_eq!(s, 201, "{v}");
+    let expires = time::OffsetDateTime::parse(
+        v["token_info"]["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let left = expires - time::OffsetDateTime::now_utc();
+    assert!(
+        left > time::Duration::hours(23) && left <= time::Duration::days(1),
+        "{left}"
+    );
+    let token = v["token"].as_str().unwrap().to_string();
+    assert_eq!(server.call_as(&token, "GET", "/users", None).0, 200);
+    let (_, list) = server.call("GET", "/tokens", None);
+    let mine = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "short-lived")
+        .unwrap()
+        .clone();
+    assert!(mine["last_used_at"].is_string(), "{mine}");
+    // Default 90 days; more than the server allows is refused.
+    let (_, v) = server.call(
+        "POST",
+        "/tokens",
+        Some(json!({ "name": "default", "role": "help_desk" })),
+    );
+    let expires = time::OffsetDateTime::parse(
+        v["token_info"]["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert!((expires - time::OffsetDateTime::now_utc()).whole_days() >= 89);
+    let r = server.call(
+        "POST",
+        "/tokens",
+        Some(json!({ "name": "long", "role": "help_desk", "days": 400 })),
+    );
+    assert_eq!(code(&r), (400, "days_invalid".into()));
+}
+
+/// Item 4: `serve` accepted any bootstrap token, however short.
+#[test]
+fn serve_refuses_a_weak_bootstrap_token() {
+    for (token, why) in [
+        ("kw_short_token", "fewer than 32 characters"),
+        (
+            "abcdefghijklmnopqrstuvwxyzabcdefghij",
+            "one character class",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(support::BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("KEYWARD_BOOTSTRAP_TOKEN", token)
+            .env_remove("KEYWARD_CONFIG")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            text.contains("KEYWARD_BOOTSTRAP_TOKEN is refused") && text.contains(why),
+            "{text}"
+        );
+        assert!(
+            !text.contains(token),
+            "the token itself is not printed: {text}"
+        );
+    }
+}

@@ -290,6 +290,9 @@ pub struct RoleView {
 pub struct TokenCreate {
     pub name: String,
     pub role: String,
+    /// Days it lasts (default and most: the server's `token_days`, 90).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub days: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -301,6 +304,28 @@ pub struct TokenView {
     #[schema(value_type = String, format = DateTime)]
     pub created_at: time::OffsetDateTime,
     pub revoked: bool,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<time::OffsetDateTime>,
+    /// Kept within a minute of the token's last use.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_used_at: Option<time::OffsetDateTime>,
+}
+
+/// A new role for an account.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorRoleChange {
+    pub role: String,
+}
+
+/// What an account change ended.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OperatorChanged {
+    pub operator: OperatorView,
+    /// Browser sessions of the account that ended with the change.
+    pub sessions_ended: u64,
 }
 
 #[derive(Clone, Serialize, Deserialize, ToSchema)]

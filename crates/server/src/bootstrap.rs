@@ -67,6 +67,10 @@ pub async fn run(
                 created_at: time::OffsetDateTime::now_utc(),
                 last_used_at: None,
                 revoked_at: None,
+                expires_at: Some(
+                    time::OffsetDateTime::now_utc()
+                        + time::Duration::days(i64::from(state.config.token_days)),
+                ),
             };
             state
                 .store
@@ -74,5 +78,13 @@ pub async fn run(
                 .await?;
         }
     }
+    // Tokens made before expiry existed expire `token_days` from now.
+    state
+        .store
+        .expire_legacy_tokens(
+            time::OffsetDateTime::now_utc()
+                + time::Duration::days(i64::from(state.config.token_days)),
+        )
+        .await?;
     Ok(created_password)
 }

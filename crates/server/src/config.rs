@@ -54,6 +54,10 @@ pub struct Config {
     /// Reverse proxies whose `X-Forwarded-For` names the client (for the
     /// sign-in and pairing limits); anyone else's is ignored.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// How long an API token lasts at most, in days (a request may ask for
+    /// less). Tokens made before expiry existed expire this long after the
+    /// first start of the release that added it.
+    pub token_days: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -83,6 +87,7 @@ impl Default for Config {
             metrics_listen: None,
             metrics_token: None,
             trusted_proxies: Vec::new(),
+            token_days: 90,
         }
     }
 }
@@ -179,6 +184,9 @@ impl Config {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 anyhow::bail!("public_url: {u} is not an http:// or https:// URL");
             }
+        }
+        if !(1..=3650).contains(&self.token_days) {
+            anyhow::bail!("token_days: 1 to 3650");
         }
         if self.metrics_token.as_ref().is_some_and(|t| t.len() < 24) {
             anyhow::bail!("metrics_token: use at least 24 characters");
@@ -347,6 +355,7 @@ impl std::fmt::Debug for Config {
                 &self.metrics_token.as_ref().map(|_| "<redacted>"),
             )
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("token_days", &self.token_days)
             .finish()
     }
 }

@@ -15,6 +15,24 @@ use crate::secrets::Kek;
 pub struct StartOptions {
     /// `KEYWARD_BOOTSTRAP_TOKEN`: an administrator API token with this value.
     pub bootstrap_token: Option<String>,
+    /// The demo accepts a short or simple bootstrap token (and says so);
+    /// `serve` refuses one.
+    pub allow_weak_bootstrap_token: bool,
+}
+
+/// Why a bootstrap token is too weak for `serve`: under 32 characters, or
+/// of one character class (all digits, all letters of one case, …).
+pub fn weak_token(token: &str) -> Option<&'static str> {
+    if token.chars().count() < 32 {
+        return Some("it has fewer than 32 characters");
+    }
+    let classes = [
+        token.chars().any(|c| c.is_ascii_lowercase()),
+        token.chars().any(|c| c.is_ascii_uppercase()),
+        token.chars().any(|c| c.is_ascii_digit()),
+        token.chars().any(|c| !c.is_ascii_alphanumeric()),
+    ];
+    (classes.iter().filter(|c| **c).count() < 2).then_some("it is made of one character class")
 }
 
 impl std::fmt::Debug for StartOptions {
@@ -32,6 +50,7 @@ impl StartOptions {
     pub fn from_env() -> Self {
         StartOptions {
             bootstrap_token: std::env::var("KEYWARD_BOOTSTRAP_TOKEN").ok(),
+            allow_weak_bootstrap_token: false,
         }
     }
 }
@@ -49,6 +68,18 @@ pub struct Server {
 
 impl Server {
     pub async fn start(mut config: Config, opts: StartOptions) -> anyhow::Result<Server> {
+        if let Some(why) = opts
+            .bootstrap_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .and_then(weak_token)
+        {
+            if opts.allow_weak_bootstrap_token {
+                println!("note: KEYWARD_BOOTSTRAP_TOKEN is weak ({why}): the demo accepts it; `keyward serve` would not");
+            } else {
+                anyhow::bail!("KEYWARD_BOOTSTRAP_TOKEN is refused: {why}; use at least 32 random characters of two classes or more (e.g. `openssl rand -base64 33`)");
+            }
+        }
         // Bound first: with port 0 the address certificates carry (CRL,
         // OCSP, caIssuers, without public_url) is the port actually bound.
         let listener = std::net::TcpListener::bind(config.listen)

@@ -713,6 +713,39 @@ impl Store {
         dispatch_audited!(self, update_account(account, audit))
     }
 
+    /// An account changed by an administrator, its sessions ended with it
+    /// when `end_sessions`; how many ended.
+    pub async fn update_account_ending_sessions(
+        &self,
+        account: &Account,
+        end_sessions: bool,
+        audit: &AuditDraft,
+    ) -> StoreResult<u64> {
+        dispatch_audited!(
+            self,
+            update_account_ending_sessions(account, end_sessions, audit)
+        )
+    }
+
+    /// One's own new password; the account's other sessions end.
+    pub async fn change_own_password(
+        &self,
+        id: Uuid,
+        password_hash: &str,
+        keep_session: Option<&[u8]>,
+        audit: &AuditDraft,
+    ) -> StoreResult<u64> {
+        dispatch_audited!(
+            self,
+            change_own_password(id, password_hash, keep_session, audit)
+        )
+    }
+
+    /// Tokens made before expiry existed expire at `at`.
+    pub async fn expire_legacy_tokens(&self, at: OffsetDateTime) -> StoreResult<u64> {
+        on_writer!(self, expire_legacy_tokens(at))
+    }
+
     pub async fn set_password(
         &self,
         id: Uuid,

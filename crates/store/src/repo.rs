@@ -1668,6 +1668,82 @@ pub async fn delete_session(
     Ok(n > 0)
 }
 
+/// Ends the account's browser sessions but `keep` (the one making the
+/// change), inside `tx`; how many ended.
+async fn end_sessions_tx(tx: &mut Tx, account_id: Uuid, keep: Option<&[u8]>) -> StoreResult<u64> {
+    let keep = keep.unwrap_or(&[]);
+    Ok(
+        sqlx::query("DELETE FROM sessions WHERE account_id = $1 AND id_hash <> $2")
+            .bind(account_id)
+            .bind(keep)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected(),
+    )
+}
+
+/// An account changed by an administrator (role, disabled, a new one-time
+/// password) with its browser sessions ended (`end_sessions`) in the same
+/// transaction; how many ended.
+pub async fn update_account_ending_sessions(
+    pool: &Pool<DB>,
+    key: &AuditKey,
+    a: &Account,
+    end_sessions: bool,
+    audit: &AuditDraft,
+) -> StoreResult<u64> {
+    a.validate()?;
+    let mut tx = dialect::begin_write(pool).await?;
+    let res = sqlx::query(
+        "UPDATE accounts SET role = $2, password_hash = $3, must_change_password = $4, disabled = $5, updated_at = $6 WHERE id = $1",
+    )
+    .bind(a.id)
+    .bind(a.role.as_str())
+    .bind(&a.password_hash)
+    .bind(a.must_change_password)
+    .bind(a.disabled)
+    .bind(now())
+    .execute(&mut *tx)
+    .await?;
+    if res.rows_affected() == 0 {
+        return Err(StoreError::not_found("account", a.id));
+    }
+    let ended = if end_sessions {
+        end_sessions_tx(&mut tx, a.id, None).await?
+    } else {
+        0
+    };
+    let audit = audit.clone().detail("sessions_ended", ended);
+    finish(tx, key, &audit).await?;
+    Ok(ended)
+}
+
+/// One's own new password: the account's other sessions end with it.
+pub async fn change_own_password(
+    pool: &Pool<DB>,
+    key: &AuditKey,
+    id: Uuid,
+    password_hash: &str,
+    keep_session: Option<&[u8]>,
+    audit: &AuditDraft,
+) -> StoreResult<u64> {
+    let mut tx = dialect::begin_write(pool).await?;
+    let res = sqlx::query("UPDATE accounts SET password_hash = $2, must_change_password = $3, updated_at = $4 WHERE id = $1")
+        .bind(id)
+        .bind(password_hash)
+        .bind(false)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+    if res.rows_affected() == 0 {
+        return Err(StoreError::not_found("account", id));
+    }
+    let ended = end_sessions_tx(&mut tx, id, keep_session).await?;
+    let audit = audit.clone().detail("other_sessions_ended", ended);
+    finish(tx, key, &audit).await?;
+    Ok(ended)
+}
+
 /// Housekeeping (not audited: it changes nothing anyone could still use).
 pub async fn delete_expired_sessions(pool: &Pool<DB>, at: OffsetDateTime) -> StoreResult<u64> {
     Ok(sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
@@ -1680,7 +1756,7 @@ pub async fn delete_expired_sessions(pool: &Pool<DB>, at: OffsetDateTime) -> Sto
 // ---------------------------------------------------------------- API tokens
 
 const TOKEN_COLS: &str =
-    "id, name, role, token_hmac, created_by, created_at, last_used_at, revoked_at";
+    "id, name, role, token_hmac, created_by, created_at, last_used_at, revoked_at, expires_at";
 
 fn token_from_row(r: &DbRow) -> StoreResult<ApiToken> {
     let role: String = r.try_get("role")?;
@@ -1693,7 +1769,19 @@ fn token_from_row(r: &DbRow) -> StoreResult<ApiToken> {
         created_at: r.try_get("created_at")?,
         last_used_at: r.try_get("last_used_at")?,
         revoked_at: r.try_get("revoked_at")?,
+        expires_at: r.try_get("expires_at")?,
     })
+}
+
+/// Tokens made before expiry existed get one (`at`); once.
+pub async fn expire_legacy_tokens(pool: &Pool<DB>, at: OffsetDateTime) -> StoreResult<u64> {
+    Ok(
+        sqlx::query("UPDATE api_tokens SET expires_at = $1 WHERE expires_at IS NULL")
+            .bind(at)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+    )
 }
 
 pub async fn create_api_token(
@@ -1705,7 +1793,7 @@ pub async fn create_api_token(
     keyward_domain::validate::name("name", &t.name)?;
     let mut tx = dialect::begin_write(pool).await?;
     sqlx::query(&format!(
-        "INSERT INTO api_tokens ({TOKEN_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        "INSERT INTO api_tokens ({TOKEN_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
     ))
     .bind(t.id)
     .bind(&t.name)
@@ -1715,6 +1803,7 @@ pub async fn create_api_token(
     .bind(t.created_at)
     .bind(t.last_used_at)
     .bind(t.revoked_at)
+    .bind(t.expires_at)
     .execute(&mut *tx)
     .await
     .map_err(|e| {

@@ -100,6 +100,10 @@ pub struct ApiToken {
     pub last_used_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
+    /// `None` only for a token made before expiry existed, until the next
+    /// start gives it one.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub expires_at: Option<OffsetDateTime>,
 }
 
 /// The audit chain's head: how many records, and the last record's MAC. The server

@@ -974,6 +974,7 @@ both!(accounts_sessions_tokens_secrets, |t| {
         created_at: t0,
         last_used_at: None,
         revoked_at: None,
+        expires_at: Some(t0 + time::Duration::days(90)),
     };
     s.create_api_token(&tok, &audit("token.create", "token:ci"))
         .await
@@ -993,6 +994,59 @@ both!(accounts_sessions_tokens_secrets, |t| {
         Err(StoreError::NotFound { .. })
     ));
     assert_eq!(s.list_api_tokens().await.unwrap().len(), 1);
+    // Issue 15: a token made before expiry existed gets one at start.
+    let legacy = ApiToken {
+        id: Uuid::new_v4(),
+        name: "old".into(),
+        token_hmac: vec![3; 32],
+        expires_at: None,
+        ..tok.clone()
+    };
+    s.create_api_token(&legacy, &audit("token.create", "token:old"))
+        .await
+        .unwrap();
+    let later = t0 + time::Duration::days(90);
+    assert_eq!(s.expire_legacy_tokens(later).await.unwrap(), 1);
+    assert_eq!(s.expire_legacy_tokens(later).await.unwrap(), 0, "once");
+    let got = s.find_api_token(&[3; 32]).await.unwrap().unwrap();
+    assert_eq!(got.expires_at, Some(later));
+    // Sessions end with an administrator's change, or but one with one's own password.
+    let account = s.get_account_by_login("admin").await.unwrap();
+    for (i, h) in [[21u8; 32], [22; 32], [23; 32]].iter().enumerate() {
+        s.create_session(
+            &Session {
+                id_hash: h.to_vec(),
+                account_id: account.id,
+                csrf_token: format!("c{i}"),
+                created_at: t0,
+                expires_at: t0 + time::Duration::hours(8),
+            },
+            &audit("session.create", "account:admin"),
+        )
+        .await
+        .unwrap();
+    }
+    let ended = s
+        .change_own_password(
+            account.id,
+            "$argon2id$x",
+            Some(&[21; 32]),
+            &audit("auth.password_change", "account:admin"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ended, 2);
+    assert!(s.get_session(&[21; 32], t0).await.unwrap().is_some());
+    let ended = s
+        .update_account_ending_sessions(
+            &account,
+            true,
+            &audit("operator.sign_out", "account:admin"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ended, 1);
+    assert_eq!(s.get_session(&[21; 32], t0).await.unwrap(), None);
 
     s.put_secret("device/1/puk", &[5; 48], &audit("secret.put", "device:1"))
         .await

@@ -67,6 +67,21 @@ pub enum OperatorCommand {
     },
     /// List operators.
     List,
+    /// Disable an account: it can no longer sign in; its sessions end.
+    Disable { login: String },
+    /// Enable a disabled account.
+    Enable { login: String },
+    /// Change an account's role.
+    SetRole {
+        login: String,
+        /// administrator, issuance_operator or help_desk
+        role: String,
+    },
+    /// Reset an account's password: prints a one-time password once (changed
+    /// at the next sign-in); the account's sessions end.
+    ResetPassword { login: String },
+    /// End all of an account's browser sessions.
+    SignOut { login: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -195,6 +210,9 @@ pub enum TokenCommand {
         role: String,
         #[arg(long, default_value = "cli")]
         name: String,
+        /// Days it lasts (default and most: the server's token_days, 90).
+        #[arg(long)]
+        days: Option<u32>,
     },
     /// List API tokens.
     List,
@@ -379,6 +397,40 @@ fn operator(c: &ApiClient, json: bool, cmd: OperatorCommand) -> anyhow::Result<E
                 ("disabled", "DISABLED"),
             ],
         ),
+        OperatorCommand::Disable { login } => print_object(
+            json,
+            &c.post(&format!("/operators/{}/disable", enc(&login)), &json!({}))?,
+        ),
+        OperatorCommand::Enable { login } => print_object(
+            json,
+            &c.post(&format!("/operators/{}/enable", enc(&login)), &json!({}))?,
+        ),
+        OperatorCommand::SignOut { login } => print_object(
+            json,
+            &c.post(&format!("/operators/{}/sign-out", enc(&login)), &json!({}))?,
+        ),
+        OperatorCommand::SetRole { login, role } => print_object(
+            json,
+            &c.put(
+                &format!("/operators/{}/role", enc(&login)),
+                &json!({ "role": role }),
+            )?,
+        ),
+        OperatorCommand::ResetPassword { login } => {
+            let v: OperatorCreated = c.post(
+                &format!("/operators/{}/reset-password", enc(&login)),
+                &json!({}),
+            )?;
+            if json {
+                print_object(true, &serde_json::to_value(&v)?);
+            } else {
+                println!(
+                    "one-time password for {}: {}",
+                    v.operator.login, v.one_time_password
+                );
+                println!("(shown once; it must be changed at the next sign-in; the account's sessions ended)");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -678,8 +730,11 @@ fn passkey_service(
 
 fn token(c: &ApiClient, json: bool, cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        TokenCommand::Create { role, name } => {
-            let v: TokenCreated = c.post("/tokens", &json!({ "name": name, "role": role }))?;
+        TokenCommand::Create { role, name, days } => {
+            let v: TokenCreated = c.post(
+                "/tokens",
+                &json!({ "name": name, "role": role, "days": days }),
+            )?;
             if json {
                 print_object(true, &serde_json::to_value(&v)?);
             } else {
@@ -695,6 +750,8 @@ fn token(c: &ApiClient, json: bool, cmd: TokenCommand) -> anyhow::Result<ExitCod
                 ("name", "NAME"),
                 ("role", "ROLE"),
                 ("created_at", "CREATED"),
+                ("expires_at", "EXPIRES"),
+                ("last_used_at", "LAST USED"),
                 ("revoked", "REVOKED"),
             ],
         ),

@@ -68,7 +68,7 @@ impl TestServer {
             .data_dir
             .take()
             .unwrap_or_else(|| tempfile::tempdir().unwrap());
-        let token = format!("kw_test_{}", uuid_like());
+        let token = format!("kw_test_{}_{}", uuid_like(), uuid_like());
         let mut cmd = Command::new(BIN);
         cmd.arg(opts.subcommand)
             .arg("--data-dir")

@@ -169,12 +169,18 @@ async fn change_password(
         );
     }
     let phc = crate::secrets::hash_bounded(&state, req.new_password).await;
+    // The account's other sessions end: whoever else held one must sign in
+    // with the new password.
+    let keep = match &caller.via {
+        Via::Session { session_hash, .. } => Some(session_hash.as_slice()),
+        _ => None,
+    };
     state
         .store
-        .set_password(
+        .change_own_password(
             account_id,
             &phc,
-            false,
+            keep,
             &audit(
                 &caller,
                 "auth.password_change",

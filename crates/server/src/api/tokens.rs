@@ -30,6 +30,8 @@ fn view(t: &ApiToken) -> TokenView {
         role: t.role.as_str().into(),
         created_at: t.created_at,
         revoked: t.revoked_at.is_some(),
+        expires_at: t.expires_at,
+        last_used_at: t.last_used_at,
     }
 }
 
@@ -78,16 +80,29 @@ async fn create(
         )
         .field("name"));
     }
+    let days = match req.days {
+        None => state.config.token_days,
+        Some(d) if (1..=state.config.token_days).contains(&d) => d,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "days_invalid",
+                format!("a token lasts 1 to {} days", state.config.token_days),
+            )
+            .field("days"))
+        }
+    };
     let token = generate_token();
+    let now = time::OffsetDateTime::now_utc();
     let record = ApiToken {
         id: Uuid::new_v4(),
         name: req.name,
         role,
         token_hmac: state.tokens.hash(&token),
         created_by: caller.actor(),
-        created_at: time::OffsetDateTime::now_utc(),
+        created_at: now,
         last_used_at: None,
         revoked_at: None,
+        expires_at: Some(now + time::Duration::days(i64::from(days))),
     };
     state
         .store

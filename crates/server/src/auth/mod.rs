@@ -148,6 +148,23 @@ async fn caller_from_token(state: &AppState, token: &str) -> Result<Caller, ApiE
     if record.revoked_at.is_some() {
         return Err(ApiError::unauthenticated());
     }
+    let now = time::OffsetDateTime::now_utc();
+    if record.expires_at.is_some_and(|at| at <= now) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "token_expired",
+            "this API token has expired: an administrator creates a new one",
+        ));
+    }
+    // Last use, kept within a minute (not a write on every request).
+    if record
+        .last_used_at
+        .is_none_or(|t| now - t > time::Duration::minutes(1))
+    {
+        if let Err(e) = state.store.touch_api_token(record.id, now).await {
+            tracing::warn!(error = %e, "recording a token's use failed");
+        }
+    }
     Ok(Caller {
         login: format!("token:{}", record.name),
         role: record.role,

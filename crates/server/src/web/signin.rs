@@ -274,9 +274,13 @@ async fn change_password(
         format!("account:{}", user.caller.login),
         serde_json::json!({ "via": "portal" }),
     );
+    let keep = match &user.caller.via {
+        crate::auth::Via::Session { session_hash, .. } => Some(session_hash.as_slice()),
+        _ => None,
+    };
     if let Err(e) = state
         .store
-        .set_password(account_id, &phc, false, &draft)
+        .change_own_password(account_id, &phc, keep, &draft)
         .await
     {
         return internal("changing the password", e);
