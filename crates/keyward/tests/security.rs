@@ -519,3 +519,215 @@ fn serve_refuses_a_weak_bootstrap_token() {
         );
     }
 }
+
+/// A server with `toml` as its configuration file.
+fn with_config(toml: &str, extra: Vec<String>) -> (TestServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyward.toml");
+    std::fs::write(&path, toml).unwrap();
+    let mut args = vec!["--config".to_string(), path.display().to_string()];
+    args.extend(extra);
+    let server = TestServer::start_with(ServerOptions {
+        args,
+        ..Default::default()
+    });
+    (server, dir)
+}
+
+fn addr(server: &TestServer) -> String {
+    server.url.trim_start_matches("http://").to_string()
+}
+
+/// Reads until the server closes the connection (or `limit` passes):
+/// whether it closed.
+fn closed_within(stream: &mut std::net::TcpStream, limit: std::time::Duration) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    let start = std::time::Instant::now();
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return start.elapsed() < limit
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Item 6: no HTTP timeouts or limits. A client that trickles its headers
+/// a byte a second is disconnected within the header timeout; a silent
+/// connection within the idle timeout; a connection beyond
+/// `max_connections` at once; a request that takes longer than the request
+/// timeout is answered 408.
+#[test]
+fn slow_silent_and_surplus_connections_are_cut() {
+    use std::io::Write;
+    let (server, _cfg) = with_config(
+        "header_read_timeout_seconds = 2\nidle_timeout_seconds = 3\nmax_connections = 3\nrequest_timeout_seconds = 30\n",
+        vec![],
+    );
+    // Trickled headers: cut within the header timeout (not served, however long).
+    let mut slow = std::net::TcpStream::connect(addr(&server)).unwrap();
+    let start = std::time::Instant::now();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut cut = false;
+    for b in request.iter() {
+        if slow.write_all(&[*b]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        if start.elapsed() > std::time::Duration::from_secs(8) {
+            break;
+        }
+    }
+    let cut = cut || closed_within(&mut slow, std::time::Duration::from_secs(1));
+    assert!(cut, "the trickling client was not disconnected");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(6),
+        "{:?}",
+        start.elapsed()
+    );
+    // Silent: cut within the idle (or header) timeout.
+    let mut silent = std::net::TcpStream::connect(addr(&server)).unwrap();
+    let start = std::time::Instant::now();
+    assert!(closed_within(
+        &mut silent,
+        std::time::Duration::from_secs(6)
+    ));
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    // Three at once; a fourth is closed as it is accepted.
+    let held: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(addr(&server)).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut surplus = std::net::TcpStream::connect(addr(&server)).unwrap();
+    let _ = surplus.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        closed_within(&mut surplus, std::time::Duration::from_secs(1)),
+        "the fourth connection was served"
+    );
+    drop(held);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let r = server
+        .client()
+        .get(format!("{}/healthz", server.url))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "slots come back");
+}
+
+/// Item 6: a request that runs past the request timeout is answered 408
+/// (here a body trickled a byte every two seconds: each byte keeps the
+/// connection from idling, the request still ends on time).
+#[test]
+fn a_request_past_the_request_timeout_is_answered_408() {
+    use std::io::{Read, Write};
+    let (server, _cfg) = with_config(
+        "request_timeout_seconds = 30\nidle_timeout_seconds = 60\n",
+        vec![],
+    );
+    let mut c = std::net::TcpStream::connect(addr(&server)).unwrap();
+    c.write_all(b"POST /api/v1/auth/session HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n{")
+        .unwrap();
+    let start = std::time::Instant::now();
+    let trickle = std::thread::spawn({
+        let mut c = c.try_clone().unwrap();
+        move || {
+            while start.elapsed() < std::time::Duration::from_secs(40) {
+                if c.write_all(b" ").is_err() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            }
+        }
+    });
+    c.set_read_timeout(Some(std::time::Duration::from_secs(45)))
+        .unwrap();
+    let mut head = [0u8; 12];
+    c.read_exact(&mut head).unwrap();
+    let took = start.elapsed();
+    assert_eq!(&head, b"HTTP/1.1 408", "{}", String::from_utf8_lossy(&head));
+    assert!(
+        took >= std::time::Duration::from_secs(29) && took < std::time::Duration::from_secs(36),
+        "{took:?}"
+    );
+    drop(c);
+    let _ = trickle.join();
+}
+
+/// Item 6: behind a TLS proxy (`public_url` https) the session cookie was
+/// sent without `Secure`, and nothing told browsers to keep to HTTPS. Now:
+/// HSTS, `Secure`, and the `__Host-` prefix.
+#[test]
+fn behind_a_tls_proxy_cookies_are_secure_host_only_and_hsts_is_sent() {
+    let server = TestServer::start_with(ServerOptions {
+        args: vec!["--public-url".into(), "https://cms.example.test".into()],
+        ..Default::default()
+    });
+    let (s, created) = server.call(
+        "POST",
+        "/operators",
+        Some(json!({ "login": "olga", "role": "help_desk" })),
+    );
+    assert_eq!(s, 201);
+    let r = reqwest::blocking::Client::new()
+        .post(server.api("/auth/session"))
+        .json(&json!({ "login": "olga", "password": created["one_time_password"] }))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        r.headers()
+            .get("strict-transport-security")
+            .is_some_and(|v| v.to_str().unwrap().contains("max-age=")),
+        "{:?}",
+        r.headers()
+    );
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.starts_with("__Host-kw_session="), "{cookie}");
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("Path=/;"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains("Domain"), "{cookie}");
+    let value = cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_string();
+    let me = |name: &str| {
+        reqwest::blocking::Client::new()
+            .get(server.api("/me"))
+            .header("cookie", format!("{name}={value}"))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(me("__Host-kw_session"), 200);
+    assert_eq!(me("kw_session"), 401, "only the prefixed name counts");
+    // Plain HTTP without a TLS proxy: no HSTS.
+    let plain = TestServer::start();
+    let r = plain
+        .client()
+        .get(format!("{}/healthz", plain.url))
+        .send()
+        .unwrap();
+    assert!(r.headers().get("strict-transport-security").is_none());
+}

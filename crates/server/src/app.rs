@@ -83,8 +83,16 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     let metrics = state.metrics.clone();
+    let request_timeout = Duration::from_secs(state.config.request_timeout_seconds);
+    // Browsers that reached this server over HTTPS keep to it.
+    let hsts = crate::sign_in::served_securely(&state).then(|| {
+        SetResponseHeaderLayer::if_not_present(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        )
+    });
     let (api, _doc) = crate::api::router().split_for_parts();
-    Router::new()
+    let router = Router::new()
         .nest("/api/v1", api)
         .route("/api/v1/openapi.json", get(crate::openapi::serve))
         .route("/healthz", get(healthz))
@@ -101,11 +109,16 @@ pub fn router(state: AppState) -> Router {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         ))
+        .layer(tower::util::option_layer(hsts))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
         .layer(middleware::from_fn_with_state(
             metrics,
             crate::metrics::track,
-        ))
-        .with_state(state)
+        ));
+    router.with_state(state)
 }
 
 async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> impl IntoResponse {

@@ -58,6 +58,16 @@ pub struct Config {
     /// less). Tokens made before expiry existed expire this long after the
     /// first start of the release that added it.
     pub token_days: u32,
+    /// Seconds a client has to send a request's headers (a client that
+    /// trickles them is disconnected).
+    pub header_read_timeout_seconds: u64,
+    /// Seconds a request may take, long polls included (they answer within
+    /// 25 s): longer is answered 408.
+    pub request_timeout_seconds: u64,
+    /// Seconds a connection may stay without a byte either way.
+    pub idle_timeout_seconds: u64,
+    /// Connections at once; one more is closed as it is accepted.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -88,6 +98,10 @@ impl Default for Config {
             metrics_token: None,
             trusted_proxies: Vec::new(),
             token_days: 90,
+            header_read_timeout_seconds: 10,
+            request_timeout_seconds: 60,
+            idle_timeout_seconds: 120,
+            max_connections: 1024,
         }
     }
 }
@@ -184,6 +198,13 @@ impl Config {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 anyhow::bail!("public_url: {u} is not an http:// or https:// URL");
             }
+        }
+        if self.header_read_timeout_seconds == 0
+            || self.request_timeout_seconds < 30
+            || self.idle_timeout_seconds == 0
+            || self.max_connections == 0
+        {
+            anyhow::bail!("header_read_timeout_seconds, idle_timeout_seconds and max_connections must be above 0, request_timeout_seconds at least 30 (the agents' long polls take 25)");
         }
         if !(1..=3650).contains(&self.token_days) {
             anyhow::bail!("token_days: 1 to 3650");
@@ -356,6 +377,13 @@ impl std::fmt::Debug for Config {
             )
             .field("trusted_proxies", &self.trusted_proxies)
             .field("token_days", &self.token_days)
+            .field(
+                "header_read_timeout_seconds",
+                &self.header_read_timeout_seconds,
+            )
+            .field("request_timeout_seconds", &self.request_timeout_seconds)
+            .field("idle_timeout_seconds", &self.idle_timeout_seconds)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }

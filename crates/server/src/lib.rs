@@ -9,6 +9,7 @@ pub mod attestation;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
+pub mod connections;
 pub mod demo;
 pub mod demo_passkeys;
 pub mod enrollment;

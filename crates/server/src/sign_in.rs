@@ -172,18 +172,50 @@ pub async fn sign_in(
     }))
 }
 
-/// The `Set-Cookie` value of a new session (`Secure` when served over TLS).
+/// The `Set-Cookie` value of a new session (`Secure` when served over
+/// HTTPS, then with the `__Host-` prefix: the browser keeps it for this
+/// host only, Path=/, and never sends it over plain HTTP).
 pub fn session_cookie(state: &AppState, session_id: &str) -> String {
     format!(
-        "{SESSION_COOKIE}={session_id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        "{}={session_id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        session_cookie_name(state),
         state.config.session_minutes * 60,
         secure_flag(state)
     )
 }
 
-/// `; Secure` when the server speaks TLS itself.
+/// The `Set-Cookie` value that ends the session cookie.
+pub fn clear_session_cookie(state: &AppState) -> String {
+    format!(
+        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        session_cookie_name(state),
+        secure_flag(state)
+    )
+}
+
+/// Whether browsers reach this server over HTTPS: it speaks TLS itself, or
+/// a TLS proxy in front of it (`public_url` is https).
+pub fn served_securely(state: &AppState) -> bool {
+    state.config.tls.is_some()
+        || state
+            .config
+            .public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"))
+}
+
+/// The session cookie's name: `__Host-kw_session` over HTTPS.
+pub fn session_cookie_name(state: &AppState) -> &'static str {
+    if served_securely(state) {
+        crate::auth::SECURE_SESSION_COOKIE
+    } else {
+        SESSION_COOKIE
+    }
+}
+
+/// `; Secure` when browsers reach the server over HTTPS.
 pub fn secure_flag(state: &AppState) -> &'static str {
-    if state.config.tls.is_some() {
+    if served_securely(state) {
         "; Secure"
     } else {
         ""

@@ -120,6 +120,12 @@ impl Server {
         let addr = config.listen;
         // The peer's address for the sign-in and pairing limits.
         let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        // At most max_connections at once, none idle for long (before TLS).
+        let guard = crate::connections::Guarded::new(
+            axum_server::accept::DefaultAcceptor::new(),
+            config.max_connections,
+            Duration::from_secs(config.idle_timeout_seconds),
+        );
         let (scheme, task) = match &config.tls {
             Some(tls) => {
                 let _ = rustls::crypto::ring::default_provider().install_default();
@@ -129,15 +135,20 @@ impl Server {
                 )
                 .await
                 .map_err(|e| anyhow::anyhow!("TLS certificate or key: {e}"))?;
-                let server =
-                    axum_server::from_tcp_rustls(listener, rustls_config).handle(handle.clone());
+                let mut server = axum_server::from_tcp_rustls(listener, rustls_config)
+                    .handle(handle.clone())
+                    .map(|tls| tls.acceptor(guard));
+                limit_http(server.http_builder(), &config);
                 (
                     "https",
                     tokio::spawn(async move { server.serve(service).await }),
                 )
             }
             None => {
-                let server = axum_server::from_tcp(listener).handle(handle.clone());
+                let mut server = axum_server::from_tcp(listener)
+                    .handle(handle.clone())
+                    .acceptor(guard);
+                limit_http(server.http_builder(), &config);
                 (
                     "http",
                     tokio::spawn(async move { server.serve(service).await }),
@@ -243,4 +254,16 @@ fn spawn_abandoned_sweeper(state: AppState, abandon_after_seconds: u64) {
             }
         }
     });
+}
+
+/// hyper's limits: the time a client has to send a request's headers (a
+/// client that trickles them is disconnected).
+fn limit_http(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    config: &Config,
+) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(config.header_read_timeout_seconds));
 }

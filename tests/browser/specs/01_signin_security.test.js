@@ -211,8 +211,10 @@ test('under TLS the session and sign-in cookies are also Secure', async () => {
       headers: { 'Content-Type': 'application/x-www-form-urlencoded', Cookie: `kw_signin_csrf=${token}` },
     });
     assert.equal(signedIn.status, 303);
-    const session = signedIn.headers['set-cookie'].find((c) => c.startsWith('kw_session='));
-    assert.match(session, /HttpOnly; SameSite=Strict; Max-Age=\d+; Secure/);
+    // Over HTTPS the session cookie is host-only (`__Host-`), Secure, HSTS sent.
+    const session = signedIn.headers['set-cookie'].find((c) => c.startsWith('__Host-kw_session='));
+    assert.match(session, /Path=\/; HttpOnly; SameSite=Strict; Max-Age=\d+; Secure/);
+    assert.match(signedIn.headers['strict-transport-security'] || '', /max-age=\d+/);
   } finally {
     await tls.stop();
     fs.rmSync(dir, { recursive: true, force: true });

@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 
 use super::{audit, store_error};
 use crate::app::AppState;
-use crate::auth::{Caller, Via, SESSION_COOKIE};
+use crate::auth::{Caller, Via};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::json::ApiJson;
 
@@ -124,7 +124,7 @@ async fn sign_out(State(state): State<AppState>, caller: Caller) -> ApiResult<Re
             .await
             .map_err(|e| store_error("signing out", e))?;
     }
-    let clear = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    let clear = crate::sign_in::clear_session_cookie(&state);
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, clear)]).into_response())
 }
 

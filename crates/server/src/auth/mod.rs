@@ -19,6 +19,8 @@ use crate::app::AppState;
 use crate::error::ApiError;
 
 pub const SESSION_COOKIE: &str = "kw_session";
+/// Its name over HTTPS (`__Host-`: Secure, this host only, Path=/).
+pub const SECURE_SESSION_COOKIE: &str = "__Host-kw_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
 /// Paths a session with a one-time password may still use.
@@ -195,7 +197,7 @@ pub async fn cookie_session(
     state: &AppState,
     headers: &axum::http::HeaderMap,
 ) -> Result<Option<CookieSession>, ApiError> {
-    let Some(session_id) = cookie(headers, SESSION_COOKIE) else {
+    let Some(session_id) = cookie(headers, crate::sign_in::session_cookie_name(state)) else {
         return Ok(None);
     };
     let hash = state.tokens.hash(&session_id);

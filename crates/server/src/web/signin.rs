@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::{csrf_matches, csrf_refused, internal, render, Nav, WebUser};
 use crate::api::session::{check_new_password, random_b64};
 use crate::app::AppState;
-use crate::auth::{Via, SESSION_COOKIE};
+use crate::auth::Via;
 
 /// The pre-session CSRF cookie of the sign-in form.
 const SIGNIN_CSRF_COOKIE: &str = "kw_signin_csrf";
@@ -185,7 +185,7 @@ async fn sign_out(
             return internal("signing out", e);
         }
     }
-    let clear = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    let clear = crate::sign_in::clear_session_cookie(&state);
     let mut res = Redirect::to("/signin").into_response();
     res.headers_mut().insert(
         header::SET_COOKIE,
