@@ -226,3 +226,138 @@ fn the_openapi_document_passes_openapi_spec_validator() {
     assert!(out.status.success(), "openapi-spec-validator: {text}");
     assert!(text.contains("OK"), "{text}");
 }
+
+/// What a caller gets from a route, as the RBAC table writes it: `-` the
+/// route lets it through (any answer but 401, 403 and 404 to an empty
+/// body), `N` 401, `F` 403, `X` 404 (a session's own route: to others
+/// the session does not exist).
+fn outcome(status: u16) -> char {
+    match status {
+        401 => 'N',
+        403 => 'F',
+        404 => 'X',
+        _ => '-',
+    }
+}
+
+/// Issue 15: every route × no credentials and every role, with the
+/// expected answer in one table. A route missing from the table, or in the
+/// table but not served, fails the test. Columns: none, administrator,
+/// issuance_operator, help_desk, user (a token of the role; a person's own
+/// routes need a linked account, which a token has not).
+const RBAC: &[(&str, &str, &str)] = &[
+    ("get", "/api/v1/agents", "N----"),
+    ("post", "/api/v1/agents/approve", "N----"),
+    ("get", "/api/v1/agents/devices", "N----"),
+    ("get", "/api/v1/agents/me", "NNNNN"),
+    ("put", "/api/v1/agents/me/devices", "NNNNN"),
+    ("post", "/api/v1/agents/me/work", "NNNNN"),
+    ("post", "/api/v1/agents/pair", "-----"),
+    ("post", "/api/v1/agents/pair/poll", "-----"),
+    ("post", "/api/v1/agents/{id}/revoke", "NXXXX"),
+    ("get", "/api/v1/audit", "N-FFF"),
+    ("get", "/api/v1/audit/verify", "N-FFF"),
+    ("post", "/api/v1/auth/enroll", "-----"),
+    ("post", "/api/v1/auth/password", "N----"),
+    ("post", "/api/v1/auth/session", "-----"),
+    ("delete", "/api/v1/auth/session", "N----"),
+    ("get", "/api/v1/device-types", "N---F"),
+    ("get", "/api/v1/devices", "N---F"),
+    ("post", "/api/v1/devices", "N--FF"),
+    ("post", "/api/v1/devices/import", "N--FF"),
+    ("get", "/api/v1/devices/{serial}", "NXXXF"),
+    ("post", "/api/v1/devices/{serial}/incident", "N-F-F"),
+    ("get", "/api/v1/devices/{serial}/policies", "NXXXF"),
+    ("post", "/api/v1/devices/{serial}/recycle", "NXXXF"),
+    ("post", "/api/v1/devices/{serial}/restore", "N-F-F"),
+    ("post", "/api/v1/devices/{serial}/resume", "N-F-F"),
+    ("post", "/api/v1/devices/{serial}/state", "N-F-F"),
+    ("post", "/api/v1/devices/{serial}/suspend", "N-F-F"),
+    ("post", "/api/v1/devices/{serial}/terminate", "N-F-F"),
+    ("post", "/api/v1/issuance", "N---F"),
+    ("get", "/api/v1/issuance/{id}", "NXXXX"),
+    ("get", "/api/v1/issuance/{id}/batch", "NXXXX"),
+    ("post", "/api/v1/issuance/{id}/cancel", "NXXFF"),
+    ("post", "/api/v1/issuance/{id}/relay", "N--FF"),
+    ("post", "/api/v1/issuance/{id}/retry", "NXXFF"),
+    ("get", "/api/v1/jobs", "N---F"),
+    ("post", "/api/v1/jobs/{id}/close", "NXFFF"),
+    ("get", "/api/v1/me", "N----"),
+    ("get", "/api/v1/me/devices", "NFFFF"),
+    ("post", "/api/v1/me/devices/{serial}/change-pin", "NFFFF"),
+    ("post", "/api/v1/me/devices/{serial}/initial-pin", "NFFFF"),
+    ("post", "/api/v1/me/devices/{serial}/pin-check", "NFFF-"),
+    ("get", "/api/v1/operators", "N-FFF"),
+    ("post", "/api/v1/operators", "N-FFF"),
+    ("post", "/api/v1/operators/{login}/disable", "NXFFF"),
+    ("post", "/api/v1/operators/{login}/enable", "NXFFF"),
+    ("post", "/api/v1/operators/{login}/reset-password", "NXFFF"),
+    ("put", "/api/v1/operators/{login}/role", "N-FFF"),
+    ("post", "/api/v1/operators/{login}/sign-out", "NXFFF"),
+    ("get", "/api/v1/passkey-services", "N--FF"),
+    ("post", "/api/v1/passkey-services", "N-FFF"),
+    ("get", "/api/v1/passkey-services/{name}", "NXXFF"),
+    ("post", "/api/v1/passkey-services/{name}/test", "N-FFF"),
+    ("get", "/api/v1/policies", "N---F"),
+    ("post", "/api/v1/policies", "N-FFF"),
+    ("get", "/api/v1/policies/{name}", "NXXXF"),
+    ("put", "/api/v1/policies/{name}", "N-FFF"),
+    ("delete", "/api/v1/policies/{name}", "NXFFF"),
+    ("post", "/api/v1/policies/{name}/pin-check", "N---F"),
+    ("get", "/api/v1/policies/{name}/pin-rules", "NXXXF"),
+    ("get", "/api/v1/reports/bad-urls", "N---F"),
+    ("get", "/api/v1/roles", "N-FFF"),
+    ("get", "/api/v1/settings", "N---F"),
+    ("put", "/api/v1/settings/{key}", "N-FFF"),
+    ("get", "/api/v1/tokens", "N-FFF"),
+    ("post", "/api/v1/tokens", "N-FFF"),
+    ("delete", "/api/v1/tokens/{id}", "NXFFF"),
+    ("get", "/api/v1/users", "N---F"),
+    ("post", "/api/v1/users", "N-FFF"),
+    ("post", "/api/v1/users/import", "N-FFF"),
+    ("get", "/api/v1/users/{login}", "NXXXF"),
+    ("patch", "/api/v1/users/{login}", "NXFFF"),
+    ("post", "/api/v1/users/{login}/enrollment-code", "NXFFF"),
+];
+
+#[test]
+fn the_rbac_table_covers_every_route_and_role() {
+    let server = TestServer::start();
+    let tokens = [
+        String::new(),
+        server.token.clone(),
+        server.token_with_role("issuance_operator"),
+        server.token_with_role("help_desk"),
+        server.token_with_role("user"),
+    ];
+    let served = routes(&server);
+    let mut got = Vec::new();
+    for (method, path) in &served {
+        let row: String = tokens
+            .iter()
+            .map(|t| outcome(send(&server, t, method, path).0))
+            .collect();
+        got.push((method.clone(), path.clone(), row));
+    }
+    if std::env::var_os("KEYWARD_PRINT_RBAC").is_some() {
+        for (m, p, r) in &got {
+            println!("    (\"{m}\", \"{p}\", \"{r}\"),");
+        }
+    }
+    let mut problems = Vec::new();
+    for (m, p, r) in &got {
+        match RBAC.iter().find(|(tm, tp, _)| tm == m && tp == p) {
+            None => problems.push(format!("{m} {p}: not in the table (answers {r})")),
+            Some((_, _, want)) if want != r => {
+                problems.push(format!("{m} {p}: expected {want}, got {r}"))
+            }
+            Some(_) => {}
+        }
+    }
+    for (m, p, _) in RBAC {
+        if !served.iter().any(|(sm, sp)| sm == m && sp == p) {
+            problems.push(format!("{m} {p}: in the table, not served"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
