@@ -444,6 +444,27 @@ crate::redacted_debug!(TokenCreated { token_info } hides { token });
 
 crate::redacted_debug!(RelayResult { protocol, session_id, seq, responses, transport_error } hides { answers });
 
+impl RelayResult {
+    /// The responses as bytes and status words; the index of the first
+    /// that is not hex data with a four-hex-digit status word, and why.
+    /// (`u16::from_str_radix` alone also takes a leading `+`: "+FFF" would
+    /// be 0x0FFF.) What an agent or a device sends is untrusted: fuzzed.
+    pub fn parsed_responses(&self) -> Result<Vec<(Vec<u8>, u16)>, (usize, &'static str)> {
+        self.responses
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let data = hex::decode(&x.data).map_err(|_| (i, "data is not hex"))?;
+                let sw = (x.sw.len() == 4 && x.sw.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .then(|| u16::from_str_radix(&x.sw, 16).ok())
+                    .flatten()
+                    .ok_or((i, "sw is not a 4-digit hex status word"))?;
+                Ok((data, sw))
+            })
+            .collect()
+    }
+}
+
 /// A command that carries a secret (a PIN, a PUK, a management key) shows
 /// its length only.
 impl std::fmt::Debug for RelayCommand {
@@ -468,6 +489,34 @@ impl std::fmt::Debug for RelayCommand {
 #[cfg(test)]
 mod debug_tests {
     use super::*;
+
+    /// Issue 15, item 12 (found by reading): a status word "+FFF" was read
+    /// as 0x0FFF. Only four hex digits are one.
+    #[test]
+    fn a_status_word_is_four_hex_digits_and_data_is_hex() {
+        let with = |sw: &str, data: &str| RelayResult {
+            protocol: 1,
+            session_id: "x".into(),
+            seq: 1,
+            responses: vec![RelayResponse {
+                sw: sw.into(),
+                data: data.into(),
+            }],
+            answers: Default::default(),
+            transport_error: None,
+        };
+        assert_eq!(
+            with("9000", "7f49").parsed_responses(),
+            Ok(vec![(vec![0x7f, 0x49], 0x9000)])
+        );
+        for bad in ["+FFF", " 900", "9000x", "900", "-001", "0x90"] {
+            assert!(with(bad, "").parsed_responses().is_err(), "{bad}");
+        }
+        assert_eq!(
+            with("9000", "zz").parsed_responses(),
+            Err((0, "data is not hex"))
+        );
+    }
 
     /// Issue 15, item 7: formatting a wire type with `{:?}` shows no secret.
     #[test]

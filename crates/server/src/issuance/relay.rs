@@ -27,27 +27,16 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::json::ApiJson;
 
 pub(super) fn parse_responses(r: &RelayResult) -> ApiResult<Vec<Response>> {
-    let bad = |i: usize, what: &str| {
-        ApiError::bad_request("bad_response", format!("response {i}: {what}"))
-            .field(format!("responses[{i}]"))
-    };
-    r.responses
-        .iter()
-        .enumerate()
-        .map(|(i, x)| {
-            let data = hex::decode(&x.data).map_err(|_| bad(i, "data is not hex"))?;
-            // Exactly four hex digits: `u16::from_str_radix` alone also
-            // takes a leading `+` ("+FFF" would be 0x0FFF).
-            let sw =
-                x.sw.bytes()
-                    .all(|b| b.is_ascii_hexdigit())
-                    .then(|| u16::from_str_radix(&x.sw, 16).ok())
-                    .flatten()
-                    .filter(|_| x.sw.len() == 4)
-                    .ok_or_else(|| bad(i, "sw is not a 4-digit hex status word"))?;
-            Ok(Response { data, sw })
+    r.parsed_responses()
+        .map(|v| {
+            v.into_iter()
+                .map(|(data, sw)| Response { data, sw })
+                .collect()
         })
-        .collect()
+        .map_err(|(i, what)| {
+            ApiError::bad_request("bad_response", format!("response {i}: {what}"))
+                .field(format!("responses[{i}]"))
+        })
 }
 
 /// Who may post this result: the bound agent (checked by `RelayCaller` and
