@@ -33,6 +33,58 @@ pub struct AuditEvent {
     pub details: Value,
 }
 
+/// The unkeyed hash chain beside the MAC chain: anyone holding the records
+/// recomputes it, no key needed, and a checkpoint of its head signed with
+/// a key kept apart from the KEK proves that no record up to it changed,
+/// even to someone who holds the KEK (and could recompute every MAC).
+/// `H(n) = SHA-256("keyward-audit-hash-v1" ‖ H(n-1) ‖ seq ‖ each field
+/// length-prefixed)`, `H(0)` all zeros; the fields as the API shows them.
+pub fn chain_hash(prev: &[u8; 32], e: &AuditEvent) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"keyward-audit-hash-v1");
+    h.update(prev);
+    h.update(e.seq.to_be_bytes());
+    let at =
+        e.at.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+    let details = serde_json::to_string(&e.details).unwrap_or_default();
+    for field in [
+        at.as_str(),
+        &e.actor,
+        &e.action,
+        &e.target,
+        e.outcome.as_str(),
+        &details,
+    ] {
+        h.update((field.len() as u64).to_be_bytes());
+        h.update(field.as_bytes());
+    }
+    h.finalize().into()
+}
+
+/// A signed checkpoint of the hash chain's head: after record `seq` the
+/// chain's hash is `hash` (hex); `signature` (base64, DER ECDSA P-256 over
+/// [`Checkpoint::message`]) by the server's audit signing key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub seq: i64,
+    pub hash: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub signature: String,
+}
+
+impl Checkpoint {
+    /// What the signature covers.
+    pub fn message(seq: i64, hash: &str, at: OffsetDateTime) -> Vec<u8> {
+        let at = at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        format!("keyward-audit-checkpoint-v1\nseq={seq}\nhash={hash}\nat={at}\n").into_bytes()
+    }
+}
+
 /// Key fragments that mark a secret (matched case-insensitively inside the key).
 const SECRET_KEY_PARTS: &[&str] = &[
     "pin", "puk", "password", "secret", "token", "key", "otp", "code",
@@ -179,6 +231,61 @@ impl AuditEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hash_chain_covers_every_field_and_the_previous_hash() {
+        let e = AuditEvent {
+            seq: 7,
+            at: OffsetDateTime::from_unix_timestamp(1_796_000_000).unwrap(),
+            actor: "account:admin".into(),
+            action: "device.state".into(),
+            target: "device:1".into(),
+            outcome: AuditOutcome::Success,
+            details: serde_json::json!({ "to": "invalid" }),
+        };
+        let base = chain_hash(&[0; 32], &e);
+        assert_eq!(base, chain_hash(&[0; 32], &e.clone()));
+        assert_ne!(base, chain_hash(&[1; 32], &e));
+        let changed = [
+            AuditEvent {
+                seq: 8,
+                ..e.clone()
+            },
+            AuditEvent {
+                actor: "account:eve".into(),
+                ..e.clone()
+            },
+            AuditEvent {
+                action: "device.stat".into(),
+                ..e.clone()
+            },
+            AuditEvent {
+                target: "device:2".into(),
+                ..e.clone()
+            },
+            AuditEvent {
+                outcome: AuditOutcome::Failure,
+                ..e.clone()
+            },
+            AuditEvent {
+                details: serde_json::json!({ "to": "issued" }),
+                ..e.clone()
+            },
+            AuditEvent {
+                at: e.at + time::Duration::seconds(1),
+                ..e.clone()
+            },
+            // Moving a byte between fields changes it too (length-prefixed).
+            AuditEvent {
+                actor: "account:admi".into(),
+                action: "ndevice.state".into(),
+                ..e.clone()
+            },
+        ];
+        for c in &changed {
+            assert_ne!(chain_hash(&[0; 32], c), base, "{c:?}");
+        }
+    }
     use serde_json::json;
 
     #[test]

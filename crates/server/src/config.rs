@@ -68,6 +68,14 @@ pub struct Config {
     pub idle_timeout_seconds: u64,
     /// Connections at once; one more is closed as it is accepted.
     pub max_connections: usize,
+    /// The key that signs the audit trail's checkpoints (ECDSA P-256,
+    /// PKCS#8 PEM), kept apart from the KEK; created at first start, its
+    /// public key beside it (`<file>.pub`). Default:
+    /// `<data_dir>/audit-signing-key.pem`.
+    pub audit_signing_key: Option<PathBuf>,
+    /// Where signed checkpoints are appended (one JSON line each). Default:
+    /// `<data_dir>/audit-checkpoints.jsonl`.
+    pub audit_checkpoint_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -102,6 +110,8 @@ impl Default for Config {
             request_timeout_seconds: 60,
             idle_timeout_seconds: 120,
             max_connections: 1024,
+            audit_signing_key: None,
+            audit_checkpoint_file: None,
         }
     }
 }
@@ -384,6 +394,8 @@ impl std::fmt::Debug for Config {
             .field("request_timeout_seconds", &self.request_timeout_seconds)
             .field("idle_timeout_seconds", &self.idle_timeout_seconds)
             .field("max_connections", &self.max_connections)
+            .field("audit_signing_key", &self.audit_signing_key)
+            .field("audit_checkpoint_file", &self.audit_checkpoint_file)
             .finish()
     }
 }

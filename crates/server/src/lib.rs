@@ -6,6 +6,7 @@ pub mod agents;
 pub mod api;
 pub mod app;
 pub mod attestation;
+pub mod audit_checkpoints;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;

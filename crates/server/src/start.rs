@@ -110,7 +110,25 @@ impl Server {
             println!("created operator 'admin' with one-time password: {password}");
             println!("(sign in and change it; it is not shown again)");
         }
-        spawn_audit_checkpoints(state.clone(), config.audit_checkpoint_seconds);
+        let key_file = config
+            .audit_signing_key
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("audit-signing-key.pem"));
+        let signer = crate::audit_checkpoints::Signer::load_or_create(&key_file)?;
+        tracing::info!(
+            key = %key_file.display(),
+            public_key = %crate::audit_checkpoints::public_key_path(&key_file).display(),
+            "audit checkpoints are signed with this key: keep its public key to verify them"
+        );
+        crate::audit_checkpoints::spawn(
+            state.clone(),
+            signer,
+            config
+                .audit_checkpoint_file
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("audit-checkpoints.jsonl")),
+            config.audit_checkpoint_seconds,
+        );
         spawn_abandoned_sweeper(state.clone(), config.abandon_after_seconds);
         crate::pki::spawn_crl_follower(state.clone());
         crate::jobs::spawn_worker(state.clone());
@@ -214,32 +232,6 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
-}
-
-/// Writes the audit chain's head (count and last MAC) to the log at start and
-/// periodically, so that removing the newest records is detectable from the
-/// log even if the head row is rolled back with them.
-fn spawn_audit_checkpoints(state: AppState, every_seconds: u64) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(every_seconds.max(1)));
-        let mut last = None;
-        loop {
-            tick.tick().await;
-            match state.store.audit_head().await {
-                Ok(head) => {
-                    if last.as_ref() != Some(&head) {
-                        tracing::info!(
-                            audit_records = head.count,
-                            audit_head_mac = %hex::encode(&head.last_mac),
-                            "audit checkpoint"
-                        );
-                        last = Some(head);
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "audit checkpoint failed"),
-            }
-        }
-    });
 }
 
 /// Cancels abandoned issuance sessions, checking a few times per period.

@@ -222,8 +222,18 @@ pub enum TokenCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
-    /// Verify the audit trail's MAC chain (exit 1 if broken).
-    Verify,
+    /// Verify the audit trail's MAC chain (exit 1 if broken); with
+    /// `--checkpoints`, also that no record up to each signed checkpoint
+    /// changed, with the public key alone.
+    Verify {
+        /// The server's signed checkpoints (`audit-checkpoints.jsonl`).
+        #[arg(long, requires = "public_key")]
+        checkpoints: Option<PathBuf>,
+        /// The public key that signs them (`audit-signing-key.pem.pub`),
+        /// kept apart from the server.
+        #[arg(long, requires = "checkpoints")]
+        public_key: Option<PathBuf>,
+    },
     /// List audit records.
     List {
         #[arg(long)]
@@ -769,9 +779,67 @@ fn token(c: &ApiClient, json: bool, cmd: TokenCommand) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
+/// Every record through the API, then each checkpoint against the hash
+/// chain recomputed from them, with the public key alone.
+fn verify_checkpoints(
+    c: &ApiClient,
+    json: bool,
+    file: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    use keyward_server::audit_checkpoints as cp;
+    let text =
+        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let checkpoints =
+        cp::read_checkpoints(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let public =
+        std::fs::read_to_string(key).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+    let mut records: Vec<keyward_domain::AuditEvent> = Vec::new();
+    loop {
+        let after = records.last().map(|r| r.seq).unwrap_or(0);
+        let page: Value = c.get(&format!("/audit?after={after}&limit=1000"))?;
+        let items: Vec<keyward_domain::AuditEvent> = serde_json::from_value(page["items"].clone())?;
+        if items.is_empty() {
+            break;
+        }
+        records.extend(items);
+    }
+    let v = cp::verify(&records, &checkpoints, &public);
+    let ok = v.problems.is_empty() && !checkpoints.is_empty();
+    if json {
+        print_object(
+            true,
+            &json!({ "ok": ok, "records": records.len(), "checkpoints_verified": v.good, "problems": v.problems }),
+        );
+    } else if ok {
+        println!(
+            "{} checkpoint(s) verified: no record up to {} changed ({} record(s) now)",
+            v.good.len(),
+            v.good.iter().max().copied().unwrap_or(0),
+            records.len()
+        );
+    } else {
+        if checkpoints.is_empty() {
+            println!("no checkpoint in {}", file.display());
+        }
+        for p in &v.problems {
+            println!("  {p}");
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 fn audit(c: &ApiClient, json: bool, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        AuditCommand::Verify => {
+        AuditCommand::Verify {
+            checkpoints: Some(file),
+            public_key: Some(key),
+        } => verify_checkpoints(c, json, &file, &key),
+        AuditCommand::Verify { .. } => {
             let v: AuditVerifyReport = c.get("/audit/verify")?;
             if json {
                 print_object(true, &serde_json::to_value(&v)?);
