@@ -844,3 +844,41 @@ fn tamper(db: &std::path::Path, seq: i64) {
             .unwrap();
         });
 }
+
+/// Item 1 (in part): attestation roots that were configured but unreadable
+/// were skipped with a warning, so every key went unattested. Now the
+/// server does not start (fail closed), for roots and for intermediates.
+#[test]
+fn unreadable_attestation_roots_stop_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    for (key, path, why) in [
+        (
+            "attestation_roots",
+            dir.path().join("missing.pem"),
+            "No such file",
+        ),
+        ("attestation_roots", garbage.clone(), "holds no certificate"),
+        (
+            "attestation_intermediates",
+            garbage.clone(),
+            "holds no certificate",
+        ),
+    ] {
+        let cfg = dir.path().join("keyward.toml");
+        std::fs::write(&cfg, format!("{key} = [\"{}\"]\n", path.display())).unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(support::BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(data.path())
+            .env_remove("KEYWARD_BOOTSTRAP_TOKEN")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{key}");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains(key) && text.contains(why), "{key}: {text}");
+    }
+}

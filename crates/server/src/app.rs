@@ -39,8 +39,8 @@ pub struct Inner {
     /// The management-key master key, read and unsealed at its first use
     /// (created once, then only read back: safe to keep across requests).
     pub master_key: tokio::sync::OnceCell<zeroize::Zeroizing<Vec<u8>>>,
-    /// The attestation roots (`attestation_roots`), read at their first use.
-    pub attestation_anchors: std::sync::OnceLock<Vec<Vec<u8>>>,
+    /// The attestation roots and intermediates, read at start.
+    pub attestation_anchors: crate::attestation::Anchors,
     /// One Graph client per Passkey-Enabled Service (with the fingerprint of
     /// the configuration it was built from), so its token cache lives until
     /// the token expires instead of one call.
@@ -63,7 +63,7 @@ impl AppState {
             pki,
             agents: Default::default(),
             master_key: Default::default(),
-            attestation_anchors: Default::default(),
+            attestation_anchors: crate::attestation::Anchors::read(&config)?,
             graph_clients: Default::default(),
             store,
             sealer,

@@ -20,30 +20,52 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::ApiResult;
 
-/// The configured roots, DER (PEM files may hold several certificates).
-/// Read once per server (at the first attestation), not per issuance.
-fn anchors(state: &AppState) -> &[Vec<u8>] {
-    state
-        .attestation_anchors
-        .get_or_init(|| read_anchors(state))
+/// The configured roots and intermediates, DER, read at start (a file
+/// that is configured but unreadable, or holds no certificate, stops the
+/// server: a missing root must not quietly make every key unattested).
+#[derive(Debug, Default)]
+pub struct Anchors {
+    pub roots: Vec<Vec<u8>>,
+    /// Certificates between a device's attestation certificate and a root
+    /// that the device does not carry (Yubico's "PIV Attestation B 1").
+    pub intermediates: Vec<Vec<u8>>,
 }
 
-fn read_anchors(state: &AppState) -> Vec<Vec<u8>> {
+impl Anchors {
+    pub fn read(config: &crate::config::Config) -> anyhow::Result<Anchors> {
+        Ok(Anchors {
+            roots: read_certificates("attestation_roots", &config.attestation_roots)?,
+            intermediates: read_certificates(
+                "attestation_intermediates",
+                &config.attestation_intermediates,
+            )?,
+        })
+    }
+}
+
+/// Every certificate of `paths` (PEM, one or more, or one DER), DER.
+fn read_certificates(key: &str, paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<Vec<u8>>> {
+    use der::Decode;
     let mut out = Vec::new();
-    for path in &state.config.attestation_roots {
-        let Ok(bytes) = std::fs::read(path) else {
-            tracing::warn!(path = %path.display(), "attestation root unreadable");
-            continue;
-        };
-        // PEM (one or more certificates), else one DER certificate.
+    for path in paths {
+        let bytes =
+            std::fs::read(path).map_err(|e| anyhow::anyhow!("{key}: {}: {e}", path.display()))?;
         match x509_cert::Certificate::load_pem_chain(&bytes) {
             Ok(chain) if !chain.is_empty() => {
                 out.extend(chain.iter().filter_map(|c| der::Encode::to_der(c).ok()))
             }
-            _ => out.push(bytes),
+            _ => {
+                x509_cert::Certificate::from_der(&bytes).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{key}: {} holds no certificate (PEM or DER): {e}",
+                        path.display()
+                    )
+                })?;
+                out.push(bytes)
+            }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Verifies each key's attestation (the `VerifyAttestation` effect):
@@ -63,7 +85,7 @@ pub(super) async fn verify(
         .await
         .map_err(|e| store_error("reading settings", e))?
         .require_device_attestation;
-    let anchors = anchors(state);
+    let anchors = &state.attestation_anchors;
     let now = time::OffsetDateTime::now_utc();
     let device_cert = device_certificate.map(certificate_from_object);
     // The keys that came with an attestation, verified together: the device
@@ -79,7 +101,7 @@ pub(super) async fn verify(
                     })
                 })
                 .collect();
-            verify_piv_attestations(dev, &[], anchors, &attested, now)
+            verify_piv_attestations(dev, &anchors.intermediates, &anchors.roots, &attested, now)
         }
         _ => Vec::new(),
     }

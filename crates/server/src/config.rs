@@ -41,6 +41,10 @@ pub struct Config {
     /// Trusted roots for YubiKey PIV attestation (PEM or DER files): Yubico's
     /// PIV root for real devices, `keyward vcard ca-cert` for virtual ones.
     pub attestation_roots: Vec<PathBuf>,
+    /// Certificates between a device's attestation certificate and a root
+    /// that devices do not carry (Yubico's newer keys chain through "PIV
+    /// Attestation B 1"): PEM or DER files.
+    pub attestation_intermediates: Vec<PathBuf>,
     /// Hours between a CRL's thisUpdate and nextUpdate; it is signed again
     /// at half-life, and at once after a revocation.
     pub crl_validity_hours: u64,
@@ -102,6 +106,7 @@ impl Default for Config {
             abandon_after_seconds: 1800,
             crl_validity_hours: 24,
             attestation_roots: Vec::new(),
+            attestation_intermediates: Vec::new(),
             metrics_listen: None,
             metrics_token: None,
             trusted_proxies: Vec::new(),
@@ -379,6 +384,7 @@ impl std::fmt::Debug for Config {
             .field("initial_pin_days", &self.initial_pin_days)
             .field("abandon_after_seconds", &self.abandon_after_seconds)
             .field("attestation_roots", &self.attestation_roots)
+            .field("attestation_intermediates", &self.attestation_intermediates)
             .field("crl_validity_hours", &self.crl_validity_hours)
             .field("metrics_listen", &self.metrics_listen)
             .field(

@@ -110,6 +110,24 @@ impl Server {
             println!("created operator 'admin' with one-time password: {password}");
             println!("(sign in and change it; it is not shown again)");
         }
+        // Attestation required with nothing to verify against: every
+        // YubiKey issuance would fail; say so at start.
+        if state.attestation_anchors.roots.is_empty() {
+            let settings = state.store.get_settings().await?;
+            let policies = state.store.list_policies().await?;
+            let requiring: Vec<&str> = policies
+                .iter()
+                .filter(|p| p.require_device_attestation)
+                .map(|p| p.name.as_str())
+                .collect();
+            if settings.require_device_attestation || !requiring.is_empty() {
+                tracing::warn!(
+                    policies = ?requiring,
+                    setting = settings.require_device_attestation,
+                    "device attestation is required but no attestation_roots are configured: attesting devices cannot be issued"
+                );
+            }
+        }
         let key_file = config
             .audit_signing_key
             .clone()
