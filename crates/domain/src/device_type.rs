@@ -133,6 +133,12 @@ const PIV: DeviceCapabilities = DeviceCapabilities {
 };
 
 impl DeviceType {
+    /// The device attests the keys it generates (PIV ATTEST, a
+    /// manufacturer-signed certificate per key): YubiKey 5.
+    pub const fn attests(self) -> bool {
+        matches!(self, DeviceType::YubiKey5)
+    }
+
     pub const fn capabilities(self) -> &'static DeviceCapabilities {
         match self {
             DeviceType::C4000 => &C4000,

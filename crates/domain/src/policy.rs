@@ -32,9 +32,11 @@ pub struct DevicePolicy {
     pub pki_applications: Vec<PkiApplication>,
     #[serde(default)]
     pub fido_application: Option<FidoApplication>,
-    /// "Require device attestation"
-    #[serde(default)]
-    pub require_device_attestation: bool,
+    /// "Require device attestation": a key the device cannot prove it
+    /// generated is not certified. Unset: on for device types that attest
+    /// (YubiKey 5); a policy turns it off only by saying `false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_device_attestation: Option<bool>,
     /// How long a temporary device (issued while the original is
     /// forgotten) lasts, in days: its certificates expire then and the job
     /// runner terminates it.
@@ -265,6 +267,11 @@ impl FidoApplication {
 }
 
 impl DevicePolicy {
+    /// Whether a key generated on a device of type `t` must be attested.
+    pub fn requires_attestation(&self, t: DeviceType) -> bool {
+        self.require_device_attestation.unwrap_or(t.attests())
+    }
+
     /// Everything about the policy, including every rule against each targeted type.
     pub fn validate(&self) -> ValidationResult {
         validate::name("name", &self.name)?;
@@ -535,7 +542,7 @@ mod tests {
                 cred_protect: 1,
                 display_name_template: "{device_type} {serial}".into(),
             }),
-            require_device_attestation: false,
+            require_device_attestation: None,
             temporary_validity_days: 7,
         }
     }
@@ -559,6 +566,27 @@ mod tests {
         assert_eq!(e.code, "shared_pin_not_supported");
         assert_eq!(e.field, "fido_application.share_device_pin");
         assert!(e.message.contains("device_types[1]"), "{}", e.message);
+    }
+
+    /// Issue 15, item 1: one switch, on by default where the device attests.
+    #[test]
+    fn attestation_is_required_unless_a_policy_says_no() {
+        let mut p = policy(&[DeviceType::YubiKey5, DeviceType::C4000], None);
+        assert!(p.requires_attestation(DeviceType::YubiKey5));
+        assert!(
+            !p.requires_attestation(DeviceType::C4000),
+            "a C4000 cannot attest"
+        );
+        p.require_device_attestation = Some(false);
+        assert!(!p.requires_attestation(DeviceType::YubiKey5));
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(
+            json["require_device_attestation"], false,
+            "an explicit no stays explicit"
+        );
+        p.require_device_attestation = None;
+        let json = serde_json::to_value(&p).unwrap();
+        assert!(json.get("require_device_attestation").is_none());
     }
 
     #[test]

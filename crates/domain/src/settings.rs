@@ -15,7 +15,6 @@ canonical_enum! {
         WhoCanBind = "who_can_bind", "Who can bind the device to the user?";
         EnableIssuanceRetryForUser = "enable_issuance_retry_for_user", "Enable issuance retry for user";
         AutoImportUnknownDevices = "auto_import_unknown_devices", "Enable Automatic Import of Unknown Cards";
-        RequireDeviceAttestation = "require_device_attestation", "Require device attestation";
     }
 }
 
@@ -23,9 +22,7 @@ impl SettingKey {
     /// The settings page the key belongs to in the product.
     pub const fn section(self) -> &'static str {
         match self {
-            SettingKey::InitialPinDisplayMode | SettingKey::RequireDeviceAttestation => {
-                "Security Settings"
-            }
+            SettingKey::InitialPinDisplayMode => "Security Settings",
             SettingKey::ChangePinDuringIssuance
             | SettingKey::WhoCanBind
             | SettingKey::EnableIssuanceRetryForUser => "User Portal configuration",
@@ -45,8 +42,7 @@ impl SettingKey {
             }
             SettingKey::ChangePinDuringIssuance
             | SettingKey::EnableIssuanceRetryForUser
-            | SettingKey::AutoImportUnknownDevices
-            | SettingKey::RequireDeviceAttestation => SettingValue::Bool(parse_bool(field, s)?),
+            | SettingKey::AutoImportUnknownDevices => SettingValue::Bool(parse_bool(field, s)?),
         })
     }
 }
@@ -95,11 +91,6 @@ pub struct Settings {
     pub enable_issuance_retry_for_user: bool,
     /// Device parameters: "Enable Automatic Import of Unknown Cards".
     pub auto_import_unknown_devices: bool,
-    /// Security Settings: "Require device attestation": a key the device
-    /// cannot prove it generated (YubiKey ATTEST) fails the issuance;
-    /// otherwise its credential is recorded as unattested.
-    #[serde(default)]
-    pub require_device_attestation: bool,
 }
 
 impl Default for Settings {
@@ -111,7 +102,6 @@ impl Default for Settings {
             who_can_bind: WhoCanBind::IssuanceOperator,
             enable_issuance_retry_for_user: false,
             auto_import_unknown_devices: false,
-            require_device_attestation: false,
         }
     }
 }
@@ -131,9 +121,6 @@ impl Settings {
             }
             SettingKey::AutoImportUnknownDevices => {
                 SettingValue::Bool(self.auto_import_unknown_devices)
-            }
-            SettingKey::RequireDeviceAttestation => {
-                SettingValue::Bool(self.require_device_attestation)
             }
         }
     }
@@ -160,9 +147,6 @@ impl Settings {
             }
             (SettingKey::AutoImportUnknownDevices, SettingValue::Bool(b)) => {
                 self.auto_import_unknown_devices = b
-            }
-            (SettingKey::RequireDeviceAttestation, SettingValue::Bool(b)) => {
-                self.require_device_attestation = b
             }
             _ => return Err(wrong()),
         }
@@ -209,8 +193,7 @@ mod tests {
                 "change_pin_during_issuance",
                 "who_can_bind",
                 "enable_issuance_retry_for_user",
-                "auto_import_unknown_devices",
-                "require_device_attestation"
+                "auto_import_unknown_devices"
             ]
         );
     }

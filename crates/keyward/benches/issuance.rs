@@ -401,7 +401,7 @@ fn prepare(api: &Api, ca: &ManufacturerCa) {
         "POST",
         "/policies",
         Some(json!({
-            "name": "PIV Standard", "device_types": ["yubikey5", "c4000"], "management_key": "random",
+            "name": "PIV Standard", "device_types": ["yubikey5", "c4000"], "management_key": "random", "require_device_attestation": false,
             "pin_application": { "min_length": 6, "max_length": 8, "character_set": "numeric", "max_repeated": 2, "max_sequential": 2, "pin_retry_count": 3, "puk_retry_count": 3 },
             "pki_applications": [
                 { "name": "PIV Authentication", "slot": "9a", "algorithm": "eccp256", "certificate_authority": "Keyward Issuing CA",

@@ -33,12 +33,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         },
     )?;
     let mut config = config;
-    if !args.no_virtual_devices {
-        // The demo devices' keys are attested by their virtual manufacturer
-        // CA: the server trusts it as an attestation root, as a production
-        // server trusts Yubico's PIV root.
-        config.attestation_roots = vec![demo_attestation_root(&args.data_dir)?];
-    }
+    // Virtual devices attest their keys with a virtual manufacturer CA: the
+    // demo trusts its own folder's (its in-process devices) and the
+    // machine's default one (what `keyward vcard` uses on pcscd beside the
+    // demo), with or without its own devices, as a production server trusts
+    // Yubico's PIV root: attestation stays required.
+    config.attestation_roots = demo_attestation_roots(&args.data_dir)?;
     keyward_server::logging::init(&config.log_format);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
@@ -98,15 +98,26 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The demo devices' virtual manufacturer CA (created on first use in
-/// `DATA_DIR/virtual/ca`), its root written as PEM for `attestation_roots`.
-fn demo_attestation_root(data_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+/// The virtual manufacturer CAs the demo trusts, as PEM files for
+/// `attestation_roots`: its own folder's (`DATA_DIR/virtual/ca`) and the
+/// machine's default one (`keyward vcard ca-cert`), each created on first use.
+fn demo_attestation_roots(data_dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
     let dir = data_dir.join("virtual");
     std::fs::create_dir_all(&dir)?;
-    let ca = keyward_vcard::ca::ManufacturerCa::load_or_create(&dir.join("ca"))?;
-    let path = dir.join("manufacturer-ca.pem");
-    std::fs::write(&path, ca.root_pem())?;
-    Ok(path)
+    let own = keyward_vcard::ca::ManufacturerCa::load_or_create(&dir.join("ca"))?;
+    let own_path = dir.join("manufacturer-ca.pem");
+    std::fs::write(&own_path, own.root_pem())?;
+    let mut roots = vec![own_path];
+    match keyward_vcard::ca::ManufacturerCa::load_or_create(&keyward_vcard::ca::default_ca_dir()) {
+        Ok(default) => {
+            let path = dir.join("default-manufacturer-ca.pem");
+            std::fs::write(&path, default.root_pem())?;
+            roots.push(path);
+        }
+        // No writable home (a locked-down container): the demo's own still works.
+        Err(e) => eprintln!("note: the default virtual manufacturer CA is not trusted: {e}"),
+    }
+    Ok(roots)
 }
 
 /// The demo's workstation agents, in-process: the two virtual devices

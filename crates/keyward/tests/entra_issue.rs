@@ -102,7 +102,7 @@ fn seed_with(
         "POST",
         "/policies",
         Some(json!({
-            "name": "PIV + Passkey", "device_types": [device_type], "management_key": "random",
+            "name": "PIV + Passkey", "device_types": [device_type], "management_key": "random", "require_device_attestation": false,
             "pin_application": { "min_length": 6, "max_length": 8, "character_set": "numeric", "max_repeated": 2, "max_sequential": 2, "pin_retry_count": 3, "puk_retry_count": 3 },
             "pki_applications": [
                 { "name": "PIV Authentication", "slot": "9a", "algorithm": "eccp256", "certificate_authority": "Keyward Issuing CA",
@@ -504,7 +504,7 @@ fn device_rules_refuse_before_the_device_is_touched() {
         "POST",
         "/policies",
         Some(json!({
-            "name": "Shared on YubiKey", "device_types": ["yubikey5"],
+            "name": "Shared on YubiKey", "device_types": ["yubikey5"], "require_device_attestation": false,
             "pin_application": { "min_length": 6, "max_length": 8, "character_set": "numeric" },
             "fido_application": { "passkey_service_id": uuid_of_service(&server), "share_device_pin": true }
         })),

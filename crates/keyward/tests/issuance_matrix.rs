@@ -195,7 +195,7 @@ fn seed_policy(server: &TestServer) {
         "POST",
         "/policies",
         Some(json!({
-            "name": POLICY, "device_types": ["yubikey5", "c4000"], "management_key": "random",
+            "name": POLICY, "device_types": ["yubikey5", "c4000"], "management_key": "random", "require_device_attestation": false,
             "pin_application": { "min_length": 6, "max_length": 8, "character_set": "numeric", "max_repeated": 2, "max_sequential": 2,
                                  "pin_retry_count": PIN_RETRIES, "puk_retry_count": PUK_RETRIES },
             "pki_applications": [

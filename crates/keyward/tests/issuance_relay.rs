@@ -1119,9 +1119,8 @@ fn yubikey_attestation_is_verified_before_certifying() {
         ..Default::default()
     });
     support::seed_piv_standard(&server, "31000130");
-    put_setting(&server, "require_device_attestation", "yes");
-    let (_, v) = server.call("GET", "/settings", None);
-    assert_eq!(v["require_device_attestation"], true, "{v}");
+    // The policy's own switch (issue 15): on.
+    set_attestation(&server, true);
     let (s, batch) = server.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000130", "pin": "735194" })));
     assert_eq!(s, 201, "{batch}");
     let id = batch["session_id"].as_str().unwrap().to_string();
@@ -1146,7 +1145,7 @@ fn yubikey_attestation_is_verified_before_certifying() {
     // before any certificate is issued.
     let other = TestServer::start();
     support::seed_piv_standard(&other, "31000131");
-    put_setting(&other, "require_device_attestation", "yes");
+    set_attestation(&other, true);
     let ca2 = tempfile::tempdir().unwrap();
     let mut card2 = VirtualCard::new(
         VcardConfig::new(ProfileKind::Yubikey5)
@@ -1168,7 +1167,7 @@ fn yubikey_attestation_is_verified_before_certifying() {
         "nothing certified: {st}"
     );
     // Not required: the same device is issued, its keys recorded unattested.
-    put_setting(&other, "require_device_attestation", "no");
+    set_attestation(&other, false);
     card2.power_on();
     let (s, batch) = other.call("POST", &format!("/issuance/{id}/retry"), None);
     assert_eq!(s, 200, "{batch}");
@@ -1177,6 +1176,14 @@ fn yubikey_attestation_is_verified_before_certifying() {
     let (_, events) = other.call("GET", "/audit?limit=1000", None);
     let text = events.to_string();
     assert!(text.contains("\"attested\":false"), "recorded unattested");
+}
+
+/// Sets PIV Standard's "Require device attestation".
+fn set_attestation(server: &TestServer, on: bool) {
+    let (_, mut p) = server.call("GET", "/policies/PIV%20Standard", None);
+    p["require_device_attestation"] = json!(on);
+    let (s, v) = server.call("PUT", "/policies/PIV%20Standard", Some(p));
+    assert_eq!(s, 200, "{v}");
 }
 
 /// Relays one batch, CTAP messages included (over ISO 7816, as on a C4000).

@@ -882,3 +882,96 @@ fn unreadable_attestation_roots_stop_the_server() {
         assert!(text.contains(key) && text.contains(why), "{key}: {text}");
     }
 }
+
+/// Item 1: "Require device attestation" was a setting, off by default, and
+/// a policy field nobody read. Now one switch, the policy's: a new policy
+/// requires attestation on a YubiKey unless it says `false`, so with no
+/// root nothing is certified for a key the device did not prove.
+#[test]
+fn a_policy_requires_attestation_on_a_yubikey_unless_it_says_no() {
+    use keyward_vcard::{ProfileKind, VcardConfig, VirtualCard};
+    let server = TestServer::start();
+    support::seed_piv_standard(&server, "31000601");
+    let (_, mut p) = server.call("GET", "/policies/PIV%20Standard", None);
+    p.as_object_mut()
+        .unwrap()
+        .remove("require_device_attestation");
+    let (s, v) = server.call("PUT", "/policies/PIV%20Standard", Some(p));
+    assert_eq!(s, 200, "{v}");
+    let (_, p) = server.call("GET", "/policies/PIV%20Standard", None);
+    assert!(p.get("require_device_attestation").is_none(), "{p}");
+    let ca = tempfile::tempdir().unwrap();
+    let mut card = VirtualCard::new(
+        VcardConfig::new(ProfileKind::Yubikey5)
+            .with_serial(31000601)
+            .with_ca_dir(ca.path()),
+    )
+    .unwrap();
+    card.power_on();
+    let (s, mut batch) = server.call(
+        "POST",
+        "/issuance",
+        Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000601", "pin": "735194" })),
+    );
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    while batch["state"] == "running" {
+        let responses = support::relay_in_process(&mut card, &batch);
+        let (_, next) = server.call(
+            "POST",
+            &format!("/issuance/{id}/relay"),
+            Some(json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": responses })),
+        );
+        batch = next;
+    }
+    assert_eq!(batch["state"], "failed", "{batch}");
+    let (_, st) = server.call("GET", &format!("/issuance/{id}"), None);
+    assert_eq!(st["error"]["code"], "attestation_failed", "{st}");
+    assert!(
+        st["credentials"].as_array().unwrap().is_empty(),
+        "nothing certified"
+    );
+    // The retired setting is gone from the API.
+    let (_, settings) = server.call("GET", "/settings", None);
+    assert!(
+        settings.get("require_device_attestation").is_none(),
+        "{settings}"
+    );
+}
+
+/// Item 1: a data folder whose retired setting required attestation comes
+/// up with every policy requiring it (and the setting gone).
+#[test]
+fn the_retired_attestation_setting_moves_into_every_policy() {
+    let mut server = TestServer::start();
+    support::seed_piv_standard(&server, "31000602");
+    server.stop();
+    let db = server.data_path().join("keyward.db");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+                .await
+                .unwrap();
+            sqlx::raw_sql(
+                "INSERT INTO settings (key, value, updated_at) VALUES ('require_device_attestation', 'true', '2026-01-01T00:00:00Z')",
+            )
+            .execute(&mut c)
+            .await
+            .unwrap();
+        });
+    let data = std::mem::replace(&mut server.data_dir, tempfile::tempdir().unwrap());
+    drop(server);
+    let server = TestServer::start_with(ServerOptions {
+        data_dir: Some(data),
+        ..Default::default()
+    });
+    let (_, p) = server.call("GET", "/policies/PIV%20Standard", None);
+    assert_eq!(p["require_device_attestation"], true, "{p}");
+    assert!(server
+        .output()
+        .contains("these policies require device attestation"));
+}

@@ -183,9 +183,6 @@ pub struct SettingsView {
     pub enable_issuance_retry_for_user: bool,
     /// Device parameters: "Enable Automatic Import of Unknown Cards".
     pub auto_import_unknown_devices: bool,
-    /// Security Settings: "Require device attestation".
-    #[serde(default)]
-    pub require_device_attestation: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

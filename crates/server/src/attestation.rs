@@ -5,9 +5,10 @@
 //! configured roots (`attestation_roots`: Yubico's PIV root, or the virtual
 //! manufacturer CA of `keyward vcard`), with the device's serial. The
 //! outcome of each key (attested or unattested, and why) goes to the audit
-//! trail (`issuance.attestation`); under "Require device attestation" the
-//! session's machine fails the attempt on an unattested key before anything
-//! is certified. Devices that cannot attest (C4000, generic PIV) are not
+//! trail (`issuance.attestation`); when the policy requires attestation
+//! (its `require_device_attestation`, on unless it says `false` for device
+//! types that attest) the session's machine fails the attempt on an
+//! unattested key before anything is certified. Devices that cannot attest (C4000, generic PIV) are not
 //! asked.
 
 use keyward_domain::{AuditDraft, AuditOutcome};
@@ -15,7 +16,7 @@ use keyward_engine::piv::GeneratedKey;
 use keyward_pki::attestation::{certificate_from_object, verify_piv_attestations, AttestedKey};
 use uuid::Uuid;
 
-use crate::api::{audit, store_error};
+use crate::api::audit;
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::ApiResult;
@@ -78,13 +79,8 @@ pub(super) async fn verify(
     serial: u64,
     device_certificate: Option<&[u8]>,
     keys: &[GeneratedKey],
+    required: bool,
 ) -> ApiResult<(Vec<Result<(), String>>, bool, AuditDraft)> {
-    let required = state
-        .store
-        .get_settings()
-        .await
-        .map_err(|e| store_error("reading settings", e))?
-        .require_device_attestation;
     let anchors = &state.attestation_anchors;
     let now = time::OffsetDateTime::now_utc();
     let device_cert = device_certificate.map(certificate_from_object);

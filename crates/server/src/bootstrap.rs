@@ -88,3 +88,33 @@ pub async fn run(
         .await?;
     Ok(created_password)
 }
+
+/// The retired setting "Require device attestation" (one switch for every
+/// policy) becomes each policy's own field: when it was on, every policy
+/// requires attestation; when off, policies keep what they say. Once.
+pub async fn migrate_attestation_setting(state: &AppState) -> anyhow::Result<()> {
+    let Some(value) = state
+        .store
+        .take_retired_setting(
+            "require_device_attestation",
+            &system("settings.retire", "setting:require_device_attestation"),
+        )
+        .await?
+    else {
+        return Ok(());
+    };
+    if value.trim() != "true" {
+        return Ok(());
+    }
+    for mut p in state.store.list_policies().await? {
+        if p.require_device_attestation != Some(true) {
+            p.require_device_attestation = Some(true);
+            state
+                .store
+                .update_policy(&p, &system("policy.update", &format!("policy:{}", p.name)))
+                .await?;
+            tracing::info!(policy = %p.name, "the retired setting required device attestation: so does this policy");
+        }
+    }
+    Ok(())
+}

@@ -116,7 +116,8 @@ pub fn piv_standard() -> DevicePolicy {
             },
         ],
         fido_application: None,
-        require_device_attestation: false,
+        // Unset: required for the YubiKey (attested by a root the demo trusts).
+        require_device_attestation: None,
         temporary_validity_days: 7,
     }
 }

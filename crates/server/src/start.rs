@@ -112,19 +112,18 @@ impl Server {
         }
         // Attestation required with nothing to verify against: every
         // YubiKey issuance would fail; say so at start.
+        crate::bootstrap::migrate_attestation_setting(&state).await?;
         if state.attestation_anchors.roots.is_empty() {
-            let settings = state.store.get_settings().await?;
             let policies = state.store.list_policies().await?;
             let requiring: Vec<&str> = policies
                 .iter()
-                .filter(|p| p.require_device_attestation)
+                .filter(|p| p.device_types.iter().any(|t| p.requires_attestation(*t)))
                 .map(|p| p.name.as_str())
                 .collect();
-            if settings.require_device_attestation || !requiring.is_empty() {
+            if !requiring.is_empty() {
                 tracing::warn!(
                     policies = ?requiring,
-                    setting = settings.require_device_attestation,
-                    "device attestation is required but no attestation_roots are configured: attesting devices cannot be issued"
+                    "these policies require device attestation but no attestation_roots are configured: their attesting devices cannot be issued"
                 );
             }
         }

@@ -653,6 +653,15 @@ impl Store {
     }
 
     /// Sets one setting; returns all settings after the change.
+    /// Removes the retired setting `name` and answers its stored value.
+    pub async fn take_retired_setting(
+        &self,
+        name: &str,
+        audit: &AuditDraft,
+    ) -> StoreResult<Option<String>> {
+        dispatch_audited!(self, take_retired_setting(name, audit))
+    }
+
     pub async fn set_setting(
         &self,
         key: SettingKey,

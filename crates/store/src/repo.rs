@@ -1918,3 +1918,30 @@ pub async fn delete_secret(
     finish(tx, key, audit).await?;
     Ok(n > 0)
 }
+
+/// Removes a stored setting that no longer exists and answers its value
+/// (a release folding it into something else moves it there).
+pub async fn take_retired_setting(
+    pool: &Pool<DB>,
+    key: &AuditKey,
+    name: &str,
+    audit: &AuditDraft,
+) -> StoreResult<Option<String>> {
+    let mut tx = dialect::begin_write(pool).await?;
+    let value: Option<String> = sqlx::query("SELECT value FROM settings WHERE key = $1")
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.try_get("value"))
+        .transpose()?;
+    if value.is_none() {
+        tx.commit().await?;
+        return Ok(None);
+    }
+    sqlx::query("DELETE FROM settings WHERE key = $1")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    finish(tx, key, audit).await?;
+    Ok(value)
+}

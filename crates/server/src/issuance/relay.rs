@@ -190,6 +190,7 @@ pub(super) async fn relay(
                     serial,
                     device_certificate.as_deref(),
                     &keys,
+                    policy.requires_attestation(device.device_type),
                 )
                 .await?;
                 audits.push(draft);
