@@ -312,6 +312,7 @@ mod tests {
         assert!(shown.contains("db.example"), "{shown}");
         let start = crate::start::StartOptions {
             bootstrap_token: Some("kw_bootstrap-token-value".into()),
+            allow_weak_bootstrap_token: false,
         };
         assert!(!format!("{start:?}").contains("bootstrap-token-value"));
     }
