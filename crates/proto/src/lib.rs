@@ -441,12 +441,16 @@ crate::redacted_debug!(TokenCreated { token_info } hides { token });
 
 crate::redacted_debug!(RelayResult { protocol, session_id, seq, responses, transport_error } hides { answers });
 
+/// Relayed responses as bytes and status words, or the index of the first
+/// bad one and why.
+pub type ParsedResponses = Result<Vec<(Vec<u8>, u16)>, (usize, &'static str)>;
+
 impl RelayResult {
     /// The responses as bytes and status words; the index of the first
     /// that is not hex data with a four-hex-digit status word, and why.
     /// (`u16::from_str_radix` alone also takes a leading `+`: "+FFF" would
     /// be 0x0FFF.) What an agent or a device sends is untrusted: fuzzed.
-    pub fn parsed_responses(&self) -> Result<Vec<(Vec<u8>, u16)>, (usize, &'static str)> {
+    pub fn parsed_responses(&self) -> ParsedResponses {
         self.responses
             .iter()
             .enumerate()

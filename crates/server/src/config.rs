@@ -285,6 +285,70 @@ pub fn redact_url_password(url: &str) -> String {
     }
 }
 
+// The KEK and a database password never reach a log through `{:?}`.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url_password),
+            )
+            .field("kek", &self.kek.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("session_minutes", &self.session_minutes)
+            .field("log_format", &self.log_format)
+            .field("audit_checkpoint_seconds", &self.audit_checkpoint_seconds)
+            .field("public_url", &self.public_url)
+            .field("initial_pin_days", &self.initial_pin_days)
+            .field("abandon_after_seconds", &self.abandon_after_seconds)
+            .field("attestation_roots", &self.attestation_roots)
+            .field("attestation_intermediates", &self.attestation_intermediates)
+            .field("crl_validity_hours", &self.crl_validity_hours)
+            .field("metrics_listen", &self.metrics_listen)
+            .field(
+                "metrics_token",
+                &self.metrics_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("token_days", &self.token_days)
+            .field(
+                "header_read_timeout_seconds",
+                &self.header_read_timeout_seconds,
+            )
+            .field("request_timeout_seconds", &self.request_timeout_seconds)
+            .field("idle_timeout_seconds", &self.idle_timeout_seconds)
+            .field("max_connections", &self.max_connections)
+            .field("audit_signing_key", &self.audit_signing_key)
+            .field("audit_checkpoint_file", &self.audit_checkpoint_file)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overrides")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url_password),
+            )
+            .field("kek", &self.kek.as_ref().map(|_| "<redacted>"))
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("public_url", &self.public_url)
+            .field("metrics_listen", &self.metrics_listen)
+            .field(
+                "metrics_token",
+                &self.metrics_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,69 +426,5 @@ mod tests {
             "postgres://kw:<redacted>@db:5432/kw"
         );
         assert_eq!(redact_url_password("sqlite://x.db"), "sqlite://x.db");
-    }
-}
-
-// The KEK and a database password never reach a log through `{:?}`.
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("data_dir", &self.data_dir)
-            .field("listen", &self.listen)
-            .field(
-                "database_url",
-                &self.database_url.as_deref().map(redact_url_password),
-            )
-            .field("kek", &self.kek.as_ref().map(|_| "<redacted>"))
-            .field("tls", &self.tls)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("session_minutes", &self.session_minutes)
-            .field("log_format", &self.log_format)
-            .field("audit_checkpoint_seconds", &self.audit_checkpoint_seconds)
-            .field("public_url", &self.public_url)
-            .field("initial_pin_days", &self.initial_pin_days)
-            .field("abandon_after_seconds", &self.abandon_after_seconds)
-            .field("attestation_roots", &self.attestation_roots)
-            .field("attestation_intermediates", &self.attestation_intermediates)
-            .field("crl_validity_hours", &self.crl_validity_hours)
-            .field("metrics_listen", &self.metrics_listen)
-            .field(
-                "metrics_token",
-                &self.metrics_token.as_ref().map(|_| "<redacted>"),
-            )
-            .field("trusted_proxies", &self.trusted_proxies)
-            .field("token_days", &self.token_days)
-            .field(
-                "header_read_timeout_seconds",
-                &self.header_read_timeout_seconds,
-            )
-            .field("request_timeout_seconds", &self.request_timeout_seconds)
-            .field("idle_timeout_seconds", &self.idle_timeout_seconds)
-            .field("max_connections", &self.max_connections)
-            .field("audit_signing_key", &self.audit_signing_key)
-            .field("audit_checkpoint_file", &self.audit_checkpoint_file)
-            .finish()
-    }
-}
-
-impl std::fmt::Debug for Overrides {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Overrides")
-            .field("data_dir", &self.data_dir)
-            .field("listen", &self.listen)
-            .field(
-                "database_url",
-                &self.database_url.as_deref().map(redact_url_password),
-            )
-            .field("kek", &self.kek.as_ref().map(|_| "<redacted>"))
-            .field("tls_cert", &self.tls_cert)
-            .field("tls_key", &self.tls_key)
-            .field("public_url", &self.public_url)
-            .field("metrics_listen", &self.metrics_listen)
-            .field(
-                "metrics_token",
-                &self.metrics_token.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
     }
 }

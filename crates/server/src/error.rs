@@ -13,8 +13,6 @@ pub use keyward_proto::{ErrorBody, ErrorDetail};
 pub struct ApiError {
     pub status: StatusCode,
     pub detail: ErrorDetail,
-    /// `Retry-After` seconds (429).
-    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -27,13 +25,12 @@ impl ApiError {
                 field: None,
                 details: None,
             },
-            retry_after: None,
         }
     }
 
-    pub fn retry_after(mut self, seconds: u64) -> Self {
-        self.retry_after = Some(seconds);
-        self
+    /// A 429's wait: `Retry-After` on the response, and in the details.
+    pub fn retry_after(self, seconds: u64) -> Self {
+        self.details(serde_json::json!({ "retry_after_seconds": seconds }))
     }
 
     pub fn field(mut self, field: impl Into<String>) -> Self {
@@ -92,8 +89,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry_after = self
+            .detail
+            .details
+            .as_ref()
+            .and_then(|d| d["retry_after_seconds"].as_u64());
         let mut r = (self.status, axum::Json(ErrorBody { error: self.detail })).into_response();
-        if let Some(s) = self.retry_after {
+        if let Some(s) = retry_after {
             r.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(s),

@@ -159,6 +159,35 @@ pub fn peer(extensions: &axum::http::Extensions) -> Option<IpAddr> {
         .map(|c| c.0.ip())
 }
 
+/// The client's address as an extractor (see [`client_ip`]); never fails.
+pub struct ClientIp(pub IpAddr);
+
+impl axum::extract::FromRequestParts<crate::app::AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &crate::app::AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(client_ip(
+            peer(&parts.extensions),
+            &parts.headers,
+            &state.config.trusted_proxies,
+        )))
+    }
+}
+
+/// 429 with `Retry-After` (whole seconds, rounded up).
+pub fn too_many(wait: Duration, what: &str) -> crate::error::ApiError {
+    let secs = wait.as_secs() + 1;
+    crate::error::ApiError::new(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        "too_many_attempts",
+        format!("too many {what}; try again in {secs} seconds"),
+    )
+    .retry_after(secs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,33 +240,4 @@ mod tests {
         assert_eq!(client_ip(Some(proxy), &h, &[proxy]), client);
         assert_eq!(client_ip(Some(proxy), &HeaderMap::new(), &[proxy]), proxy);
     }
-}
-
-/// The client's address as an extractor (see [`client_ip`]); never fails.
-pub struct ClientIp(pub IpAddr);
-
-impl axum::extract::FromRequestParts<crate::app::AppState> for ClientIp {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &crate::app::AppState,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(ClientIp(client_ip(
-            peer(&parts.extensions),
-            &parts.headers,
-            &state.config.trusted_proxies,
-        )))
-    }
-}
-
-/// 429 with `Retry-After` (whole seconds, rounded up).
-pub fn too_many(wait: Duration, what: &str) -> crate::error::ApiError {
-    let secs = wait.as_secs() + 1;
-    crate::error::ApiError::new(
-        axum::http::StatusCode::TOO_MANY_REQUESTS,
-        "too_many_attempts",
-        format!("too many {what}; try again in {secs} seconds"),
-    )
-    .retry_after(secs)
 }
