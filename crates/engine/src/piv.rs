@@ -177,6 +177,18 @@ impl PivIssuance {
             );
         }
         b.push(Step::SelectPiv, apdu(piv::select_piv()), OK, false);
+        if plan.device_type == DeviceType::Piv {
+            // A device recorded as generic PIV must not be a YubiKey: the
+            // type decides whether its keys are attested, so an importer
+            // cannot pick one that skips attestation. Any answer but a
+            // version is a generic card's.
+            b.push(
+                Step::IdentifyDevice,
+                apdu(piv::yk_get_version()),
+                GENERIC_PROBE,
+                false,
+            );
+        }
         if plan.device_type == DeviceType::YubiKey5 {
             b.push(Step::IdentifyDevice, apdu(piv::yk_get_serial()), OK, false);
             b.push(Step::IdentifyDevice, apdu(piv::yk_get_version()), OK, false);
@@ -201,12 +213,40 @@ impl PivIssuance {
     }
 }
 
+/// What a generic PIV card may answer to a YubiKey's GET VERSION.
+const GENERIC_PROBE: &[u16] = &[
+    0x9000, 0x6D00, 0x6E00, 0x6A81, 0x6A82, 0x6A86, 0x6B00, 0x6700, 0x6985, 0x6982, 0x6F00,
+];
+
 /// Batch 1 is out: waiting for the device's identity and witness.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct AwaitWitness {
     plan: PivPlan,
     sent: Batch,
     counters: Counters,
+}
+
+/// A device recorded as generic PIV that answers a YubiKey's GET VERSION
+/// (the second command of its first batch) is a YubiKey: refused.
+fn not_a_yubikey(plan: &PivPlan, responses: &[Response]) -> Result<(), Failure> {
+    if plan.device_type != DeviceType::Piv {
+        return Ok(());
+    }
+    let version = responses
+        .get(1)
+        .filter(|r| r.sw == 0x9000)
+        .and_then(|r| r.data.get(..3));
+    match version {
+        Some(v) => Err(Failure::new(
+            FailureCode::DeviceMismatch,
+            Step::IdentifyDevice,
+            format!(
+                "the device identifies as a YubiKey (firmware {}.{}.{}), the inventory records a generic PIV device: correct the inventory record",
+                v[0], v[1], v[2]
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 fn serial_from(plan: &PivPlan, responses: &[Response]) -> Result<(), Failure> {
@@ -267,6 +307,9 @@ impl AwaitWitness {
         responses: &[Response],
         rng: &mut dyn RngCore,
     ) -> Result<(AwaitKeys, Batch), Failure> {
+        // Before anything else: a YubiKey recorded as generic PIV fails
+        // here, not at the (then wrong) management key.
+        not_a_yubikey(&self.plan, responses)?;
         let responses = check(&self.sent, responses)?;
         self.counters.count(&self.sent, responses);
         serial_from(&self.plan, responses)?;

@@ -395,6 +395,50 @@ fn piv_only_on_a_c4000_certifies_without_a_round_trip_and_ends_issued() {
     assert_eq!(s.step(relayed, &mut cx).unwrap_err(), Refusal::Finished);
 }
 
+/// Issue 15, item 1: a YubiKey recorded as a generic PIV device (whose
+/// keys are not attested) is refused at the first batch: the importer
+/// cannot choose a type that skips attestation. A real generic card (a
+/// C4000 recorded as generic PIV answers no YubiKey version) goes on.
+#[test]
+fn a_yubikey_recorded_as_generic_piv_is_refused_at_identification() {
+    let generic = |profile| {
+        let mut b = Bench::new(profile, None);
+        b.device.device_type = DeviceType::Piv;
+        b.device.firmware_version = None;
+        b.policy = serde_json::from_value(json!({
+            "name": "Generic", "device_types": ["piv"], "management_key": "keep",
+            "pin_application": { "min_length": 6, "max_length": 8, "character_set": "numeric" },
+            "pki_applications": [
+                { "name": "PIV Authentication", "slot": "9a", "algorithm": "eccp256", "certificate_authority": "Keyward Issuing CA",
+                  "template": { "subject_dn": "CN={display_name}", "subject_alt_names": ["upn"], "validity_days": 365,
+                                "key_usage": ["digital_signature"], "extended_key_usage": ["client_auth"] } }
+            ],
+        }))
+        .unwrap();
+        b
+    };
+    let mut b = generic(ProfileKind::Yubikey5);
+    let (mut s, batch) = b.issue(Some("24681357"), false);
+    let end = b.run(&mut s, batch, &none, None);
+    assert_eq!(end.status, SessionStatus::Failed, "{end:?}");
+    let f = end.failure.unwrap();
+    assert_eq!(
+        (f.code, f.step),
+        (FailureCode::DeviceMismatch, Step::IdentifyDevice)
+    );
+    assert!(
+        f.message.contains("identifies as a YubiKey"),
+        "{}",
+        f.message
+    );
+    assert!(end.certificates.is_empty());
+
+    let mut b = generic(ProfileKind::C4000);
+    let (mut s, batch) = b.issue(Some("24681357"), false);
+    let end = b.run(&mut s, batch, &none, None);
+    assert_eq!(end.status, SessionStatus::Issued, "{end:?}");
+}
+
 #[test]
 fn a_yubikey_has_its_keys_attested_before_they_are_certified() {
     let mut b = Bench::new(ProfileKind::Yubikey5, None);

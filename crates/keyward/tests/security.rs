@@ -316,26 +316,7 @@ fn two_live_tokens_cannot_share_a_name() {
 }
 
 fn session_of(server: &TestServer, login: &str, password: &str) -> Option<(String, String)> {
-    let r = reqwest::blocking::Client::new()
-        .post(server.api("/auth/session"))
-        .json(&json!({ "login": login, "password": password }))
-        .send()
-        .unwrap();
-    if r.status().as_u16() != 200 {
-        return None;
-    }
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let csrf = r.json::<Value>().unwrap()["csrf_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    Some((cookie, csrf))
+    self_service::sign_in_with(server, login, password)
 }
 
 /// Item 4: operators could not be locked out. Now an administrator

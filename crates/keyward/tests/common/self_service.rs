@@ -19,11 +19,20 @@ pub fn sign_in_user(server: &TestServer, login: &str) -> (String, String) {
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 204);
-    let r = http
+    sign_in_with(server, login, "a-first-passphrase-42").expect("signed in")
+}
+
+/// Signs `login` in with `password`: its session cookie and CSRF token, or
+/// `None` when refused.
+pub fn sign_in_with(server: &TestServer, login: &str, password: &str) -> Option<(String, String)> {
+    let r = reqwest::blocking::Client::new()
         .post(server.api("/auth/session"))
-        .json(&json!({ "login": login, "password": "a-first-passphrase-42" }))
+        .json(&json!({ "login": login, "password": password }))
         .send()
         .unwrap();
+    if r.status().as_u16() != 200 {
+        return None;
+    }
     let cookie = r.headers()["set-cookie"]
         .to_str()
         .unwrap()
@@ -35,7 +44,7 @@ pub fn sign_in_user(server: &TestServer, login: &str) -> (String, String) {
         .as_str()
         .unwrap()
         .to_string();
-    (cookie, csrf)
+    Some((cookie, csrf))
 }
 
 pub fn call_as_user(

@@ -218,21 +218,7 @@ async fn disable(
     Allowed(caller, _): Allowed<perm::OperatorsManage>,
     Path(login): Path<String>,
 ) -> ApiResult<Json<OperatorChanged>> {
-    let account = load(&state, &login).await?;
-    let next = Account {
-        disabled: true,
-        ..account.clone()
-    };
-    change(
-        &state,
-        &caller,
-        &account,
-        next,
-        true,
-        "operator.disable",
-        serde_json::json!({}),
-    )
-    .await
+    set_disabled(&state, &caller, &login, true).await
 }
 
 /// Enable a disabled account.
@@ -243,18 +229,33 @@ async fn enable(
     Allowed(caller, _): Allowed<perm::OperatorsManage>,
     Path(login): Path<String>,
 ) -> ApiResult<Json<OperatorChanged>> {
-    let account = load(&state, &login).await?;
+    set_disabled(&state, &caller, &login, false).await
+}
+
+/// Disables (ending the account's sessions) or enables `login`.
+async fn set_disabled(
+    state: &AppState,
+    caller: &Caller,
+    login: &str,
+    disabled: bool,
+) -> ApiResult<Json<OperatorChanged>> {
+    let account = load(state, login).await?;
     let next = Account {
-        disabled: false,
+        disabled,
         ..account.clone()
     };
+    let action = if disabled {
+        "operator.disable"
+    } else {
+        "operator.enable"
+    };
     change(
-        &state,
-        &caller,
+        state,
+        caller,
         &account,
         next,
-        false,
-        "operator.enable",
+        disabled,
+        action,
         serde_json::json!({}),
     )
     .await
