@@ -162,8 +162,8 @@ test('an administrator sees and uses the administration pages', async () => {
   await page.fill('form[data-api-url="/api/v1/operators"] input[name="login"]', 'helpdesk2');
   await page.selectOption('form[data-api-url="/api/v1/operators"] select[name="role"]', 'help_desk');
   await page.click('form[data-api-url="/api/v1/operators"] button[type="submit"]');
-  await page.waitForSelector('.api-result:not([hidden])');
-  assert.match(await page.textContent('.api-result'), /"one_time_password": "[^"]{10,}"/);
+  await page.waitForSelector('#new-account .api-result:not([hidden])');
+  assert.match(await page.textContent('#new-account .api-result'), /"one_time_password": "[^"]{10,}"/);
   await h.shot(page, '01-admin-operator-created');
   await page.goto(`${server.url}/admin/audit`);
   assert.match(await page.textContent('#audit-table'), /settings\.set/);
