@@ -74,7 +74,9 @@ impl Stored {
 /// The CA and its current CRL.
 pub struct Pki {
     pub ca: EmbeddedCa,
-    crl: RwLock<Option<(OffsetDateTime, Vec<u8>)>>,
+    /// The issuing CA's CRL: when it was signed, at which revocation epoch
+    /// of the store (see `Store::revocation_epoch`), and its DER.
+    crl: RwLock<Option<(OffsetDateTime, u64, Vec<u8>)>>,
     root_crl: RwLock<Option<(OffsetDateTime, Vec<u8>)>>,
     /// This node's delegated OCSP responder (its key never leaves memory;
     /// a new one is certified before the current one expires).
@@ -163,13 +165,17 @@ impl Pki {
     /// The issuing CA's CRL, from the store: every revoked or held
     /// certificate with its RFC 5280 reason; valid `validity` from its
     /// thisUpdate, signed again at half-life and after each revocation (the
-    /// change feed tells every node). Its number comes from the store: the
+    /// store's revocation epoch: at once on the node that wrote it, through
+    /// the change feed on the others). Its number comes from the store: the
     /// same increasing sequence for every node, above the time-based
     /// numbers published before.
     pub async fn crl(&self, store: &Store, validity: time::Duration) -> anyhow::Result<Vec<u8>> {
         let now = OffsetDateTime::now_utc();
-        if let Some((at, der)) = self.crl.read().expect("CRL lock").as_ref() {
-            if now - *at < validity / 2 {
+        // Read before the revocations: one written meanwhile makes the list
+        // built here stale at once.
+        let epoch = store.revocation_epoch();
+        if let Some((at, built_at, der)) = self.crl.read().expect("CRL lock").as_ref() {
+            if now - *at < validity / 2 && *built_at == epoch {
                 return Ok(der.clone());
             }
         }
@@ -196,7 +202,7 @@ impl Pki {
             .next_crl_number("issuing", now.unix_timestamp().max(1))
             .await? as u64;
         let der = self.ca.crl(&revoked, now, now + validity, number)?;
-        *self.crl.write().expect("CRL lock") = Some((now, der.clone()));
+        *self.crl.write().expect("CRL lock") = Some((now, epoch, der.clone()));
         Ok(der)
     }
 
@@ -262,29 +268,11 @@ impl Pki {
             .respond(&query, &statuses, now, now + OCSP_VALIDITY)?)
     }
 
-    /// A certificate was revoked, held or released: the next CRL request
-    /// signs a new list.
+    /// Drops the cached CRL: for revocations written behind the store's
+    /// back (the benchmark fills the database directly).
     pub fn invalidate_crl(&self) {
         *self.crl.write().expect("CRL lock") = None;
     }
-}
-
-/// Keeps this node's CRL in step with the store: every node hears of a
-/// revocation made on any node through the change feed.
-pub fn spawn_crl_follower(state: AppState) {
-    let mut changes = state.store.changes();
-    tokio::spawn(async move {
-        loop {
-            match changes.recv().await {
-                Ok(keyward_store::Change::Revocations | keyward_store::Change::Resync)
-                | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    state.pki.invalidate_crl()
-                }
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    });
 }
 
 pub fn routes() -> Router<AppState> {

@@ -147,7 +147,6 @@ impl Server {
             config.audit_checkpoint_seconds,
         );
         spawn_abandoned_sweeper(state.clone(), config.abandon_after_seconds);
-        crate::pki::spawn_crl_follower(state.clone());
         crate::jobs::spawn_worker(state.clone());
 
         let app = router(state.clone());

@@ -45,6 +45,12 @@ pub enum Change {
 /// The in-process side of the feed.
 pub(crate) struct Feed {
     tx: broadcast::Sender<Change>,
+    /// Counts the revocation changes this process has heard of (its own at
+    /// once, in the writer's call; other nodes' through the listener): a
+    /// cached CRL built at an older count is stale. A counter, not a
+    /// subscriber, so that the writing node's next read never races a task
+    /// that has not run yet.
+    revocations: std::sync::atomic::AtomicU64,
     /// The PostgreSQL listener task, stopped with the store.
     listener: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
@@ -53,6 +59,7 @@ impl Feed {
     pub(crate) fn new() -> Feed {
         Feed {
             tx: broadcast::channel(CAPACITY).0,
+            revocations: std::sync::atomic::AtomicU64::new(0),
             listener: std::sync::Mutex::new(None),
         }
     }
@@ -63,7 +70,21 @@ impl Feed {
 
     /// Tells this process's subscribers (none is not an error).
     pub(crate) fn local(&self, change: Change) {
+        if matches!(change, Change::Revocations | Change::Resync) {
+            self.note_revocation();
+        }
         let _ = self.tx.send(change);
+    }
+
+    /// A revocation was written here or heard of: caches built before are stale.
+    pub(crate) fn note_revocation(&self) {
+        self.revocations
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// See [`Feed::revocations`].
+    pub(crate) fn revocation_epoch(&self) -> u64 {
+        self.revocations.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// LISTENs on PostgreSQL and re-broadcasts every node's changes here.

@@ -431,6 +431,12 @@ impl Store {
         self.feed.subscribe()
     }
 
+    /// How many revocations this node has written or heard of: a CRL cached
+    /// at a lower number is stale (see [`changes`]).
+    pub fn revocation_epoch(&self) -> u64 {
+        self.feed.revocation_epoch()
+    }
+
     /// Tells every node (this one included) that `change` happened; called
     /// after the write committed. A failed NOTIFY is logged, not an error of
     /// the write: the other nodes' subscribers re-read the store on their
@@ -439,6 +445,11 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(_) => self.feed.local(change),
             Backend::Postgres(p) => {
+                // This node's caches go stale now, not when its own
+                // notification comes back through the listener.
+                if change == Change::Revocations {
+                    self.feed.note_revocation();
+                }
                 let payload = serde_json::to_string(&change).expect("a change serialises");
                 if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(changes::CHANNEL)

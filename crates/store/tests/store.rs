@@ -1384,6 +1384,19 @@ async fn issue_in_store(
     device: &Device,
     replacing: Option<&Replacing>,
 ) -> Device {
+    issue_in_store_with(s, u, p, device, replacing, false).await
+}
+
+/// As [`issue_in_store`]; with `certificate`, the session records one
+/// certificate (slot 9a) as issuance does.
+async fn issue_in_store_with(
+    s: &Store,
+    u: &User,
+    p: &DevicePolicy,
+    device: &Device,
+    replacing: Option<&Replacing>,
+    certificate: bool,
+) -> Device {
     let at = now();
     let session = IssuanceSession {
         id: Uuid::new_v4(),
@@ -1410,6 +1423,22 @@ async fn issue_in_store(
         )
         .await
         .unwrap();
+    let credentials: Vec<Credential> = certificate
+        .then(|| Credential {
+            id: Uuid::new_v4(),
+            device_id: device.id,
+            session_id: session.id,
+            kind: "certificate".into(),
+            slot: Some("9a".into()),
+            serial: "0badc0de".into(),
+            not_after: Some(at + time::Duration::days(365)),
+            der: None,
+            created_at: at,
+            revoked_at: None,
+            revocation_reason: None,
+        })
+        .into_iter()
+        .collect();
     let update = IssuanceUpdate {
         status: keyward_domain::SessionStatus::Issued,
         step: "done".into(),
@@ -1422,7 +1451,7 @@ async fn issue_in_store(
         1,
         &update,
         Some((&started, &change(DeviceState::Issued, None, None, None))),
-        &[],
+        &credentials,
         &[&audit("issuance.complete", "device")],
     )
     .await
@@ -1623,6 +1652,26 @@ both!(
         );
     }
 );
+
+// A revocation written on this node makes its cached CRL stale before the
+// write returns (on PostgreSQL the change feed's own notification comes back
+// later, through the listener: a CRL served in between listed nothing).
+both!(a_revocation_moves_the_epoch_before_the_write_returns, |t| {
+    let s = &t.store;
+    let (u, p, d) = setup_issuable(s).await;
+    let d = issue_in_store_with(s, &u, &p, &d, None, true).await;
+    let before = s.revocation_epoch();
+    s.set_device_suspended(
+        d.id,
+        d.version,
+        true,
+        None,
+        &audit("device.suspend", "device"),
+    )
+    .await
+    .unwrap();
+    assert!(s.revocation_epoch() > before);
+});
 
 // Issue 14: Suspend and Resume keep the device issued, bump its version
 // (a stale one is refused), and refuse the wrong state.
