@@ -195,6 +195,10 @@ fuzz_target!(|data: &[u8]| {
                         exclude_credentials: vec![],
                     },
                 ))),
+                Effect::VerifyPasskeyAttestation { .. } => Input::PasskeyAttested {
+                    outcome: if b.byte() % 4 == 0 { Err("bad".into()) } else { Ok(()) },
+                    required: b.byte() & 1 == 1,
+                },
                 Effect::RegisterPasskey { .. } => Input::Registered(Ok(RegisteredMethod {
                     id: "m".into(),
                     aaguid: None,

@@ -170,6 +170,17 @@ pub mod policy {
     pub const TOUCH_NEVER: u8 = 0x01;
     pub const TOUCH_ALWAYS: u8 = 0x02;
     pub const TOUCH_CACHED: u8 = 0x03;
+
+    /// The PIN policy a YubiKey gives a key generated with PIN_DEFAULT:
+    /// always for Digital Signature (9C), never for Card Authentication
+    /// (9E), once elsewhere. (TOUCH_DEFAULT is never, on every slot.)
+    pub fn default_pin_policy(slot: u8) -> u8 {
+        match slot {
+            super::slot::SIGNATURE => PIN_ALWAYS,
+            super::slot::CARD_AUTHENTICATION => PIN_NEVER,
+            _ => PIN_ONCE,
+        }
+    }
 }
 
 /// Tags of the dynamic authentication template (tag 7C) of GENERAL AUTHENTICATE.

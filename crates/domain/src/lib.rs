@@ -6,6 +6,7 @@
 //! with a stable `code`, the offending `field` path and a message without secrets.
 
 pub mod audit;
+pub mod authenticators;
 pub mod device;
 pub mod device_type;
 pub mod error;

@@ -112,6 +112,16 @@ pub struct PivPlan {
     pub fido_pin_sharing: Option<bool>,
 }
 
+/// The PIN and touch policies (YubiKey codes) a key generated here ends up
+/// with: GENERATE sends PIN_DEFAULT and TOUCH_DEFAULT and the device applies
+/// its slot's defaults. An attestation of the key must name these.
+pub fn generated_key_policies(slot: u8) -> (u8, u8) {
+    (
+        piv::policy::default_pin_policy(slot),
+        piv::policy::TOUCH_NEVER,
+    )
+}
+
 /// A public key the device generated, for the CA to certify.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GeneratedKey {

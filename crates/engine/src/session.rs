@@ -13,7 +13,8 @@
 //!            Certify ─certified─► [AwaitNewPin ─answers─►] AwaitWrites(+FIDO probe)
 //!            ─relayed─► End(issued)                                 (no FIDO application)
 //!                     └► Fido: Pin ─answers─► FetchCreationOptions ─options─► Token
-//!                        ─relayed─► Credential ─relayed─► RegisterPasskey ─registered─►
+//!                        ─relayed─► Credential ─relayed─► VerifyPasskeyAttestation
+//!                        ─attested─► RegisterPasskey ─registered─►
 //!                        [NewPin ─answers─► PinChanged ─relayed─►] End(issued)
 //! Recycle    Recycle ─relayed─► … ─relayed─► End(recycled)
 //! Change PIN ChangePin ─relayed─► prompts ─answers─► change ─relayed─► End(pin_changed)
@@ -96,6 +97,12 @@ pub enum Input<'a> {
         outcomes: Vec<Result<(), String>>,
         required: bool,
     },
+    /// The server verified the makeCredential's packed attestation against
+    /// its FIDO roots and the device type's AAGUIDs; `required` as above.
+    PasskeyAttested {
+        outcome: Result<(), String>,
+        required: bool,
+    },
     /// The CA's certificates for the keys and its signature of the CHUID.
     Certified(Result<Certified, Failure>),
     /// Graph's creationOptions for the user as the service knows them.
@@ -120,9 +127,14 @@ pub enum Effect {
     /// certificate's chain, and the serial it names) against the roots.
     VerifyAttestation {
         serial: u64,
+        /// The firmware the plan was made for (the attestation must name it).
+        firmware: Option<(u8, u8, u8)>,
         device_certificate: Option<Vec<u8>>,
         keys: Vec<GeneratedKey>,
     },
+    /// Verify the passkey's attestation (packed, chain to the FIDO roots,
+    /// an AAGUID of the device's type and firmware) before Graph sees it.
+    VerifyPasskeyAttestation { registration: Registration },
     /// Certify each key with its PKI application's template, and sign the
     /// CHUID (the CMS SignedData of tag 3E).
     Certify {
@@ -157,6 +169,9 @@ pub struct Ending {
     /// The passkey registered (or, when `revoked`, registered by the failed
     /// attempt and deleted at its service again after the write).
     pub passkey: Option<PasskeyRecord>,
+    /// The slots whose key the device proved it generated (attestation
+    /// verified): their certificates are recorded "attested".
+    pub attested_slots: Vec<u8>,
     /// The credentials above are recorded revoked at `at`.
     pub revoked: bool,
     /// Not Displayed: the generated PIN, kept sealed for Get Initial PIN.
@@ -199,6 +214,10 @@ pub struct PasskeyRecord {
     /// base64url.
     pub credential_id: String,
     pub aaguid: String,
+    /// Whether the device's attestation of the credential verified (None:
+    /// recorded before attestation was checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attested: Option<bool>,
 }
 
 /// A device session between round trips, as the server seals it.
@@ -280,6 +299,9 @@ struct Attempt {
     known: DeviceSecrets,
     #[serde(default, with = "crate::b64::keyed")]
     certificates: Vec<(u8, Vec<u8>)>,
+    /// The slots whose attestation verified in this attempt.
+    #[serde(default)]
+    attested: Vec<u8>,
 }
 
 /// The FIDO step's state: its stage, and the passkey it registers.
@@ -299,6 +321,9 @@ struct Passkey {
     display_name: String,
     /// The PIV certificates of this attempt, recorded with the passkey.
     certificates: Vec<(u8, Vec<u8>)>,
+    /// The device's attestation of the credential verified.
+    #[serde(default)]
+    attested: bool,
     /// Shared PIN, Not Displayed, "Change PIN during issuance" = Yes: the
     /// initial PIN, which the person replaces after the registration.
     #[serde(default)]
@@ -314,7 +339,9 @@ enum Stage {
     Options(AwaitPin, Answers),
     Token(AwaitToken),
     Credential(AwaitCredential),
-    /// makeCredential answered; the registration is POSTed to Graph.
+    /// makeCredential answered; its attestation is verified.
+    Attesting(Registration),
+    /// Attestation checked; the registration is POSTed to Graph.
     Registering(Registration),
     /// Registered; the person chooses their device PIN (prompt batch out).
     NewPin(PasskeyRecord),
@@ -419,6 +446,7 @@ impl DeviceSession {
             known: DeviceSecrets::from_plan(&plan),
             plan: plan.clone(),
             certificates: vec![],
+            attested: vec![],
         };
         let serial = plan.serial;
         let (state, batch) = PivIssuance::start(plan);
@@ -563,6 +591,7 @@ impl DeviceSession {
                     Ok(keys) if keys.plan().device_type == DeviceType::YubiKey5 => {
                         let effect = Effect::VerifyAttestation {
                             serial: keys.plan().serial,
+                            firmware: keys.plan().firmware,
                             device_certificate: keys
                                 .device_attestation_certificate()
                                 .map(<[u8]>::to_vec),
@@ -579,6 +608,15 @@ impl DeviceSession {
                     .iter()
                     .zip(&outcomes)
                     .find_map(|(k, o)| o.as_ref().err().map(|why| (k.slot, why.clone())));
+                if let Some(a) = &mut self.attempt {
+                    a.attested = keys
+                        .keys()
+                        .iter()
+                        .zip(&outcomes)
+                        .filter(|(_, o)| o.is_ok())
+                        .map(|(k, _)| k.slot)
+                        .collect();
+                }
                 match unattested {
                     Some((slot, why)) if required => Next::Failed(
                         Failure::new(
@@ -855,6 +893,7 @@ impl DeviceSession {
             entra_user: cx.user.upn.clone().unwrap_or_else(|| cx.user.login.clone()),
             display_name: passkey_name(&app.display_name_template, cx.user, plan),
             certificates: Vec::new(),
+            attested: false,
             change_pin_after,
         };
         Some((
@@ -931,15 +970,34 @@ impl DeviceSession {
                 match s.on_responses(responses) {
                     Err(f) => Next::Failed(f, None),
                     Ok(registration) => {
-                        let effect = Effect::RegisterPasskey {
-                            service_id: passkey.service_id,
-                            entra_user: passkey.entra_user.clone(),
-                            display_name: passkey.display_name.clone(),
+                        let effect = Effect::VerifyPasskeyAttestation {
                             registration: registration.clone(),
                         };
-                        to(Stage::Registering(registration), passkey, effect)
+                        to(Stage::Attesting(registration), passkey, effect)
                     }
                 }
+            }
+            // Nothing reaches Graph that the device did not vouch for
+            // (when the policy requires attestation).
+            (Stage::Attesting(registration), Input::PasskeyAttested { outcome, required }) => {
+                if let (Err(why), true) = (&outcome, required) {
+                    return Ok(Next::Failed(
+                        Failure::new(
+                            FailureCode::AttestationFailed,
+                            fido::STEP_REGISTER,
+                            format!("the device did not prove it made the passkey: {why}"),
+                        ),
+                        None,
+                    ));
+                }
+                passkey.attested = outcome.is_ok();
+                let effect = Effect::RegisterPasskey {
+                    service_id: passkey.service_id,
+                    entra_user: passkey.entra_user.clone(),
+                    display_name: passkey.display_name.clone(),
+                    registration: registration.clone(),
+                };
+                to(Stage::Registering(registration), passkey, effect)
             }
             (Stage::Registering(reg), Input::Registered(method)) => {
                 let method = match method {
@@ -954,6 +1012,7 @@ impl DeviceSession {
                     aaguid: method
                         .aaguid
                         .unwrap_or_else(|| Uuid::from_bytes(reg.aaguid).to_string()),
+                    attested: Some(passkey.attested),
                 };
                 if passkey.change_pin_after.is_none() {
                     return Ok(Next::Issued(passkey.certificates, Some(record)));
@@ -1010,13 +1069,16 @@ impl DeviceSession {
         passkey: Option<PasskeyRecord>,
         cx: &Context<'_>,
     ) -> Effect {
+        let mut attested_slots = Vec::new();
         if let Some(a) = self.attempt.take() {
             self.kept = Some(Kept::from_known(&a.known));
+            attested_slots = a.attested;
         }
         let initial_pin = self.initial_pin.take();
         self.change_pin_at_end = false;
         let mut ending = self.end(SessionStatus::Issued, None, DeviceMove::Issued, cx);
         ending.certificates = certificates;
+        ending.attested_slots = attested_slots;
         ending.passkey = passkey;
         ending.initial_pin = initial_pin;
         Effect::End(ending)
@@ -1080,6 +1142,7 @@ impl DeviceSession {
             device,
             certificates: vec![],
             passkey: None,
+            attested_slots: vec![],
             revoked: false,
             initial_pin: None,
             tries_left: None,
@@ -1100,6 +1163,7 @@ impl DeviceSession {
             plan,
             known: attempt.known,
             certificates: vec![],
+            attested: vec![],
         });
         self.send(State::AwaitWitness(state), batch.clone());
         Some(batch)

@@ -219,6 +219,14 @@ impl Bench {
                 self.effects.push("fetch creation options".into());
                 Input::CreationOptions(Ok(("alice@contoso.com".into(), creation_options())))
             }
+            Effect::VerifyPasskeyAttestation { registration } => {
+                self.effects.push("verify passkey attestation".into());
+                assert!(!registration.attestation_object.is_empty());
+                Input::PasskeyAttested {
+                    outcome: Ok(()),
+                    required: true,
+                }
+            }
             Effect::RegisterPasskey { display_name, .. } => {
                 self.effects.push("register passkey".into());
                 assert_eq!(display_name, "Crescendo C4000 31000141");
@@ -357,6 +365,7 @@ fn c4000_with_passkey(prompts_step: &str, before_end: &[&str]) -> Vec<String> {
         "fetch creation options",
         "send FIDO: PIN",
         "send FIDO: register the passkey",
+        "verify passkey attestation",
         "register passkey",
     ]));
     want.extend(strings(before_end));

@@ -36,9 +36,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     // Virtual devices attest their keys with a virtual manufacturer CA: the
     // demo trusts its own folder's (its in-process devices) and the
     // machine's default one (what `keyward vcard` uses on pcscd beside the
-    // demo), with or without its own devices, as a production server trusts
-    // Yubico's PIV root: attestation stays required.
+    // demo), with or without its own devices, for PIV and FIDO, as a
+    // production server trusts Yubico's roots: attestation stays required.
     config.attestation_roots = demo_attestation_roots(&args.data_dir)?;
+    config.fido_attestation_roots = config.attestation_roots.clone();
+    let config_roots = config.fido_attestation_roots.clone();
     keyward_server::logging::init(&config.log_format);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
@@ -52,7 +54,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             )
             .await?;
         keyward_server::demo::seed(&server.state).await?;
-        let tenant = start_simulated_tenant(&server, &args.data_dir).await?;
+        let tenant = start_simulated_tenant(&server, &config_roots).await?;
         let agents = if args.no_virtual_devices {
             None
         } else {
@@ -167,23 +169,22 @@ async fn start_demo_agents(
 }
 
 /// The demo's simulated Entra ID tenant (in-process, any free port): it
-/// trusts the demo devices' virtual manufacturer CA and knows every user
-/// asked for; the Passkey-Enabled Service and the passkey policies point to
-/// it (see keyward_server::demo_passkeys).
+/// trusts the demo's FIDO roots (its own virtual manufacturer CA and the
+/// machine's default one, PEM files) and knows every user asked for; the
+/// Passkey-Enabled Service and the passkey policies point to it (see
+/// keyward_server::demo_passkeys).
 async fn start_simulated_tenant(
     server: &keyward_server::Server,
-    data_dir: &std::path::Path,
+    roots: &[PathBuf],
 ) -> anyhow::Result<keyward_entra_standin::StandinHandle> {
-    let ca = keyward_vcard::ManufacturerCa::load_or_create(&data_dir.join("virtual").join("ca"))?;
+    let roots = roots
+        .iter()
+        .map(std::fs::read_to_string)
+        .collect::<Result<Vec<_>, _>>()?;
     let secret = keyward_entra_standin::random_secret();
     let tenant_id = "keyward-demo.onmicrosoft.com";
     let client_id = "6f1d2c3b-0a9e-4e8d-9c7b-5a4f3e2d1c0b";
-    let mut cfg = keyward_entra_standin::StandinConfig::new(
-        tenant_id,
-        client_id,
-        &secret,
-        vec![ca.root_pem().to_string()],
-    );
+    let mut cfg = keyward_entra_standin::StandinConfig::new(tenant_id, client_id, &secret, roots);
     cfg.auto_create_users = true;
     let tenant = keyward_entra_standin::serve(cfg).await?;
     keyward_server::demo_passkeys::seed(

@@ -365,7 +365,7 @@ pub fn credentials_json(s: &SessionView) -> Vec<Value> {
     s.credentials
         .iter()
         .map(|c| {
-            json!({ "kind": c.kind, "slot": c.slot, "serial": c.serial, "id": c.id,
+            json!({ "kind": c.kind, "slot": c.slot, "serial": c.serial, "id": c.id, "attested": c.attested,
                     "expires": c.not_after.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()) })
         })
         .collect()

@@ -10,6 +10,8 @@
 mod agent;
 #[path = "common/pcsc.rs"]
 mod pcsc;
+#[path = "common/self_service.rs"]
+mod self_service;
 mod support;
 
 use std::process::Output;
@@ -754,6 +756,88 @@ fn yubikey_5_4_3_nfc_unshared() {
     let r = issued(&out);
     assert_eq!(passkeys_on_record(&r).len(), 1);
     assert_passkey_signs_in(&t, "973152");
+}
+
+/// Issue 15: attestation required (the policy's switch on) with the virtual
+/// manufacturer CA as PIV and FIDO root: every certificate and the passkey
+/// are recorded attested, and the User page says so. A server that trusts
+/// no FIDO root fails the attempt at the passkey, before Graph sees the
+/// registration.
+#[test]
+fn yubikey_attestation_required_for_piv_and_passkey() {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let conf = tempfile::tempdir().unwrap();
+    // A server trusting `card`'s manufacturer CA for PIV (and for FIDO with
+    // `fido_roots`), seeded with `serial` under "PIV + Passkey",
+    // attestation required.
+    let server_for = |card: &Vcard, t: &Tenant, serial: &str, fido_roots: bool| {
+        let root = card.ca_cert_file().display().to_string();
+        let file = conf.path().join(format!("keyward-{serial}.toml"));
+        let mut text = format!("attestation_roots = [{root:?}]\n");
+        if fido_roots {
+            text.push_str(&format!("fido_attestation_roots = [{root:?}]\n"));
+        }
+        std::fs::write(&file, text).unwrap();
+        let server = TestServer::start_with(support::ServerOptions {
+            args: vec!["--config".into(), file.display().to_string()],
+            ..Default::default()
+        });
+        seed(&server, t, "yubikey5", serial, "5.4.3", false);
+        let (_, mut p) = server.call("GET", "/policies/PIV%20%2B%20Passkey", None);
+        p["require_device_attestation"] = json!(true);
+        let (s, v) = server.call("PUT", "/policies/PIV%20%2B%20Passkey", Some(p));
+        assert_eq!(s, 200, "{v}");
+        server
+    };
+    let spawn = |serial: &str| {
+        Vcard::spawn(&[
+            "--profile",
+            "yubikey5",
+            "--firmware",
+            "5.4.3",
+            "--transport",
+            "nfc",
+            "--serial",
+            serial,
+        ])
+    };
+    let answers = "pin = \"735194\"\nfido_pin = \"973152\"\ntouch = \"true\"\n";
+
+    // Both roots: issued, every credential attested, on the User page too.
+    let card = spawn("31000027");
+    let t = tenant(&card);
+    let server = server_for(&card, &t, "31000027", true);
+    let r = issued(&issue(&server, &card, "31000027", answers, &[]));
+    let credentials = r["credentials"].as_array().unwrap();
+    assert_eq!(credentials.len(), 2, "{r}");
+    assert!(
+        credentials.iter().all(|c| c["attested"] == true),
+        "{credentials:?}"
+    );
+    let admin = self_service::sign_in_operator(&server, "admin2", "administrator");
+    let (s, page) = self_service::page_as(&server, &admin, "/users/alice");
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page.matches(">attested<").count(), 2, "{page}");
+    assert_passkey_signs_in(&t, "973152");
+    drop(server);
+    drop(card);
+
+    // No FIDO root: the PIV keys attest, the passkey cannot; Graph never
+    // sees the registration.
+    let card = spawn("31000026");
+    let refusing = server_for(&card, &t, "31000026", false);
+    let calls_before = t.handle.graph_calls();
+    let r = report(&issue(&refusing, &card, "31000026", answers, &[]));
+    assert_eq!(r["state"], "failed", "{r}");
+    assert_eq!(r["error"]["code"], "attestation_failed", "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("passkey"),
+        "{r}"
+    );
+    // creationOptions only: no registration POST; still the one passkey.
+    assert_eq!(t.handle.graph_calls() - calls_before, 1);
+    assert_eq!(t.handle.passkeys(UPN).len(), 1);
 }
 
 /// A USB YubiKey: PIV over PC/SC, FIDO over CTAPHID on its HID socket.

@@ -450,6 +450,27 @@ fn tokens_expire_and_record_their_last_use() {
         .unwrap()
         .clone();
     assert!(mine["last_used_at"].is_string(), "{mine}");
+    // Its day is over (written in the store as the clock cannot be moved):
+    // refused, with the reason.
+    let db = server.data_path().join("keyward.db");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+                .await
+                .unwrap();
+            sqlx::raw_sql(
+                "UPDATE api_tokens SET expires_at = created_at WHERE name = 'short-lived'",
+            )
+            .execute(&mut c)
+            .await
+            .unwrap();
+        });
+    let r = server.call_as(&token, "GET", "/users", None);
+    assert_eq!(code(&r), (401, "token_expired".into()));
     // Default 90 days; more than the server allows is refused.
     let (_, v) = server.call(
         "POST",

@@ -168,9 +168,13 @@ pub enum AttestationError {
     NotValidAt { certificate: &'static str },
     #[error("unsupported algorithm {0}")]
     UnsupportedAlgorithm(String),
+    /// A statement that parses but does not meet a requirement (FIDO
+    /// packed attestation: the format, the certificate's fields, the AAGUID).
+    #[error("{0}")]
+    Requirement(String),
 }
 
-fn malformed(what: &'static str, e: impl std::fmt::Display) -> AttestationError {
+pub(crate) fn malformed(what: &'static str, e: impl std::fmt::Display) -> AttestationError {
     AttestationError::Malformed {
         what,
         detail: e.to_string(),
@@ -178,14 +182,14 @@ fn malformed(what: &'static str, e: impl std::fmt::Display) -> AttestationError 
 }
 
 /// A parsed certificate with its TBS bytes exactly as signed.
-struct Parsed {
-    cert: Certificate,
+pub(crate) struct Parsed {
+    pub(crate) cert: Certificate,
     tbs: Vec<u8>,
     der: Vec<u8>,
 }
 
 impl Parsed {
-    fn new(der_bytes: &[u8], what: &'static str) -> Result<Parsed, AttestationError> {
+    pub(crate) fn new(der_bytes: &[u8], what: &'static str) -> Result<Parsed, AttestationError> {
         let cert = Certificate::from_der(der_bytes).map_err(|e| malformed(what, e))?;
         // The TBS as encoded on the wire (re-encoding a device's certificate
         // could differ from what its issuer signed).
@@ -206,7 +210,7 @@ impl Parsed {
         })
     }
 
-    fn subject(&self) -> String {
+    pub(crate) fn subject(&self) -> String {
         self.cert.tbs_certificate.subject.to_string()
     }
 
@@ -214,7 +218,7 @@ impl Parsed {
         self.cert.tbs_certificate.issuer == issuer.cert.tbs_certificate.subject
     }
 
-    fn spki_der(&self) -> Result<Vec<u8>, AttestationError> {
+    pub(crate) fn spki_der(&self) -> Result<Vec<u8>, AttestationError> {
         self.cert
             .tbs_certificate
             .subject_public_key_info
@@ -222,7 +226,7 @@ impl Parsed {
             .map_err(|e| malformed("certificate public key", e))
     }
 
-    fn valid_at(&self, now: OffsetDateTime) -> bool {
+    pub(crate) fn valid_at(&self, now: OffsetDateTime) -> bool {
         let v = &self.cert.tbs_certificate.validity;
         let nb = v.not_before.to_unix_duration().as_secs() as i64;
         let na = v.not_after.to_unix_duration().as_secs() as i64;
@@ -491,7 +495,7 @@ fn check_key(
 }
 
 /// Walks from the device certificate up through intermediates to an anchor.
-fn chain_to_anchor<'a>(
+pub(crate) fn chain_to_anchor<'a>(
     device: &Parsed,
     intermediates: &[Parsed],
     anchors: &'a [Parsed],
@@ -735,8 +739,7 @@ mod tests {
         assert_eq!(out[0], verify(&att_9a, &dev, &anchors, &f.spki));
 
         // Another CA of the same name: the chain fails, for every key.
-        let g = fixture(31_000_050);
-        let out = verify_piv_attestations(&dev, &[], &[g.ca.root_der()], &keys[..2], now);
+        let out = verify_piv_attestations(&dev, &[], &[impostor_of(&f.ca)], &keys[..2], now);
         let bad = Err(AttestationError::BadSignature {
             certificate: "device attestation",
         });
@@ -748,21 +751,47 @@ mod tests {
         let mut f = fixture(31_000_043);
         let att = attest(&mut f, SLOT_9A);
         let dev = device_cert(&mut f);
-        // Same subject name (every virtual CA has it), another key: the
-        // name matches, the signature does not.
-        let impostor = ManufacturerCa::load_or_create(&f._dir.path().join("other")).unwrap();
+        // Same subject name, another key: the name matches, the signature
+        // does not.
         assert_eq!(
-            verify(&att, &dev, &[impostor.root_der()], &f.spki),
+            verify(&att, &dev, &[impostor_of(&f.ca)], &f.spki),
             Err(AttestationError::BadSignature {
                 certificate: "device attestation"
             })
         );
+        // Another virtual manufacturer (its own name): untrusted.
+        let other = ManufacturerCa::load_or_create(&f._dir.path().join("other")).unwrap();
+        let e = verify(&att, &dev, &[other.root_der()], &f.spki).unwrap_err();
+        assert!(matches!(e, AttestationError::UntrustedChain { .. }), "{e}");
         // No anchor at all, or only unrelated ones: untrusted.
         let e = verify(&att, &dev, &[], &f.spki).unwrap_err();
         assert!(matches!(e, AttestationError::UntrustedChain { .. }), "{e}");
         // The device certificate as its own anchor is not a manufacturer root.
         let e = verify(&att, &dev, std::slice::from_ref(&dev), &f.spki).unwrap_err();
         assert!(matches!(e, AttestationError::UntrustedChain { .. }), "{e}");
+    }
+
+    /// A root of `ca`'s name with another key.
+    fn impostor_of(ca: &ManufacturerCa) -> Vec<u8> {
+        use x509_cert::builder::{Builder, CertificateBuilder, Profile};
+        let key = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+        let name = Certificate::from_der(&ca.root_der())
+            .unwrap()
+            .tbs_certificate
+            .subject;
+        CertificateBuilder::new(
+            Profile::Root,
+            x509_cert::serial_number::SerialNumber::from(9u32),
+            x509_cert::time::Validity::from_now(std::time::Duration::from_secs(86_400)).unwrap(),
+            name,
+            spki::SubjectPublicKeyInfoOwned::from_key(*key.verifying_key()).unwrap(),
+            &key,
+        )
+        .unwrap()
+        .build::<p256::ecdsa::DerSignature>()
+        .unwrap()
+        .to_der()
+        .unwrap()
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod chuid;
 pub mod crl;
 pub mod embedded;
 pub mod ext;
+pub mod fido_attestation;
 pub mod ocsp;
 pub mod template;
 

@@ -136,6 +136,10 @@ pub struct CredentialView {
     #[serde(with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>)]
     pub revoked_at: Option<time::OffsetDateTime>,
+    /// Whether the device proved it generated the key (its attestation
+    /// verified); null: recorded before Keyward checked.
+    #[serde(default)]
+    pub attested: Option<bool>,
 }
 
 crate::redacted_debug!(StartIssuance { user, policy, serial, action, via, replaces, replace_reason } hides { pin, confirm_pin });

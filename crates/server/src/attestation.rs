@@ -3,7 +3,10 @@
 //! for it and the device attestation certificate (5FFF01). Each key's
 //! attestation is verified (`keyward_pki::attestation`) against the
 //! configured roots (`attestation_roots`: Yubico's PIV root, or the virtual
-//! manufacturer CA of `keyward vcard`), with the device's serial. The
+//! manufacturer CA of `keyward vcard`) and compared with the plan (slot,
+//! serial, firmware, PIN and touch policies). Passkeys likewise: the
+//! makeCredential's packed attestation against `fido_attestation_roots`
+//! and the device type's AAGUIDs, before Graph sees it. The
 //! outcome of each key (attested or unattested, and why) goes to the audit
 //! trail (`issuance.attestation`); when the policy requires attestation
 //! (its `require_device_attestation`, on unless it says `false` for device
@@ -13,7 +16,10 @@
 
 use keyward_domain::{AuditDraft, AuditOutcome};
 use keyward_engine::piv::GeneratedKey;
-use keyward_pki::attestation::{certificate_from_object, verify_piv_attestations, AttestedKey};
+use keyward_pki::attestation::{
+    certificate_from_object, verify_piv_attestations, AttestedKey, PinPolicy, PivAttestation,
+    TouchPolicy,
+};
 use uuid::Uuid;
 
 use crate::api::audit;
@@ -30,6 +36,8 @@ pub struct Anchors {
     /// Certificates between a device's attestation certificate and a root
     /// that the device does not carry (Yubico's "PIV Attestation B 1").
     pub intermediates: Vec<Vec<u8>>,
+    /// FIDO2 packed attestation roots (passkeys).
+    pub fido_roots: Vec<Vec<u8>>,
 }
 
 impl Anchors {
@@ -39,6 +47,10 @@ impl Anchors {
             intermediates: read_certificates(
                 "attestation_intermediates",
                 &config.attestation_intermediates,
+            )?,
+            fido_roots: read_certificates(
+                "fido_attestation_roots",
+                &config.fido_attestation_roots,
             )?,
         })
     }
@@ -69,14 +81,71 @@ fn read_certificates(key: &str, paths: &[std::path::PathBuf]) -> anyhow::Result<
     Ok(out)
 }
 
+/// What the plan asked of a key: the attestation must say the same.
+struct Expected {
+    serial: u64,
+    firmware: Option<(u8, u8, u8)>,
+    slot: u8,
+}
+
+/// The attestation's facts compared with the plan: the slot, the serial,
+/// the firmware, and the PIN and touch policies Keyward generated the key
+/// with (the YubiKey defaults of the slot: GENERATE sends PIN_DEFAULT and
+/// TOUCH_DEFAULT).
+fn matches_plan(v: &PivAttestation, want: &Expected) -> Result<(), String> {
+    let show = |o: Option<String>| o.unwrap_or_else(|| "none".into());
+    if v.slot != Some(want.slot) {
+        return Err(format!(
+            "the attestation is for slot {}, the key was generated in {:02x}",
+            show(v.slot.map(|s| format!("{s:02x}"))),
+            want.slot
+        ));
+    }
+    if v.serial.map(u64::from) != Some(want.serial) {
+        return Err(format!(
+            "the attestation names serial {}, not {}",
+            show(v.serial.map(|n| n.to_string())),
+            want.serial
+        ));
+    }
+    if let Some(fw) = want.firmware {
+        if v.firmware != Some(fw) {
+            return Err(format!(
+                "the attestation names firmware {}, the device reported {}.{}.{}",
+                show(v.firmware.map(|(a, b, c)| format!("{a}.{b}.{c}"))),
+                fw.0,
+                fw.1,
+                fw.2
+            ));
+        }
+    }
+    let (pin, touch) = keyward_engine::piv::generated_key_policies(want.slot);
+    let (pin, touch) = (PinPolicy::from(pin), TouchPolicy::from(touch));
+    if v.pin_policy != Some(pin) {
+        return Err(format!(
+            "the attested key's PIN policy is {:?}, the plan's is {pin:?}",
+            v.pin_policy
+        ));
+    }
+    if v.touch_policy != Some(touch) {
+        return Err(format!(
+            "the attested key's touch policy is {:?}, the plan's is {touch:?}",
+            v.touch_policy
+        ));
+    }
+    Ok(())
+}
+
 /// Verifies each key's attestation (the `VerifyAttestation` effect):
 /// answers one outcome per key, whether attestation is required, and the
 /// audit record of the outcomes (written with the session's move).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn verify(
     state: &AppState,
     caller: &Caller,
     session: Uuid,
     serial: u64,
+    firmware: Option<(u8, u8, u8)>,
     device_certificate: Option<&[u8]>,
     keys: &[GeneratedKey],
     required: bool,
@@ -114,14 +183,15 @@ pub(super) async fn verify(
                 .next()
                 .unwrap_or_else(|| Err(keyward_pki::attestation::AttestationError::KeyMismatch))
                 .map_err(|e| e.to_string())
-                .and_then(|v| match v.serial {
-                    Some(n) if u64::from(n) == serial => Ok(()),
-                    other => Err(format!(
-                        "the attestation names serial {}, not {serial}",
-                        other
-                            .map(|n| n.to_string())
-                            .unwrap_or_else(|| "none".into()),
-                    )),
+                .and_then(|v| {
+                    matches_plan(
+                        &v,
+                        &Expected {
+                            serial,
+                            firmware,
+                            slot: k.slot,
+                        },
+                    )
                 }),
         };
         records.push(serde_json::json!({
@@ -141,4 +211,109 @@ pub(super) async fn verify(
         draft.outcome = AuditOutcome::Failure;
     }
     Ok((outcomes, required, draft))
+}
+
+/// Verifies a passkey's attestation (the `VerifyPasskeyAttestation`
+/// effect): packed, chaining to the FIDO roots, for an AAGUID the device's
+/// type and firmware have (`keyward_domain::authenticators`). Answers the
+/// outcome and its audit record.
+pub(super) fn verify_passkey(
+    state: &AppState,
+    caller: &Caller,
+    session: Uuid,
+    device: &keyward_domain::Device,
+    registration: &keyward_engine::fido::Registration,
+    required: bool,
+) -> (Result<(), String>, AuditDraft) {
+    let verified = keyward_pki::fido_attestation::verify_packed(
+        &registration.attestation_object,
+        &registration.client_data_json,
+        &[],
+        &state.attestation_anchors.fido_roots,
+        time::OffsetDateTime::now_utc(),
+    );
+    let aaguid = Uuid::from_bytes(registration.aaguid);
+    let outcome = verified.map_err(|e| e.to_string()).and_then(|v| {
+        keyward_domain::authenticators::allowed(
+            device.device_type,
+            device.firmware_version,
+            &Uuid::from_bytes(v.aaguid),
+        )
+        .map(|_| ())
+    });
+    let mut draft = audit(
+        caller,
+        "issuance.passkey_attestation",
+        format!("device:{}", device.serial.0),
+        serde_json::json!({
+            "session": session, "aaguid": aaguid, "attested": outcome.is_ok(),
+            "reason": outcome.as_ref().err(), "required": required,
+        }),
+    );
+    if outcome.is_err() {
+        draft.outcome = AuditOutcome::Failure;
+    }
+    (outcome, draft)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a YubiKey 5.7.1, serial 31000042, says of a key it generated in
+    /// 9C with the defaults (PIN always, touch never).
+    fn attested_9c() -> PivAttestation {
+        PivAttestation {
+            firmware: Some((5, 7, 1)),
+            serial: Some(31_000_042),
+            pin_policy: Some(PinPolicy::Always),
+            touch_policy: Some(TouchPolicy::Never),
+            form_factor: None,
+            slot: Some(0x9C),
+            device_subject: String::new(),
+            anchor_subject: String::new(),
+        }
+    }
+
+    fn plan(slot: u8) -> Expected {
+        Expected {
+            serial: 31_000_042,
+            firmware: Some((5, 7, 1)),
+            slot,
+        }
+    }
+
+    #[test]
+    fn an_attestation_matching_the_plan_passes() {
+        assert_eq!(matches_plan(&attested_9c(), &plan(0x9C)), Ok(()));
+    }
+
+    #[test]
+    fn each_fact_that_differs_from_the_plan_is_refused_by_name() {
+        // Another slot's attestation (a relay swapping them).
+        let e = matches_plan(&attested_9c(), &plan(0x9A)).unwrap_err();
+        assert!(e.contains("slot 9c"), "{e}");
+        let cases: [(fn(&mut PivAttestation), &str); 5] = [
+            (|a| a.serial = Some(31_000_043), "serial 31000043"),
+            (|a| a.serial = None, "serial none"),
+            (|a| a.firmware = Some((5, 4, 3)), "firmware 5.4.3"),
+            (|a| a.pin_policy = Some(PinPolicy::Never), "PIN policy"),
+            (
+                |a| a.touch_policy = Some(TouchPolicy::Always),
+                "touch policy",
+            ),
+        ];
+        for (change, says) in cases {
+            let mut a = attested_9c();
+            change(&mut a);
+            let e = matches_plan(&a, &plan(0x9C)).unwrap_err();
+            assert!(e.contains(says), "{says}: {e}");
+        }
+        // A plan without a recorded firmware does not compare it.
+        let mut a = attested_9c();
+        a.firmware = Some((5, 4, 3));
+        let mut p = plan(0x9C);
+        p.firmware = None;
+        assert_eq!(matches_plan(&a, &p), Ok(()));
+    }
 }

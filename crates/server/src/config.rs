@@ -45,6 +45,11 @@ pub struct Config {
     /// that devices do not carry (Yubico's newer keys chain through "PIV
     /// Attestation B 1"): PEM or DER files.
     pub attestation_intermediates: Vec<PathBuf>,
+    /// Trusted roots for FIDO2 packed attestation of passkeys (PEM or DER
+    /// files): Yubico's FIDO root for real YubiKeys, the manufacturer's
+    /// for others, `keyward vcard ca-cert` for virtual devices. Kept apart
+    /// from the PIV roots: a manufacturer may use other CAs for each.
+    pub fido_attestation_roots: Vec<PathBuf>,
     /// Hours between a CRL's thisUpdate and nextUpdate; it is signed again
     /// at half-life, and at once after a revocation.
     pub crl_validity_hours: u64,
@@ -107,6 +112,7 @@ impl Default for Config {
             crl_validity_hours: 24,
             attestation_roots: Vec::new(),
             attestation_intermediates: Vec::new(),
+            fido_attestation_roots: Vec::new(),
             metrics_listen: None,
             metrics_token: None,
             trusted_proxies: Vec::new(),
@@ -306,6 +312,7 @@ impl std::fmt::Debug for Config {
             .field("abandon_after_seconds", &self.abandon_after_seconds)
             .field("attestation_roots", &self.attestation_roots)
             .field("attestation_intermediates", &self.attestation_intermediates)
+            .field("fido_attestation_roots", &self.fido_attestation_roots)
             .field("crl_validity_hours", &self.crl_validity_hours)
             .field("metrics_listen", &self.metrics_listen)
             .field(

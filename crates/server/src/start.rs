@@ -113,20 +113,7 @@ impl Server {
         // Attestation required with nothing to verify against: every
         // YubiKey issuance would fail; say so at start.
         crate::bootstrap::migrate_attestation_setting(&state).await?;
-        if state.attestation_anchors.roots.is_empty() {
-            let policies = state.store.list_policies().await?;
-            let requiring: Vec<&str> = policies
-                .iter()
-                .filter(|p| p.device_types.iter().any(|t| p.requires_attestation(*t)))
-                .map(|p| p.name.as_str())
-                .collect();
-            if !requiring.is_empty() {
-                tracing::warn!(
-                    policies = ?requiring,
-                    "these policies require device attestation but no attestation_roots are configured: their attesting devices cannot be issued"
-                );
-            }
-        }
+        warn_attestation_without_roots(&state).await?;
         let key_file = config
             .audit_signing_key
             .clone()
@@ -274,4 +261,37 @@ fn limit_http(
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(config.header_read_timeout_seconds));
+}
+
+/// Attestation required with nothing to verify against: every attesting
+/// device of those policies would fail issuance; said at start, for the PIV
+/// roots and the FIDO roots apart.
+async fn warn_attestation_without_roots(state: &AppState) -> anyhow::Result<()> {
+    let policies = state.store.list_policies().await?;
+    let requiring = |fido: bool| -> Vec<&str> {
+        policies
+            .iter()
+            .filter(|p| !fido || p.fido_application.is_some())
+            .filter(|p| p.device_types.iter().any(|t| p.requires_attestation(*t)))
+            .map(|p| p.name.as_str())
+            .collect()
+    };
+    let anchors = &state.attestation_anchors;
+    for (missing, fido, key) in [
+        (anchors.roots.is_empty(), false, "attestation_roots"),
+        (
+            anchors.fido_roots.is_empty(),
+            true,
+            "fido_attestation_roots",
+        ),
+    ] {
+        let names = requiring(fido);
+        if missing && !names.is_empty() {
+            tracing::warn!(
+                policies = ?names,
+                "these policies require device attestation but no {key} are configured: their attesting devices cannot be issued"
+            );
+        }
+    }
+    Ok(())
 }

@@ -95,6 +95,11 @@ pub struct Credential {
     /// was recorded (a failed attempt's). `CertificateHold`: on hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revocation_reason: Option<keyward_domain::RevocationReason>,
+    /// Whether the device proved it generated the key (PIV attestation, or
+    /// the passkey's packed attestation); None: recorded before Keyward
+    /// checked, or a credential that cannot be attested.
+    #[serde(default)]
+    pub attested: Option<bool>,
 }
 
 impl Credential {

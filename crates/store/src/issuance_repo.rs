@@ -234,7 +234,7 @@ pub async fn revoke_device_credentials(
 /// One credential by id.
 pub async fn get_credential(pool: &Pool<DB>, id: Uuid) -> StoreResult<crate::issuance::Credential> {
     let row = sqlx::query(
-        "SELECT id, device_id, session_id, kind, slot, serial, not_after, der, created_at, revoked_at, revocation_reason \
+        "SELECT id, device_id, session_id, kind, slot, serial, not_after, der, created_at, revoked_at, revocation_reason, attested \
          FROM credentials WHERE id = $1",
     )
     .bind(id)
@@ -411,8 +411,8 @@ async fn insert_credentials(
 ) -> StoreResult<()> {
     for chunk in credentials.chunks(dialect::BULK_ROWS) {
         let sql = format!(
-            "INSERT INTO credentials (id, device_id, session_id, kind, slot, serial, not_after, der, created_at, revoked_at) VALUES {}",
-            values_list(chunk.len(), 10)
+            "INSERT INTO credentials (id, device_id, session_id, kind, slot, serial, not_after, der, created_at, revoked_at, attested) VALUES {}",
+            values_list(chunk.len(), 11)
         );
         let mut q = sqlx::query(&sql);
         for c in chunk {
@@ -426,7 +426,8 @@ async fn insert_credentials(
                 .bind(c.not_after)
                 .bind(&c.der)
                 .bind(c.created_at)
-                .bind(c.revoked_at);
+                .bind(c.revoked_at)
+                .bind(c.attested);
         }
         q.execute(&mut **tx).await?;
     }
@@ -438,7 +439,7 @@ pub async fn device_credentials(
     device_id: Uuid,
 ) -> StoreResult<Vec<crate::issuance::Credential>> {
     let rows = sqlx::query(
-        "SELECT id, device_id, session_id, kind, slot, serial, not_after, der, created_at, revoked_at, revocation_reason \
+        "SELECT id, device_id, session_id, kind, slot, serial, not_after, der, created_at, revoked_at, revocation_reason, attested \
          FROM credentials WHERE device_id = $1 ORDER BY created_at, serial",
     )
     .bind(device_id)
@@ -463,6 +464,7 @@ fn credential_from_row(r: &DbRow) -> StoreResult<crate::issuance::Credential> {
             .try_get::<Option<i64>, _>("revocation_reason")?
             .and_then(|c| u8::try_from(c).ok())
             .and_then(keyward_domain::RevocationReason::from_code),
+        attested: r.try_get("attested")?,
     })
 }
 

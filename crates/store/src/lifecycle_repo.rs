@@ -339,7 +339,7 @@ pub async fn certificates_with_devices(
     pool: &Pool<DB>,
 ) -> StoreResult<Vec<(crate::issuance::Credential, Serial)>> {
     let rows = sqlx::query(
-        "SELECT c.id, c.device_id, c.session_id, c.kind, c.slot, c.serial, c.not_after, c.der, c.created_at, c.revoked_at, c.revocation_reason, d.serial AS device_serial \
+        "SELECT c.id, c.device_id, c.session_id, c.kind, c.slot, c.serial, c.not_after, c.der, c.created_at, c.revoked_at, c.revocation_reason, c.attested, d.serial AS device_serial \
          FROM credentials c JOIN devices d ON d.id = c.device_id WHERE c.kind = 'certificate' ORDER BY c.created_at",
     )
     .fetch_all(pool)

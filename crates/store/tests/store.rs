@@ -1436,6 +1436,7 @@ async fn issue_in_store_with(
             created_at: at,
             revoked_at: None,
             revocation_reason: None,
+            attested: Some(true),
         })
         .into_iter()
         .collect();

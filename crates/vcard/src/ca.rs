@@ -21,7 +21,8 @@ use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::Validity;
 use x509_cert::Certificate;
 
-/// Subject of the virtual manufacturer CA.
+/// Subject of the virtual manufacturer CA; each CA adds a random tag after
+/// "CA" (see `generate`).
 pub const CA_SUBJECT: &str =
     "CN=Keyward Virtual Manufacturer CA (NOT A REAL DEVICE VENDOR),O=Keyward Virtual Devices";
 const KEY_FILE: &str = "ca-key.pem";
@@ -127,7 +128,14 @@ impl ManufacturerCa {
 
     fn generate() -> Result<ManufacturerCa, CaError> {
         let key = SigningKey::random(&mut OsRng);
-        let subject = Name::from_str(CA_SUBJECT).map_err(build_err)?;
+        // Each CA's name is its own (a short random tag): a verifier that
+        // trusts two of them (the demo's and the machine's default) finds
+        // the issuer by name, as it does for real manufacturers' CAs.
+        let tag: String = (0..4)
+            .map(|_| format!("{:02x}", rand_core::RngCore::next_u32(&mut OsRng) as u8))
+            .collect();
+        let subject = Name::from_str(&CA_SUBJECT.replacen("CA (", &format!("CA {tag} ("), 1))
+            .map_err(build_err)?;
         let spki = spki_of(key.verifying_key())?;
         let builder = CertificateBuilder::new(
             Profile::Root,

@@ -191,7 +191,7 @@ impl PivApplet {
         origin: u8,
     ) {
         let pin_policy = if pin_policy == policy::PIN_DEFAULT {
-            default_pin_policy(slot)
+            policy::default_pin_policy(slot)
         } else {
             pin_policy
         };
@@ -611,16 +611,6 @@ pub(crate) fn parse_policies(template: &[u8]) -> Option<(u8, u8)> {
         _ => return None,
     };
     Some((pin, touch))
-}
-
-/// SP 800-73-4 access rules per slot: 9C needs the PIN right before each
-/// use, 9E needs none, the others the PIN once per session.
-pub fn default_pin_policy(slot: u8) -> u8 {
-    match slot {
-        slot::SIGNATURE => policy::PIN_ALWAYS,
-        slot::CARD_AUTHENTICATION => policy::PIN_NEVER,
-        _ => policy::PIN_ONCE,
-    }
 }
 
 /// Objects the standard protects with the PIN (biometrics, printed information).

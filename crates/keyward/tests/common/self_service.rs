@@ -78,3 +78,39 @@ pub fn me_page(server: &TestServer, (cookie, _): &(String, String)) -> String {
     assert_eq!(r.status().as_u16(), 200);
     r.text().unwrap()
 }
+
+/// A new operator account of `role`, signed in with its password changed
+/// (no longer the one-time password): its session cookie and CSRF token.
+pub fn sign_in_operator(server: &TestServer, login: &str, role: &str) -> (String, String) {
+    let (s, v) = server.call(
+        "POST",
+        "/operators",
+        Some(json!({ "login": login, "role": role })),
+    );
+    assert_eq!(s, 201, "{v}");
+    let otp = v["one_time_password"].as_str().unwrap().to_string();
+    let session = sign_in_with(server, login, &otp).expect("signed in");
+    let new = format!("{login}-a-new-passphrase-42");
+    let (s, v) = call_as_user(
+        server,
+        &session,
+        "POST",
+        "/auth/password",
+        Some(json!({ "current_password": otp, "new_password": new })),
+    );
+    assert_eq!(s, 204, "{v}");
+    sign_in_with(server, login, &new).expect("signed in again")
+}
+
+/// A portal page's HTML (status and body) with a signed-in session.
+pub fn page_as(server: &TestServer, (cookie, _): &(String, String), path: &str) -> (u16, String) {
+    let r = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{}{path}", server.url))
+        .header("cookie", cookie.as_str())
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}

@@ -128,5 +128,6 @@ pub fn credential_view(c: keyward_store::Credential) -> keyward_proto::Credentia
         not_after: c.not_after,
         created_at: c.created_at,
         revoked_at: c.revoked_at,
+        attested: c.attested,
     }
 }

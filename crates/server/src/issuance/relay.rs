@@ -180,6 +180,7 @@ pub(super) async fn relay(
             Effect::End(ending) => break ending,
             Effect::VerifyAttestation {
                 serial,
+                firmware,
                 device_certificate,
                 keys,
             } => {
@@ -188,6 +189,7 @@ pub(super) async fn relay(
                     &caller,
                     s.id,
                     serial,
+                    firmware,
                     device_certificate.as_deref(),
                     &keys,
                     policy.requires_attestation(device.device_type),
@@ -195,6 +197,19 @@ pub(super) async fn relay(
                 .await?;
                 audits.push(draft);
                 Input::Attested { outcomes, required }
+            }
+            Effect::VerifyPasskeyAttestation { registration } => {
+                let required = policy.requires_attestation(device.device_type);
+                let (outcome, draft) = crate::attestation::verify_passkey(
+                    &state,
+                    &caller,
+                    s.id,
+                    &device,
+                    &registration,
+                    required,
+                );
+                audits.push(draft);
+                Input::PasskeyAttested { outcome, required }
             }
             // Certifying the keys (the CA's signatures, the signed CHUID)
             // is the CPU-heavy step: on a blocking thread, so the runtime's
@@ -254,7 +269,10 @@ async fn record_ending(
     let mut credentials = ending
         .certificates
         .into_iter()
-        .map(|(slot, der)| certificate_credential(s, slot, der, revoked_at))
+        .map(|(slot, der)| {
+            let attested = ending.attested_slots.contains(&slot);
+            certificate_credential(s, slot, der, revoked_at, Some(attested))
+        })
         .collect::<ApiResult<Vec<_>>>()?;
     let passkeys: Vec<_> = ending.passkey.into_iter().collect();
     credentials.extend(

@@ -45,12 +45,14 @@ pub(super) fn unseal(state: &AppState, s: &IssuanceSession) -> ApiResult<DeviceS
     Ok(data)
 }
 
-/// A certificate put on (or, for `revoked_at`, taken back from) the device.
+/// A certificate put on (or, for `revoked_at`, taken back from) the device;
+/// `attested`: whether the device proved it generated the key.
 pub(super) fn certificate_credential(
     s: &IssuanceSession,
     slot: u8,
     der: Vec<u8>,
     revoked_at: Option<time::OffsetDateTime>,
+    attested: Option<bool>,
 ) -> ApiResult<Credential> {
     use der::Decode;
     let cert = x509_cert::Certificate::from_der(&der)
@@ -70,6 +72,7 @@ pub(super) fn certificate_credential(
         created_at: time::OffsetDateTime::now_utc(),
         revoked_at,
         revocation_reason: None,
+        attested,
     })
 }
 
@@ -91,6 +94,7 @@ pub(super) fn passkey_credential(
         created_at: time::OffsetDateTime::now_utc(),
         revoked_at,
         revocation_reason: None,
+        attested: record.attested,
     }
 }
 

@@ -27,7 +27,7 @@ pub async fn sweep_abandoned(state: &AppState) -> anyhow::Result<usize> {
         let (certificates, passkey) = data.cancel();
         let mut revoked: Vec<Credential> = certificates
             .into_iter()
-            .filter_map(|(slot, der)| certificate_credential(&s, slot, der, Some(now)).ok())
+            .filter_map(|(slot, der)| certificate_credential(&s, slot, der, Some(now), None).ok())
             .collect();
         revoked.extend(passkey.iter().map(|p| passkey_credential(&s, p, Some(now))));
         let draft = AuditDraft {

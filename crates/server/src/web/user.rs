@@ -59,6 +59,8 @@ pub struct CredentialRow {
     pub expires: String,
     pub revoked: bool,
     pub on_hold: bool,
+    /// "attested", "not attested", or "" (recorded before Keyward checked).
+    pub attestation: &'static str,
 }
 
 /// One action of a device's menu, confirmed in the page's action dialog.
@@ -276,6 +278,11 @@ pub async fn device_rows(
                     serial: c.serial,
                     expires: c.not_after.map(when).unwrap_or_default(),
                     revoked: c.revoked_at.is_some(),
+                    attestation: match c.attested {
+                        Some(true) => "attested",
+                        Some(false) => "not attested",
+                        None => "",
+                    },
                 })
                 .collect()
         } else {
