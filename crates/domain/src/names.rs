@@ -379,6 +379,8 @@ canonical_enum! {
         Recycled = "recycled", "Recycled";
         PinChanged = "pin_changed", "PIN changed";
         PinChangeFailed = "pin_change_failed", "PIN change failed";
+        Unlocked = "unlocked", "Unlocked";
+        UnlockFailed = "unlock_failed", "Unlock failed";
     }
 }
 
@@ -396,5 +398,6 @@ canonical_enum! {
         Assign = "assign", "Assign Device";
         Recycle = "recycle", "Recycle";
         ChangePin = "change_pin", "Change PIN";
+        Unlock = "unlock", "Unlock";
     }
 }

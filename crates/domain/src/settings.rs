@@ -15,6 +15,7 @@ canonical_enum! {
         WhoCanBind = "who_can_bind", "Who can bind the device to the user?";
         EnableIssuanceRetryForUser = "enable_issuance_retry_for_user", "Enable issuance retry for user";
         AutoImportUnknownDevices = "auto_import_unknown_devices", "Enable Automatic Import of Unknown Cards";
+        UnlockRequestMinutes = "unlock_request_minutes", "Unlock request validity (minutes)";
     }
 }
 
@@ -27,6 +28,7 @@ impl SettingKey {
             | SettingKey::WhoCanBind
             | SettingKey::EnableIssuanceRetryForUser => "User Portal configuration",
             SettingKey::AutoImportUnknownDevices => "Device parameters",
+            SettingKey::UnlockRequestMinutes => "Security Settings",
         }
     }
 
@@ -43,8 +45,26 @@ impl SettingKey {
             SettingKey::ChangePinDuringIssuance
             | SettingKey::EnableIssuanceRetryForUser
             | SettingKey::AutoImportUnknownDevices => SettingValue::Bool(parse_bool(field, s)?),
+            SettingKey::UnlockRequestMinutes => SettingValue::Minutes(parse_minutes(field, s)?),
         })
     }
+}
+
+/// Longest validity of an unlock request: a day.
+pub const MAX_UNLOCK_REQUEST_MINUTES: u16 = 1440;
+
+fn parse_minutes(field: &str, s: &str) -> Result<u16, ValidationError> {
+    s.trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|m| (1..=MAX_UNLOCK_REQUEST_MINUTES).contains(m))
+        .ok_or_else(|| {
+            ValidationError::new(
+                "setting_value_invalid",
+                field,
+                format!("{field} is a number of minutes from 1 to {MAX_UNLOCK_REQUEST_MINUTES}"),
+            )
+        })
 }
 
 /// One setting's value. Displays as its canonical string (`true`, `not_displayed`).
@@ -54,16 +74,18 @@ pub enum SettingValue {
     Bool(bool),
     DisplayMode(DisplayMode),
     WhoCanBind(WhoCanBind),
+    Minutes(u16),
 }
 
 impl SettingValue {
     /// The product's wording ("Yes", "Not Displayed").
-    pub fn label(self) -> &'static str {
+    pub fn label(self) -> std::borrow::Cow<'static, str> {
         match self {
-            SettingValue::Bool(true) => "Yes",
-            SettingValue::Bool(false) => "No",
-            SettingValue::DisplayMode(m) => m.label(),
-            SettingValue::WhoCanBind(w) => w.label(),
+            SettingValue::Bool(true) => "Yes".into(),
+            SettingValue::Bool(false) => "No".into(),
+            SettingValue::DisplayMode(m) => m.label().into(),
+            SettingValue::WhoCanBind(w) => w.label().into(),
+            SettingValue::Minutes(m) => format!("{m} minutes").into(),
         }
     }
 }
@@ -74,6 +96,7 @@ impl fmt::Display for SettingValue {
             SettingValue::Bool(b) => write!(f, "{b}"),
             SettingValue::DisplayMode(m) => write!(f, "{m}"),
             SettingValue::WhoCanBind(w) => write!(f, "{w}"),
+            SettingValue::Minutes(m) => write!(f, "{m}"),
         }
     }
 }
@@ -91,6 +114,14 @@ pub struct Settings {
     pub enable_issuance_retry_for_user: bool,
     /// Device parameters: "Enable Automatic Import of Unknown Cards".
     pub auto_import_unknown_devices: bool,
+    /// Security Settings: how long the help desk's unlock request stays
+    /// valid (minutes).
+    #[serde(default = "default_unlock_request_minutes")]
+    pub unlock_request_minutes: u16,
+}
+
+fn default_unlock_request_minutes() -> u16 {
+    10
 }
 
 impl Default for Settings {
@@ -102,6 +133,7 @@ impl Default for Settings {
             who_can_bind: WhoCanBind::IssuanceOperator,
             enable_issuance_retry_for_user: false,
             auto_import_unknown_devices: false,
+            unlock_request_minutes: default_unlock_request_minutes(),
         }
     }
 }
@@ -122,6 +154,7 @@ impl Settings {
             SettingKey::AutoImportUnknownDevices => {
                 SettingValue::Bool(self.auto_import_unknown_devices)
             }
+            SettingKey::UnlockRequestMinutes => SettingValue::Minutes(self.unlock_request_minutes),
         }
     }
 
@@ -147,6 +180,11 @@ impl Settings {
             }
             (SettingKey::AutoImportUnknownDevices, SettingValue::Bool(b)) => {
                 self.auto_import_unknown_devices = b
+            }
+            (SettingKey::UnlockRequestMinutes, SettingValue::Minutes(m))
+                if (1..=MAX_UNLOCK_REQUEST_MINUTES).contains(&m) =>
+            {
+                self.unlock_request_minutes = m
             }
             _ => return Err(wrong()),
         }
@@ -193,7 +231,8 @@ mod tests {
                 "change_pin_during_issuance",
                 "who_can_bind",
                 "enable_issuance_retry_for_user",
-                "auto_import_unknown_devices"
+                "auto_import_unknown_devices",
+                "unlock_request_minutes"
             ]
         );
     }

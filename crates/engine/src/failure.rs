@@ -36,6 +36,9 @@ keyward_domain::canonical_enum! {
         PinRules = "pin_rules", "The PIN breaks the rules";
         WrongPin = "wrong_pin", "The current PIN is wrong";
         PinBlocked = "pin_blocked", "The PIN is blocked";
+        WrongPuk = "wrong_puk", "The PUK is wrong";
+        PukBlocked = "puk_blocked", "The PUK is blocked";
+        PukUncertain = "puk_uncertain", "The server is not sure of the PUK";
         // Certifying.
         AttestationFailed = "attestation_failed", "The device did not prove it generated the key";
         CertificateTemplate = "certificate_template", "The certificate template cannot be filled";
@@ -127,12 +130,14 @@ pub enum Step {
     ResetPinSharing,
     RestoreManagementKey,
     ResetFido,
+    ReadPukTries,
+    UnblockPin,
     /// The relay itself (more responses than commands).
     Relay,
 }
 
 /// The steps without a slot, with their text.
-const NAMED: [(Step, &str); 32] = [
+const NAMED: [(Step, &str); 34] = [
     (Step::IdentifyDevice, "identify device"),
     (Step::SelectPiv, "select PIV"),
     (
@@ -174,6 +179,8 @@ const NAMED: [(Step, &str); 32] = [
     (Step::ResetPinSharing, "reset PIN sharing"),
     (Step::RestoreManagementKey, "restore management key"),
     (Step::ResetFido, "reset FIDO"),
+    (Step::ReadPukTries, "read PUK tries"),
+    (Step::UnblockPin, "unblock PIN"),
 ];
 
 /// The steps of one slot, by the text before the slot.

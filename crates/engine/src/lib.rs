@@ -26,6 +26,7 @@ pub mod plan;
 pub mod prompt;
 pub mod recycle;
 pub mod session;
+pub mod unlock;
 
 pub use batch::{Batch, Channel, Command, Response};
 pub use failure::{Failure, FailureCode, Step};

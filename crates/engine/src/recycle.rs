@@ -204,7 +204,7 @@ impl YubiKeyWipe {
     fn on_responses(self, responses: &[Response]) -> Result<Next, Failure> {
         let checked = check(&self.carry.sent, responses);
         if self.rounds == 1 {
-            identify_yubikey(&self.carry.plan, responses)?;
+            identify_yubikey(self.carry.plan.serial, responses)?;
         }
         match checked {
             Ok(_) => self.carry.piv_done(),
@@ -235,7 +235,7 @@ impl AwaitWitness {
             Err(f) => return carry.start_over_or(f),
         };
         if carry.plan.device_type == DeviceType::C4000 {
-            identify_c4000(&carry.plan, &responses[0].data)?;
+            identify_c4000(carry.plan.serial, &responses[0].data)?;
         }
         let m = &carry.plan.management_key.value;
         let step = Step::AuthenticateManagementKey;
@@ -611,20 +611,22 @@ fn yubikey_wipe(identify: bool) -> Batch {
     b
 }
 
-fn identify_yubikey(plan: &RecyclePlan, responses: &[Response]) -> Result<(), Failure> {
+/// The serial a YubiKey's GET SERIAL (the second response of a batch that
+/// begins SELECT PIV, GET SERIAL) gives must be `expected`.
+pub(crate) fn identify_yubikey(expected: u64, responses: &[Response]) -> Result<(), Failure> {
     let serial = responses
         .get(1)
         .filter(|r| r.sw == 0x9000)
         .and_then(|r| r.data.get(..4))
         .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]) as u64);
     match serial {
-        Some(s) if s == plan.serial => Ok(()),
+        Some(s) if s == expected => Ok(()),
         Some(s) => Err(Failure::new(
             FailureCode::DeviceMismatch,
             Step::IdentifyDevice,
             format!(
                 "the device in the reader has serial {s}, not {}: was it swapped?",
-                plan.serial
+                expected
             ),
         )),
         None => Err(Failure::new(
@@ -635,19 +637,20 @@ fn identify_yubikey(plan: &RecyclePlan, responses: &[Response]) -> Result<(), Fa
     }
 }
 
-fn identify_c4000(plan: &RecyclePlan, cplc: &[u8]) -> Result<(), Failure> {
+/// The serial in a C4000's CPLC data (GET DATA 9F7F) must be `expected`.
+pub(crate) fn identify_c4000(expected: u64, cplc: &[u8]) -> Result<(), Failure> {
     let cplc = keyward_card::tlv::find(cplc, 0x9F7F).unwrap_or(cplc);
     match cplc
         .get(12..16)
         .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]) as u64)
     {
-        Some(s) if s == plan.serial => Ok(()),
+        Some(s) if s == expected => Ok(()),
         Some(s) => Err(Failure::new(
             FailureCode::DeviceMismatch,
             Step::IdentifyDevice,
             format!(
                 "the device in the reader has serial {s}, not {}: was it swapped?",
-                plan.serial
+                expected
             ),
         )),
         None => Err(Failure::new(

@@ -60,6 +60,7 @@ use crate::plan::{
 };
 use crate::prompt::{Prompt, PromptKind};
 use crate::recycle::{self, RecyclePlan, Recycling};
+use crate::unlock::{self, Unlock, UnlockPlan};
 use crate::ManagementKey;
 
 /// The person's answers to a prompt batch, by prompt kind.
@@ -271,14 +272,44 @@ enum State {
     Fido(Box<FidoSession>),
     Recycle(Recycling),
     ChangePin(PinChange),
+    Unlock(Unlock),
     Finished,
 }
 
-/// The device secrets a later Recycle needs (never the PIN).
+/// What the server keeps of a device's secrets after a session (never the
+/// PIN): the PUK (custody: Unlock spends it, Recycle needs it) and the
+/// management key. Carried forward, sealed, by every later session.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Kept {
     pub puk: Known<Secret>,
     pub management_key: Known<ManagementKey>,
+    /// The device blocked its PUK (an unlock spent its last try): only a
+    /// recycle helps.
+    #[serde(default)]
+    pub puk_blocked: bool,
+}
+
+/// How sure the server is of a device's PUK (for the portal and the
+/// unlock's refusals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PukCustody {
+    /// Kept and sure.
+    Known,
+    /// Kept, but one of two values (a change whose outcome is unknown):
+    /// "unlock after next update".
+    Uncertain,
+    /// Not kept (a device from before custody, or never personalised by
+    /// Keyward): "unlock after next update".
+    Unknown,
+    /// The device blocked it: recycle and re-issue.
+    Blocked,
+}
+
+/// Why an unlock is refused before the device is touched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnlockRefused {
+    pub code: &'static str,
+    pub message: String,
 }
 
 impl Kept {
@@ -286,6 +317,7 @@ impl Kept {
         Kept {
             puk: k.puk.clone(),
             management_key: k.management_key.clone(),
+            puk_blocked: false,
         }
     }
 }
@@ -478,6 +510,7 @@ impl DeviceSession {
         let kept = last.kept.clone().unwrap_or_else(|| Kept {
             puk: Known::sure(Secret::new(FACTORY_PUK)),
             management_key: Known::sure(factory.clone()),
+            puk_blocked: false,
         });
         let plan = RecyclePlan {
             device_type,
@@ -497,6 +530,58 @@ impl DeviceSession {
         let (state, batch) = PinChange::start();
         // What a later Recycle needs stays with the latest session.
         last.follow_up(State::ChangePin(state), batch, last.kept.clone())
+    }
+
+    /// How sure the server is of the PUK of the device `self` (its latest
+    /// session) left.
+    pub fn puk_custody(&self) -> PukCustody {
+        match &self.kept {
+            None => PukCustody::Unknown,
+            Some(k) if k.puk_blocked => PukCustody::Blocked,
+            Some(k) if k.puk.alternative.is_some() => PukCustody::Uncertain,
+            Some(_) => PukCustody::Known,
+        }
+    }
+
+    /// Unlock the device `last` (its latest session) left: its PIN reset
+    /// with the PUK kept, the PUK replaced by `new_puk`. Refused before the
+    /// device is touched when no PUK is kept or the device blocked it.
+    pub fn unlock(
+        last: &DeviceSession,
+        device_type: DeviceType,
+        firmware: Option<FirmwareVersion>,
+        new_puk: Secret,
+    ) -> Result<(DeviceSession, Batch), UnlockRefused> {
+        let kept = match (&last.kept, last.puk_custody()) {
+            (_, PukCustody::Blocked) => {
+                return Err(UnlockRefused {
+                    code: "puk_blocked",
+                    message: format!(
+                        "device {} blocked its PUK: recycle and re-issue the device",
+                        last.serial
+                    ),
+                })
+            }
+            (Some(k), _) => k.clone(),
+            (None, _) => {
+                return Err(UnlockRefused {
+                    code: "puk_unknown",
+                    message: format!(
+                        "Keyward does not hold the PUK of device {}: unlock after its next update, or recycle it",
+                        last.serial
+                    ),
+                })
+            }
+        };
+        let plan = UnlockPlan {
+            device_type,
+            serial: last.serial,
+            firmware: firmware.map(|f| (f.major as u8, f.minor as u8, f.patch as u8)),
+            puk: kept.puk.clone(),
+            new_puk,
+        };
+        let (state, batch) = Unlock::start(plan);
+        Ok(last.follow_up(State::Unlock(state), batch, Some(kept)))
     }
 
     fn follow_up(&self, state: State, batch: Batch, kept: Option<Kept>) -> (DeviceSession, Batch) {
@@ -706,6 +791,7 @@ impl DeviceSession {
                         self.kept = Some(Kept {
                             puk: Known::sure(recycled.puk),
                             management_key: Known::sure(recycled.management_key),
+                            puk_blocked: false,
                         });
                         Effect::End(self.end(
                             SessionStatus::Recycled,
@@ -751,6 +837,45 @@ impl DeviceSession {
                         Effect::End(ending)
                     }
                 });
+            }
+            (
+                State::Unlock(s),
+                Input::Relayed {
+                    responses, answers, ..
+                },
+            ) => {
+                let at = self.batch.step();
+                return Ok(
+                    match s.on_result(responses, answers, transport_error.is_some()) {
+                        unlock::Next::Batch(s, batch) => self.send(State::Unlock(s), batch),
+                        unlock::Next::End(end) => {
+                            // What the device taught about its PUK stays.
+                            if let Some(k) = &mut self.kept {
+                                k.puk = end.puk;
+                                k.puk_blocked |= end.puk_blocked;
+                            }
+                            match end.result {
+                                Ok(()) => Effect::End(self.end(
+                                    SessionStatus::Unlocked,
+                                    None,
+                                    DeviceMove::Stays,
+                                    cx,
+                                )),
+                                Err(f) => {
+                                    let f = with_transport_cause(f, transport_error);
+                                    let mut ending = self.end(
+                                        SessionStatus::UnlockFailed,
+                                        Some(f),
+                                        DeviceMove::Stays,
+                                        cx,
+                                    );
+                                    ending.step = at;
+                                    Effect::End(ending)
+                                }
+                            }
+                        }
+                    },
+                );
             }
             (State::Finished, _) => return Err(Refusal::Finished),
             (state, _) => {
@@ -1113,6 +1238,7 @@ impl DeviceSession {
         let mut kept = self.kept.take().unwrap_or(Kept {
             puk: plan.puk.clone(),
             management_key: plan.management_key.clone(),
+            puk_blocked: false,
         });
         if kept.management_key.value != plan.factory_management_key {
             kept.management_key.alternative = Some(plan.factory_management_key.clone());

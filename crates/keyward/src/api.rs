@@ -213,6 +213,11 @@ impl ApiClient {
         self.try_post(&format!("/devices/{}/recycle", enc(serial)), req)
     }
 
+    /// Starts an unlock (`via` as for Recycle, or an empty body).
+    pub fn unlock(&self, serial: &str, req: &impl Serialize) -> Answer<RelayBatch> {
+        self.try_post(&format!("/devices/{}/unlock", enc(serial)), req)
+    }
+
     pub fn device(&self, serial: &str) -> Answer<DeviceDetails> {
         self.try_get(&format!("/devices/{}", enc(serial)))
     }

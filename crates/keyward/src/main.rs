@@ -6,10 +6,12 @@ mod agent;
 mod api;
 mod demo;
 mod devices;
+mod follow_up;
 mod issue;
 mod recycle;
 mod relaying;
 mod serve;
+mod unlock;
 
 use std::process::ExitCode;
 
@@ -45,6 +47,9 @@ enum Command {
     /// Recycle a connected device: wipe it to factory state through the
     /// server and return it to Available.
     Recycle(recycle::RecycleArgs),
+    /// Unlock a connected device: reset its blocked PIN with the PUK the
+    /// server keeps (which it then replaces).
+    Unlock(unlock::UnlockArgs),
     /// The workstation agent: pairs once, reports its devices, relays the
     /// server's device commands (connects out only).
     Agent(agent::AgentArgs),
@@ -61,6 +66,7 @@ fn main() -> ExitCode {
         Command::Devices(args) => devices::run(args),
         Command::Issue(args) => issue::run(args),
         Command::Recycle(args) => recycle::run(args),
+        Command::Unlock(args) => unlock::run(args),
         Command::Agent(args) => agent::run(args),
     };
     match result {

@@ -14,12 +14,10 @@ use std::time::Instant;
 use std::time::Duration;
 
 use clap::Args;
-use keyward_proto::RecycleRequest;
 use serde_json::json;
 
 use crate::api::ApiClient;
-use crate::issue::{choose_reader, fido_hid, IssueArgs};
-use crate::relaying::{drive, error_line, failure_exit, follow, read_answers, Answers, Counters};
+use crate::relaying::{error_line, failure_exit, read_answers, Answers};
 
 #[derive(Args, Debug, Clone)]
 pub struct RecycleArgs {
@@ -56,55 +54,20 @@ pub fn run(args: RecycleArgs) -> anyhow::Result<ExitCode> {
     let total = Instant::now();
     let client = ApiClient::with_token(&args.server, &args.token, Duration::from_secs(120))?;
     let answers = Answers::new(read_answers(&args.answers)?);
-    let local = choose_reader(&IssueArgs {
-        server: args.server.clone(),
-        token: String::new(),
-        user: None,
-        policy: None,
-        replaces: None,
-        reason: None,
-        cancel: None,
-        retry: None,
-        serial: Some(args.serial.clone()),
-        reader: args.reader.clone(),
-        action: "issue".into(),
-        answers: None,
+    let target = crate::follow_up::Target {
+        server: &args.server,
+        serial: &args.serial,
+        reader: args.reader.as_deref(),
+        hid_sockets: &args.hid_sockets,
         json: args.json,
-        hid_sockets: Vec::new(),
-    });
-    // Not connected here: a device a paired workstation agent reports is
-    // recycled through that agent (this client answers the prompts).
-    let (reader, serial, request) = match local {
-        Ok((reader, serial)) => (Some(reader), serial, RecycleRequest::default()),
-        Err(local) => {
-            let Some(d) = crate::agent::via_agent::agent_device(&client, &args.serial)? else {
-                return Err(local);
-            };
-            let via = Some(d.agent_id);
-            (None, d.device.serial, RecycleRequest { via })
-        }
+        verb: "recycling",
     };
-    let batch = match client.recycle(&serial, &request)? {
-        Ok(batch) => batch,
-        Err(e) => return crate::issue::refused(e, &serial, args.json),
-    };
-    let (id, counters) = match &reader {
-        Some(reader) => {
-            if !args.json {
-                eprintln!("recycling device {serial} in \"{reader}\"");
-            }
-            // A FIDO reset of a USB YubiKey goes over CTAPHID; others over ISO 7816.
-            let fido = fido_hid(&serial, &args.hid_sockets);
-            drive(&client, reader, fido, batch, &answers, args.json)?
-        }
-        None => {
-            if !args.json {
-                eprintln!("recycling device {serial} through its workstation agent");
-            }
-            let id = batch.session_id;
-            follow(&client, &id, &answers, args.json)?;
-            (id, Counters::default())
-        }
+    let ran = crate::follow_up::run(&client, &target, &answers, |serial, request| {
+        client.recycle(serial, request)
+    })?;
+    let (id, serial, counters) = match ran {
+        Ok(r) => (r.id, r.serial, r.counters),
+        Err(code) => return Ok(code),
     };
     let session = client.session(&id)??;
     let device = client.device(&serial)??;

@@ -28,6 +28,7 @@ const SELF_SERVICE: &[(&str, &str)] = &[
     ("post", "/api/v1/me/devices/{serial}/initial-pin"),
     ("post", "/api/v1/me/devices/{serial}/change-pin"),
     ("post", "/api/v1/me/devices/{serial}/pin-check"),
+    ("post", "/api/v1/me/devices/{serial}/unlock"),
 ];
 /// A device session's own routes: its creator, its bound agent and the
 /// person it is for; to anyone else the session does not exist (404), so a
@@ -274,6 +275,8 @@ const RBAC: &[(&str, &str, &str)] = &[
     ("post", "/api/v1/devices/{serial}/state", "N-F-F"),
     ("post", "/api/v1/devices/{serial}/suspend", "N-F-F"),
     ("post", "/api/v1/devices/{serial}/terminate", "N-F-F"),
+    ("post", "/api/v1/devices/{serial}/unlock", "NXFXF"),
+    ("post", "/api/v1/devices/{serial}/unlock-requests", "NXFXF"),
     ("post", "/api/v1/issuance", "N---F"),
     ("get", "/api/v1/issuance/{id}", "NXXXX"),
     ("get", "/api/v1/issuance/{id}/batch", "NXXXX"),
@@ -287,6 +290,7 @@ const RBAC: &[(&str, &str, &str)] = &[
     ("post", "/api/v1/me/devices/{serial}/change-pin", "NFFFF"),
     ("post", "/api/v1/me/devices/{serial}/initial-pin", "NFFFF"),
     ("post", "/api/v1/me/devices/{serial}/pin-check", "NFFF-"),
+    ("post", "/api/v1/me/devices/{serial}/unlock", "NFFFF"),
     ("get", "/api/v1/operators", "N-FFF"),
     ("post", "/api/v1/operators", "N-FFF"),
     ("post", "/api/v1/operators/{login}/disable", "NXFFF"),

@@ -67,6 +67,19 @@ pub struct RecycleRequest {
     pub via: Option<String>,
 }
 
+/// An unlock request the help desk created: the person completes the
+/// unlock in the User Portal before `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UnlockRequestView {
+    pub id: uuid::Uuid,
+    pub serial: String,
+    /// Who created it (`operator:LOGIN`, `token:NAME`).
+    pub created_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String)]
+    pub expires_at: time::OffsetDateTime,
+}
+
 /// A session as the API shows it (no secret).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[schema(as = SessionStatus)]

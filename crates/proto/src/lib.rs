@@ -9,6 +9,7 @@ pub mod views;
 
 pub use issuance::{
     Assigned, CredentialView, RecycleRequest, SessionError, SessionView, StartIssuance,
+    UnlockRequestView,
 };
 
 /// `Debug` for a wire type that holds secrets: the named fields are shown,
@@ -183,6 +184,8 @@ pub struct SettingsView {
     pub enable_issuance_retry_for_user: bool,
     /// Device parameters: "Enable Automatic Import of Unknown Cards".
     pub auto_import_unknown_devices: bool,
+    /// Security Settings: minutes an unlock request stays valid.
+    pub unlock_request_minutes: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

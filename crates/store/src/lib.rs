@@ -38,6 +38,7 @@ mod error;
 mod issuance;
 pub mod lifecycle;
 mod types;
+pub mod unlock_requests;
 mod write_tx;
 
 pub use changes::Change;
@@ -46,6 +47,7 @@ pub use issuance::{Credential, IssuanceContext, IssuanceSession, IssuanceUpdate,
 pub use keyward_domain::AuditDraft;
 pub use lifecycle::{EffectsDone, Job, JobState, NewJob, Revocation};
 pub use types::*;
+pub use unlock_requests::UnlockRequest;
 
 use hmac::{Hmac, Mac};
 use keyward_domain::{
@@ -273,6 +275,7 @@ mod sqlite_repo {
     include!("issuance_repo.rs");
     include!("agents_repo.rs");
     include!("lifecycle_repo.rs");
+    include!("unlock_requests_repo.rs");
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -283,6 +286,7 @@ mod pg_repo {
     include!("issuance_repo.rs");
     include!("agents_repo.rs");
     include!("lifecycle_repo.rs");
+    include!("unlock_requests_repo.rs");
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

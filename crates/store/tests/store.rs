@@ -1753,3 +1753,41 @@ both!(suspend_and_resume_keep_the_device_issued, |t| {
     );
     assert!(notes.contains(&"resumed".to_string()), "{notes:?}");
 });
+
+// Issue 16: an unlock request is open until it expires or is used, and is
+// used once.
+both!(an_unlock_request_is_used_once_before_it_expires, |t| {
+    let s = &t.store;
+    let (_, _, d) = setup_issuable(s).await;
+    let at = now();
+    let request = |expires_at| UnlockRequest {
+        id: Uuid::new_v4(),
+        device_id: d.id,
+        created_by: "operator:helpdesk".into(),
+        created_at: at,
+        expires_at,
+        used_at: None,
+        session_id: None,
+    };
+    let stale = request(at - time::Duration::minutes(1));
+    s.create_unlock_request(&stale, &audit("device.unlock_request", "device"))
+        .await
+        .unwrap();
+    assert_eq!(s.open_unlock_request(d.id, at).await.unwrap(), None);
+    let r = request(at + time::Duration::minutes(10));
+    s.create_unlock_request(&r, &audit("device.unlock_request", "device"))
+        .await
+        .unwrap();
+    let open = s.open_unlock_request(d.id, at).await.unwrap().unwrap();
+    assert_eq!(open.id, r.id);
+    let session = Uuid::new_v4();
+    s.use_unlock_request(r.id, session, at).await.unwrap();
+    assert_eq!(s.open_unlock_request(d.id, at).await.unwrap(), None);
+    let e = s.use_unlock_request(r.id, session, at).await.unwrap_err();
+    assert_eq!(conflict_code(&e).0, "unlock_request_used", "{e}");
+    let e = s
+        .use_unlock_request(stale.id, session, at)
+        .await
+        .unwrap_err();
+    assert_eq!(conflict_code(&e).0, "unlock_request_used", "{e}");
+});

@@ -26,6 +26,7 @@ pub fn view(s: &Settings) -> SettingsView {
         who_can_bind: s.who_can_bind.as_str().into(),
         enable_issuance_retry_for_user: s.enable_issuance_retry_for_user,
         auto_import_unknown_devices: s.auto_import_unknown_devices,
+        unlock_request_minutes: s.unlock_request_minutes,
     }
 }
 

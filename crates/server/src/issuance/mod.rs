@@ -16,6 +16,7 @@ mod retry_cancel;
 mod session;
 mod start;
 mod sweep;
+mod unlock;
 
 use axum::extract::{Path, State};
 use axum::Json;
@@ -50,6 +51,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(retry_cancel::retry))
         .routes(routes!(recycle::recycle))
         .routes(routes!(change_pin::start))
+        .routes(routes!(unlock::start))
+        .routes(routes!(unlock::create_request))
+        .routes(routes!(unlock::start_own))
 }
 
 pub(super) fn relay_batch(

@@ -310,6 +310,7 @@ async fn record_ending(
                 SessionAction::ChangePin => {
                     ("device.change_pin", serde_json::json!({ "session": s.id }))
                 }
+                SessionAction::Unlock => ("device.unlock", serde_json::json!({ "session": s.id })),
                 _ => (
                     "issuance.complete",
                     serde_json::json!({ "session": s.id, "credentials": credentials.len() }),

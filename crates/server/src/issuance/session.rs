@@ -103,6 +103,7 @@ pub(super) fn audit_prefix(action: SessionAction) -> &'static str {
     match action {
         SessionAction::Recycle => "recycle",
         SessionAction::ChangePin => "pin_change",
+        SessionAction::Unlock => "unlock",
         _ => "issuance",
     }
 }

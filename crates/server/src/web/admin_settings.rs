@@ -54,6 +54,15 @@ async fn page(State(state): State<AppState>, user: WebUser) -> Response {
                 SettingKey::WhoCanBind => {
                     vec![("issuance_operator", "Issuance Operator"), ("user", "User")]
                 }
+                SettingKey::UnlockRequestMinutes => vec![
+                    ("5", "5 minutes"),
+                    ("10", "10 minutes"),
+                    ("15", "15 minutes"),
+                    ("30", "30 minutes"),
+                    ("60", "1 hour"),
+                    ("240", "4 hours"),
+                    ("1440", "1 day"),
+                ],
                 // Every other setting is a yes/no one.
                 _ => vec![("true", "Yes"), ("false", "No")],
             };

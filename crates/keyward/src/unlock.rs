@@ -1,0 +1,92 @@
+//! `keyward unlock`: resets a connected device's blocked (or forgotten) PIV
+//! PIN with the PUK the server keeps (`POST /devices/{serial}/unlock`),
+//! relaying the unlock session like `keyward issue` and answering its
+//! `set_new_pin` prompt (answers key `new_pin`, checked against the
+//! policy's PIN rules by the server). The server replaces the PUK in the
+//! same batch.
+//!
+//! Exit codes: 0 unlocked; 1 other errors; 3 refused before the device was
+//! touched (not issued, no PUK held, PUK blocked, busy); 4 the unlock
+//! failed (the report says why: a wrong or blocked PUK, the device left).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde_json::json;
+
+use crate::api::ApiClient;
+use crate::relaying::{error_line, failure_exit, read_answers, Answers};
+
+#[derive(Args, Debug, Clone)]
+pub struct UnlockArgs {
+    /// Keyward server URL.
+    #[arg(long, env = "KEYWARD_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// API token of an operator allowed to unlock devices (help desk).
+    #[arg(
+        long,
+        env = "KEYWARD_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub token: String,
+    /// The device's serial number (decimal).
+    #[arg(long)]
+    pub serial: String,
+    /// The PC/SC reader holding the device (default: the one with this serial).
+    #[arg(long)]
+    pub reader: Option<String>,
+    /// Answers to the prompts (TOML or JSON): `new_pin`.
+    #[arg(long)]
+    pub answers: Option<PathBuf>,
+    /// One JSON object on stdout instead of progress text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: UnlockArgs) -> anyhow::Result<ExitCode> {
+    let total = Instant::now();
+    let client = ApiClient::with_token(&args.server, &args.token, Duration::from_secs(120))?;
+    let answers = Answers::new(read_answers(&args.answers)?);
+    let target = crate::follow_up::Target {
+        server: &args.server,
+        serial: &args.serial,
+        reader: args.reader.as_deref(),
+        hid_sockets: &[],
+        json: args.json,
+        verb: "unlocking",
+    };
+    let ran = crate::follow_up::run(&client, &target, &answers, |serial, request| {
+        client.unlock(serial, request)
+    })?;
+    let ran = match ran {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
+    let session = client.session(&ran.id)??;
+    let unlocked = session.status == keyward_domain::SessionStatus::Unlocked;
+    if args.json {
+        let report = json!({
+            "session_id": ran.id,
+            "serial": ran.serial,
+            "state": session.status,
+            "error": session.error,
+            "counters": ran.counters.json(total),
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if unlocked {
+        eprintln!(
+            "unlocked: device {} has its new PIN (and a new PUK Keyward keeps)",
+            ran.serial
+        );
+    } else {
+        eprintln!("unlock failed at {}", error_line(session.error.as_ref()));
+    }
+    Ok(if unlocked {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(failure_exit(session.error.as_ref()))
+    })
+}

@@ -1,0 +1,403 @@
+//! Issue 16: unlock a blocked PIV PIN with the PUK Keyward keeps.
+//!
+//! * `keyward unlock` over pcscd and vpcd with `keyward vcard` (YubiKey 5.7.1,
+//!   which reads its PUK's tries, and a C4000): the PIN blocked with OpenSC,
+//!   unlocked from `--answers new_pin`, then OpenSC's pkcs11-tool logs in
+//!   with the new PIN; refusals before the device is touched (exit 3).
+//! * The help desk's "Create Unlock Request", completed by the person
+//!   through their own workstation agent (SQLite and PostgreSQL): used once,
+//!   refused without one, expired, for the wrong role.
+
+#[path = "common/agent.rs"]
+mod agent;
+#[path = "common/pcsc.rs"]
+mod pcsc;
+#[path = "common/self_service.rs"]
+mod self_service;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use agent::{paired_agent, wait_session_end};
+use pcsc::Vcard;
+use self_service::{call_as_user, sign_in_user};
+use serde_json::{json, Value};
+use support::{ServerOptions, TestServer};
+
+fn keyward(server: &TestServer, sub: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(support::BIN)
+        .arg(sub)
+        .args(["--server", &server.url, "--token", &server.token])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn report(o: &std::process::Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
+        panic!(
+            "no JSON report (exit {:?}):\n{}\n{}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
+
+/// Blocks the PIV PIN with wrong PINs through OpenSC.
+fn block_pin_with_opensc() {
+    for _ in 0..4 {
+        let _ = pcsc::pkcs11_login("000000");
+    }
+    assert!(
+        !pcsc::pkcs11_login("735194").status.success(),
+        "the PIN is blocked"
+    );
+}
+
+/// `keyward unlock` of a virtual device on pcscd, issued first by
+/// `keyward issue` (PIN 735194).
+fn unlock_over_pcsc(profile: &str, firmware: &str, serial: &str) {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let card = Vcard::spawn(&[
+        "--profile",
+        profile,
+        "--firmware",
+        firmware,
+        "--serial",
+        serial,
+    ]);
+    let server = TestServer::start();
+    if profile == "yubikey5" {
+        support::seed_piv_standard(&server, serial);
+    } else {
+        support::seed_piv_standard(&server, "39999999");
+        let (s, v) = server.call(
+            "POST",
+            "/devices",
+            Some(json!({ "device_type": profile, "serial": serial, "firmware_version": firmware })),
+        );
+        assert_eq!(s, 201, "{v}");
+    }
+    let answers = card.path("answers.toml");
+    std::fs::write(&answers, "pin = \"735194\"\nnew_pin = \"246813\"\n").unwrap();
+    let answers = answers.to_str().unwrap();
+    let out = keyward(
+        &server,
+        "issue",
+        &[
+            "--user",
+            "alice",
+            "--policy",
+            "PIV Standard",
+            "--serial",
+            serial,
+            "--answers",
+            answers,
+            "--json",
+        ],
+    );
+    assert_eq!(report(&out)["state"], "issued", "{}", report(&out));
+
+    // Not blocked yet, but unlock also serves a forgotten PIN.
+    block_pin_with_opensc();
+    // Without a token of the help desk's: refused.
+    let operator = server.token_with_role("issuance_operator");
+    let out = std::process::Command::new(support::BIN)
+        .args(["unlock", "--server", &server.url, "--token", &operator])
+        .args(["--serial", serial, "--answers", answers, "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "the token is refused");
+
+    let out = keyward(
+        &server,
+        "unlock",
+        &["--serial", serial, "--answers", answers, "--json"],
+    );
+    let r = report(&out);
+    assert_eq!(r["state"], "unlocked", "{r}");
+    assert_eq!(out.status.code(), Some(0));
+    // Two device round trips.
+    assert_eq!(r["counters"]["round_trips"], 2, "{r}");
+    assert!(
+        pcsc::pkcs11_login("246813").status.success(),
+        "OpenSC logs in with the new PIN"
+    );
+    // The new PUK is kept: a second unlock works too (after another block).
+    block_pin_with_opensc();
+    std::fs::write(card.path("again.toml"), "new_pin = \"135792\"\n").unwrap();
+    let again = card.path("again.toml");
+    let out = keyward(
+        &server,
+        "unlock",
+        &[
+            "--serial",
+            serial,
+            "--answers",
+            again.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(report(&out)["state"], "unlocked", "{}", report(&out));
+    assert!(pcsc::pkcs11_login("135792").status.success());
+    // No PIN or PUK in the server's log.
+    let log = server.output();
+    for secret in ["246813", "135792", "735194"] {
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
+    // A device that is not issued: refused before it is touched (exit 3).
+    let out = server.admin(&["device", "terminate", serial]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let out = keyward(
+        &server,
+        "unlock",
+        &["--serial", serial, "--answers", answers, "--json"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", report(&out));
+    assert_eq!(report(&out)["error"]["code"], "device_not_issued");
+    drop(card);
+}
+
+#[test]
+fn keyward_unlock_resets_a_yubikey_pin_and_opensc_logs_in_with_the_new_one() {
+    unlock_over_pcsc("yubikey5", "5.7.1", "31000801");
+}
+
+#[test]
+fn keyward_unlock_resets_a_c4000_pin_and_opensc_logs_in_with_the_new_one() {
+    unlock_over_pcsc("c4000", "1.0.0", "41000801");
+}
+
+const SERIAL: &str = "31000810";
+
+/// Blocks the PIN through the person's own Change PIN (wrong current PIN).
+fn block_pin_by_change_pin(server: &TestServer, who: &(String, String)) {
+    for _ in 0..3 {
+        let (s, first) = call_as_user(
+            server,
+            who,
+            "POST",
+            &format!("/me/devices/{SERIAL}/change-pin"),
+            None,
+        );
+        assert_eq!(s, 201, "{first}");
+        let id = first["session_id"].as_str().unwrap().to_string();
+        let st = wait_prompts(server, who, &id);
+        let (s, v) = call_as_user(
+            server,
+            who,
+            "POST",
+            &format!("/issuance/{id}/relay"),
+            Some(
+                json!({ "protocol": 1, "session_id": id, "seq": st["seq"], "responses": [],
+                         "answers": { "enter_pin": "000000", "set_new_pin": "246813" } }),
+            ),
+        );
+        assert_eq!(s, 200, "{v}");
+        let end = wait_session_end(&server.url, &server.token, &id);
+        assert_eq!(end["status"], "pin_change_failed", "{end}");
+    }
+}
+
+fn wait_prompts(server: &TestServer, who: &(String, String), id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, st) = call_as_user(server, who, "GET", &format!("/issuance/{id}"), None);
+        assert_eq!(s, 200, "{st}");
+        if st["prompts"].as_array().is_some_and(|p| !p.is_empty()) {
+            return st;
+        }
+        assert_eq!(st["status"], "running", "{st}");
+        assert!(Instant::now() < deadline, "no prompts: {st}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn request_then_person_unlocks(server: TestServer) {
+    support::seed_piv_standard(&server, SERIAL);
+    let alice = sign_in_user(&server, "alice");
+    let _agent = paired_agent(
+        &server,
+        &["--virtual", &format!("yubikey5:{SERIAL}")],
+        &["--account", "alice"],
+        &[SERIAL],
+    );
+    let (s, first) = server.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": SERIAL, "pin": "735194", "via": "agent" })));
+    assert_eq!(s, 201, "{first}");
+    let issued = wait_session_end(
+        &server.url,
+        &server.token,
+        first["session_id"].as_str().unwrap(),
+    );
+    assert_eq!(issued["status"], "issued", "{issued}");
+    block_pin_by_change_pin(&server, &alice);
+
+    // No request: the person is told to ask the help desk.
+    let unlock_mine = || {
+        call_as_user(
+            &server,
+            &alice,
+            "POST",
+            &format!("/me/devices/{SERIAL}/unlock"),
+            None,
+        )
+    };
+    let (s, v) = unlock_mine();
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("no_unlock_request")),
+        "{v}"
+    );
+    // An issuance operator may not create one; the help desk may.
+    let operator = server.token_with_role("issuance_operator");
+    let path = format!("/devices/{SERIAL}/unlock-requests");
+    assert_eq!(server.call_as(&operator, "POST", &path, None).0, 403);
+    let help = server.token_with_role("help_desk");
+    let (s, req) = server.call_as(&help, "POST", &path, None);
+    assert_eq!(s, 201, "{req}");
+    let expires = time::OffsetDateTime::parse(
+        req["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let left = expires - time::OffsetDateTime::now_utc();
+    assert!(
+        left > time::Duration::minutes(9) && left <= time::Duration::minutes(10),
+        "{left}"
+    );
+
+    // The person completes it: the new PIN under the policy's rules.
+    let (s, first) = unlock_mine();
+    assert_eq!(s, 201, "{first}");
+    let id = first["session_id"].as_str().unwrap().to_string();
+    let st = wait_prompts(&server, &alice, &id);
+    assert_eq!(st["prompts"][0]["kind"], "set_new_pin", "{st}");
+    let answer = |pin: &str| {
+        call_as_user(
+            &server,
+            &alice,
+            "POST",
+            &format!("/issuance/{id}/relay"),
+            Some(
+                json!({ "protocol": 1, "session_id": id, "seq": st["seq"], "responses": [],
+                         "answers": { "set_new_pin": pin } }),
+            ),
+        )
+    };
+    let (s, v) = answer("111111");
+    assert_eq!(s, 400, "a PIN breaking the rules: {v}");
+    let (s, v) = answer("246813");
+    assert_eq!(s, 200, "{v}");
+    let end = wait_session_end(&server.url, &server.token, &id);
+    assert_eq!(end["status"], "unlocked", "{end}");
+    // Used once.
+    let (s, v) = unlock_mine();
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("no_unlock_request")),
+        "{v}"
+    );
+    // The new PIN works: the person changes it with it.
+    let (s, first) = call_as_user(
+        &server,
+        &alice,
+        "POST",
+        &format!("/me/devices/{SERIAL}/change-pin"),
+        None,
+    );
+    assert_eq!(s, 201, "{first}");
+    let cid = first["session_id"].as_str().unwrap().to_string();
+    let st = wait_prompts(&server, &alice, &cid);
+    let (s, v) = call_as_user(
+        &server,
+        &alice,
+        "POST",
+        &format!("/issuance/{cid}/relay"),
+        Some(
+            json!({ "protocol": 1, "session_id": cid, "seq": st["seq"], "responses": [],
+                     "answers": { "enter_pin": "246813", "set_new_pin": "735194" } }),
+        ),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        wait_session_end(&server.url, &server.token, &cid)["status"],
+        "pin_changed"
+    );
+
+    // The audit trail names each step; no PIN anywhere in it or the log.
+    let (_, audit) = server.call("GET", "/audit?limit=1000", None);
+    let text = audit.to_string();
+    for action in ["device.unlock_request", "unlock.start", "device.unlock"] {
+        assert!(text.contains(action), "{action}");
+    }
+    for secret in ["246813", "735194"] {
+        assert!(
+            !text.contains(secret) && !server.output().contains(secret),
+            "{secret}"
+        );
+    }
+}
+
+#[test]
+fn a_help_desk_request_is_completed_by_the_person_through_their_agent_on_sqlite() {
+    request_then_person_unlocks(TestServer::start());
+}
+
+#[test]
+fn a_help_desk_request_is_completed_by_the_person_through_their_agent_on_postgres() {
+    let Some(url) = support::postgres_database("unlock_request") else {
+        return;
+    };
+    request_then_person_unlocks(TestServer::start_with(ServerOptions {
+        database_url: Some(url),
+        ..Default::default()
+    }));
+}
+
+/// An unlock request past its validity is refused (its end written in the
+/// store: the clock cannot be moved).
+#[test]
+fn an_expired_unlock_request_is_refused() {
+    let server = TestServer::start();
+    support::seed_piv_standard(&server, "31000811");
+    let alice = sign_in_user(&server, "alice");
+    let _agent = paired_agent(
+        &server,
+        &["--virtual", "yubikey5:31000811"],
+        &["--account", "alice"],
+        &["31000811"],
+    );
+    let (s, first) = server.call("POST", "/issuance", Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000811", "pin": "735194", "via": "agent" })));
+    assert_eq!(s, 201, "{first}");
+    wait_session_end(
+        &server.url,
+        &server.token,
+        first["session_id"].as_str().unwrap(),
+    );
+    let (s, v) = server.call("POST", "/devices/31000811/unlock-requests", None);
+    assert_eq!(s, 201, "{v}");
+    let db = server.data_path().join("keyward.db");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+                .await
+                .unwrap();
+            sqlx::raw_sql("UPDATE unlock_requests SET expires_at = created_at")
+                .execute(&mut c)
+                .await
+                .unwrap();
+        });
+    let (s, v) = call_as_user(&server, &alice, "POST", "/me/devices/31000811/unlock", None);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("no_unlock_request")),
+        "{v}"
+    );
+}

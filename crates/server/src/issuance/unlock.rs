@@ -1,0 +1,276 @@
+//! Unlock (issue 16): a blocked or forgotten PIV PIN is reset with the PUK
+//! Keyward keeps for the device (custody: the sealed state every device
+//! session carries forward), and the PUK is replaced by a new one in the
+//! same batch. Three ways in:
+//!
+//! * an operator's assisted unlock, `POST /devices/{serial}/unlock`
+//!   (`devices.unlock`), relayed by the caller's client (`keyward unlock`)
+//!   or the operator's workstation agent (`via`);
+//! * the help desk's "Create Unlock Request", `POST
+//!   /devices/{serial}/unlock-requests`, valid `unlock_request_minutes`;
+//! * the person completing it, `POST /me/devices/{serial}/unlock`, with the
+//!   device at their own paired agent (the request is used once).
+//!
+//! Refused before the device is touched (409): a device that is not issued,
+//! one Keyward holds no PUK for (`puk_unknown`: "unlock after next update"),
+//! one that blocked its PUK (`puk_blocked`: recycle and re-issue), one in
+//! another session. The session (action `unlock`) ends `unlocked` or
+//! `unlock_failed`; the device record never moves.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use keyward_domain::{Device, DeviceState, Serial, SessionAction, SessionStatus};
+use keyward_engine::DeviceSession;
+use keyward_proto::{RecycleRequest, RelayBatch, UnlockRequestView};
+use keyward_store::IssuanceSession;
+
+use super::session::{open_follow_up, unseal};
+use crate::api::{audit, found, invalid, store_error};
+use crate::app::AppState;
+use crate::auth::{perm, Allowed};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+
+const ACTION: SessionAction = SessionAction::Unlock;
+
+/// The issued device `serial` and its latest session, or why not.
+async fn issued_device(
+    state: &AppState,
+    serial: &str,
+    not_found: impl Fn() -> ApiError,
+) -> ApiResult<(Device, IssuanceSession)> {
+    let serial = Serial::parse("serial", serial).map_err(invalid)?;
+    let device = found(state.store.get_device_by_serial(serial).await)
+        .map_err(|e| store_error("reading the device", e))?
+        .ok_or_else(&not_found)?;
+    if device.state != DeviceState::Issued {
+        return Err(ApiError::conflict(
+            "device_not_issued",
+            format!(
+                "device {} is {}: only an issued device is unlocked",
+                device.serial,
+                device.state.label()
+            ),
+        )
+        .field("serial"));
+    }
+    let last = state
+        .store
+        .latest_device_session(device.id)
+        .await
+        .map_err(|e| store_error("reading the device's sessions", e))?
+        .ok_or_else(|| {
+            ApiError::conflict(
+                "puk_unknown",
+                format!(
+                    "Keyward has had no session with device {}: it holds no PUK for it",
+                    device.serial
+                ),
+            )
+        })?;
+    if last.status == SessionStatus::Running {
+        return Err(ApiError::conflict(
+            "device_busy",
+            format!(
+                "device {} is in session {} (running)",
+                device.serial, last.id
+            ),
+        ));
+    }
+    Ok((device, last))
+}
+
+/// The unlock session's first state, or the refusal (before the device is
+/// touched) when no PUK is held or the device blocked it.
+fn unlock_session(
+    state: &AppState,
+    device: &Device,
+    last: &IssuanceSession,
+) -> ApiResult<DeviceSession> {
+    let previous = unseal(state, last)?;
+    let new_puk = keyward_engine::plan::random_puk(&mut rand::rngs::OsRng);
+    DeviceSession::unlock(
+        &previous,
+        device.device_type,
+        device.firmware_version,
+        new_puk,
+    )
+    .map(|(s, _)| s)
+    .map_err(|r| ApiError::conflict(r.code, r.message).field("serial"))
+}
+
+/// Unlock a user's issued device (operator-assisted): answers the first
+/// batch of the unlock session (a `set_new_pin` prompt, then the device
+/// commands), relayed by the caller's client or, with `via`, by the
+/// workstation agent that reports the device.
+#[utoipa::path(post, path = "/devices/{serial}/unlock", operation_id = "unlockDevice", tag = "issuance", params(("serial" = String, Path)),
+    request_body(content = RecycleRequest, description = "optional: `via` as for Recycle"),
+    responses((status = 201, body = RelayBatch, description = "the first batch of the unlock session"),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "not issued (device_not_issued), no PUK held (puk_unknown), PUK blocked (puk_blocked), or in another session (device_busy)")))]
+pub(super) async fn start(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::DevicesUnlock>,
+    Path(serial): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<RelayBatch>)> {
+    let req: RecycleRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RecycleRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("body_invalid", e.to_string()))?
+    };
+    let (device, last) = issued_device(&state, &serial, || {
+        ApiError::not_found("device").field("serial")
+    })
+    .await?;
+    let data = unlock_session(&state, &device, &last)?;
+    let agent =
+        crate::agents::choose_for_start(&state, &caller, req.via.as_deref(), device.serial).await?;
+    let mut details = serde_json::Map::new();
+    details.insert("assisted".into(), serde_json::json!(true));
+    if let Some(a) = agent {
+        details.insert("agent".into(), serde_json::json!(a));
+    }
+    open_follow_up(
+        &state,
+        &caller,
+        &last,
+        last.user_id,
+        &data,
+        agent,
+        details,
+        ACTION,
+    )
+    .await
+}
+
+/// Create Unlock Request: the person completes the unlock in the User
+/// Portal, with the device at their paired agent, within
+/// `unlock_request_minutes`.
+#[utoipa::path(post, path = "/devices/{serial}/unlock-requests", operation_id = "createUnlockRequest", tag = "issuance", params(("serial" = String, Path)),
+    responses((status = 201, body = UnlockRequestView),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "not issued, no PUK held (puk_unknown), PUK blocked (puk_blocked), or in another session")))]
+pub(super) async fn create_request(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::DevicesUnlock>,
+    Path(serial): Path<String>,
+) -> ApiResult<(StatusCode, Json<UnlockRequestView>)> {
+    let (device, last) = issued_device(&state, &serial, || {
+        ApiError::not_found("device").field("serial")
+    })
+    .await?;
+    // Refused now rather than when the person tries.
+    unlock_session(&state, &device, &last)?;
+    let settings = state
+        .store
+        .get_settings()
+        .await
+        .map_err(|e| store_error("reading settings", e))?;
+    let now = time::OffsetDateTime::now_utc();
+    let request = keyward_store::UnlockRequest {
+        id: uuid::Uuid::new_v4(),
+        device_id: device.id,
+        created_by: caller.actor(),
+        created_at: now,
+        expires_at: now + time::Duration::minutes(i64::from(settings.unlock_request_minutes)),
+        used_at: None,
+        session_id: None,
+    };
+    let draft = audit(
+        &caller,
+        "device.unlock_request",
+        format!("device:{}", device.serial),
+        serde_json::json!({ "request": request.id, "expires_at": request.expires_at }),
+    );
+    state
+        .store
+        .create_unlock_request(&request, &draft)
+        .await
+        .map_err(|e| store_error("creating the unlock request", e))?;
+    Ok((StatusCode::CREATED, Json(view(&device, &request))))
+}
+
+pub(crate) fn view(device: &Device, r: &keyward_store::UnlockRequest) -> UnlockRequestView {
+    UnlockRequestView {
+        id: r.id,
+        serial: device.serial.to_string(),
+        created_by: r.created_by.clone(),
+        expires_at: r.expires_at,
+    }
+}
+
+/// Unlock my device: uses the unlock request the help desk created for it;
+/// the device is at the caller's own workstation agent.
+#[utoipa::path(post, path = "/me/devices/{serial}/unlock", operation_id = "unlockMyDevice", tag = "self-service", params(("serial" = String, Path)),
+    responses((status = 201, body = RelayBatch, description = "the first batch of the unlock session, relayed by the caller's agent"),
+        (status = 403, body = ErrorBody, description = "not a self-service account, or not an issued device of the caller's user (device_not_yours)"),
+        (status = 409, body = ErrorBody, description = "no open unlock request (no_unlock_request), no agent of the caller reports the device (no_agent_for_device), no PUK held, or busy")))]
+pub(super) async fn start_own(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::SelfService>,
+    Path(serial): Path<String>,
+) -> ApiResult<(StatusCode, Json<RelayBatch>)> {
+    let not_yours = || {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "device_not_yours",
+            "the device is not an issued device of yours",
+        )
+        .field("serial")
+    };
+    let user_id = caller.user_id.ok_or_else(not_yours)?;
+    let (device, last) = issued_device(&state, &serial, not_yours).await?;
+    if device.assigned_user != Some(user_id) {
+        return Err(not_yours());
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let request = state
+        .store
+        .open_unlock_request(device.id, now)
+        .await
+        .map_err(|e| store_error("reading the unlock request", e))?
+        .ok_or_else(|| {
+            ApiError::conflict(
+                "no_unlock_request",
+                "there is no open unlock request for this device: ask the help desk to create one",
+            )
+        })?;
+    let data = unlock_session(&state, &device, &last)?;
+    let agent = crate::agents::choose_for_start(&state, &caller, Some("agent"), device.serial)
+        .await?
+        .ok_or_else(|| ApiError::internal("choosing the agent", "no agent"))?;
+    let mut details = serde_json::Map::new();
+    details.insert("agent".into(), serde_json::json!(agent));
+    details.insert("request".into(), serde_json::json!(request.id));
+    let (status, batch) = open_follow_up(
+        &state,
+        &caller,
+        &last,
+        user_id,
+        &data,
+        Some(agent),
+        details,
+        ACTION,
+    )
+    .await?;
+    used(&state, &request, &batch.0.session_id).await?;
+    Ok((status, batch))
+}
+
+/// Marks the request used by the session just opened (the one active
+/// session per device keeps a second unlock out meanwhile).
+async fn used(
+    state: &AppState,
+    request: &keyward_store::UnlockRequest,
+    session: &str,
+) -> ApiResult<()> {
+    let session = uuid::Uuid::parse_str(session)
+        .map_err(|e| ApiError::internal("reading the session id", e))?;
+    state
+        .store
+        .use_unlock_request(request.id, session, time::OffsetDateTime::now_utc())
+        .await
+        .map_err(|e| store_error("using the unlock request", e))
+}
