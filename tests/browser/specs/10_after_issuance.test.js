@@ -89,7 +89,7 @@ test.after(async () => {
 test('the help desk sees only the actions the device\'s state allows', async () => {
   await page.goto(`${server.url}/users/alice`);
   const menu = await page.$$eval(`article.device[data-serial="${S[0]}"] button.device-action`, (bs) => bs.map((b) => b.dataset.action));
-  assert.deepEqual(menu, ['incident', 'suspend', 'replace', 'terminate']);
+  assert.deepEqual(menu, ['unlock-requests', 'incident', 'suspend', 'replace', 'terminate']);
   // No Add Device for the help desk (it replaces, it does not issue).
   assert.equal(await page.locator('#add-device').count(), 0);
   await h.shot(page, '10-user-page-device-menu');
@@ -107,7 +107,7 @@ test('Suspend puts the certificates on hold, Resume releases them', async () => 
   assert.match(await article.locator('ul.marks').textContent(), /2 certificate\(s\) on hold/);
   assert.equal(await article.locator('tr.on-hold').count(), 2);
   const menu = await article.locator('button.device-action').evaluateAll((bs) => bs.map((b) => b.dataset.action));
-  assert.deepEqual(menu, ['incident', 'resume', 'replace', 'terminate']);
+  assert.deepEqual(menu, ['unlock-requests', 'incident', 'resume', 'replace', 'terminate']);
   await h.shot(page, '10-suspended');
   assert.equal((await device(S[0])).suspended, true);
   await act(S[0], 'resume');

@@ -41,6 +41,23 @@ pub use sweep::sweep_abandoned;
 
 use session::unseal;
 
+/// How sure Keyward is of a device's PUK (None: no session with it): from
+/// the sealed state its latest session carries forward.
+pub(crate) async fn puk_custody(
+    state: &AppState,
+    device_id: Uuid,
+) -> ApiResult<Option<keyward_engine::session::PukCustody>> {
+    let Some(last) = state
+        .store
+        .latest_device_session(device_id)
+        .await
+        .map_err(|e| store_error("reading the device's sessions", e))?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(unseal(state, &last)?.puk_custody()))
+}
+
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(start::start))

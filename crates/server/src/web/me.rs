@@ -61,6 +61,8 @@ async fn page(
         suspend: false,
         replace: false,
         own_loss: true,
+        unlock: false,
+        own_unlock: true,
     };
     let devices = match device_rows(&state, user_id, q.acted.as_deref(), grants).await {
         Ok(d) => d,

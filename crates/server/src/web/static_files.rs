@@ -50,6 +50,11 @@ const FILES: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
         include_str!("../../static/agents.js"),
     ),
+    (
+        "pin_dialog.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/pin_dialog.js"),
+    ),
 ];
 
 pub fn routes() -> Router<AppState> {

@@ -50,6 +50,27 @@ pub struct DeviceRow {
     pub replaced_by: String,
     /// What the signed-in person may do with it now.
     pub actions: Vec<DeviceAction>,
+    /// The PIN dialog in unlock mode, where the signed-in person may start
+    /// an unlock now (the help desk at its agent; the person with an open
+    /// unlock request).
+    pub unlock: Option<UnlockButton>,
+    /// What Keyward holds of the device's PUK, when it cannot unlock it
+    /// ("unlock after next update", "recycle and re-issue"); else empty.
+    pub puk_note: String,
+    /// An open unlock request: until when (the User Portal's notice).
+    pub unlock_request_until: String,
+}
+
+/// How the PIN dialog starts an unlock and checks the new PIN's rules.
+pub struct UnlockButton {
+    /// The route that starts the session (POST).
+    pub start: String,
+    /// The body's `via` (`agent`: the operator's workstation agent), or empty.
+    pub via: &'static str,
+    /// The device's policy, whose PIN rules the new PIN is checked against
+    /// (`/api/v1/policies/{policy}/pin-check`); empty in the User Portal
+    /// (its own `/api/v1/me/devices/{serial}/pin-check`).
+    pub policy: String,
 }
 
 pub struct CredentialRow {
@@ -85,6 +106,10 @@ pub struct Grants {
     pub replace: bool,
     /// A person on their own device: report it lost or stolen.
     pub own_loss: bool,
+    /// Unlock (help desk): Create Unlock Request and the assisted unlock.
+    pub unlock: bool,
+    /// The User Portal: the person's own unlock, with an open request.
+    pub own_unlock: bool,
 }
 
 const INCIDENTS: [(&str, &str); 5] = [
@@ -114,6 +139,15 @@ pub fn device_actions(d: &Device, g: Grants) -> Vec<DeviceAction> {
     };
     match (d.state, d.reason) {
         (DeviceState::Issued, _) => {
+            if g.unlock {
+                out.push(DeviceAction {
+                    action: "unlock-requests",
+                    label: "Create Unlock Request",
+                    reasons: Vec::new(),
+                    warning: format!("The person then unlocks device {s} in the User Portal, with the device at their workstation, choosing a new PIN: the request is valid for the minutes the settings give (unlock_request_minutes) and used once."),
+                    danger: false,
+                });
+            }
             if g.lifecycle {
                 out.push(DeviceAction {
                     action: "incident",
@@ -323,7 +357,54 @@ pub async fn device_rows(
             .map(|o| format!("{} ({})", o.serial, o.state.label()))
             .collect::<Vec<_>>()
             .join(", ");
+        let issued = d.state == DeviceState::Issued;
+        let custody = if issued && (grants.unlock || grants.own_unlock) {
+            crate::issuance::puk_custody(state, d.id)
+                .await
+                .map_err(|e| internal("reading the device's sessions", e.detail.message))?
+        } else {
+            None
+        };
+        use keyward_engine::session::PukCustody;
+        let puk_note = match custody {
+            Some(PukCustody::Unknown | PukCustody::Uncertain) => {
+                "Keyward is not sure of this device's PUK: unlock after its next update (or recycle it)."
+            }
+            Some(PukCustody::Blocked) => "The device blocked its PUK: it cannot be unlocked; recycle and re-issue it.",
+            _ => "",
+        }
+        .to_string();
+        let request = if issued && grants.own_unlock {
+            state
+                .store
+                .open_unlock_request(d.id, time::OffsetDateTime::now_utc())
+                .await
+                .map_err(|e| internal("reading the unlock requests", e))?
+        } else {
+            None
+        };
+        let policy_name = d
+            .device_policy
+            .and_then(|id| policies.get(&id).cloned())
+            .unwrap_or_default();
+        let unlockable = custody == Some(PukCustody::Known);
+        let unlock = match (grants.unlock, &request) {
+            (true, _) if unlockable => Some(UnlockButton {
+                start: format!("/api/v1/devices/{serial}/unlock"),
+                via: "agent",
+                policy: policy_name.clone(),
+            }),
+            (false, Some(_)) if unlockable => Some(UnlockButton {
+                start: format!("/api/v1/me/devices/{serial}/unlock"),
+                via: "",
+                policy: String::new(),
+            }),
+            _ => None,
+        };
         rows.push(DeviceRow {
+            unlock,
+            puk_note,
+            unlock_request_until: request.map(|r| when(r.expires_at)).unwrap_or_default(),
             suspended: d.suspended,
             on_hold: credentials.iter().filter(|c| c.on_hold).count(),
             pending_revocations,
@@ -342,10 +423,7 @@ pub async fn device_rows(
             state: d.state.as_str().to_string(),
             state_label: d.state.label().to_string(),
             reason: d.reason.map(|r| r.as_str().to_string()).unwrap_or_default(),
-            policy: d
-                .device_policy
-                .and_then(|id| policies.get(&id).cloned())
-                .unwrap_or_default(),
+            policy: policy_name,
             since: last.map(|h| when(h.at)).unwrap_or_default(),
             by,
             credentials,
@@ -381,6 +459,8 @@ async fn page(
         suspend: user.can(Permission::DevicesSuspend),
         replace: user.can(Permission::DevicesReplace),
         own_loss: false,
+        unlock: user.can(Permission::DevicesUnlock),
+        own_unlock: false,
     };
     let highlight = highlight.or(query.acted.as_deref());
     let devices = match device_rows(&state, subject.id, highlight, grants).await {
@@ -437,6 +517,7 @@ pub fn acted_notice(serial: &str, done: &str) -> String {
         "resume" => "resumed: its certificates are valid again",
         "restore" => "found again: its certificates are valid again",
         "terminate" => "terminated",
+        "unlock-requests" => "given an unlock request: the person completes it in the User Portal",
         _ => "changed",
     };
     format!("Device {serial} was {what}.")
