@@ -144,6 +144,7 @@ impl NewDevice {
             version: 1,
             suspended: false,
             passkey_reregistration: false,
+            puk_rotation_due: false,
             replacement: None,
         }
     }
@@ -224,6 +225,10 @@ pub struct Device {
     /// the next update registers one again.
     #[serde(default)]
     pub passkey_reregistration: bool,
+    /// Its PUK was disclosed to the help desk for an offline unlock: the
+    /// next unlock (or update) replaces it.
+    #[serde(default)]
+    pub puk_rotation_due: bool,
     /// Issued in place of another device.
     #[serde(default)]
     pub replacement: Option<Replacement>,

@@ -21,6 +21,7 @@ pub mod failure;
 pub mod fido;
 pub mod knowledge;
 pub mod mgmt_key;
+pub mod offline_unlock;
 pub mod piv;
 pub mod plan;
 pub mod prompt;

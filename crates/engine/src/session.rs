@@ -532,6 +532,12 @@ impl DeviceSession {
         last.follow_up(State::ChangePin(state), batch, last.kept.clone())
     }
 
+    /// What the server keeps of the device's secrets after this session
+    /// (offline unlock reads the management key or the PUK from it).
+    pub fn kept(&self) -> Option<&Kept> {
+        self.kept.as_ref()
+    }
+
     /// How sure the server is of the PUK of the device `self` (its latest
     /// session) left.
     pub fn puk_custody(&self) -> PukCustody {

@@ -8,6 +8,7 @@ mod demo;
 mod devices;
 mod follow_up;
 mod issue;
+mod offline_unlock;
 mod recycle;
 mod relaying;
 mod serve;

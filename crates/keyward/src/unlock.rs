@@ -41,12 +41,20 @@ pub struct UnlockArgs {
     /// Answers to the prompts (TOML or JSON): `new_pin`.
     #[arg(long)]
     pub answers: Option<PathBuf>,
-    /// One JSON object on stdout instead of progress text.
+    /// One JSON object on stdout instead of progress text (offline: the
+    /// challenge first, then the outcome, one object per line).
     #[arg(long)]
     pub json: bool,
+    /// Offline unlock, without the server: a C4000's challenge-response or
+    /// a YubiKey's PUK, both read to you by the help desk (standard input).
+    #[arg(long)]
+    pub offline: bool,
 }
 
 pub fn run(args: UnlockArgs) -> anyhow::Result<ExitCode> {
+    if args.offline {
+        return crate::offline_unlock::run(&args);
+    }
     let total = Instant::now();
     let client = ApiClient::with_token(&args.server, &args.token, Duration::from_secs(120))?;
     let answers = Answers::new(read_answers(&args.answers)?);

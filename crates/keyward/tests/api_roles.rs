@@ -269,6 +269,7 @@ const RBAC: &[(&str, &str, &str)] = &[
     ("get", "/api/v1/devices/{serial}", "NXXXF"),
     ("post", "/api/v1/devices/{serial}/incident", "N-F-F"),
     ("get", "/api/v1/devices/{serial}/policies", "NXXXF"),
+    ("post", "/api/v1/devices/{serial}/offline-unlock", "NXFXF"),
     ("post", "/api/v1/devices/{serial}/recycle", "NXXXF"),
     ("post", "/api/v1/devices/{serial}/restore", "N-F-F"),
     ("post", "/api/v1/devices/{serial}/resume", "N-F-F"),

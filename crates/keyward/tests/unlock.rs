@@ -401,3 +401,283 @@ fn an_expired_unlock_request_is_refused() {
         "{v}"
     );
 }
+
+/// `keyward unlock --offline` with its standard input and output piped:
+/// the first line it prints (its challenge, or nothing for a YubiKey) and
+/// a writer for the response.
+struct OfflineTool {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl OfflineTool {
+    fn spawn(serial: &str, answers: &std::path::Path) -> OfflineTool {
+        let mut child = std::process::Command::new(support::BIN)
+            .args(["unlock", "--offline", "--json", "--serial", serial])
+            .arg("--answers")
+            .arg(answers)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        OfflineTool {
+            child,
+            lines: std::io::BufRead::lines(std::io::BufReader::new(out)),
+        }
+    }
+
+    fn next_json(&mut self) -> Value {
+        let line = self.lines.next().expect("a line").unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("{line}"))
+    }
+
+    /// Answers with `value`; the outcome and the exit code.
+    fn answer(mut self, value: &str) -> (Value, Option<i32>) {
+        use std::io::Write;
+        let mut stdin = self.child.stdin.take().unwrap();
+        writeln!(stdin, "{value}").unwrap();
+        drop(stdin);
+        let end = self.next_json();
+        let status = self.child.wait().unwrap();
+        (end, status.code())
+    }
+}
+
+fn offline_answer(server: &TestServer, serial: &str, challenge: Option<&str>) -> (u16, Value) {
+    let help = server.token_with_role("help_desk");
+    server.call_as(
+        &help,
+        "POST",
+        &format!("/devices/{serial}/offline-unlock"),
+        Some(json!({ "challenge": challenge })),
+    )
+}
+
+/// Issue 16, item 4: offline unlock of a C4000 by challenge-response and of
+/// a YubiKey by its PUK, each with the tool on pcscd (exclusive) and the
+/// help desk's answer from the API; replays and wrong responses refused by
+/// the device; the YubiKey's PUK replaced at its next (online) unlock.
+#[test]
+fn offline_unlock_by_challenge_response_and_by_the_puk() {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let server = TestServer::start();
+    support::seed_piv_standard(&server, "31000802");
+    let (s, v) = server.call(
+        "POST",
+        "/devices",
+        Some(json!({ "device_type": "c4000", "serial": "41000802", "firmware_version": "1.0.0" })),
+    );
+    assert_eq!(s, 201, "{v}");
+    let dir = tempfile::tempdir().unwrap();
+    let answers = dir.path().join("answers.toml");
+    std::fs::write(&answers, "pin = \"735194\"\nnew_pin = \"246813\"\n").unwrap();
+    let a = answers.to_str().unwrap();
+
+    // The C4000.
+    let card = Vcard::spawn(&["--profile", "c4000", "--serial", "41000802"]);
+    let out = keyward(
+        &server,
+        "issue",
+        &[
+            "--user",
+            "alice",
+            "--policy",
+            "PIV Standard",
+            "--serial",
+            "41000802",
+            "--answers",
+            a,
+            "--json",
+        ],
+    );
+    assert_eq!(report(&out)["state"], "issued", "{}", report(&out));
+    block_pin_with_opensc();
+    // The help desk needs the challenge, of the right length.
+    assert_eq!(offline_answer(&server, "41000802", None).0, 400);
+    assert_eq!(offline_answer(&server, "41000802", Some("0011")).0, 400);
+    let mut tool = OfflineTool::spawn("41000802", &answers);
+    let challenge = tool.next_json()["challenge"].as_str().unwrap().to_string();
+    let (s, help) = offline_answer(&server, "41000802", Some(&challenge));
+    assert_eq!(s, 200, "{help}");
+    assert_eq!(help["kind"], "response");
+    assert!(!help["pin_rules"].as_array().unwrap().is_empty(), "{help}");
+    let response = help["value"].as_str().unwrap().to_string();
+    let (end, code) = tool.answer(&response);
+    assert_eq!(
+        (end["state"].as_str(), code),
+        (Some("unlocked"), Some(0)),
+        "{end}"
+    );
+    assert!(
+        pcsc::pkcs11_login("246813").status.success(),
+        "the new PIN works"
+    );
+    // A replayed response: the device's new challenge is another one.
+    block_pin_with_opensc();
+    let mut tool = OfflineTool::spawn("41000802", &answers);
+    let again = tool.next_json()["challenge"].as_str().unwrap().to_string();
+    assert_ne!(again, challenge);
+    let (end, code) = tool.answer(&response);
+    assert_eq!(
+        (end["error"]["code"].as_str(), code),
+        (Some("wrong_response"), Some(4)),
+        "{end}"
+    );
+    // The admin CLI gives the response too (to a fresh challenge).
+    let mut tool = OfflineTool::spawn("41000802", &answers);
+    let challenge = tool.next_json()["challenge"].as_str().unwrap().to_string();
+    let out = server.admin(&[
+        "device",
+        "unlock-response",
+        "41000802",
+        "--challenge",
+        &challenge,
+    ]);
+    let text = support::stdout(&out);
+    let response = text
+        .lines()
+        .find_map(|l| l.strip_prefix("response: "))
+        .unwrap_or_else(|| panic!("{text}{}", support::stderr(&out)))
+        .to_string();
+    assert!(text.contains("at least 6"), "the PIN rules: {text}");
+    let (end, code) = tool.answer(&response);
+    assert_eq!(
+        (end["state"].as_str(), code),
+        (Some("unlocked"), Some(0)),
+        "{end}"
+    );
+    drop(card);
+
+    // The YubiKey: its PUK, disclosed and audited; replaced at the next unlock.
+    let card = Vcard::spawn(&[
+        "--profile",
+        "yubikey5",
+        "--firmware",
+        "5.7.1",
+        "--serial",
+        "31000802",
+    ]);
+    let out = keyward(
+        &server,
+        "issue",
+        &[
+            "--user",
+            "alice",
+            "--policy",
+            "PIV Standard",
+            "--serial",
+            "31000802",
+            "--answers",
+            a,
+            "--json",
+        ],
+    );
+    assert_eq!(report(&out)["state"], "issued", "{}", report(&out));
+    block_pin_with_opensc();
+    assert_eq!(
+        offline_answer(&server, "31000802", Some("00112233")).1["error"]["code"],
+        "no_challenge"
+    );
+    let (s, help) = offline_answer(&server, "31000802", None);
+    assert_eq!((s, help["kind"].as_str()), (200, Some("puk")), "{help}");
+    let (_, d) = server.call("GET", "/devices/31000802", None);
+    assert_eq!(d["puk_rotation_due"], true, "{d}");
+    let tool = OfflineTool::spawn("31000802", &answers);
+    let (end, code) = tool.answer(help["value"].as_str().unwrap());
+    assert_eq!(
+        (end["state"].as_str(), code),
+        (Some("unlocked"), Some(0)),
+        "{end}"
+    );
+    assert!(pcsc::pkcs11_login("246813").status.success());
+    // The next (online) unlock replaces the disclosed PUK.
+    block_pin_with_opensc();
+    let out = keyward(
+        &server,
+        "unlock",
+        &["--serial", "31000802", "--answers", a, "--json"],
+    );
+    assert_eq!(report(&out)["state"], "unlocked", "{}", report(&out));
+    let (_, d) = server.call("GET", "/devices/31000802", None);
+    assert_eq!(d["puk_rotation_due"], false, "{d}");
+    let (_, audit) = server.call("GET", "/audit?limit=1000", None);
+    let text = audit.to_string();
+    for action in [
+        "device.offline_unlock",
+        "device.puk_disclosed",
+        "device.puk_rotated",
+    ] {
+        assert!(text.contains(action), "{action}");
+    }
+    assert!(
+        !text.contains(help["value"].as_str().unwrap()),
+        "no PUK in the audit"
+    );
+    drop(card);
+}
+
+/// Offline unlock is refused where the policy keeps the factory management
+/// key (anyone could compute the response) and for generic PIV devices.
+#[test]
+fn offline_unlock_is_refused_under_the_factory_management_key() {
+    let server = TestServer::start();
+    support::seed_piv_standard(&server, "39999998");
+    let (_, mut p) = server.call("GET", "/policies/PIV%20Standard", None);
+    p["name"] = json!("PIV Keep");
+    p["management_key"] = json!("keep");
+    p.as_object_mut().unwrap().remove("id");
+    let (s, v) = server.call("POST", "/policies", Some(p));
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = server.call(
+        "POST",
+        "/devices",
+        Some(json!({ "device_type": "c4000", "serial": "41000803", "firmware_version": "1.0.0" })),
+    );
+    assert_eq!(s, 201, "{v}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut card = keyward_vcard::VirtualCard::new(
+        keyward_vcard::VcardConfig::new(keyward_vcard::ProfileKind::C4000)
+            .with_serial(41000803)
+            .with_ca_dir(dir.path()),
+    )
+    .unwrap();
+    card.power_on();
+    let (s, mut batch) = server.call(
+        "POST",
+        "/issuance",
+        Some(
+            json!({ "user": "alice", "policy": "PIV Keep", "serial": "41000803", "pin": "735194" }),
+        ),
+    );
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    while batch["state"] == "running" {
+        let responses = support::relay_in_process(&mut card, &batch);
+        let (s, next) = server.call(
+            "POST",
+            &format!("/issuance/{id}/relay"),
+            Some(json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": responses })),
+        );
+        assert_eq!(s, 200, "{next}");
+        batch = next;
+    }
+    assert_eq!(batch["state"], "issued", "{batch}");
+    let (s, v) = offline_answer(&server, "41000803", Some("0011223344556677"));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("factory_management_key")),
+        "{v}"
+    );
+    // An issuance operator may not ask at all.
+    let operator = server.token_with_role("issuance_operator");
+    let (s, _) = server.call_as(
+        &operator,
+        "POST",
+        "/devices/41000803/offline-unlock",
+        Some(json!({ "challenge": "0011223344556677" })),
+    );
+    assert_eq!(s, 403);
+}

@@ -80,6 +80,31 @@ pub struct UnlockRequestView {
     pub expires_at: time::OffsetDateTime,
 }
 
+/// Offline unlock: the challenge the device showed the person (a C4000);
+/// none for a YubiKey (its PUK is disclosed instead).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineUnlockRequest {
+    /// Hexadecimal, as the tool printed it (spaces allowed).
+    #[serde(default)]
+    pub challenge: Option<String>,
+}
+
+/// What the help desk reads to the person: the response to the challenge
+/// (C4000) or the device's PUK (YubiKey), and the policy's PIN rules.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OfflineUnlockAnswer {
+    /// `response` or `puk`.
+    pub kind: String,
+    /// The response (hexadecimal) or the PUK.
+    pub value: String,
+    /// The device policy's PIN rules, to tell the person (the tool checks
+    /// only the device's own limits offline).
+    pub pin_rules: Vec<String>,
+}
+
+crate::redacted_debug!(OfflineUnlockAnswer { kind, pin_rules } hides { value });
+
 /// A session as the API shows it (no secret).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[schema(as = SessionStatus)]

@@ -8,8 +8,8 @@ pub mod issuance;
 pub mod views;
 
 pub use issuance::{
-    Assigned, CredentialView, RecycleRequest, SessionError, SessionView, StartIssuance,
-    UnlockRequestView,
+    Assigned, CredentialView, OfflineUnlockAnswer, OfflineUnlockRequest, RecycleRequest,
+    SessionError, SessionView, StartIssuance, UnlockRequestView,
 };
 
 /// `Debug` for a wire type that holds secrets: the named fields are shown,

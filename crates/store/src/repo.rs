@@ -750,7 +750,7 @@ async fn finish_import(
 // ---------------------------------------------------------------- devices
 
 const DEVICE_COLS: &str = "id, device_type, serial, firmware_version, atr, state, reason, assigned_user, device_policy, version, \
-     suspended, passkey_reregistration, replaces, replace_reason, temporary_until";
+     suspended, passkey_reregistration, replaces, replace_reason, temporary_until, puk_rotation_due";
 
 fn device_from_row(r: &DbRow) -> StoreResult<Device> {
     device_from_row_as(r, "")
@@ -775,6 +775,7 @@ fn device_from_row_as(r: &DbRow, p: &str) -> StoreResult<Device> {
         version: r.try_get(col(p, "version").as_ref())?,
         suspended: r.try_get(col(p, "suspended").as_ref())?,
         passkey_reregistration: r.try_get(col(p, "passkey_reregistration").as_ref())?,
+        puk_rotation_due: r.try_get(col(p, "puk_rotation_due").as_ref())?,
         replacement: match r.try_get::<Option<Uuid>, _>(col(p, "replaces").as_ref())? {
             None => None,
             Some(original) => Some(keyward_domain::Replacement {

@@ -1,5 +1,6 @@
 //! Unlock requests (issue 16): the help desk creates one for a person's
 //! device; the person's own unlock session uses it once, before it expires.
+//! And the flag of a device whose PUK was disclosed for an offline unlock.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -37,6 +38,18 @@ impl Store {
         now: OffsetDateTime,
     ) -> StoreResult<Option<UnlockRequest>> {
         on_backend!(self, open_unlock_request(device_id, now))
+    }
+
+    /// Flags (or clears) a device whose PUK the help desk read for an
+    /// offline unlock: the next unlock replaces it. With its audit record.
+    pub async fn set_puk_rotation_due(
+        &self,
+        device_id: Uuid,
+        due: bool,
+        audit: &AuditDraft,
+    ) -> StoreResult<()> {
+        let key = self.key();
+        on_writer!(self, set_puk_rotation_due(&key, device_id, due, audit))
     }
 
     /// Marks the request used by `session` (once: a used or expired one is

@@ -72,3 +72,22 @@ pub async fn use_unlock_request(
     }
     Ok(())
 }
+
+pub async fn set_puk_rotation_due(
+    pool: &Pool<DB>,
+    key: &AuditKey,
+    device_id: Uuid,
+    due: bool,
+    audit: &AuditDraft,
+) -> StoreResult<()> {
+    let mut tx = dialect::begin_write(pool).await?;
+    let res = sqlx::query("UPDATE devices SET puk_rotation_due = $1 WHERE id = $2")
+        .bind(due)
+        .bind(device_id)
+        .execute(&mut *tx)
+        .await?;
+    if res.rows_affected() == 0 {
+        return Err(StoreError::not_found("device", device_id));
+    }
+    finish(tx, key, audit).await
+}

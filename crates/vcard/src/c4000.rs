@@ -3,8 +3,9 @@
 //!
 //! The real card changes its management key, its PIN/PUK retry counts and
 //! its PIN sharing between PIV and FIDO through HID's proprietary (and
-//! undisclosed) commands. The virtual card offers three documented VENDOR
-//! commands of its own instead, in the proprietary class `80`; they stand in
+//! undisclosed) commands, and unblocks a PIN offline by a challenge-response
+//! with its administration key (as the Windows minidriver does). The virtual
+//! card offers five documented VENDOR commands of its own instead, in the proprietary class `80`; they stand in
 //! for HID's, and a real implementation replaces this profile's
 //! [`Profile::extension`] (see docs/vcard.md).
 
@@ -22,6 +23,14 @@ pub const VENDOR_SET_MANAGEMENT_KEY: u8 = 0xE1;
 pub const VENDOR_SET_RETRY_COUNTS: u8 = 0xE2;
 /// Vendor command: PIN sharing between PIV and FIDO (`80 E3 <01 shared|00 separate> 00`).
 pub const VENDOR_SET_PIN_SHARING: u8 = 0xE3;
+/// Vendor command: an offline-unblock challenge (`80 E5 00 00 00`): one
+/// block of the management key's cipher (8 bytes 3DES, 16 AES), random.
+pub const VENDOR_UNBLOCK_CHALLENGE: u8 = 0xE5;
+/// Vendor command: offline unblock (`80 E6 00 00 Lc response ‖ new PIN`):
+/// the response is the challenge encrypted (ECB, one block) with the
+/// management key; the new PIN is padded to 8 bytes with FF. The challenge
+/// is used by the first try, right or wrong.
+pub const VENDOR_UNBLOCK_RESPONSE: u8 = 0xE6;
 /// Most tries a retry counter may be set to.
 pub const MAX_TRIES: u8 = 15;
 
@@ -108,6 +117,38 @@ impl Profile for C4000 {
                     return Some(status(sw::SECURITY_STATUS_NOT_SATISFIED));
                 }
                 piv.state.pin_shared_with_fido = apdu.p1 == 1;
+                piv.mark_dirty();
+                ok(Vec::new())
+            }
+            VENDOR_UNBLOCK_CHALLENGE => {
+                if (apdu.p1, apdu.p2) != (0, 0) {
+                    return Some(status(sw::INCORRECT_P1P2));
+                }
+                let mut challenge = vec![0u8; piv.state.management_key.block_size()];
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut challenge);
+                piv.session.unblock_challenge = Some(challenge.clone());
+                ok(challenge)
+            }
+            VENDOR_UNBLOCK_RESPONSE => {
+                if (apdu.p1, apdu.p2) != (0, 0) {
+                    return Some(status(sw::INCORRECT_P1P2));
+                }
+                // One answer per challenge: a replay finds none.
+                let Some(challenge) = piv.session.unblock_challenge.take() else {
+                    return Some(status(sw::CONDITIONS_NOT_SATISFIED));
+                };
+                let block = challenge.len();
+                if apdu.data.len() != block + 8 {
+                    return Some(status(sw::INCORRECT_DATA));
+                }
+                let expected = piv.state.management_key.encrypt_block(&challenge);
+                if !crate::keys::ct_eq(&expected, &apdu.data[..block]) {
+                    return Some(status(sw::SECURITY_STATUS_NOT_SATISFIED));
+                }
+                let Some(pin) = PivApplet::unpad_checked(self, &apdu.data[block..]) else {
+                    return Some(status(sw::INCORRECT_DATA));
+                };
+                piv.state.pin.set(&pin, false);
                 piv.mark_dirty();
                 ok(Vec::new())
             }

@@ -131,6 +131,9 @@ pub struct PivSession {
     pub pin_fresh: bool,
     pub management_authenticated: bool,
     pending: Option<MgmtPending>,
+    /// C4000 offline unblock: the challenge handed out (one answer, lost at
+    /// power-off like the rest of the session).
+    pub unblock_challenge: Option<Vec<u8>>,
 }
 
 /// The PIV applet.
@@ -312,7 +315,8 @@ impl PivApplet {
     }
 
     /// Check a padded 8-byte reference data block: padding and length.
-    fn unpad_checked(profile: &dyn Profile, block: &[u8]) -> Option<Vec<u8>> {
+    /// A PIN block (8 bytes, FF-padded) the device's PIN limits allow.
+    pub(crate) fn unpad_checked(profile: &dyn Profile, block: &[u8]) -> Option<Vec<u8>> {
         if block.len() != 8 {
             return None;
         }

@@ -219,5 +219,5 @@ async function shot(page, name) {
 }
 
 module.exports = {
-  ROOT, BIN, PASSWORDS, startServer, api, must, seed, setSettings, launch, newPage, signIn, shot,
+  ROOT, BIN, PASSWORDS, PIV_STANDARD, startServer, api, must, seed, setSettings, launch, newPage, signIn, shot,
 };

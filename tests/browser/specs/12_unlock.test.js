@@ -2,7 +2,8 @@
 // an unlock request on the User page (Create Unlock Request); alice sees it
 // in the User Portal and unlocks her device at her own workstation agent,
 // choosing a new PIN whose rules are checked as she types; the help desk
-// also unlocks a device at its own agent (the assisted unlock).
+// also unlocks a device at its own agent (the assisted unlock), and gives
+// the answers of an Offline Unlock: a YubiKey's PUK, a C4000's response.
 'use strict';
 
 const test = require('node:test');
@@ -12,6 +13,7 @@ const { startAgent, approveInPortal } = require('../lib/agent');
 
 const SERIAL = '37000001';
 const ASSISTED = '37000002';
+const C4000 = '47000003';
 let server;
 let browser;
 let agents = [];
@@ -65,6 +67,9 @@ test.before(async () => {
   for (const serial of [SERIAL, ASSISTED]) {
     await h.must(server, 'POST', '/devices', { device_type: 'yubikey5', serial, firmware_version: '5.7.1' });
   }
+  await h.must(server, 'POST', '/devices', { device_type: 'c4000', serial: C4000, firmware_version: '1.0.0' });
+  // Offline unlock of a C4000 needs a management key of its own.
+  await h.must(server, 'POST', '/policies', { ...h.PIV_STANDARD, name: 'PIV Own Key', management_key: 'random', device_types: ['c4000', 'yubikey5'] });
   browser = await h.launch();
 });
 
@@ -119,7 +124,7 @@ test('Create Unlock Request on the User page; alice completes it in the User Por
 test('the help desk unlocks a device at its own agent', async () => {
   const desk = await h.newPage(browser, server);
   await h.signIn(desk, server, 'helpdesk');
-  const agent = await startAgent(server, [`yubikey5:${ASSISTED}`], 'ws-helpdesk');
+  const agent = await startAgent(server, [`yubikey5:${ASSISTED}`, `c4000:${C4000}`], 'ws-helpdesk');
   agents.push(agent);
   await approveInPortal(desk, server, agent);
   await reported(ASSISTED);
@@ -139,5 +144,47 @@ test('the help desk unlocks a device at its own agent', async () => {
   await desk.locator(`article.device[data-serial="${ASSISTED}"] .unlock-pin`).click();
   await unlockInDialog(desk, ASSISTED);
   await h.shot(desk, '12-assisted-unlock-done');
+  assert.deepEqual(desk.problems, []);
+});
+
+test('Offline Unlock: a YubiKey\'s PUK, a C4000\'s response, with the PIN rules', async () => {
+  const desk = await h.newPage(browser, server);
+  await h.signIn(desk, server, 'helpdesk');
+  await reported(C4000);
+  const start = await h.must(server, 'POST', '/issuance',
+    { user: 'alice', policy: 'PIV Own Key', serial: C4000, pin: '735194', via: 'agent' });
+  const deadline = Date.now() + 60000;
+  for (;;) {
+    const s = await h.must(server, 'GET', `/issuance/${start.session_id}`);
+    if (s.status === 'issued') break;
+    assert.ok(!['failed', 'cancelled'].includes(s.status), JSON.stringify(s));
+    assert.ok(Date.now() < deadline, 'issued');
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  await desk.goto(`${server.url}/users/alice`);
+  // The YubiKey: its PUK, disclosed once the help desk asks.
+  await desk.locator(`article.device[data-serial="${ASSISTED}"] button.offline-unlock`).click();
+  await desk.waitForSelector('#offline-unlock[open]');
+  assert.ok(await desk.isHidden('#offline-unlock-challenge'));
+  await desk.click('#offline-unlock-go');
+  await desk.waitForSelector('#offline-unlock-answer:not([hidden])');
+  assert.equal(await desk.textContent('#offline-unlock-kind'), 'PUK');
+  assert.match(await desk.textContent('#offline-unlock-value'), /^\d{8}$/);
+  assert.ok(await desk.locator('#offline-unlock-rules li').count() > 0);
+  await h.shot(desk, '12-offline-unlock-puk');
+  await desk.click('#offline-unlock-close');
+  // The C4000: the challenge in, the response out (hexadecimal).
+  await desk.locator(`article.device[data-serial="${C4000}"] button.offline-unlock`).click();
+  await desk.waitForSelector('#offline-unlock[open]');
+  await desk.fill('#offline-unlock-challenge', '00112233445566778899AABBCCDDEEFF');
+  await desk.click('#offline-unlock-go');
+  await desk.waitForSelector('#offline-unlock-answer:not([hidden])');
+  assert.equal(await desk.textContent('#offline-unlock-kind'), 'Response');
+  assert.match(await desk.textContent('#offline-unlock-value'), /^[0-9A-F]{32}$/);
+  await h.shot(desk, '12-offline-unlock-response');
+  await desk.click('#offline-unlock-close');
+  const audit = JSON.stringify(await h.must(server, 'GET', '/audit?limit=1000'));
+  assert.match(audit, /device\.puk_disclosed/);
+  assert.match(audit, /device\.offline_unlock/);
   assert.deepEqual(desk.problems, []);
 });

@@ -140,6 +140,18 @@ pub enum DeviceCommand {
         #[arg(long)]
         note: Option<String>,
     },
+    /// Create an unlock request: the person unlocks the device in the User
+    /// Portal, through their own agent, before it expires.
+    UnlockRequest { serial: String },
+    /// Offline unlock, the help desk's side: the response to the challenge
+    /// the person's `keyward unlock --offline` shows (a C4000), or, without
+    /// --challenge, a YubiKey's PUK (disclosed and audited; the next unlock
+    /// replaces it). Printed with the policy's PIN rules to tell the person.
+    UnlockResponse {
+        serial: String,
+        #[arg(long)]
+        challenge: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -513,6 +525,29 @@ fn device(c: &ApiClient, json: bool, cmd: DeviceCommand) -> anyhow::Result<ExitC
         }
         DeviceCommand::Resume { serial, note } => {
             print_object(json, &device_action(c, &serial, "resume", note)?)
+        }
+        DeviceCommand::UnlockRequest { serial } => {
+            let v: Value = c.post(
+                &format!("/devices/{}/unlock-requests", enc(&serial)),
+                &serde_json::json!({}),
+            )?;
+            print_object(json, &v);
+        }
+        DeviceCommand::UnlockResponse { serial, challenge } => {
+            let v: keyward_proto::OfflineUnlockAnswer = c.post(
+                &format!("/devices/{}/offline-unlock", enc(&serial)),
+                &keyward_proto::OfflineUnlockRequest { challenge },
+            )?;
+            if json {
+                print_object(true, &serde_json::to_value(&v)?);
+            } else {
+                let what = if v.kind == "puk" { "PUK" } else { "response" };
+                println!("{what}: {}", v.value);
+                println!("the new PIN must follow these rules:");
+                for rule in &v.pin_rules {
+                    println!("  - {rule}");
+                }
+            }
         }
         DeviceCommand::Show { serial } => {
             let v: DeviceDetails = c.get(&format!("/devices/{}", enc(&serial)))?;

@@ -71,6 +71,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(unlock::start))
         .routes(routes!(unlock::create_request))
         .routes(routes!(unlock::start_own))
+        .routes(routes!(unlock::offline))
 }
 
 pub(super) fn relay_batch(

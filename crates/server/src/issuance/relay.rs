@@ -354,6 +354,10 @@ async fn record_ending(
             return Err(e);
         }
     }
+    // An unlock replaced the PUK: a disclosure (offline unlock) is over.
+    let rotated = (ending.status == keyward_domain::SessionStatus::Unlocked
+        && device.puk_rotation_due)
+        .then_some(device.id);
     let answer = close(
         state,
         s,
@@ -373,6 +377,19 @@ async fn record_ending(
     // end could not be recorded has no record and no job: deleted now.
     if answer.is_err() {
         crate::entra::compensate(state, &passkeys).await;
+    }
+    if let (Ok(_), Some(id)) = (&answer, rotated) {
+        let draft = audit(
+            caller,
+            "device.puk_rotated",
+            format!("device:{serial}"),
+            serde_json::json!({ "session": s.id }),
+        );
+        state
+            .store
+            .set_puk_rotation_due(id, false, &draft)
+            .await
+            .map_err(|e| store_error("clearing the PUK rotation flag", e))?;
     }
     answer
 }

@@ -22,7 +22,9 @@ use axum::http::StatusCode;
 use axum::Json;
 use keyward_domain::{Device, DeviceState, Serial, SessionAction, SessionStatus};
 use keyward_engine::DeviceSession;
-use keyward_proto::{RecycleRequest, RelayBatch, UnlockRequestView};
+use keyward_proto::{
+    OfflineUnlockAnswer, OfflineUnlockRequest, RecycleRequest, RelayBatch, UnlockRequestView,
+};
 use keyward_store::IssuanceSession;
 
 use super::session::{open_follow_up, unseal};
@@ -273,4 +275,143 @@ async fn used(
         .use_unlock_request(request.id, session, time::OffsetDateTime::now_utc())
         .await
         .map_err(|e| store_error("using the unlock request", e))
+}
+
+/// Offline unlock (the person has the device but no connection; they call
+/// the help desk): a C4000's response to the challenge its tool showed,
+/// computed from the device's management key; a YubiKey's PUK (PIV has no
+/// administrative unblock), disclosed and audited, the device flagged so
+/// that its next unlock replaces the PUK. Both with the policy's PIN rules
+/// for the help desk to tell.
+#[utoipa::path(post, path = "/devices/{serial}/offline-unlock", operation_id = "offlineUnlock", tag = "issuance", params(("serial" = String, Path)),
+    request_body = OfflineUnlockRequest,
+    responses((status = 200, body = OfflineUnlockAnswer),
+        (status = 400, body = ErrorBody, description = "a challenge missing, malformed or of the wrong length; a challenge given for a YubiKey"),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "not issued; the policy keeps the factory management key (factory_management_key); a generic PIV device (offline_unlock_unsupported); no sure PUK held")))]
+pub(super) async fn offline(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::DevicesUnlock>,
+    Path(serial): Path<String>,
+    crate::json::ApiJson(req): crate::json::ApiJson<OfflineUnlockRequest>,
+) -> ApiResult<Json<OfflineUnlockAnswer>> {
+    let (device, last) = issued_device(&state, &serial, || {
+        ApiError::not_found("device").field("serial")
+    })
+    .await?;
+    let policy = state
+        .store
+        .get_policy(last.policy_id)
+        .await
+        .map_err(|e| store_error("reading the device policy", e))?;
+    let pin_rules: Vec<String> = policy
+        .pin_application
+        .check("")
+        .into_iter()
+        .map(|c| c.description)
+        .collect();
+    let previous = unseal(&state, &last)?;
+    let kept = previous.kept().ok_or_else(|| {
+        ApiError::conflict(
+            "puk_unknown",
+            format!(
+                "Keyward holds no secrets of device {}: unlock after its next update, or recycle it",
+                device.serial
+            ),
+        )
+    })?;
+    let target = format!("device:{}", device.serial);
+    let challenge = req
+        .challenge
+        .as_deref()
+        .map(|c| {
+            let digits: String = c.chars().filter(|ch| !ch.is_whitespace()).collect();
+            hex::decode(&digits).map_err(|_| {
+                ApiError::bad_request(
+                    "challenge_invalid",
+                    "the challenge is hexadecimal digits, as the tool printed it",
+                )
+                .field("challenge")
+            })
+        })
+        .transpose()?;
+    if device.device_type == keyward_domain::DeviceType::YubiKey5 {
+        if challenge.is_some() {
+            return Err(ApiError::bad_request(
+                "no_challenge",
+                "a YubiKey has no offline challenge: leave it out, its PUK is disclosed instead",
+            )
+            .field("challenge"));
+        }
+        if previous.puk_custody() != keyward_engine::session::PukCustody::Known {
+            return Err(ApiError::conflict(
+                "puk_uncertain",
+                format!(
+                    "Keyward is not sure of device {}'s PUK (or the device blocked it): it cannot be disclosed",
+                    device.serial
+                ),
+            ));
+        }
+        let draft = audit(
+            &caller,
+            "device.puk_disclosed",
+            target,
+            serde_json::json!({ "reason": "offline unlock" }),
+        );
+        state
+            .store
+            .set_puk_rotation_due(device.id, true, &draft)
+            .await
+            .map_err(|e| store_error("flagging the device", e))?;
+        return Ok(Json(OfflineUnlockAnswer {
+            kind: "puk".into(),
+            value: kept.puk.value.expose().to_string(),
+            pin_rules,
+        }));
+    }
+    let Some(unblock) = keyward_engine::offline_unlock::for_type(device.device_type) else {
+        return Err(ApiError::conflict(
+            "offline_unlock_unsupported",
+            format!(
+                "a {} has no offline unlock: unlock it online",
+                device.device_type.label()
+            ),
+        ));
+    };
+    // The factory key is public: its response would prove nothing.
+    if policy.management_key == keyward_domain::ManagementKeyMode::Keep {
+        return Err(ApiError::conflict(
+            "factory_management_key",
+            format!(
+                "the policy of device {} keeps the factory management key: anyone could compute the response, so offline unlock is refused",
+                device.serial
+            ),
+        ));
+    }
+    let challenge = challenge.ok_or_else(|| {
+        ApiError::bad_request(
+            "challenge_required",
+            "enter the challenge the person's unlock tool shows",
+        )
+        .field("challenge")
+    })?;
+    let response = unblock
+        .response(&kept.management_key.value, &challenge)
+        .map_err(|m| ApiError::bad_request("challenge_invalid", m).field("challenge"))?;
+    let draft = audit(
+        &caller,
+        "device.offline_unlock",
+        target,
+        serde_json::json!({ "challenge_bytes": challenge.len() }),
+    );
+    state
+        .store
+        .append_audit(&draft)
+        .await
+        .map_err(|e| store_error("auditing the offline unlock", e))?;
+    Ok(Json(OfflineUnlockAnswer {
+        kind: "response".into(),
+        value: hex::encode_upper(response),
+        pin_rules,
+    }))
 }

@@ -51,6 +51,11 @@ const FILES: &[(&str, &str, &str)] = &[
         include_str!("../../static/agents.js"),
     ),
     (
+        "offline_unlock.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/offline_unlock.js"),
+    ),
+    (
         "pin_dialog.js",
         "text/javascript; charset=utf-8",
         include_str!("../../static/pin_dialog.js"),

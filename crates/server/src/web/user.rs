@@ -59,6 +59,9 @@ pub struct DeviceRow {
     pub puk_note: String,
     /// An open unlock request: until when (the User Portal's notice).
     pub unlock_request_until: String,
+    /// Offline Unlock (help desk): "challenge" (a C4000's response), "puk"
+    /// (a YubiKey's PUK), or empty (none).
+    pub offline_unlock: &'static str,
 }
 
 /// How the PIN dialog starts an unlock and checks the new PIN's rules.
@@ -269,13 +272,13 @@ pub async fn device_rows(
         })
         .await
         .map_err(|e| internal("listing the user's devices", e))?;
-    let policies: HashMap<uuid::Uuid, String> = state
+    let policies: HashMap<uuid::Uuid, (String, keyward_domain::ManagementKeyMode)> = state
         .store
         .list_policies()
         .await
         .map_err(|e| internal("listing policies", e))?
         .into_iter()
-        .map(|p| (p.id, p.name))
+        .map(|p| (p.id, (p.name, p.management_key)))
         .collect();
     let mut rows = Vec::with_capacity(page.items.len());
     for d in page.items.iter().cloned() {
@@ -383,11 +386,23 @@ pub async fn device_rows(
         } else {
             None
         };
-        let policy_name = d
+        let (policy_name, management_key) = d
             .device_policy
             .and_then(|id| policies.get(&id).cloned())
+            .map(|(n, k)| (n, Some(k)))
             .unwrap_or_default();
         let unlockable = custody == Some(PukCustody::Known);
+        // The factory management key is public: no challenge-response then.
+        let offline_unlock = match d.device_type {
+            _ if !(grants.unlock && unlockable) => "",
+            keyward_domain::DeviceType::YubiKey5 => "puk",
+            keyward_domain::DeviceType::C4000
+                if management_key != Some(keyward_domain::ManagementKeyMode::Keep) =>
+            {
+                "challenge"
+            }
+            _ => "",
+        };
         let unlock = match (grants.unlock, &request) {
             (true, _) if unlockable => Some(UnlockButton {
                 start: format!("/api/v1/devices/{serial}/unlock"),
@@ -402,6 +417,7 @@ pub async fn device_rows(
             _ => None,
         };
         rows.push(DeviceRow {
+            offline_unlock,
             unlock,
             puk_note,
             unlock_request_until: request.map(|r| when(r.expires_at)).unwrap_or_default(),
