@@ -120,8 +120,9 @@ fn unlock_over_pcsc(profile: &str, firmware: &str, serial: &str) {
     let r = report(&out);
     assert_eq!(r["state"], "unlocked", "{r}");
     assert_eq!(out.status.code(), Some(0));
-    // Two device round trips.
+    // Two device round trips (for BENCHMARKS.md: the client's counters).
     assert_eq!(r["counters"]["round_trips"], 2, "{r}");
+    eprintln!("unlock counters ({profile}): {}", r["counters"]);
     assert!(
         pcsc::pkcs11_login("246813").status.success(),
         "OpenSC logs in with the new PIN"
