@@ -106,6 +106,7 @@ impl Bench {
             version: 1,
             suspended: false,
             passkey_reregistration: false,
+            puk_rotation_due: false,
             replacement: None,
         };
         Bench {

@@ -92,6 +92,7 @@ test('Displayed: one visible PIN field, the rules checked as the person types, i
   assert.equal(await page.getAttribute('#pin', 'type'), 'text');
   assert.equal(await page.locator('#confirm-pin').count(), 0);
   await chooseDevice('34000001');
+  assert.equal(await page.getAttribute('#pin-info', 'aria-label'), 'PIN rules');
   await page.click('#pin-info');
   await page.waitForSelector('#pin-rules li[data-rule]');
   const rules = await page.$$eval('#pin-rules li', (lis) => lis.map((li) => li.textContent));
@@ -107,8 +108,10 @@ test('Displayed: one visible PIN field, the rules checked as the person types, i
   await page.waitForSelector('#continue:not([disabled])');
   await h.shot(page, '04-displayed-ready');
   await page.click('#continue');
-  await page.waitForSelector('#step-progress:not([hidden])');
-  await page.waitForSelector('#progress-steps li');
+  // Polled on a timer, not on animation frames (CI once saw the section
+  // visible and the wait never end).
+  await page.waitForFunction(() => !document.getElementById('step-progress').hidden
+    && document.querySelectorAll('#progress-steps li').length > 0, null, { polling: 100 });
   await h.shot(page, '04-displayed-progress');
   await finishOnUserPage('alice', '34000001', '04-displayed-issued');
   // KEYWARD_README_SHOT=1 refreshes the README's picture of the User page.
@@ -139,6 +142,8 @@ test('Not Displayed with Change PIN during issuance: no PIN field; the new PIN i
   await h.setSettings(server, { initial_pin_display_mode: 'not_displayed', change_pin_during_issuance: 'true' });
   await openDialog('carol');
   assert.equal(await page.locator('#pin').count(), 0);
+  // No rules button without a PIN field beside it (issue 19).
+  assert.equal(await page.locator('#pin-info').count(), 0);
   assert.match(await page.textContent('#pin-not-displayed'), /sets their own PIN at the end/);
   await chooseDevice('34000003');
   await page.waitForSelector('#continue:not([disabled])');
