@@ -63,6 +63,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         println!();
         println!("Keyward demo is running at {}", server.url);
         println!("  data folder: {}", args.data_dir.display());
+        if server.created_first_admin {
+            // Printed above by the server on its first start: say what it is.
+            println!("  The 'admin' account above is the server's own first administrator (every new");
+            println!("  data folder gets one); the demo does not need it: use the sign-ins below.");
+        }
         println!("  DEMO-ONLY sign-ins (never use these passwords elsewhere):");
         println!(
             "    operator (Issuance Operator): {} / {}",

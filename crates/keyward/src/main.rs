@@ -4,6 +4,7 @@
 mod admin;
 mod agent;
 mod api;
+mod backup;
 mod demo;
 mod devices;
 mod follow_up;
@@ -51,6 +52,11 @@ enum Command {
     /// Unlock a connected device: reset its blocked PIN with the PUK the
     /// server keeps (which it then replaces).
     Unlock(unlock::UnlockArgs),
+    /// Back up a SQLite data folder and its KEK into one file encrypted
+    /// under a passphrase (on the server's host; the server may run).
+    Backup(backup::BackupArgs),
+    /// Restore a backup into an empty data folder.
+    Restore(backup::RestoreArgs),
     /// The workstation agent: pairs once, reports its devices, relays the
     /// server's device commands (connects out only).
     Agent(agent::AgentArgs),
@@ -68,6 +74,8 @@ fn main() -> ExitCode {
         Command::Issue(args) => issue::run(args),
         Command::Recycle(args) => recycle::run(args),
         Command::Unlock(args) => unlock::run(args),
+        Command::Backup(args) => backup::backup(args),
+        Command::Restore(args) => backup::restore(args),
         Command::Agent(args) => agent::run(args),
     };
     match result {

@@ -191,8 +191,25 @@ pub struct SettingsView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SettingValue {
-    /// The value as text (`not_displayed`, `yes`, `true`, …).
+    /// The value as text (`not_displayed`, `yes`, `true`, …), or as `GET
+    /// /settings` shows it (a boolean, a number).
+    #[serde(deserialize_with = "scalar_as_text")]
+    #[schema(value_type = String)]
     pub value: String,
+}
+
+/// A setting's value as text, from a JSON string, boolean or number: `PUT`
+/// takes what `GET` returns.
+fn scalar_as_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    use serde::de::Error;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Ok(s),
+        serde_json::Value::Bool(b) => Ok(b.to_string()),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        other => Err(D::Error::custom(format!(
+            "expected a string, a boolean or a number, not {other}"
+        ))),
+    }
 }
 
 // ---------------------------------------------------------------- Passkey-Enabled Services

@@ -62,6 +62,9 @@ pub struct Server {
     pub url: String,
     /// Where `/metrics` is served on its own (`metrics_listen`).
     pub metrics_addr: Option<SocketAddr>,
+    /// This start created the first administrator, `admin` (an empty store),
+    /// and printed its one-time password.
+    pub created_first_admin: bool,
     task: JoinHandle<std::io::Result<()>>,
     handle: axum_server::Handle,
 }
@@ -103,9 +106,9 @@ impl Server {
             })?;
         let state = AppState::new(store, &kek, config.clone()).await?;
 
-        if let Some(password) =
-            crate::bootstrap::run(&state, opts.bootstrap_token.as_deref()).await?
-        {
+        let first_admin = crate::bootstrap::run(&state, opts.bootstrap_token.as_deref()).await?;
+        let created_first_admin = first_admin.is_some();
+        if let Some(password) = first_admin {
             // On the console only, once: never through the log.
             println!("created operator 'admin' with one-time password: {password}");
             println!("(sign in and change it; it is not shown again)");
@@ -198,6 +201,7 @@ impl Server {
             addr,
             url,
             metrics_addr,
+            created_first_admin,
             task,
             handle,
         })
@@ -206,9 +210,12 @@ impl Server {
     /// Runs until Ctrl-C or SIGTERM, then stops gracefully.
     pub async fn wait(self) -> anyhow::Result<()> {
         let handle = self.handle.clone();
+        let state = self.state.clone();
         tokio::spawn(async move {
             shutdown_signal().await;
             tracing::info!("stopping");
+            // Open long-polls answer now; the rest get 10 s to finish.
+            state.agents.stop_long_polls();
             handle.graceful_shutdown(Some(Duration::from_secs(10)));
         });
         self.task.await??;
@@ -216,6 +223,7 @@ impl Server {
     }
 
     pub fn stop(&self) {
+        self.state.agents.stop_long_polls();
         self.handle.graceful_shutdown(Some(Duration::from_secs(5)));
     }
 }

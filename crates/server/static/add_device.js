@@ -292,7 +292,8 @@ document.addEventListener('DOMContentLoaded', () => {
     continueBtn.disabled = !ok;
   }
 
-  $('pin-info').addEventListener('click', () => {
+  // No PIN is entered in Not Displayed mode: no rules button then.
+  if ($('pin-info')) $('pin-info').addEventListener('click', () => {
     rulesList.hidden = !rulesList.hidden;
     $('pin-info').setAttribute('aria-expanded', String(!rulesList.hidden));
     if (!rulesList.children.length) {

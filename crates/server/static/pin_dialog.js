@@ -92,9 +92,9 @@ document.addEventListener('DOMContentLoaded', () => {
     }
     if (s.status !== 'running') {
       const e = s.error || {};
-      const tries = e.tries_left === null || e.tries_left === undefined ? '' : ` Tries left: ${e.tries_left}.`;
+      // The message says the tries left already ("…: 2 tries left").
       const what = unlocking() ? 'The device was not unlocked' : 'The PIN was not changed';
-      finish(`${what}: ${e.message || s.status}.${tries}`, false);
+      finish(`${what}: ${e.message || s.status}.`, false);
       form.hidden = false;
       update();
       return;

@@ -33,6 +33,7 @@ macro_rules! on_writer {
     };
 }
 
+mod backup;
 pub mod changes;
 mod error;
 mod issuance;
@@ -41,6 +42,7 @@ mod types;
 pub mod unlock_requests;
 mod write_tx;
 
+pub use backup::{audit_head_of_sqlite, snapshot_sqlite};
 pub use changes::Change;
 pub use error::{StoreError, StoreResult};
 pub use issuance::{Credential, IssuanceContext, IssuanceSession, IssuanceUpdate, Replacing};

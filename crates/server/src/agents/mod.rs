@@ -68,6 +68,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct Hub {
     work: watch::Sender<u64>,
     devices: watch::Sender<u64>,
+    /// The server is stopping: every long-poll answers at once (a graceful
+    /// stop waits for open requests, and a long-poll holds one 25 s).
+    stopping: watch::Sender<bool>,
     /// Session id -> the agent it is bound to. Written once per session in
     /// the store (`agent_sessions` primary key), so never stale; a node
     /// that has not seen the binding reads the store.
@@ -83,6 +86,7 @@ impl Default for Hub {
         Hub {
             work: watch::channel(0).0,
             devices: watch::channel(0).0,
+            stopping: watch::channel(false).0,
             bound: Default::default(),
         }
     }
@@ -94,6 +98,18 @@ impl Hub {
     }
     pub fn devices_changed(&self) {
         self.devices.send_modify(|v| *v = v.wrapping_add(1));
+    }
+    /// Ends every long-poll now and the ones to come (the server stops).
+    pub fn stop_long_polls(&self) {
+        self.stopping.send_replace(true);
+    }
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+    /// Resolves when the server stops.
+    pub async fn stopped(&self) {
+        let mut rx = self.stopping.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
     }
     pub fn devices_version(&self) -> u64 {
         *self.devices.borrow()

@@ -108,7 +108,10 @@ pub(super) async fn list_devices(
     if let (Some(since), Some(wait)) = (q.since, q.wait) {
         if since == version && wait > 0 {
             let wait = Duration::from_secs(wait).min(MAX_WAIT);
-            let _ = tokio::time::timeout(wait, rx.changed()).await;
+            tokio::select! {
+                _ = tokio::time::timeout(wait, rx.changed()) => {}
+                _ = state.agents.stopped() => {}
+            }
         }
     }
     let version = state.agents.devices_version();

@@ -49,13 +49,18 @@ pub(super) async fn work(
             .filter(|id| !running.contains(id.as_str()))
             .cloned()
             .collect();
-        if !items.is_empty() || !released.is_empty() || tokio::time::Instant::now() >= deadline {
+        if !items.is_empty()
+            || !released.is_empty()
+            || tokio::time::Instant::now() >= deadline
+            || state.agents.is_stopping()
+        {
             return Ok(Json(WorkAnswer { items, released }));
         }
         let until = deadline.min(tokio::time::Instant::now() + RECHECK);
         tokio::select! {
             _ = rx.changed() => {}
             _ = tokio::time::sleep_until(until) => {}
+            _ = state.agents.stopped() => {}
         }
         // Revoked while waiting: stop at once.
         let now = state

@@ -294,10 +294,10 @@ pub async fn device_rows(
             .iter()
             .rev()
             .find(|h| h.to_state == DeviceState::InProduction);
-        let by = match (d.state, started) {
+        let by = actor_label(&match (d.state, started) {
             (DeviceState::Issued, Some(s)) => s.actor.clone(),
             _ => last.map(|h| h.actor.clone()).unwrap_or_default(),
-        };
+        });
         let credentials: Vec<CredentialRow> = if matches!(
             d.state,
             DeviceState::Issued | DeviceState::InProduction | DeviceState::Invalid
@@ -310,7 +310,14 @@ pub async fn device_rows(
                 .into_iter()
                 .map(|c| CredentialRow {
                     on_hold: c.on_hold(),
-                    kind: c.kind,
+                    // A certificate by its purpose (the slot's PIV name).
+                    kind: match (c.kind.as_str(), c.slot.as_deref()) {
+                        ("certificate", Some(slot)) => slot
+                            .parse::<keyward_domain::PivSlot>()
+                            .map(|s| format!("certificate: {}", s.label()))
+                            .unwrap_or(c.kind),
+                        _ => c.kind,
+                    },
                     slot: c.slot.unwrap_or_default(),
                     serial: c.serial,
                     expires: c.not_after.map(when).unwrap_or_default(),
@@ -512,6 +519,18 @@ async fn page(
         can_issue: user.can(Permission::DevicesIssue),
         notice,
     })
+}
+
+/// How a page names who did something (the audit trail's actor): a
+/// person's login, an API token by its name, an agent, Keyward itself.
+pub fn actor_label(actor: &str) -> String {
+    match actor.split_once(':') {
+        Some(("account", login)) => login.to_string(),
+        Some(("token", name)) => format!("API token {name}"),
+        Some(("agent", id)) => format!("workstation agent {id}"),
+        _ if actor == "system" => "Keyward".to_string(),
+        _ => actor.to_string(),
+    }
 }
 
 /// The notice after a device action (the page's own words, never the query's).
