@@ -3,9 +3,8 @@
 //! paired to the demo operator and to alice, opening no PC/SC or HID device;
 //! `keyward issue` issues one through it.
 
-#[path = "common/agent.rs"]
-mod agent;
-mod support;
+use crate::common::agent;
+use crate::support;
 
 use agent::wait_devices;
 use support::{ServerOptions, TestServer};

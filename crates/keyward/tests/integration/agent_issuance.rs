@@ -5,9 +5,8 @@
 //! `device_removed` result, and after re-insertion the attempt is retried
 //! through the agent to the end.
 
-#[path = "common/agent.rs"]
-mod agent;
-mod support;
+use crate::common::agent;
+use crate::support;
 
 use std::time::Duration;
 

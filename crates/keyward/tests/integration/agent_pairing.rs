@@ -3,9 +3,8 @@
 //! keeps its credential (mode 0600) and reports its devices; an unpaired or
 //! revoked agent is refused.
 
-#[path = "common/agent.rs"]
-mod agent;
-mod support;
+use crate::common::agent;
+use crate::support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;

@@ -19,13 +19,10 @@
 //! 4. the person's Change PIN through their agent: pkcs11-tool logs in with
 //!    the new PIN, and not with the old one.
 
-#[path = "common/agent.rs"]
-mod agent;
-#[path = "common/pcsc.rs"]
-mod pcsc;
-#[path = "common/self_service.rs"]
-mod self_service;
-mod support;
+use crate::common::agent;
+use crate::common::pcsc;
+use crate::common::self_service;
+use crate::support;
 
 use std::process::Output;
 use std::time::{Duration, Instant};

@@ -5,9 +5,8 @@
 //! reports; replayed and out-of-order results are refused; an agent cannot
 //! act on a session of a device it does not report.
 
-#[path = "common/agent.rs"]
-mod agent;
-mod support;
+use crate::common::agent;
+use crate::support;
 
 use agent::{call_with, paired_agent, wait_session_end};
 use keyward_vcard::{ProfileKind, VcardConfig, VirtualCard};

@@ -9,9 +9,8 @@
 //! agent process is stopped after it reported its device), so that it can
 //! time its own long-poll.
 
-#[path = "common/agent.rs"]
-mod agent;
-mod support;
+use crate::common::agent;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

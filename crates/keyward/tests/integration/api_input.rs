@@ -1,7 +1,7 @@
 //! Bad input gets a clear 4xx with a stable code and the field or row, and
 //! changes nothing.
 
-mod support;
+use crate::support;
 
 use serde_json::json;
 use support::TestServer;

@@ -2,7 +2,7 @@
 //! server's own OpenAPI document, each route answers 401 without credentials
 //! and 403 for a caller whose role lacks its permission.
 
-mod support;
+use crate::support;
 
 use serde_json::Value;
 use support::TestServer;

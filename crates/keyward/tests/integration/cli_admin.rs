@@ -2,7 +2,7 @@
 //! policies, settings, Passkey-Enabled Services, tokens and the audit trail,
 //! including tamper detection.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

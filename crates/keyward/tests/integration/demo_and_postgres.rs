@@ -1,13 +1,13 @@
 //! `keyward demo` seeds its data and the admin CLI works against it; the
 //! server runs on a real PostgreSQL server as well as on SQLite.
 
-mod support;
+use crate::support;
 
 use support::{stdout, ServerOptions, TestServer};
 
 #[test]
 fn demo_prints_sign_ins_and_seeds_users_policies_and_settings() {
-    let server = TestServer::start_with(ServerOptions {
+    let mut server = TestServer::start_with(ServerOptions {
         subcommand: "demo",
         ..Default::default()
     });
@@ -20,6 +20,11 @@ fn demo_prints_sign_ins_and_seeds_users_policies_and_settings() {
     assert!(out.contains("DEMO-ONLY"), "{out}");
     assert!(out.contains("alice / demo-alice-only"), "{out}");
     assert!(out.contains("operator / demo-operator-only"), "{out}");
+    // The server's own first administrator is explained (issue 19).
+    assert!(
+        out.contains("The 'admin' account above is the server's own first administrator"),
+        "{out}"
+    );
 
     let users = stdout(&server.admin(&["--json", "user", "list"]));
     let v: serde_json::Value = serde_json::from_str(&users).unwrap();
@@ -56,6 +61,54 @@ fn demo_prints_sign_ins_and_seeds_users_policies_and_settings() {
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
+
+    // Issue 19: `PUT /settings/{key}` takes what `GET /settings` returns.
+    let put = |key: &str, value: serde_json::Value| {
+        server.call(
+            "PUT",
+            &format!("/settings/{key}"),
+            Some(serde_json::json!({ "value": value })),
+        )
+    };
+    let (s, v) = put(
+        "change_pin_during_issuance",
+        settings["change_pin_during_issuance"].clone(),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = put("unlock_request_minutes", serde_json::json!(15));
+    assert_eq!(
+        (s, v["unlock_request_minutes"].as_u64()),
+        (200, Some(15)),
+        "{v}"
+    );
+    let (s, v) = put("unlock_request_minutes", serde_json::json!([15]));
+    assert_eq!(s, 400, "{v}");
+
+    // Issue 19: SIGTERM stops the demo at once, an open long-poll of the
+    // devices list included (it held the graceful stop for 10 s).
+    let (_, devices) = server.call("GET", "/agents/devices", None);
+    let since = devices["version"].as_u64().unwrap();
+    let url = server.api(&format!("/agents/devices?since={since}&wait=25"));
+    let token = server.token.clone();
+    let poll = std::thread::spawn(move || {
+        reqwest::blocking::Client::builder()
+            .timeout(std::time::Duration::from_secs(40))
+            .build()
+            .unwrap()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .map(|r| r.status().as_u16())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let asked = std::time::Instant::now();
+    server.stop();
+    let stopped = asked.elapsed();
+    assert!(
+        stopped < std::time::Duration::from_secs(5),
+        "the demo took {stopped:?} to stop"
+    );
+    let _ = poll.join();
 }
 
 #[test]

@@ -7,10 +7,8 @@
 //! A missing tool fails the test. The tests hold the shared cross-process
 //! PC/SC lock while they use the vpcd slots.
 
-#[path = "common/pcsc.rs"]
-mod shared;
-#[path = "support/mod.rs"]
-mod support;
+use crate::common::pcsc as shared;
+use crate::support;
 
 use keyward_transport::apdu::{self, BatchStop};
 use keyward_transport::card::piv;

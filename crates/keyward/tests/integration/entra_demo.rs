@@ -3,9 +3,8 @@
 //! in-process Entra ID stand-in), and `keyward issue` registers a passkey
 //! there through the demo's workstation agent.
 
-#[path = "common/agent.rs"]
-mod agent;
-mod support;
+use crate::common::agent;
+use crate::support;
 
 use agent::wait_devices;
 use serde_json::json;

@@ -6,13 +6,10 @@
 //! right PIN), and the signature verifies with the public key the tenant
 //! stored. Device rules refuse before the device is touched (exit 3).
 
-#[path = "common/agent.rs"]
-mod agent;
-#[path = "common/pcsc.rs"]
-mod pcsc;
-#[path = "common/self_service.rs"]
-mod self_service;
-mod support;
+use crate::common::agent;
+use crate::common::pcsc;
+use crate::common::self_service;
+use crate::support;
 
 use std::process::Output;
 
@@ -819,6 +816,14 @@ fn yubikey_attestation_required_for_piv_and_passkey() {
     let (s, page) = self_service::page_as(&server, &admin, "/users/alice");
     assert_eq!(s, 200, "{page}");
     assert_eq!(page.matches(">attested<").count(), 2, "{page}");
+    // Issue 19: a certificate by its purpose; who issued it by name, not
+    // by the audit trail's identifier.
+    assert!(
+        page.contains("certificate: PIV Authentication (9A)"),
+        "{page}"
+    );
+    assert!(page.contains("by API token bootstrap"), "{page}");
+    assert!(!page.contains("token:bootstrap"), "{page}");
     assert_passkey_signs_in(&t, "973152");
     drop(server);
     drop(card);

@@ -25,9 +25,8 @@
 //! turn (they share the one vpcd slot) and every case runs even when an
 //! earlier one failed, so a failure report names all broken combinations.
 
-#[path = "common/pcsc.rs"]
-mod pcsc;
-mod support;
+use crate::common::pcsc;
+use crate::support;
 
 use keyward_transport::apdu::transmit_one;
 use keyward_transport::pcsc::Pcsc;

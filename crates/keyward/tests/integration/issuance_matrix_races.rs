@@ -3,7 +3,7 @@
 //! conflict (409), round after round. No device is touched (the checks
 //! before anything touches the device decide), so no PC/SC is needed.
 
-mod support;
+use crate::support;
 
 use serde_json::{json, Value};
 use std::sync::{Arc, Barrier};

@@ -3,9 +3,8 @@
 //! its certificates chain to the CA the server serves, and replayed or
 //! out-of-order results are refused.
 
-#[path = "common/self_service.rs"]
-mod self_service;
-mod support;
+use crate::common::self_service;
+use crate::support;
 
 use keyward_vcard::{Firmware, ProfileKind, VcardConfig, VirtualCard};
 use self_service::{call_as_user, sign_in_user};

@@ -5,9 +5,8 @@
 //! certificate on the card and the certificate against the CA the server
 //! serves, and yubico-piv-tool shows the policy's retry counts.
 
-#[path = "common/pcsc.rs"]
-mod pcsc;
-mod support;
+use crate::common::pcsc;
+use crate::support;
 
 use pcsc::{run, run_ok, Vcard, OPENSC_PKCS11};
 use support::TestServer;

@@ -7,7 +7,7 @@
 //! once, a half certificate credential, a key of another certificate.
 //! Needs the `openssl` CLI (test keys).
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! The embedded CA's certificates and CRL are served to relying parties and
 //! check out with openssl.
 
-mod support;
+use crate::support;
 
 use support::TestServer;
 

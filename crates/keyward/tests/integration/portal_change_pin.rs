@@ -2,11 +2,9 @@
 //! session (action change_pin) relayed by the workstation agent that reports
 //! the device; the person answers the current and the new PIN.
 
-#[path = "common/agent.rs"]
-mod agent;
-#[path = "common/self_service.rs"]
-mod self_service;
-mod support;
+use crate::common::agent;
+use crate::common::self_service;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
@@ -125,7 +123,9 @@ fn a_user_changes_their_pin_through_their_agent() {
     // against the device's policy, for its own user only.
     let page = me_page(&server, &alice);
     assert!(
-        page.contains(&format!(r#"class="change-pin" data-serial="{SERIAL}""#)),
+        page.contains(&format!(
+            r#"class="change-pin" data-mode="change" data-serial="{SERIAL}""#
+        )),
         "{page}"
     );
     let check = |who: &(String, String), pin: &str| {

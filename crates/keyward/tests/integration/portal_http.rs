@@ -5,7 +5,7 @@
 //! Policy without unsafe-inline and has no inline script or style; the roles
 //! see only their pages.
 
-mod support;
+use crate::support;
 
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};

@@ -2,11 +2,9 @@
 //! a device assigned to its own user, through its own paired workstation
 //! agent, only when "Who can bind the device to the user?" is User.
 
-#[path = "common/agent.rs"]
-mod agent;
-#[path = "common/self_service.rs"]
-mod self_service;
-mod support;
+use crate::common::agent;
+use crate::common::self_service;
+use crate::support;
 
 use agent::{paired_agent, wait_session_end};
 use self_service::{call_as_user, me_page, sign_in_user};

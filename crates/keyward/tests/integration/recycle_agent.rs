@@ -3,9 +3,8 @@
 //! with `via` the paired agent that reports the device, which relays the
 //! recycle session's batches as it relays an issuance's.
 
-#[path = "common/agent.rs"]
-mod agent;
-mod support;
+use crate::common::agent;
+use crate::support;
 
 use agent::{paired_agent, wait_devices, wait_session_end};
 use serde_json::json;

@@ -6,9 +6,8 @@
 //! (pkcs11-tool, yubico-piv-tool) to be back in factory state.
 //! Needs pcscd, vsmartcard-vpcd, opensc, yubico-piv-tool, iproute2.
 
-#[path = "common/pcsc.rs"]
-mod pcsc;
-mod support;
+use crate::common::pcsc;
+use crate::support;
 
 use pcsc::{run_ok, Vcard};
 use serde_json::{json, Value};

@@ -10,9 +10,8 @@
 //! responder, with every refusal (wrong state, wrong role, version
 //! conflict, someone else's device) changing nothing.
 
-#[path = "common/self_service.rs"]
-mod self_service;
-mod support;
+use crate::common::self_service;
+use crate::support;
 
 use keyward_vcard::{Firmware, ProfileKind, VcardConfig, VirtualCard};
 use serde_json::{json, Value};

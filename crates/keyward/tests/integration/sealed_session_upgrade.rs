@@ -9,7 +9,7 @@
 //! forgot the management key's authentication: the last batch fails and
 //! Retry finishes it, as after any restart); the PIN set is the card's.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

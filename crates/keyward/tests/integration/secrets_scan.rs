@@ -6,7 +6,7 @@
 //! planted canary that is stored in clear on purpose must be found, which
 //! proves the search itself works.
 
-mod support;
+use crate::support;
 
 use keyward_vcard::{ProfileKind, VcardConfig, VirtualCard};
 use serde_json::{json, Value};

@@ -5,11 +5,9 @@
 //! pairing requests are braked (429 with Retry-After, audited); expired
 //! pairings are purged.
 
-#[path = "common/agent.rs"]
-mod agent;
-#[path = "common/self_service.rs"]
-mod self_service;
-mod support;
+use crate::common::agent;
+use crate::common::self_service;
+use crate::support;
 
 use serde_json::{json, Value};
 use support::{ServerOptions, TestServer};

@@ -2,7 +2,7 @@
 //! change, cookie flags, CSRF on state changes, sign-out; enrollment codes;
 //! and that no password ever reaches the log.
 
-mod support;
+use crate::support;
 
 use serde_json::{json, Value};
 use support::TestServer;

@@ -1,7 +1,7 @@
 //! `keyward serve` over TLS (certificate and key files): HTTPS answers, and
 //! session cookies carry `Secure`.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

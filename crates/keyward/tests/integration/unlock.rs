@@ -8,13 +8,10 @@
 //!   through their own workstation agent (SQLite and PostgreSQL): used once,
 //!   refused without one, expired, for the wrong role.
 
-#[path = "common/agent.rs"]
-mod agent;
-#[path = "common/pcsc.rs"]
-mod pcsc;
-#[path = "common/self_service.rs"]
-mod self_service;
-mod support;
+use crate::common::agent;
+use crate::common::pcsc;
+use crate::common::self_service;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-#[path = "common/pcsc.rs"]
-mod pcsc;
+use crate::common::pcsc;
 
 use pcsc::Vcard;
 

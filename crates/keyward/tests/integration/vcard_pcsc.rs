@@ -13,8 +13,7 @@
 //! certificate is made here with the card's own signature through OpenSC's
 //! PKCS#11 module, and yubico-piv-tool imports it.
 
-#[path = "common/pcsc.rs"]
-mod pcsc;
+use crate::common::pcsc;
 
 use pcsc::{run, run_ok, Vcard, OPENSC_PKCS11};
 use std::path::Path;

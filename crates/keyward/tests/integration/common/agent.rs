@@ -254,7 +254,7 @@ pub fn wait_session_end(url: &str, token: &str, id: &str) -> Value {
 /// Spawns an agent with `args`, approves its code with `keyward admin agent
 /// approve` (plus `approve_args`), and waits until `serials` are reported.
 pub fn paired_agent(
-    server: &super::support::TestServer,
+    server: &crate::support::TestServer,
     args: &[&str],
     approve_args: &[&str],
     serials: &[&str],
@@ -270,7 +270,7 @@ pub fn paired_agent(
 /// [`paired_agent`] for an agent on pcscd (its devices in PC/SC readers,
 /// `--hid-socket` in `args` for a USB key's FIDO side).
 pub fn paired_pcsc_agent(
-    server: &super::support::TestServer,
+    server: &crate::support::TestServer,
     args: &[&str],
     approve_args: &[&str],
     serials: &[&str],
@@ -284,7 +284,7 @@ pub fn paired_pcsc_agent(
 }
 
 fn paired(
-    server: &super::support::TestServer,
+    server: &crate::support::TestServer,
     agent: Agent,
     approve_args: &[&str],
     serials: &[&str],
@@ -306,7 +306,7 @@ fn paired(
 /// `keyward SUB --server URL --token TOKEN` on a client that has no PC/SC
 /// of its own (pcsc-lite pointed at a socket that does not exist), so a
 /// device session can only run through an agent. Add arguments and run.
-pub fn cli_without_pcsc(server: &super::support::TestServer, sub: &str) -> Command {
+pub fn cli_without_pcsc(server: &crate::support::TestServer, sub: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyward"));
     cmd.arg(sub)
         .args(["--server", &server.url, "--token", &server.token])

@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value};
 
-use super::support::TestServer;
+use crate::support::TestServer;
 
 /// Signs `login` in to its self-service account (enrollment code, then a
 /// password); returns the session cookie and CSRF token.
