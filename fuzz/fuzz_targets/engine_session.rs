@@ -78,6 +78,7 @@ fuzz_target!(|data: &[u8]| {
         version: 1,
         suspended: false,
         passkey_reregistration: false,
+        puk_rotation_due: false,
         replacement: None,
     };
     let user = User {

@@ -11,6 +11,15 @@ use crate::error::ApiError;
 
 pub struct ApiJson<T>(pub T);
 
+/// An optional JSON body (Recycle, Unlock): none, or only whitespace, is
+/// the default.
+pub fn optional_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("body_invalid", e.to_string()))
+}
+
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
     T: DeserializeOwned,

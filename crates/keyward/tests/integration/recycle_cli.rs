@@ -13,15 +13,7 @@ use pcsc::{run_ok, Vcard};
 use serde_json::{json, Value};
 use support::TestServer;
 
-fn keyward(server: &TestServer, sub: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(support::BIN)
-        .arg(sub)
-        .args(["--server", &server.url, "--token", &server.token])
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
-}
+use support::cli as keyward;
 
 fn text(o: &std::process::Output) -> String {
     format!(

@@ -450,23 +450,10 @@ fn tokens_expire_and_record_their_last_use() {
     assert!(mine["last_used_at"].is_string(), "{mine}");
     // Its day is over (written in the store as the clock cannot be moved):
     // refused, with the reason.
-    let db = server.data_path().join("keyward.db");
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            use sqlx::Connection;
-            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-                .await
-                .unwrap();
-            sqlx::raw_sql(
-                "UPDATE api_tokens SET expires_at = created_at WHERE name = 'short-lived'",
-            )
-            .execute(&mut c)
-            .await
-            .unwrap();
-        });
+    support::sqlite_exec(
+        &server.data_path().join("keyward.db"),
+        "UPDATE api_tokens SET expires_at = created_at WHERE name = 'short-lived'",
+    );
     let r = server.call_as(&token, "GET", "/users", None);
     assert_eq!(code(&r), (401, "token_expired".into()));
     // Default 90 days; more than the server allows is refused.
@@ -828,21 +815,12 @@ fn signed_checkpoints_prove_with_the_public_key_alone_that_no_record_changed() {
 }
 
 fn tamper(db: &std::path::Path, seq: i64) {
-    let url = format!("sqlite://{}", db.display());
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            use sqlx::Connection;
-            let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
-            sqlx::raw_sql(&format!(
-                "DROP TRIGGER audit_log_no_update; UPDATE audit_log SET actor = 'account:eve' WHERE seq = {seq};"
-            ))
-            .execute(&mut c)
-            .await
-            .unwrap();
-        });
+    support::sqlite_exec(
+        db,
+        &format!(
+            "DROP TRIGGER audit_log_no_update; UPDATE audit_log SET actor = 'account:eve' WHERE seq = {seq};"
+        ),
+    );
 }
 
 /// Item 1 (in part): attestation roots that were configured but unreadable
@@ -946,23 +924,10 @@ fn the_retired_attestation_setting_moves_into_every_policy() {
     let mut server = TestServer::start();
     support::seed_piv_standard(&server, "31000602");
     server.stop();
-    let db = server.data_path().join("keyward.db");
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            use sqlx::Connection;
-            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-                .await
-                .unwrap();
-            sqlx::raw_sql(
-                "INSERT INTO settings (key, value, updated_at) VALUES ('require_device_attestation', 'true', '2026-01-01T00:00:00Z')",
-            )
-            .execute(&mut c)
-            .await
-            .unwrap();
-        });
+    support::sqlite_exec(
+        &server.data_path().join("keyward.db"),
+        "INSERT INTO settings (key, value, updated_at) VALUES ('require_device_attestation', 'true', '2026-01-01T00:00:00Z')",
+    );
     let data = std::mem::replace(&mut server.data_dir, tempfile::tempdir().unwrap());
     drop(server);
     let server = TestServer::start_with(ServerOptions {

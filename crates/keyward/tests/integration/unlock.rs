@@ -21,15 +21,7 @@ use self_service::{call_as_user, sign_in_user};
 use serde_json::{json, Value};
 use support::{ServerOptions, TestServer};
 
-fn keyward(server: &TestServer, sub: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(support::BIN)
-        .arg(sub)
-        .args(["--server", &server.url, "--token", &server.token])
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
-}
+use support::cli as keyward;
 
 fn report(o: &std::process::Output) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
@@ -377,21 +369,10 @@ fn an_expired_unlock_request_is_refused() {
     );
     let (s, v) = server.call("POST", "/devices/31000811/unlock-requests", None);
     assert_eq!(s, 201, "{v}");
-    let db = server.data_path().join("keyward.db");
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            use sqlx::Connection;
-            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-                .await
-                .unwrap();
-            sqlx::raw_sql("UPDATE unlock_requests SET expires_at = created_at")
-                .execute(&mut c)
-                .await
-                .unwrap();
-        });
+    support::sqlite_exec(
+        &server.data_path().join("keyward.db"),
+        "UPDATE unlock_requests SET expires_at = created_at",
+    );
     let (s, v) = call_as_user(&server, &alice, "POST", "/me/devices/31000811/unlock", None);
     assert_eq!(
         (s, v["error"]["code"].as_str()),

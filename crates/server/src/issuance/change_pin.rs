@@ -37,14 +37,7 @@ pub(super) async fn start(
     Allowed(caller, _): Allowed<perm::SelfService>,
     Path(serial): Path<String>,
 ) -> ApiResult<(StatusCode, Json<RelayBatch>)> {
-    let not_yours = || {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "device_not_yours",
-            "the device is not an issued device of yours",
-        )
-        .field("serial")
-    };
+    let not_yours = super::session::not_yours;
     let user_id = caller.user_id.ok_or_else(not_yours)?;
     let serial = Serial::parse("serial", &serial).map_err(invalid)?;
     let device = found(state.store.get_device_by_serial(serial).await)

@@ -34,12 +34,7 @@ pub(super) async fn recycle(
     Path(serial): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<RelayBatch>)> {
-    let req: RecycleRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        RecycleRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request("body_invalid", e.to_string()))?
-    };
+    let req: RecycleRequest = crate::json::optional_body(&body)?;
     let serial = Serial::parse("serial", &serial).map_err(invalid)?;
     let read_device = || async {
         found(state.store.get_device_by_serial(serial).await)

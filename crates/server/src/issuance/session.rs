@@ -98,6 +98,17 @@ pub(super) fn passkey_credential(
     }
 }
 
+/// A self-service caller's refusal for a device that is not an issued
+/// device of theirs (one that does not exist included: nothing to probe).
+pub(super) fn not_yours() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::FORBIDDEN,
+        "device_not_yours",
+        "the device is not an issued device of yours",
+    )
+    .field("serial")
+}
+
 /// The audit actions' prefix of a session's kind.
 pub(super) fn audit_prefix(action: SessionAction) -> &'static str {
     match action {

@@ -116,12 +116,7 @@ pub(super) async fn start(
     Path(serial): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<RelayBatch>)> {
-    let req: RecycleRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        RecycleRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request("body_invalid", e.to_string()))?
-    };
+    let req: RecycleRequest = crate::json::optional_body(&body)?;
     let (device, last) = issued_device(&state, &serial, || {
         ApiError::not_found("device").field("serial")
     })
@@ -214,14 +209,7 @@ pub(super) async fn start_own(
     Allowed(caller, _): Allowed<perm::SelfService>,
     Path(serial): Path<String>,
 ) -> ApiResult<(StatusCode, Json<RelayBatch>)> {
-    let not_yours = || {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "device_not_yours",
-            "the device is not an issued device of yours",
-        )
-        .field("serial")
-    };
+    let not_yours = super::session::not_yours;
     let user_id = caller.user_id.ok_or_else(not_yours)?;
     let (device, last) = issued_device(&state, &serial, not_yours).await?;
     if device.assigned_user != Some(user_id) {

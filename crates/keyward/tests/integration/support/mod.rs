@@ -458,3 +458,29 @@ pub fn shared_postgres_nodes(prefix: &str) -> Option<impl Fn() -> ServerOptions>
         ..Default::default()
     })
 }
+
+/// Runs `sql` on a server's SQLite store file behind its back (what a test
+/// cannot do through the API: move a clock, tamper with a record).
+pub fn sqlite_exec(db: &Path, sql: &str) {
+    let url = format!("sqlite://{}", db.display());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+        });
+}
+
+/// `keyward SUB --server URL --token TOKEN ARGS…` with no standard input.
+pub fn cli(server: &TestServer, sub: &str, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg(sub)
+        .args(["--server", &server.url, "--token", &server.token])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
