@@ -329,6 +329,27 @@ fn request_then_person_unlocks(server: TestServer) {
             "{secret}"
         );
     }
+    // Another person learns nothing of the device, its state included:
+    // declared forgotten (still alice's), it is "not yours" to bob and
+    // "not issued" to alice.
+    let out = server.admin(&["device", "incident", SERIAL, "--reason", "forgotten"]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let bob_user = json!({ "login": "bob", "display_name": "Bob Baker" });
+    assert_eq!(server.call("POST", "/users", Some(bob_user)).0, 201);
+    let bob = sign_in_user(&server, "bob");
+    let path = format!("/me/devices/{SERIAL}/unlock");
+    let (s, v) = call_as_user(&server, &bob, "POST", &path, None);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("device_not_yours")),
+        "{v}"
+    );
+    let (s, v) = unlock_mine();
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("device_not_issued")),
+        "{v}"
+    );
 }
 
 #[test]

@@ -35,16 +35,22 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 
 const ACTION: SessionAction = SessionAction::Unlock;
 
-/// The issued device `serial` and its latest session, or why not.
+/// The issued device `serial` and its latest session, or why not. With
+/// `owner`, a device of another user is `not_found` before anything about
+/// it is told (its state included).
 async fn issued_device(
     state: &AppState,
     serial: &str,
+    owner: Option<uuid::Uuid>,
     not_found: impl Fn() -> ApiError,
 ) -> ApiResult<(Device, IssuanceSession)> {
     let serial = Serial::parse("serial", serial).map_err(invalid)?;
     let device = found(state.store.get_device_by_serial(serial).await)
         .map_err(|e| store_error("reading the device", e))?
         .ok_or_else(&not_found)?;
+    if owner.is_some_and(|u| device.assigned_user != Some(u)) {
+        return Err(not_found());
+    }
     if device.state != DeviceState::Issued {
         return Err(ApiError::conflict(
             "device_not_issued",
@@ -117,7 +123,7 @@ pub(super) async fn start(
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<RelayBatch>)> {
     let req: RecycleRequest = crate::json::optional_body(&body)?;
-    let (device, last) = issued_device(&state, &serial, || {
+    let (device, last) = issued_device(&state, &serial, None, || {
         ApiError::not_found("device").field("serial")
     })
     .await?;
@@ -154,7 +160,7 @@ pub(super) async fn create_request(
     Allowed(caller, _): Allowed<perm::DevicesUnlock>,
     Path(serial): Path<String>,
 ) -> ApiResult<(StatusCode, Json<UnlockRequestView>)> {
-    let (device, last) = issued_device(&state, &serial, || {
+    let (device, last) = issued_device(&state, &serial, None, || {
         ApiError::not_found("device").field("serial")
     })
     .await?;
@@ -211,10 +217,7 @@ pub(super) async fn start_own(
 ) -> ApiResult<(StatusCode, Json<RelayBatch>)> {
     let not_yours = super::session::not_yours;
     let user_id = caller.user_id.ok_or_else(not_yours)?;
-    let (device, last) = issued_device(&state, &serial, not_yours).await?;
-    if device.assigned_user != Some(user_id) {
-        return Err(not_yours());
-    }
+    let (device, last) = issued_device(&state, &serial, Some(user_id), not_yours).await?;
     let now = time::OffsetDateTime::now_utc();
     let request = state
         .store
@@ -283,7 +286,7 @@ pub(super) async fn offline(
     Path(serial): Path<String>,
     crate::json::ApiJson(req): crate::json::ApiJson<OfflineUnlockRequest>,
 ) -> ApiResult<Json<OfflineUnlockAnswer>> {
-    let (device, last) = issued_device(&state, &serial, || {
+    let (device, last) = issued_device(&state, &serial, None, || {
         ApiError::not_found("device").field("serial")
     })
     .await?;
