@@ -131,13 +131,14 @@ pub enum Step {
     RestoreManagementKey,
     ResetFido,
     ReadPukTries,
+    ReadFidoPinTries,
     UnblockPin,
     /// The relay itself (more responses than commands).
     Relay,
 }
 
 /// The steps without a slot, with their text.
-const NAMED: [(Step, &str); 34] = [
+const NAMED: [(Step, &str); 35] = [
     (Step::IdentifyDevice, "identify device"),
     (Step::SelectPiv, "select PIV"),
     (
@@ -180,6 +181,7 @@ const NAMED: [(Step, &str); 34] = [
     (Step::RestoreManagementKey, "restore management key"),
     (Step::ResetFido, "reset FIDO"),
     (Step::ReadPukTries, "read PUK tries"),
+    (Step::ReadFidoPinTries, "read FIDO PIN tries"),
     (Step::UnblockPin, "unblock PIN"),
 ];
 

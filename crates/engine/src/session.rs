@@ -60,7 +60,7 @@ use crate::plan::{
 };
 use crate::prompt::{Prompt, PromptKind};
 use crate::recycle::{self, RecyclePlan, Recycling};
-use crate::unlock::{self, Unlock, UnlockPlan};
+use crate::unlock::{self, FidoOutcome, Unlock, UnlockPlan};
 use crate::ManagementKey;
 
 /// The person's answers to a prompt batch, by prompt kind.
@@ -179,7 +179,26 @@ pub struct Ending {
     pub initial_pin: Option<Secret>,
     /// A failed PIN change: the tries the device has left.
     pub tries_left: Option<u8>,
+    /// The device's FIDO application was reset: the passkeys on record for
+    /// it (before this session's) no longer exist on it and are deleted at
+    /// their service.
+    pub passkeys_erased: bool,
+    /// The device's "passkey to register again" flag, when the session
+    /// decided it (set: the reset erased a passkey that was not replaced;
+    /// cleared: a new one was registered).
+    pub passkey_reregistration: Option<bool>,
     pub at: OffsetDateTime,
+}
+
+/// What a session that succeeded wants the person to know besides its
+/// status (shown with the session, kept in its sealed end state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    /// `fido_pin_needs_reinsert`, `fido_pin_still_blocked`,
+    /// `passkey_registered_again`, `passkey_not_registered`,
+    /// `fido_reset`.
+    pub code: String,
+    pub message: String,
 }
 
 /// How the device record moves when a session ends.
@@ -247,6 +266,9 @@ pub struct DeviceSession {
     /// the PUK and the management key, for Recycle.
     #[serde(default)]
     kept: Option<Kept>,
+    /// What the ended session wants the person to know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    notice: Option<Notice>,
 }
 
 fn format_before_numbering() -> u32 {
@@ -360,6 +382,22 @@ struct Passkey {
     /// initial PIN, which the person replaces after the registration.
     #[serde(default)]
     change_pin_after: Option<Secret>,
+    /// The session the registration belongs to.
+    #[serde(default)]
+    after: AfterFido,
+}
+
+/// Which session a FIDO registration is part of: where it ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum AfterFido {
+    /// Issue: the registration is the last step; the device is issued.
+    #[default]
+    Issue,
+    /// Unlock: the FIDO application was reset (blocked FIDO PIN); the
+    /// passkey it erased is registered again, and the session ends
+    /// `unlocked` whether or not that works (the PIV PIN is unlocked).
+    Unlock,
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -391,6 +429,9 @@ enum Next {
     Issued(Vec<(u8, Vec<u8>)>, Option<PasskeyRecord>),
     /// The attempt failed (a passkey registered in it is deleted again).
     Failed(Failure, Option<PasskeyRecord>),
+    /// An unlock's FIDO reset is followed by a registration: it registered
+    /// this passkey, or failed (the passkey stays to be registered again).
+    Unlocked(Result<PasskeyRecord, Failure>),
 }
 
 fn send(state: State, batch: Batch) -> Next {
@@ -493,6 +534,7 @@ impl DeviceSession {
             attempt: Some(attempt),
             change_pin_at_end,
             kept: None,
+            notice: None,
         };
         (session, batch)
     }
@@ -557,6 +599,7 @@ impl DeviceSession {
         device_type: DeviceType,
         firmware: Option<FirmwareVersion>,
         new_puk: Secret,
+        fido: unlock::FidoPin,
     ) -> Result<(DeviceSession, Batch), UnlockRefused> {
         let kept = match (&last.kept, last.puk_custody()) {
             (_, PukCustody::Blocked) => {
@@ -585,6 +628,7 @@ impl DeviceSession {
             firmware: firmware.map(|f| (f.major as u8, f.minor as u8, f.patch as u8)),
             puk: kept.puk.clone(),
             new_puk,
+            fido,
         };
         let (state, batch) = Unlock::start(plan);
         Ok(last.follow_up(State::Unlock(state), batch, Some(kept)))
@@ -602,6 +646,7 @@ impl DeviceSession {
             attempt: None,
             change_pin_at_end: false,
             kept,
+            notice: None,
         };
         (session, batch)
     }
@@ -611,6 +656,19 @@ impl DeviceSession {
     /// The batch out now.
     pub fn batch(&self) -> &Batch {
         &self.batch
+    }
+
+    /// What the ended session wants the person to know.
+    pub fn notice(&self) -> Option<&Notice> {
+        self.notice.as_ref()
+    }
+
+    /// The session reset the device's FIDO application (an unlock of a
+    /// blocked FIDO PIN) and has not ended: the passkeys on record are gone
+    /// from the device, whatever happens next (Cancel deletes them at their
+    /// service too).
+    pub fn erased_passkeys(&self) -> bool {
+        matches!(&self.state, State::Fido(f) if f.passkey.after == AfterFido::Unlock)
     }
 
     /// A passkey the FIDO step registered and has not yet put on record
@@ -851,6 +909,7 @@ impl DeviceSession {
                 },
             ) => {
                 let at = self.batch.step();
+                let device_type = s.plan().device_type;
                 return Ok(
                     match s.on_result(responses, answers, transport_error.is_some()) {
                         unlock::Next::Batch(s, batch) => self.send(State::Unlock(s), batch),
@@ -860,14 +919,8 @@ impl DeviceSession {
                                 k.puk = end.puk;
                                 k.puk_blocked |= end.puk_blocked;
                             }
-                            match end.result {
-                                Ok(()) => Effect::End(self.end(
-                                    SessionStatus::Unlocked,
-                                    None,
-                                    DeviceMove::Stays,
-                                    cx,
-                                )),
-                                Err(f) => {
+                            match (end.result, end.fido) {
+                                (Err(f), _) => {
                                     let f = with_transport_cause(f, transport_error);
                                     let mut ending = self.end(
                                         SessionStatus::UnlockFailed,
@@ -877,6 +930,23 @@ impl DeviceSession {
                                     );
                                     ending.step = at;
                                     Effect::End(ending)
+                                }
+                                // The FIDO application was reset: its passkey
+                                // is registered again in this session.
+                                (Ok(()), FidoOutcome::Reset) => {
+                                    match self.fido_session_after_reset(device_type, cx) {
+                                        Some((fido, probe)) => self.send(State::Fido(fido), probe),
+                                        None => self.unlocked(None, cx),
+                                    }
+                                }
+                                (Ok(()), fido) => {
+                                    self.notice = unlock_notice(&fido);
+                                    Effect::End(self.end(
+                                        SessionStatus::Unlocked,
+                                        None,
+                                        DeviceMove::Stays,
+                                        cx,
+                                    ))
                                 }
                             }
                         }
@@ -900,6 +970,11 @@ impl DeviceSession {
             Next::Issued(certificates, passkey) => self.issued(certificates, passkey, cx),
             Next::Failed(f, passkey) => {
                 self.issue_failed(with_transport_cause(f, transport_error), passkey, cx)
+            }
+            Next::Unlocked(Ok(record)) => self.unlocked(Some(Ok(record)), cx),
+            Next::Unlocked(Err(f)) => {
+                let f = with_transport_cause(f, transport_error);
+                self.unlocked(Some(Err(f)), cx)
             }
         })
     }
@@ -1022,10 +1097,55 @@ impl DeviceSession {
         let passkey = Passkey {
             service_id: app.passkey_service_id,
             entra_user: cx.user.upn.clone().unwrap_or_else(|| cx.user.login.clone()),
-            display_name: passkey_name(&app.display_name_template, cx.user, plan),
+            display_name: passkey_name(
+                &app.display_name_template,
+                cx.user,
+                plan.device_type,
+                plan.serial,
+            ),
             certificates: Vec::new(),
             attested: false,
             change_pin_after,
+            after: AfterFido::Issue,
+        };
+        Some((
+            Box::new(FidoSession {
+                stage: Stage::Info(stage),
+                passkey,
+            }),
+            probe,
+        ))
+    }
+
+    /// An unlock reset the FIDO application (its PIN was blocked): the
+    /// policy's passkey is registered again, with a new FIDO PIN of the
+    /// person's (a reset device has none). `None`: the policy has no FIDO
+    /// application.
+    fn fido_session_after_reset(
+        &self,
+        device_type: DeviceType,
+        cx: &mut Context<'_>,
+    ) -> Option<(Box<FidoSession>, Batch)> {
+        let app = cx.policy.fido_application.as_ref()?;
+        let (stage, probe) = FidoRegistration::start(FidoPlan {
+            pin: PinSource::Unshared,
+            cred_protect: app.cred_protect,
+            pin_rules: Some(cx.policy.pin_application.clone()),
+            touch_sensor: device_type == DeviceType::YubiKey5,
+        });
+        let passkey = Passkey {
+            service_id: app.passkey_service_id,
+            entra_user: cx.user.upn.clone().unwrap_or_else(|| cx.user.login.clone()),
+            display_name: passkey_name(
+                &app.display_name_template,
+                cx.user,
+                device_type,
+                self.serial,
+            ),
+            certificates: Vec::new(),
+            attested: false,
+            change_pin_after: None,
+            after: AfterFido::Unlock,
         };
         Some((
             Box::new(FidoSession {
@@ -1039,6 +1159,23 @@ impl DeviceSession {
     /// One input of the FIDO step; an input the stage does not take gives
     /// the step back untouched.
     fn fido_step(
+        &mut self,
+        fido: Box<FidoSession>,
+        input: Input<'_>,
+        cx: &mut Context<'_>,
+    ) -> Result<Next, Box<FidoSession>> {
+        let after = fido.passkey.after;
+        let next = self.fido_stage(fido, input, cx)?;
+        // The end of an unlock's registration is the unlock's end.
+        Ok(match (after, next) {
+            (AfterFido::Unlock, Next::Issued(_, Some(record))) => Next::Unlocked(Ok(record)),
+            (AfterFido::Unlock, Next::Failed(f, _)) => Next::Unlocked(Err(f)),
+            (_, next) => next,
+        })
+    }
+
+    /// One input of the FIDO stages.
+    fn fido_stage(
         &mut self,
         fido: Box<FidoSession>,
         input: Input<'_>,
@@ -1193,6 +1330,52 @@ impl DeviceSession {
         Effect::Send(batch)
     }
 
+    /// An unlock that reset the FIDO application ends: `registration` is
+    /// the passkey registered again (None: the policy has none to register).
+    /// The PIV PIN is unlocked either way; a failed registration leaves the
+    /// device flagged for its passkey's registration at the next update.
+    fn unlocked(
+        &mut self,
+        registration: Option<Result<PasskeyRecord, Failure>>,
+        cx: &Context<'_>,
+    ) -> Effect {
+        let (notice, passkey, flag) = match registration {
+            None => (
+                Notice {
+                    code: "fido_reset".into(),
+                    message: "The FIDO application was reset: its PIN is cleared and every credential on it erased".into(),
+                },
+                None,
+                None,
+            ),
+            Some(Ok(record)) => (
+                Notice {
+                    code: "passkey_registered_again".into(),
+                    message: "The FIDO application was reset and the passkey registered again with the new FIDO PIN".into(),
+                },
+                Some(record),
+                Some(false),
+            ),
+            Some(Err(f)) => (
+                Notice {
+                    code: "passkey_not_registered".into(),
+                    message: format!(
+                        "The FIDO application was reset, but the passkey could not be registered again ({}: {}): the device's next update registers it",
+                        f.code, f.message
+                    ),
+                },
+                None,
+                Some(true),
+            ),
+        };
+        self.notice = Some(notice);
+        let mut ending = self.end(SessionStatus::Unlocked, None, DeviceMove::Stays, cx);
+        ending.passkey = passkey;
+        ending.passkeys_erased = true;
+        ending.passkey_reregistration = flag;
+        Effect::End(ending)
+    }
+
     /// Issued: the credentials go on record; only what Recycle needs stays.
     fn issued(
         &mut self,
@@ -1278,6 +1461,8 @@ impl DeviceSession {
             revoked: false,
             initial_pin: None,
             tries_left: None,
+            passkeys_erased: false,
+            passkey_reregistration: None,
             at: cx.now,
         }
     }
@@ -1333,6 +1518,23 @@ fn certify(keys: AwaitCertificates) -> Next {
     }
 }
 
+/// What an unlock tells about a FIDO PIN it did not reset.
+fn unlock_notice(fido: &FidoOutcome) -> Option<Notice> {
+    match fido {
+        FidoOutcome::Untouched | FidoOutcome::Reset => None,
+        FidoOutcome::NeedsReinsert => Some(Notice {
+            code: "fido_pin_needs_reinsert".into(),
+            message: "The FIDO PIN is temporarily blocked after wrong tries (PIN_AUTH_BLOCKED): remove the device and insert it again; no reset is needed".into(),
+        }),
+        FidoOutcome::StillBlocked(why) => Some(Notice {
+            code: "fido_pin_still_blocked".into(),
+            message: format!(
+                "The device's PIN is unlocked, but its FIDO PIN stays blocked (PIN_BLOCKED: only a FIDO reset clears it): {why}. Unlock again to reset it"
+            ),
+        }),
+    }
+}
+
 fn no_answer(kind: PromptKind, step: Step) -> Failure {
     Failure::new(
         FailureCode::AnswerRequired,
@@ -1357,10 +1559,10 @@ pub fn with_transport_cause(mut f: Failure, transport_error: Option<&str>) -> Fa
 }
 
 /// The passkey's display name from the FIDO application's template.
-fn passkey_name(template: &str, user: &User, plan: &PivPlan) -> String {
+fn passkey_name(template: &str, user: &User, device_type: DeviceType, serial: u64) -> String {
     let name = template
-        .replace("{device_type}", plan.device_type.label())
-        .replace("{serial}", &plan.serial.to_string())
+        .replace("{device_type}", device_type.label())
+        .replace("{serial}", &serial.to_string())
         .replace("{display_name}", &user.display_name)
         .replace("{login}", &user.login)
         .replace("{upn}", user.upn.as_deref().unwrap_or(""))

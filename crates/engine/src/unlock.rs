@@ -16,9 +16,34 @@
 //! about its PUK ([`UnlockEnd::puk`]): a wrong PUK swaps an uncertain one
 //! for its alternative, a blocked one is remembered (the next unlock is
 //! refused before the device is touched: recycle and re-issue).
+//!
+//! A FIDO application with its own PIN ([`FidoPin::Own`]: a YubiKey, a
+//! C4000 in unshared mode) has its own counter, which PIV's unblock does not
+//! touch; batch 1 reads it too (clientPIN getPinRetries: nothing secret,
+//! nothing changed). CTAP tells two blocks apart:
+//!
+//! * `PIN_AUTH_BLOCKED` (powerCycleState true, tries left): three wrong PINs
+//!   in a row; removing and re-inserting the device clears it. Said in the
+//!   end's [`FidoOutcome::NeedsReinsert`]; nothing is reset.
+//! * `PIN_BLOCKED` (no tries left): only authenticatorReset clears it, which
+//!   the device takes only within 10 s of power-up, with a touch, and which
+//!   erases the credentials of every relying party on it. After the PIV
+//!   reset the person is told all of that and asked (`reinsert_device`,
+//!   `confirm_touch`); confirmed, batch 3 resets FIDO:
+//!
+//! ```text
+//! prompts: reinsert_device, confirm_touch (the warning)
+//! batch 3: authenticatorReset (touch)   → FidoOutcome::Reset
+//! ```
+//!
+//! The server then deletes the device's passkeys at their service and the
+//! session registers a new one when the policy has a FIDO application
+//! ([`crate::session`]). A C4000 sharing its PIN with PIV has one counter:
+//! the PIV unblock clears both ([`FidoPin::Shared`], nothing more to do).
 
 use std::collections::BTreeMap;
 
+use keyward_card::ctap::{self, command, ClientPinResponse};
 use keyward_card::piv::{self, key_ref};
 use keyward_domain::DeviceType;
 use serde::{Deserialize, Serialize};
@@ -27,7 +52,7 @@ use crate::batch::{check, Batch, Failure, Response};
 use crate::failure::{FailureCode, Step};
 use crate::knowledge::Known;
 use crate::piv::Secret;
-use crate::prompt::{Prompt, PromptKind};
+use crate::prompt::{touch_confirmed, Prompt, PromptKind};
 use crate::recycle::{identify_c4000, identify_yubikey};
 
 const OK: &[u16] = &[0x9000];
@@ -44,6 +69,48 @@ pub struct UnlockPlan {
     pub puk: Known<Secret>,
     /// The PUK that replaces it.
     pub new_puk: Secret,
+    /// The FIDO application's PIN, as the policy has it.
+    #[serde(default)]
+    pub fido: FidoPin,
+}
+
+/// The FIDO application's PIN, as far as an unlock is concerned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FidoPin {
+    /// The policy has no FIDO application: FIDO is not looked at.
+    #[default]
+    Absent,
+    /// A C4000 sharing the PIV PIN: one counter, the PIV unblock clears it.
+    Shared,
+    /// The FIDO application's own PIN and counter: read in batch 1.
+    Own,
+}
+
+/// What batch 1 read of an own FIDO PIN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FidoPinState {
+    /// Tries left and no power cycle needed (or FIDO not looked at).
+    Usable,
+    /// CTAP2_ERR_PIN_AUTH_BLOCKED: remove and re-insert the device.
+    AuthBlocked,
+    /// CTAP2_ERR_PIN_BLOCKED: only a FIDO reset clears it.
+    Blocked,
+}
+
+/// What the unlock did about the FIDO PIN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FidoOutcome {
+    /// Nothing to do: no own FIDO PIN, or it is usable.
+    Untouched,
+    /// PIN_AUTH_BLOCKED: the person removes and re-inserts the device.
+    NeedsReinsert,
+    /// PIN_BLOCKED, and the FIDO application was not reset (why).
+    StillBlocked(String),
+    /// PIN_BLOCKED: the FIDO application was reset; every credential on it
+    /// (passkeys of every relying party) is gone, and it has no PIN.
+    Reset,
 }
 
 impl UnlockPlan {
@@ -63,6 +130,11 @@ pub enum Unlock {
     Check(AwaitCheck),
     /// Batch 2 (the reset and the new PUK) is out.
     Reset(AwaitReset),
+    /// The PIV PIN is unlocked, the FIDO PIN blocked: the FIDO reset's
+    /// warning is out (reinsert, confirm).
+    FidoConfirm(AwaitFidoConfirm),
+    /// authenticatorReset is out.
+    FidoReset(AwaitFidoReset),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -81,6 +153,26 @@ pub struct AwaitCheck {
 pub struct AwaitReset {
     plan: UnlockPlan,
     sent: Batch,
+    #[serde(default = "usable")]
+    fido: FidoPinState,
+}
+
+fn usable() -> FidoPinState {
+    FidoPinState::Usable
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AwaitFidoConfirm {
+    plan: UnlockPlan,
+    /// The PUK as the PIV reset left it.
+    puk: Known<Secret>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AwaitFidoReset {
+    plan: UnlockPlan,
+    puk: Known<Secret>,
+    sent: Batch,
 }
 
 /// How an unlock ended: its outcome and what the device's PUK is now.
@@ -89,6 +181,8 @@ pub struct UnlockEnd {
     pub puk: Known<Secret>,
     /// The device refused the PUK for good (6983): only a recycle helps.
     pub puk_blocked: bool,
+    /// What happened to a FIDO PIN of its own.
+    pub fido: FidoOutcome,
 }
 
 /// Where a result leads.
@@ -135,7 +229,9 @@ impl Unlock {
                     }),
                 }
             }
-            Unlock::Reset(s) => Next::End(s.on_responses(responses, transport_error)),
+            Unlock::Reset(s) => s.on_responses(responses, transport_error),
+            Unlock::FidoConfirm(s) => s.on_answers(answers),
+            Unlock::FidoReset(s) => Next::End(s.on_responses(responses)),
         }
     }
 
@@ -145,6 +241,8 @@ impl Unlock {
             Unlock::NewPin(s) => &s.plan,
             Unlock::Check(s) => &s.plan,
             Unlock::Reset(s) => &s.plan,
+            Unlock::FidoConfirm(s) => &s.plan,
+            Unlock::FidoReset(s) => &s.plan,
         }
     }
 }
@@ -155,6 +253,7 @@ impl UnlockEnd {
             result: Err(f),
             puk: plan.puk.clone(),
             puk_blocked: false,
+            fido: FidoOutcome::Untouched,
         }
     }
 }
@@ -200,6 +299,14 @@ impl AwaitNewPin {
                 false,
             );
         }
+        if plan.fido == FidoPin::Own {
+            // Protocol 1: every CTAP 2 authenticator has it.
+            let req = ctap::platform::get_pin_retries_request(ctap::PinProtocol::V1);
+            b.push_ctap(
+                Step::ReadFidoPinTries,
+                ctap::encode_request(command::CLIENT_PIN, Some(&req.to_value())),
+            );
+        }
         let sent = b.clone();
         Ok((
             AwaitCheck {
@@ -224,9 +331,18 @@ impl AwaitCheck {
             DeviceType::Piv => Ok(()),
         }
         .map_err(|f| (f, false))?;
+        // The answers of the reading commands, by their step.
+        let answer = |step: Step| {
+            self.sent
+                .commands
+                .iter()
+                .zip(r)
+                .find(|(c, _)| c.step == step)
+                .map(|(_, r)| r.data.as_slice())
+        };
         if plan.reads_puk_tries() {
-            let tries = piv::YkMetadata::parse(&r[r.len() - 1].data)
-                .ok()
+            let tries = answer(Step::ReadPukTries)
+                .and_then(|d| piv::YkMetadata::parse(d).ok())
                 .and_then(|m| m.retries)
                 .map(|(_, left)| left);
             match tries {
@@ -249,6 +365,9 @@ impl AwaitCheck {
             // The tries cannot be read: any try may be the last.
             return Err((uncertain(Step::ReadPukTries), false));
         }
+        let fido = answer(Step::ReadFidoPinTries)
+            .map(fido_pin_state)
+            .unwrap_or(FidoPinState::Usable);
         let reset = piv::reset_retry_counter(
             plan.puk.value.expose().as_bytes(),
             self.new_pin.expose().as_bytes(),
@@ -283,7 +402,23 @@ impl AwaitCheck {
         b.push(Step::UnblockPin, reset.to_bytes(), OK, true);
         b.push(Step::ChangePuk, change_puk.to_bytes(), OK, true);
         let sent = b.clone();
-        Ok((AwaitReset { plan, sent }, b))
+        Ok((AwaitReset { plan, sent, fido }, b))
+    }
+}
+
+/// What getPinRetries says of a FIDO PIN (an answer that is not one, or a
+/// CTAP error, leaves FIDO alone: the PIV unlock is what was asked).
+fn fido_pin_state(data: &[u8]) -> FidoPinState {
+    let Some(0) = data.first() else {
+        return FidoPinState::Usable;
+    };
+    let Ok(Some(v)) = ctap::split_response(data) else {
+        return FidoPinState::Usable;
+    };
+    match ClientPinResponse::from_value(&v) {
+        Ok(r) if r.pin_retries == Some(0) => FidoPinState::Blocked,
+        Ok(r) if r.power_cycle_state == Some(true) => FidoPinState::AuthBlocked,
+        _ => FidoPinState::Usable,
     }
 }
 
@@ -296,7 +431,7 @@ fn uncertain(step: Step) -> Failure {
 }
 
 impl AwaitReset {
-    fn on_responses(self, responses: &[Response], transport_error: bool) -> UnlockEnd {
+    fn on_responses(self, responses: &[Response], transport_error: bool) -> Next {
         let plan = self.plan;
         let mut puk = plan.puk.clone();
         let sw = |i: usize| responses.get(i).map(|r| r.sw);
@@ -307,7 +442,7 @@ impl AwaitReset {
                 puk = Known::sure(plan.puk.value.clone());
             }
             Some(0x6983) => {
-                return UnlockEnd {
+                return Next::End(UnlockEnd {
                     result: Err(Failure {
                         code: FailureCode::PukBlocked,
                         step: Step::UnblockPin,
@@ -317,13 +452,14 @@ impl AwaitReset {
                     }),
                     puk,
                     puk_blocked: true,
-                };
+                    fido: FidoOutcome::Untouched,
+                });
             }
             Some(s) if s & 0xFFF0 == 0x63C0 => {
                 // Wrong: the alternative (if any) is the likelier now.
                 puk.swap();
                 let left = s & 0x000F;
-                return UnlockEnd {
+                return Next::End(UnlockEnd {
                     result: Err(Failure {
                         code: FailureCode::WrongPuk,
                         step: Step::UnblockPin,
@@ -332,7 +468,8 @@ impl AwaitReset {
                     }),
                     puk,
                     puk_blocked: left == 0,
-                };
+                    fido: FidoOutcome::Untouched,
+                });
             }
             _ => {}
         }
@@ -346,10 +483,91 @@ impl AwaitReset {
             _ => {}
         }
         let result = check(&self.sent, responses).map(|_| ());
-        UnlockEnd {
+        let fido = match (&result, self.fido) {
+            (Err(_), _) | (Ok(()), FidoPinState::Usable) => FidoOutcome::Untouched,
+            (Ok(()), FidoPinState::AuthBlocked) => FidoOutcome::NeedsReinsert,
+            // The PIV PIN is unlocked; the FIDO reset is the person's choice.
+            (Ok(()), FidoPinState::Blocked) => {
+                let b = Batch::prompts(vec![
+                    Prompt::new(
+                        PromptKind::ReinsertDevice,
+                        Step::ResetFido,
+                        "The device's PIN is unlocked, but its FIDO PIN is blocked and only a FIDO reset clears it. Remove the device and insert it again",
+                    ),
+                    Prompt::new(
+                        PromptKind::ConfirmTouch,
+                        Step::ResetFido,
+                        FIDO_RESET_WARNING,
+                    ),
+                ]);
+                return Next::Batch(Unlock::FidoConfirm(AwaitFidoConfirm { plan, puk }), b);
+            }
+        };
+        Next::End(UnlockEnd {
             result,
             puk,
             puk_blocked: false,
+            fido,
+        })
+    }
+}
+
+/// What the person is told before a FIDO reset (the device takes it only
+/// within 10 s of insertion, with a touch, and it erases everything).
+pub const FIDO_RESET_WARNING: &str = "Reset the FIDO application? The reset must come within 10 seconds of inserting the device and needs a touch on the device. It erases every passkey and security-key credential on the device, for every website and service, not only this organisation's; the organisation's passkey is registered again afterwards. Confirm, then touch the device when it blinks";
+
+impl AwaitFidoConfirm {
+    fn on_answers(self, answers: &BTreeMap<String, String>) -> Next {
+        let touch = answers
+            .get(PromptKind::ConfirmTouch.as_str())
+            .map(String::as_str)
+            .unwrap_or("");
+        if touch_confirmed(touch, Step::ResetFido).is_err() {
+            return Next::End(UnlockEnd {
+                result: Ok(()),
+                puk: self.puk,
+                puk_blocked: false,
+                fido: FidoOutcome::StillBlocked("the person declined the FIDO reset".into()),
+            });
+        }
+        let mut b = Batch::default();
+        b.push_ctap(Step::ResetFido, vec![command::RESET]);
+        b.prompts.push(Prompt::new(
+            PromptKind::TouchDevice,
+            Step::ResetFido,
+            "Touch the device now",
+        ));
+        let sent = b.clone();
+        Next::Batch(
+            Unlock::FidoReset(AwaitFidoReset {
+                plan: self.plan,
+                puk: self.puk,
+                sent,
+            }),
+            b,
+        )
+    }
+}
+
+impl AwaitFidoReset {
+    /// The PIV unlock stands whatever the reset answered.
+    fn on_responses(self, responses: &[Response]) -> UnlockEnd {
+        let fido = match check(&self.sent, responses).map(|r| r[0].data.first().copied()) {
+            Ok(Some(0x00)) => FidoOutcome::Reset,
+            Ok(Some(0x27)) => {
+                FidoOutcome::StillBlocked("the reset was declined at the device".into())
+            }
+            Ok(Some(s)) => FidoOutcome::StillBlocked(format!(
+                "the device refused the reset (CTAP status {s:02X}): it must come within 10 seconds of inserting the device, with a touch"
+            )),
+            Ok(None) => FidoOutcome::StillBlocked("the device gave no CTAP status".into()),
+            Err(f) => FidoOutcome::StillBlocked(f.message),
+        };
+        UnlockEnd {
+            result: Ok(()),
+            puk: self.puk,
+            puk_blocked: false,
+            fido,
         }
     }
 }
@@ -357,12 +575,21 @@ impl AwaitReset {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyward_card::ctap::platform::{get_key_agreement_request, PinSession};
+    use keyward_card::ctap::{permission, ClientPinRequest, PinProtocol};
+    use keyward_vcard::fido::AlwaysPresent;
     use keyward_vcard::{Firmware, ProfileKind, VcardConfig, VirtualCard};
 
     fn run(card: &mut VirtualCard, batch: &Batch) -> Vec<Response> {
         let mut out = Vec::new();
         for c in &batch.commands {
-            let r = Response::from_apdu(&card.transmit(&c.bytes));
+            let r = match c.channel {
+                crate::batch::Channel::Ctap => Response {
+                    data: card.fido_request(&c.bytes, &mut AlwaysPresent),
+                    sw: 0x9000,
+                },
+                crate::batch::Channel::Piv => Response::from_apdu(&card.transmit(&c.bytes)),
+            };
             let stop = !c.expect.contains(&r.sw);
             out.push(r);
             if stop {
@@ -392,6 +619,163 @@ mod tests {
             firmware: Some((5, 7, 1)),
             puk,
             new_puk: Secret::new("87654321"),
+            fido: FidoPin::Absent,
+        }
+    }
+
+    /// clientPIN on the card: the CTAP status and the answer.
+    fn client_pin(
+        card: &mut VirtualCard,
+        req: &ClientPinRequest,
+    ) -> (u8, Option<ClientPinResponse>) {
+        let out = card.fido_request(
+            &ctap::encode_request(command::CLIENT_PIN, Some(&req.to_value())),
+            &mut AlwaysPresent,
+        );
+        let body = (out[0] == 0)
+            .then(|| ctap::split_response(&out).unwrap())
+            .flatten()
+            .map(|v| ClientPinResponse::from_value(&v).unwrap());
+        (out[0], body)
+    }
+
+    fn pin_session(card: &mut VirtualCard) -> PinSession {
+        let (_, r) = client_pin(card, &get_key_agreement_request(PinProtocol::V2));
+        PinSession::new(
+            PinProtocol::V2,
+            &r.unwrap().key_agreement.unwrap(),
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap()
+    }
+
+    fn set_fido_pin(card: &mut VirtualCard, pin: &str) {
+        let s = pin_session(card);
+        let req = s.set_pin_request(pin, &mut rand::rngs::OsRng).unwrap();
+        assert_eq!(client_pin(card, &req).0, 0);
+    }
+
+    /// A wrong FIDO PIN: the CTAP status.
+    fn wrong_fido_pin(card: &mut VirtualCard) -> u8 {
+        let s = pin_session(card);
+        let req = s
+            .get_token_with_permissions_request(
+                "000000",
+                permission::MAKE_CREDENTIAL,
+                Some("example.com"),
+                &mut rand::rngs::OsRng,
+            )
+            .unwrap();
+        client_pin(card, &req).0
+    }
+
+    /// Runs an unlock to its end with these answers.
+    fn unlock_with(
+        card: &mut VirtualCard,
+        plan: UnlockPlan,
+        answers: &[(&str, &str)],
+    ) -> (UnlockEnd, u32) {
+        let (mut s, mut b) = Unlock::start(plan);
+        let answers: BTreeMap<String, String> = answers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut trips = 0;
+        loop {
+            let responses = if b.commands.is_empty() {
+                if answers.contains_key("reinsert_device") {
+                    card.power_on();
+                }
+                vec![]
+            } else {
+                trips += 1;
+                run(card, &b)
+            };
+            match s.on_result(&responses, &answers, false) {
+                Next::Batch(n, nb) => (s, b) = (n, nb),
+                Next::End(e) => return (e, trips),
+            }
+        }
+    }
+
+    /// A YubiKey with its own FIDO PIN: three wrong tries need a power
+    /// cycle (said, nothing reset); eight block it, and only the reset the
+    /// person confirms clears it (declined: the PIV unlock stands).
+    #[test]
+    fn a_blocked_fido_pin_is_told_from_one_that_needs_a_reinsert_and_reset_when_confirmed() {
+        let mut c = card(ProfileKind::Yubikey5, 31_000_502, Firmware(5, 7, 1));
+        set_fido_pin(&mut c, "135792");
+        for _ in 0..2 {
+            assert_eq!(wrong_fido_pin(&mut c), 0x31, "PIN_INVALID");
+        }
+        assert_eq!(wrong_fido_pin(&mut c), 0x34, "PIN_AUTH_BLOCKED");
+        let mut p = plan(
+            DeviceType::YubiKey5,
+            31_000_502,
+            Known::sure(Secret::new("12345678")),
+        );
+        p.fido = FidoPin::Own;
+        let (end, trips) = unlock_with(&mut c, p.clone(), &[("set_new_pin", "24681357")]);
+        assert!(end.result.is_ok(), "{:?}", end.result.err());
+        assert_eq!((end.fido, trips), (FidoOutcome::NeedsReinsert, 2));
+        // Blocked for good: 3 + 3 + 2 wrong tries with power cycles between.
+        for tries in [3, 2] {
+            c.power_on();
+            for _ in 0..tries {
+                wrong_fido_pin(&mut c);
+            }
+        }
+        c.power_on();
+        assert_eq!(wrong_fido_pin(&mut c), 0x32, "PIN_BLOCKED");
+        p.puk = end.puk;
+        let (end, _) = unlock_with(
+            &mut c,
+            p.clone(),
+            &[("set_new_pin", "24681357"), ("confirm_touch", "false")],
+        );
+        assert!(end.result.is_ok(), "the PIV unlock stands");
+        assert!(
+            matches!(&end.fido, FidoOutcome::StillBlocked(why) if why.contains("declined")),
+            "{:?}",
+            end.fido
+        );
+        p.puk = end.puk;
+        let (end, trips) = unlock_with(
+            &mut c,
+            p,
+            &[
+                ("set_new_pin", "24681357"),
+                ("reinsert_device", "done"),
+                ("confirm_touch", "true"),
+            ],
+        );
+        assert!(end.result.is_ok(), "{:?}", end.result.err());
+        assert_eq!((end.fido, trips), (FidoOutcome::Reset, 3));
+        let (_, r) = client_pin(
+            &mut c,
+            &ctap::platform::get_pin_retries_request(PinProtocol::V1),
+        );
+        assert_eq!(r.unwrap().pin_retries, Some(8), "a reset FIDO application");
+    }
+
+    /// A C4000 sharing its PIN: one counter, nothing read of FIDO.
+    #[test]
+    fn a_shared_fido_pin_is_not_looked_at() {
+        let (s, _) = Unlock::start(UnlockPlan {
+            fido: FidoPin::Shared,
+            ..plan(
+                DeviceType::C4000,
+                41_000_501,
+                Known::sure(Secret::new("12345678")),
+            )
+        });
+        let answers = BTreeMap::from([("set_new_pin".to_string(), "24681357".to_string())]);
+        match s.on_result(&[], &answers, false) {
+            Next::Batch(_, check) => assert!(check
+                .commands
+                .iter()
+                .all(|c| c.channel == crate::batch::Channel::Piv)),
+            Next::End(_) => panic!("the check batch comes next"),
         }
     }
 

@@ -797,3 +797,155 @@ fn a_failure_after_the_registration_deletes_the_passkey_again() {
     );
     assert_eq!(end.certificates.len(), 1);
 }
+
+/// Wrong FIDO PINs until the card answers PIN_BLOCKED (3 + 3 + 2 tries,
+/// with the power cycles PIN_AUTH_BLOCKED asks for).
+fn block_fido_pin(card: &mut VirtualCard) {
+    use keyward_card::ctap::platform::{get_key_agreement_request, PinSession};
+    use keyward_card::ctap::{self, command, permission, ClientPinResponse, PinProtocol};
+    let client_pin = |card: &mut VirtualCard, req: &ctap::ClientPinRequest| {
+        card.fido_request(
+            &ctap::encode_request(command::CLIENT_PIN, Some(&req.to_value())),
+            &mut AlwaysPresent,
+        )
+    };
+    let mut status = 0;
+    while status != 0x32 {
+        if status == 0x34 {
+            card.power_on();
+        }
+        let out = client_pin(card, &get_key_agreement_request(PinProtocol::V1));
+        let v = ctap::split_response(&out).unwrap().unwrap();
+        let key = ClientPinResponse::from_value(&v)
+            .unwrap()
+            .key_agreement
+            .unwrap();
+        let session = PinSession::new(PinProtocol::V1, &key, &mut rand::rngs::OsRng).unwrap();
+        let req = session
+            .get_token_with_permissions_request(
+                "000000",
+                permission::MAKE_CREDENTIAL,
+                Some("login.microsoft.com"),
+                &mut rand::rngs::OsRng,
+            )
+            .unwrap();
+        status = client_pin(card, &req)[0];
+        assert!([0x31, 0x32, 0x34].contains(&status), "{status:02X}");
+    }
+}
+
+/// Issue 16: an unlock of a device whose own FIDO PIN is blocked unlocks
+/// PIV, resets FIDO when the person confirms (reinserted, touched), and
+/// registers the policy's passkey again with a new FIDO PIN, in the same
+/// session; the ending says the old passkeys are erased and the new one
+/// is recorded.
+#[test]
+fn an_unlock_resets_a_blocked_fido_pin_and_registers_the_passkey_again() {
+    let mut b = Bench::new(ProfileKind::C4000, Some(false));
+    let (mut s, batch) = b.issue(Some("24681357"), false);
+    let issued = b.run(
+        &mut s,
+        batch,
+        &answers(&[
+            (PromptKind::SetFidoPin, "975318"),
+            (PromptKind::ConfirmTouch, "true"),
+        ]),
+        None,
+    );
+    assert!(issued.passkey.is_some());
+    b.take_effects();
+    block_fido_pin(&mut b.card);
+    b.card.power_on();
+    let (mut u, batch) = DeviceSession::unlock(
+        &s,
+        DeviceType::C4000,
+        None,
+        keyward_engine::piv::Secret::new("86421357"),
+        keyward_engine::unlock::FidoPin::Own,
+    )
+    .unwrap();
+    let end = b.run(
+        &mut u,
+        batch,
+        &answers(&[
+            (PromptKind::SetNewPin, "13572468"),
+            (PromptKind::ReinsertDevice, "done"),
+            (PromptKind::ConfirmTouch, "true"),
+            (PromptKind::SetFidoPin, "864297"),
+        ]),
+        None,
+    );
+    assert_eq!(
+        (end.status, end.device, end.failure.as_ref().map(|f| f.code)),
+        (SessionStatus::Unlocked, DeviceMove::Stays, None)
+    );
+    assert!(end.passkeys_erased);
+    assert_eq!(end.passkey_reregistration, Some(false));
+    assert!(end.passkey.is_some(), "the new passkey is recorded");
+    assert_eq!(
+        u.notice().map(|n| n.code.as_str()),
+        Some("passkey_registered_again")
+    );
+    assert_eq!(
+        b.take_effects(),
+        strings(&[
+            "send set new PIN",
+            "send identify device",
+            "send select PIV",
+            "send reset FIDO",
+            "send reset FIDO",
+            "send FIDO: read the authenticator",
+            "send FIDO: PIN",
+            "fetch creation options",
+            "send FIDO: PIN",
+            "send FIDO: register the passkey",
+            "verify passkey attestation",
+            "register passkey",
+            "end unlocked",
+        ])
+    );
+    assert!(b.pin_verifies("13572468"), "the new PIV PIN");
+}
+
+/// The same, declined: the PIV PIN is unlocked, FIDO is left blocked and
+/// the notice says so; nothing is erased.
+#[test]
+fn an_unlock_whose_fido_reset_is_declined_unlocks_piv_and_says_fido_stays_blocked() {
+    let mut b = Bench::new(ProfileKind::C4000, Some(false));
+    let (mut s, batch) = b.issue(Some("24681357"), false);
+    b.run(
+        &mut s,
+        batch,
+        &answers(&[
+            (PromptKind::SetFidoPin, "975318"),
+            (PromptKind::ConfirmTouch, "true"),
+        ]),
+        None,
+    );
+    block_fido_pin(&mut b.card);
+    let (mut u, batch) = DeviceSession::unlock(
+        &s,
+        DeviceType::C4000,
+        None,
+        keyward_engine::piv::Secret::new("86421357"),
+        keyward_engine::unlock::FidoPin::Own,
+    )
+    .unwrap();
+    let end = b.run(
+        &mut u,
+        batch,
+        &answers(&[
+            (PromptKind::SetNewPin, "13572468"),
+            (PromptKind::ReinsertDevice, "done"),
+            (PromptKind::ConfirmTouch, "false"),
+        ]),
+        None,
+    );
+    assert_eq!(end.status, SessionStatus::Unlocked);
+    assert!(!end.passkeys_erased && end.passkey.is_none());
+    assert_eq!(
+        u.notice().map(|n| n.code.as_str()),
+        Some("fido_pin_still_blocked")
+    );
+    assert!(b.pin_verifies("13572468"));
+}

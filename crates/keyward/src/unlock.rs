@@ -5,6 +5,11 @@
 //! policy's PIN rules by the server). The server replaces the PUK in the
 //! same batch.
 //!
+//! A FIDO application with its own PIN: a PIN that needs the device
+//! reinserted is said (`notice`); a blocked one is reset when the person
+//! confirms (`reinsert_device`, `touch`), and the policy's passkey is
+//! registered again (`fido_pin`).
+//!
 //! Exit codes: 0 unlocked; 1 other errors; 3 refused before the device was
 //! touched (not issued, no PUK held, PUK blocked, busy); 4 the unlock
 //! failed (the report says why: a wrong or blocked PUK, the device left).
@@ -38,9 +43,16 @@ pub struct UnlockArgs {
     /// The PC/SC reader holding the device (default: the one with this serial).
     #[arg(long)]
     pub reader: Option<String>,
-    /// Answers to the prompts (TOML or JSON): `new_pin`.
+    /// Answers to the prompts (TOML or JSON): `new_pin`; a blocked FIDO
+    /// PIN's reset: `touch` (true confirms the reset and the new passkey's
+    /// registration) and `fido_pin` (the new FIDO PIN).
     #[arg(long)]
     pub answers: Option<PathBuf>,
+    /// A virtual device's HID socket (`keyward vcard --hid-socket`), where
+    /// a USB YubiKey's FIDO application answers CTAPHID (repeatable;
+    /// hidraw devices are found without it).
+    #[arg(long = "hid-socket", value_name = "PATH")]
+    pub hid_sockets: Vec<PathBuf>,
     /// One JSON object on stdout instead of progress text (offline: the
     /// challenge first, then the outcome, one object per line).
     #[arg(long)]
@@ -62,7 +74,7 @@ pub fn run(args: UnlockArgs) -> anyhow::Result<ExitCode> {
         server: &args.server,
         serial: &args.serial,
         reader: args.reader.as_deref(),
-        hid_sockets: &[],
+        hid_sockets: &args.hid_sockets,
         json: args.json,
         verb: "unlocking",
     };
@@ -81,6 +93,8 @@ pub fn run(args: UnlockArgs) -> anyhow::Result<ExitCode> {
             "serial": ran.serial,
             "state": session.status,
             "error": session.error,
+            "notice": session.notice,
+            "credentials": crate::relaying::credentials_json(&session),
             "counters": ran.counters.json(total),
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -89,6 +103,9 @@ pub fn run(args: UnlockArgs) -> anyhow::Result<ExitCode> {
             "unlocked: device {} has its new PIN (and a new PUK Keyward keeps)",
             ran.serial
         );
+        if let Some(n) = &session.notice {
+            eprintln!("{}", n.message);
+        }
     } else {
         eprintln!("unlock failed at {}", error_line(session.error.as_ref()));
     }

@@ -131,6 +131,20 @@ pub struct SessionView {
     /// commands, if it runs through one (`keyward issue --retry` follows it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// What an ended session wants the person to know besides its status
+    /// (an unlock: the FIDO PIN needs the device reinserted, stays blocked,
+    /// or was reset and the passkey registered again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<SessionNotice>,
+}
+
+/// A session's notice: a stable code and a sentence for the person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SessionNotice {
+    /// `fido_pin_needs_reinsert`, `fido_pin_still_blocked`, `fido_reset`,
+    /// `passkey_registered_again`, `passkey_not_registered`.
+    pub code: String,
+    pub message: String,
 }
 
 /// Why a session stopped: the information a person can copy.

@@ -9,7 +9,7 @@ pub mod views;
 
 pub use issuance::{
     Assigned, CredentialView, OfflineUnlockAnswer, OfflineUnlockRequest, RecycleRequest,
-    SessionError, SessionView, StartIssuance, UnlockRequestView,
+    SessionError, SessionNotice, SessionView, StartIssuance, UnlockRequestView,
 };
 
 /// `Debug` for a wire type that holds secrets: the named fields are shown,

@@ -84,12 +84,19 @@ document.addEventListener('DOMContentLoaded', () => {
     }
     const serial = opened.serial;
     $('change-pin-step').textContent = `Step: ${s.step || s.status}`;
+    const more = $('change-pin-prompts');
     if (s.status === 'pin_changed' || s.status === 'unlocked') {
+      KeywardPrompts.clear(more);
       finish(s.status === 'unlocked'
         ? `Device ${serial} is unlocked: its new PIN is set.`
         : `The PIN of device ${serial} is changed.`, true);
+      // What the unlock did about a FIDO PIN of its own.
+      const notice = $('change-pin-notice');
+      notice.textContent = s.notice ? s.notice.message : '';
+      notice.hidden = !s.notice;
       return;
     }
+    if (s.status !== 'running') KeywardPrompts.clear(more);
     if (s.status !== 'running') {
       const e = s.error || {};
       // The message says the tries left already ("…: 2 tries left").
@@ -115,6 +122,10 @@ document.addEventListener('DOMContentLoaded', () => {
         return;
       }
       pins = null;
+    } else if (!pins && unlocking()) {
+      // Later prompts (a blocked FIDO PIN: reinsert, the reset's warning
+      // to confirm, the new FIDO PIN) are the person's to answer here.
+      KeywardPrompts.render(more, s, id);
     }
     setTimeout(() => follow(id, pins), 500);
   }
@@ -132,7 +143,7 @@ document.addEventListener('DOMContentLoaded', () => {
       clearPins();
       valid = false;
       form.hidden = false;
-      for (const id of ['change-pin-step', 'change-pin-done', 'change-pin-failed']) $(id).hidden = true;
+      for (const id of ['change-pin-step', 'change-pin-done', 'change-pin-failed', 'change-pin-notice']) $(id).hidden = true;
       Keyward.pageError(null, dialog);
       checkPin();
       dialog.showModal();

@@ -70,6 +70,12 @@ pub struct IssuanceUpdate {
     pub seq: i64,
     pub sealed_state: Vec<u8>,
     pub error: Option<String>,
+    /// The device's FIDO application was reset in the session: the
+    /// passkeys on record for it (not those recorded with this update) are
+    /// marked revoked and a `delete_passkey` job written for each.
+    pub passkeys_erased: bool,
+    /// Sets the device's "passkey to register again" flag.
+    pub passkey_reregistration: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

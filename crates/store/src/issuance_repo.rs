@@ -363,6 +363,30 @@ pub async fn advance_issuance(
             "the session moved on: fetch the current batch",
         ));
     }
+    // A FIDO reset erased the passkeys on record before the new ones are.
+    if update.passkeys_erased || update.passkey_reregistration.is_some() {
+        let row = sqlx::query(
+            "SELECT d.id, d.serial FROM devices d JOIN issuance_sessions s ON s.device_id = d.id WHERE s.id = $1",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let device: Uuid = row.try_get("id")?;
+        let serial: String = row.try_get("serial")?;
+        if update.passkeys_erased {
+            delete_passkeys_tx(&mut tx, device, &serial, now()).await?;
+        }
+        if let Some(flag) = update.passkey_reregistration {
+            sqlx::query(
+                "UPDATE devices SET passkey_reregistration = $1, version = version + 1, updated_at = $2 WHERE id = $3",
+            )
+            .bind(flag)
+            .bind(now())
+            .bind(device)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
     // The credentials first: a device's move (a Recycle's) then acts on
     // every credential it has.
     if !credentials.is_empty() {

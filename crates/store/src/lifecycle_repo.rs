@@ -68,30 +68,42 @@ async fn apply_effects(
         }
     }
     if effects.delete_passkeys {
-        let rows = sqlx::query(
-            "SELECT id FROM credentials WHERE device_id = $1 AND kind = 'passkey' AND revoked_at IS NULL",
-        )
-        .bind(id)
-        .fetch_all(&mut **tx)
-        .await?;
-        for r in &rows {
-            let credential: Uuid = r.try_get("id")?;
-            sqlx::query("UPDATE credentials SET revoked_at = $1 WHERE id = $2")
-                .bind(at)
-                .bind(credential)
-                .execute(&mut **tx)
-                .await?;
-            let job = crate::lifecycle::NewJob {
-                kind: crate::lifecycle::JOB_DELETE_PASSKEY.into(),
-                payload: serde_json::json!({ "credential": credential }).to_string(),
-                target: format!("device:{}", device.serial),
-                not_before: at,
-            };
-            insert_job(tx, &job).await?;
-            done.jobs += 1;
-        }
+        done.jobs += delete_passkeys_tx(tx, id, &device.serial.to_string(), at).await?;
     }
     Ok(done)
+}
+
+/// The passkeys on record for device `id` marked revoked at `at`, a
+/// `delete_passkey` job written for each (inside the caller's transaction):
+/// answers how many.
+async fn delete_passkeys_tx(
+    tx: &mut Tx,
+    id: Uuid,
+    serial: &str,
+    at: OffsetDateTime,
+) -> StoreResult<u64> {
+    let rows = sqlx::query(
+        "SELECT id FROM credentials WHERE device_id = $1 AND kind = 'passkey' AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await?;
+    for r in &rows {
+        let credential: Uuid = r.try_get("id")?;
+        sqlx::query("UPDATE credentials SET revoked_at = $1 WHERE id = $2")
+            .bind(at)
+            .bind(credential)
+            .execute(&mut **tx)
+            .await?;
+        let job = crate::lifecycle::NewJob {
+            kind: crate::lifecycle::JOB_DELETE_PASSKEY.into(),
+            payload: serde_json::json!({ "credential": credential }).to_string(),
+            target: format!("device:{serial}"),
+            not_before: at,
+        };
+        insert_job(tx, &job).await?;
+    }
+    Ok(rows.len() as u64)
 }
 
 async fn insert_job(tx: &mut Tx, job: &crate::lifecycle::NewJob) -> StoreResult<Uuid> {

@@ -1446,6 +1446,8 @@ async fn issue_in_store_with(
         seq: 2,
         sealed_state: vec![2],
         error: None,
+        passkeys_erased: false,
+        passkey_reregistration: None,
     };
     s.advance_issuance(
         session.id,
@@ -1791,3 +1793,122 @@ both!(an_unlock_request_is_used_once_before_it_expires, |t| {
         .unwrap_err();
     assert_eq!(conflict_code(&e).0, "unlock_request_used", "{e}");
 });
+
+/// A follow-up session of `device` (Unlock) ended with `update`, recording
+/// `credentials`.
+async fn follow_up_ends(
+    s: &Store,
+    u: &User,
+    p: &DevicePolicy,
+    device: &Device,
+    passkeys_erased: bool,
+    credential: Option<&str>,
+) -> Uuid {
+    let at = now();
+    let session = IssuanceSession {
+        id: Uuid::new_v4(),
+        device_id: device.id,
+        user_id: u.id,
+        policy_id: p.id,
+        action: keyward_domain::SessionAction::Unlock,
+        status: keyward_domain::SessionStatus::Running,
+        step: "set new PIN".into(),
+        seq: 1,
+        sealed_state: vec![1],
+        error: None,
+        created_by: "operator:helpdesk".into(),
+        created_at: at,
+        updated_at: at,
+    };
+    s.open_device_session(&session, &audit("device.unlock.start", "device"))
+        .await
+        .unwrap();
+    let credentials: Vec<Credential> = credential
+        .map(|graph_id| Credential {
+            id: Uuid::new_v4(),
+            device_id: device.id,
+            session_id: session.id,
+            kind: "passkey".into(),
+            slot: Some("aaguid:0".into()),
+            serial: graph_id.into(),
+            not_after: None,
+            der: None,
+            created_at: at,
+            revoked_at: None,
+            revocation_reason: None,
+            attested: Some(true),
+        })
+        .into_iter()
+        .collect();
+    let update = IssuanceUpdate {
+        status: keyward_domain::SessionStatus::Unlocked,
+        step: "done".into(),
+        seq: 2,
+        sealed_state: vec![2],
+        error: None,
+        passkeys_erased,
+        passkey_reregistration: passkeys_erased.then_some(credential.is_none()),
+    };
+    s.advance_issuance(
+        session.id,
+        1,
+        &update,
+        None,
+        &credentials,
+        &[&audit("device.unlock", "device")],
+    )
+    .await
+    .unwrap();
+    session.id
+}
+
+// Issue 16: a FIDO reset erased the device's passkeys: with the session's
+// end they are revoked on record and a deletion job written for each; the
+// passkey recorded by the same end stays; the re-registration flag follows.
+both!(
+    a_fido_reset_erases_the_passkeys_on_record_with_the_sessions_end,
+    |t| {
+        let s = &t.store;
+        let (u, p, d) = setup_issuable(s).await;
+        let d = issue_in_store(s, &u, &p, &d, None).await;
+        follow_up_ends(s, &u, &p, &d, false, Some("graph-old")).await;
+        let target = format!("device:{}", d.serial);
+        assert!(s
+            .list_jobs(Some(JobState::Pending), Some(&target))
+            .await
+            .unwrap()
+            .is_empty());
+        follow_up_ends(s, &u, &p, &d, true, Some("graph-new")).await;
+        let passkeys: Vec<_> = s
+            .device_credentials(d.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.kind == "passkey")
+            .map(|c| (c.serial, c.revoked_at.is_some()))
+            .collect();
+        assert_eq!(
+            passkeys,
+            [
+                ("graph-old".to_string(), true),
+                ("graph-new".to_string(), false)
+            ]
+        );
+        let jobs = s
+            .list_jobs(Some(JobState::Pending), Some(&target))
+            .await
+            .unwrap();
+        assert_eq!(jobs.len(), 1, "{jobs:?}");
+        assert!(!s.get_device(d.id).await.unwrap().passkey_reregistration);
+        // Erased and not replaced: flagged for its next update.
+        follow_up_ends(s, &u, &p, &d, true, None).await;
+        assert!(s.get_device(d.id).await.unwrap().passkey_reregistration);
+        assert_eq!(
+            s.list_jobs(Some(JobState::Pending), Some(&target))
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+);

@@ -1,7 +1,9 @@
 //! The control socket (`--control PATH`): a Unix socket taking one ASCII
 //! command per line, answered `ok` or `error <reason>`:
-//! `touch`, `decline`, `remove`, `insert`, `power-cycle`, and `presence`
-//! (answered `ok waiting` while a request waits for a touch, else `ok idle`).
+//! `touch`, `decline`, `remove`, `insert`, `power-cycle`, `presence`
+//! (answered `ok waiting` while a request waits for a touch, else `ok idle`)
+//! and `wrong-fido-pin` (a mistyped FIDO PIN, answered `ok <CTAP status>`:
+//! `ok PIN_INVALID`, `ok PIN_AUTH_BLOCKED`, `ok PIN_BLOCKED`).
 
 use crate::handle::VcardHandle;
 use std::io::{self, BufRead, BufReader, Write};
@@ -39,6 +41,10 @@ pub fn execute(handle: &VcardHandle, line: &str) -> String {
                 "error card removed".into()
             }
         }
+        "wrong-fido-pin" => match handle.wrong_fido_pin() {
+            Ok(status) => format!("ok {}", status.name().trim_start_matches("CTAP2_ERR_")),
+            Err(_) => "error card removed".into(),
+        },
         "presence" => {
             if handle.presence().handle().is_waiting() {
                 "ok waiting".into()

@@ -6,6 +6,7 @@
 use crate::card::VirtualCard;
 use crate::fido::UserPresence;
 use crate::presence::{Presence, PresenceHandle};
+use keyward_card::ctap::StatusCode;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -122,6 +123,41 @@ impl VcardHandle {
                 }
             }
         }
+    }
+
+    /// A wrong FIDO PIN typed at the authenticator, as a browser sends one
+    /// (getKeyAgreement, then a pinUvAuthToken asked with the wrong PIN's
+    /// hash): simulates a person who mistypes, for demonstrations and for
+    /// tests of what an unlock does about a blocked FIDO PIN. Answers the
+    /// CTAP status of the attempt (`PIN_INVALID`, `PIN_AUTH_BLOCKED`,
+    /// `PIN_BLOCKED`, or `PIN_NOT_SET`).
+    pub fn wrong_fido_pin(&self) -> Result<StatusCode, CardRemoved> {
+        use keyward_card::ctap::platform::{get_key_agreement_request, PinSession};
+        use keyward_card::ctap::{self, command, ClientPinResponse, PinProtocol};
+        let ask = |req: &ctap::ClientPinRequest| {
+            let message = ctap::encode_request(command::CLIENT_PIN, Some(&req.to_value()));
+            self.fido_request(&message, &mut crate::fido::AlwaysPresent)
+        };
+        let out = ask(&get_key_agreement_request(PinProtocol::V1))?;
+        let key = ctap::split_response(&out)
+            .ok()
+            .flatten()
+            .and_then(|v| ClientPinResponse::from_value(&v).ok())
+            .and_then(|r| r.key_agreement);
+        let Some(key) = key else {
+            return Ok(StatusCode(out.first().copied().unwrap_or(0x01)));
+        };
+        let mut rng = rand::rngs::OsRng;
+        // getPinToken: every CTAP 2 authenticator takes it.
+        let req = PinSession::new(PinProtocol::V1, &key, &mut rng).and_then(|session| {
+            session.get_pin_token_request("wrong PIN of the control socket", &mut rng)
+        });
+        let Ok(req) = req else {
+            // The authenticator's key is unusable: not a PIN attempt.
+            return Ok(StatusCode::ERR_OTHER);
+        };
+        let out = ask(&req)?;
+        Ok(StatusCode(out.first().copied().unwrap_or(0x01)))
     }
 
     /// Run `f` with the card locked (diagnostics and tests).

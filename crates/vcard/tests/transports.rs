@@ -110,6 +110,46 @@ fn control_socket_commands() {
     assert_eq!(ask("power-cycle"), "ok");
     assert!(ask("explode").starts_with("error unknown command"));
     assert_eq!(ask(""), "error empty command");
+    // A mistyped FIDO PIN: none is set yet, then three in a row need a
+    // power cycle, and eight block it.
+    assert_eq!(ask("wrong-fido-pin"), "ok PIN_NOT_SET");
+    set_fido_pin(&handle, "135792");
+    assert_eq!(ask("wrong-fido-pin"), "ok PIN_INVALID");
+    assert_eq!(ask("wrong-fido-pin"), "ok PIN_INVALID");
+    assert_eq!(ask("wrong-fido-pin"), "ok PIN_AUTH_BLOCKED");
+    assert_eq!(ask("wrong-fido-pin"), "ok PIN_AUTH_BLOCKED");
+    for answers in [
+        ["PIN_INVALID", "PIN_INVALID", "PIN_AUTH_BLOCKED"],
+        ["PIN_INVALID", "PIN_BLOCKED", "PIN_BLOCKED"],
+    ] {
+        assert_eq!(ask("power-cycle"), "ok");
+        for want in answers {
+            assert_eq!(ask("wrong-fido-pin"), format!("ok {want}"));
+        }
+    }
+}
+
+/// setPIN through the handle, as a platform does.
+fn set_fido_pin(handle: &VcardHandle, pin: &str) {
+    use keyward_card::ctap::platform::{get_key_agreement_request, PinSession};
+    use keyward_card::ctap::{self, command, ClientPinResponse, PinProtocol};
+    let ask = |req: &ctap::ClientPinRequest| {
+        let message = ctap::encode_request(command::CLIENT_PIN, Some(&req.to_value()));
+        handle
+            .fido_request(&message, &mut keyward_vcard::fido::AlwaysPresent)
+            .unwrap()
+    };
+    let out = ask(&get_key_agreement_request(PinProtocol::V1));
+    let v = ctap::split_response(&out).unwrap().unwrap();
+    let key = ClientPinResponse::from_value(&v)
+        .unwrap()
+        .key_agreement
+        .unwrap();
+    let session = PinSession::new(PinProtocol::V1, &key, &mut rand::rngs::OsRng).unwrap();
+    let req = session
+        .set_pin_request(pin, &mut rand::rngs::OsRng)
+        .unwrap();
+    assert_eq!(ask(&req)[0], 0);
 }
 
 #[test]

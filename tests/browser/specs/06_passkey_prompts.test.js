@@ -20,6 +20,9 @@ let browser;
 let agent;
 let tenant;
 let page;
+// The first agent's folder: its virtual manufacturer CA is the one the
+// tenant trusts.
+let firstAgentDir;
 
 async function startTenant(caFile) {
   const child = spawn(h.BIN, ['entra-standin', '--client-id', CLIENT_ID, '--trust', caFile,
@@ -81,6 +84,7 @@ test.before(async () => {
   // The virtual devices' manufacturer CA, made before the agent starts, so
   // that the tenant trusts their attestation.
   const dir = agentDir();
+  firstAgentDir = dir;
   const ca = await pcsc.run(h.BIN, ['vcard', 'ca-cert', '--ca-dir', path.join(dir, 'state', 'virtual-ca')]);
   assert.equal(ca.status, 0, ca.stderr);
   const caFile = path.join(dir, 'virtual-ca.pem');
@@ -215,4 +219,101 @@ test('an administrator tests the Passkey-Enabled Service connection on its page'
   await h.shot(admin, '06-passkey-service-test');
   assert.deepEqual(admin.problems, []);
   await admin.context().close();
+});
+
+// Issue 16, a blocked FIDO PIN: the help desk unlocks a device (at its own
+// agent) whose own FIDO PIN was mistyped until PIN_BLOCKED. After the new
+// PIN, the dialog says what a FIDO reset needs and erases before the person
+// confirms; confirmed just after a reinsertion, FIDO is reset and the
+// passkey registered again with a new FIDO PIN, in the same session.
+test('an unlock resets a blocked FIDO PIN after its warning and registers the passkey again', async () => {
+  const SERIAL = '36000004';
+  await h.must(server, 'POST', '/devices', { device_type: 'c4000', serial: SERIAL, firmware_version: '1.0.0' });
+  const desk = await h.newPage(browser, server);
+  await h.signIn(desk, server, 'helpdesk');
+  // The same manufacturer CA as the first agent's devices (the tenant
+  // trusts it).
+  const deskDir = agentDir();
+  require('node:fs').cpSync(path.join(firstAgentDir, 'state', 'virtual-ca'),
+    path.join(deskDir, 'state', 'virtual-ca'), { recursive: true });
+  const deskAgent = await startAgent(server, [`c4000:${SERIAL}`], 'ws-helpdesk-fido', deskDir);
+  try {
+    await approveInPortal(desk, server, deskAgent);
+    const seenBy = Date.now() + 20000;
+    while (!(await h.must(server, 'GET', '/agents/devices')).devices.some((d) => d.serial === SERIAL)) {
+      assert.ok(Date.now() < seenBy, `the agent reports ${SERIAL}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    // Issued to bob through that agent (the API's administrator token may
+    // use any agent), the prompts answered over the API.
+    const started = await h.must(server, 'POST', '/issuance',
+      { user: 'bob', policy: 'Passkey own FIDO PIN', serial: SERIAL, pin: '735194', via: 'agent' });
+    const id = started.session_id;
+    const deadline = Date.now() + 60000;
+    let answeredSeq = -1;
+    for (;;) {
+      const s = await h.must(server, 'GET', `/issuance/${id}`);
+      if (s.status === 'issued') break;
+      assert.ok(s.status === 'running', JSON.stringify(s));
+      if (s.prompts.length && s.seq !== answeredSeq) {
+        answeredSeq = s.seq;
+        await h.must(server, 'POST', `/issuance/${id}/relay`, {
+          protocol: 1, session_id: id, seq: s.seq, responses: [],
+          answers: { set_fido_pin: '864213', confirm_touch: 'true' },
+        });
+      }
+      assert.ok(Date.now() < deadline, 'issued');
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    // bob mistypes his FIDO PIN until it blocks (reinserting at each
+    // PIN_AUTH_BLOCKED).
+    for (let i = 0; ; i++) {
+      const answer = await deskAgent.control(SERIAL, 'wrong-fido-pin');
+      if (answer === 'ok PIN_BLOCKED') break;
+      if (answer === 'ok PIN_AUTH_BLOCKED') assert.equal(await deskAgent.control(SERIAL, 'power-cycle'), 'ok');
+      else assert.equal(answer, 'ok PIN_INVALID');
+      assert.ok(i < 12, 'the FIDO PIN blocks');
+    }
+
+    await desk.goto(`${server.url}/users/bob`);
+    await desk.locator(`article.device[data-serial="${SERIAL}"] .unlock-pin`).click();
+    await desk.waitForSelector('#change-pin[open]');
+    await desk.type('#change-pin-new', '246813');
+    await desk.fill('#change-pin-confirm', '246813');
+    await desk.waitForSelector('#change-pin-start:not([disabled])');
+    await desk.click('#change-pin-start');
+    // The reset's warning, before anything is erased.
+    const warning = desk.locator('#change-pin-prompts form.prompt');
+    await warning.waitFor({ timeout: 30000 });
+    const kinds = await warning.locator('.prompt-item').evaluateAll((els) => els.map((e) => e.dataset.kind));
+    assert.deepEqual(kinds, ['reinsert_device', 'confirm_touch']);
+    const text = await warning.textContent();
+    assert.match(text, /FIDO PIN is blocked/);
+    assert.match(text, /within 10 seconds/);
+    assert.match(text, /touch/);
+    assert.match(text, /erases every passkey/);
+    assert.match(text, /every website and service/);
+    await h.shot(desk, '06-fido-reset-warning');
+    // Taken out and put back, then confirmed within its seconds.
+    assert.equal(await deskAgent.control(SERIAL, 'power-cycle'), 'ok');
+    await desk.click('#prompt-continue');
+    // The passkey registered again: a new FIDO PIN (the reset cleared it).
+    await desk.waitForSelector('#change-pin-prompts #prompt-set_fido_pin', { timeout: 30000 });
+    await desk.fill('#prompt-set_fido_pin', '975310');
+    await desk.fill('#prompt-set_fido_pin-again', '975310');
+    await desk.click('#prompt-continue');
+    await desk.waitForSelector('#change-pin-done:not([hidden]), #change-pin-failed:not([hidden])', { timeout: 60000 });
+    assert.ok(await desk.isVisible('#change-pin-done'), await desk.textContent('#change-pin-failed'));
+    assert.match(await desk.textContent('#change-pin-notice'), /registered again/);
+    await h.shot(desk, '06-fido-reset-done');
+    // The erased passkey is deleted at the tenant by a job; the device is
+    // not left waiting for a registration.
+    const jobs = await h.must(server, 'GET', `/jobs?device=${SERIAL}`);
+    assert.equal(jobs.filter((j) => j.kind === 'delete_passkey').length, 1, JSON.stringify(jobs));
+    const device = await h.must(server, 'GET', `/devices/${SERIAL}`);
+    assert.equal(device.passkey_reregistration, false);
+    assert.deepEqual(desk.problems, []);
+  } finally {
+    await deskAgent.stop();
+  }
 });

@@ -1622,3 +1622,203 @@ fn suspend_deletes_the_passkey_and_flags_the_device_and_resume_keeps_the_flag() 
     let (_, done) = server.call("GET", &format!("/jobs?device={serial}&state=done"), None);
     assert_eq!(done.as_array().unwrap().len(), 1, "{done}");
 }
+
+/// python-fido2 blocks the FIDO PIN over PC/SC: wrong PINs, the device
+/// power-cycled at each PIN_AUTH_BLOCKED, until PIN_BLOCKED.
+fn block_fido_pin(card: &Vcard) {
+    let script = format!(
+        "{}/tests/python/fido_block_pin.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    for _ in 0..4 {
+        let out = std::process::Command::new(PYTHON)
+            .args([&script, "--reader", "Virtual"])
+            .output()
+            .unwrap();
+        match out.status.code() {
+            Some(0) => return,
+            Some(2) => assert_eq!(card.control("power-cycle"), "ok"),
+            _ => panic!(
+                "blocking the FIDO PIN: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+    panic!("the FIDO PIN did not block");
+}
+
+/// Issue 16, a blocked FIDO PIN: a C4000 with its own FIDO PIN, issued
+/// with a passkey; python-fido2 blocks that PIN (PIN_BLOCKED). `keyward
+/// unlock` resets the PIV PIN, then, confirmed right after a reinsertion,
+/// resets the FIDO application: the old passkey is deleted at the tenant
+/// by the job runner, a new one is registered in the same session with the
+/// new FIDO PIN, python-fido2 signs in with it, and OpenSC logs in with the
+/// new PIV PIN.
+fn fido_reset_by_unlock(server: TestServer) {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let serial = "41000096";
+    let card = Vcard::spawn(&["--profile", "c4000", "--serial", serial]);
+    let t = tenant(&card);
+    seed(&server, &t, "c4000", serial, "1.0.0", false);
+    let out = issue(
+        &server,
+        &card,
+        serial,
+        "pin = \"735194\"\nfido_pin = \"864213\"\ntouch = \"true\"\n",
+        &[],
+    );
+    issued(&out);
+    let old = t.handle.passkeys(UPN);
+    assert_eq!(old.len(), 1);
+    block_fido_pin(&card);
+    // Reinserted: the FIDO reset must come within 10 s.
+    assert_eq!(card.control("power-cycle"), "ok");
+    let answers = card.path("unlock.toml");
+    std::fs::write(
+        &answers,
+        "new_pin = \"246813\"\ntouch = \"true\"\nfido_pin = \"975310\"\n",
+    )
+    .unwrap();
+    let out = support::cli(
+        &server,
+        "unlock",
+        &[
+            "--serial",
+            serial,
+            "--answers",
+            answers.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let r = report(&out);
+    assert_eq!(
+        (
+            out.status.code(),
+            r["state"].as_str(),
+            r["notice"]["code"].as_str()
+        ),
+        (Some(0), Some("unlocked"), Some("passkey_registered_again")),
+        "{r}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(passkeys_on_record(&r).len(), 1, "the new passkey: {r}");
+    // The old passkey is deleted at the tenant by a job, the new one stays.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = t.handle.passkeys(UPN);
+        if now.len() == 1 && now[0].credential_id != old[0].credential_id {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old passkey was not replaced: {now:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (_, d) = server.call("GET", &format!("/devices/{serial}"), None);
+    assert_eq!(d["passkey_reregistration"], false, "{d}");
+    assert_passkey_signs_in(&t, "975310");
+    let login = pcsc::pkcs11_login("246813");
+    assert!(
+        login.status.success(),
+        "OpenSC logs in with the new PIN: {}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    let (_, audit) = server.call("GET", "/audit?limit=1000", None);
+    assert!(
+        audit.to_string().contains("passkey_registered_again"),
+        "{audit}"
+    );
+}
+
+#[test]
+fn an_unlock_resets_a_blocked_fido_pin_and_registers_the_passkey_again_on_sqlite() {
+    fido_reset_by_unlock(TestServer::start());
+}
+
+#[test]
+fn an_unlock_resets_a_blocked_fido_pin_and_registers_the_passkey_again_on_postgres() {
+    let Some(url) = support::postgres_database("unlock_fido_reset") else {
+        return;
+    };
+    fido_reset_by_unlock(TestServer::start_with(support::ServerOptions {
+        database_url: Some(url),
+        ..Default::default()
+    }));
+}
+
+/// PIN_AUTH_BLOCKED (three wrong FIDO PINs in a row) is not a reset: the
+/// unlock says to reinsert the device, and nothing is erased. A USB
+/// YubiKey: its FIDO application answers CTAPHID, which a PC/SC session
+/// does not power-cycle (a card reset of an NFC key would clear the state).
+#[test]
+fn an_unlock_tells_a_fido_pin_that_needs_a_reinsert() {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let serial = "31000097";
+    let card = Vcard::spawn(&[
+        "--profile",
+        "yubikey5",
+        "--firmware",
+        "5.7.1",
+        "--serial",
+        serial,
+        "--hid-socket",
+        "{dir}/hid.sock",
+    ]);
+    let hid = card.path("hid.sock");
+    let hid = hid.to_str().unwrap();
+    let t = tenant(&card);
+    let server = TestServer::start();
+    seed(&server, &t, "yubikey5", serial, "5.7.1", false);
+    let out = issue(
+        &server,
+        &card,
+        serial,
+        "pin = \"735194\"\nfido_pin = \"973152\"\ntouch = \"true\"\n",
+        &["--hid-socket", hid],
+    );
+    issued(&out);
+    let script = format!(
+        "{}/tests/python/fido_block_pin.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let block = std::process::Command::new(PYTHON)
+        .args([&script, "--hid-socket", hid])
+        .output()
+        .unwrap();
+    assert_eq!(
+        block.status.code(),
+        Some(2),
+        "PIN_AUTH_BLOCKED: {}",
+        String::from_utf8_lossy(&block.stdout)
+    );
+    let answers = card.path("unlock.toml");
+    std::fs::write(&answers, "new_pin = \"246813\"\n").unwrap();
+    let out = support::cli(
+        &server,
+        "unlock",
+        &[
+            "--serial",
+            serial,
+            "--answers",
+            answers.to_str().unwrap(),
+            "--hid-socket",
+            hid,
+            "--json",
+        ],
+    );
+    let r = report(&out);
+    assert_eq!(
+        (r["state"].as_str(), r["notice"]["code"].as_str()),
+        (Some("unlocked"), Some("fido_pin_needs_reinsert")),
+        "{r}"
+    );
+    assert_eq!(t.handle.passkeys(UPN).len(), 1, "nothing erased");
+    // Reinserted, the FIDO PIN works again.
+    assert_eq!(card.control("remove"), "ok");
+    assert_eq!(card.control("insert"), "ok");
+    passkey_signs_in(&t, "973152", &["--hid-socket", hid]);
+}

@@ -104,6 +104,8 @@ pub(super) async fn start(
                 device: None,
                 credentials: vec![],
                 audits: vec![draft],
+                passkeys_erased: false,
+                passkey_reregistration: None,
             },
         )
         .await?;

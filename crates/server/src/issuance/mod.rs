@@ -185,6 +185,10 @@ pub(super) async fn status(
         agent: crate::agents::agent_of_session(&state, s.id)
             .await?
             .map(|a| a.to_string()),
+        notice: data.notice().map(|n| keyward_proto::SessionNotice {
+            code: n.code.clone(),
+            message: n.message.clone(),
+        }),
     }))
 }
 

@@ -310,7 +310,15 @@ async fn record_ending(
                 SessionAction::ChangePin => {
                     ("device.change_pin", serde_json::json!({ "session": s.id }))
                 }
-                SessionAction::Unlock => ("device.unlock", serde_json::json!({ "session": s.id })),
+                SessionAction::Unlock => (
+                    "device.unlock",
+                    serde_json::json!({
+                        "session": s.id,
+                        "fido": data.notice().map(|n| n.code.clone()),
+                        "passkeys_erased": ending.passkeys_erased,
+                        "credentials": credentials.len(),
+                    }),
+                ),
                 _ => (
                     "issuance.complete",
                     serde_json::json!({ "session": s.id, "credentials": credentials.len() }),
@@ -369,6 +377,8 @@ async fn record_ending(
             device: device_move.map(|c| (device, c)),
             credentials,
             audits,
+            passkeys_erased: ending.passkeys_erased,
+            passkey_reregistration: ending.passkey_reregistration,
         },
     )
     .await;

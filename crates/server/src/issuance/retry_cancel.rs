@@ -77,6 +77,7 @@ pub(super) async fn end_failed(
         .get_device(s.device_id)
         .await
         .map_err(|e| store_error("reading the device", e))?;
+    let erased = data.erased_passkeys();
     data.cancel();
     let draft = audit(
         caller,
@@ -96,6 +97,8 @@ pub(super) async fn end_failed(
             device: device_move.map(|c| (device, c)),
             credentials: vec![],
             audits: vec![draft],
+            passkeys_erased: erased,
+            passkey_reregistration: erased.then_some(true),
         },
     )
     .await
@@ -149,6 +152,8 @@ pub(super) async fn retry(
         seq: next_seq,
         sealed_state: seal(&state, s.id, &data),
         error: None,
+        passkeys_erased: false,
+        passkey_reregistration: None,
     };
     let change = StateChange {
         to: DeviceState::InProduction,

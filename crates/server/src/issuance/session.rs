@@ -147,6 +147,8 @@ pub(super) async fn write_batch(
         seq: next_seq,
         sealed_state: seal(state, s.id, data),
         error: None,
+        passkeys_erased: false,
+        passkey_reregistration: None,
     };
     audits.push(audit(
         caller,
@@ -177,6 +179,10 @@ pub(super) struct Close {
     pub(super) device: Option<(keyward_domain::Device, StateChange)>,
     pub(super) credentials: Vec<Credential>,
     pub(super) audits: Vec<AuditDraft>,
+    /// A FIDO reset erased the device's passkeys on record.
+    pub(super) passkeys_erased: bool,
+    /// The device's "passkey to register again" flag, when decided.
+    pub(super) passkey_reregistration: Option<bool>,
 }
 
 /// Writes the end of a session (`data`, its secrets already dropped), the
@@ -193,6 +199,8 @@ pub(super) async fn close(
         seq: s.seq + 1,
         sealed_state: seal(state, s.id, data),
         error: close.error,
+        passkeys_erased: close.passkeys_erased,
+        passkey_reregistration: close.passkey_reregistration,
     };
     let audits: Vec<&AuditDraft> = close.audits.iter().collect();
     state

@@ -24,6 +24,9 @@ pub async fn sweep_abandoned(state: &AppState) -> anyhow::Result<usize> {
         };
         let device = state.store.get_device(s.device_id).await?;
         let now = time::OffsetDateTime::now_utc();
+        // An unlock abandoned after its FIDO reset: the passkeys on record
+        // are gone from the device.
+        let erased = data.erased_passkeys();
         let (certificates, passkey) = data.cancel();
         let mut revoked: Vec<Credential> = certificates
             .into_iter()
@@ -49,6 +52,8 @@ pub async fn sweep_abandoned(state: &AppState) -> anyhow::Result<usize> {
                     .map(|c| (device, c)),
                 credentials: revoked,
                 audits: vec![draft],
+                passkeys_erased: erased,
+                passkey_reregistration: erased.then_some(true),
             },
         )
         .await;

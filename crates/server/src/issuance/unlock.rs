@@ -20,7 +20,8 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use keyward_domain::{Device, DeviceState, Serial, SessionAction, SessionStatus};
+use keyward_domain::{Device, DeviceState, DeviceType, Serial, SessionAction, SessionStatus};
+use keyward_engine::unlock::FidoPin;
 use keyward_engine::DeviceSession;
 use keyward_proto::{
     OfflineUnlockAnswer, OfflineUnlockRequest, RecycleRequest, RelayBatch, UnlockRequestView,
@@ -89,19 +90,34 @@ async fn issued_device(
 }
 
 /// The unlock session's first state, or the refusal (before the device is
-/// touched) when no PUK is held or the device blocked it.
-fn unlock_session(
+/// touched) when no PUK is held or the device blocked it. A policy with a
+/// FIDO application has the FIDO PIN looked at too: one counter with PIV on
+/// a C4000 sharing its PIN, else a PIN of its own.
+async fn unlock_session(
     state: &AppState,
     device: &Device,
     last: &IssuanceSession,
 ) -> ApiResult<DeviceSession> {
     let previous = unseal(state, last)?;
+    let policy = state
+        .store
+        .get_policy(last.policy_id)
+        .await
+        .map_err(|e| store_error("reading the device policy", e))?;
+    let fido = match &policy.fido_application {
+        None => FidoPin::Absent,
+        Some(app) if app.share_device_pin && device.device_type == DeviceType::C4000 => {
+            FidoPin::Shared
+        }
+        Some(_) => FidoPin::Own,
+    };
     let new_puk = keyward_engine::plan::random_puk(&mut rand::rngs::OsRng);
     DeviceSession::unlock(
         &previous,
         device.device_type,
         device.firmware_version,
         new_puk,
+        fido,
     )
     .map(|(s, _)| s)
     .map_err(|r| ApiError::conflict(r.code, r.message).field("serial"))
@@ -127,7 +143,7 @@ pub(super) async fn start(
         ApiError::not_found("device").field("serial")
     })
     .await?;
-    let data = unlock_session(&state, &device, &last)?;
+    let data = unlock_session(&state, &device, &last).await?;
     let agent =
         crate::agents::choose_for_start(&state, &caller, req.via.as_deref(), device.serial).await?;
     let mut details = serde_json::Map::new();
@@ -165,7 +181,7 @@ pub(super) async fn create_request(
     })
     .await?;
     // Refused now rather than when the person tries.
-    unlock_session(&state, &device, &last)?;
+    unlock_session(&state, &device, &last).await?;
     let settings = state
         .store
         .get_settings()
@@ -230,7 +246,7 @@ pub(super) async fn start_own(
                 "there is no open unlock request for this device: ask the help desk to create one",
             )
         })?;
-    let data = unlock_session(&state, &device, &last)?;
+    let data = unlock_session(&state, &device, &last).await?;
     let agent = crate::agents::choose_for_start(&state, &caller, Some("agent"), device.serial)
         .await?
         .ok_or_else(|| ApiError::internal("choosing the agent", "no agent"))?;
