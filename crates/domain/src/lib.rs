@@ -19,6 +19,7 @@ pub mod policy;
 pub mod role;
 pub mod settings;
 pub mod state;
+pub mod update;
 pub mod user;
 pub mod validate;
 
@@ -30,8 +31,8 @@ pub use firmware::FirmwareVersion;
 pub use lifecycle::{CertificateAction, CredentialEffects, RevocationReason};
 pub use names::{
     Applet, AuditOutcome, CharacterSet, DeviceState, DeviceType, DisplayMode, ExtendedKeyUsage,
-    KeyAlgorithm, KeyUsage, ManagementKeyMode, PivSlot, Role, SanSource, SessionAction,
-    SessionStatus, StateReason, Transport, UserStatus, WhoCanBind,
+    KeyAlgorithm, KeyUsage, ManagementKeyMode, PivSlot, RenewalMode, Role, SanSource,
+    SessionAction, SessionStatus, StateReason, Transport, UserStatus, WhoCanBind,
 };
 pub use passkey::{PasskeyService, PasskeyServiceView, SealedSecret};
 pub use pin::{PinApplication, PinRule, PinRuleCheck};

@@ -193,6 +193,16 @@ canonical_enum! {
 }
 
 canonical_enum! {
+    /// How a certificate is renewed: a new key generated on the device
+    /// (the old certificate revoked `superseded`), or a new certificate for
+    /// the key the device holds (the old one left to expire).
+    pub enum RenewalMode (field = "renewal") {
+        Rekey = "rekey", "New key";
+        SameKey = "same_key", "Same key";
+    }
+}
+
+canonical_enum! {
     /// Asymmetric key algorithms (SP 800-78 names as YubiKey tools spell them).
     pub enum KeyAlgorithm (field = "algorithm") {
         Rsa2048 = "rsa2048", "RSA 2048";
@@ -381,6 +391,8 @@ canonical_enum! {
         PinChangeFailed = "pin_change_failed", "PIN change failed";
         Unlocked = "unlocked", "Unlocked";
         UnlockFailed = "unlock_failed", "Unlock failed";
+        Updated = "updated", "Updated";
+        UpdateFailed = "update_failed", "Update failed";
     }
 }
 
@@ -399,5 +411,6 @@ canonical_enum! {
         Recycle = "recycle", "Recycle";
         ChangePin = "change_pin", "Change PIN";
         Unlock = "unlock", "Unlock";
+        Update = "update", "Update";
     }
 }

@@ -6,7 +6,7 @@ use crate::device_type::EntraPasskeySupport;
 use crate::error::{ValidationError, ValidationResult};
 use crate::names::{
     CharacterSet, DeviceType, ExtendedKeyUsage, KeyAlgorithm, KeyUsage, ManagementKeyMode, PivSlot,
-    SanSource,
+    RenewalMode, SanSource,
 };
 use crate::pin::PinApplication;
 use crate::user::User;
@@ -65,7 +65,19 @@ pub struct PkiApplication {
     /// Name of the certificate authority that signs the certificate.
     pub certificate_authority: String,
     pub template: CertificateTemplate,
+    /// A certificate this many days from its end is renewed (the daily
+    /// scan requests the device's update). Unset: 42 days, or half the
+    /// validity when that is shorter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_window_days: Option<u32>,
+    /// How it is renewed; unset: `same_key` for Key Management (9D: a key
+    /// that decrypts mail is never destroyed), else `rekey`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal: Option<RenewalMode>,
 }
+
+/// MyID's default renewal window.
+pub const DEFAULT_RENEWAL_WINDOW_DAYS: u32 = 42;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -244,7 +256,46 @@ impl PkiApplication {
                 format!("validity must be 1 to {MAX_VALIDITY_DAYS} days"),
             ));
         }
+        if self
+            .renewal_window_days
+            .is_some_and(|w| w == 0 || w >= t.validity_days)
+        {
+            return Err(ValidationError::new(
+                "renewal_window_invalid",
+                "renewal_window_days",
+                format!(
+                    "the renewal window is 1 day to less than the validity ({} days)",
+                    t.validity_days
+                ),
+            ));
+        }
+        if self.slot == PivSlot::KeyManagement && self.renewal == Some(RenewalMode::Rekey) {
+            // A new 9D key must not destroy the old one (it decrypts mail
+            // sent before): the old key would move to a retired slot (82 to
+            // 95) with the Key History object updated, which needs a device
+            // that moves keys (a YubiKey from 5.7) and which Keyward does not
+            // do.
+            return Err(ValidationError::new(
+                "renewal_rekey_key_management",
+                "renewal",
+                "Key Management (9D) is renewed with the same key: a new key would destroy the one that decrypts earlier mail (moving it to a retired slot is not supported); use renewal = \"same_key\"",
+            ));
+        }
         Ok(())
+    }
+
+    /// The renewal window in days (always shorter than the validity).
+    pub fn renewal_window(&self) -> u32 {
+        self.renewal_window_days
+            .unwrap_or(DEFAULT_RENEWAL_WINDOW_DAYS.min(self.template.validity_days / 2))
+    }
+
+    /// How this application's certificate is renewed.
+    pub fn renewal_mode(&self) -> RenewalMode {
+        self.renewal.unwrap_or(match self.slot {
+            PivSlot::KeyManagement => RenewalMode::SameKey,
+            _ => RenewalMode::Rekey,
+        })
     }
 }
 
@@ -523,6 +574,8 @@ mod tests {
                     ExtendedKeyUsage::SmartcardLogon,
                 ],
             },
+            renewal_window_days: None,
+            renewal: None,
         }
     }
 

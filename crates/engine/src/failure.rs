@@ -16,6 +16,7 @@ keyward_domain::canonical_enum! {
         DeviceNotBlocked = "device_not_blocked", "The device's PIN and PUK did not block";
         NotSupported = "not_supported", "The device lacks what the policy needs";
         ReadBackMismatch = "read_back_mismatch", "The device reads back other data";
+        CertificateMismatch = "certificate_mismatch", "The device holds another certificate than the one on record";
         CertificateMissing = "certificate_missing", "A key was not certified";
         BadPlan = "bad_plan", "The plan cannot be carried out";
         BadSlot = "bad_slot", "An unknown PIV slot";
@@ -103,6 +104,7 @@ pub enum Step {
     CertifyKeys,
     ReadAttestationCertificate,
     WriteCertificate(u8),
+    ReadCertificate(u8),
     /// The certificates of the writes batch, before it is built.
     WriteCertificates,
     WriteChuid,
@@ -186,10 +188,11 @@ const NAMED: [(Step, &str); 35] = [
 ];
 
 /// The steps of one slot, by the text before the slot.
-const OF_SLOT: [(&str, fn(u8) -> Step); 5] = [
+const OF_SLOT: [(&str, fn(u8) -> Step); 6] = [
     ("generate key ", Step::GenerateKey),
     ("attest key ", Step::AttestKey),
     ("write certificate ", Step::WriteCertificate),
+    ("read certificate ", Step::ReadCertificate),
     ("replace key ", Step::ReplaceKey),
     ("delete certificate ", Step::DeleteCertificate),
 ];
@@ -201,6 +204,7 @@ impl std::fmt::Display for Step {
             Step::GenerateKey(s) => slot("generate key ", s),
             Step::AttestKey(s) => slot("attest key ", s),
             Step::WriteCertificate(s) => slot("write certificate ", s),
+            Step::ReadCertificate(s) => slot("read certificate ", s),
             Step::ReplaceKey(s) => slot("replace key ", s),
             Step::DeleteCertificate(s) => slot("delete certificate ", s),
             Step::Relay => "relay".into(),

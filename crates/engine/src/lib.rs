@@ -28,6 +28,7 @@ pub mod prompt;
 pub mod recycle;
 pub mod session;
 pub mod unlock;
+pub mod update;
 
 pub use batch::{Batch, Channel, Command, Response};
 pub use failure::{Failure, FailureCode, Step};

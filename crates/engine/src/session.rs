@@ -61,6 +61,7 @@ use crate::plan::{
 use crate::prompt::{Prompt, PromptKind};
 use crate::recycle::{self, RecyclePlan, Recycling};
 use crate::unlock::{self, FidoOutcome, Unlock, UnlockPlan};
+use crate::update::{self, Update, UpdatePlan};
 use crate::ManagementKey;
 
 /// The person's answers to a prompt batch, by prompt kind.
@@ -269,6 +270,19 @@ pub struct DeviceSession {
     /// What the ended session wants the person to know.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     notice: Option<Notice>,
+    /// An update under way: what it carries between its parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    update: Option<UpdateCarry>,
+}
+
+/// What an update carries from its PIV part to its end.
+#[derive(Serialize, Deserialize)]
+struct UpdateCarry {
+    /// The policy adds a passkey: the FIDO step follows the PIV part.
+    passkey: bool,
+    /// The slots whose new key's attestation verified.
+    #[serde(default)]
+    attested: Vec<u8>,
 }
 
 fn format_before_numbering() -> u32 {
@@ -295,6 +309,11 @@ enum State {
     Recycle(Recycling),
     ChangePin(PinChange),
     Unlock(Unlock),
+    /// An update's PIV part (batches, attestation, certification).
+    Update(Update),
+    /// An update's last PIV batch with the FIDO step's probe appended (the
+    /// number of PIV commands first in the batch).
+    UpdateWithFido(Update, usize, Box<FidoSession>),
     Finished,
 }
 
@@ -398,6 +417,8 @@ enum AfterFido {
     /// passkey it erased is registered again, and the session ends
     /// `unlocked` whether or not that works (the PIV PIN is unlocked).
     Unlock,
+    /// Update: the passkey the update adds; the PIV part is done.
+    Update,
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -432,6 +453,16 @@ enum Next {
     /// An unlock's FIDO reset is followed by a registration: it registered
     /// this passkey, or failed (the passkey stays to be registered again).
     Unlocked(Result<PasskeyRecord, Failure>),
+    /// The update is done: the certificates written (by slot), the passkey.
+    Updated(Vec<(u8, Vec<u8>)>, Option<PasskeyRecord>),
+    /// The update failed. `written`: the PIV part was done (its
+    /// certificates are on the device and recorded); else `certificates`
+    /// were certified in the attempt and are revoked.
+    UpdateFailed {
+        failure: Failure,
+        certificates: Vec<(u8, Vec<u8>)>,
+        written: bool,
+    },
 }
 
 fn send(state: State, batch: Batch) -> Next {
@@ -535,6 +566,7 @@ impl DeviceSession {
             change_pin_at_end,
             kept: None,
             notice: None,
+            update: None,
         };
         (session, batch)
     }
@@ -634,6 +666,38 @@ impl DeviceSession {
         Ok(last.follow_up(State::Unlock(state), batch, Some(kept)))
     }
 
+    /// Update the device `last` (its latest session) left to `cx.policy`
+    /// (the request's target): the PIV part `plan`, then, with `passkey`,
+    /// the policy's passkey registered. Refused before the device is
+    /// touched when the plan cannot be built.
+    pub fn update(
+        last: &DeviceSession,
+        plan: UpdatePlan,
+        passkey: bool,
+        cx: &mut Context<'_>,
+    ) -> Result<(DeviceSession, Batch), Failure> {
+        let device_type = plan.device_type;
+        let (state, batch, last_piv) = Update::start(plan)?;
+        let (mut session, _) = last.follow_up(State::Finished, Batch::default(), last.kept.clone());
+        session.policy_name = cx.policy.name.clone();
+        session.update = Some(UpdateCarry {
+            passkey,
+            attested: Vec::new(),
+        });
+        let next = session.update_send(state, batch, last_piv, device_type, cx);
+        match next {
+            Next::To(state, Effect::Send(batch)) => {
+                session.send(state, batch.clone());
+                Ok((session, batch))
+            }
+            _ => Err(Failure::new(
+                FailureCode::Internal,
+                Step::IdentifyDevice,
+                "the update's first batch could not be built",
+            )),
+        }
+    }
+
     fn follow_up(&self, state: State, batch: Batch, kept: Option<Kept>) -> (DeviceSession, Batch) {
         let session = DeviceSession {
             format: SEALED_FORMAT,
@@ -647,6 +711,7 @@ impl DeviceSession {
             change_pin_at_end: false,
             kept,
             notice: None,
+            update: None,
         };
         (session, batch)
     }
@@ -699,7 +764,9 @@ impl DeviceSession {
                 Stage::Pin(p) => crate::answers::check_fido_pin(p, answers, policy),
                 _ => Ok(()),
             },
-            State::ChangePin(_) => crate::answers::check_current_pin(answers),
+            State::ChangePin(_) | State::Update(Update::Pins(_)) => {
+                crate::answers::check_current_pin(answers)
+            }
             _ => Ok(()),
         }
     }
@@ -953,6 +1020,60 @@ impl DeviceSession {
                     },
                 );
             }
+            // Update: the PIV part, then (with the probe on its last batch)
+            // the FIDO step.
+            (
+                State::Update(u),
+                Input::Relayed {
+                    responses, answers, ..
+                },
+            ) => {
+                let device_type = u.plan().device_type;
+                let next = u.on_relayed(responses, answers, cx.rng);
+                self.update_next(next, device_type, cx)
+            }
+            (State::Update(u), Input::Attested { outcomes, required }) => {
+                let device_type = u.plan().device_type;
+                let next = u.on_attested(&outcomes, required);
+                self.update_next(next, device_type, cx)
+            }
+            (State::Update(u), Input::Certified(certified)) => {
+                let device_type = u.plan().device_type;
+                let next = u.on_certified(certified);
+                self.update_next(next, device_type, cx)
+            }
+            (
+                State::UpdateWithFido(u, piv_commands, mut fido),
+                Input::Relayed {
+                    responses, answers, ..
+                },
+            ) => {
+                let device_type = u.plan().device_type;
+                let (piv, probe) = responses.split_at(piv_commands.min(responses.len()));
+                match u.on_relayed(piv, answers, cx.rng) {
+                    update::Next::Done(done) => {
+                        if let Some(c) = &mut self.update {
+                            c.attested.extend(done.attested);
+                        }
+                        fido.passkey.certificates = done.certificates;
+                        let probe = Input::Relayed {
+                            responses: probe,
+                            answers: &Answers::new(),
+                            transport_error,
+                        };
+                        match self.fido_step(fido, probe, cx) {
+                            Ok(next) => next,
+                            Err(fido) => {
+                                self.state = State::Fido(fido);
+                                return Err(Refusal::OutOfOrder(
+                                    "the FIDO step is not at its probe",
+                                ));
+                            }
+                        }
+                    }
+                    other => self.update_next(other, device_type, cx),
+                }
+            }
             (State::Finished, _) => return Err(Refusal::Finished),
             (state, _) => {
                 self.state = state;
@@ -971,6 +1092,17 @@ impl DeviceSession {
             Next::Failed(f, passkey) => {
                 self.issue_failed(with_transport_cause(f, transport_error), passkey, cx)
             }
+            Next::Updated(certificates, passkey) => self.updated(certificates, passkey, cx),
+            Next::UpdateFailed {
+                failure,
+                certificates,
+                written,
+            } => self.update_failed(
+                with_transport_cause(failure, transport_error),
+                certificates,
+                written,
+                cx,
+            ),
             Next::Unlocked(Ok(record)) => self.unlocked(Some(Ok(record)), cx),
             Next::Unlocked(Err(f)) => {
                 let f = with_transport_cause(f, transport_error);
@@ -1126,6 +1258,18 @@ impl DeviceSession {
         device_type: DeviceType,
         cx: &mut Context<'_>,
     ) -> Option<(Box<FidoSession>, Batch)> {
+        self.fido_session_on_issued(device_type, AfterFido::Unlock, cx)
+    }
+
+    /// The FIDO step on an issued device (after a reset, or an update's
+    /// passkey): the person enters the FIDO PIN, or sets one when the
+    /// device has none (a C4000 sharing its PIN asks the device PIN).
+    fn fido_session_on_issued(
+        &self,
+        device_type: DeviceType,
+        after: AfterFido,
+        cx: &mut Context<'_>,
+    ) -> Option<(Box<FidoSession>, Batch)> {
         let app = cx.policy.fido_application.as_ref()?;
         let (stage, probe) = FidoRegistration::start(FidoPlan {
             pin: PinSource::Unshared,
@@ -1145,7 +1289,7 @@ impl DeviceSession {
             certificates: Vec::new(),
             attested: false,
             change_pin_after: None,
-            after: AfterFido::Unlock,
+            after,
         };
         Some((
             Box::new(FidoSession {
@@ -1165,11 +1309,20 @@ impl DeviceSession {
         cx: &mut Context<'_>,
     ) -> Result<Next, Box<FidoSession>> {
         let after = fido.passkey.after;
+        let written = fido.passkey.certificates.clone();
         let next = self.fido_stage(fido, input, cx)?;
-        // The end of an unlock's registration is the unlock's end.
+        // The end of an unlock's or an update's registration is its end.
         Ok(match (after, next) {
             (AfterFido::Unlock, Next::Issued(_, Some(record))) => Next::Unlocked(Ok(record)),
             (AfterFido::Unlock, Next::Failed(f, _)) => Next::Unlocked(Err(f)),
+            (AfterFido::Update, Next::Issued(certificates, record)) => {
+                Next::Updated(certificates, record)
+            }
+            (AfterFido::Update, Next::Failed(failure, _)) => Next::UpdateFailed {
+                failure,
+                certificates: written,
+                written: true,
+            },
             (_, next) => next,
         })
     }
@@ -1320,6 +1473,138 @@ impl DeviceSession {
             }
             (stage, _) => return Err(Box::new(FidoSession { stage, passkey })),
         })
+    }
+
+    // ── Update ───────────────────────────────────────────────────────────
+
+    /// A batch of the update's PIV part; its last carries the FIDO step's
+    /// probe when the update adds a passkey.
+    fn update_send(
+        &mut self,
+        state: Update,
+        mut batch: Batch,
+        last: bool,
+        device_type: DeviceType,
+        cx: &mut Context<'_>,
+    ) -> Next {
+        let passkey = self.update.as_ref().is_some_and(|c| c.passkey);
+        if !(last && passkey) {
+            return send(State::Update(state), batch);
+        }
+        match self.fido_session_on_issued(device_type, AfterFido::Update, cx) {
+            None => send(State::Update(state), batch),
+            Some((fido, probe)) => {
+                let piv_commands = batch.commands.len();
+                batch.commands.extend(probe.commands);
+                send(State::UpdateWithFido(state, piv_commands, fido), batch)
+            }
+        }
+    }
+
+    /// Where an update's PIV step leads.
+    fn update_next(
+        &mut self,
+        next: update::Next,
+        device_type: DeviceType,
+        cx: &mut Context<'_>,
+    ) -> Next {
+        match next {
+            update::Next::Send(state, batch, last) => {
+                self.update_send(state, batch, last, device_type, cx)
+            }
+            update::Next::Attest {
+                state,
+                keys,
+                device_certificate,
+            } => {
+                let plan = state.plan();
+                let effect = Effect::VerifyAttestation {
+                    serial: plan.serial,
+                    firmware: plan.firmware,
+                    device_certificate,
+                    keys,
+                };
+                Next::To(State::Update(state), effect)
+            }
+            update::Next::Certify(state, keys) => Next::To(
+                State::Update(state),
+                Effect::Certify {
+                    keys,
+                    chuid_to_sign: Vec::new(),
+                },
+            ),
+            update::Next::Done(done) => {
+                if let Some(c) = &mut self.update {
+                    c.attested.extend(done.attested);
+                }
+                let passkey = self.update.as_ref().is_some_and(|c| c.passkey);
+                match passkey
+                    .then(|| self.fido_session_on_issued(device_type, AfterFido::Update, cx))
+                    .flatten()
+                {
+                    // (The probe normally rode on the last PIV batch.)
+                    Some((mut fido, probe)) => {
+                        fido.passkey.certificates = done.certificates;
+                        send(State::Fido(fido), probe)
+                    }
+                    None => Next::Updated(done.certificates, None),
+                }
+            }
+            update::Next::Failed(failure, certificates) => Next::UpdateFailed {
+                failure,
+                certificates,
+                written: false,
+            },
+        }
+    }
+
+    /// The update is done: the new certificates (and passkey) go on record.
+    fn updated(
+        &mut self,
+        certificates: Vec<(u8, Vec<u8>)>,
+        passkey: Option<PasskeyRecord>,
+        cx: &Context<'_>,
+    ) -> Effect {
+        let attested = self.update.take().map(|c| c.attested).unwrap_or_default();
+        let registered = passkey.is_some();
+        let mut ending = self.end(SessionStatus::Updated, None, DeviceMove::Stays, cx);
+        ending.certificates = certificates;
+        ending.attested_slots = attested;
+        ending.passkey = passkey;
+        ending.passkey_reregistration = registered.then_some(false);
+        Effect::End(ending)
+    }
+
+    /// The update failed: certificates certified but not written are
+    /// revoked; a PIV part that was written stays on record (the next
+    /// update finishes the rest).
+    fn update_failed(
+        &mut self,
+        failure: Failure,
+        certificates: Vec<(u8, Vec<u8>)>,
+        written: bool,
+        cx: &Context<'_>,
+    ) -> Effect {
+        let attested = self.update.take().map(|c| c.attested).unwrap_or_default();
+        let at = self.batch.step();
+        let mut ending = self.end(
+            SessionStatus::UpdateFailed,
+            Some(failure),
+            DeviceMove::Stays,
+            cx,
+        );
+        ending.step = at;
+        ending.certificates = certificates;
+        ending.attested_slots = attested;
+        ending.revoked = !written;
+        if written {
+            self.notice = Some(Notice {
+                code: "update_partly_done".into(),
+                message: "The certificates were updated; the rest of the update is still pending"
+                    .into(),
+            });
+        }
+        Effect::End(ending)
     }
 
     // ── Endings ──────────────────────────────────────────────────────────

@@ -949,3 +949,194 @@ fn an_unlock_whose_fido_reset_is_declined_unlocks_piv_and_says_fido_stays_blocke
     );
     assert!(b.pin_verifies("13572468"));
 }
+
+/// An update of the device `issued` left: the plan from the kept
+/// management key.
+fn update_plan(b: &Bench, issued: &DeviceSession) -> keyward_engine::update::UpdatePlan {
+    keyward_engine::update::UpdatePlan {
+        device_type: b.device.device_type,
+        serial: b.device.serial.0,
+        firmware: None,
+        management_key: issued.kept().unwrap().management_key.value.clone(),
+        pin_change: false,
+        generate: vec![],
+        same_key: vec![],
+        remove: vec![],
+    }
+}
+
+fn start_update(
+    b: &mut Bench,
+    issued: &DeviceSession,
+    plan: keyward_engine::update::UpdatePlan,
+    passkey: bool,
+) -> (DeviceSession, Batch) {
+    let (policy, user) = (b.policy.clone(), b.user.clone());
+    let mut cx = Context {
+        policy: &policy,
+        user: &user,
+        now: NOW,
+        rng: &mut b.rng,
+    };
+    DeviceSession::update(issued, plan, passkey, &mut cx).unwrap()
+}
+
+/// The certificate in slot 9A as the device holds it.
+fn slot_9a_certificate(b: &mut Bench) -> Vec<u8> {
+    b.card.transmit(&piv::select_piv().to_bytes());
+    let get = piv::get_data(piv::object::AUTHENTICATION_CERT)
+        .extended(true)
+        .with_le(65536);
+    let r = Response::from_apdu(&b.card.transmit(&get.to_bytes()));
+    let v = keyward_card::tlv::find(&r.data, 0x53).unwrap().to_vec();
+    piv::parse_cert_container(&v).unwrap().certificate
+}
+
+/// Issue 17: a renewal with a new key and a PIN change in one update:
+/// the PIN prompts, then three device round trips (identity and PIN
+/// change with the witness; the new key; the writes), the new
+/// certificate on the device, the new PIN verifying.
+#[test]
+fn an_update_renews_with_a_new_key_and_changes_the_pin() {
+    let mut b = Bench::new(ProfileKind::C4000, None);
+    let (mut s, batch) = b.issue(Some("24681357"), false);
+    let issued = b.run(&mut s, batch, &none, None);
+    let old = slot_9a_certificate(&mut b);
+    assert_eq!(issued.certificates[0].1, old);
+    b.take_effects();
+    let mut plan = update_plan(&b, &s);
+    plan.pin_change = true;
+    plan.generate = vec![keyward_engine::piv::KeySpec {
+        slot: 0x9A,
+        algorithm: 0x11,
+    }];
+    let (mut u, batch) = start_update(&mut b, &s, plan, false);
+    let end = b.run(
+        &mut u,
+        batch,
+        &answers(&[
+            (PromptKind::EnterPin, "24681357"),
+            (PromptKind::SetNewPin, "13572468"),
+        ]),
+        None,
+    );
+    assert_eq!(
+        (end.status, end.failure.as_ref().map(|f| f.code)),
+        (SessionStatus::Updated, None)
+    );
+    assert_eq!(
+        b.take_effects(),
+        strings(&[
+            "send enter the current and the new PIN",
+            "send identify device",
+            "send authenticate management key",
+            "certify",
+            "send write certificate 9A",
+            "end updated",
+        ])
+    );
+    let new = slot_9a_certificate(&mut b);
+    assert_ne!(new, old, "a new certificate");
+    assert_eq!(end.certificates, vec![(0x9A, new)]);
+    assert!(!end.revoked);
+    assert!(b.pin_verifies("13572468"));
+}
+
+/// The same key renewed: the device's certificate compared with the one on
+/// record, certified again, written: two round trips, the key unchanged.
+/// A device holding another certificate is refused.
+#[test]
+fn an_update_renews_for_the_same_key_in_two_round_trips() {
+    use der::{Decode, Encode};
+    let mut b = Bench::new(ProfileKind::C4000, None);
+    let (mut s, batch) = b.issue(Some("24681357"), false);
+    b.run(&mut s, batch, &none, None);
+    let old = slot_9a_certificate(&mut b);
+    let spki = |der: &[u8]| {
+        x509_cert::Certificate::from_der(der)
+            .unwrap()
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .unwrap()
+    };
+    let old_spki = spki(&old);
+    let same = |certificate: Vec<u8>| keyward_engine::update::SameKey {
+        slot: 0x9A,
+        algorithm: 0x11,
+        spki_der: old_spki.clone(),
+        certificate,
+    };
+    b.take_effects();
+    let mut plan = update_plan(&b, &s);
+    plan.same_key = vec![same(old.clone())];
+    let (mut u, batch) = start_update(&mut b, &s, plan.clone(), false);
+    let end = b.run(&mut u, batch, &none, None);
+    assert_eq!(end.status, SessionStatus::Updated, "{:?}", end.failure);
+    assert_eq!(
+        b.take_effects(),
+        strings(&[
+            "send identify device",
+            "certify",
+            "send authenticate management key",
+            "end updated",
+        ])
+    );
+    let new = slot_9a_certificate(&mut b);
+    assert_ne!(new, old);
+    assert_eq!(spki(&new), spki(&old), "the same key");
+    // The record says `old`, the device holds `new`: refused, nothing written.
+    let mut plan = update_plan(&b, &s);
+    plan.same_key = vec![same(old)];
+    let (mut u, batch) = start_update(&mut b, &s, plan, false);
+    let end = b.run(&mut u, batch, &none, None);
+    assert_eq!(
+        (end.status, end.failure.map(|f| f.code)),
+        (
+            SessionStatus::UpdateFailed,
+            Some(FailureCode::CertificateMismatch)
+        )
+    );
+    assert_eq!(slot_9a_certificate(&mut b), new);
+}
+
+/// A passkey added to an issued device: three device round trips (the
+/// identity with the FIDO probe, the PIN token, makeCredential).
+#[test]
+fn an_update_adds_a_passkey_in_three_round_trips() {
+    let mut b = Bench::new(ProfileKind::C4000, None);
+    let (mut s, batch) = b.issue(Some("24681357"), false);
+    b.run(&mut s, batch, &none, None);
+    b.take_effects();
+    // The policy gains a FIDO application with its own PIN.
+    b.policy = policy(Some(false));
+    let plan = update_plan(&b, &s);
+    let (mut u, batch) = start_update(&mut b, &s, plan, true);
+    let end = b.run(
+        &mut u,
+        batch,
+        &answers(&[
+            (PromptKind::SetFidoPin, "975318"),
+            (PromptKind::ConfirmTouch, "true"),
+        ]),
+        None,
+    );
+    assert_eq!(end.status, SessionStatus::Updated, "{:?}", end.failure);
+    assert!(end.passkey.is_some());
+    assert_eq!(end.passkey_reregistration, Some(false));
+    // Device round trips: the identity with the FIDO probe, the PIN token
+    // (the second "FIDO: PIN"; the first is the prompt batch), makeCredential.
+    assert_eq!(
+        b.take_effects(),
+        strings(&[
+            "send identify device",
+            "send FIDO: PIN",
+            "fetch creation options",
+            "send FIDO: PIN",
+            "send FIDO: register the passkey",
+            "verify passkey attestation",
+            "register passkey",
+            "end updated",
+        ])
+    );
+}

@@ -65,6 +65,8 @@ fn app(slot: PivSlot) -> PkiApplication {
                 ExtendedKeyUsage::SmartcardLogon,
             ],
         },
+        renewal_window_days: None,
+        renewal: None,
     }
 }
 

@@ -542,6 +542,8 @@ mod tests {
                 key_usage: vec![Ku::DigitalSignature],
                 extended_key_usage: vec![Eku::ClientAuth],
             },
+            renewal_window_days: None,
+            renewal: None,
         };
         let user = User {
             id: uuid::Uuid::new_v4(),

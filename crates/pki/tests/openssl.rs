@@ -48,6 +48,8 @@ fn piv_auth() -> PkiApplication {
                 ExtendedKeyUsage::SmartcardLogon,
             ],
         },
+        renewal_window_days: None,
+        renewal: None,
     }
 }
 

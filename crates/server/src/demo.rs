@@ -99,6 +99,8 @@ pub fn piv_standard() -> DevicePolicy {
                     ],
                     vec![KeyUsage::DigitalSignature],
                 ),
+                renewal_window_days: None,
+                renewal: None,
             },
             PkiApplication {
                 name: "Digital Signature".into(),
@@ -113,6 +115,8 @@ pub fn piv_standard() -> DevicePolicy {
                     ],
                     vec![KeyUsage::DigitalSignature, KeyUsage::NonRepudiation],
                 ),
+                renewal_window_days: None,
+                renewal: None,
             },
         ],
         fido_application: None,
