@@ -25,6 +25,8 @@ canonical_enum! {
         DevicesReplace = "devices.replace", "Replace devices";
         DevicesRecycle = "devices.recycle", "Recycle devices";
         DevicesUnlock = "devices.unlock", "Unlock device PINs";
+        /// Request Update, carry an update out, the renewal scan.
+        DevicesUpdate = "devices.update", "Request and carry out device updates";
         PoliciesRead = "policies.read", "View device policies";
         PoliciesWrite = "policies.write", "Create and change device policies";
         SettingsRead = "settings.read", "View settings";
@@ -57,6 +59,7 @@ impl Role {
                     | DevicesIssue
                     | DevicesReplace
                     | DevicesRecycle
+                    | DevicesUpdate
                     | PoliciesRead
                     | SettingsRead
                     | PasskeyServicesRead
@@ -70,6 +73,7 @@ impl Role {
                     | DevicesReplace
                     | DevicesRecycle
                     | DevicesUnlock
+                    | DevicesUpdate
                     | PoliciesRead
                     | SettingsRead
             ),

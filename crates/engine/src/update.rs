@@ -68,9 +68,9 @@ pub struct UpdatePlan {
     pub device_type: DeviceType,
     pub serial: u64,
     pub firmware: Option<(u8, u8, u8)>,
-    /// The device's management key (the server refuses an update when it is
-    /// not sure of it).
-    pub management_key: ManagementKey,
+    /// The device's management key, needed when anything is written (the
+    /// server refuses an update when it is not sure of it).
+    pub management_key: Option<ManagementKey>,
     /// The person enters the current PIN and chooses a new one.
     pub pin_change: bool,
     /// New keys: certificates added, or renewed with a new key.
@@ -354,10 +354,17 @@ fn batch_one(
     }
     let last = !plan.writes();
     if !last {
+        let m = plan.management_key.as_ref().ok_or_else(|| {
+            Failure::new(
+                FailureCode::BadPlan,
+                Step::AuthenticateManagementKey,
+                "the update writes to the device and its management key is not known",
+            )
+        })?;
         b.push(
             Step::AuthenticateManagementKey,
             piv::general_authenticate(
-                plan.management_key.algorithm.id(),
+                m.algorithm.id(),
                 key_ref::MANAGEMENT,
                 &[(dyn_auth::WITNESS, &[])],
             )
@@ -450,7 +457,16 @@ impl AwaitCheck {
         }
         // The mutual authentication: the witness decrypted, a challenge.
         let step = Step::AuthenticateManagementKey;
-        let m = &plan.management_key;
+        let Some(m) = plan.management_key.as_ref() else {
+            return Next::Failed(
+                Failure::new(
+                    FailureCode::BadPlan,
+                    step,
+                    "the management key is not known",
+                ),
+                vec![],
+            );
+        };
         let witness =
             piv::parse_general_authenticate_response(&r[r.len() - 1].data, dyn_auth::WITNESS)
                 .and_then(|w| m.decrypt_block(w));
@@ -547,8 +563,19 @@ impl AwaitCheck {
 }
 
 /// The card's answer to the challenge proves it knows the management key.
-fn authenticated(m: &ManagementKey, challenge: &[u8], answer: &[u8]) -> Result<(), Failure> {
+fn authenticated(
+    m: Option<&ManagementKey>,
+    challenge: &[u8],
+    answer: &[u8],
+) -> Result<(), Failure> {
     let step = Step::AuthenticateManagementKey;
+    let m = m.ok_or_else(|| {
+        Failure::new(
+            FailureCode::BadPlan,
+            step,
+            "the management key is not known",
+        )
+    })?;
     let card =
         piv::parse_general_authenticate_response(answer, dyn_auth::RESPONSE).ok_or_else(|| {
             Failure::new(
@@ -578,7 +605,7 @@ impl AwaitKeys {
             Err(f) => return Next::Failed(f, vec![]),
         };
         let plan = self.plan;
-        if let Err(f) = authenticated(&plan.management_key, &self.challenge, &r[0].data) {
+        if let Err(f) = authenticated(plan.management_key.as_ref(), &self.challenge, &r[0].data) {
             return Next::Failed(f, vec![]);
         }
         let by_step = |step: Step| {
@@ -733,7 +760,8 @@ impl AwaitWrites {
             Err(f) => return Next::Failed(f, self.certificates),
         };
         if let Some(challenge) = &self.challenge {
-            if let Err(f) = authenticated(&self.plan.management_key, challenge, &r[0].data) {
+            if let Err(f) = authenticated(self.plan.management_key.as_ref(), challenge, &r[0].data)
+            {
                 return Next::Failed(f, self.certificates);
             }
         }

@@ -957,7 +957,7 @@ fn update_plan(b: &Bench, issued: &DeviceSession) -> keyward_engine::update::Upd
         device_type: b.device.device_type,
         serial: b.device.serial.0,
         firmware: None,
-        management_key: issued.kept().unwrap().management_key.value.clone(),
+        management_key: Some(issued.kept().unwrap().management_key.value.clone()),
         pin_change: false,
         generate: vec![],
         same_key: vec![],

@@ -213,6 +213,17 @@ impl ApiClient {
         self.try_post(&format!("/devices/{}/recycle", enc(serial)), req)
     }
 
+    /// Starts the device's pending update (`via` as for Recycle).
+    pub fn update(&self, serial: &str, req: &impl Serialize) -> Answer<RelayBatch> {
+        self.try_post(&format!("/devices/{}/update", enc(serial)), req)
+    }
+
+    /// DELETE; an error answer is an error.
+    pub fn delete(&self, path: &str) -> anyhow::Result<()> {
+        let _: serde_json::Value = self.call(Method::DELETE, path, Body::<()>::None)??;
+        Ok(())
+    }
+
     /// Starts an unlock (`via` as for Recycle, or an empty body).
     pub fn unlock(&self, serial: &str, req: &impl Serialize) -> Answer<RelayBatch> {
         self.try_post(&format!("/devices/{}/unlock", enc(serial)), req)

@@ -14,6 +14,7 @@ mod recycle;
 mod relaying;
 mod serve;
 mod unlock;
+mod update;
 
 use std::process::ExitCode;
 
@@ -52,6 +53,9 @@ enum Command {
     /// Unlock a connected device: reset its blocked PIN with the PUK the
     /// server keeps (which it then replaces).
     Unlock(unlock::UnlockArgs),
+    /// Carry out a connected device's pending update (Request Update, or
+    /// the renewal scan's): certificates, PIN, passkey, through the server.
+    Update(update::UpdateArgs),
     /// Back up a SQLite data folder and its KEK into one file encrypted
     /// under a passphrase (on the server's host; the server may run).
     Backup(backup::BackupArgs),
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         Command::Issue(args) => issue::run(args),
         Command::Recycle(args) => recycle::run(args),
         Command::Unlock(args) => unlock::run(args),
+        Command::Update(args) => update::run(args),
         Command::Backup(args) => backup::backup(args),
         Command::Restore(args) => backup::restore(args),
         Command::Agent(args) => agent::run(args),

@@ -80,6 +80,75 @@ pub struct UnlockRequestView {
     pub expires_at: time::OffsetDateTime,
 }
 
+/// One applied change of an update, as the Request Update dialog lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UpdateChangeView {
+    /// `add_certificate`, `renew_certificate`, `remove_certificate`,
+    /// `add_passkey`, `remove_passkey`, `change_pin`.
+    pub change: String,
+    /// The PIV slot (`9a`) of a certificate change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+    /// `rekey` or `same_key` for a renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// The sentence shown to the operator.
+    pub description: String,
+}
+
+/// Request Update: the policy to re-apply (default: the device's own).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRequestCreate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+}
+
+/// What re-applying a policy would change (before confirming), or a
+/// pending update request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UpdateRequestView {
+    /// None for a preview.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<uuid::Uuid>,
+    pub serial: String,
+    /// The policy the device is brought to.
+    pub policy: String,
+    /// `operator`, `renewal` (the daily scan) or `offline_unlock`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub created_at: Option<time::OffsetDateTime>,
+    pub changes: Vec<UpdateChangeView>,
+}
+
+/// The renewal scan: `at` is the time it scans for (default now).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenewalScanRequest {
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub at: Option<time::OffsetDateTime>,
+}
+
+/// What the renewal scan did: the devices given an update request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RenewalScanResult {
+    pub scanned: usize,
+    pub requested: Vec<String>,
+}
+
 /// Offline unlock: the challenge the device showed the person (a C4000);
 /// none for a YubiKey (its PUK is disclosed instead).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

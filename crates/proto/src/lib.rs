@@ -9,7 +9,8 @@ pub mod views;
 
 pub use issuance::{
     Assigned, CredentialView, OfflineUnlockAnswer, OfflineUnlockRequest, RecycleRequest,
-    SessionError, SessionNotice, SessionView, StartIssuance, UnlockRequestView,
+    RenewalScanRequest, RenewalScanResult, SessionError, SessionNotice, SessionView, StartIssuance,
+    UnlockRequestView, UpdateChangeView, UpdateRequestCreate, UpdateRequestView,
 };
 
 /// `Debug` for a wire type that holds secrets: the named fields are shown,

@@ -36,6 +36,14 @@ pub fn backoff(attempts: u32) -> time::Duration {
 /// lease lapses).
 pub fn spawn_worker(state: AppState) {
     let worker = format!("node-{}", Uuid::new_v4());
+    let scan_state = state.clone();
+    tokio::spawn(async move {
+        if let Err(e) =
+            schedule_renewal_scan(&scan_state, time::OffsetDateTime::now_utc(), false).await
+        {
+            tracing::warn!(error = %e, "scheduling the renewal scan failed");
+        }
+    });
     let mut changes = state.store.changes();
     tokio::spawn(async move {
         loop {
@@ -72,6 +80,7 @@ async fn carry_out(state: &AppState, worker: &str, job: Job) {
     let outcome = match job.kind.as_str() {
         keyward_store::lifecycle::JOB_DELETE_PASSKEY => delete_passkey(state, &job).await,
         keyward_store::lifecycle::JOB_EXPIRE_TEMPORARY => expire_temporary(state, &job).await,
+        keyward_store::lifecycle::JOB_RENEWAL_SCAN => renewal_scan(state, &job).await,
         other => Err(JobFailed(format!("no worker knows jobs of kind {other}"))),
     };
     let now = time::OffsetDateTime::now_utc();
@@ -113,6 +122,60 @@ async fn delete_passkey(state: &AppState, job: &Job) -> Result<(), JobFailed> {
     let record = crate::entra::passkey_record(&credential)
         .ok_or_else(|| JobFailed("the credential is not a passkey on record".into()))?;
     crate::entra::delete_passkey(state, &record)
+        .await
+        .map_err(JobFailed)
+}
+
+/// How often the renewal scan runs.
+const RENEWAL_SCAN_EVERY: time::Duration = time::Duration::days(1);
+
+/// Writes the renewal scan due at `at`, unless one is pending (`always`: the
+/// scan that runs now writes its successor).
+async fn schedule_renewal_scan(
+    state: &AppState,
+    at: time::OffsetDateTime,
+    always: bool,
+) -> Result<(), String> {
+    use keyward_store::lifecycle::{JobState, JOB_RENEWAL_SCAN, RENEWALS_TARGET};
+    if !always {
+        let pending = state
+            .store
+            .list_jobs(Some(JobState::Pending), Some(RENEWALS_TARGET))
+            .await
+            .map_err(|e| e.to_string())?;
+        if pending.iter().any(|j| j.kind == JOB_RENEWAL_SCAN) {
+            return Ok(());
+        }
+    }
+    let job = keyward_store::lifecycle::NewJob {
+        kind: JOB_RENEWAL_SCAN.into(),
+        payload: "{}".into(),
+        target: RENEWALS_TARGET.into(),
+        not_before: at,
+    };
+    let draft = keyward_domain::AuditDraft::new("system", "job.scheduled", RENEWALS_TARGET)
+        .detail("kind", JOB_RENEWAL_SCAN)
+        .detail("due", at.to_string());
+    state
+        .store
+        .enqueue_job(&job, &draft)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The daily renewal scan, then the next one a day later.
+async fn renewal_scan(state: &AppState, _job: &Job) -> Result<(), JobFailed> {
+    let now = time::OffsetDateTime::now_utc();
+    let done = crate::issuance::renewal_scan(state, now)
+        .await
+        .map_err(|e| JobFailed(e.detail.message.clone()))?;
+    tracing::info!(
+        scanned = done.scanned,
+        requested = done.requested.len(),
+        "renewal scan"
+    );
+    schedule_renewal_scan(state, now + RENEWAL_SCAN_EVERY, true)
         .await
         .map_err(JobFailed)
 }

@@ -76,6 +76,12 @@ pub struct IssuanceUpdate {
     pub passkeys_erased: bool,
     /// Sets the device's "passkey to register again" flag.
     pub passkey_reregistration: Option<bool>,
+    /// An update session's end: its request and what it changes.
+    pub update: Option<crate::update_requests::UpdateOutcome>,
+    /// The session set a PIN checked against the policy's rules (Change
+    /// PIN, Unlock, an update's PIN change): an offline unlock's flag is
+    /// cleared.
+    pub pin_checked: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -392,6 +392,18 @@ pub async fn advance_issuance(
     if !credentials.is_empty() {
         insert_credentials(&mut tx, credentials).await?;
     }
+    if let Some(outcome) = &update.update {
+        apply_update_outcome(&mut tx, id, outcome, now()).await?;
+    }
+    if update.pin_checked {
+        sqlx::query(
+            "UPDATE devices SET pin_check_due = $1 WHERE id = (SELECT device_id FROM issuance_sessions WHERE id = $2)",
+        )
+        .bind(false)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
     let mut done = crate::lifecycle::EffectsDone::default();
     if let Some((device, change)) = device_change {
         done = device_change_tx(&mut tx, device, change, &last.actor).await?.1;

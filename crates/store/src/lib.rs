@@ -40,6 +40,7 @@ mod issuance;
 pub mod lifecycle;
 mod types;
 pub mod unlock_requests;
+pub mod update_requests;
 mod write_tx;
 
 pub use backup::{audit_head_of_sqlite, snapshot_sqlite};
@@ -50,6 +51,7 @@ pub use keyward_domain::AuditDraft;
 pub use lifecycle::{EffectsDone, Job, JobState, NewJob, Revocation};
 pub use types::*;
 pub use unlock_requests::UnlockRequest;
+pub use update_requests::{UpdateOutcome, UpdateRequest};
 
 use hmac::{Hmac, Mac};
 use keyward_domain::{
@@ -278,6 +280,7 @@ mod sqlite_repo {
     include!("agents_repo.rs");
     include!("lifecycle_repo.rs");
     include!("unlock_requests_repo.rs");
+    include!("update_requests_repo.rs");
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -289,6 +292,7 @@ mod pg_repo {
     include!("agents_repo.rs");
     include!("lifecycle_repo.rs");
     include!("unlock_requests_repo.rs");
+    include!("update_requests_repo.rs");
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,6 +19,13 @@ pub const JOB_DELETE_PASSKEY: &str = "delete_passkey";
 /// names the device (`{"device": id}`), due at the device's end.
 pub const JOB_EXPIRE_TEMPORARY: &str = "expire_temporary_device";
 
+/// The daily renewal scan (issue 17): requests the update of every device
+/// with a certificate inside its renewal window, then writes the next scan
+/// a day later. Target `renewals`, payload `{}`.
+pub const JOB_RENEWAL_SCAN: &str = "renewal_scan";
+/// Its target.
+pub const RENEWALS_TARGET: &str = "renewals";
+
 /// What the effects of a device's move did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct EffectsDone {

@@ -1448,6 +1448,8 @@ async fn issue_in_store_with(
         error: None,
         passkeys_erased: false,
         passkey_reregistration: None,
+        update: None,
+        pin_checked: false,
     };
     s.advance_issuance(
         session.id,
@@ -1848,6 +1850,8 @@ async fn follow_up_ends(
         error: None,
         passkeys_erased,
         passkey_reregistration: passkeys_erased.then_some(credential.is_none()),
+        update: None,
+        pin_checked: false,
     };
     s.advance_issuance(
         session.id,

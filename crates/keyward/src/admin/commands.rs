@@ -152,6 +152,26 @@ pub enum DeviceCommand {
         #[arg(long)]
         challenge: Option<String>,
     },
+    /// Request Update: re-apply the device's policy (or another that fits
+    /// it); prints the applied changes. Pending until the device is next
+    /// connected (`keyward update`, or the person in the User Portal).
+    RequestUpdate {
+        serial: String,
+        #[arg(long)]
+        policy: Option<String>,
+        /// Show the changes only; request nothing.
+        #[arg(long)]
+        preview: bool,
+    },
+    /// Cancel Update Request: withdraw the device's pending update.
+    CancelUpdate { serial: String },
+    /// The renewal scan (the job runner runs it daily): an update request
+    /// for every device with a certificate inside its renewal window.
+    RenewalScan {
+        /// The time to scan for (RFC 3339; default now).
+        #[arg(long)]
+        at: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -532,6 +552,75 @@ fn device(c: &ApiClient, json: bool, cmd: DeviceCommand) -> anyhow::Result<ExitC
                 &serde_json::json!({}),
             )?;
             print_object(json, &v);
+        }
+        DeviceCommand::RequestUpdate {
+            serial,
+            policy,
+            preview,
+        } => {
+            let v: keyward_proto::UpdateRequestView = if preview {
+                let query = policy
+                    .map(|p| format!("?policy={}", enc(&p)))
+                    .unwrap_or_default();
+                c.get(&format!("/devices/{}/update-preview{query}", enc(&serial)))?
+            } else {
+                c.post(
+                    &format!("/devices/{}/update-requests", enc(&serial)),
+                    &keyward_proto::UpdateRequestCreate { policy },
+                )?
+            };
+            if json {
+                print_object(true, &serde_json::to_value(&v)?);
+            } else {
+                let what = if preview {
+                    "would apply"
+                } else {
+                    "update requested:"
+                };
+                println!("device {} ({}) {what}", v.serial, v.policy);
+                for ch in &v.changes {
+                    println!("  - {}", ch.description);
+                }
+                if v.changes.is_empty() {
+                    println!("  - the policy only (no change on the device)");
+                }
+            }
+        }
+        DeviceCommand::CancelUpdate { serial } => {
+            c.delete(&format!("/devices/{}/update-requests", enc(&serial)))?;
+            if !json {
+                println!("the update request of device {serial} is cancelled");
+            } else {
+                print_object(
+                    true,
+                    &serde_json::json!({ "serial": serial, "cancelled": true }),
+                );
+            }
+        }
+        DeviceCommand::RenewalScan { at } => {
+            let at = at
+                .map(|a| {
+                    time::OffsetDateTime::parse(&a, &time::format_description::well_known::Rfc3339)
+                        .map_err(|e| anyhow::anyhow!("--at: not an RFC 3339 time: {e}"))
+                })
+                .transpose()?;
+            let v: keyward_proto::RenewalScanResult = c.post(
+                "/update-requests/scan",
+                &keyward_proto::RenewalScanRequest { at },
+            )?;
+            if json {
+                print_object(true, &serde_json::to_value(&v)?);
+            } else {
+                println!(
+                    "{} issued devices scanned; update requested for {}",
+                    v.scanned,
+                    if v.requested.is_empty() {
+                        "none".to_string()
+                    } else {
+                        v.requested.join(", ")
+                    }
+                );
+            }
         }
         DeviceCommand::UnlockResponse { serial, challenge } => {
             let v: keyward_proto::OfflineUnlockAnswer = c.post(

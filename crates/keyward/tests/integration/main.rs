@@ -40,5 +40,6 @@ mod security;
 mod sessions;
 mod tls;
 mod unlock;
+mod update;
 mod vcard_fido;
 mod vcard_pcsc;

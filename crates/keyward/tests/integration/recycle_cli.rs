@@ -9,7 +9,7 @@
 use crate::common::pcsc;
 use crate::support;
 
-use pcsc::{run_ok, Vcard};
+use pcsc::{relay_pcsc, run_ok, Vcard};
 use serde_json::{json, Value};
 use support::TestServer;
 
@@ -30,72 +30,6 @@ fn put_setting(server: &TestServer, key: &str, value: &str) {
         Some(json!({ "value": value })),
     );
     assert_eq!(s, 200, "{v}");
-}
-
-/// Relays batches of session `id` over PC/SC from `batch` on: whole batches
-/// while `cut_at` is not reached; at batch number `cut_at` (1-based, counted
-/// from `batch`) only the first `cut` commands, then a removed device.
-/// Prompt batches are answered from `answers`. Returns the last answer.
-fn relay_pcsc(
-    server: &TestServer,
-    id: &str,
-    mut batch: Value,
-    answers: &[(&str, &str)],
-    cut_at: Option<(usize, usize)>,
-) -> Value {
-    let ctx = keyward_transport::pcsc::Pcsc::establish().unwrap();
-    let reader = ctx
-        .readers()
-        .unwrap()
-        .into_iter()
-        .find(|r| r.card_present)
-        .expect("a reader with the card")
-        .name;
-    let mut card = ctx.connect(&reader).unwrap();
-    let mut n = 0;
-    while batch["state"] == "running" {
-        let commands = batch["commands"].as_array().unwrap().clone();
-        let mut result =
-            json!({ "protocol": 1, "session_id": id, "seq": batch["seq"], "responses": [] });
-        if commands.is_empty() {
-            let mut given = serde_json::Map::new();
-            for p in batch["prompts"].as_array().unwrap() {
-                let kind = p["kind"].as_str().unwrap();
-                let v = answers.iter().find(|(k, _)| *k == kind).expect(kind).1;
-                given.insert(kind.into(), json!(v));
-            }
-            result["answers"] = Value::Object(given);
-        } else {
-            n += 1;
-            let limit = match cut_at {
-                Some((at, cut)) if at == n => cut,
-                _ => commands.len(),
-            };
-            let mut responses = vec![];
-            for c in &commands[..limit] {
-                let apdu = hex::decode(c["bytes"].as_str().unwrap()).unwrap();
-                let r = keyward_transport::apdu::transmit_one(&mut card, &apdu).unwrap();
-                let sw = format!("{:04x}", r.sw);
-                let stop = !c["expect"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|e| e == &json!(sw));
-                responses.push(json!({ "data": hex::encode(&r.data), "sw": sw }));
-                if stop {
-                    break;
-                }
-            }
-            result["responses"] = json!(responses);
-            if limit < commands.len() {
-                result["transport_error"] = json!("device_removed");
-            }
-        }
-        let (s, next) = server.call("POST", &format!("/issuance/{id}/relay"), Some(result));
-        assert_eq!(s, 200, "{next}");
-        batch = next;
-    }
-    batch
 }
 
 #[test]

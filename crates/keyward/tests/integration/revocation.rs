@@ -169,13 +169,16 @@ fn ocsp_with(server: &TestServer, serial: &str, issuer: &str, extra: &[&str]) ->
     openssl(dir.path(), &args).1
 }
 
-fn ocsp_says(server: &TestServer, serial: &str) -> String {
+pub(crate) fn ocsp_says(server: &TestServer, serial: &str) -> String {
     let report = ocsp(server, serial, "issuing.pem");
     assert!(report.contains("Response verify OK"), "{report}");
     assert!(!report.contains("WARNING"), "the nonce is echoed: {report}");
     let line = report
         .lines()
-        .find(|l| l.to_uppercase().starts_with(&format!("0X{serial}:")))
+        .find(|l| {
+            l.to_uppercase()
+                .starts_with(&format!("0X{}:", serial.to_uppercase()))
+        })
         .unwrap_or_else(|| panic!("{report}"));
     let status = line.split(':').nth(1).unwrap().trim().to_string();
     match report.lines().find(|l| l.trim().starts_with("Reason:")) {

@@ -289,6 +289,7 @@ pub mod perm {
         DevicesReplace,
         DevicesRecycle,
         DevicesUnlock,
+        DevicesUpdate,
         PoliciesRead,
         PoliciesWrite,
         SettingsRead,

@@ -106,6 +106,8 @@ pub(super) async fn start(
                 audits: vec![draft],
                 passkeys_erased: false,
                 passkey_reregistration: None,
+                update: None,
+                pin_checked: false,
             },
         )
         .await?;

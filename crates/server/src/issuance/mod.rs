@@ -17,6 +17,9 @@ mod session;
 mod start;
 mod sweep;
 mod unlock;
+mod update;
+
+pub use update::renewal_scan;
 
 use axum::extract::{Path, State};
 use axum::Json;
@@ -72,6 +75,16 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(unlock::create_request))
         .routes(routes!(unlock::start_own))
         .routes(routes!(unlock::offline))
+        .routes(routes!(update::preview))
+        .routes(routes!(
+            update::create_request,
+            update::get_request,
+            update::cancel_request
+        ))
+        .routes(routes!(update::start))
+        .routes(routes!(update::start_own))
+        .routes(routes!(update::scan))
+        .routes(routes!(update::list))
 }
 
 pub(super) fn relay_batch(

@@ -310,6 +310,10 @@ async fn record_ending(
                 SessionAction::ChangePin => {
                     ("device.change_pin", serde_json::json!({ "session": s.id }))
                 }
+                SessionAction::Update => (
+                    "device.update",
+                    serde_json::json!({ "session": s.id, "credentials": credentials.len() }),
+                ),
                 SessionAction::Unlock => (
                     "device.unlock",
                     serde_json::json!({
@@ -362,6 +366,21 @@ async fn record_ending(
             return Err(e);
         }
     }
+    // An update's end: its request, the certificates it replaced, the
+    // policy; a passkey it removes is deleted at its service.
+    let piv_written = ending.status == keyward_domain::SessionStatus::Updated
+        || (ending.status == keyward_domain::SessionStatus::UpdateFailed && !ending.revoked);
+    let update = super::update::outcome(state, s, ending.status, piv_written).await?;
+    let (update, remove_passkey, update_pin_checked) = match update {
+        Some((o, remove, pin)) => (Some(o), remove, pin),
+        None => (None, false, false),
+    };
+    // A PIN the policy's rules checked: an offline unlock's flag is over.
+    let pin_checked = update_pin_checked
+        || matches!(
+            ending.status,
+            keyward_domain::SessionStatus::PinChanged | keyward_domain::SessionStatus::Unlocked
+        );
     // An unlock replaced the PUK: a disclosure (offline unlock) is over.
     let rotated = (ending.status == keyward_domain::SessionStatus::Unlocked
         && device.puk_rotation_due)
@@ -377,8 +396,10 @@ async fn record_ending(
             device: device_move.map(|c| (device, c)),
             credentials,
             audits,
-            passkeys_erased: ending.passkeys_erased,
+            passkeys_erased: ending.passkeys_erased || remove_passkey,
             passkey_reregistration: ending.passkey_reregistration,
+            update,
+            pin_checked,
         },
     )
     .await;

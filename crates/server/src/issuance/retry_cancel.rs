@@ -99,6 +99,8 @@ pub(super) async fn end_failed(
             audits: vec![draft],
             passkeys_erased: erased,
             passkey_reregistration: erased.then_some(true),
+            update: None,
+            pin_checked: false,
         },
     )
     .await
@@ -154,6 +156,8 @@ pub(super) async fn retry(
         error: None,
         passkeys_erased: false,
         passkey_reregistration: None,
+        update: None,
+        pin_checked: false,
     };
     let change = StateChange {
         to: DeviceState::InProduction,

@@ -115,6 +115,7 @@ pub(super) fn audit_prefix(action: SessionAction) -> &'static str {
         SessionAction::Recycle => "recycle",
         SessionAction::ChangePin => "pin_change",
         SessionAction::Unlock => "unlock",
+        SessionAction::Update => "update",
         _ => "issuance",
     }
 }
@@ -149,6 +150,8 @@ pub(super) async fn write_batch(
         error: None,
         passkeys_erased: false,
         passkey_reregistration: None,
+        update: None,
+        pin_checked: false,
     };
     audits.push(audit(
         caller,
@@ -183,6 +186,10 @@ pub(super) struct Close {
     pub(super) passkeys_erased: bool,
     /// The device's "passkey to register again" flag, when decided.
     pub(super) passkey_reregistration: Option<bool>,
+    /// An update session's end: its request and what it changes.
+    pub(super) update: Option<keyward_store::UpdateOutcome>,
+    /// A PIN checked against the policy's rules was set.
+    pub(super) pin_checked: bool,
 }
 
 /// Writes the end of a session (`data`, its secrets already dropped), the
@@ -201,6 +208,8 @@ pub(super) async fn close(
         error: close.error,
         passkeys_erased: close.passkeys_erased,
         passkey_reregistration: close.passkey_reregistration,
+        update: close.update,
+        pin_checked: close.pin_checked,
     };
     let audits: Vec<&AuditDraft> = close.audits.iter().collect();
     state

@@ -54,6 +54,8 @@ pub async fn sweep_abandoned(state: &AppState) -> anyhow::Result<usize> {
                 audits: vec![draft],
                 passkeys_erased: erased,
                 passkey_reregistration: erased.then_some(true),
+                update: None,
+                pin_checked: false,
             },
         )
         .await;

@@ -39,11 +39,23 @@ const ACTION: SessionAction = SessionAction::Unlock;
 /// The issued device `serial` and its latest session, or why not. With
 /// `owner`, a device of another user is `not_found` before anything about
 /// it is told (its state included).
-async fn issued_device(
+pub(super) async fn issued_device(
     state: &AppState,
     serial: &str,
     owner: Option<uuid::Uuid>,
     not_found: impl Fn() -> ApiError,
+) -> ApiResult<(Device, IssuanceSession)> {
+    issued_device_for(state, serial, owner, not_found, "unlocked").await
+}
+
+/// [`issued_device`], the refusal saying what only an issued device is
+/// (`unlocked`, `updated`).
+pub(super) async fn issued_device_for(
+    state: &AppState,
+    serial: &str,
+    owner: Option<uuid::Uuid>,
+    not_found: impl Fn() -> ApiError,
+    verb: &str,
 ) -> ApiResult<(Device, IssuanceSession)> {
     let serial = Serial::parse("serial", serial).map_err(invalid)?;
     let device = found(state.store.get_device_by_serial(serial).await)
@@ -56,7 +68,7 @@ async fn issued_device(
         return Err(ApiError::conflict(
             "device_not_issued",
             format!(
-                "device {} is {}: only an issued device is unlocked",
+                "device {} is {}: only an issued device is {verb}",
                 device.serial,
                 device.state.label()
             ),
@@ -284,6 +296,29 @@ async fn used(
         .map_err(|e| store_error("using the unlock request", e))
 }
 
+/// An offline unlock sets a PIN only the device's own limits checked: the
+/// device is flagged, and an update request (unless one is pending) asks
+/// for a PIN that meets the policy's rules at its next online session.
+async fn pin_check_after_offline_unlock(
+    state: &AppState,
+    caller: &crate::auth::Caller,
+    device: &Device,
+    last: &IssuanceSession,
+) -> ApiResult<()> {
+    let draft = audit(
+        caller,
+        "device.pin_check_due",
+        format!("device:{}", device.serial),
+        serde_json::json!({ "reason": "offline unlock" }),
+    );
+    state
+        .store
+        .set_pin_check_due(device.id, true, &draft)
+        .await
+        .map_err(|e| store_error("flagging the device", e))?;
+    super::update::request_pin_check(state, caller, device, last).await
+}
+
 /// Offline unlock (the person has the device but no connection; they call
 /// the help desk): a C4000's response to the challenge its tool showed,
 /// computed from the device's management key; a YubiKey's PUK (PIV has no
@@ -370,6 +405,7 @@ pub(super) async fn offline(
             .set_puk_rotation_due(device.id, true, &draft)
             .await
             .map_err(|e| store_error("flagging the device", e))?;
+        pin_check_after_offline_unlock(&state, &caller, &device, &last).await?;
         return Ok(Json(OfflineUnlockAnswer {
             kind: "puk".into(),
             value: kept.puk.value.expose().to_string(),
@@ -416,6 +452,7 @@ pub(super) async fn offline(
         .append_audit(&draft)
         .await
         .map_err(|e| store_error("auditing the offline unlock", e))?;
+    pin_check_after_offline_unlock(&state, &caller, &device, &last).await?;
     Ok(Json(OfflineUnlockAnswer {
         kind: "response".into(),
         value: hex::encode_upper(response),

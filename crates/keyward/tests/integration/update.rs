@@ -1,0 +1,455 @@
+//! Issue 17 end to end over pcscd and vpcd with `keyward vcard` devices:
+//! Request Update (the applied changes, Cancel Update Request), `keyward
+//! update` carrying a pending request out, certificate renewal under each
+//! mode (openssl checks the new certificates; OCSP shows the superseded
+//! one revoked, the same-key one left to expire), the renewal scan with the
+//! time passed in, a policy whose PIN rules force a PIN change (OpenSC logs
+//! in with the new PIN), and an update cut short and finished by the next.
+
+use crate::common::pcsc;
+use crate::revocation::ocsp_says;
+use crate::support;
+
+use pcsc::{relay_pcsc, Vcard};
+use serde_json::{json, Value};
+use support::{ServerOptions, TestServer};
+
+use support::cli as keyward;
+
+const SERIAL: &str = "41000170";
+
+fn report(o: &std::process::Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
+        panic!(
+            "no JSON report (exit {:?}):\n{}\n{}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
+
+/// The policy "Staff": 9A (a new key on renewal) and 9D (the same key).
+fn staff(name: &str, min_pin: u8, slots: &[(&str, &str)]) -> Value {
+    let apps: Vec<Value> = slots
+        .iter()
+        .map(|(slot, alg)| json!({
+            "name": format!("Slot {slot}"), "slot": slot, "algorithm": alg, "certificate_authority": "Keyward Issuing CA",
+            "template": { "subject_dn": "CN={display_name},UID={login}", "subject_alt_names": ["upn"], "validity_days": 365,
+                          "key_usage": ["digital_signature", "key_encipherment"], "extended_key_usage": ["client_auth"] } }))
+        .collect();
+    json!({
+        "name": name, "device_types": ["c4000", "yubikey5"], "management_key": "random",
+        "pin_application": { "min_length": min_pin, "max_length": 8, "character_set": "numeric", "pin_retry_count": 3, "puk_retry_count": 3 },
+        "pki_applications": apps,
+    })
+}
+
+/// alice, the C4000 `SERIAL`, "Staff" (9A, 9D) and "Staff 8" (9A P-384,
+/// 9C; 8-digit PINs); the device issued under "Staff" by `keyward issue`.
+/// Answers the certificates issued: (slot, serial).
+fn issued(server: &TestServer, card: &Vcard) -> Vec<(String, String)> {
+    assert_eq!(server.call("POST", "/users", Some(json!({ "login": "alice", "display_name": "Alice Archer", "upn": "alice@example.com" }))).0, 201);
+    let (s, v) = server.call(
+        "POST",
+        "/devices",
+        Some(json!({ "device_type": "c4000", "serial": SERIAL, "firmware_version": "1.0.0" })),
+    );
+    assert_eq!(s, 201, "{v}");
+    for p in [
+        staff("Staff", 6, &[("9a", "eccp256"), ("9d", "eccp256")]),
+        staff("Staff 8", 8, &[("9a", "eccp384"), ("9c", "eccp256")]),
+    ] {
+        let (s, v) = server.call("POST", "/policies", Some(p));
+        assert_eq!(s, 201, "{v}");
+    }
+    let (s, v) = server.call(
+        "PUT",
+        "/settings/initial_pin_display_mode",
+        Some(json!({ "value": "displayed" })),
+    );
+    assert_eq!(s, 200, "{v}");
+    let answers = card.path("issue.toml");
+    std::fs::write(&answers, "pin = \"735194\"\n").unwrap();
+    let out = keyward(
+        server,
+        "issue",
+        &[
+            "--user",
+            "alice",
+            "--policy",
+            "Staff",
+            "--serial",
+            SERIAL,
+            "--answers",
+            answers.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let r = report(&out);
+    assert_eq!(r["state"], "issued", "{r}");
+    certificates(&r)
+}
+
+/// The certificates of a `--json` report: (slot, serial), by slot.
+fn certificates(r: &Value) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = r["credentials"]
+        .as_array()
+        .unwrap_or(&vec![])
+        .iter()
+        .filter(|c| c["kind"] == "certificate")
+        .map(|c| {
+            (
+                c["slot"].as_str().unwrap().to_string(),
+                c["serial"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `keyward update` with `answers` (TOML).
+fn update(server: &TestServer, card: &Vcard, answers: &str) -> (Option<i32>, Value) {
+    let file = card.path("update.toml");
+    std::fs::write(&file, answers).unwrap();
+    let out = keyward(
+        server,
+        "update",
+        &[
+            "--serial",
+            SERIAL,
+            "--answers",
+            file.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    (out.status.code(), report(&out))
+}
+
+/// OpenSC reads each certificate the update wrote from the device (its
+/// serial is the one on record) and openssl verifies it against the CA
+/// chain.
+fn openssl_verifies(server: &TestServer, written: &[(String, String)]) {
+    assert!(!written.is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("chain.pem"),
+        server.fetch("/pki/ca/chain.pem"),
+    )
+    .unwrap();
+    for (slot, serial) in written {
+        // OpenSC's PIV object ids.
+        let id = match slot.as_str() {
+            "9a" => "01",
+            "9c" => "02",
+            "9d" => "03",
+            _ => "04",
+        };
+        let der = dir.path().join(format!("{slot}.der"));
+        pcsc::run_ok(
+            "pkcs11-tool",
+            &[
+                "--module",
+                pcsc::OPENSC_PKCS11,
+                "--read-object",
+                "--type",
+                "cert",
+                "--id",
+                id,
+                "-o",
+                der.to_str().unwrap(),
+            ],
+        );
+        let (ok, out) = support::openssl(
+            dir.path(),
+            &[
+                "x509",
+                "-inform",
+                "DER",
+                "-in",
+                &format!("{slot}.der"),
+                "-out",
+                &format!("{slot}.pem"),
+            ],
+        );
+        assert!(ok, "{out}");
+        let (ok, text) = support::openssl(
+            dir.path(),
+            &["x509", "-in", &format!("{slot}.pem"), "-serial", "-noout"],
+        );
+        assert!(ok, "{text}");
+        assert!(
+            text.to_uppercase().contains(&serial.to_uppercase()),
+            "slot {slot} holds the certificate on record ({serial}): {text}"
+        );
+        let (ok, out) = support::openssl(
+            dir.path(),
+            &["verify", "-CAfile", "chain.pem", &format!("{slot}.pem")],
+        );
+        assert!(ok, "{out}");
+    }
+}
+
+/// Renewal: the scan at a time inside the window requests the update;
+/// `keyward update` renews 9A with a new key (the old certificate revoked
+/// superseded, OCSP says so) and 9D for the same key (the old one left to
+/// expire: OCSP good); openssl verifies the new certificates.
+fn renewal(server: TestServer) {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let card = Vcard::spawn(&["--profile", "c4000", "--serial", SERIAL]);
+    let before = issued(&server, &card);
+    assert_eq!(before.len(), 2, "{before:?}");
+    // Today: nothing inside the 42-day window.
+    let out = server.admin(&["device", "renewal-scan", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["requested"], json!([]), "{v}");
+    // 330 days on: 35 days left.
+    let at = (time::OffsetDateTime::now_utc() + time::Duration::days(330))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let out = server.admin(&["device", "renewal-scan", "--at", &at, "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["requested"], json!([SERIAL]), "{v}");
+    let (s, pending) = server.call("GET", &format!("/devices/{SERIAL}/update-requests"), None);
+    assert_eq!(s, 200, "{pending}");
+    assert_eq!(pending["origin"], "renewal");
+    let modes: Vec<(String, String)> = pending["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["slot"].as_str().unwrap().to_string(),
+                c["mode"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        modes,
+        [
+            ("9a".to_string(), "rekey".to_string()),
+            ("9d".to_string(), "same_key".to_string())
+        ],
+        "{pending}"
+    );
+    // Scanned again: the pending request stands, no second one.
+    let out = server.admin(&["device", "renewal-scan", "--at", &at, "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["requested"], json!([]), "{v}");
+
+    let (code, r) = update(&server, &card, "");
+    assert_eq!(
+        (code, r["state"].as_str()),
+        (Some(0), Some("updated")),
+        "{r}"
+    );
+    let after = certificates(&r);
+    openssl_verifies(&server, &after);
+    assert_eq!(after.len(), 2, "{after:?}");
+    let old_9a = &before[0].1;
+    let old_9d = &before[1].1;
+    assert!(!after.iter().any(|(_, s)| s == old_9a), "9A replaced");
+    assert!(!after.iter().any(|(_, s)| s == old_9d), "9D replaced");
+    assert_eq!(ocsp_says(&server, old_9a), "revoked superseded");
+    assert_eq!(ocsp_says(&server, old_9d), "good", "left to expire");
+    for (_, serial) in &after {
+        assert_eq!(ocsp_says(&server, serial), "good");
+    }
+    let (s, _) = server.call("GET", &format!("/devices/{SERIAL}/update-requests"), None);
+    assert_eq!(s, 404, "the request is done");
+    // The same-key renewal kept the key: pkcs11-tool still signs with the
+    // PIN and openssl verifies with the new certificate.
+    pcsc::pkcs11_signs_and_openssl_verifies(card.path("").as_path(), "735194");
+}
+
+#[test]
+fn a_renewal_scan_requests_updates_and_keyward_update_renews_under_each_mode_on_sqlite() {
+    renewal(TestServer::start());
+}
+
+#[test]
+fn a_renewal_scan_requests_updates_and_keyward_update_renews_under_each_mode_on_postgres() {
+    let Some(url) = support::postgres_database("update_renewal") else {
+        return;
+    };
+    renewal(TestServer::start_with(ServerOptions {
+        database_url: Some(url),
+        ..Default::default()
+    }));
+}
+
+/// Request Update to another policy: the applied changes listed (9A renewed
+/// with a P-384 key, 9C added, 9D removed, the PIN changed for the new
+/// rules); cancelled, then requested again; an update cut short in its
+/// writes fails and leaves the request pending; the next one finishes it,
+/// with the new PIN (OpenSC logs in with it).
+fn policy_change(server: TestServer) {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let card = Vcard::spawn(&["--profile", "c4000", "--serial", SERIAL]);
+    let before = issued(&server, &card);
+    let out = server.admin(&[
+        "device",
+        "request-update",
+        SERIAL,
+        "--policy",
+        "Staff 8",
+        "--preview",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let preview: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<&str> = preview["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["change"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "renew_certificate",
+            "add_certificate",
+            "remove_certificate",
+            "change_pin"
+        ],
+        "{preview}"
+    );
+    let (s, _) = server.call("GET", &format!("/devices/{SERIAL}/update-requests"), None);
+    assert_eq!(s, 404, "a preview requests nothing");
+    let out = server.admin(&["device", "request-update", SERIAL, "--policy", "Staff 8"]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert!(
+        support::stdout(&out).contains("Change the PIN"),
+        "{}",
+        support::stdout(&out)
+    );
+    // A second request while one is pending: refused.
+    let (s, v) = server.call(
+        "POST",
+        &format!("/devices/{SERIAL}/update-requests"),
+        Some(json!({ "policy": "Staff 8" })),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("update_pending")),
+        "{v}"
+    );
+    let out = server.admin(&["device", "cancel-update", SERIAL]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let (s, _) = server.call("GET", &format!("/devices/{SERIAL}/update-requests"), None);
+    assert_eq!(s, 404, "cancelled");
+    let (code, r) = update(&server, &card, "");
+    assert_eq!(
+        (code, r["error"]["code"].as_str()),
+        (Some(3), Some("not_found")),
+        "{r}"
+    );
+    let (s, v) = server.call(
+        "POST",
+        &format!("/devices/{SERIAL}/update-requests"),
+        Some(json!({ "policy": "Staff 8" })),
+    );
+    assert_eq!(s, 201, "{v}");
+
+    // Carried out over the API, the device leaving in the writes batch.
+    let (s, batch) = server.call(
+        "POST",
+        &format!("/devices/{SERIAL}/update"),
+        Some(json!({})),
+    );
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    let end = relay_pcsc(
+        &server,
+        &id,
+        batch,
+        &[("enter_pin", "735194"), ("set_new_pin", "24681357")],
+        Some((3, 2)),
+    );
+    assert_eq!(end["state"], "update_failed", "{end}");
+    let (_, st) = server.call("GET", &format!("/issuance/{id}"), None);
+    assert_eq!(st["error"]["code"], "device_removed", "{st}");
+    let (s, pending) = server.call("GET", &format!("/devices/{SERIAL}/update-requests"), None);
+    assert_eq!(s, 200, "still pending: {pending}");
+    assert_eq!(
+        ocsp_says(&server, &before[0].1),
+        "good",
+        "nothing replaced on record"
+    );
+    // The PIN changed in the first batch: the next update asks it again
+    // under the new rules and finishes the rest.
+    let (code, r) = update(
+        &server,
+        &card,
+        "pin = \"24681357\"\nnew_pin = \"13572468\"\n",
+    );
+    assert_eq!(
+        (code, r["state"].as_str()),
+        (Some(0), Some("updated")),
+        "{r}"
+    );
+    let after = certificates(&r);
+    openssl_verifies(&server, &after);
+    let slots: Vec<&str> = after.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(slots, ["9a", "9c"], "{after:?}");
+    assert_eq!(ocsp_says(&server, &before[0].1), "revoked superseded");
+    assert_eq!(
+        ocsp_says(&server, &before[1].1),
+        "revoked cessationOfOperation"
+    );
+    let (_, d) = server.call("GET", &format!("/devices/{SERIAL}"), None);
+    let (_, p) = server.call("GET", "/policies/Staff%208", None);
+    assert_eq!(
+        d["device_policy"], p["id"],
+        "the device is under Staff 8: {d}"
+    );
+    assert!(
+        pcsc::pkcs11_login("13572468").status.success(),
+        "OpenSC logs in with the new PIN"
+    );
+    // Done: nothing pending, nothing left to request.
+    let (s, v) = server.call(
+        "POST",
+        &format!("/devices/{SERIAL}/update-requests"),
+        Some(json!({})),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("nothing_to_update")),
+        "{v}"
+    );
+    let audit = server.call("GET", "/audit?limit=1000", None).1.to_string();
+    for action in [
+        "device.update_request",
+        "device.update_request_cancelled",
+        "update.fail",
+        "device.update",
+    ] {
+        assert!(audit.contains(&format!("\"{action}\"")), "{action} audited");
+    }
+    for pin in ["735194", "24681357", "13572468"] {
+        assert!(
+            !audit.contains(pin) && !server.output().contains(pin),
+            "{pin} leaked"
+        );
+    }
+}
+
+#[test]
+fn request_update_to_another_policy_cancel_a_half_done_update_and_finish_it_on_sqlite() {
+    policy_change(TestServer::start());
+}
+
+#[test]
+fn request_update_to_another_policy_cancel_a_half_done_update_and_finish_it_on_postgres() {
+    let Some(url) = support::postgres_database("update_policy") else {
+        return;
+    };
+    policy_change(TestServer::start_with(ServerOptions {
+        database_url: Some(url),
+        ..Default::default()
+    }));
+}
