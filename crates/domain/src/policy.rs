@@ -579,6 +579,32 @@ mod tests {
         }
     }
 
+    #[test]
+    fn renewal_defaults_and_refusals() {
+        let mut app = pki();
+        assert_eq!(app.renewal_mode(), RenewalMode::Rekey);
+        assert_eq!(app.renewal_window(), DEFAULT_RENEWAL_WINDOW_DAYS);
+        app.template.validity_days = 30;
+        assert_eq!(
+            app.renewal_window(),
+            15,
+            "half a validity shorter than 84 days"
+        );
+        app.renewal_window_days = Some(30);
+        assert_eq!(app.validate().unwrap_err().code, "renewal_window_invalid");
+        app.renewal_window_days = Some(10);
+        assert!(app.validate().is_ok());
+        app.slot = PivSlot::KeyManagement;
+        assert_eq!(app.renewal_mode(), RenewalMode::SameKey, "9D keeps its key");
+        app.renewal = Some(RenewalMode::Rekey);
+        assert_eq!(
+            app.validate().unwrap_err().code,
+            "renewal_rekey_key_management"
+        );
+        app.renewal = Some(RenewalMode::SameKey);
+        assert!(app.validate().is_ok());
+    }
+
     fn policy(types: &[DeviceType], share: Option<bool>) -> DevicePolicy {
         DevicePolicy {
             id: Uuid::nil(),

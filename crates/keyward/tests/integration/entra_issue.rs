@@ -1822,3 +1822,74 @@ fn an_unlock_tells_a_fido_pin_that_needs_a_reinsert() {
     assert_eq!(card.control("insert"), "ok");
     passkey_signs_in(&t, "973152", &["--hid-socket", hid]);
 }
+
+/// Issue 17, passkey re-registration: a suspended device's passkey is
+/// deleted and the device flagged; after Resume, Request Update lists the
+/// passkey to register, and `keyward update` registers it again (the PIN
+/// the FIDO application shares with PIV entered): python-fido2 signs in with
+/// it, and the flag is cleared.
+#[test]
+fn an_update_registers_again_the_passkey_a_suspension_deleted() {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let serial = "41000098";
+    let card = Vcard::spawn(&["--profile", "c4000", "--serial", serial]);
+    let t = tenant(&card);
+    let server = TestServer::start();
+    seed(&server, &t, "c4000", serial, "1.0.0", true);
+    let out = issue(
+        &server,
+        &card,
+        serial,
+        "pin = \"735194\"\ntouch = \"true\"\n",
+        &[],
+    );
+    issued(&out);
+    let out = server.admin(&["device", "suspend", serial]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !t.handle.passkeys(UPN).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the passkey was not deleted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = server.admin(&["device", "resume", serial]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let out = server.admin(&["device", "request-update", serial, "--json"]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["changes"][0]["change"], "add_passkey", "{v}");
+    let answers = card.path("update.toml");
+    std::fs::write(
+        &answers,
+        "fido_current_pin = \"735194\"\ntouch = \"true\"\n",
+    )
+    .unwrap();
+    let out = support::cli(
+        &server,
+        "update",
+        &[
+            "--serial",
+            serial,
+            "--answers",
+            answers.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let r = report(&out);
+    assert_eq!(
+        (out.status.code(), r["state"].as_str()),
+        (Some(0), Some("updated")),
+        "{r}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(passkeys_on_record(&r).len(), 1, "{r}");
+    // identify with the FIDO probe, the PIN token, makeCredential.
+    assert_eq!(r["counters"]["round_trips"], 3, "{r}");
+    eprintln!("update adding a passkey: {}", r["counters"]);
+    let (_, d) = server.call("GET", &format!("/devices/{serial}"), None);
+    assert_eq!(d["passkey_reregistration"], false, "{d}");
+    assert_passkey_signs_in(&t, "735194");
+}

@@ -245,6 +245,9 @@ fn renewal(server: TestServer) {
         (Some(0), Some("updated")),
         "{r}"
     );
+    // 9A with a new key: identity and witness, the key, the writes.
+    assert_eq!(r["counters"]["round_trips"], 3, "{r}");
+    eprintln!("renewal counters: {}", r["counters"]);
     let after = certificates(&r);
     openssl_verifies(&server, &after);
     assert_eq!(after.len(), 2, "{after:?}");

@@ -63,6 +63,8 @@ async fn page(
         own_loss: true,
         unlock: false,
         own_unlock: true,
+        update: false,
+        own_update: true,
     };
     let devices = match device_rows(&state, user_id, q.acted.as_deref(), grants).await {
         Ok(d) => d,

@@ -60,6 +60,11 @@ const FILES: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
         include_str!("../../static/pin_dialog.js"),
     ),
+    (
+        "update.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/update.js"),
+    ),
 ];
 
 pub fn routes() -> Router<AppState> {

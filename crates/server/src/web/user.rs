@@ -62,6 +62,27 @@ pub struct DeviceRow {
     /// Offline Unlock (help desk): "challenge" (a C4000's response), "puk"
     /// (a YubiKey's PUK), or empty (none).
     pub offline_unlock: &'static str,
+    /// A pending update request, and how the signed-in person carries it
+    /// out or cancels it.
+    pub update: Option<PendingUpdate>,
+    /// Request Update is offered (an issued device; `devices.update`).
+    pub request_update: bool,
+}
+
+/// A device's pending update request, as its card shows it.
+pub struct PendingUpdate {
+    /// The applied changes, each described.
+    pub changes: Vec<String>,
+    /// "Requested by operator:alice", "Certificate renewal", …
+    pub origin: String,
+    /// The policy the device is brought to.
+    pub policy: String,
+    /// The route that starts the update session (POST).
+    pub start: String,
+    /// The body's `via` (`agent`), or empty.
+    pub via: &'static str,
+    /// Cancel Update Request is offered (operators).
+    pub cancel: bool,
 }
 
 /// How the PIN dialog starts an unlock and checks the new PIN's rules.
@@ -113,6 +134,11 @@ pub struct Grants {
     pub unlock: bool,
     /// The User Portal: the person's own unlock, with an open request.
     pub own_unlock: bool,
+    /// Request Update, Cancel Update Request, an update at the operator's
+    /// agent (`devices.update`).
+    pub update: bool,
+    /// The User Portal: the person carries out their device's pending update.
+    pub own_update: bool,
 }
 
 const INCIDENTS: [(&str, &str); 5] = [
@@ -423,7 +449,49 @@ pub async fn device_rows(
             }),
             _ => None,
         };
+        let pending_update = if issued && (grants.update || grants.own_update) {
+            state
+                .store
+                .pending_update_request(d.id)
+                .await
+                .map_err(|e| internal("reading the update request", e))?
+        } else {
+            None
+        };
+        let update = pending_update.map(|r| {
+            let changes: Vec<keyward_domain::update::AppliedChange> =
+                serde_json::from_str(&r.changes).unwrap_or_default();
+            let mut changes: Vec<String> = changes.iter().map(|c| c.describe()).collect();
+            let to = policies
+                .get(&r.policy_id)
+                .map(|(n, _)| n.clone())
+                .unwrap_or_default();
+            if changes.is_empty() {
+                changes.push(format!("Move the device to the policy {to}"));
+            }
+            PendingUpdate {
+                changes,
+                origin: match r.origin.as_str() {
+                    "renewal" => "certificate renewal".to_string(),
+                    "offline_unlock" => "PIN check after an offline unlock".to_string(),
+                    _ => format!(
+                        "requested by {}",
+                        crate::web::user::actor_label(&r.created_by)
+                    ),
+                },
+                policy: to,
+                start: if grants.update {
+                    format!("/api/v1/devices/{serial}/update")
+                } else {
+                    format!("/api/v1/me/devices/{serial}/update")
+                },
+                via: if grants.update { "agent" } else { "" },
+                cancel: grants.update,
+            }
+        });
         rows.push(DeviceRow {
+            update,
+            request_update: issued && grants.update,
             offline_unlock,
             unlock,
             puk_note,
@@ -484,6 +552,8 @@ async fn page(
         own_loss: false,
         unlock: user.can(Permission::DevicesUnlock),
         own_unlock: false,
+        update: user.can(Permission::DevicesUpdate),
+        own_update: false,
     };
     let highlight = highlight.or(query.acted.as_deref());
     let devices = match device_rows(&state, subject.id, highlight, grants).await {
@@ -553,6 +623,11 @@ pub fn acted_notice(serial: &str, done: &str) -> String {
         "restore" => "found again: its certificates are valid again",
         "terminate" => "terminated",
         "unlock-requests" => "given an unlock request: the person completes it in the User Portal",
+        "update_requested" => {
+            "given an update request: carried out when the device is next connected"
+        }
+        "update_cancelled" => "relieved of its update request",
+        "update" => "updated, or its update is still pending (see the device)",
         _ => "changed",
     };
     format!("Device {serial} was {what}.")
