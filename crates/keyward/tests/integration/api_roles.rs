@@ -29,6 +29,7 @@ const SELF_SERVICE: &[(&str, &str)] = &[
     ("post", "/api/v1/me/devices/{serial}/change-pin"),
     ("post", "/api/v1/me/devices/{serial}/pin-check"),
     ("post", "/api/v1/me/devices/{serial}/unlock"),
+    ("post", "/api/v1/me/devices/{serial}/update"),
 ];
 /// A device session's own routes: its creator, its bound agent and the
 /// person it is for; to anyone else the session does not exist (404), so a
@@ -278,6 +279,18 @@ const RBAC: &[(&str, &str, &str)] = &[
     ("post", "/api/v1/devices/{serial}/terminate", "N-F-F"),
     ("post", "/api/v1/devices/{serial}/unlock", "NXFXF"),
     ("post", "/api/v1/devices/{serial}/unlock-requests", "NXFXF"),
+    ("post", "/api/v1/devices/{serial}/update", "NXXXF"),
+    ("get", "/api/v1/devices/{serial}/update-preview", "NXXXF"),
+    ("get", "/api/v1/devices/{serial}/update-requests", "NXXXF"),
+    ("post", "/api/v1/devices/{serial}/update-requests", "NXXXF"),
+    (
+        "delete",
+        "/api/v1/devices/{serial}/update-requests",
+        "NXXXF",
+    ),
+    ("post", "/api/v1/me/devices/{serial}/update", "NFFFF"),
+    ("get", "/api/v1/update-requests", "N---F"),
+    ("post", "/api/v1/update-requests/scan", "N---F"),
     ("post", "/api/v1/issuance", "N---F"),
     ("get", "/api/v1/issuance/{id}", "NXXXX"),
     ("get", "/api/v1/issuance/{id}/batch", "NXXXX"),

@@ -515,6 +515,42 @@ fn offline_unlock_by_challenge_response_and_by_the_puk() {
         pcsc::pkcs11_login("246813").status.success(),
         "the new PIN works"
     );
+    // Offline, only the device's limits checked the PIN: an update asks for
+    // one under the policy's rules at the device's next online session.
+    let (s, pending) = server.call("GET", "/devices/41000802/update-requests", None);
+    assert_eq!(s, 200, "{pending}");
+    assert_eq!(
+        (
+            pending["origin"].as_str(),
+            pending["changes"][0]["change"].as_str()
+        ),
+        (Some("offline_unlock"), Some("change_pin")),
+        "{pending}"
+    );
+    std::fs::write(
+        dir.path().join("update.toml"),
+        "pin = \"246813\"\nnew_pin = \"135792\"\n",
+    )
+    .unwrap();
+    let update_answers = dir.path().join("update.toml");
+    let out = keyward(
+        &server,
+        "update",
+        &[
+            "--serial",
+            "41000802",
+            "--answers",
+            update_answers.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(report(&out)["state"], "updated", "{}", report(&out));
+    assert!(
+        pcsc::pkcs11_login("135792").status.success(),
+        "the PIN the rules checked"
+    );
+    let (s, _) = server.call("GET", "/devices/41000802/update-requests", None);
+    assert_eq!(s, 404, "done");
     // A replayed response: the device's new challenge is another one.
     block_pin_with_opensc();
     let mut tool = OfflineTool::spawn("41000802", &answers);

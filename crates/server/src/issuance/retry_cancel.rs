@@ -126,6 +126,13 @@ pub(super) async fn retry(
             "a failed recycle is not retried: recycle the device again (POST /devices/{serial}/recycle)",
         ));
     }
+    if s.action == SessionAction::Update {
+        // The request stays pending: the next update computes what is left.
+        return Err(ApiError::conflict(
+            "retry_not_possible",
+            "a failed update is retried by carrying its pending request out again: keyward update, Update on the device, or POST /devices/{serial}/update",
+        ));
+    }
     if s.status != SessionStatus::Failed {
         return Err(ApiError::conflict(
             "session_not_failed",

@@ -49,6 +49,15 @@ pub struct PendingJob {
     pub next_at: String,
 }
 
+/// A pending update request (Request Update, the renewal scan).
+pub struct PendingUpdateRow {
+    pub serial: String,
+    /// "certificate renewal", who requested it, …
+    pub origin: String,
+    pub changes: Vec<String>,
+    pub since: String,
+}
+
 pub struct Choice {
     pub value: &'static str,
     pub label: &'static str,
@@ -71,6 +80,9 @@ struct DevicesPage {
     /// an administrator closes them.
     pending: Vec<PendingJob>,
     can_close_jobs: bool,
+    /// Pending update requests: carried out when each device is next
+    /// connected.
+    updates: Vec<PendingUpdateRow>,
     error: Option<String>,
 }
 
@@ -132,6 +144,8 @@ async fn page(
     {
         Ok(jobs) => jobs
             .into_iter()
+            // Revocations only: the renewal scan is always pending.
+            .filter(|j| j.kind != keyward_store::lifecycle::JOB_RENEWAL_SCAN)
             .map(|j| PendingJob {
                 id: j.id.to_string(),
                 what: match j.kind.as_str() {
@@ -153,7 +167,35 @@ async fn page(
             .collect(),
         Err(e) => return internal("reading the pending jobs", e),
     };
+    let updates = match state.store.pending_update_requests().await {
+        Ok(requests) => {
+            let mut out = Vec::with_capacity(requests.len());
+            for r in requests {
+                let Ok(d) = state.store.get_device(r.device_id).await else {
+                    continue;
+                };
+                let changes: Vec<keyward_domain::update::AppliedChange> =
+                    serde_json::from_str(&r.changes).unwrap_or_default();
+                out.push(PendingUpdateRow {
+                    serial: d.serial.to_string(),
+                    origin: match r.origin.as_str() {
+                        "renewal" => "certificate renewal".to_string(),
+                        "offline_unlock" => "PIN check after an offline unlock".to_string(),
+                        _ => crate::web::user::actor_label(&r.created_by),
+                    },
+                    changes: changes.iter().map(|c| c.describe()).collect(),
+                    since: r
+                        .created_at
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                });
+            }
+            out
+        }
+        Err(e) => return internal("reading the update requests", e),
+    };
     render(&DevicesPage {
+        updates,
         pending,
         can_close_jobs: user.can(Permission::JobsManage),
         nav: user.nav("/devices"),
