@@ -11,6 +11,12 @@
 //! cargo run -p keyward --example make_session_fixture -- \
 //!     target/debug/keyward crates/keyward/tests/fixtures/session-v1
 //! ```
+//!
+//! With `--issued` (the upgrade fixture of `tests/integration/upgrade.rs`,
+//! `fixtures/release-2026-12-06`, made by release c2cb1fd): first two
+//! devices issued to the end, a C4000 to bob and a YubiKey to alice (their
+//! cards' states kept as `vcard-SERIAL.json`), then the session left in the
+//! middle as above.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -28,12 +34,17 @@ use serde_json::{json, Value};
 
 const TOKEN: &str = "kw_fixture_bootstrap_token_0000000000000000";
 const SERIAL: u32 = 31_000_900;
+/// The devices `--issued` issues to the end.
+const ISSUED_C4000: u32 = 41_000_901;
+const ISSUED_YUBIKEY: u32 = 31_000_902;
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let issued = args.iter().any(|a| a == "--issued");
+    args.retain(|a| a != "--issued");
     anyhow::ensure!(
         args.len() == 3,
-        "usage: make_session_fixture KEYWARD_BIN OUT_DIR"
+        "usage: make_session_fixture [--issued] KEYWARD_BIN OUT_DIR"
     );
     let (bin, out) = (PathBuf::from(&args[1]), PathBuf::from(&args[2]));
     anyhow::ensure!(!out.exists(), "{} exists already", out.display());
@@ -85,7 +96,7 @@ fn main() -> anyhow::Result<()> {
         Method::POST,
         "/policies",
         json!({
-            "name": "PIV Standard", "device_types": ["yubikey5"], "management_key": "random", "require_device_attestation": false,
+            "name": "PIV Standard", "device_types": ["yubikey5", "c4000"], "management_key": "random", "require_device_attestation": false,
             "pin_application": { "min_length": 6, "max_length": 8, "character_set": "numeric", "max_repeated": 2, "max_sequential": 2, "pin_retry_count": 3, "puk_retry_count": 3 },
             "pki_applications": [
                 { "name": "PIV Authentication", "slot": "9a", "algorithm": "eccp256", "certificate_authority": "Keyward Issuing CA",
@@ -94,6 +105,57 @@ fn main() -> anyhow::Result<()> {
             ]
         }),
     )?;
+    let ca = out.join("vcard-ca");
+    if issued {
+        call(
+            Method::PUT,
+            "/settings/initial_pin_display_mode",
+            json!({ "value": "displayed" }),
+        )?;
+        call(
+            Method::POST,
+            "/users",
+            json!({ "login": "bob", "display_name": "Bob Baker", "upn": "bob@example.com", "email": "bob@example.com" }),
+        )?;
+        for (profile, serial, firmware, user) in [
+            (ProfileKind::C4000, ISSUED_C4000, "1.0.0", "bob"),
+            (ProfileKind::Yubikey5, ISSUED_YUBIKEY, "5.7.1", "alice"),
+        ] {
+            let device_type = if profile == ProfileKind::C4000 {
+                "c4000"
+            } else {
+                "yubikey5"
+            };
+            call(
+                Method::POST,
+                "/devices",
+                json!({ "device_type": device_type, "serial": serial.to_string(), "firmware_version": firmware }),
+            )?;
+            let card = VcardHandle::new(VirtualCard::new(
+                VcardConfig::new(profile)
+                    .with_serial(serial)
+                    .with_ca_dir(&ca),
+            )?);
+            let mut io = relay::CardIo::new(InProcessCard::new(card.clone(), "fixture"));
+            let mut batch = call(
+                Method::POST,
+                "/issuance",
+                json!({ "user": user, "policy": "PIV Standard", "serial": serial.to_string(), "pin": "735194" }),
+            )?;
+            let id = batch["session_id"].as_str().unwrap_or_default().to_string();
+            while batch["state"] == "running" {
+                let typed: keyward_proto::RelayBatch = serde_json::from_value(batch.clone())?;
+                let run = relay::run_batch(&mut io, &typed);
+                batch = call(
+                    Method::POST,
+                    &format!("/issuance/{id}/relay"),
+                    serde_json::to_value(&run.result)?,
+                )?;
+            }
+            anyhow::ensure!(batch["state"] == "issued", "{serial} not issued: {batch}");
+            card.with_card(|c| c.save(&out.join(format!("vcard-{serial}.json"))))?;
+        }
+    }
     for (key, value) in [
         ("initial_pin_display_mode", "not_displayed"),
         ("change_pin_during_issuance", "yes"),
@@ -104,7 +166,6 @@ fn main() -> anyhow::Result<()> {
             json!({ "value": value }),
         )?;
     }
-    let ca = out.join("vcard-ca");
     let card = VcardHandle::new(VirtualCard::new(
         VcardConfig::new(ProfileKind::Yubikey5)
             .with_serial(SERIAL)

@@ -41,5 +41,6 @@ mod sessions;
 mod tls;
 mod unlock;
 mod update;
+mod upgrade;
 mod vcard_fido;
 mod vcard_pcsc;
