@@ -16,6 +16,7 @@ pub mod names;
 pub mod passkey;
 pub mod pin;
 pub mod policy;
+pub mod request;
 pub mod role;
 pub mod settings;
 pub mod state;
@@ -30,9 +31,10 @@ pub use error::{ValidationError, ValidationResult};
 pub use firmware::FirmwareVersion;
 pub use lifecycle::{CertificateAction, CredentialEffects, RevocationReason};
 pub use names::{
-    Applet, AuditOutcome, CharacterSet, DeviceState, DeviceType, DisplayMode, ExtendedKeyUsage,
-    KeyAlgorithm, KeyUsage, ManagementKeyMode, PivSlot, RenewalMode, Role, SanSource,
-    SessionAction, SessionStatus, StateReason, Transport, UserStatus, WhoCanBind,
+    Applet, ApprovalAction, AuditOutcome, CharacterSet, DeviceState, DeviceType, DisplayMode,
+    ExtendedKeyUsage, KeyAlgorithm, KeyUsage, ManagementKeyMode, PivSlot, RenewalMode,
+    RequestState, Role, SanSource, SessionAction, SessionStatus, StateReason, Transport,
+    UserStatus, WhoCanBind,
 };
 pub use passkey::{PasskeyService, PasskeyServiceView, SealedSecret};
 pub use pin::{PinApplication, PinRule, PinRuleCheck};

@@ -193,6 +193,27 @@ canonical_enum! {
 }
 
 canonical_enum! {
+    /// What a device policy may require a second person's approval for.
+    pub enum ApprovalAction (field = "approval_required_for") {
+        Issuance = "issuance", "Issuance";
+        Replacement = "replacement", "Replacement";
+    }
+}
+
+canonical_enum! {
+    /// Where a request stands (issue 18): it waits for approval, is approved
+    /// (ready to be carried out), denied or cancelled, or used by the
+    /// session that carried it out (once).
+    pub enum RequestState (field = "state") {
+        Pending = "pending", "Waiting for approval";
+        Approved = "approved", "Approved";
+        Denied = "denied", "Denied";
+        Cancelled = "cancelled", "Cancelled";
+        Used = "used", "Carried out";
+    }
+}
+
+canonical_enum! {
     /// How a certificate is renewed: a new key generated on the device
     /// (the old certificate revoked `superseded`), or a new certificate for
     /// the key the device holds (the old one left to expire).

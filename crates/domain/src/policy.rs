@@ -5,8 +5,8 @@ use crate::device::Device;
 use crate::device_type::EntraPasskeySupport;
 use crate::error::{ValidationError, ValidationResult};
 use crate::names::{
-    CharacterSet, DeviceType, ExtendedKeyUsage, KeyAlgorithm, KeyUsage, ManagementKeyMode, PivSlot,
-    RenewalMode, SanSource,
+    ApprovalAction, CharacterSet, DeviceType, ExtendedKeyUsage, KeyAlgorithm, KeyUsage,
+    ManagementKeyMode, PivSlot, RenewalMode, SanSource,
 };
 use crate::pin::PinApplication;
 use crate::user::User;
@@ -42,6 +42,10 @@ pub struct DevicePolicy {
     /// runner terminates it.
     #[serde(default = "default_temporary_days")]
     pub temporary_validity_days: u32,
+    /// What needs a second person's approval before it is carried out
+    /// (`issuance`, `replacement`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approval_required_for: Vec<ApprovalAction>,
 }
 
 /// The longest a temporary device may last.
@@ -318,6 +322,11 @@ impl FidoApplication {
 }
 
 impl DevicePolicy {
+    /// Whether `action` waits for a second person's approval.
+    pub fn requires_approval(&self, action: ApprovalAction) -> bool {
+        self.approval_required_for.contains(&action)
+    }
+
     /// Whether a key generated on a device of type `t` must be attested.
     pub fn requires_attestation(&self, t: DeviceType) -> bool {
         self.require_device_attestation.unwrap_or(t.attests())
@@ -623,6 +632,7 @@ mod tests {
             }),
             require_device_attestation: None,
             temporary_validity_days: 7,
+            approval_required_for: vec![],
         }
     }
 

@@ -45,6 +45,7 @@ pub fn run(
         user: None,
         policy: None,
         replaces: None,
+        request: None,
         reason: None,
         cancel: None,
         retry: None,

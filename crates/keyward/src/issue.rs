@@ -57,6 +57,10 @@ pub struct IssueArgs {
     /// temporary_validity_days, or until the original is found).
     #[arg(long, value_name = "OLD_SERIAL", requires = "reason", conflicts_with_all = ["cancel", "retry"])]
     pub replaces: Option<String>,
+    /// The approved request this issuance carries out (a policy that
+    /// requires a second operator's approval).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["cancel", "retry"])]
+    pub request: Option<uuid::Uuid>,
     /// Why the old device is replaced: lost, stolen, damaged, expired or forgotten.
     #[arg(long, requires = "replaces", value_parser = ["lost", "stolen", "damaged", "expired", "forgotten"])]
     pub reason: Option<String>,
@@ -314,6 +318,7 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
         via: None,
         replaces: args.replaces.clone(),
         replace_reason: args.reason.clone(),
+        request: args.request,
     };
     if args.action == "assign" {
         return assign(&client, &args, start);

@@ -44,6 +44,11 @@ pub struct StartIssuance {
     /// `temporary_validity_days`, or until the original is found).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replace_reason: Option<String>,
+    /// The approved request this issuance carries out (issue 18): needed
+    /// when the policy requires approval; used once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub request: Option<uuid::Uuid>,
 }
 
 /// Add Device with action `assign`: the device is bound to the user.
@@ -263,4 +268,4 @@ pub struct CredentialView {
     pub attested: Option<bool>,
 }
 
-crate::redacted_debug!(StartIssuance { user, policy, serial, action, via, replaces, replace_reason } hides { pin, confirm_pin });
+crate::redacted_debug!(StartIssuance { user, policy, serial, action, via, replaces, replace_reason, request } hides { pin, confirm_pin });

@@ -123,6 +123,7 @@ pub fn piv_standard() -> DevicePolicy {
         // Unset: required for the YubiKey (attested by a root the demo trusts).
         require_device_attestation: None,
         temporary_validity_days: 7,
+        approval_required_for: vec![],
     }
 }
 

@@ -63,6 +63,11 @@ impl ApiError {
         )
     }
 
+    /// 403 with a code of its own (a rule, not a role, refuses).
+    pub fn forbidden_with(code: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, message)
+    }
+
     pub fn not_found(what: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

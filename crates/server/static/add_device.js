@@ -267,8 +267,7 @@ document.addEventListener('DOMContentLoaded', () => {
       for (const rule of r.rules) {
         const li = rulesList.querySelector(`li[data-rule="${CSS.escape(rule.rule)}"]`);
         if (!li) continue;
-        li.classList.toggle('pass', rule.passed === true);
-        li.classList.toggle('fail', rule.passed === false);
+        Keyward.markRule(li, rule.passed);
       }
     } catch (e) {
       showError(e);

@@ -138,5 +138,19 @@ const Keyward = (() => {
 
   document.addEventListener('DOMContentLoaded', wire);
 
-  return { api, describe, pageError, csrf };
+  // A PIN rule's state, in words as well as colour and mark (WCAG 1.4.1):
+  // a visually hidden "met" / "not met" a screen reader reads with the rule.
+  function markRule(li, passed) {
+    li.classList.toggle('pass', passed === true);
+    li.classList.toggle('fail', passed === false);
+    let state = li.querySelector('.rule-state');
+    if (!state) {
+      state = document.createElement('span');
+      state.className = 'rule-state sr-only';
+      li.prepend(state);
+    }
+    state.textContent = passed === true ? 'Met: ' : passed === false ? 'Not met: ' : '';
+  }
+
+  return { api, describe, pageError, csrf, markRule };
 })();

@@ -47,10 +47,7 @@ document.addEventListener('DOMContentLoaded', () => {
         const li = document.createElement('li');
         li.dataset.rule = rule.rule;
         li.textContent = rule.description;
-        if (fresh.value !== '') {
-          li.classList.toggle('pass', rule.passed === true);
-          li.classList.toggle('fail', rule.passed === false);
-        }
+        if (fresh.value !== '') Keyward.markRule(li, rule.passed);
         rulesList.append(li);
       }
     } catch (e) {

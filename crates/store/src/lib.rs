@@ -38,6 +38,7 @@ pub mod changes;
 mod error;
 mod issuance;
 pub mod lifecycle;
+pub mod requests;
 mod types;
 pub mod unlock_requests;
 pub mod update_requests;
@@ -49,6 +50,7 @@ pub use error::{StoreError, StoreResult};
 pub use issuance::{Credential, IssuanceContext, IssuanceSession, IssuanceUpdate, Replacing};
 pub use keyward_domain::AuditDraft;
 pub use lifecycle::{EffectsDone, Job, JobState, NewJob, Revocation};
+pub use requests::{Request, RequestBatch};
 pub use types::*;
 pub use unlock_requests::UnlockRequest;
 pub use update_requests::{UpdateOutcome, UpdateRequest};
@@ -281,6 +283,7 @@ mod sqlite_repo {
     include!("lifecycle_repo.rs");
     include!("unlock_requests_repo.rs");
     include!("update_requests_repo.rs");
+    include!("requests_repo.rs");
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -293,6 +296,7 @@ mod pg_repo {
     include!("lifecycle_repo.rs");
     include!("unlock_requests_repo.rs");
     include!("update_requests_repo.rs");
+    include!("requests_repo.rs");
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

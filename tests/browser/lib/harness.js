@@ -10,6 +10,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { chromium } = require('playwright-core');
+const { AxeBuilder } = require('@axe-core/playwright');
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
 const BIN = process.env.KEYWARD_BIN || path.join(ROOT, 'target', 'debug', 'keyward');
@@ -183,8 +184,49 @@ async function setSettings(server, settings) {
   }
 }
 
+// WCAG 2.1 AA: axe-core checks every page a test visits (each load); a
+// serious or critical finding fails the spec file when its browser closes.
+const AXE_TAGS = ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'];
+const AXE_FAILS = ['serious', 'critical'];
+
+async function axeCheck(page, origin) {
+  const url = page.url();
+  if (!url.startsWith(origin)) return;
+  let result;
+  try {
+    // Bounded: a page closed or stuck mid-navigation must not hold the run.
+    result = await Promise.race([
+      new AxeBuilder({ page }).withTags(AXE_TAGS).analyze(),
+      new Promise((_, reject) => setTimeout(() => reject(new Error('axe timed out')), 15000).unref()),
+    ]);
+  } catch (_) {
+    return; // navigated away (or closed) meanwhile: the next load is checked
+  }
+  for (const v of result.violations.filter((x) => AXE_FAILS.includes(x.impact))) {
+    const where = v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join('; ');
+    page.a11y.push(`${new URL(url).pathname}: ${v.id} (${v.impact}): ${v.help}: ${where}`);
+  }
+}
+
 async function launch() {
   const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_FLAGS });
+  browser.keywardPages = [];
+  const close = browser.close.bind(browser);
+  browser.close = async () => {
+    const found = [];
+    for (const page of browser.keywardPages) {
+      await Promise.allSettled(page.axeRuns);
+      found.push(...page.a11y);
+    }
+    await close();
+    const unique = [...new Set(found)];
+    if (unique.length) {
+      // The spec file fails (its exit status), once its after hooks have
+      // stopped its servers: a throw here would leave them running.
+      console.log(`not ok - accessibility (axe-core, WCAG 2.1 AA), serious or critical:\n${unique.map((u) => `  ${u}`).join('\n')}`);
+      process.exitCode = 1;
+    }
+  };
   return browser;
 }
 
@@ -201,6 +243,10 @@ async function newPage(browser, server) {
   });
   page.on('pageerror', (e) => problems.push(String(e)));
   page.problems = problems;
+  page.a11y = [];
+  page.axeRuns = [];
+  page.on('load', () => page.axeRuns.push(axeCheck(page, server.url)));
+  if (browser.keywardPages) browser.keywardPages.push(page);
   return page;
 }
 

@@ -99,6 +99,9 @@ test('Displayed: one visible PIN field, the rules checked as the person types, i
   assert.ok(rules.length >= 4, rules.join('|'));
   await page.type('#pin', '1112');
   await page.waitForSelector('#pin-rules li.fail');
+  // In words too, not only by colour and mark (and the list is live).
+  assert.match(await page.textContent('#pin-rules li.fail'), /^Not met: /);
+  assert.equal(await page.getAttribute('#pin-rules', 'aria-live'), 'polite');
   assert.ok(await page.isDisabled('#continue'));
   await h.shot(page, '04-displayed-pin-rules-failing');
   await page.fill('#pin', '');

@@ -293,6 +293,7 @@ pub fn dispatch(
         A::Agent(cmd) => super::agent::run(c, json, cmd),
         A::Job(cmd) => super::lifecycle::job(c, json, cmd),
         A::Report(cmd) => super::lifecycle::report(c, json, cmd),
+        A::Request(cmd) => super::requests::run(c, json, cmd),
     }
 }
 

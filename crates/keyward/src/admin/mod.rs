@@ -4,6 +4,7 @@ mod agent;
 mod commands;
 mod lifecycle;
 mod output;
+mod requests;
 
 use std::process::ExitCode;
 
@@ -72,6 +73,10 @@ pub enum AdminCommand {
     /// Reports: bad-urls.
     #[command(subcommand)]
     Report(lifecycle::ReportCommand),
+    /// Requests waiting for a second operator's approval: create, list,
+    /// show, approve, deny, cancel.
+    #[command(subcommand)]
+    Request(requests::RequestCommand),
 }
 
 pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {

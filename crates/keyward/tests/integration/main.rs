@@ -33,6 +33,7 @@ mod portal_http;
 mod portal_self_issuance;
 mod recycle_agent;
 mod recycle_cli;
+mod requests;
 mod revocation;
 mod sealed_session_upgrade;
 mod secrets_scan;

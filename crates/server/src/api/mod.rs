@@ -20,6 +20,7 @@ pub mod operators;
 pub mod passkey_services;
 pub mod policies;
 pub mod reports;
+pub mod requests;
 pub mod session;
 pub mod settings;
 pub mod tokens;
@@ -47,6 +48,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(jobs::router())
         .merge(device_actions::router())
         .merge(reports::router())
+        .merge(requests::router())
         .merge(crate::issuance::router())
         .merge(crate::agents::router())
         .merge(crate::initial_pin::router())

@@ -129,6 +129,31 @@ pub(super) async fn start(
         }
     }
     policy.check_device(&device).map_err(invalid)?;
+    let id = Uuid::new_v4();
+    // Issue 18: a policy that requires approval carries out an approved
+    // request of this user and policy (and device), once.
+    let kind = if replacing.is_some() {
+        keyward_domain::ApprovalAction::Replacement
+    } else {
+        keyward_domain::ApprovalAction::Issuance
+    };
+    // An Assigned device was approved when it was assigned.
+    let request = if policy.requires_approval(kind) && device.state != DeviceState::Assigned {
+        Some(
+            crate::api::requests::carry_out(
+                &state,
+                req.request,
+                kind,
+                user.id,
+                &policy,
+                &device.serial.to_string(),
+                id,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     // The workstation agent that will relay the device commands (issue 4).
     let agent = match assign {
         false => {
@@ -150,11 +175,16 @@ pub(super) async fn start(
             format!("device:{}", device.serial),
             serde_json::json!({ "user": user.login, "policy": policy.name }),
         );
-        state
+        if let Err(e) = state
             .store
             .change_device_state(device.id, device.version, &change, &draft)
             .await
-            .map_err(|e| store_error("assigning the device", e))?;
+        {
+            if let Some(r) = request {
+                let _ = state.store.release_request(r, id).await;
+            }
+            return Err(store_error("assigning the device", e));
+        }
         let body = serde_json::json!({ "serial": device.serial.to_string(), "state": "assigned", "user": user.login, "policy": policy.name });
         return Ok((StatusCode::CREATED, Json(body)));
     }
@@ -179,7 +209,6 @@ pub(super) async fn start(
         &mut rand::rngs::OsRng,
     )
     .map_err(invalid)?;
-    let id = Uuid::new_v4();
     let now = time::OffsetDateTime::now_utc();
     let session = IssuanceSession {
         id,
@@ -216,11 +245,17 @@ pub(super) async fn start(
             "temporary_until": replacing.as_ref().and_then(|r| r.replacement.until).map(|t| t.to_string()),
         }),
     );
-    state
+    if let Err(e) = state
         .store
         .start_issuance(&session, &device, &change, replacing.as_ref(), &draft)
         .await
-        .map_err(|e| store_error("starting the issuance", e))?;
+    {
+        // Not started: the request may be carried out again.
+        if let Some(r) = request {
+            let _ = state.store.release_request(r, id).await;
+        }
+        return Err(store_error("starting the issuance", e));
+    }
     if let Some(agent) = agent {
         crate::agents::bind_session(&state, id, agent).await?;
     }

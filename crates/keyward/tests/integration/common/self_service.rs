@@ -82,10 +82,20 @@ pub fn me_page(server: &TestServer, (cookie, _): &(String, String)) -> String {
 /// A new operator account of `role`, signed in with its password changed
 /// (no longer the one-time password): its session cookie and CSRF token.
 pub fn sign_in_operator(server: &TestServer, login: &str, role: &str) -> (String, String) {
+    sign_in_operator_linked(server, login, role, None)
+}
+
+/// [`sign_in_operator`], the account linked to the user `user`.
+pub fn sign_in_operator_linked(
+    server: &TestServer,
+    login: &str,
+    role: &str,
+    user: Option<&str>,
+) -> (String, String) {
     let (s, v) = server.call(
         "POST",
         "/operators",
-        Some(json!({ "login": login, "role": role })),
+        Some(json!({ "login": login, "role": role, "user_login": user })),
     );
     assert_eq!(s, 201, "{v}");
     let otp = v["one_time_password"].as_str().unwrap().to_string();

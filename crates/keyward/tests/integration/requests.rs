@@ -1,0 +1,186 @@
+//! Issue 18, approvals: a policy that requires approval for issuance puts
+//! Add Device on hold until a second operator approves the request; each
+//! refusal (an issuance without a request, a pending or denied one carried
+//! out, one carried out twice, approval by the requester, by the recipient,
+//! by an API token) on SQLite and PostgreSQL, through the API and the CLI.
+
+use crate::common::self_service::{call_as_user, sign_in_operator, sign_in_operator_linked};
+use crate::support;
+
+use serde_json::{json, Value};
+use support::{ServerOptions, TestServer};
+
+fn start(server: &TestServer, serial: &str, request: Option<&str>) -> (u16, Value) {
+    server.call(
+        "POST",
+        "/issuance",
+        Some(json!({ "user": "alice", "policy": "PIV Approved", "serial": serial, "pin": "735194", "request": request })),
+    )
+}
+
+fn approvals(server: TestServer) {
+    support::seed_piv_standard(&server, "31000180");
+    let (s, v) = server.call(
+        "POST",
+        "/devices",
+        Some(
+            json!({ "device_type": "yubikey5", "serial": "31000181", "firmware_version": "5.7.1" }),
+        ),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (_, mut policy) = server.call("GET", "/policies/PIV%20Standard", None);
+    policy["name"] = json!("PIV Approved");
+    policy["approval_required_for"] = json!(["issuance"]);
+    policy.as_object_mut().unwrap().remove("id");
+    let (s, v) = server.call("POST", "/policies", Some(policy));
+    assert_eq!(s, 201, "{v}");
+    let requester = sign_in_operator(&server, "requester", "issuance_operator");
+    let approver = sign_in_operator(&server, "approver", "issuance_operator");
+    let alice_op = sign_in_operator_linked(&server, "alice-op", "issuance_operator", Some("alice"));
+
+    // Without a request: on hold.
+    let (s, v) = start(&server, "31000180", None);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("approval_required")),
+        "{v}"
+    );
+    // Request Issuance (no device named: any device collects it).
+    let (s, r) = call_as_user(
+        &server,
+        &requester,
+        "POST",
+        "/requests",
+        Some(json!({ "user": "alice", "policy": "PIV Approved" })),
+    );
+    assert_eq!((s, r["state"].as_str()), (201, Some("pending")), "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    let (s, v) = start(&server, "31000180", Some(&id));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("request_not_approved")),
+        "{v}"
+    );
+    // Nobody but a second person approves.
+    let approve = |who: &(String, String)| {
+        call_as_user(
+            &server,
+            who,
+            "POST",
+            &format!("/requests/{id}/approve"),
+            Some(json!({})),
+        )
+    };
+    let (s, v) = approve(&requester);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("approver_is_requester")),
+        "{v}"
+    );
+    let (s, v) = approve(&alice_op);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("approver_is_recipient")),
+        "{v}"
+    );
+    let (s, v) = server.call("POST", &format!("/requests/{id}/approve"), Some(json!({})));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("approver_not_a_person")),
+        "{v}"
+    );
+    let out = server.admin(&["request", "approve", &id]);
+    assert!(!out.status.success(), "a token's approval through the CLI");
+    assert!(
+        support::stderr(&out).contains("approver_not_a_person")
+            || support::stderr(&out).contains("person"),
+        "{}",
+        support::stderr(&out)
+    );
+    let (s, v) = approve(&approver);
+    assert_eq!(
+        (s, v["state"].as_str(), v["decided_by"].as_str()),
+        (200, Some("approved"), Some("account:approver")),
+        "{v}"
+    );
+    let (s, v) = call_as_user(
+        &server,
+        &approver,
+        "POST",
+        &format!("/requests/{id}/deny"),
+        Some(json!({})),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("request_not_pending")),
+        "{v}"
+    );
+    // Carried out once.
+    let (s, v) = start(&server, "31000180", Some(&id));
+    assert_eq!(s, 201, "{v}");
+    let (_, r) = server.call("GET", &format!("/requests/{id}"), None);
+    assert_eq!(
+        (r["state"].as_str(), r["session"].as_str()),
+        (Some("used"), v["session_id"].as_str()),
+        "{r}"
+    );
+    let (s, v) = start(&server, "31000181", Some(&id));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("request_used")),
+        "{v}"
+    );
+    // A denied request is not carried out.
+    let out = server.admin(&[
+        "request",
+        "create",
+        "--user",
+        "alice",
+        "--policy",
+        "PIV Approved",
+        "--serial",
+        "31000181",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let denied = r["id"].as_str().unwrap().to_string();
+    let (s, v) = call_as_user(
+        &server,
+        &approver,
+        "POST",
+        &format!("/requests/{denied}/deny"),
+        Some(json!({ "note": "not this one" })),
+    );
+    assert_eq!((s, v["state"].as_str()), (200, Some("denied")), "{v}");
+    let (s, v) = start(&server, "31000181", Some(&denied));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("request_not_approved")),
+        "{v}"
+    );
+    // The list of what waits, and the audit.
+    let out = server.admin(&["request", "list", "--state", "denied", "--json"]);
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let audit = server.call("GET", "/audit?limit=1000", None).1.to_string();
+    for action in ["request.create", "request.approve", "request.deny"] {
+        assert!(audit.contains(&format!("\"{action}\"")), "{action} audited");
+    }
+}
+
+#[test]
+fn an_issuance_waits_for_a_second_operator_s_approval_on_sqlite() {
+    approvals(TestServer::start());
+}
+
+#[test]
+fn an_issuance_waits_for_a_second_operator_s_approval_on_postgres() {
+    let Some(url) = support::postgres_database("requests_approval") else {
+        return;
+    };
+    approvals(TestServer::start_with(ServerOptions {
+        database_url: Some(url),
+        ..Default::default()
+    }));
+}
