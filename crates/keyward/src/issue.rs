@@ -139,6 +139,20 @@ pub(crate) fn choose_reader(args: &IssueArgs) -> anyhow::Result<(String, String)
     }
 }
 
+/// How the device `serial` in a local reader identifies itself.
+fn local_identity(serial: &str) -> Option<keyward_transport::identify::Identity> {
+    discover(&DiscoveryOptions {
+        hidraw: false,
+        ..Default::default()
+    })
+    .devices
+    .into_iter()
+    .find(|d| {
+        d.identity.supported && d.identity.serial.map(|s| s.to_string()).as_deref() == Some(serial)
+    })
+    .map(|d| d.identity)
+}
+
 /// The device's FIDO application over CTAPHID (a USB YubiKey: no FIDO over
 /// CCID), found by serial on hidraw and the given HID sockets. None: CTAP
 /// messages go over ISO 7816 in the reader (a C4000, a YubiKey over NFC).
@@ -319,6 +333,8 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
         replaces: args.replaces.clone(),
         replace_reason: args.reason.clone(),
         request: args.request,
+        identified_type: None,
+        identified_firmware: None,
     };
     if args.action == "assign" {
         return assign(&client, &args, start);
@@ -365,8 +381,19 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
             what(&start)
         );
     }
+    // The device's own identification, for a server that imports devices
+    // it does not know ("Enable Automatic Import of Unknown Cards").
+    let identity = local_identity(&serial);
     let start = StartIssuance {
         serial: serial.clone(),
+        identified_type: identity
+            .as_ref()
+            .and_then(|i| i.device_type)
+            .map(|t| t.as_str().to_string()),
+        identified_firmware: identity
+            .as_ref()
+            .and_then(|i| i.firmware)
+            .map(|f| f.to_string()),
         ..start
     };
     let batch = match client.start_issuance(&start)? {

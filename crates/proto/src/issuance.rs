@@ -49,6 +49,14 @@ pub struct StartIssuance {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub request: Option<uuid::Uuid>,
+    /// A device the inventory does not hold, as the relaying client
+    /// identified it (`keyward issue`): its type and firmware, for the
+    /// automatic import of unknown devices (the device's first batch checks
+    /// them again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identified_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identified_firmware: Option<String>,
 }
 
 /// Add Device with action `assign`: the device is bound to the user.
@@ -268,4 +276,4 @@ pub struct CredentialView {
     pub attested: Option<bool>,
 }
 
-crate::redacted_debug!(StartIssuance { user, policy, serial, action, via, replaces, replace_reason, request } hides { pin, confirm_pin });
+crate::redacted_debug!(StartIssuance { user, policy, serial, action, via, replaces, replace_reason, request, identified_type, identified_firmware } hides { pin, confirm_pin });

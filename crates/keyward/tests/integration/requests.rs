@@ -184,3 +184,100 @@ fn an_issuance_waits_for_a_second_operator_s_approval_on_postgres() {
         ..Default::default()
     }));
 }
+
+/// Issue 18, part 3: an unknown device. With the setting No, `keyward
+/// issue` is refused before the device is touched, saying how to import it;
+/// with Yes, the device is imported from its own identification (type,
+/// serial, firmware; audited) and issued at once.
+fn auto_import(server: TestServer) {
+    use crate::common::pcsc::{self, Vcard};
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let serial = "31000191";
+    let card = Vcard::spawn(&[
+        "--profile",
+        "yubikey5",
+        "--firmware",
+        "5.7.1",
+        "--serial",
+        serial,
+    ]);
+    support::seed_piv_standard(&server, "31000190");
+    let answers = card.path("answers.toml");
+    std::fs::write(&answers, "pin = \"735194\"\n").unwrap();
+    let issue = || {
+        support::cli(
+            &server,
+            "issue",
+            &[
+                "--user",
+                "alice",
+                "--policy",
+                "PIV Standard",
+                "--serial",
+                serial,
+                "--answers",
+                answers.to_str().unwrap(),
+                "--json",
+            ],
+        )
+    };
+    let (s, v) = server.call(
+        "PUT",
+        "/settings/auto_import_unknown_devices",
+        Some(json!({ "value": "no" })),
+    );
+    assert_eq!(s, 200, "{v}");
+    let out = issue();
+    let r: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", support::stderr(&out)));
+    assert_eq!(
+        (out.status.code(), r["error"]["code"].as_str()),
+        (Some(3), Some("device_not_in_inventory")),
+        "{r}"
+    );
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("import"),
+        "{r}"
+    );
+    let (s, _) = server.call("GET", &format!("/devices/{serial}"), None);
+    assert_eq!(s, 404, "nothing imported");
+    let (s, v) = server.call(
+        "PUT",
+        "/settings/auto_import_unknown_devices",
+        Some(json!({ "value": "yes" })),
+    );
+    assert_eq!(s, 200, "{v}");
+    let out = issue();
+    let r: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", support::stderr(&out)));
+    assert_eq!(r["state"], "issued", "{r}");
+    let (_, d) = server.call("GET", &format!("/devices/{serial}"), None);
+    assert_eq!(
+        (
+            d["device_type"].as_str(),
+            d["firmware_version"].as_str(),
+            d["state"].as_str()
+        ),
+        (Some("yubikey5"), Some("5.7.1"), Some("issued")),
+        "{d}"
+    );
+    let audit = server.call("GET", "/audit?limit=1000", None).1.to_string();
+    assert!(audit.contains("\"device.auto_import\""), "audited");
+}
+
+#[test]
+fn an_unknown_device_is_refused_or_imported_at_issuance_by_the_setting_on_sqlite() {
+    auto_import(TestServer::start());
+}
+
+#[test]
+fn an_unknown_device_is_refused_or_imported_at_issuance_by_the_setting_on_postgres() {
+    let Some(url) = support::postgres_database("requests_auto_import") else {
+        return;
+    };
+    auto_import(TestServer::start_with(ServerOptions {
+        database_url: Some(url),
+        ..Default::default()
+    }));
+}

@@ -279,10 +279,21 @@ fn parse_device_csv(body: &[u8]) -> ApiResult<Vec<Result<NewDevice, RowError>>> 
     responses((status = 200, body = Vec<Object>, description = "Fitting device policies"), (status = 404, body = ErrorBody)))]
 async fn fitting_policies(
     State(state): State<AppState>,
-    Allowed(_caller, _): Allowed<perm::DevicesRead>,
+    Allowed(caller, _): Allowed<perm::DevicesRead>,
     Path(serial): Path<String>,
 ) -> ApiResult<Json<Vec<keyward_domain::DevicePolicy>>> {
-    let device = load(&state, &serial).await?;
+    let device = match load(&state, &serial).await {
+        Ok(d) => d,
+        // Not in the inventory: with automatic import on, what fits the
+        // device as the caller's agent reports it (it is imported when it
+        // is picked).
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            crate::issuance::reported_unknown(&state, &caller, &serial)
+                .await?
+                .ok_or(e)?
+        }
+        Err(e) => return Err(e),
+    };
     let policies = state
         .store
         .list_policies()

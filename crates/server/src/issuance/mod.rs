@@ -8,6 +8,7 @@
 //! same PostgreSQL, continues it; a replayed or out-of-order result is refused.
 
 mod agent_delivery;
+mod auto_import;
 mod change_pin;
 mod recycle;
 mod relay;
@@ -19,6 +20,7 @@ mod sweep;
 mod unlock;
 mod update;
 
+pub use auto_import::reported_unknown;
 pub use update::renewal_scan;
 
 use axum::extract::{Path, State};

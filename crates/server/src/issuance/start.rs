@@ -32,9 +32,12 @@ pub(super) async fn start(
     // device assigned to its own user (under who_can_bind = user).
     crate::auth::sessions::may_start(&state, &caller, &req).await?;
     let serial = Serial::parse("serial", &req.serial).map_err(invalid)?;
-    let device = found(state.store.get_device_by_serial(serial).await)
+    let device = match found(state.store.get_device_by_serial(serial).await)
         .map_err(|e| store_error("reading the device", e))?
-        .ok_or_else(|| ApiError::not_found("device").field("serial"))?;
+    {
+        Some(d) => d,
+        None => super::auto_import::unknown_device(&state, &caller, serial, &req).await?,
+    };
     let assign = match req.action.as_deref() {
         None | Some("issue") => false,
         Some("assign") => true,
