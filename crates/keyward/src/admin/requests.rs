@@ -8,7 +8,7 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 
 use super::output::{print_list, print_object};
-use crate::api::{enc, ApiClient};
+use crate::api::{enc, ApiClient, Body};
 
 #[derive(Subcommand, Debug)]
 pub enum RequestCommand {
@@ -51,6 +51,17 @@ pub enum RequestCommand {
         id: String,
         #[arg(long)]
         note: Option<String>,
+    },
+    /// Bulk issuance: a CSV of `login,policy[,serial]` (with a header row)
+    /// makes a batch of requests, all or nothing unless --partial.
+    Import {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        partial: bool,
+    },
+    /// A batch's progress: issued, failed, waiting, and its requests.
+    Batch {
+        id: String,
     },
 }
 
@@ -97,6 +108,45 @@ pub fn run(c: &ApiClient, json_out: bool, cmd: RequestCommand) -> anyhow::Result
         RequestCommand::Approve { id, note } => decided("approve", &id, note)?,
         RequestCommand::Deny { id, note } => decided("deny", &id, note)?,
         RequestCommand::Cancel { id, note } => decided("cancel", &id, note)?,
+        RequestCommand::Import { file, partial } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+            let path = if partial {
+                "/requests/import?partial=true"
+            } else {
+                "/requests/import"
+            };
+            let v: Value = c.call(reqwest::Method::POST, path, Body::<()>::Csv(text))??;
+            if !json_out {
+                println!(
+                    "batch {}: {} request(s)",
+                    v["batch"].as_str().unwrap_or("-"),
+                    v["imported"]
+                );
+                for r in v["rejected"].as_array().into_iter().flatten() {
+                    println!(
+                        "rejected row {}: [{}] {}",
+                        r["row"],
+                        r["code"].as_str().unwrap_or(""),
+                        r["message"].as_str().unwrap_or("")
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            v
+        }
+        RequestCommand::Batch { id } => {
+            let v: Value = c.get(&format!("/request-batches/{}", enc(&id)))?;
+            if !json_out {
+                println!(
+                    "batch {}: {} issued, {} failed, {} waiting (of {})",
+                    id, v["issued"], v["failed"], v["waiting"], v["rows"]
+                );
+                print_list(false, &v["requests"], COLUMNS);
+                return Ok(ExitCode::SUCCESS);
+            }
+            v
+        }
     };
     print_object(json_out, &v);
     Ok(ExitCode::SUCCESS)

@@ -296,6 +296,8 @@ const RBAC: &[(&str, &str, &str)] = &[
     ("post", "/api/v1/requests/{id}/approve", "NXXXF"),
     ("post", "/api/v1/requests/{id}/cancel", "NXXXF"),
     ("post", "/api/v1/requests/{id}/deny", "NXXXF"),
+    ("post", "/api/v1/requests/import", "N--FF"),
+    ("get", "/api/v1/request-batches/{id}", "NXXXF"),
     ("post", "/api/v1/update-requests/scan", "N---F"),
     ("post", "/api/v1/issuance", "N---F"),
     ("get", "/api/v1/issuance/{id}", "NXXXX"),

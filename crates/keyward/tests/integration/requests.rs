@@ -281,3 +281,104 @@ fn an_unknown_device_is_refused_or_imported_at_issuance_by_the_setting_on_postgr
         ..Default::default()
     }));
 }
+
+/// Issue 18, part 2: bulk issuance. A CSV of login,policy[,serial] with a
+/// bad row is refused whole (nothing written), and written in part with
+/// --partial (the bad row named); the batch's requests are collected as
+/// devices arrive (Add Device carries the matching request out) and the
+/// batch shows its progress.
+fn bulk(server: TestServer) {
+    support::seed_piv_standard(&server, "31000185");
+    let (s, v) = server.call(
+        "POST",
+        "/users",
+        Some(json!({ "login": "bob", "display_name": "Bob Baker", "upn": "bob@example.com" })),
+    );
+    assert_eq!(s, 201, "{v}");
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("batch.csv");
+    std::fs::write(
+        &csv,
+        "login,policy,serial\nalice,PIV Standard,31000185\nnobody,PIV Standard,\nbob,PIV Standard,\n",
+    )
+    .unwrap();
+    let out = server.admin(&["request", "import", csv.to_str().unwrap(), "--json"]);
+    assert!(!out.status.success(), "all or nothing: refused");
+    assert!(
+        support::stderr(&out).contains("import_rejected")
+            || support::stderr(&out).contains("refused"),
+        "{}",
+        support::stderr(&out)
+    );
+    let (_, all) = server.call("GET", "/requests", None);
+    assert_eq!(all.as_array().unwrap().len(), 0, "nothing written: {all}");
+    let out = server.admin(&[
+        "request",
+        "import",
+        csv.to_str().unwrap(),
+        "--partial",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made["imported"], 2, "{made}");
+    assert_eq!(made["rejected"][0]["row"], 2, "{made}");
+    let batch = made["batch"].as_str().unwrap().to_string();
+    // alice's device arrives: Add Device collects her request.
+    let mut card = keyward_vcard::VirtualCard::new(
+        keyward_vcard::VcardConfig::new(keyward_vcard::ProfileKind::Yubikey5)
+            .with_serial(31_000_185)
+            .with_firmware(keyward_vcard::Firmware(5, 7, 1))
+            .with_ca_dir(dir.path().join("virtual-ca")),
+    )
+    .unwrap();
+    card.power_on();
+    let (s, mut b) = server.call(
+        "POST",
+        "/issuance",
+        Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000185", "pin": "735194" })),
+    );
+    assert_eq!(s, 201, "{b}");
+    let id = b["session_id"].as_str().unwrap().to_string();
+    while b["state"] == "running" {
+        let responses = support::relay_in_process(&mut card, &b);
+        let (s, next) = server.call(
+            "POST",
+            &format!("/issuance/{id}/relay"),
+            Some(
+                json!({ "protocol": 1, "session_id": id, "seq": b["seq"], "responses": responses }),
+            ),
+        );
+        assert_eq!(s, 200, "{next}");
+        b = next;
+    }
+    assert_eq!(b["state"], "issued", "{b}");
+    let out = server.admin(&["request", "batch", &batch, "--json"]);
+    let progress: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", support::stderr(&out)));
+    assert_eq!(
+        (
+            progress["issued"].as_u64(),
+            progress["failed"].as_u64(),
+            progress["waiting"].as_u64()
+        ),
+        (Some(1), Some(0), Some(1)),
+        "{progress}"
+    );
+}
+
+#[test]
+fn a_bulk_batch_is_imported_collected_and_followed_on_sqlite() {
+    bulk(TestServer::start());
+}
+
+#[test]
+fn a_bulk_batch_is_imported_collected_and_followed_on_postgres() {
+    let Some(url) = support::postgres_database("requests_bulk") else {
+        return;
+    };
+    bulk(TestServer::start_with(ServerOptions {
+        database_url: Some(url),
+        ..Default::default()
+    }));
+}

@@ -30,6 +30,198 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(approve))
         .routes(routes!(deny))
         .routes(routes!(cancel))
+        .routes(routes!(import))
+        .routes(routes!(batch))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ImportParams {
+    /// Write the good rows and report the bad ones (default: all or nothing).
+    pub partial: Option<bool>,
+}
+
+/// What a bulk import made.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchCreated {
+    pub batch: Option<Uuid>,
+    pub imported: usize,
+    #[schema(value_type = Vec<Object>)]
+    pub rejected: Vec<keyward_proto::RowError>,
+    pub mode: String,
+}
+
+/// A batch's progress.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchView {
+    pub id: Uuid,
+    pub created_by: String,
+    pub rows: i64,
+    /// Carried out and issued.
+    pub issued: usize,
+    /// Denied, cancelled, or carried out and failed.
+    pub failed: usize,
+    /// Approved and not yet collected, or waiting for approval.
+    pub waiting: usize,
+    pub requests: Vec<RequestView>,
+}
+
+/// Bulk issuance: a CSV of `login,policy[,serial]` (a header row naming
+/// them) makes a batch of requests, pending where the policy requires
+/// approval, else approved at once; operators collect them as the devices
+/// arrive at their agents (Add Device carries out the matching request).
+#[utoipa::path(post, path = "/requests/import", operation_id = "importRequests", tag = "requests", params(ImportParams),
+    request_body(content = String, content_type = "text/csv", description = "login,policy[,serial]"),
+    responses((status = 201, body = BatchCreated), (status = 400, body = ErrorBody, description = "bad rows (all or nothing: nothing written)")))]
+async fn import(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<perm::DevicesIssue>,
+    Query(q): Query<ImportParams>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<BatchCreated>)> {
+    let partial = q.partial.unwrap_or(false);
+    let batch_id = Uuid::new_v4();
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(body.as_ref());
+    let mut good = Vec::new();
+    let mut rejected = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let row = i + 1;
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                rejected.push(keyward_proto::RowError {
+                    row,
+                    code: "csv_invalid".into(),
+                    field: String::new(),
+                    message: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let field = |n: usize| record.get(n).map(str::to_string).filter(|s| !s.is_empty());
+        let (Some(user), Some(policy)) = (field(0), field(1)) else {
+            rejected.push(keyward_proto::RowError {
+                row,
+                code: "row_incomplete".into(),
+                field: "login".into(),
+                message: "a row is login,policy[,serial]".into(),
+            });
+            continue;
+        };
+        let new = NewRequest {
+            user,
+            policy,
+            serial: field(2),
+            kind: None,
+            replaces: None,
+            reason: None,
+        };
+        match new_request(&state, &caller, &new, Some(batch_id)).await {
+            Ok((r, _)) => good.push(r),
+            Err(e) => rejected.push(keyward_proto::RowError {
+                row,
+                code: e.detail.code.clone(),
+                field: e.detail.field.clone().unwrap_or_default(),
+                message: e.detail.message.clone(),
+            }),
+        }
+    }
+    let mode = if partial { "partial" } else { "all_or_nothing" };
+    if good.is_empty() || (!rejected.is_empty() && !partial) {
+        if rejected.is_empty() {
+            return Err(ApiError::bad_request(
+                "csv_empty",
+                "the CSV has no request row",
+            ));
+        }
+        return Err(ApiError::bad_request(
+            "import_rejected",
+            format!("{} rows refused: nothing was written", rejected.len()),
+        )
+        .details(serde_json::json!({ "rejected": rejected })));
+    }
+    let batch = keyward_store::RequestBatch {
+        id: batch_id,
+        created_by: caller.actor(),
+        created_at: time::OffsetDateTime::now_utc(),
+        rows_count: good.len() as i64,
+    };
+    let draft = audit(
+        &caller,
+        "request.import",
+        format!("batch:{batch_id}"),
+        serde_json::json!({ "requests": good.len(), "rejected": rejected.len(), "mode": mode }),
+    );
+    state
+        .store
+        .create_requests(Some(&batch), &good, &draft)
+        .await
+        .map_err(|e| store_error("writing the requests", e))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(BatchCreated {
+            batch: Some(batch_id),
+            imported: good.len(),
+            rejected,
+            mode: mode.into(),
+        }),
+    ))
+}
+
+/// A batch's progress: issued, failed, waiting.
+#[utoipa::path(get, path = "/request-batches/{id}", operation_id = "getRequestBatch", tag = "requests", params(("id" = String, Path)),
+    responses((status = 200, body = BatchView), (status = 404, body = ErrorBody)))]
+async fn batch(
+    State(state): State<AppState>,
+    Allowed(_caller, _): Allowed<perm::DevicesRead>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<BatchView>> {
+    let id = Uuid::parse_str(&id)
+        .map_err(|_| ApiError::bad_request("id_invalid", "a batch id is a UUID").field("id"))?;
+    let b = found(state.store.get_request_batch(id).await)
+        .map_err(|e| store_error("reading the batch", e))?
+        .ok_or_else(|| ApiError::not_found("request batch").field("id"))?;
+    let requests = state
+        .store
+        .list_requests(None, Some(id))
+        .await
+        .map_err(|e| store_error("reading the requests", e))?;
+    let (mut issued, mut failed, mut waiting) = (0, 0, 0);
+    let mut views = Vec::with_capacity(requests.len());
+    for r in &requests {
+        match r.state {
+            RequestState::Pending | RequestState::Approved => waiting += 1,
+            RequestState::Denied | RequestState::Cancelled => failed += 1,
+            RequestState::Used => {
+                let status = match r.session_id {
+                    Some(s) => state.store.get_issuance(s).await.ok().map(|s| s.status),
+                    None => None,
+                };
+                match status {
+                    Some(keyward_domain::SessionStatus::Issued) => issued += 1,
+                    Some(
+                        keyward_domain::SessionStatus::Failed
+                        | keyward_domain::SessionStatus::Cancelled,
+                    ) => failed += 1,
+                    _ => waiting += 1,
+                }
+            }
+        }
+        views.push(view(&state, r).await?);
+    }
+    Ok(Json(BatchView {
+        id: b.id,
+        created_by: b.created_by,
+        rows: b.rows_count,
+        issued,
+        failed,
+        waiting,
+        requests: views,
+    }))
 }
 
 /// Request Issuance (or a replacement's request).
@@ -398,6 +590,32 @@ async fn cancel(
     Ok(Json(view(&state, &r).await?))
 }
 
+/// The oldest approved request of `user` under `policy` for the device
+/// `serial` (or any device).
+pub async fn matching(
+    state: &AppState,
+    kind: ApprovalAction,
+    user: Uuid,
+    policy: &DevicePolicy,
+    serial: &str,
+) -> ApiResult<Option<Uuid>> {
+    let approved = state
+        .store
+        .list_requests(Some(RequestState::Approved), None)
+        .await
+        .map_err(|e| store_error("reading the requests", e))?;
+    Ok(approved
+        .iter()
+        .rev()
+        .find(|r| {
+            r.kind == kind.as_str()
+                && r.user_id == user
+                && r.policy_id == policy.id
+                && r.serial.as_deref().is_none_or(|s| s == serial)
+        })
+        .map(|r| r.id))
+}
+
 /// Add Device under a policy that requires approval: the approved request
 /// `id` of this user, policy (and device, when it named one), used once by
 /// the session `session` (released again if the session does not start).
@@ -410,6 +628,12 @@ pub async fn carry_out(
     serial: &str,
     session: Uuid,
 ) -> ApiResult<Uuid> {
+    // None named: an approved request for this user, policy and device
+    // (or any device) is carried out (a batch collected at Add Device).
+    let id = match id {
+        Some(id) => Some(id),
+        None => matching(state, kind, user, policy, serial).await?,
+    };
     let Some(id) = id else {
         return Err(ApiError::conflict(
             "approval_required",

@@ -141,7 +141,24 @@ pub(super) async fn start(
         keyward_domain::ApprovalAction::Issuance
     };
     // An Assigned device was approved when it was assigned.
-    let request = if policy.requires_approval(kind) && device.state != DeviceState::Assigned {
+    let request = if device.state == DeviceState::Assigned {
+        None
+    } else if !policy.requires_approval(kind) && req.request.is_none() {
+        // A bulk batch's request for this user and device is collected
+        // here too (its progress counts it).
+        match crate::api::requests::matching(
+            &state,
+            kind,
+            user.id,
+            &policy,
+            &device.serial.to_string(),
+        )
+        .await?
+        {
+            Some(r) => state.store.use_request(r, id).await.ok().map(|()| r),
+            None => None,
+        }
+    } else {
         Some(
             crate::api::requests::carry_out(
                 &state,
@@ -154,8 +171,6 @@ pub(super) async fn start(
             )
             .await?,
         )
-    } else {
-        None
     };
     // The workstation agent that will relay the device commands (issue 4).
     let agent = match assign {

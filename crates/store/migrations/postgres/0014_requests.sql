@@ -6,7 +6,7 @@ CREATE TABLE request_batches (
     id          UUID PRIMARY KEY,
     created_by  TEXT NOT NULL,
     created_at  TIMESTAMPTZ NOT NULL,
-    rows_count  INTEGER NOT NULL
+    rows_count  BIGINT NOT NULL
 );
 CREATE TABLE requests (
     id            UUID PRIMARY KEY,
