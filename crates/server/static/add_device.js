@@ -212,14 +212,17 @@ document.addEventListener('DOMContentLoaded', () => {
         return;
       }
       policySel.replaceChildren(new Option('Choose a device policy', ''));
+      fitting = Object.fromEntries(policies.map((p) => [p.name, p]));
       for (const p of policies) policySel.append(new Option(p.name, p.name));
       policySel.disabled = false;
       if (replacePolicy && policies.some((p) => p.name === replacePolicy)) {
         policySel.value = replacePolicy;
         await loadRules();
+        await checkApproval();
       } else if (policies.length === 1) {
         policySel.value = policies[0].name;
         await loadRules();
+        await checkApproval();
       }
     } catch (e) {
       resetPolicies('Select a device first');
@@ -282,9 +285,32 @@ document.addEventListener('DOMContentLoaded', () => {
     return same;
   }
 
+  // A policy that requires a second operator's approval: without an
+  // approved request for this user, policy and device, Continue becomes
+  // Request Issuance (the request waits on the Requests page).
+  let fitting = {};
+  let needsRequest = false;
+  async function checkApproval() {
+    const p = fitting[policySel.value];
+    const kind = replaces ? 'replacement' : 'issuance';
+    needsRequest = false;
+    if (p && (p.approval_required_for || []).includes(kind)) {
+      try {
+        const approved = await Keyward.api('GET', '/api/v1/requests?state=approved');
+        needsRequest = !approved.some((r) => r.user === user && r.policy === p.name && r.kind === kind
+          && (!r.serial || r.serial === selected));
+      } catch (e) {
+        showError(e);
+      }
+    }
+    continueBtn.textContent = needsRequest ? 'Request Issuance' : 'Continue';
+    $('approval-note').hidden = !needsRequest;
+    updateContinue();
+  }
+
   function updateContinue() {
     const action = actionSel.value;
-    const needsPin = action === 'issue' && mode !== 'not_displayed';
+    const needsPin = action === 'issue' && mode !== 'not_displayed' && !needsRequest;
     $('pin-entry').hidden = action === 'assign';
     let ok = Boolean(selected && policySel.value);
     if (ok && needsPin) ok = pinValid && pinsMatch() && (mode !== 'disguised' || confirmPin.value !== '');
@@ -303,6 +329,7 @@ document.addEventListener('DOMContentLoaded', () => {
     }
   });
   policySel.addEventListener('change', loadRules);
+  policySel.addEventListener('change', checkApproval);
   actionSel.addEventListener('change', updateContinue);
   let debounce = null;
   if (pin) {
@@ -325,6 +352,22 @@ document.addEventListener('DOMContentLoaded', () => {
   $('issue-form').addEventListener('submit', async (ev) => {
     ev.preventDefault();
     showError(null);
+    if (needsRequest) {
+      continueBtn.disabled = true;
+      try {
+        const body = { user, policy: policySel.value, serial: selected };
+        if (replaces) Object.assign(body, { kind: 'replacement', replaces, reason: replaceReason });
+        await Keyward.api('POST', '/api/v1/requests', body);
+        const note = $('approval-note');
+        note.textContent = `Requested: device ${selected} is issued once a second operator approves the request (Requests page).`;
+        note.hidden = false;
+        continueBtn.textContent = 'Requested';
+      } catch (e) {
+        showError(e);
+        continueBtn.disabled = false;
+      }
+      return;
+    }
     const action = actionSel.value;
     const body = { user, policy: policySel.value, serial: selected, action };
     if (replaces) {

@@ -104,7 +104,7 @@ test('a Help Desk operator sees no administration page, and cannot open one', as
   await h.signIn(page, server, 'helpdesk');
   const links = await page.$$eval('header nav a', (as) => as.map((a) => a.getAttribute('href')));
   // Agents: the help desk replaces and recycles devices at its own agents.
-  assert.deepEqual(links, ['/users', '/devices', '/agents']);
+  assert.deepEqual(links, ['/users', '/devices', '/requests', '/agents']);
   await h.shot(page, '01-helpdesk-users');
   for (const p of ADMIN_PAGES) {
     const res = await page.goto(`${server.url}${p}`);

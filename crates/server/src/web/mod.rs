@@ -34,6 +34,7 @@ pub mod me;
 pub mod operators;
 pub mod passkey_services;
 pub mod recycle;
+pub mod requests;
 pub mod signin;
 pub mod static_files;
 pub mod user;
@@ -54,6 +55,7 @@ pub fn router() -> Router<AppState> {
         .merge(add_device::routes())
         .merge(devices::routes())
         .merge(recycle::routes())
+        .merge(requests::routes())
         .merge(agents::routes())
         .merge(admin_policies::routes())
         .merge(admin_settings::routes())
@@ -157,6 +159,9 @@ impl WebUser {
         };
         add("/users", "Users", Permission::UsersRead);
         add("/devices", "Devices", Permission::DevicesRead);
+        if self.caller.role.is_operator() {
+            add("/requests", "Requests", Permission::DevicesRead);
+        }
         // Agents: operators who issue, replace or recycle (DevicesRead
         // stands for "an operator" here; the check is `agents`).
         if agents && self.caller.role.is_operator() {
