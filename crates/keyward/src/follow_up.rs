@@ -99,3 +99,75 @@ pub fn run(
         counters,
     }))
 }
+
+/// The common part of `keyward unlock` and `keyward update`: where the
+/// device is and how to report.
+pub struct Command<'a> {
+    pub server: &'a str,
+    pub token: &'a str,
+    pub serial: &'a str,
+    pub reader: Option<&'a str>,
+    pub hid_sockets: &'a [PathBuf],
+    pub answers: &'a Option<PathBuf>,
+    pub json: bool,
+    /// "unlocking", "updating".
+    pub verb: &'a str,
+    /// The session status that means success.
+    pub done: keyward_domain::SessionStatus,
+}
+
+/// Starts the follow-up session with `start`, relays it to its end and
+/// reports it (`--json`: session_id, serial, state, error, notice,
+/// credentials, counters; else `ok` or `failed` with the error line, and
+/// the notice). Answers the exit code.
+pub fn run_and_report(
+    cmd: &Command<'_>,
+    start: impl FnOnce(&ApiClient, &str, &RecycleRequest) -> Answer<RelayBatch>,
+    ok: impl FnOnce(&keyward_proto::SessionView) -> String,
+    failed: &str,
+) -> anyhow::Result<ExitCode> {
+    use crate::relaying::{credentials_json, error_line, failure_exit, read_answers};
+    let total = std::time::Instant::now();
+    let client = ApiClient::with_token(cmd.server, cmd.token, std::time::Duration::from_secs(120))?;
+    let answers = Answers::new(read_answers(cmd.answers)?);
+    let target = Target {
+        server: cmd.server,
+        serial: cmd.serial,
+        reader: cmd.reader,
+        hid_sockets: cmd.hid_sockets,
+        json: cmd.json,
+        verb: cmd.verb,
+    };
+    let ran = match run(&client, &target, &answers, |serial, request| {
+        start(&client, serial, request)
+    })? {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
+    let session = client.session(&ran.id)??;
+    let succeeded = session.status == cmd.done;
+    if cmd.json {
+        let report = serde_json::json!({
+            "session_id": ran.id,
+            "serial": ran.serial,
+            "state": session.status,
+            "error": session.error,
+            "notice": session.notice,
+            "credentials": credentials_json(&session),
+            "counters": ran.counters.json(total),
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if succeeded {
+        eprintln!("{}", ok(&session));
+        if let Some(n) = &session.notice {
+            eprintln!("{}", n.message);
+        }
+    } else {
+        eprintln!("{failed} at {}", error_line(session.error.as_ref()));
+    }
+    Ok(if succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(failure_exit(session.error.as_ref()))
+    })
+}

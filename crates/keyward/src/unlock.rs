@@ -16,13 +16,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use clap::Args;
-use serde_json::json;
-
-use crate::api::ApiClient;
-use crate::relaying::{error_line, failure_exit, read_answers, Answers};
 
 #[derive(Args, Debug, Clone)]
 pub struct UnlockArgs {
@@ -67,51 +62,26 @@ pub fn run(args: UnlockArgs) -> anyhow::Result<ExitCode> {
     if args.offline {
         return crate::offline_unlock::run(&args);
     }
-    let total = Instant::now();
-    let client = ApiClient::with_token(&args.server, &args.token, Duration::from_secs(120))?;
-    let answers = Answers::new(read_answers(&args.answers)?);
-    let target = crate::follow_up::Target {
+    let cmd = crate::follow_up::Command {
         server: &args.server,
+        token: &args.token,
         serial: &args.serial,
         reader: args.reader.as_deref(),
         hid_sockets: &args.hid_sockets,
+        answers: &args.answers,
         json: args.json,
         verb: "unlocking",
+        done: keyward_domain::SessionStatus::Unlocked,
     };
-    let ran = crate::follow_up::run(&client, &target, &answers, |serial, request| {
-        client.unlock(serial, request)
-    })?;
-    let ran = match ran {
-        Ok(r) => r,
-        Err(code) => return Ok(code),
-    };
-    let session = client.session(&ran.id)??;
-    let unlocked = session.status == keyward_domain::SessionStatus::Unlocked;
-    if args.json {
-        let report = json!({
-            "session_id": ran.id,
-            "serial": ran.serial,
-            "state": session.status,
-            "error": session.error,
-            "notice": session.notice,
-            "credentials": crate::relaying::credentials_json(&session),
-            "counters": ran.counters.json(total),
-        });
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else if unlocked {
-        eprintln!(
-            "unlocked: device {} has its new PIN (and a new PUK Keyward keeps)",
-            ran.serial
-        );
-        if let Some(n) = &session.notice {
-            eprintln!("{}", n.message);
-        }
-    } else {
-        eprintln!("unlock failed at {}", error_line(session.error.as_ref()));
-    }
-    Ok(if unlocked {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(failure_exit(session.error.as_ref()))
-    })
+    crate::follow_up::run_and_report(
+        &cmd,
+        |client, serial, request| client.unlock(serial, request),
+        |_| {
+            format!(
+                "unlocked: device {} has its new PIN (and a new PUK Keyward keeps)",
+                args.serial
+            )
+        },
+        "unlock failed",
+    )
 }

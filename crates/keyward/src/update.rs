@@ -11,13 +11,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use clap::Args;
-use serde_json::json;
-
-use crate::api::ApiClient;
-use crate::relaying::{credentials_json, error_line, failure_exit, read_answers, Answers};
 
 #[derive(Args, Debug, Clone)]
 pub struct UpdateArgs {
@@ -52,52 +47,27 @@ pub struct UpdateArgs {
 }
 
 pub fn run(args: UpdateArgs) -> anyhow::Result<ExitCode> {
-    let total = Instant::now();
-    let client = ApiClient::with_token(&args.server, &args.token, Duration::from_secs(120))?;
-    let answers = Answers::new(read_answers(&args.answers)?);
-    let target = crate::follow_up::Target {
+    let cmd = crate::follow_up::Command {
         server: &args.server,
+        token: &args.token,
         serial: &args.serial,
         reader: args.reader.as_deref(),
         hid_sockets: &args.hid_sockets,
+        answers: &args.answers,
         json: args.json,
         verb: "updating",
+        done: keyward_domain::SessionStatus::Updated,
     };
-    let ran = crate::follow_up::run(&client, &target, &answers, |serial, request| {
-        client.update(serial, request)
-    })?;
-    let ran = match ran {
-        Ok(r) => r,
-        Err(code) => return Ok(code),
-    };
-    let session = client.session(&ran.id)??;
-    let updated = session.status == keyward_domain::SessionStatus::Updated;
-    if args.json {
-        let report = json!({
-            "session_id": ran.id,
-            "serial": ran.serial,
-            "state": session.status,
-            "error": session.error,
-            "notice": session.notice,
-            "credentials": credentials_json(&session),
-            "counters": ran.counters.json(total),
-        });
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else if updated {
-        eprintln!(
-            "updated: device {} has what its policy gives it ({} new credentials)",
-            ran.serial,
-            session.credentials.len()
-        );
-    } else {
-        eprintln!(
-            "update failed at {} (the request stays pending: run it again)",
-            error_line(session.error.as_ref())
-        );
-    }
-    Ok(if updated {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(failure_exit(session.error.as_ref()))
-    })
+    crate::follow_up::run_and_report(
+        &cmd,
+        |client, serial, request| client.update(serial, request),
+        |session| {
+            format!(
+                "updated: device {} has what its policy gives it ({} new credentials)",
+                args.serial,
+                session.credentials.len()
+            )
+        },
+        "update failed (the request stays pending: run it again)",
+    )
 }

@@ -80,8 +80,33 @@ pub async fn set_puk_rotation_due(
     due: bool,
     audit: &AuditDraft,
 ) -> StoreResult<()> {
+    set_device_flag(pool, key, device_id, DeviceFlag::PukRotationDue, due, audit).await
+}
+
+/// A device's flags that follow-up sessions clear.
+#[derive(Clone, Copy)]
+enum DeviceFlag {
+    /// Its PUK was disclosed for an offline unlock.
+    PukRotationDue,
+    /// An offline unlock set its PIN unchecked by the policy's rules.
+    PinCheckDue,
+}
+
+/// Sets (or clears) one of a device's flags, with the audit record.
+async fn set_device_flag(
+    pool: &Pool<DB>,
+    key: &AuditKey,
+    device_id: Uuid,
+    flag: DeviceFlag,
+    due: bool,
+    audit: &AuditDraft,
+) -> StoreResult<()> {
+    let sql = match flag {
+        DeviceFlag::PukRotationDue => "UPDATE devices SET puk_rotation_due = $1 WHERE id = $2",
+        DeviceFlag::PinCheckDue => "UPDATE devices SET pin_check_due = $1 WHERE id = $2",
+    };
     let mut tx = dialect::begin_write(pool).await?;
-    let res = sqlx::query("UPDATE devices SET puk_rotation_due = $1 WHERE id = $2")
+    let res = sqlx::query(sql)
         .bind(due)
         .bind(device_id)
         .execute(&mut *tx)

@@ -117,16 +117,7 @@ pub async fn set_pin_check_due(
     due: bool,
     audit: &AuditDraft,
 ) -> StoreResult<()> {
-    let mut tx = dialect::begin_write(pool).await?;
-    let res = sqlx::query("UPDATE devices SET pin_check_due = $1 WHERE id = $2")
-        .bind(due)
-        .bind(device_id)
-        .execute(&mut *tx)
-        .await?;
-    if res.rows_affected() == 0 {
-        return Err(StoreError::not_found("device", device_id));
-    }
-    finish(tx, key, audit).await
+    set_device_flag(pool, key, device_id, DeviceFlag::PinCheckDue, due, audit).await
 }
 
 pub async fn pin_check_due(pool: &Pool<DB>, device_id: Uuid) -> StoreResult<bool> {
