@@ -93,6 +93,16 @@ document.addEventListener('DOMContentLoaded', () => {
   let deviceAbort = null;
   let stopped = false;
 
+  // Serials named by this user's approved requests (bulk batches).
+  let requestedSerials = new Set();
+  Keyward.api('GET', '/api/v1/requests?state=approved').then((list) => {
+    requestedSerials = new Set(list.filter((r) => r.user === user && r.serial).map((r) => r.serial));
+    if (requestedSerials.size) {
+      devicesKey = null; // redraw with the requested devices first
+      loadDevices(0);
+    }
+  }).catch(() => {});
+
   async function loadDevices(wait) {
     let data = null;
     const q = version !== null && wait ? `?since=${version}&wait=${wait}` : '';
@@ -142,6 +152,10 @@ document.addEventListener('DOMContentLoaded', () => {
       tbody.append(tr);
     }
     let stillThere = false;
+    // A device an approved request of this user names (a bulk batch's) is
+    // offered first, marked.
+    const requested = (d) => requestedSerials.has(d.serial);
+    devices = [...devices].sort((a, b) => Number(requested(b)) - Number(requested(a)));
     for (const d of devices) {
       const tr = document.createElement('tr');
       tr.dataset.serial = d.serial;
@@ -170,7 +184,9 @@ document.addEventListener('DOMContentLoaded', () => {
       radio.addEventListener('change', () => chooseDevice(d.serial));
       radioCell.append(radio);
       tr.append(radioCell);
-      for (const v of [d.type, d.serial, d.firmware, d.reader, d.agent, d.state]) {
+      if (requested(d)) tr.classList.add('requested');
+      const inventory = requested(d) ? `${d.state} (requested)` : d.state;
+      for (const v of [d.type, d.serial, d.firmware, d.reader, d.agent, inventory]) {
         const td = document.createElement('td');
         td.textContent = v;
         tr.append(td);

@@ -117,6 +117,10 @@ test('a bulk batch uploaded on the Requests page is collected at the agent', asy
   const made = JSON.parse(await operator.textContent('#requests-import-result'));
   assert.equal(made.imported, 1, JSON.stringify(made));
   await h.shot(operator, '15-bulk-uploaded');
+  // bob's requested device is offered first, marked.
+  await operator.goto(`${server.url}/users/bob/add-device`);
+  await operator.waitForSelector(`#device-list tbody tr[data-serial="${BULK}"].requested`, { timeout: 20000 });
+  assert.equal(await operator.getAttribute('#device-list tbody tr:first-child', 'data-serial'), BULK);
   await choose('bob', BULK, 'PIV Standard');
   await issue('bob', BULK);
   const batch = await h.must(server, 'GET', `/request-batches/${made.batch}`);

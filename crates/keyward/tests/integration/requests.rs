@@ -18,6 +18,38 @@ fn start(server: &TestServer, serial: &str, request: Option<&str>) -> (u16, Valu
     )
 }
 
+/// Relays the session of `batch` to its end on an in-process virtual
+/// YubiKey 5.7.1 with `serial` (its manufacturer CA in `dir`).
+fn finish_in_process(
+    server: &TestServer,
+    dir: &std::path::Path,
+    serial: u32,
+    mut b: Value,
+) -> Value {
+    let mut card = keyward_vcard::VirtualCard::new(
+        keyward_vcard::VcardConfig::new(keyward_vcard::ProfileKind::Yubikey5)
+            .with_serial(serial)
+            .with_firmware(keyward_vcard::Firmware(5, 7, 1))
+            .with_ca_dir(dir.join(format!("virtual-ca-{serial}"))),
+    )
+    .unwrap();
+    card.power_on();
+    let id = b["session_id"].as_str().unwrap().to_string();
+    while b["state"] == "running" {
+        let responses = support::relay_in_process(&mut card, &b);
+        let (s, next) = server.call(
+            "POST",
+            &format!("/issuance/{id}/relay"),
+            Some(
+                json!({ "protocol": 1, "session_id": id, "seq": b["seq"], "responses": responses }),
+            ),
+        );
+        assert_eq!(s, 200, "{next}");
+        b = next;
+    }
+    b
+}
+
 fn approvals(server: TestServer) {
     support::seed_piv_standard(&server, "31000180");
     let (s, v) = server.call(
@@ -118,6 +150,9 @@ fn approvals(server: TestServer) {
     // Carried out once.
     let (s, v) = start(&server, "31000180", Some(&id));
     assert_eq!(s, 201, "{v}");
+    let dir = tempfile::tempdir().unwrap();
+    let end = finish_in_process(&server, dir.path(), 31_000_180, v.clone());
+    assert_eq!(end["state"], "issued", "{end}");
     let (_, r) = server.call("GET", &format!("/requests/{id}"), None);
     assert_eq!(
         (r["state"].as_str(), r["session"].as_str()),
@@ -157,6 +192,22 @@ fn approvals(server: TestServer) {
     assert_eq!(
         (s, v["error"]["code"].as_str()),
         (409, Some("request_not_approved")),
+        "{v}"
+    );
+    // A replacement under a policy that requires approval for it is held
+    // too (the first device, issued above, is replaced by the second).
+    let (_, mut replaced) = server.call("GET", "/policies/PIV%20Approved", None);
+    replaced["approval_required_for"] = json!(["issuance", "replacement"]);
+    let (s, v) = server.call("PUT", "/policies/PIV%20Approved", Some(replaced));
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = server.call(
+        "POST",
+        "/issuance",
+        Some(json!({ "user": "alice", "serial": "31000181", "pin": "735194", "replaces": "31000180", "replace_reason": "lost" })),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("approval_required")),
         "{v}"
     );
     // The list of what waits, and the audit.
@@ -325,33 +376,13 @@ fn bulk(server: TestServer) {
     assert_eq!(made["rejected"][0]["row"], 2, "{made}");
     let batch = made["batch"].as_str().unwrap().to_string();
     // alice's device arrives: Add Device collects her request.
-    let mut card = keyward_vcard::VirtualCard::new(
-        keyward_vcard::VcardConfig::new(keyward_vcard::ProfileKind::Yubikey5)
-            .with_serial(31_000_185)
-            .with_firmware(keyward_vcard::Firmware(5, 7, 1))
-            .with_ca_dir(dir.path().join("virtual-ca")),
-    )
-    .unwrap();
-    card.power_on();
-    let (s, mut b) = server.call(
+    let (s, b) = server.call(
         "POST",
         "/issuance",
         Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000185", "pin": "735194" })),
     );
     assert_eq!(s, 201, "{b}");
-    let id = b["session_id"].as_str().unwrap().to_string();
-    while b["state"] == "running" {
-        let responses = support::relay_in_process(&mut card, &b);
-        let (s, next) = server.call(
-            "POST",
-            &format!("/issuance/{id}/relay"),
-            Some(
-                json!({ "protocol": 1, "session_id": id, "seq": b["seq"], "responses": responses }),
-            ),
-        );
-        assert_eq!(s, 200, "{next}");
-        b = next;
-    }
+    let b = finish_in_process(&server, dir.path(), 31_000_185, b);
     assert_eq!(b["state"], "issued", "{b}");
     let out = server.admin(&["request", "batch", &batch, "--json"]);
     let progress: Value =
