@@ -165,6 +165,13 @@ mod sqlite_dialect {
     pub async fn begin_write(pool: &SqlitePool) -> Result<WriteTx, sqlx::Error> {
         WriteTx::begin(pool).await
     }
+    /// A read transaction: in WAL mode its first read fixes the snapshot
+    /// every later read of it sees (appends committed meanwhile are not).
+    pub async fn begin_snapshot(
+        pool: &SqlitePool,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        pool.begin().await
+    }
     /// Statements run on the writer's thread one after another; sending the
     /// record, the head's move (and the COMMIT) as one text saves the round
     /// trips between them, which set the pace of concurrent writers.
@@ -239,6 +246,15 @@ mod pg_dialect {
     pub const ANONYMOUS_PLACEHOLDERS: bool = false;
     pub async fn begin_write(pool: &PgPool) -> Result<Tx, sqlx::Error> {
         pool.begin().await
+    }
+    /// A read transaction on one snapshot (REPEATABLE READ): appends
+    /// committed meanwhile are not seen.
+    pub async fn begin_snapshot(pool: &PgPool) -> Result<Tx, sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
     }
     pub async fn append_audit_record(
         tx: &mut Tx,

@@ -157,7 +157,9 @@ pub async fn append_audit(pool: &Pool<DB>, key: &AuditKey, audit: &AuditDraft) -
     Ok(seq)
 }
 
-pub async fn audit_head(pool: &Pool<DB>) -> StoreResult<AuditCheckpoint> {
+pub async fn audit_head<'e, E: sqlx::Executor<'e, Database = DB>>(
+    pool: E,
+) -> StoreResult<AuditCheckpoint> {
     let r = sqlx::query("SELECT count, last_mac FROM audit_head WHERE id = 1")
         .fetch_one(pool)
         .await?;
@@ -196,7 +198,11 @@ fn audit_row(r: &DbRow) -> StoreResult<AuditRow> {
 const AUDIT_COLS: &str = "seq, at, actor, action, target, outcome, details, prev_mac, mac";
 const AUDIT_BATCH: i64 = 5000;
 
-async fn audit_batch(pool: &Pool<DB>, after: i64, limit: i64) -> StoreResult<Vec<AuditRow>> {
+async fn audit_batch<'e, E: sqlx::Executor<'e, Database = DB>>(
+    pool: E,
+    after: i64,
+    limit: i64,
+) -> StoreResult<Vec<AuditRow>> {
     let sql = format!("SELECT {AUDIT_COLS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2");
     sqlx::query(&sql)
         .bind(after)
@@ -247,7 +253,11 @@ pub async fn verify_audit_chain(
     key: &AuditKey,
     checkpoint: Option<&AuditCheckpoint>,
 ) -> StoreResult<AuditVerification> {
-    let head = audit_head(pool).await?;
+    // One snapshot for the head and every record: an append committed
+    // while this runs is neither half-seen nor taken for one made outside
+    // Keyward.
+    let mut snap = dialect::begin_snapshot(pool).await?;
+    let head = audit_head(&mut *snap).await?;
     let mut problems = Vec::new();
     let mut broken: Vec<BrokenLink> = Vec::new();
     let mut records = 0i64;
@@ -256,7 +266,7 @@ pub async fn verify_audit_chain(
     let mut last_changed = false;
     let mut checkpoint_seen = false;
     loop {
-        let batch = audit_batch(pool, last_seq, AUDIT_BATCH).await?;
+        let batch = audit_batch(&mut *snap, last_seq, AUDIT_BATCH).await?;
         if batch.is_empty() {
             break;
         }
@@ -322,7 +332,7 @@ pub async fn verify_audit_chain(
         let mut successor_of: HashMap<Vec<u8>, i64> = HashMap::new();
         let mut after = 0i64;
         loop {
-            let batch = audit_batch(pool, after, AUDIT_BATCH).await?;
+            let batch = audit_batch(&mut *snap, after, AUDIT_BATCH).await?;
             if batch.is_empty() {
                 break;
             }
@@ -380,6 +390,7 @@ pub async fn verify_audit_chain(
             problems.push(AuditProblem::CheckpointMissing { count: cp.count });
         }
     }
+    snap.rollback().await?;
     Ok(AuditVerification {
         records,
         head,
