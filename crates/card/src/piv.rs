@@ -41,6 +41,8 @@ pub mod ins {
     pub const YK_ATTEST: u8 = 0xF9;
     pub const YK_GET_SERIAL: u8 = 0xF8;
     pub const YK_GET_METADATA: u8 = 0xF7;
+    /// MOVE KEY (firmware 5.7): P1 the destination slot, P2 the source.
+    pub const YK_MOVE_KEY: u8 = 0xF6;
     // CTAP over ISO 7816.
     pub const CTAP_MSG: u8 = 0x10;
     pub const CTAP_GET_RESPONSE: u8 = 0x11;
@@ -373,6 +375,12 @@ pub fn yk_attest(slot: u8) -> CommandApdu {
 /// YubiKey GET METADATA for a slot or a key reference (80, 81, 9B).
 pub fn yk_get_metadata(key: u8) -> CommandApdu {
     CommandApdu::new(0x00, ins::YK_GET_METADATA, 0, key).with_le(256)
+}
+
+/// YubiKey MOVE KEY (firmware 5.7): the key in `from` moves to `to` (a
+/// retired slot keeps an old Key Management key that still decrypts mail).
+pub fn yk_move_key(to: u8, from: u8) -> CommandApdu {
+    CommandApdu::new(0x00, ins::YK_MOVE_KEY, to, from)
 }
 
 /// YubiKey IMPORT KEY of an EC private scalar.

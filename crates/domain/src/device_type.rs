@@ -139,6 +139,13 @@ impl DeviceType {
         matches!(self, DeviceType::YubiKey5)
     }
 
+    /// The device moves a key between slots (MOVE KEY: a YubiKey from 5.7),
+    /// so an old Key Management key can be kept in a retired slot (82 to
+    /// 95) while 9D gets a new one. An unknown firmware cannot.
+    pub fn moves_keys(self, firmware: Option<FirmwareVersion>) -> bool {
+        self == DeviceType::YubiKey5 && firmware.is_some_and(|f| f >= FirmwareVersion::new(5, 7, 0))
+    }
+
     pub const fn capabilities(self) -> &'static DeviceCapabilities {
         match self {
             DeviceType::C4000 => &C4000,
@@ -170,5 +177,16 @@ mod tests {
         for t in DeviceType::ALL {
             assert_eq!(t.capabilities().device_type, *t);
         }
+    }
+
+    #[test]
+    fn only_a_yubikey_from_5_7_moves_keys() {
+        let v = |s: &str| Some(FirmwareVersion::parse(s).unwrap());
+        assert!(DeviceType::YubiKey5.moves_keys(v("5.7.0")));
+        assert!(DeviceType::YubiKey5.moves_keys(v("5.8.1")));
+        assert!(!DeviceType::YubiKey5.moves_keys(v("5.6.9")));
+        assert!(!DeviceType::YubiKey5.moves_keys(None));
+        assert!(!DeviceType::C4000.moves_keys(v("9.9.9")));
+        assert!(!DeviceType::Piv.moves_keys(v("5.7.0")));
     }
 }

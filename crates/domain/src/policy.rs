@@ -273,18 +273,6 @@ impl PkiApplication {
                 ),
             ));
         }
-        if self.slot == PivSlot::KeyManagement && self.renewal == Some(RenewalMode::Rekey) {
-            // A new 9D key must not destroy the old one (it decrypts mail
-            // sent before): the old key would move to a retired slot (82 to
-            // 95) with the Key History object updated, which needs a device
-            // that moves keys (a YubiKey from 5.7) and which Keyward does not
-            // do.
-            return Err(ValidationError::new(
-                "renewal_rekey_key_management",
-                "renewal",
-                "Key Management (9D) is renewed with the same key: a new key would destroy the one that decrypts earlier mail (moving it to a retired slot is not supported); use renewal = \"same_key\"",
-            ));
-        }
         Ok(())
     }
 
@@ -605,11 +593,10 @@ mod tests {
         assert!(app.validate().is_ok());
         app.slot = PivSlot::KeyManagement;
         assert_eq!(app.renewal_mode(), RenewalMode::SameKey, "9D keeps its key");
+        // A 9D rekey is a policy's choice; a device that cannot keep the old
+        // key in a retired slot refuses it when updated (domain::update).
         app.renewal = Some(RenewalMode::Rekey);
-        assert_eq!(
-            app.validate().unwrap_err().code,
-            "renewal_rekey_key_management"
-        );
+        assert!(app.validate().is_ok());
         app.renewal = Some(RenewalMode::SameKey);
         assert!(app.validate().is_ok());
     }

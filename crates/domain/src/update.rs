@@ -42,6 +42,10 @@ pub struct OnRecord<'a> {
     pub passkey_reregistration: bool,
     /// An offline unlock set a PIN the policy's rules did not check.
     pub pin_check_due: bool,
+    /// The device can move a key to a retired slot
+    /// ([`crate::DeviceType::moves_keys`]): a new Key Management key keeps
+    /// the old one there.
+    pub moves_keys: bool,
 }
 
 /// Why a certificate is renewed.
@@ -114,7 +118,8 @@ impl AppliedChange {
                 ..
             } => {
                 let how = match mode {
-                    RenewalMode::Rekey => "with a new key; the old certificate is revoked (superseded)",
+                    RenewalMode::Rekey if *slot == PivSlot::KeyManagement => "with a new key; the old key and certificate move to a retired slot (they still decrypt earlier mail), the old certificate is revoked (superseded)",
+                RenewalMode::Rekey => "with a new key; the old certificate is revoked (superseded)",
                     RenewalMode::SameKey => "for the same key; the old certificate is left to expire",
                 };
                 let because = match why {
@@ -181,7 +186,8 @@ fn application_changed(was: &PkiApplication, now: &PkiApplication) -> bool {
 }
 
 /// The changes that bring the device on record to `target` at `now`.
-/// Refused: a Key Management key whose algorithm would change (a new 9D key
+/// Refused: a new Key Management key (a rekey, or its algorithm changed) on
+/// a device that cannot move the old key to a retired slot (the new 9D key
 /// would destroy the one that decrypts earlier mail).
 pub fn applied_changes(
     target: &DevicePolicy,
@@ -210,20 +216,32 @@ pub fn applied_changes(
             (None, false) => continue,
         };
         let mode = if algorithm_changed {
-            if app.slot == PivSlot::KeyManagement {
-                return Err(ValidationError::new(
-                    "key_management_algorithm_changed",
-                    "policy",
-                    format!(
-                        "{} changes the Key Management (9D) algorithm: a new 9D key would destroy the one that decrypts earlier mail; recycle and re-issue the device instead",
-                        target.name
-                    ),
-                ));
-            }
             RenewalMode::Rekey
         } else {
             app.renewal_mode()
         };
+        if app.slot == PivSlot::KeyManagement && mode == RenewalMode::Rekey && !on_record.moves_keys
+        {
+            let (code, what) = if algorithm_changed {
+                (
+                    "key_management_algorithm_changed",
+                    "changes the Key Management (9D) algorithm",
+                )
+            } else {
+                (
+                    "renewal_rekey_key_management",
+                    "renews Key Management (9D) with a new key (renewal = \"rekey\")",
+                )
+            };
+            return Err(ValidationError::new(
+                code,
+                "policy",
+                format!(
+                    "{} {what}: the old 9D key decrypts earlier mail and must move to a retired slot (82 to 95), which needs a device that moves keys (a YubiKey from firmware 5.7); this device cannot: renew 9D with the same key, or recycle and re-issue the device",
+                    target.name
+                ),
+            ));
+        }
         out.push(AppliedChange::RenewCertificate {
             slot: app.slot,
             name: app.name.clone(),
@@ -305,6 +323,7 @@ mod tests {
             has_passkey: false,
             passkey_reregistration: false,
             pin_check_due: false,
+            moves_keys: false,
         }
     }
 
@@ -468,5 +487,53 @@ mod tests {
             applied_changes(&target, &r, NOW).unwrap_err().code,
             "key_management_algorithm_changed"
         );
+        // A device that moves keys keeps the old one in a retired slot.
+        let r = OnRecord {
+            moves_keys: true,
+            ..r
+        };
+        let changes = applied_changes(&target, &r, NOW).unwrap();
+        assert!(matches!(
+            changes.as_slice(),
+            [AppliedChange::RenewCertificate {
+                slot: PivSlot::KeyManagement,
+                mode: RenewalMode::Rekey,
+                why: RenewReason::PolicyChanged,
+                ..
+            }]
+        ));
+        assert!(changes[0].describe().contains("retired slot"));
+    }
+
+    #[test]
+    fn a_key_management_rekey_needs_a_device_that_moves_keys() {
+        let mut p = policy(serde_json::json!({}));
+        p.pki_applications[1].renewal = Some(RenewalMode::Rekey);
+        let r = record(
+            &p,
+            vec![
+                cert(PivSlot::Authentication, 300),
+                cert(PivSlot::KeyManagement, 10),
+            ],
+        );
+        let e = applied_changes(&p, &r, NOW).unwrap_err();
+        assert_eq!(e.code, "renewal_rekey_key_management");
+        assert!(
+            e.message.contains("YubiKey from firmware 5.7"),
+            "{}",
+            e.message
+        );
+        let r = OnRecord {
+            moves_keys: true,
+            ..r
+        };
+        assert!(matches!(
+            applied_changes(&p, &r, NOW).unwrap().as_slice(),
+            [AppliedChange::RenewCertificate {
+                slot: PivSlot::KeyManagement,
+                mode: RenewalMode::Rekey,
+                ..
+            }]
+        ));
     }
 }

@@ -18,6 +18,8 @@ keyward_domain::canonical_enum! {
         ReadBackMismatch = "read_back_mismatch", "The device reads back other data";
         CertificateMismatch = "certificate_mismatch", "The device holds another certificate than the one on record";
         CertificateMissing = "certificate_missing", "A key was not certified";
+        KeyMissing = "key_missing", "The key on record is not on the device";
+        RetiredSlotsUnusable = "retired_slots_unusable", "No retired slot can keep the old key";
         BadPlan = "bad_plan", "The plan cannot be carried out";
         BadSlot = "bad_slot", "An unknown PIV slot";
         PinTooLong = "pin_too_long", "A PIN or PUK is too long";
@@ -135,12 +137,18 @@ pub enum Step {
     ReadPukTries,
     ReadFidoPinTries,
     UnblockPin,
+    ReadKeyHistory,
+    WriteKeyHistory,
+    /// GET METADATA of a slot's key (its public key, or none).
+    ReadKey(u8),
+    /// MOVE KEY of a slot's key to a retired slot.
+    RetireKey(u8),
     /// The relay itself (more responses than commands).
     Relay,
 }
 
 /// The steps without a slot, with their text.
-const NAMED: [(Step, &str); 35] = [
+const NAMED: [(Step, &str); 37] = [
     (Step::IdentifyDevice, "identify device"),
     (Step::SelectPiv, "select PIV"),
     (
@@ -185,16 +193,20 @@ const NAMED: [(Step, &str); 35] = [
     (Step::ReadPukTries, "read PUK tries"),
     (Step::ReadFidoPinTries, "read FIDO PIN tries"),
     (Step::UnblockPin, "unblock PIN"),
+    (Step::ReadKeyHistory, "read key history"),
+    (Step::WriteKeyHistory, "write key history"),
 ];
 
 /// The steps of one slot, by the text before the slot.
-const OF_SLOT: [(&str, fn(u8) -> Step); 6] = [
+const OF_SLOT: [(&str, fn(u8) -> Step); 8] = [
     ("generate key ", Step::GenerateKey),
     ("attest key ", Step::AttestKey),
     ("write certificate ", Step::WriteCertificate),
     ("read certificate ", Step::ReadCertificate),
     ("replace key ", Step::ReplaceKey),
     ("delete certificate ", Step::DeleteCertificate),
+    ("read key ", Step::ReadKey),
+    ("retire key ", Step::RetireKey),
 ];
 
 impl std::fmt::Display for Step {
@@ -207,6 +219,8 @@ impl std::fmt::Display for Step {
             Step::ReadCertificate(s) => slot("read certificate ", s),
             Step::ReplaceKey(s) => slot("replace key ", s),
             Step::DeleteCertificate(s) => slot("delete certificate ", s),
+            Step::ReadKey(s) => slot("read key ", s),
+            Step::RetireKey(s) => slot("retire key ", s),
             Step::Relay => "relay".into(),
             named => NAMED
                 .iter()

@@ -176,6 +176,9 @@ pub struct Ending {
     pub attested_slots: Vec<u8>,
     /// The credentials above are recorded revoked at `at`.
     pub revoked: bool,
+    /// An update kept the old key of a slot in a retired slot: (from, to);
+    /// its certificate on record moves with it.
+    pub retired: Option<(u8, u8)>,
     /// Not Displayed: the generated PIN, kept sealed for Get Initial PIN.
     pub initial_pin: Option<Secret>,
     /// A failed PIN change: the tries the device has left.
@@ -283,6 +286,9 @@ struct UpdateCarry {
     /// The slots whose new key's attestation verified.
     #[serde(default)]
     attested: Vec<u8>,
+    /// The old 9D key moved to a retired slot: (from, to).
+    #[serde(default)]
+    retired: Option<(u8, u8)>,
 }
 
 fn format_before_numbering() -> u32 {
@@ -683,6 +689,7 @@ impl DeviceSession {
         session.update = Some(UpdateCarry {
             passkey,
             attested: Vec::new(),
+            retired: None,
         });
         let next = session.update_send(state, batch, last_piv, device_type, cx);
         match next {
@@ -1054,6 +1061,7 @@ impl DeviceSession {
                     update::Next::Done(done) => {
                         if let Some(c) = &mut self.update {
                             c.attested.extend(done.attested);
+                            c.retired = done.retired;
                         }
                         fido.passkey.certificates = done.certificates;
                         let probe = Input::Relayed {
@@ -1536,6 +1544,7 @@ impl DeviceSession {
             update::Next::Done(done) => {
                 if let Some(c) = &mut self.update {
                     c.attested.extend(done.attested);
+                    c.retired = done.retired;
                 }
                 let passkey = self.update.as_ref().is_some_and(|c| c.passkey);
                 match passkey
@@ -1565,11 +1574,12 @@ impl DeviceSession {
         passkey: Option<PasskeyRecord>,
         cx: &Context<'_>,
     ) -> Effect {
-        let attested = self.update.take().map(|c| c.attested).unwrap_or_default();
+        let carry = self.update.take();
         let registered = passkey.is_some();
         let mut ending = self.end(SessionStatus::Updated, None, DeviceMove::Stays, cx);
         ending.certificates = certificates;
-        ending.attested_slots = attested;
+        ending.retired = carry.as_ref().and_then(|c| c.retired);
+        ending.attested_slots = carry.map(|c| c.attested).unwrap_or_default();
         ending.passkey = passkey;
         ending.passkey_reregistration = registered.then_some(false);
         Effect::End(ending)
@@ -1585,7 +1595,7 @@ impl DeviceSession {
         written: bool,
         cx: &Context<'_>,
     ) -> Effect {
-        let attested = self.update.take().map(|c| c.attested).unwrap_or_default();
+        let carry = self.update.take();
         let at = self.batch.step();
         let mut ending = self.end(
             SessionStatus::UpdateFailed,
@@ -1595,7 +1605,10 @@ impl DeviceSession {
         );
         ending.step = at;
         ending.certificates = certificates;
-        ending.attested_slots = attested;
+        // The PIV part written: its retirement stands (else the old key's
+        // record stays where it was, and the next attempt finds the key).
+        ending.retired = carry.as_ref().and_then(|c| c.retired).filter(|_| written);
+        ending.attested_slots = carry.map(|c| c.attested).unwrap_or_default();
         ending.revoked = !written;
         if written {
             self.notice = Some(Notice {
@@ -1744,6 +1757,7 @@ impl DeviceSession {
             passkey: None,
             attested_slots: vec![],
             revoked: false,
+            retired: None,
             initial_pin: None,
             tries_left: None,
             passkeys_erased: false,

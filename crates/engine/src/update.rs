@@ -10,14 +10,27 @@
 //! batch 1: [C4000: CPLC] SELECT PIV [YubiKey: GET SERIAL, GET VERSION]
 //!          [CHANGE REFERENCE DATA 80: current → new PIN]
 //!          [GET DATA of each same-key slot's certificate]
+//!          [9D retired: GET DATA Key History, GET METADATA 9D and 82..95]
 //!          [GENERAL AUTHENTICATE: witness request]     (keys to write)
 //! batch 2: GENERAL AUTHENTICATE: witness + challenge,
+//!          [MOVE KEY 9D → the next retired slot]
 //!          GENERATE each new key [YubiKey: ATTEST, attestation certificate]
 //!          → [VerifyAttestation] → Certify (new keys and same-key keys)
 //! batch 3: [GENERAL AUTHENTICATE answer, when nothing was generated]
 //!          PUT DATA each certificate, PUT DATA (empty) each removed slot,
+//!          [the old 9D certificate in its retired slot's object, Key History]
 //!          GET DATA of each written object (read back)
 //! ```
+//!
+//! A new Key Management key must not destroy the old one (it decrypts mail
+//! sent before): on a device that moves keys (a YubiKey from 5.7) the old
+//! key moves to the next retired slot (SP 800-73-4: retired keys with their
+//! certificates on the card take 82 upward, and the Key History object
+//! counts them), its certificate is written to that slot's object and Key
+//! History counts one more, so OpenSC and the mail client still find it.
+//! The decision is taken from what the device holds (the keys' public
+//! halves by GET METADATA), not from the record alone: an attempt that
+//! failed after the move finds the old key already retired and goes on.
 //!
 //! A renewal with the same key needs no new key: the certificate on record
 //! is compared with the one the device holds (a device that holds another
@@ -31,7 +44,7 @@
 
 use std::collections::BTreeMap;
 
-use keyward_card::piv::{self, dyn_auth, key_ref, object, PublicKeyTemplate};
+use keyward_card::piv::{self, dyn_auth, key_ref, object, slot, PublicKeyTemplate};
 use keyward_domain::DeviceType;
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
@@ -61,6 +74,33 @@ pub struct SameKey {
     pub spki_der: Vec<u8>,
 }
 
+/// The Key Management key that a new 9D key sends to a retired slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retire {
+    /// The certificate on record for the old key (DER): written to the
+    /// retired slot's object.
+    #[serde(with = "crate::b64")]
+    pub certificate: Vec<u8>,
+    /// Its public key (DER SubjectPublicKeyInfo): how the old key is found.
+    #[serde(with = "crate::b64")]
+    pub spki_der: Vec<u8>,
+    /// Decided from the device's answers to batch 1.
+    #[serde(default)]
+    pub decided: Option<Retirement>,
+}
+
+/// Where the old key goes, as batch 1 found the device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retirement {
+    /// The retired slot (82 to 95).
+    pub to: u8,
+    /// The key is still in 9D (else an earlier attempt moved it).
+    pub move_key: bool,
+    /// The Key History object to write (the value of tag 53).
+    #[serde(with = "crate::b64")]
+    pub key_history: Vec<u8>,
+}
+
 /// What the update does on the device, decided by the server from the
 /// request's applied changes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,6 +119,9 @@ pub struct UpdatePlan {
     pub same_key: Vec<SameKey>,
     /// Slots whose certificate is removed.
     pub remove: Vec<u8>,
+    /// A new 9D key (in `generate`) keeps the old one in a retired slot.
+    #[serde(default)]
+    pub retire: Option<Retire>,
 }
 
 impl UpdatePlan {
@@ -162,6 +205,8 @@ pub struct UpdateDone {
     pub certificates: Vec<(u8, Vec<u8>)>,
     /// The slots whose new key's attestation verified.
     pub attested: Vec<u8>,
+    /// An old key moved: (from, to) — 9D to its retired slot.
+    pub retired: Option<(u8, u8)>,
 }
 
 /// Where a result leads.
@@ -352,6 +397,33 @@ fn batch_one(
             false,
         );
     }
+    if plan.retire.is_some() {
+        if plan.device_type != DeviceType::YubiKey5
+            || !plan.generate.iter().any(|k| k.slot == slot::KEY_MANAGEMENT)
+        {
+            return Err(Failure::new(
+                FailureCode::BadPlan,
+                Step::RetireKey(slot::KEY_MANAGEMENT),
+                "a key moves to a retired slot only on a YubiKey, and only when 9D gets a new key",
+            ));
+        }
+        b.push(
+            Step::ReadKeyHistory,
+            piv::get_data(object::KEY_HISTORY).to_bytes(),
+            &[0x9000, 0x6A82],
+            false,
+        );
+        for s in
+            std::iter::once(slot::KEY_MANAGEMENT).chain(slot::RETIRED_FIRST..=slot::RETIRED_LAST)
+        {
+            b.push(
+                Step::ReadKey(s),
+                piv::yk_get_metadata(s).to_bytes(),
+                &[0x9000, 0x6A88],
+                false,
+            );
+        }
+    }
     let last = !plan.writes();
     if !last {
         let m = plan.management_key.as_ref().ok_or_else(|| {
@@ -449,10 +521,18 @@ impl AwaitCheck {
                 );
             }
         }
+        let mut plan = plan;
+        if let Some(retire) = plan.retire.as_mut() {
+            match retirement(retire, &by_step) {
+                Ok(decided) => retire.decided = Some(decided),
+                Err(f) => return Next::Failed(f, vec![]),
+            }
+        }
         if !plan.writes() {
             return Next::Done(UpdateDone {
                 certificates: vec![],
                 attested: vec![],
+                retired: None,
             });
         }
         // The mutual authentication: the witness decrypted, a challenge.
@@ -516,6 +596,20 @@ impl AwaitCheck {
         }
         let mut b = Batch::default();
         b.push(step, auth, OK, true);
+        // The old 9D key leaves before the new one is generated over it.
+        if let Some(r) = plan
+            .retire
+            .as_ref()
+            .and_then(|r| r.decided.as_ref())
+            .filter(|r| r.move_key)
+        {
+            b.push(
+                Step::RetireKey(slot::KEY_MANAGEMENT),
+                piv::yk_move_key(r.to, slot::KEY_MANAGEMENT).to_bytes(),
+                OK,
+                false,
+            );
+        }
         for k in &plan.generate {
             b.push(
                 Step::GenerateKey(k.slot),
@@ -723,6 +817,36 @@ impl AwaitCertified {
             );
             written.push((tag, Vec::new()));
         }
+        // The old 9D key's certificate in its retired slot's object, and
+        // Key History counting it.
+        if let Some((r, decided)) = self
+            .plan
+            .retire
+            .as_ref()
+            .and_then(|r| Some((r, r.decided.as_ref()?)))
+        {
+            let tag = match cert_object(decided.to, Step::WriteCertificate(decided.to)) {
+                Ok(t) => t,
+                Err(f) => return Next::Failed(f, certified.certificates),
+            };
+            let container = piv::cert_container(&r.certificate, false);
+            b.push(
+                Step::WriteCertificate(decided.to),
+                piv::put_data(tag, &container)
+                    .extended(container.len() > 255)
+                    .to_bytes(),
+                OK,
+                false,
+            );
+            written.push((tag, container));
+            b.push(
+                Step::WriteKeyHistory,
+                piv::put_data(object::KEY_HISTORY, &decided.key_history).to_bytes(),
+                OK,
+                false,
+            );
+            written.push((object::KEY_HISTORY, decided.key_history.clone()));
+        }
         for (tag, value) in &written {
             // An emptied object reads back empty or not found.
             let expect: &[u16] = if value.is_empty() {
@@ -779,9 +903,209 @@ impl AwaitWrites {
                 );
             }
         }
+        let retired = self
+            .plan
+            .retire
+            .as_ref()
+            .and_then(|r| r.decided.as_ref())
+            .map(|d| (slot::KEY_MANAGEMENT, d.to));
         Next::Done(UpdateDone {
             certificates: self.certificates,
             attested: self.attested,
+            retired,
         })
+    }
+}
+
+/// The public key (DER SubjectPublicKeyInfo) in a GET METADATA answer.
+fn metadata_key(data: &[u8]) -> Option<Vec<u8>> {
+    let algorithm = *keyward_card::tlv::find(data, 0x01)?.first()?;
+    let template = PublicKeyTemplate::parse(keyward_card::tlv::find(data, 0x04)?).ok()?;
+    spki_der(algorithm, &template).ok()
+}
+
+/// Where the old 9D key goes, from batch 1's answers: still in 9D, the next
+/// retired slot after those Key History counts (it must be empty); already
+/// in a retired slot (an earlier attempt moved it), that one.
+fn retirement<'a>(
+    retire: &Retire,
+    by_step: &impl Fn(Step) -> Option<&'a [u8]>,
+) -> Result<Retirement, Failure> {
+    let history = by_step(Step::ReadKeyHistory)
+        .and_then(|d| keyward_card::tlv::find(d, 0x53))
+        .filter(|v| !v.is_empty());
+    let (on_card, off_card, url) = match history {
+        None => (0, 0, None),
+        Some(v) => piv::parse_key_history(v).ok_or_else(|| {
+            Failure::new(
+                FailureCode::BadResponse,
+                Step::ReadKeyHistory,
+                "the Key History object is unreadable",
+            )
+        })?,
+    };
+    if off_card > 0 {
+        return Err(Failure::new(
+            FailureCode::RetiredSlotsUnusable,
+            Step::ReadKeyHistory,
+            format!("the device keeps {off_card} retired key(s) whose certificates are off the card (Key History): Keyward does not renumber them; renew 9D with the same key"),
+        ));
+    }
+    let key_in = |s: u8| by_step(Step::ReadKey(s)).and_then(metadata_key);
+    let holds_old = |s: u8| key_in(s).as_deref() == Some(retire.spki_der.as_slice());
+    let history_after =
+        |to: u8| piv::key_history(on_card.max(to - slot::RETIRED_FIRST + 1), 0, url.as_deref());
+    if holds_old(slot::KEY_MANAGEMENT) {
+        let count = usize::from(slot::RETIRED_LAST - slot::RETIRED_FIRST) + 1;
+        if usize::from(on_card) >= count {
+            return Err(Failure::new(
+                FailureCode::RetiredSlotsUnusable,
+                Step::ReadKeyHistory,
+                "all 20 retired slots keep old keys: renew 9D with the same key, or recycle and re-issue the device",
+            ));
+        }
+        let to = slot::RETIRED_FIRST + on_card;
+        if by_step(Step::ReadKey(to)).is_some_and(|d| !d.is_empty()) {
+            return Err(Failure::new(
+                FailureCode::RetiredSlotsUnusable,
+                Step::ReadKey(to),
+                format!("retired slot {to:02X} holds a key that the Key History object does not count: Keyward does not overwrite it"),
+            ));
+        }
+        return Ok(Retirement {
+            to,
+            move_key: true,
+            key_history: history_after(to),
+        });
+    }
+    match (slot::RETIRED_FIRST..=slot::RETIRED_LAST).find(|s| holds_old(*s)) {
+        Some(to) => Ok(Retirement {
+            to,
+            move_key: false,
+            key_history: history_after(to),
+        }),
+        None => Err(Failure::new(
+            FailureCode::KeyMissing,
+            Step::ReadKey(slot::KEY_MANAGEMENT),
+            "the Key Management key on record is neither in 9D nor in a retired slot: recycle and re-issue the device",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p256::pkcs8::EncodePublicKey;
+
+    /// A P-256 key: (its GET METADATA answer, its SubjectPublicKeyInfo).
+    fn key(seed: u8) -> (Vec<u8>, Vec<u8>) {
+        let secret = p256::SecretKey::from_slice(&[seed; 32]).unwrap();
+        let public = secret.public_key();
+        let point = public.to_sec1_bytes().to_vec();
+        let mut metadata = keyward_card::tlv::encode(0x01, &[piv::alg::ECC_P256]);
+        keyward_card::tlv::push(
+            &mut metadata,
+            0x04,
+            &PublicKeyTemplate::Ec { point }.encode_inner(),
+        );
+        (
+            metadata,
+            public.to_public_key_der().unwrap().as_bytes().to_vec(),
+        )
+    }
+
+    fn retire(spki_der: Vec<u8>) -> Retire {
+        Retire {
+            certificate: vec![0x30, 0x00],
+            spki_der,
+            decided: None,
+        }
+    }
+
+    /// Batch 1's answers: Key History (`None`: not found) and the keys by slot.
+    fn decide(
+        r: &Retire,
+        history: Option<Vec<u8>>,
+        keys: &[(u8, Vec<u8>)],
+    ) -> Result<Retirement, Failure> {
+        let history = history.map(|h| keyward_card::tlv::encode(0x53, &h));
+        let by_step = |step: Step| -> Option<&[u8]> {
+            match step {
+                Step::ReadKeyHistory => Some(history.as_deref().unwrap_or(&[])),
+                Step::ReadKey(s) => Some(
+                    keys.iter()
+                        .find(|(k, _)| *k == s)
+                        .map(|(_, m)| m.as_slice())
+                        .unwrap_or(&[]),
+                ),
+                _ => None,
+            }
+        };
+        retirement(r, &by_step)
+    }
+
+    #[test]
+    fn the_old_key_goes_to_the_slot_after_those_key_history_counts() {
+        let (old, spki) = key(1);
+        let (other, _) = key(2);
+        let r = retire(spki);
+        let d = decide(&r, None, &[(0x9D, old.clone())]).unwrap();
+        assert_eq!((d.to, d.move_key), (0x82, true));
+        assert_eq!(piv::parse_key_history(&d.key_history), Some((1, 0, None)));
+        // Two retired already (with a URL kept).
+        let h = piv::key_history(2, 0, Some("http://x/"));
+        let keys = [
+            (0x9D, old.clone()),
+            (0x82, other.clone()),
+            (0x83, other.clone()),
+        ];
+        let d = decide(&r, Some(h), &keys).unwrap();
+        assert_eq!((d.to, d.move_key), (0x84, true));
+        assert_eq!(
+            piv::parse_key_history(&d.key_history),
+            Some((3, 0, Some("http://x/".into())))
+        );
+    }
+
+    #[test]
+    fn an_earlier_attempt_that_moved_the_key_is_finished_not_repeated() {
+        let (old, spki) = key(1);
+        let (new, _) = key(3);
+        let r = retire(spki);
+        // Moved, a new key generated in 9D, Key History not yet written.
+        let d = decide(&r, None, &[(0x9D, new), (0x82, old)]).unwrap();
+        assert_eq!((d.to, d.move_key), (0x82, false));
+        assert_eq!(piv::parse_key_history(&d.key_history), Some((1, 0, None)));
+    }
+
+    #[test]
+    fn what_keyward_will_not_overwrite_or_cannot_find_is_refused() {
+        let (old, spki) = key(1);
+        let (other, _) = key(2);
+        let r = retire(spki);
+        // A key in 82 that Key History does not count.
+        let f = decide(&r, None, &[(0x9D, old.clone()), (0x82, other.clone())]).unwrap_err();
+        assert_eq!(
+            (f.code, f.step),
+            (FailureCode::RetiredSlotsUnusable, Step::ReadKey(0x82))
+        );
+        // Retired keys whose certificates are off the card.
+        let f = decide(
+            &r,
+            Some(piv::key_history(0, 1, None)),
+            &[(0x9D, old.clone())],
+        )
+        .unwrap_err();
+        assert_eq!(f.code, FailureCode::RetiredSlotsUnusable);
+        // Every retired slot used.
+        let f = decide(&r, Some(piv::key_history(20, 0, None)), &[(0x9D, old)]).unwrap_err();
+        assert_eq!(f.code, FailureCode::RetiredSlotsUnusable);
+        assert!(f.message.contains("all 20"), "{}", f.message);
+        // The key on record is nowhere.
+        let f = decide(&r, None, &[(0x9D, other)]).unwrap_err();
+        assert_eq!(f.code, FailureCode::KeyMissing);
+        // An unreadable Key History.
+        let f = decide(&r, Some(vec![0xC1]), &[]).unwrap_err();
+        assert_eq!(f.code, FailureCode::BadResponse);
     }
 }

@@ -962,6 +962,7 @@ fn update_plan(b: &Bench, issued: &DeviceSession) -> keyward_engine::update::Upd
         generate: vec![],
         same_key: vec![],
         remove: vec![],
+        retire: None,
     }
 }
 

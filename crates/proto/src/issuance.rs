@@ -160,6 +160,18 @@ pub struct RenewalScanRequest {
 pub struct RenewalScanResult {
     pub scanned: usize,
     pub requested: Vec<String>,
+    /// Devices with a certificate to renew whose policy cannot be applied
+    /// to them (no request written): the serial, the code and why.
+    #[serde(default)]
+    pub refused: Vec<RenewalRefused>,
+}
+
+/// A device the renewal scan could not request an update for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RenewalRefused {
+    pub serial: String,
+    pub code: String,
+    pub message: String,
 }
 
 /// Offline unlock: the challenge the device showed the person (a C4000);

@@ -9,8 +9,9 @@ pub mod views;
 
 pub use issuance::{
     Assigned, CredentialView, OfflineUnlockAnswer, OfflineUnlockRequest, RecycleRequest,
-    RenewalScanRequest, RenewalScanResult, SessionError, SessionNotice, SessionView, StartIssuance,
-    UnlockRequestView, UpdateChangeView, UpdateRequestCreate, UpdateRequestView,
+    RenewalRefused, RenewalScanRequest, RenewalScanResult, SessionError, SessionNotice,
+    SessionView, StartIssuance, UnlockRequestView, UpdateChangeView, UpdateRequestCreate,
+    UpdateRequestView,
 };
 
 /// `Debug` for a wire type that holds secrets: the named fields are shown,

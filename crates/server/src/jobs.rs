@@ -173,6 +173,7 @@ async fn renewal_scan(state: &AppState, _job: &Job) -> Result<(), JobFailed> {
     tracing::info!(
         scanned = done.scanned,
         requested = done.requested.len(),
+        refused = done.refused.len(),
         "renewal scan"
     );
     schedule_renewal_scan(state, now + RENEWAL_SCAN_EVERY, true)

@@ -73,8 +73,13 @@ document.addEventListener('DOMContentLoaded', () => {
     }
   });
 
+  // The failed update session Retry carries on from (a new session of the
+  // pending request, at the same agent).
+  let failed = null;
+
   // Follows the update session; its prompts are answered in the dialog.
   async function follow(id) {
+    $('update-retry').hidden = true;
     let s;
     try {
       s = await Keyward.api('GET', `/api/v1/issuance/${encodeURIComponent(id)}`);
@@ -94,7 +99,12 @@ document.addEventListener('DOMContentLoaded', () => {
     }
     if (s.status !== 'running') {
       KeywardPrompts.clear(area);
-      fail({ message: `The update did not finish (it stays pending: try again): ${(s.error || {}).message || s.status}` });
+      fail({ message: `The update did not finish (it stays pending: Retry, or later): ${(s.error || {}).message || s.status}` });
+      if (s.status === 'update_failed') {
+        failed = id;
+        $('update-retry').hidden = false;
+        $('update-retry').focus();
+      }
       return;
     }
     KeywardPrompts.render(area, s, id);
@@ -120,6 +130,17 @@ document.addEventListener('DOMContentLoaded', () => {
       fail(e);
     }
   }
+
+  $('update-retry').addEventListener('click', async () => {
+    error.hidden = true;
+    $('update-step').textContent = 'Starting again…';
+    try {
+      const batch = await Keyward.api('POST', `/api/v1/issuance/${encodeURIComponent(failed)}/retry`);
+      follow(batch.session_id);
+    } catch (e) {
+      fail(e);
+    }
+  });
 
   $('update-close').addEventListener('click', () => {
     dialog.close();

@@ -37,6 +37,9 @@ pub struct UpdateOutcome {
     /// Certificates the update replaced or removed, with the CRL reason
     /// code they are revoked with (superseded 4, cessationOfOperation 5).
     pub revoke: Vec<(Uuid, u8)>,
+    /// Certificates whose key moved to a retired slot, with that slot
+    /// (`82` to `95`): their record's slot follows the key.
+    pub retire: Vec<(Uuid, String)>,
     /// The device's policy from now on.
     pub device_policy: Option<Uuid>,
 }

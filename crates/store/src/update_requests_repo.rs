@@ -149,6 +149,13 @@ async fn apply_update_outcome(
         .execute(&mut **tx)
         .await?;
     }
+    for (credential, slot) in &o.retire {
+        sqlx::query("UPDATE credentials SET slot = $1 WHERE id = $2 AND kind = 'certificate'")
+            .bind(slot)
+            .bind(credential)
+            .execute(&mut **tx)
+            .await?;
+    }
     let device: Uuid = sqlx::query("SELECT device_id FROM update_requests WHERE id = $1")
         .bind(o.request)
         .fetch_one(&mut **tx)

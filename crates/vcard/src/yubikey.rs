@@ -92,6 +92,7 @@ impl Profile for YubiKey5 {
             ins::YK_SET_PIN_RETRIES => self.set_pin_retries(piv, apdu),
             ins::YK_ATTEST => self.attest(piv, apdu),
             ins::YK_GET_METADATA if self.firmware.at_least(5, 3, 0) => self.metadata(piv, apdu),
+            ins::YK_MOVE_KEY if self.firmware.at_least(5, 7, 0) => self.move_key(piv, apdu),
             _ => return None,
         })
     }
@@ -157,6 +158,28 @@ impl YubiKey5 {
             }
             Err(_) => status(sw::INCORRECT_DATA),
         }
+    }
+
+    /// MOVE KEY (5.7): the key of slot P2 moves to slot P1, with its
+    /// policies and origin (a key already in P1 is replaced); P1 = FF
+    /// deletes it. Needs the management key. The attestation key stays.
+    fn move_key(&self, piv: &mut PivApplet, apdu: &CommandApdu) -> ResponseApdu {
+        let (to, from) = (apdu.p1, apdu.p2);
+        if !slot::is_asymmetric(from) || !(to == 0xFF || slot::is_asymmetric(to)) || to == from {
+            return status(sw::INCORRECT_P1P2);
+        }
+        if !piv.session.management_authenticated {
+            return status(sw::SECURITY_STATUS_NOT_SATISFIED);
+        }
+        let Some(entry) = piv.state.keys.remove(&from) else {
+            return status(sw::REFERENCE_DATA_NOT_FOUND);
+        };
+        piv.clear_key_cache();
+        if to != 0xFF {
+            piv.state.keys.insert(to, entry);
+        }
+        piv.mark_dirty();
+        ok(Vec::new())
     }
 
     /// RESET is only allowed once both PIN and PUK are blocked.

@@ -881,6 +881,71 @@ fn yubikey_version_serial_and_metadata_gate() {
 }
 
 #[test]
+fn move_key_needs_firmware_5_7_and_the_management_key() {
+    let mut c = yk("5.6.9");
+    auth(&mut c);
+    generate(&mut c, alg::ECC_P256, 0x9D);
+    assert_eq!(
+        sw_of(&mut c, &piv::yk_move_key(0x82, 0x9D)),
+        sw::INS_NOT_SUPPORTED,
+        "MOVE KEY needs 5.7"
+    );
+    let mut c = yk("5.7.1");
+    assert_eq!(
+        sw_of(&mut c, &piv::yk_move_key(0x82, 0x9D)),
+        sw::SECURITY_STATUS_NOT_SATISFIED
+    );
+    auth(&mut c);
+    assert_eq!(
+        sw_of(&mut c, &piv::yk_move_key(0x82, 0x9D)),
+        sw::REFERENCE_DATA_NOT_FOUND,
+        "nothing to move"
+    );
+    let piv::PublicKeyTemplate::Ec { point } = generate(&mut c, alg::ECC_P256, 0x9D) else {
+        panic!()
+    };
+    assert_eq!(
+        sw_of(&mut c, &piv::yk_move_key(0xF9, 0x9D)),
+        sw::INCORRECT_P1P2
+    );
+    assert_eq!(
+        sw_of(&mut c, &piv::yk_move_key(0x9D, 0x9D)),
+        sw::INCORRECT_P1P2
+    );
+    assert_eq!(sw_of(&mut c, &piv::yk_move_key(0x82, 0x9D)), sw::SUCCESS);
+    // 9D is empty; 82 holds the key with its policies and origin, and still
+    // agrees keys with the PIN.
+    assert_eq!(
+        sw_of(&mut c, &piv::yk_get_metadata(0x9D)),
+        sw::REFERENCE_DATA_NOT_FOUND
+    );
+    let r = tx(&mut c, &piv::yk_get_metadata(0x82));
+    assert_eq!(tlv::find(&r.data, 0x03), Some(&[1u8][..]), "generated");
+    assert_eq!(
+        tlv::find(&r.data, 0x04).unwrap(),
+        &piv::PublicKeyTemplate::Ec {
+            point: point.clone()
+        }
+        .encode_inner()[..]
+    );
+    verify_pin(&mut c, b"123456");
+    let peer = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let r = tx(
+        &mut c,
+        &piv::ecdh(alg::ECC_P256, 0x82, &peer.public_key().to_sec1_bytes()),
+    );
+    let card_pub = p256::PublicKey::from_sec1_bytes(&point).unwrap();
+    let expect = p256::ecdh::diffie_hellman(peer.to_nonzero_scalar(), card_pub.as_affine());
+    assert_eq!(sig_of(&r), expect.raw_secret_bytes().to_vec());
+    // P1 = FF deletes.
+    assert_eq!(sw_of(&mut c, &piv::yk_move_key(0xFF, 0x82)), sw::SUCCESS);
+    assert_eq!(
+        sw_of(&mut c, &piv::yk_get_metadata(0x82)),
+        sw::REFERENCE_DATA_NOT_FOUND
+    );
+}
+
+#[test]
 fn set_pin_retries_needs_management_key_and_verified_pin() {
     let mut c = yk("5.7.1");
     let retries = piv::yk_set_pin_retries(5, 4);

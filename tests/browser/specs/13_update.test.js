@@ -2,7 +2,8 @@
 // Update on the User page lists the Applied changes of the chosen policy
 // before it confirms; the pending update shows on the device (with Cancel
 // Update Request); alice starts it in the User Portal with the device at
-// her own agent, answering its PIN prompts there.
+// her own agent, answering its PIN prompts there (a wrong current PIN
+// first: Retry starts the update again).
 'use strict';
 
 const test = require('node:test');
@@ -87,6 +88,18 @@ test('Request Update lists the applied changes; alice carries it out in the User
   await mine.locator('button.start-update').click();
   await alice.waitForSelector('#update-dialog[open]');
   await alice.waitForSelector('#update-prompts #prompt-set_new_pin', { timeout: 30000 });
+  // A wrong current PIN fails the attempt (the request stays pending);
+  // Retry starts it again at her agent, as for an issuance.
+  await alice.fill('#prompt-enter_pin', '111111');
+  await alice.fill('#prompt-set_new_pin', '24681357');
+  await alice.fill('#prompt-set_new_pin-again', '24681357');
+  await alice.click('#prompt-continue');
+  await alice.waitForSelector('#update-retry:not([hidden])', { timeout: 60000 });
+  assert.match(await alice.textContent('#update-error'), /current PIN is wrong/);
+  await h.shot(alice, '13-user-portal-update-retry');
+  await alice.click('#update-retry');
+  await alice.waitForSelector('#update-prompts #prompt-set_new_pin', { timeout: 30000 });
+  assert.ok(await alice.isHidden('#update-error'));
   await alice.fill('#prompt-enter_pin', '735194');
   await alice.fill('#prompt-set_new_pin', '24681357');
   await alice.fill('#prompt-set_new_pin-again', '24681357');

@@ -621,6 +621,12 @@ fn device(c: &ApiClient, json: bool, cmd: DeviceCommand) -> anyhow::Result<ExitC
                         v.requested.join(", ")
                     }
                 );
+                for r in &v.refused {
+                    println!(
+                        "device {}: not requested ({}): {}",
+                        r.serial, r.code, r.message
+                    );
+                }
             }
         }
         DeviceCommand::UnlockResponse { serial, challenge } => {

@@ -111,20 +111,7 @@ fn certificates(r: &Value) -> Vec<(String, String)> {
 
 /// `keyward update` with `answers` (TOML).
 fn update(server: &TestServer, card: &Vcard, answers: &str) -> (Option<i32>, Value) {
-    let file = card.path("update.toml");
-    std::fs::write(&file, answers).unwrap();
-    let out = keyward(
-        server,
-        "update",
-        &[
-            "--serial",
-            SERIAL,
-            "--answers",
-            file.to_str().unwrap(),
-            "--json",
-        ],
-    );
-    (out.status.code(), report(&out))
+    update_serial(server, card, SERIAL, answers)
 }
 
 /// OpenSC reads each certificate the update wrote from the device (its
@@ -265,6 +252,32 @@ fn renewal(server: TestServer) {
     // The same-key renewal kept the key: pkcs11-tool still signs with the
     // PIN and openssl verifies with the new certificate.
     pcsc::pkcs11_signs_and_openssl_verifies(card.path("").as_path(), "735194");
+
+    // "Staff" now renews 9D with a new key: a C4000 cannot keep the old
+    // one in a retired slot, so the scan requests nothing for it and says
+    // why (a certificate would otherwise expire in silence).
+    let mut p = staff("Staff", 6, &[("9a", "eccp256"), ("9d", "eccp256")]);
+    p["pki_applications"][1]["renewal"] = json!("rekey");
+    let (s, v) = server.call("PUT", "/policies/Staff", Some(p));
+    assert_eq!(s, 200, "{v}");
+    let at = (time::OffsetDateTime::now_utc() + time::Duration::days(700))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let out = server.admin(&["device", "renewal-scan", "--at", &at, "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["requested"], json!([]), "{v}");
+    assert_eq!(v["refused"][0]["serial"], SERIAL, "{v}");
+    assert_eq!(
+        v["refused"][0]["code"], "renewal_rekey_key_management",
+        "{v}"
+    );
+    assert!(
+        v["refused"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("YubiKey from firmware 5.7"),
+        "{v}"
+    );
 }
 
 #[test]
@@ -452,6 +465,300 @@ fn request_update_to_another_policy_cancel_a_half_done_update_and_finish_it_on_p
         return;
     };
     policy_change(TestServer::start_with(ServerOptions {
+        database_url: Some(url),
+        ..Default::default()
+    }));
+}
+
+const YK_SERIAL: &str = "31000171";
+
+/// A YubiKey 5.7 issued to bob under "Mail" (9A P-256; 9D RSA 2048 renewed
+/// with a new key). Answers the certificates issued, (slot, serial), and
+/// the issuance's session id.
+fn yubikey_issued(server: &TestServer, card: &Vcard) -> (Vec<(String, String)>, String) {
+    assert_eq!(
+        server
+            .call(
+                "POST",
+                "/users",
+                Some(
+                    json!({ "login": "bob", "display_name": "Bob Baker", "upn": "bob@example.com" })
+                )
+            )
+            .0,
+        201
+    );
+    let (s, v) = server.call(
+        "POST",
+        "/devices",
+        Some(
+            json!({ "device_type": "yubikey5", "serial": YK_SERIAL, "firmware_version": "5.7.1" }),
+        ),
+    );
+    assert_eq!(s, 201, "{v}");
+    let mut p = staff("Mail", 6, &[("9a", "eccp256"), ("9d", "rsa2048")]);
+    p["pki_applications"][1]["renewal"] = json!("rekey");
+    p["require_device_attestation"] = json!(false);
+    let (s, v) = server.call("POST", "/policies", Some(p));
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = server.call(
+        "PUT",
+        "/settings/initial_pin_display_mode",
+        Some(json!({ "value": "displayed" })),
+    );
+    assert_eq!(s, 200, "{v}");
+    let answers = card.path("issue.toml");
+    std::fs::write(&answers, "pin = \"735194\"\n").unwrap();
+    let out = keyward(
+        server,
+        "issue",
+        &[
+            "--user",
+            "bob",
+            "--policy",
+            "Mail",
+            "--serial",
+            YK_SERIAL,
+            "--answers",
+            answers.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let r = report(&out);
+    assert_eq!(r["state"], "issued", "{r}");
+    (
+        certificates(&r),
+        r["session_id"].as_str().unwrap().to_string(),
+    )
+}
+
+/// OpenSC reads the certificate of PIV object `id` (03: 9D, 05: the first
+/// retired Key Management key, which it lists only when Key History counts
+/// it) into `dir/name.pem`, and answers its serial.
+fn opensc_certificate(dir: &std::path::Path, id: &str, name: &str) -> String {
+    let der = dir.join(format!("{name}.der"));
+    pcsc::run_ok(
+        "pkcs11-tool",
+        &[
+            "--module",
+            pcsc::OPENSC_PKCS11,
+            "--read-object",
+            "--type",
+            "cert",
+            "--id",
+            id,
+            "-o",
+            der.to_str().unwrap(),
+        ],
+    );
+    let (ok, out) = support::openssl(
+        dir,
+        &[
+            "x509",
+            "-inform",
+            "DER",
+            "-in",
+            &format!("{name}.der"),
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+    assert!(ok, "{out}");
+    let (ok, text) = support::openssl(
+        dir,
+        &["x509", "-in", &format!("{name}.pem"), "-serial", "-noout"],
+    );
+    assert!(ok, "{text}");
+    text.trim().trim_start_matches("serial=").to_uppercase()
+}
+
+/// 9D renewed with a new key on a YubiKey 5.7: the old key moves to the
+/// retired slot 82 and keeps decrypting. The first attempt is cut right
+/// after MOVE KEY (the old key retired, 9D empty, nothing written); its
+/// Retry (a new update session of the pending request) finds the old key in
+/// 82 and finishes. Then: OCSP says the old 9D
+/// certificate is superseded; the record shows it in slot 82; OpenSC lists
+/// it as the first retired key (Key History counts it), and decrypts with
+/// the old key what openssl encrypted to the old certificate; the new 9D
+/// certificate verifies.
+fn key_management_rekey(server: TestServer) {
+    let _lock = pcsc::lock();
+    pcsc::ensure_pcscd();
+    let card = Vcard::spawn(&["--profile", "yubikey5", "--serial", YK_SERIAL]);
+    let (before, issuance) = yubikey_issued(&server, &card);
+    let old_9d = before.iter().find(|(s, _)| s == "9d").unwrap().1.clone();
+    let at = (time::OffsetDateTime::now_utc() + time::Duration::days(330))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let out = server.admin(&["device", "renewal-scan", "--at", &at, "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["requested"], json!([YK_SERIAL]), "{v}");
+    let (_, pending) = server.call(
+        "GET",
+        &format!("/devices/{YK_SERIAL}/update-requests"),
+        None,
+    );
+    let lines = pending["changes"].to_string();
+    assert!(
+        lines.contains("retired slot"),
+        "the change says where the old key goes: {pending}"
+    );
+
+    // Cut after MOVE KEY, the second command of batch 2.
+    let (s, batch) = server.call(
+        "POST",
+        &format!("/devices/{YK_SERIAL}/update"),
+        Some(json!({})),
+    );
+    assert_eq!(s, 201, "{batch}");
+    let id = batch["session_id"].as_str().unwrap().to_string();
+    let end = relay_pcsc(&server, &id, batch, &[], Some((2, 2)));
+    assert_eq!(end["state"], "update_failed", "{end}");
+    assert_eq!(
+        ocsp_says(&server, &old_9d),
+        "good",
+        "nothing replaced on record"
+    );
+
+    // Retry, as for an issuance: a new update session of the pending
+    // request (its first batch names it).
+    let (s, batch) = server.call("POST", &format!("/issuance/{id}/retry"), None);
+    assert_eq!(s, 200, "{batch}");
+    let retried = batch["session_id"].as_str().unwrap().to_string();
+    assert_ne!(retried, id);
+    let end = relay_pcsc(&server, &retried, batch, &[], None);
+    assert_eq!(end["state"], "updated", "{end}");
+    let (s, v) = server.call("POST", &format!("/issuance/{retried}/retry"), None);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("session_not_failed")),
+        "{v}"
+    );
+    let (_, r) = server.call("GET", &format!("/issuance/{retried}"), None);
+    let after: Vec<(String, String)> = r["credentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["slot"].as_str().unwrap().to_string(),
+                c["serial"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(after.len(), 2, "{r}");
+    let new_9d = after.iter().find(|(s, _)| s == "9d").unwrap().1.clone();
+    assert_ne!(new_9d, old_9d);
+    assert_eq!(ocsp_says(&server, &old_9d), "revoked superseded");
+    assert_eq!(ocsp_says(&server, &new_9d), "good");
+    let (_, issued) = server.call("GET", &format!("/issuance/{issuance}"), None);
+    let creds = &issued["credentials"];
+    let retired: Vec<&Value> = creds
+        .as_array()
+        .unwrap_or_else(|| panic!("{issued}"))
+        .iter()
+        .filter(|c| c["serial"].as_str().unwrap().eq_ignore_ascii_case(&old_9d))
+        .collect();
+    assert_eq!(retired.len(), 1, "{creds}");
+    assert_eq!(
+        retired[0]["slot"], "82",
+        "the record follows the key: {creds}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("chain.pem"),
+        server.fetch("/pki/ca/chain.pem"),
+    )
+    .unwrap();
+    assert_eq!(
+        opensc_certificate(dir.path(), "03", "new9d"),
+        new_9d.to_uppercase()
+    );
+    assert_eq!(
+        opensc_certificate(dir.path(), "05", "old9d"),
+        old_9d.to_uppercase()
+    );
+    let (ok, out) = support::openssl(dir.path(), &["verify", "-CAfile", "chain.pem", "new9d.pem"]);
+    assert!(ok, "{out}");
+    // Mail encrypted to the old certificate still opens with the old key.
+    std::fs::write(dir.path().join("mail.txt"), b"sent before the new key").unwrap();
+    let (ok, out) = support::openssl(
+        dir.path(),
+        &[
+            "pkeyutl",
+            "-encrypt",
+            "-certin",
+            "-inkey",
+            "old9d.pem",
+            "-in",
+            "mail.txt",
+            "-out",
+            "mail.enc",
+        ],
+    );
+    assert!(ok, "{out}");
+    pcsc::run_ok(
+        "pkcs11-tool",
+        &[
+            "--module",
+            pcsc::OPENSC_PKCS11,
+            "--login",
+            "--pin",
+            "735194",
+            "--decrypt",
+            "--id",
+            "05",
+            "-m",
+            "RSA-PKCS",
+            "--input-file",
+            dir.path().join("mail.enc").to_str().unwrap(),
+            "--output-file",
+            dir.path().join("mail.out").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("mail.out")).unwrap(),
+        b"sent before the new key"
+    );
+    let audit = server.call("GET", "/audit?limit=1000", None).1.to_string();
+    assert!(audit.contains("\"device.update\""), "audited");
+}
+
+/// `keyward update` of device `serial` with `answers` (TOML).
+fn update_serial(
+    server: &TestServer,
+    card: &Vcard,
+    serial: &str,
+    answers: &str,
+) -> (Option<i32>, Value) {
+    let file = card.path("update.toml");
+    std::fs::write(&file, answers).unwrap();
+    let out = keyward(
+        server,
+        "update",
+        &[
+            "--serial",
+            serial,
+            "--answers",
+            file.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    (out.status.code(), report(&out))
+}
+
+#[test]
+fn a_new_key_management_key_keeps_the_old_one_in_a_retired_slot_on_sqlite() {
+    key_management_rekey(TestServer::start());
+}
+
+#[test]
+fn a_new_key_management_key_keeps_the_old_one_in_a_retired_slot_on_postgres() {
+    let Some(url) = support::postgres_database("update_retired") else {
+        return;
+    };
+    key_management_rekey(TestServer::start_with(ServerOptions {
         database_url: Some(url),
         ..Default::default()
     }));

@@ -13,7 +13,7 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 
-fn is_own(caller: &Caller, s: &IssuanceSession) -> bool {
+pub(crate) fn is_own(caller: &Caller, s: &IssuanceSession) -> bool {
     caller.role.allows(Permission::SelfService) && caller.user_id == Some(s.user_id)
 }
 

@@ -370,7 +370,8 @@ async fn record_ending(
     // policy; a passkey it removes is deleted at its service.
     let piv_written = ending.status == keyward_domain::SessionStatus::Updated
         || (ending.status == keyward_domain::SessionStatus::UpdateFailed && !ending.revoked);
-    let update = super::update::outcome(state, s, ending.status, piv_written).await?;
+    let update =
+        super::update::outcome(state, s, ending.status, piv_written, ending.retired).await?;
     let (update, remove_passkey, update_pin_checked) = match update {
         Some((o, remove, pin)) => (Some(o), remove, pin),
         None => (None, false, false),

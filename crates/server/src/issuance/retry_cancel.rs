@@ -110,7 +110,8 @@ pub(super) async fn end_failed(
 /// Retry a failed attempt: the same device, the same policy and the same
 /// PIN, starting from what the server knows the device's secrets are now
 /// (keys are generated anew; the failed attempt's certificates were revoked).
-/// Do not remove the device from the reader.
+/// Do not remove the device from the reader. A failed update is retried by
+/// a new update session of its pending request (the batch names it).
 #[utoipa::path(post, path = "/issuance/{id}/retry", operation_id = "retryIssuance", tag = "issuance", params(("id" = String, Path)),
     responses((status = 200, body = RelayBatch), (status = 409, body = ErrorBody)))]
 pub(super) async fn retry(
@@ -119,18 +120,19 @@ pub(super) async fn retry(
     Path(id): Path<String>,
 ) -> ApiResult<Json<RelayBatch>> {
     let s = crate::auth::sessions::load_for(&state, &caller, &id).await?;
+    if s.action == SessionAction::Update {
+        // The next update session of the request the failed one left
+        // pending, at the same agent (the changes computed again: what the
+        // failed attempt finished is not done twice).
+        return super::update::retry(&state, &caller, &s)
+            .await
+            .map(|(_, b)| b);
+    }
     crate::auth::sessions::may_retry(&state, &caller, &s).await?;
     if s.action == SessionAction::Recycle {
         return Err(ApiError::conflict(
             "retry_not_possible",
             "a failed recycle is not retried: recycle the device again (POST /devices/{serial}/recycle)",
-        ));
-    }
-    if s.action == SessionAction::Update {
-        // The request stays pending: the next update computes what is left.
-        return Err(ApiError::conflict(
-            "retry_not_possible",
-            "a failed update is retried by carrying its pending request out again: keyward update, Update on the device, or POST /devices/{serial}/update",
         ));
     }
     if s.status != SessionStatus::Failed {

@@ -25,7 +25,7 @@ use keyward_domain::{
     Device, DevicePolicy, PivSlot, RenewalMode, RevocationReason, SessionAction, SessionStatus,
 };
 use keyward_engine::piv::KeySpec;
-use keyward_engine::update::{SameKey, UpdatePlan};
+use keyward_engine::update::{Retire, SameKey, UpdatePlan};
 use keyward_engine::{Context, DeviceSession};
 use keyward_proto::{
     RecycleRequest, RelayBatch, RenewalScanRequest, RenewalScanResult, UpdateChangeView,
@@ -132,6 +132,7 @@ async fn changes_for(
             .any(|c| c.kind == "passkey" && c.revoked_at.is_none()),
         passkey_reregistration: device.passkey_reregistration,
         pin_check_due,
+        moves_keys: device.device_type.moves_keys(device.firmware_version),
     };
     applied_changes(target, &record, now)
         .map_err(|e| ApiError::conflict(&e.code, e.message).field("policy"))
@@ -454,6 +455,50 @@ pub(super) async fn start_own(
     open(&state, &caller, &last, &data, Some(agent), &request).await
 }
 
+/// Retry of the failed update session `failed`: the next update session of
+/// the request it left pending, relayed as the failed one was (its agent,
+/// or the caller's client). Whoever started it, an operator who may update
+/// devices, or the device's person may.
+pub(super) async fn retry(
+    state: &AppState,
+    caller: &Caller,
+    failed: &IssuanceSession,
+) -> ApiResult<(StatusCode, Json<RelayBatch>)> {
+    use crate::auth::sessions::{is_own, is_started_by};
+    if !(is_started_by(caller, failed) || is_own(caller, failed)) {
+        caller.require(keyward_domain::Permission::DevicesUpdate)?;
+    }
+    if failed.status != SessionStatus::UpdateFailed {
+        return Err(ApiError::conflict(
+            "session_not_failed",
+            format!(
+                "only a failed update can be retried; this session is {}",
+                failed.status
+            ),
+        ));
+    }
+    let device = state
+        .store
+        .get_device(failed.device_id)
+        .await
+        .map_err(|e| store_error("reading the device", e))?;
+    let serial = device.serial.to_string();
+    let (device, request) = pending(state, &serial, None).await.map_err(|e| {
+        if e.status == StatusCode::NOT_FOUND {
+            ApiError::conflict(
+                "retry_not_possible",
+                format!("device {serial} has no pending update request any more: nothing to retry"),
+            )
+        } else {
+            e
+        }
+    })?;
+    let (_, last) = issued(state, &serial, None).await?;
+    let data = update_session(state, caller, &device, &last, &request).await?;
+    let agent = crate::agents::agent_of_session(state, failed.id).await?;
+    open(state, caller, &last, &data, agent, &request).await
+}
+
 /// Opens the update session under the request's policy.
 async fn open(
     state: &AppState,
@@ -576,16 +621,12 @@ async fn update_session(
         generate: vec![],
         same_key: vec![],
         remove: vec![],
+        retire: None,
     };
     let mut passkey = false;
     for c in &changes {
         match c {
-            AppliedChange::AddCertificate { slot, .. }
-            | AppliedChange::RenewCertificate {
-                slot,
-                mode: RenewalMode::Rekey,
-                ..
-            } => {
+            AppliedChange::AddCertificate { slot, .. } => {
                 let a = app(*slot)
                     .ok_or_else(|| ApiError::internal("planning the update", "no application"))?;
                 plan.generate.push(KeySpec {
@@ -595,17 +636,36 @@ async fn update_session(
             }
             AppliedChange::RenewCertificate {
                 slot,
+                mode: RenewalMode::Rekey,
+                replaces,
+                ..
+            } => {
+                let a = app(*slot)
+                    .ok_or_else(|| ApiError::internal("planning the update", "no application"))?;
+                plan.generate.push(KeySpec {
+                    slot: keyward_engine::plan::piv_slot(*slot),
+                    algorithm: keyward_engine::plan::piv_algorithm(a.algorithm),
+                });
+                // A new 9D key keeps the old one in a retired slot (the
+                // changes allow it only on a device that moves keys).
+                if *slot == PivSlot::KeyManagement {
+                    let der = certificate_on_record(&credentials, *replaces, *slot)?;
+                    plan.retire = Some(Retire {
+                        spki_der: spki_of(&der)?,
+                        certificate: der,
+                        decided: None,
+                    });
+                }
+            }
+            AppliedChange::RenewCertificate {
+                slot,
                 mode: RenewalMode::SameKey,
                 replaces,
                 ..
             } => {
                 let a = app(*slot)
                     .ok_or_else(|| ApiError::internal("planning the update", "no application"))?;
-                let der = credentials
-                    .iter()
-                    .find(|c| c.id == *replaces)
-                    .and_then(|c| c.der.clone())
-                    .ok_or_else(|| ApiError::conflict("certificate_unknown", format!("the certificate in slot {slot} is not on record: it cannot be renewed with the same key")))?;
+                let der = certificate_on_record(&credentials, *replaces, *slot)?;
                 let spki_der = spki_of(&der)?;
                 plan.same_key.push(SameKey {
                     slot: keyward_engine::plan::piv_slot(*slot),
@@ -653,6 +713,25 @@ async fn update_session(
         .map_err(|f| ApiError::conflict(f.code.as_str(), f.message))
 }
 
+/// The DER of the certificate `id` on record, which a renewal keeps the key
+/// of (same key) or retires the key of (9D).
+fn certificate_on_record(
+    credentials: &[keyward_store::Credential],
+    id: uuid::Uuid,
+    slot: PivSlot,
+) -> ApiResult<Vec<u8>> {
+    credentials
+        .iter()
+        .find(|c| c.id == id)
+        .and_then(|c| c.der.clone())
+        .ok_or_else(|| {
+            ApiError::conflict(
+                "certificate_unknown",
+                format!("the certificate in slot {slot} is not on record: its key cannot be renewed or retired"),
+            )
+        })
+}
+
 fn spki_of(der: &[u8]) -> ApiResult<Vec<u8>> {
     use der::{Decode, Encode};
     x509_cert::Certificate::from_der(der)
@@ -667,6 +746,7 @@ pub(super) async fn outcome(
     s: &IssuanceSession,
     status: SessionStatus,
     piv_written: bool,
+    retired: Option<(u8, u8)>,
 ) -> ApiResult<Option<(UpdateOutcome, bool, bool)>> {
     if s.action != ACTION {
         return Ok(None);
@@ -697,6 +777,24 @@ pub(super) async fn outcome(
             }
         }
     }
+    // The old 9D key kept in a retired slot: its certificate on record
+    // moves with it (shown as retired; revoked superseded above).
+    let mut retire = Vec::new();
+    if let (true, Some((from, to))) = (piv_written, retired) {
+        for c in &changes {
+            if let AppliedChange::RenewCertificate {
+                slot,
+                mode: RenewalMode::Rekey,
+                replaces,
+                ..
+            } = c
+            {
+                if keyward_engine::plan::piv_slot(*slot) == from {
+                    retire.push((*replaces, format!("{to:02x}")));
+                }
+            }
+        }
+    }
     let remove_passkey = done && changes.contains(&AppliedChange::RemovePasskey);
     let pin_checked = done
         && changes
@@ -707,6 +805,7 @@ pub(super) async fn outcome(
             request: request.id,
             done,
             revoke,
+            retire,
             device_policy: done.then_some(request.policy_id),
         },
         remove_passkey,
@@ -723,6 +822,7 @@ pub async fn renewal_scan(
 ) -> ApiResult<RenewalScanResult> {
     let devices = issued_devices(state).await?;
     let mut requested = Vec::new();
+    let mut refused = Vec::new();
     for device in &devices {
         let Ok(Some(last)) = state.store.latest_device_session(device.id).await else {
             continue;
@@ -739,8 +839,21 @@ pub async fn renewal_scan(
         let Ok(policy) = target_policy(state, device, &last, None).await else {
             continue;
         };
-        let Ok(changes) = changes_for(state, device, &last, &policy, now).await else {
-            continue;
+        let changes = match changes_for(state, device, &last, &policy, now).await {
+            Ok(c) => c,
+            // Said, not skipped in silence: a certificate will expire
+            // unless someone acts (a 9D rekey on a device that cannot keep
+            // the old key, say).
+            Err(e) if e.status == StatusCode::CONFLICT => {
+                tracing::warn!(serial = %device.serial, code = %e.detail.code, "renewal scan: {}", e.detail.message);
+                refused.push(keyward_proto::RenewalRefused {
+                    serial: device.serial.to_string(),
+                    code: e.detail.code.clone(),
+                    message: e.detail.message.clone(),
+                });
+                continue;
+            }
+            Err(_) => continue,
         };
         if !changes
             .iter()
@@ -758,6 +871,7 @@ pub async fn renewal_scan(
     Ok(RenewalScanResult {
         scanned: devices.len(),
         requested,
+        refused,
     })
 }
 

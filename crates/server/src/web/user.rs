@@ -338,10 +338,23 @@ pub async fn device_rows(
                     on_hold: c.on_hold(),
                     // A certificate by its purpose (the slot's PIV name).
                     kind: match (c.kind.as_str(), c.slot.as_deref()) {
-                        ("certificate", Some(slot)) => slot
-                            .parse::<keyward_domain::PivSlot>()
-                            .map(|s| format!("certificate: {}", s.label()))
-                            .unwrap_or(c.kind),
+                        ("certificate", Some(slot)) => {
+                            match slot.parse::<keyward_domain::PivSlot>() {
+                                Ok(s) => format!("certificate: {}", s.label()),
+                                // An old Key Management key kept in a retired
+                                // slot (82 to 95) after a new 9D key.
+                                Err(_)
+                                    if u8::from_str_radix(slot, 16)
+                                        .is_ok_and(|s| (0x82..=0x95).contains(&s)) =>
+                                {
+                                    format!(
+                                        "certificate: retired Key Management ({})",
+                                        slot.to_uppercase()
+                                    )
+                                }
+                                Err(_) => c.kind,
+                            }
+                        }
                         _ => c.kind,
                     },
                     slot: c.slot.unwrap_or_default(),
