@@ -721,6 +721,44 @@ fn key_management_rekey(server: TestServer) {
         std::fs::read(dir.path().join("mail.out")).unwrap(),
         b"sent before the new key"
     );
+
+    // A year on, 9D renewed again by `keyward update`: the second key goes
+    // to 83, Key History counts two, OpenSC lists both.
+    let at = (time::OffsetDateTime::now_utc() + time::Duration::days(700))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let out = server.admin(&["device", "renewal-scan", "--at", &at, "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["requested"], json!([YK_SERIAL]), "{v}");
+    let (code, r) = update_serial(&server, &card, YK_SERIAL, "");
+    assert_eq!(
+        (code, r["state"].as_str()),
+        (Some(0), Some("updated")),
+        "{r}"
+    );
+    // Identity, Key History and the keys' metadata, the witness; the move
+    // and the new keys; the writes.
+    assert_eq!(r["counters"]["round_trips"], 3, "{r}");
+    eprintln!("9D rekey with retirement counters: {}", r["counters"]);
+    let third_9d = certificates(&r)
+        .into_iter()
+        .find(|(s, _)| s == "9d")
+        .unwrap()
+        .1;
+    assert_eq!(
+        opensc_certificate(dir.path(), "03", "third9d"),
+        third_9d.to_uppercase()
+    );
+    assert_eq!(
+        opensc_certificate(dir.path(), "05", "old9d-again"),
+        old_9d.to_uppercase()
+    );
+    assert_eq!(
+        opensc_certificate(dir.path(), "06", "second9d"),
+        new_9d.to_uppercase()
+    );
+    assert_eq!(ocsp_says(&server, &new_9d), "revoked superseded");
+
     let audit = server.call("GET", "/audit?limit=1000", None).1.to_string();
     assert!(audit.contains("\"device.update\""), "audited");
 }
