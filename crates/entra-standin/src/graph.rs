@@ -385,7 +385,7 @@ pub(crate) async fn register(
             let mut s = vec![0x04];
             s.extend_from_slice(&k.x);
             s.extend_from_slice(&k.y);
-            s.iter().map(|b| format!("{b:02x}")).collect()
+            hex::encode(s)
         }
         _ => String::new(),
     };

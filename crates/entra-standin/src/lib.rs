@@ -126,7 +126,7 @@ pub fn random_secret() -> String {
     use rand::RngCore;
     let mut raw = [0u8; 24];
     rand::rngs::OsRng.fill_bytes(&mut raw);
-    raw.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(raw)
 }
 
 /// Starts the stand-in on `config.bind` (port 0: any free port).

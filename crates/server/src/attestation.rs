@@ -65,7 +65,16 @@ fn read_certificates(key: &str, paths: &[std::path::PathBuf]) -> anyhow::Result<
             std::fs::read(path).map_err(|e| anyhow::anyhow!("{key}: {}: {e}", path.display()))?;
         match x509_cert::Certificate::load_pem_chain(&bytes) {
             Ok(chain) if !chain.is_empty() => {
-                out.extend(chain.iter().filter_map(|c| der::Encode::to_der(c).ok()))
+                for c in &chain {
+                    // Fail closed, as for an unreadable file: a certificate
+                    // that cannot be encoded again is not dropped in silence.
+                    out.push(der::Encode::to_der(c).map_err(|e| {
+                        anyhow::anyhow!(
+                            "{key}: {}: a certificate cannot be encoded: {e}",
+                            path.display()
+                        )
+                    })?);
+                }
             }
             _ => {
                 x509_cert::Certificate::from_der(&bytes).map_err(|e| {

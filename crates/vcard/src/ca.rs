@@ -131,9 +131,9 @@ impl ManufacturerCa {
         // Each CA's name is its own (a short random tag): a verifier that
         // trusts two of them (the demo's and the machine's default) finds
         // the issuer by name, as it does for real manufacturers' CAs.
-        let tag: String = (0..4)
-            .map(|_| format!("{:02x}", rand_core::RngCore::next_u32(&mut OsRng) as u8))
-            .collect();
+        let mut raw = [0u8; 4];
+        rand_core::RngCore::fill_bytes(&mut OsRng, &mut raw);
+        let tag = hex::encode(raw);
         let subject = Name::from_str(&CA_SUBJECT.replacen("CA (", &format!("CA {tag} ("), 1))
             .map_err(build_err)?;
         let spki = spki_of(key.verifying_key())?;

@@ -1002,3 +1002,155 @@ fn roles_and_own_device(server: &TestServer) {
         "the person is the actor"
     );
 }
+
+#[test]
+fn every_incident_reason_and_the_remaining_refusals() {
+    on_both("incident_reasons", incident_reasons);
+}
+
+/// Each incident reason through its route, with `openssl ocsp` after each
+/// (stolen on a suspended device: the held certificates get their final
+/// reason; damaged; expired), Terminate of a suspended device (the held
+/// certificates revoked `cessationOfOperation`), and the refusals the other
+/// tests leave out, each changing nothing: Suspend of a device not issued,
+/// Terminate and Restore with a stale version or in the wrong state, a
+/// replacement whose original cannot be replaced for that reason.
+fn incident_reasons(server: &TestServer) {
+    support::seed_piv_standard(server, "31000151");
+    let stolen = issue(server, "31000151");
+    let damaged = issue(server, "31000152");
+    let expired = issue(server, "31000153");
+    let terminated = issue(server, "31000154");
+
+    // Stolen while suspended: on hold, then revoked keyCompromise.
+    assert_eq!(act(server, "31000151", "suspend", json!({})).0, 200);
+    assert_eq!(ocsp_says(server, &stolen[0]), "revoked certificateHold");
+    let (s, d) = act(
+        server,
+        "31000151",
+        "incident",
+        json!({ "reason": "stolen" }),
+    );
+    assert_eq!((s, d["reason"].as_str()), (200, Some("stolen")), "{d}");
+    for c in &stolen {
+        assert_eq!(ocsp_says(server, c), "revoked keyCompromise");
+    }
+    // Damaged: cessationOfOperation. Expired: the certificates not yet
+    // expired (all of them here) superseded.
+    let (s, d) = act(
+        server,
+        "31000152",
+        "incident",
+        json!({ "reason": "damaged" }),
+    );
+    assert_eq!((s, d["state"].as_str()), (200, Some("invalid")), "{d}");
+    assert_eq!(
+        ocsp_says(server, &damaged[0]),
+        "revoked cessationOfOperation"
+    );
+    let (s, d) = act(
+        server,
+        "31000153",
+        "incident",
+        json!({ "reason": "expired" }),
+    );
+    assert_eq!((s, d["reason"].as_str()), (200, Some("expired")), "{d}");
+    for c in &expired {
+        assert_eq!(ocsp_says(server, c), "revoked superseded");
+    }
+
+    // Terminate of a suspended device: the held certificates for good.
+    assert_eq!(act(server, "31000154", "suspend", json!({})).0, 200);
+    let v = version(server, "31000154");
+    let stale = server.call(
+        "POST",
+        "/devices/31000154/terminate",
+        Some(json!({ "expected_version": v - 1 })),
+    );
+    assert_eq!(
+        code(&stale),
+        (409, "version_conflict".into()),
+        "{}",
+        stale.1
+    );
+    assert_eq!(version(server, "31000154"), v, "nothing moved");
+    assert_eq!(ocsp_says(server, &terminated[0]), "revoked certificateHold");
+    let (s, d) = act(server, "31000154", "terminate", json!({}));
+    assert_eq!((s, d["state"].as_str()), (200, Some("terminated")), "{d}");
+    for c in &terminated {
+        assert_eq!(ocsp_says(server, c), "revoked cessationOfOperation");
+    }
+    // Terminated: no second Terminate, no Restore, no Suspend.
+    for action in ["terminate", "restore", "suspend"] {
+        let v = version(server, "31000154");
+        let r = act(server, "31000154", action, json!({}));
+        assert!(r.0 == 400 || r.0 == 409, "{action}: {}", r.1);
+        assert_eq!(version(server, "31000154"), v, "{action} changed nothing");
+    }
+
+    // Suspend of a device in the inventory, not issued: refused.
+    let (s, v) = server.call(
+        "POST",
+        "/devices",
+        Some(
+            json!({ "device_type": "yubikey5", "serial": "31000159", "firmware_version": "5.7.1" }),
+        ),
+    );
+    assert_eq!(s, 201, "{v}");
+    let r = act(server, "31000159", "suspend", json!({}));
+    assert!(r.0 == 400 || r.0 == 409, "{}", r.1);
+    assert_eq!(device(server, "31000159")["state"], "available");
+
+    // Restore of a forgotten device with a stale version: refused.
+    let forgotten = issue(server, "31000155");
+    assert_eq!(
+        act(
+            server,
+            "31000155",
+            "incident",
+            json!({ "reason": "forgotten" })
+        )
+        .0,
+        200
+    );
+    let v = version(server, "31000155");
+    let stale = server.call(
+        "POST",
+        "/devices/31000155/restore",
+        Some(json!({ "expected_version": v - 1 })),
+    );
+    assert_eq!(
+        code(&stale),
+        (409, "version_conflict".into()),
+        "{}",
+        stale.1
+    );
+    assert_eq!(ocsp_says(server, &forgotten[0]), "revoked certificateHold");
+
+    // A damaged device replaced as lost: its incident is another one.
+    let (s, v) = server.call(
+        "POST",
+        "/devices",
+        Some(
+            json!({ "device_type": "yubikey5", "serial": "31000156", "firmware_version": "5.7.1" }),
+        ),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, e) = server.call(
+        "POST",
+        "/issuance",
+        Some(json!({ "user": "alice", "policy": "PIV Standard", "serial": "31000156", "pin": "735194",
+                     "replaces": "31000152", "replace_reason": "lost" })),
+    );
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (409, Some("original_not_replaceable")),
+        "{e}"
+    );
+    assert_eq!(
+        device(server, "31000156")["state"],
+        "available",
+        "nothing started"
+    );
+    assert_eq!(device(server, "31000152")["reason"], "damaged");
+}

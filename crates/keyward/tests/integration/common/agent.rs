@@ -3,8 +3,7 @@
 //! no hidraw) or on pcscd ([`paired_pcsc_agent`]), its pairing code, its
 //! output, and its credential file.
 //!
-//! Use it with `#[path = "common/agent.rs"] mod agent;` next to
-//! `mod support;`.
+//! A module of the one integration test binary: `use crate::common::agent;`.
 
 #![allow(dead_code)]
 

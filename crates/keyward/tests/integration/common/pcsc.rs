@@ -1,11 +1,7 @@
 //! Shared support for tests that put a `keyward vcard` on pcscd's vpcd
 //! reader and drive it with third-party PC/SC tools.
 //!
-//! Use it from a test file with:
-//! ```ignore
-//! #[path = "common/pcsc.rs"]
-//! mod pcsc;
-//! ```
+//! A module of the one integration test binary: `use crate::common::pcsc;`.
 //! * [`lock`]: a cross-process lock (flock on /tmp/keyward-pcsc.lock): one
 //!   vpcd slot, so one test at a time may own it, whatever the test binary.
 //! * [`ensure_pcscd`]: starts `pcscd -f -a` with a vpcd reader.conf when no
