@@ -1,9 +1,11 @@
-//! A whole Add Device session of the engine (`keyward_engine::session`)
-//! played with device responses, answers, transport errors and the
-//! server's effect results all taken from the fuzzer's bytes: what a
-//! malicious agent or device could send. The session is sealed and unsealed
-//! between steps as the server keeps it. Any panic is a finding; refusals
-//! and failed endings are the expected answers to garbage.
+//! A whole device session of the engine (`keyward_engine::session`):
+//! Add Device, or a follow-up of a device it left (Recycle, Change PIN,
+//! Unlock, Update with its retired-slot and passkey parts), played with
+//! device responses, answers, transport errors and the server's effect
+//! results all taken from the fuzzer's bytes: what a malicious agent or
+//! device could send. The session is sealed and unsealed between steps as
+//! the server keeps it. Any panic is a finding; refusals and failed endings
+//! are the expected answers to garbage.
 #![no_main]
 
 use keyward_domain::{Device, DevicePolicy, DeviceState, DeviceType, DisplayMode, FirmwareVersion, Serial, User, UserStatus};
@@ -98,7 +100,8 @@ fuzz_target!(|data: &[u8]| {
         _ => DisplayMode::NotDisplayed,
     };
     let pin = (mode != DisplayMode::NotDisplayed).then_some("735194");
-    let Ok((mut session, mut batch)) = DeviceSession::start_issue(
+    let kind = b.byte() % 5;
+    let Ok((issue, first)) = DeviceSession::start_issue(
         NewIssuance {
             policy: &policy,
             device: &device,
@@ -112,6 +115,11 @@ fuzz_target!(|data: &[u8]| {
         now,
         &mut rng,
     ) else {
+        return;
+    };
+    let Some((mut session, mut batch)) =
+        session_of_kind(kind, issue, first, &device, &policy, &user, now, &mut rng, &mut b)
+    else {
         return;
     };
     for _ in 0..40 {
@@ -216,3 +224,95 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+/// The session to play: the Add Device session itself (kind 0), or a
+/// follow-up of the device it left after a first batch cut short (the
+/// secrets it keeps are the factory ones): Recycle, Change PIN, Unlock,
+/// Update.
+#[allow(clippy::too_many_arguments)]
+fn session_of_kind(
+    kind: u8,
+    mut issue: DeviceSession,
+    first: keyward_engine::Batch,
+    device: &Device,
+    policy: &DevicePolicy,
+    user: &User,
+    now: time::OffsetDateTime,
+    rng: &mut StdRng,
+    b: &mut Bytes<'_>,
+) -> Option<(DeviceSession, keyward_engine::Batch)> {
+    if kind == 0 {
+        return Some((issue, first));
+    }
+    let mut cx = Context { policy, user, now, rng };
+    let cut = Input::Relayed {
+        responses: &[],
+        answers: &Answers::new(),
+        transport_error: Some("device_removed"),
+    };
+    match issue.step(cut, &mut cx) {
+        Ok(Effect::End(_)) => {}
+        _ => return None,
+    }
+    let last = issue;
+    let firmware = device.firmware_version;
+    match kind {
+        1 => Some(DeviceSession::recycle(&last, device.device_type, firmware, b.byte() & 1 == 1)),
+        2 => Some(DeviceSession::change_pin(&last)),
+        3 => {
+            let fido = match b.byte() % 3 {
+                0 => keyward_engine::unlock::FidoPin::Absent,
+                1 => keyward_engine::unlock::FidoPin::Shared,
+                _ => keyward_engine::unlock::FidoPin::Own,
+            };
+            DeviceSession::unlock(
+                &last,
+                device.device_type,
+                firmware,
+                keyward_engine::piv::Secret::new("12345678"),
+                fido,
+            )
+            .ok()
+        }
+        _ => {
+            use keyward_engine::piv::KeySpec;
+            let flags = b.byte();
+            let mut generate = Vec::new();
+            if flags & 1 == 1 {
+                generate.push(KeySpec { slot: 0x9A, algorithm: 0x11 });
+            }
+            let retire = flags & 2 == 2 && device.device_type == DeviceType::YubiKey5;
+            if retire || flags & 4 == 4 {
+                generate.push(KeySpec { slot: 0x9D, algorithm: 0x11 });
+            }
+            let len = usize::from(b.byte());
+            let same_key = if flags & 8 == 8 {
+                vec![keyward_engine::update::SameKey {
+                    slot: 0x9C,
+                    algorithm: 0x11,
+                    certificate: b.take(len),
+                    spki_der: b.take(91),
+                }]
+            } else {
+                vec![]
+            };
+            let plan = keyward_engine::update::UpdatePlan {
+                device_type: device.device_type,
+                serial: device.serial.0,
+                firmware: firmware.map(|f| (f.major as u8, f.minor as u8, f.patch as u8)),
+                management_key: last.kept().map(|k| k.management_key.value.clone()),
+                pin_change: flags & 16 == 16,
+                generate,
+                same_key,
+                remove: if flags & 32 == 32 { vec![0x9E] } else { vec![] },
+                retire: retire.then(|| keyward_engine::update::Retire {
+                    certificate: b.take(len),
+                    spki_der: b.take(91),
+                    decided: None,
+                }),
+            };
+            let passkey = flags & 64 == 64 && policy.fido_application.is_some();
+            DeviceSession::update(&last, plan, passkey, &mut cx).ok()
+        }
+    }
+}
