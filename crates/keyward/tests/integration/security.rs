@@ -253,6 +253,35 @@ fn sign_in_is_braked_per_login_and_the_brake_is_audited() {
     assert_eq!(r.status().as_u16(), 401);
 }
 
+/// Item 5, by address: guessing across logins from one address meets the
+/// address's brake (30 attempts a minute) even for a login never tried.
+#[test]
+fn sign_in_is_braked_per_address_across_logins() {
+    let server = TestServer::start();
+    let http = reqwest::blocking::Client::new();
+    let attempt = |login: &str| {
+        http.post(server.api("/auth/session"))
+            .json(&json!({ "login": login, "password": "wrong-password-x" }))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for i in 0..30 {
+        assert_eq!(attempt(&format!("guess{i}")), 401, "attempt {i}");
+    }
+    assert_eq!(attempt("guess-new"), 429, "the address is braked");
+    let (_, audit) = server.call("GET", "/audit?limit=1000", None);
+    assert!(
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "auth.rate_limited"),
+        "audited"
+    );
+}
+
 /// Item 5: enrollment hashed the new password (argon2, 19 MiB) before it
 /// checked the code. Now a wrong code is refused before any hashing, and
 /// guessing codes meets the brake.
@@ -843,6 +872,12 @@ fn unreadable_attestation_roots_stop_the_server() {
             garbage.clone(),
             "holds no certificate",
         ),
+        (
+            "fido_attestation_roots",
+            dir.path().join("missing.pem"),
+            "No such file",
+        ),
+        ("fido_attestation_roots", garbage.clone(), "holds no certificate"),
     ] {
         let cfg = dir.path().join("keyward.toml");
         std::fs::write(&cfg, format!("{key} = [\"{}\"]\n", path.display())).unwrap();
