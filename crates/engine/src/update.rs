@@ -789,20 +789,9 @@ impl AwaitCertified {
                     certified.certificates,
                 );
             };
-            let tag = match cert_object(k.slot, Step::WriteCertificate(k.slot)) {
-                Ok(t) => t,
-                Err(f) => return Next::Failed(f, certified.certificates),
-            };
-            let container = piv::cert_container(der, false);
-            b.push(
-                Step::WriteCertificate(k.slot),
-                piv::put_data(tag, &container)
-                    .extended(container.len() > 255)
-                    .to_bytes(),
-                OK,
-                false,
-            );
-            written.push((tag, container));
+            if let Err(f) = write_certificate(&mut b, &mut written, k.slot, der) {
+                return Next::Failed(f, certified.certificates);
+            }
         }
         for slot in &self.plan.remove {
             let tag = match cert_object(*slot, Step::DeleteCertificate(*slot)) {
@@ -825,20 +814,9 @@ impl AwaitCertified {
             .as_ref()
             .and_then(|r| Some((r, r.decided.as_ref()?)))
         {
-            let tag = match cert_object(decided.to, Step::WriteCertificate(decided.to)) {
-                Ok(t) => t,
-                Err(f) => return Next::Failed(f, certified.certificates),
-            };
-            let container = piv::cert_container(&r.certificate, false);
-            b.push(
-                Step::WriteCertificate(decided.to),
-                piv::put_data(tag, &container)
-                    .extended(container.len() > 255)
-                    .to_bytes(),
-                OK,
-                false,
-            );
-            written.push((tag, container));
+            if let Err(f) = write_certificate(&mut b, &mut written, decided.to, &r.certificate) {
+                return Next::Failed(f, certified.certificates);
+            }
             b.push(
                 Step::WriteKeyHistory,
                 piv::put_data(object::KEY_HISTORY, &decided.key_history).to_bytes(),
@@ -915,6 +893,28 @@ impl AwaitWrites {
             retired,
         })
     }
+}
+
+/// PUT DATA of `der` in the certificate object of `slot`, noted in
+/// `written` for the read-back.
+fn write_certificate(
+    b: &mut Batch,
+    written: &mut Vec<(u32, Vec<u8>)>,
+    slot: u8,
+    der: &[u8],
+) -> Result<(), Failure> {
+    let tag = cert_object(slot, Step::WriteCertificate(slot))?;
+    let container = piv::cert_container(der, false);
+    b.push(
+        Step::WriteCertificate(slot),
+        piv::put_data(tag, &container)
+            .extended(container.len() > 255)
+            .to_bytes(),
+        OK,
+        false,
+    );
+    written.push((tag, container));
+    Ok(())
 }
 
 /// The public key (DER SubjectPublicKeyInfo) in a GET METADATA answer.

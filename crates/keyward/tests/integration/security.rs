@@ -877,7 +877,11 @@ fn unreadable_attestation_roots_stop_the_server() {
             dir.path().join("missing.pem"),
             "No such file",
         ),
-        ("fido_attestation_roots", garbage.clone(), "holds no certificate"),
+        (
+            "fido_attestation_roots",
+            garbage.clone(),
+            "holds no certificate",
+        ),
     ] {
         let cfg = dir.path().join("keyward.toml");
         std::fs::write(&cfg, format!("{key} = [\"{}\"]\n", path.display())).unwrap();

@@ -63,6 +63,18 @@ fn issued(server: &TestServer, card: &Vcard) -> Vec<(String, String)> {
         let (s, v) = server.call("POST", "/policies", Some(p));
         assert_eq!(s, 201, "{v}");
     }
+    certificates(&issue_displayed(server, card, "alice", "Staff", SERIAL))
+}
+
+/// `keyward issue` of `serial` to `user` under `policy` with the PIN
+/// displayed (735194); answers its `--json` report, issued.
+fn issue_displayed(
+    server: &TestServer,
+    card: &Vcard,
+    user: &str,
+    policy: &str,
+    serial: &str,
+) -> Value {
     let (s, v) = server.call(
         "PUT",
         "/settings/initial_pin_display_mode",
@@ -76,11 +88,11 @@ fn issued(server: &TestServer, card: &Vcard) -> Vec<(String, String)> {
         "issue",
         &[
             "--user",
-            "alice",
+            user,
             "--policy",
-            "Staff",
+            policy,
             "--serial",
-            SERIAL,
+            serial,
             "--answers",
             answers.to_str().unwrap(),
             "--json",
@@ -88,7 +100,7 @@ fn issued(server: &TestServer, card: &Vcard) -> Vec<(String, String)> {
     );
     let r = report(&out);
     assert_eq!(r["state"], "issued", "{r}");
-    certificates(&r)
+    r
 }
 
 /// The certificates of a `--json` report: (slot, serial), by slot.
@@ -133,42 +145,10 @@ fn openssl_verifies(server: &TestServer, written: &[(String, String)]) {
             "9d" => "03",
             _ => "04",
         };
-        let der = dir.path().join(format!("{slot}.der"));
-        pcsc::run_ok(
-            "pkcs11-tool",
-            &[
-                "--module",
-                pcsc::OPENSC_PKCS11,
-                "--read-object",
-                "--type",
-                "cert",
-                "--id",
-                id,
-                "-o",
-                der.to_str().unwrap(),
-            ],
-        );
-        let (ok, out) = support::openssl(
-            dir.path(),
-            &[
-                "x509",
-                "-inform",
-                "DER",
-                "-in",
-                &format!("{slot}.der"),
-                "-out",
-                &format!("{slot}.pem"),
-            ],
-        );
-        assert!(ok, "{out}");
-        let (ok, text) = support::openssl(
-            dir.path(),
-            &["x509", "-in", &format!("{slot}.pem"), "-serial", "-noout"],
-        );
-        assert!(ok, "{text}");
+        let held = opensc_certificate(dir.path(), id, slot);
         assert!(
-            text.to_uppercase().contains(&serial.to_uppercase()),
-            "slot {slot} holds the certificate on record ({serial}): {text}"
+            held.contains(&serial.to_uppercase()),
+            "slot {slot} holds the certificate on record ({serial}): {held}"
         );
         let (ok, out) = support::openssl(
             dir.path(),
@@ -501,31 +481,7 @@ fn yubikey_issued(server: &TestServer, card: &Vcard) -> (Vec<(String, String)>, 
     p["require_device_attestation"] = json!(false);
     let (s, v) = server.call("POST", "/policies", Some(p));
     assert_eq!(s, 201, "{v}");
-    let (s, v) = server.call(
-        "PUT",
-        "/settings/initial_pin_display_mode",
-        Some(json!({ "value": "displayed" })),
-    );
-    assert_eq!(s, 200, "{v}");
-    let answers = card.path("issue.toml");
-    std::fs::write(&answers, "pin = \"735194\"\n").unwrap();
-    let out = keyward(
-        server,
-        "issue",
-        &[
-            "--user",
-            "bob",
-            "--policy",
-            "Mail",
-            "--serial",
-            YK_SERIAL,
-            "--answers",
-            answers.to_str().unwrap(),
-            "--json",
-        ],
-    );
-    let r = report(&out);
-    assert_eq!(r["state"], "issued", "{r}");
+    let r = issue_displayed(server, card, "bob", "Mail", YK_SERIAL);
     (
         certificates(&r),
         r["session_id"].as_str().unwrap().to_string(),

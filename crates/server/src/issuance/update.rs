@@ -97,16 +97,35 @@ async fn changes_for(
     target: &DevicePolicy,
     now: time::OffsetDateTime,
 ) -> ApiResult<Vec<AppliedChange>> {
+    let credentials = credentials_of(state, device).await?;
+    changes_from(state, device, last, target, now, &credentials).await
+}
+
+async fn credentials_of(
+    state: &AppState,
+    device: &Device,
+) -> ApiResult<Vec<keyward_store::Credential>> {
+    state
+        .store
+        .device_credentials(device.id)
+        .await
+        .map_err(|e| store_error("reading the device's credentials", e))
+}
+
+/// [`changes_for`] from the device's credentials already read.
+async fn changes_from(
+    state: &AppState,
+    device: &Device,
+    last: &IssuanceSession,
+    target: &DevicePolicy,
+    now: time::OffsetDateTime,
+    credentials: &[keyward_store::Credential],
+) -> ApiResult<Vec<AppliedChange>> {
     let current = state
         .store
         .get_policy(device.device_policy.unwrap_or(last.policy_id))
         .await
         .ok();
-    let credentials = state
-        .store
-        .device_credentials(device.id)
-        .await
-        .map_err(|e| store_error("reading the device's credentials", e))?;
     let certificates = credentials
         .iter()
         .filter(|c| c.kind == "certificate" && c.revoked_at.is_none())
@@ -544,22 +563,22 @@ async fn update_session(
         .get_policy(request.policy_id)
         .await
         .map_err(|e| store_error("reading the policy", e))?;
-    let mut changes = changes_for(
+    // One read of the credentials: the changes, the renewals asked, the
+    // certificates a renewal keeps or retires the key of.
+    let credentials = credentials_of(state, device).await?;
+    let mut changes = changes_from(
         state,
         device,
         last,
         &target,
         time::OffsetDateTime::now_utc(),
+        &credentials,
     )
     .await?;
     // A renewal the request asked for (the scan's time may be ahead of
     // now) stands while the certificate it renews is still on record.
-    let active: Vec<uuid::Uuid> = state
-        .store
-        .device_credentials(device.id)
-        .await
-        .map_err(|e| store_error("reading the device's credentials", e))?
-        .into_iter()
+    let active: Vec<uuid::Uuid> = credentials
+        .iter()
         .filter(|c| c.revoked_at.is_none())
         .map(|c| c.id)
         .collect();
@@ -604,11 +623,6 @@ async fn update_session(
         .await
         .map_err(|e| store_error("writing the update request", e))?;
     let previous = unseal(state, last)?;
-    let credentials = state
-        .store
-        .device_credentials(device.id)
-        .await
-        .map_err(|e| store_error("reading the device's credentials", e))?;
     let app = |slot: PivSlot| target.pki_applications.iter().find(|a| a.slot == slot);
     let mut plan = UpdatePlan {
         device_type: device.device_type,
