@@ -1740,13 +1740,9 @@ fn an_unlock_resets_a_blocked_fido_pin_and_registers_the_passkey_again_on_sqlite
 
 #[test]
 fn an_unlock_resets_a_blocked_fido_pin_and_registers_the_passkey_again_on_postgres() {
-    let Some(url) = support::postgres_database("unlock_fido_reset") else {
-        return;
-    };
-    fido_reset_by_unlock(TestServer::start_with(support::ServerOptions {
-        database_url: Some(url),
-        ..Default::default()
-    }));
+    if let Some(server) = support::postgres_server("unlock_fido_reset") {
+        fido_reset_by_unlock(server);
+    }
 }
 
 /// PIN_AUTH_BLOCKED (three wrong FIDO PINs in a row) is not a reset: the

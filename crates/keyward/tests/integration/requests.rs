@@ -8,7 +8,7 @@ use crate::common::self_service::{call_as_user, sign_in_operator, sign_in_operat
 use crate::support;
 
 use serde_json::{json, Value};
-use support::{ServerOptions, TestServer};
+use support::TestServer;
 
 fn start(server: &TestServer, serial: &str, request: Option<&str>) -> (u16, Value) {
     server.call(
@@ -227,13 +227,9 @@ fn an_issuance_waits_for_a_second_operator_s_approval_on_sqlite() {
 
 #[test]
 fn an_issuance_waits_for_a_second_operator_s_approval_on_postgres() {
-    let Some(url) = support::postgres_database("requests_approval") else {
-        return;
-    };
-    approvals(TestServer::start_with(ServerOptions {
-        database_url: Some(url),
-        ..Default::default()
-    }));
+    if let Some(server) = support::postgres_server("requests_approval") {
+        approvals(server);
+    }
 }
 
 /// Issue 18, part 3: an unknown device. With the setting No, `keyward
@@ -324,13 +320,9 @@ fn an_unknown_device_is_refused_or_imported_at_issuance_by_the_setting_on_sqlite
 
 #[test]
 fn an_unknown_device_is_refused_or_imported_at_issuance_by_the_setting_on_postgres() {
-    let Some(url) = support::postgres_database("requests_auto_import") else {
-        return;
-    };
-    auto_import(TestServer::start_with(ServerOptions {
-        database_url: Some(url),
-        ..Default::default()
-    }));
+    if let Some(server) = support::postgres_server("requests_auto_import") {
+        auto_import(server);
+    }
 }
 
 /// Issue 18, part 2: bulk issuance. A CSV of login,policy[,serial] with a
@@ -405,11 +397,7 @@ fn a_bulk_batch_is_imported_collected_and_followed_on_sqlite() {
 
 #[test]
 fn a_bulk_batch_is_imported_collected_and_followed_on_postgres() {
-    let Some(url) = support::postgres_database("requests_bulk") else {
-        return;
-    };
-    bulk(TestServer::start_with(ServerOptions {
-        database_url: Some(url),
-        ..Default::default()
-    }));
+    if let Some(server) = support::postgres_server("requests_bulk") {
+        bulk(server);
+    }
 }

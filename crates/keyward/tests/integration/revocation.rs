@@ -15,7 +15,7 @@ use crate::support;
 
 use keyward_vcard::{Firmware, ProfileKind, VcardConfig, VirtualCard};
 use serde_json::{json, Value};
-use support::{openssl, ServerOptions, TestServer};
+use support::{openssl, TestServer};
 
 /// Issues a YubiKey to alice with the seeded PIV Standard policy (the
 /// device is added to the inventory unless it is there); answers the
@@ -301,15 +301,9 @@ fn a_person_s_move_revokes_holds_and_releases_with_the_rfc5280_reason_on_sqlite(
 
 #[test]
 fn a_person_s_move_revokes_holds_and_releases_with_the_rfc5280_reason_on_postgres() {
-    let Some(db) = support::postgres_database("revocation") else {
-        eprintln!("KEYWARD_TEST_POSTGRES_URL not set: skipped");
-        return;
-    };
-    let server = TestServer::start_with(ServerOptions {
-        database_url: Some(db),
-        ..Default::default()
-    });
-    lifecycle(&server);
+    if let Some(server) = support::postgres_server("revocation") {
+        lifecycle(&server);
+    }
 }
 
 #[test]
@@ -517,11 +511,8 @@ fn bad_urls_lists_certificates_that_relying_parties_cannot_check() {
 /// configured (`KEYWARD_TEST_POSTGRES_URL`).
 fn on_both(prefix: &str, test: impl Fn(&TestServer)) {
     test(&TestServer::start());
-    if let Some(db) = support::postgres_database(prefix) {
-        test(&TestServer::start_with(ServerOptions {
-            database_url: Some(db),
-            ..Default::default()
-        }));
+    if let Some(server) = support::postgres_server(prefix) {
+        test(&server);
     }
 }
 
@@ -849,14 +840,9 @@ fn suspend_resume_replace_and_restore_on_sqlite() {
 
 #[test]
 fn suspend_resume_replace_and_restore_on_postgres() {
-    let Some(db) = support::postgres_database("after_issuance") else {
-        return;
-    };
-    let server = TestServer::start_with(ServerOptions {
-        database_url: Some(db),
-        ..Default::default()
-    });
-    after_issuance(&server);
+    if let Some(server) = support::postgres_server("after_issuance") {
+        after_issuance(&server);
+    }
 }
 
 /// Who may do what: the help desk suspends, declares and replaces; an

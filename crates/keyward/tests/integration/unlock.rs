@@ -19,7 +19,7 @@ use agent::{paired_agent, wait_session_end};
 use pcsc::Vcard;
 use self_service::{call_as_user, sign_in_user};
 use serde_json::{json, Value};
-use support::{ServerOptions, TestServer};
+use support::TestServer;
 
 use support::cli as keyward;
 
@@ -359,13 +359,9 @@ fn a_help_desk_request_is_completed_by_the_person_through_their_agent_on_sqlite(
 
 #[test]
 fn a_help_desk_request_is_completed_by_the_person_through_their_agent_on_postgres() {
-    let Some(url) = support::postgres_database("unlock_request") else {
-        return;
-    };
-    request_then_person_unlocks(TestServer::start_with(ServerOptions {
-        database_url: Some(url),
-        ..Default::default()
-    }));
+    if let Some(server) = support::postgres_server("unlock_request") {
+        request_then_person_unlocks(server);
+    }
 }
 
 /// An unlock request past its validity is refused (its end written in the

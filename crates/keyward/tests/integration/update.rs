@@ -12,7 +12,7 @@ use crate::support;
 
 use pcsc::{relay_pcsc, Vcard};
 use serde_json::{json, Value};
-use support::{ServerOptions, TestServer};
+use support::TestServer;
 
 use support::cli as keyward;
 
@@ -267,13 +267,9 @@ fn a_renewal_scan_requests_updates_and_keyward_update_renews_under_each_mode_on_
 
 #[test]
 fn a_renewal_scan_requests_updates_and_keyward_update_renews_under_each_mode_on_postgres() {
-    let Some(url) = support::postgres_database("update_renewal") else {
-        return;
-    };
-    renewal(TestServer::start_with(ServerOptions {
-        database_url: Some(url),
-        ..Default::default()
-    }));
+    if let Some(server) = support::postgres_server("update_renewal") {
+        renewal(server);
+    }
 }
 
 /// Request Update to another policy: the applied changes listed (9A renewed
@@ -441,13 +437,9 @@ fn request_update_to_another_policy_cancel_a_half_done_update_and_finish_it_on_s
 
 #[test]
 fn request_update_to_another_policy_cancel_a_half_done_update_and_finish_it_on_postgres() {
-    let Some(url) = support::postgres_database("update_policy") else {
-        return;
-    };
-    policy_change(TestServer::start_with(ServerOptions {
-        database_url: Some(url),
-        ..Default::default()
-    }));
+    if let Some(server) = support::postgres_server("update_policy") {
+        policy_change(server);
+    }
 }
 
 const YK_SERIAL: &str = "31000171";
@@ -749,11 +741,7 @@ fn a_new_key_management_key_keeps_the_old_one_in_a_retired_slot_on_sqlite() {
 
 #[test]
 fn a_new_key_management_key_keeps_the_old_one_in_a_retired_slot_on_postgres() {
-    let Some(url) = support::postgres_database("update_retired") else {
-        return;
-    };
-    key_management_rekey(TestServer::start_with(ServerOptions {
-        database_url: Some(url),
-        ..Default::default()
-    }));
+    if let Some(server) = support::postgres_server("update_retired") {
+        key_management_rekey(server);
+    }
 }

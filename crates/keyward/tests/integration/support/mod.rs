@@ -384,6 +384,18 @@ pub fn seed_piv_standard(server: &TestServer, serial: &str) {
     );
 }
 
+/// A server on a fresh PostgreSQL database ([`postgres_database`]); `None`
+/// (the test is skipped, and says so) when no server is configured
+/// outside CI.
+pub fn postgres_server(prefix: &str) -> Option<TestServer> {
+    postgres_database(prefix).map(|url| {
+        TestServer::start_with(ServerOptions {
+            database_url: Some(url),
+            ..Default::default()
+        })
+    })
+}
+
 /// A fresh database on the test PostgreSQL server (`KEYWARD_TEST_POSTGRES_URL`,
 /// set by `.ci/run`), named `PREFIX_…`; `None` (the test is skipped, and says
 /// so) when no server is configured outside CI.
